@@ -1,0 +1,181 @@
+//! Relative output paths and symlink targets: the lexical half of workspace safety.
+//!
+//! [`RelPath::parse`] is the only way to make a [`RelPath`], so every path that reaches
+//! the workspace writer has passed these rules. The physical half (symlinks already in
+//! the workspace) is checked by [`crate::Workspace`].
+
+use crate::{BackendError, BackendResult};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// A validated, normalized path relative to the workspace root.
+///
+/// Rules: not empty, no NUL byte, not absolute (`/x`, `\x`), no Windows drive or UNC
+/// prefix (`C:`, `\\server`), no backslash (a Windows separator would mean something
+/// else there), no `..` component. `.` components, repeated and trailing slashes are
+/// dropped, so `./dist//app/` becomes `dist/app`.
+///
+/// ```
+/// use cache_core::RelPath;
+/// assert_eq!(RelPath::parse("./dist//app/").unwrap().as_str(), "dist/app");
+/// for bad in ["", "/etc/passwd", "../x", "a/../../x", "C:\\x", "a\0b", "."] {
+///     assert!(RelPath::parse(bad).is_err(), "{bad:?}");
+/// }
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RelPath(String);
+
+impl RelPath {
+    /// Validates and normalizes `raw`.
+    pub fn parse(raw: &str) -> BackendResult<Self> {
+        let refuse = |reason: &str| Err(BackendError::unsafe_path(raw, reason));
+        if raw.is_empty() {
+            return refuse("the path is empty; name a file or directory inside the workspace");
+        }
+        if raw.contains('\0') {
+            return refuse("the path contains a NUL byte");
+        }
+        if raw.starts_with('/') || raw.starts_with('\\') {
+            return refuse("absolute paths are not allowed; give a path relative to the workspace");
+        }
+        if raw.contains('\\') {
+            return refuse("backslashes are not allowed; use `/` as the separator");
+        }
+        let bytes = raw.as_bytes();
+        if bytes.len() >= 2 && bytes[0].is_ascii_alphabetic() && bytes[1] == b':' {
+            return refuse("Windows drive prefixes are not allowed; give a relative path");
+        }
+        let mut parts: Vec<&str> = Vec::new();
+        for part in raw.split('/') {
+            match part {
+                "" | "." => {}
+                ".." => {
+                    return refuse("`..` is not allowed: outputs must stay inside the workspace");
+                }
+                p => parts.push(p),
+            }
+        }
+        if parts.is_empty() {
+            return refuse("the path names the workspace root itself; name something inside it");
+        }
+        Ok(RelPath(parts.join("/")))
+    }
+
+    /// The normalized path with `/` separators.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The path's components.
+    pub fn components(&self) -> impl DoubleEndedIterator<Item = &str> {
+        self.0.split('/')
+    }
+
+    /// The parent directory, or `None` for a top-level entry.
+    #[must_use]
+    pub fn parent(&self) -> Option<RelPath> {
+        self.0.rsplit_once('/').map(|(p, _)| RelPath(p.to_owned()))
+    }
+
+    /// The last component.
+    #[must_use]
+    pub fn file_name(&self) -> &str {
+        self.0.rsplit('/').next().unwrap_or(&self.0)
+    }
+
+    /// Joins onto a directory on disk.
+    #[must_use]
+    pub fn to_path(&self, root: &Path) -> PathBuf {
+        let mut p = root.to_path_buf();
+        for c in self.components() {
+            p.push(c);
+        }
+        p
+    }
+}
+
+impl fmt::Display for RelPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for RelPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+/// Checks that a symlink placed at `link` with text `target` points inside the workspace.
+///
+/// The target must be relative (no `/`, `\`, drive prefix, NUL, not empty) and, resolved
+/// lexically from the link's directory, must never climb above the workspace root at any
+/// step. (`a/b -> ../c` is fine; `a -> ../x` and `a -> b/../../x` are not.)
+pub fn check_symlink_target(link: &RelPath, target: &str) -> BackendResult<()> {
+    let refuse = |reason: String| Err(BackendError::unsafe_path(link.as_str(), reason));
+    if target.is_empty() {
+        return refuse("the symlink target is empty".into());
+    }
+    if target.contains('\0') {
+        return refuse("the symlink target contains a NUL byte".into());
+    }
+    if target.starts_with('/') || target.starts_with('\\') || target.contains('\\') {
+        return refuse(format!(
+            "symlink target {:?} is absolute or uses backslashes; only relative targets inside the workspace are cached",
+            crate::error::truncate(target)
+        ));
+    }
+    let b = target.as_bytes();
+    if b.len() >= 2 && b[0].is_ascii_alphabetic() && b[1] == b':' {
+        return refuse("symlink target has a Windows drive prefix".into());
+    }
+    // Depth of the link's directory below the root.
+    let mut depth = link.components().count() - 1;
+    for part in target.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                if depth == 0 {
+                    return refuse(format!(
+                        "symlink target {:?} leaves the workspace",
+                        crate::error::truncate(target)
+                    ));
+                }
+                depth -= 1;
+            }
+            _ => depth += 1,
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalizes() {
+        assert_eq!(RelPath::parse("a/./b//c/").unwrap().as_str(), "a/b/c");
+        assert_eq!(RelPath::parse("a").unwrap().parent(), None);
+        assert_eq!(
+            RelPath::parse("a/b").unwrap().parent().unwrap().as_str(),
+            "a"
+        );
+        assert_eq!(RelPath::parse("a/b").unwrap().file_name(), "b");
+        assert!(RelPath::parse("héllo wörld/ファイル").is_ok());
+        assert!(RelPath::parse("a..b/..c").is_ok());
+    }
+
+    #[test]
+    fn symlink_targets() {
+        let l = |p| RelPath::parse(p).unwrap();
+        assert!(check_symlink_target(&l("a/b"), "../c").is_ok());
+        assert!(check_symlink_target(&l("a/b"), "c/../../d").is_ok());
+        assert!(check_symlink_target(&l("a"), "../x").is_err());
+        assert!(check_symlink_target(&l("a/b"), "../../x").is_err());
+        assert!(check_symlink_target(&l("a"), "b/../../x").is_err());
+        assert!(check_symlink_target(&l("a"), "/etc/passwd").is_err());
+        assert!(check_symlink_target(&l("a"), "").is_err());
+    }
+}

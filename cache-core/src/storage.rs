@@ -1,0 +1,527 @@
+//! The storage layer under [`Cache`]: what a backend must provide, and the one
+//! implementation of everything that must not differ between backends.
+//!
+//! A backend implements [`Storage`]: entries as opaque byte strings under a key, blobs
+//! by content address, and a way to run blocking work off the async executor.
+//! [`Cache`] turns any `Storage` into a full [`CacheBackend`] and owns the invariants:
+//!
+//! * policy handling (no I/O for reads that are not allowed, no writes for `Readonly`);
+//! * key validation before any I/O;
+//! * output validation before any I/O (paths, symlink targets, duplicates);
+//! * publish order: every blob is written before the entry that names it;
+//! * read checks: entry checksum and validation, blobs present (else a miss), every
+//!   blob verified against its digest before its bytes reach the workspace or a caller;
+//! * workspace safety through [`Workspace`].
+
+use crate::record::{ActionRecord, INLINE_LOG_MAX, LogRecord, OutputRecord};
+use crate::{
+    BackendError, BackendResult, BlobRef, CacheBackend, CacheEntry, CacheLookupResult, CacheOutput,
+    CachePolicy, Digest, LogBytes, OutputContent, RelPath, Task, Workspace, policy_allows_read,
+    policy_allows_write,
+};
+use async_trait::async_trait;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// Blocking work handed to [`Storage::run_blocking`].
+pub type BlockingJob = Box<dyn FnOnce() -> BackendResult<()> + Send + 'static>;
+
+/// Content to be stored as a blob.
+#[derive(Debug, Clone)]
+pub enum BlobSource {
+    /// Bytes in memory.
+    Bytes(Vec<u8>),
+    /// A file on disk, read by the storage in a streaming fashion.
+    File(PathBuf),
+}
+
+impl BlobSource {
+    /// Opens the source for reading (blocking for files).
+    pub fn open(&self) -> BackendResult<Box<dyn Read + Send + '_>> {
+        match self {
+            BlobSource::Bytes(b) => Ok(Box::new(&b[..])),
+            BlobSource::File(p) => {
+                let f = std::fs::File::open(p)
+                    .map_err(|e| BackendError::io_with_context("open output", p, e))?;
+                let meta = f
+                    .metadata()
+                    .map_err(|e| BackendError::io_with_context("inspect output", p, e))?;
+                if !meta.is_file() {
+                    return Err(BackendError::io_with_context(
+                        "read output",
+                        p,
+                        std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"),
+                    ));
+                }
+                Ok(Box::new(f))
+            }
+        }
+    }
+}
+
+/// One file to restore: which blob, and where it goes. The storage supplies a reader
+/// for the blob and calls [`FileRestore::write_from`] (or [`FileRestore::begin`] for
+/// chunked sources), which verifies the bytes and places the file.
+#[derive(Debug, Clone)]
+pub struct FileRestore {
+    /// The content to restore.
+    pub blob: BlobRef,
+    /// The workspace.
+    pub workspace: Arc<Workspace>,
+    /// Where in the workspace.
+    pub path: RelPath,
+    /// Mode to give it.
+    pub executable: bool,
+}
+
+impl FileRestore {
+    /// Streams `reader` into the workspace file, verifying it (blocking).
+    pub fn write_from(&self, reader: &mut dyn Read) -> BackendResult<PathBuf> {
+        self.workspace
+            .write_file(&self.path, self.blob, self.executable, reader)
+    }
+
+    /// Starts a verified write that is fed in chunks (blocking).
+    pub fn begin(&self) -> BackendResult<crate::PendingFile> {
+        self.workspace
+            .begin_file(&self.path, self.blob, self.executable)
+    }
+}
+
+/// What a backend provides so that [`Cache`] can make it a [`CacheBackend`].
+///
+/// Contract for implementors (the `cache-testkit` suite checks all of it):
+///
+/// * `put_entry` replaces atomically: readers see the old bytes or the new, never a mix.
+/// * `put_blobs` returns each source's [`BlobRef`] (hash with [`crate::copy_hashing`]
+///   while copying where possible) in the same order; a blob is readable under its
+///   digest before the call returns.
+/// * `restore_files` writes every file through [`FileRestore::write_from`]/`begin`; a
+///   missing blob is [`BackendError::BlobNotFound`]; on
+///   [`BackendError::DigestMismatch`] the storage removes its corrupt copy so the next
+///   store repairs it.
+/// * Blocking filesystem work happens off the async executor.
+#[async_trait]
+pub trait Storage: Send + Sync + 'static {
+    /// Backend name for logs and metrics.
+    fn name(&self) -> &'static str;
+
+    /// Runs blocking work off the async executor (e.g. `tokio::task::spawn_blocking`).
+    async fn run_blocking(&self, job: BlockingJob) -> BackendResult<()>;
+
+    /// Reads the encoded entry for `key`, `None` if there is none. Must refuse to read
+    /// more than [`crate::MAX_ENTRY_BYTES`] (report that as `CorruptEntry`).
+    async fn get_entry(&self, key: &Digest) -> BackendResult<Option<Vec<u8>>>;
+
+    /// Publishes the encoded entry for `key`, atomically replacing any previous one.
+    async fn put_entry(&self, key: &Digest, entry: Vec<u8>) -> BackendResult<()>;
+
+    /// Removes the entry for `key` (no error if absent).
+    async fn remove_entry(&self, key: &Digest) -> BackendResult<()>;
+
+    /// Which of `blobs` are not stored.
+    async fn find_missing_blobs(&self, blobs: Vec<BlobRef>) -> BackendResult<Vec<BlobRef>>;
+
+    /// Stores each source as a blob (skipping ones already present) and returns their refs.
+    async fn put_blobs(&self, sources: Vec<BlobSource>) -> BackendResult<Vec<BlobRef>>;
+
+    /// Reads a whole blob into memory (used for logs); `None` if absent. The bytes are
+    /// verified by the caller; implementations must not read past `blob.size + 1` bytes.
+    async fn read_blob(&self, blob: &BlobRef) -> BackendResult<Option<Vec<u8>>>;
+
+    /// Restores files into a workspace (see the trait docs).
+    async fn restore_files(&self, files: Vec<FileRestore>) -> BackendResult<()>;
+
+    /// Removes a blob (no error if absent).
+    async fn remove_blob(&self, blob: &BlobRef) -> BackendResult<()>;
+
+    /// Records that the entry for `key` was used (recency for eviction). Default: nothing.
+    async fn touch(&self, _key: &Digest) -> BackendResult<()> {
+        Ok(())
+    }
+
+    /// Checks that the storage answers.
+    async fn health_check(&self) -> BackendResult<()>;
+}
+
+/// A full [`CacheBackend`] over any [`Storage`].
+///
+/// ```
+/// # use cache_core::{Cache, Storage};
+/// fn wrap<S: Storage>(storage: S) -> std::sync::Arc<dyn cache_core::CacheBackend> {
+///     std::sync::Arc::new(Cache::new(storage))
+/// }
+/// ```
+#[derive(Debug)]
+pub struct Cache<S> {
+    storage: Arc<S>,
+}
+
+impl<S> Clone for Cache<S> {
+    fn clone(&self) -> Self {
+        Cache {
+            storage: Arc::clone(&self.storage),
+        }
+    }
+}
+
+impl<S: Storage> Cache<S> {
+    /// Wraps a storage.
+    pub fn new(storage: S) -> Self {
+        Cache {
+            storage: Arc::new(storage),
+        }
+    }
+
+    /// The storage underneath (for stats, GC, tests).
+    #[must_use]
+    pub fn storage(&self) -> &S {
+        &self.storage
+    }
+
+    /// Runs a closure on the storage's blocking pool and returns its value.
+    async fn blocking<T, F>(&self, f: F) -> BackendResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> BackendResult<T> + Send + 'static,
+    {
+        let slot = Arc::new(Mutex::new(None));
+        let out = Arc::clone(&slot);
+        self.storage
+            .run_blocking(Box::new(move || {
+                let v = f()?;
+                *out.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(v);
+                Ok(())
+            }))
+            .await?;
+        let v = slot
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        v.ok_or_else(|| BackendError::Unavailable("blocking job did not run".into()))
+    }
+
+    /// Reads and decodes the entry for `key`; `Ok(None)` if there is none.
+    async fn load(&self, key: &Digest) -> BackendResult<Option<ActionRecord>> {
+        match self.storage.get_entry(key).await? {
+            None => Ok(None),
+            Some(bytes) => ActionRecord::decode(key, &bytes).map(Some),
+        }
+    }
+
+    async fn load_required(&self, key: &Digest) -> BackendResult<ActionRecord> {
+        self.load(key)
+            .await?
+            .ok_or_else(|| BackendError::ActionNotFound {
+                digest: key.to_string(),
+            })
+    }
+
+    async fn read_log(&self, log: &LogRecord) -> BackendResult<Option<Vec<u8>>> {
+        match log {
+            LogRecord::Absent => Ok(None),
+            LogRecord::Inline(b) => Ok(Some(b.clone())),
+            LogRecord::Blob(blob) => {
+                let bytes = self.storage.read_blob(blob).await?.ok_or_else(|| {
+                    BackendError::BlobNotFound {
+                        digest: blob.to_string(),
+                    }
+                })?;
+                let actual = BlobRef::of(blob.digest.algorithm(), &bytes);
+                if let Err(e) = crate::digest::check_blob(blob, &actual) {
+                    let _ = self.storage.remove_blob(blob).await;
+                    return Err(e);
+                }
+                Ok(Some(bytes))
+            }
+        }
+    }
+}
+
+/// Validated form of a `store` request's outputs.
+enum Planned {
+    File {
+        rel: RelPath,
+        source: BlobSource,
+        executable: bool,
+    },
+    Directory(RelPath),
+    Symlink(RelPath, String),
+}
+
+fn plan_outputs(outputs: &[CacheOutput]) -> BackendResult<Vec<Planned>> {
+    let mut seen = std::collections::HashSet::with_capacity(outputs.len());
+    let mut planned = Vec::with_capacity(outputs.len());
+    for out in outputs {
+        let rel = RelPath::parse(&out.path)?;
+        if !seen.insert(rel.clone()) {
+            return Err(BackendError::InvalidOutput {
+                path: out.path.clone(),
+                reason: "the same path is listed twice".into(),
+            });
+        }
+        planned.push(match &out.content {
+            OutputContent::Bytes(b) => Planned::File {
+                rel,
+                source: BlobSource::Bytes(b.clone()),
+                executable: out.is_executable,
+            },
+            OutputContent::File { path, .. } => Planned::File {
+                rel,
+                source: BlobSource::File(path.clone()),
+                executable: out.is_executable,
+            },
+            OutputContent::Directory => Planned::Directory(rel),
+            OutputContent::Symlink { target } => {
+                crate::path::check_symlink_target(&rel, target)?;
+                Planned::Symlink(rel, target.clone())
+            }
+        });
+    }
+    Ok(planned)
+}
+
+fn log_source(log: Option<&Vec<u8>>) -> (LogRecord, Option<BlobSource>) {
+    match log {
+        None => (LogRecord::Absent, None),
+        Some(b) if b.len() <= INLINE_LOG_MAX => (LogRecord::Inline(b.clone()), None),
+        // Placeholder replaced by the blob ref once stored.
+        Some(b) => (LogRecord::Absent, Some(BlobSource::Bytes(b.clone()))),
+    }
+}
+
+#[async_trait]
+impl<S: Storage> CacheBackend for Cache<S> {
+    async fn check(
+        &self,
+        _task: &Task,
+        digest: &str,
+        policy: CachePolicy,
+    ) -> BackendResult<CacheLookupResult> {
+        let key = Digest::parse(digest)?;
+        if !policy_allows_read(policy) {
+            return Ok(CacheLookupResult::miss(digest));
+        }
+        let record = match self.load(&key).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return Ok(CacheLookupResult::miss(digest)),
+            Err(e @ BackendError::CorruptEntry { .. }) => {
+                tracing::warn!(backend = self.storage.name(), %key, error = %e, "ignoring corrupt cache entry");
+                if policy_allows_write(policy) {
+                    // Removing it lets the next store write a good one.
+                    let _ = self.storage.remove_entry(&key).await;
+                }
+                return Ok(CacheLookupResult::miss(digest));
+            }
+            Err(e) => return Err(e),
+        };
+        let missing = self
+            .storage
+            .find_missing_blobs(record.blobs().collect())
+            .await?;
+        if !missing.is_empty() {
+            tracing::debug!(backend = self.storage.name(), %key, missing = missing.len(), "entry's blobs are gone: miss");
+            return Ok(CacheLookupResult::miss(digest));
+        }
+        Ok(CacheLookupResult::hit(digest, record.duration_ms).with_exit_code(record.exit_code))
+    }
+
+    async fn store(
+        &self,
+        _task: &Task,
+        digest: &str,
+        entry: &CacheEntry,
+        policy: CachePolicy,
+    ) -> BackendResult<()> {
+        let key = Digest::parse(digest)?;
+        if !policy_allows_write(policy) {
+            return Ok(());
+        }
+        let planned = plan_outputs(&entry.outputs)?;
+        let (mut stdout, out_src) = log_source(entry.stdout.as_ref());
+        let (mut stderr, err_src) = log_source(entry.stderr.as_ref());
+
+        let mut sources = Vec::new();
+        for p in &planned {
+            if let Planned::File { source, .. } = p {
+                sources.push(source.clone());
+            }
+        }
+        let n_files = sources.len();
+        sources.extend(out_src.clone());
+        sources.extend(err_src.clone());
+
+        // Publish order, step 1: every blob.
+        let refs = self.storage.put_blobs(sources).await?;
+        if refs.len() != n_files + usize::from(out_src.is_some()) + usize::from(err_src.is_some()) {
+            return Err(BackendError::Serialization(format!(
+                "storage {} returned the wrong number of blob refs",
+                self.storage.name()
+            )));
+        }
+        let mut refs = refs.into_iter();
+        let mut files = Vec::with_capacity(n_files);
+        for _ in 0..n_files {
+            files.extend(refs.next());
+        }
+        if out_src.is_some() {
+            stdout = LogRecord::Blob(refs.next().expect("counted above"));
+        }
+        if err_src.is_some() {
+            stderr = LogRecord::Blob(refs.next().expect("counted above"));
+        }
+
+        // Directories first, then files, then symlinks: the order restore uses.
+        let mut outputs = Vec::with_capacity(planned.len());
+        let mut links = Vec::new();
+        let mut file_refs = files.into_iter();
+        let mut file_outputs = Vec::new();
+        for p in planned {
+            match p {
+                Planned::Directory(rel) => outputs.push(OutputRecord::Directory {
+                    path: rel.to_string(),
+                }),
+                Planned::File {
+                    rel, executable, ..
+                } => file_outputs.push(OutputRecord::File {
+                    path: rel.to_string(),
+                    blob: file_refs.next().expect("one ref per file"),
+                    executable,
+                }),
+                Planned::Symlink(rel, target) => links.push(OutputRecord::Symlink {
+                    path: rel.to_string(),
+                    target,
+                }),
+            }
+        }
+        outputs.extend(file_outputs);
+        outputs.extend(links);
+        let record = ActionRecord {
+            key,
+            exit_code: entry.exit_code,
+            duration_ms: entry.duration_ms,
+            stdout,
+            stderr,
+            outputs,
+        };
+        // Publish order, step 2: the entry, last.
+        self.storage.put_entry(&key, record.encode()?).await
+    }
+
+    async fn restore_outputs(
+        &self,
+        _task: &Task,
+        digest: &str,
+        workspace: &Path,
+    ) -> BackendResult<Vec<CacheOutput>> {
+        let key = Digest::parse(digest)?;
+        let record = self.load_required(&key).await?;
+
+        // Validate everything against the workspace before writing anything.
+        let root = workspace.to_path_buf();
+        let outputs = record.outputs.clone();
+        let (ws, results) = self
+            .blocking(move || {
+                let ws = Arc::new(Workspace::open(&root)?);
+                let rels = outputs
+                    .iter()
+                    .map(|o| RelPath::parse(o.path()))
+                    .collect::<BackendResult<Vec<_>>>()?;
+                for rel in &rels {
+                    ws.check(rel)?;
+                }
+                let mut results = Vec::with_capacity(outputs.len());
+                for (o, rel) in outputs.iter().zip(&rels) {
+                    if let OutputRecord::Directory { .. } = o {
+                        ws.create_dir(rel)?;
+                        results.push(CacheOutput::directory(rel.as_str()));
+                    }
+                }
+                Ok((ws, results))
+            })
+            .await?;
+        let mut results = results;
+
+        let mut files = Vec::new();
+        for o in &record.outputs {
+            if let OutputRecord::File {
+                path,
+                blob,
+                executable,
+            } = o
+            {
+                let rel = RelPath::parse(path)?;
+                results.push(CacheOutput {
+                    path: rel.to_string(),
+                    content: OutputContent::File {
+                        path: rel.to_path(ws.root()),
+                        blob: Some(*blob),
+                    },
+                    is_executable: *executable,
+                });
+                files.push(FileRestore {
+                    blob: *blob,
+                    workspace: Arc::clone(&ws),
+                    path: rel,
+                    executable: *executable,
+                });
+            }
+        }
+        if !files.is_empty() {
+            self.storage.restore_files(files).await?;
+        }
+
+        let links: Vec<(RelPath, String)> = record
+            .outputs
+            .iter()
+            .filter_map(|o| match o {
+                OutputRecord::Symlink { path, target } => {
+                    Some(RelPath::parse(path).map(|r| (r, target.clone())))
+                }
+                _ => None,
+            })
+            .collect::<BackendResult<_>>()?;
+        if !links.is_empty() {
+            let ws2 = Arc::clone(&ws);
+            let links2 = links.clone();
+            self.blocking(move || {
+                for (rel, target) in &links2 {
+                    ws2.create_symlink(rel, target)?;
+                }
+                Ok(())
+            })
+            .await?;
+            results.extend(
+                links
+                    .into_iter()
+                    .map(|(r, t)| CacheOutput::symlink(r.as_str(), t)),
+            );
+        }
+        if let Err(e) = self.storage.touch(&key).await {
+            tracing::debug!(backend = self.storage.name(), %key, error = %e, "could not record recency");
+        }
+        Ok(results)
+    }
+
+    async fn get_log_bytes(&self, _task: &Task, digest: &str) -> BackendResult<LogBytes> {
+        let key = Digest::parse(digest)?;
+        let record = self.load_required(&key).await?;
+        let out = self.read_log(&record.stdout).await?;
+        let err = self.read_log(&record.stderr).await?;
+        Ok((out, err))
+    }
+
+    fn name(&self) -> &'static str {
+        self.storage.name()
+    }
+
+    async fn health_check(&self) -> BackendResult<()> {
+        let started = Instant::now();
+        let r = self.storage.health_check().await;
+        tracing::trace!(backend = self.storage.name(), elapsed = ?started.elapsed(), ok = r.is_ok(), "health check");
+        r
+    }
+}

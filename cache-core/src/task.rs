@@ -1,0 +1,83 @@
+//! The task description the cache is keyed on, as the origin executor's IR gives it.
+
+use crate::CachePolicy;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// How an output is handed on after the task runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputType {
+    /// Kept in the cache (the default).
+    #[default]
+    Cas,
+    /// Kept in the cache and also handed to the CI system's own artifact store by the executor.
+    Orchestrator,
+}
+
+/// A declared output of a task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskOutput {
+    /// Path relative to the workspace: a file or a directory.
+    pub path: String,
+    /// Where the executor sends it besides the cache.
+    #[serde(rename = "type", default)]
+    pub kind: OutputType,
+}
+
+/// A task as the executor describes it. Deserializes from the origin's task JSON;
+/// fields the cache does not use (`runtime`, `depends_on`, `label`, ...) are ignored.
+///
+/// ```
+/// let task: cache_core::Task = serde_json::from_str(r#"{
+///     "id": "build-web", "command": ["npm", "run", "build"], "runtime": "node-20",
+///     "outputs": [{"path": "web/dist", "type": "cas"}], "cache_policy": "readonly"
+/// }"#).unwrap();
+/// assert_eq!(task.cache_policy, cache_core::CachePolicy::Readonly);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Task {
+    /// Task name, for logs and metrics.
+    pub id: String,
+    /// The command and its arguments.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// Whether `command` is run through a shell.
+    #[serde(default)]
+    pub shell: bool,
+    /// Declared environment: these variables (and only these) join the task digest.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Input globs, relative to the workspace; the matching files' contents join the digest.
+    #[serde(default)]
+    pub inputs: Vec<String>,
+    /// Declared outputs.
+    #[serde(default)]
+    pub outputs: Vec<TaskOutput>,
+    /// The task's own cache policy.
+    #[serde(default)]
+    pub cache_policy: CachePolicy,
+    /// A deployment task is never cached (see [`crate::effective_policy`]).
+    #[serde(default)]
+    pub deployment: bool,
+}
+
+impl Task {
+    /// A task with the given id and command and every other field at its default.
+    pub fn new<I, S>(id: impl Into<String>, command: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Task {
+            id: id.into(),
+            command: command.into_iter().map(Into::into).collect(),
+            shell: false,
+            env: BTreeMap::new(),
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+            cache_policy: CachePolicy::Normal,
+            deployment: false,
+        }
+    }
+}

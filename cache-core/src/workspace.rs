@@ -1,0 +1,416 @@
+//! The one audited routine that places outputs in a workspace.
+//!
+//! Every backend restores through [`Workspace`]: paths are [`RelPath`]s (lexically
+//! safe by construction), and here each existing component on the way is checked
+//! physically: a directory is entered, a symlink is followed only if its real target is
+//! a directory inside the workspace, anything else is refused. Files are written to a
+//! temporary file in their target directory, verified against their digest, given their
+//! mode, and renamed into place, so a reader sees the old file or the whole new one and
+//! a corrupt blob never becomes a workspace file.
+//!
+//! All of it is blocking filesystem work: async callers run it on a blocking thread.
+//! (A process that races us by swapping directories for symlinks *during* a restore is
+//! outside the threat model; entries and existing workspace layouts are inside it.)
+
+use crate::digest::{COPY_BUFFER, check_blob};
+use crate::path::check_symlink_target;
+use crate::{BackendError, BackendResult, BlobRef, RelPath};
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+/// A workspace root into which outputs are restored.
+#[derive(Debug, Clone)]
+pub struct Workspace {
+    root: PathBuf,
+}
+
+impl Workspace {
+    /// Opens an existing directory as a workspace (the path is canonicalized).
+    pub fn open(root: &Path) -> BackendResult<Self> {
+        let root = fs::canonicalize(root)
+            .map_err(|e| BackendError::io_with_context("open workspace", root, e))?;
+        if !root.is_dir() {
+            return Err(BackendError::io_with_context(
+                "open workspace",
+                &root,
+                io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
+            ));
+        }
+        Ok(Workspace { root })
+    }
+
+    /// The canonical root.
+    #[must_use]
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Checks, without writing anything, that writing `rel` would stay inside the
+    /// workspace given what is on disk now. Restores call this for every output first,
+    /// so a refused layout writes nothing at all.
+    pub fn check(&self, rel: &RelPath) -> BackendResult<()> {
+        if let Some(parent) = self.walk_parent(rel, false)? {
+            let last = parent.join(rel.file_name());
+            self.check_last(rel, &last, false)?;
+        }
+        Ok(())
+    }
+
+    /// Creates directory `rel` (and its parents) inside the workspace.
+    pub fn create_dir(&self, rel: &RelPath) -> BackendResult<PathBuf> {
+        let parent = self.parent_dir(rel)?;
+        let path = parent.join(rel.file_name());
+        match self.check_last(rel, &path, true)? {
+            Last::Dir => Ok(path),
+            Last::Missing | Last::Replaceable => {
+                match fs::create_dir(&path) {
+                    Ok(()) => {}
+                    // Another writer made it meanwhile: fine if it is a directory.
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => {}
+                    Err(e) => {
+                        return Err(BackendError::io_with_context("create directory", &path, e));
+                    }
+                }
+                Ok(path)
+            }
+        }
+    }
+
+    /// Creates (or atomically replaces) symlink `rel` pointing to the relative `target`,
+    /// which must stay inside the workspace.
+    pub fn create_symlink(&self, rel: &RelPath, target: &str) -> BackendResult<PathBuf> {
+        check_symlink_target(rel, target)?;
+        let parent = self.parent_dir(rel)?;
+        let path = parent.join(rel.file_name());
+        if let Last::Dir = self.check_last(rel, &path, false)? {
+            return Err(BackendError::unsafe_path(
+                rel.as_str(),
+                "a directory is in the way of this symlink; remove it first",
+            ));
+        }
+        make_symlink_atomically(target, &parent, &path)?;
+        Ok(path)
+    }
+
+    /// Starts writing file `rel`: a temporary file is created in its target directory.
+    /// Feed it with [`Write`] and call [`PendingFile::commit`]; dropping it instead
+    /// removes the temporary file and leaves the workspace as it was.
+    pub fn begin_file(
+        &self,
+        rel: &RelPath,
+        expected: BlobRef,
+        executable: bool,
+    ) -> BackendResult<PendingFile> {
+        let parent = self.parent_dir(rel)?;
+        let path = parent.join(rel.file_name());
+        if let Last::Dir = self.check_last(rel, &path, false)? {
+            return Err(BackendError::unsafe_path(
+                rel.as_str(),
+                "a directory is in the way of this file; remove it first",
+            ));
+        }
+        let tmp = tempfile::Builder::new()
+            .prefix(".taskcache-")
+            .suffix(".tmp")
+            .tempfile_in(&parent)
+            .map_err(|e| BackendError::io_with_context("create temporary file in", &parent, e))?;
+        Ok(PendingFile {
+            hasher: expected.digest.algorithm().hasher(),
+            written: 0,
+            expected,
+            executable,
+            path,
+            tmp,
+        })
+    }
+
+    /// Writes file `rel` from `reader`, verifying it is exactly `expected` before it
+    /// replaces anything. Returns the absolute path written.
+    pub fn write_file(
+        &self,
+        rel: &RelPath,
+        expected: BlobRef,
+        executable: bool,
+        reader: &mut dyn Read,
+    ) -> BackendResult<PathBuf> {
+        let mut pending = self.begin_file(rel, expected, executable)?;
+        let mut buf = vec![
+            0u8;
+            COPY_BUFFER.min(
+                usize::try_from(expected.size)
+                    .unwrap_or(usize::MAX)
+                    .max(4096)
+            )
+        ];
+        let mut limited = reader.take(expected.size.saturating_add(1));
+        loop {
+            let n = match limited.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            };
+            pending
+                .write_all(&buf[..n])
+                .map_err(|e| pending.io_error(e))?;
+        }
+        pending.commit()
+    }
+
+    fn parent_dir(&self, rel: &RelPath) -> BackendResult<PathBuf> {
+        Ok(self
+            .walk_parent(rel, true)?
+            .expect("walk_parent with create=true always reaches the parent"))
+    }
+
+    /// Walks the parent directories of `rel`. With `create`, missing ones are made;
+    /// without, the walk stops (returning `None`) at the first missing one.
+    fn walk_parent(&self, rel: &RelPath, create: bool) -> BackendResult<Option<PathBuf>> {
+        let mut cur = self.root.clone();
+        let Some(parent) = rel.parent() else {
+            return Ok(Some(cur));
+        };
+        for comp in parent.components() {
+            let next = cur.join(comp);
+            match fs::symlink_metadata(&next) {
+                Ok(m) if m.is_dir() => cur = next,
+                Ok(m) if m.file_type().is_symlink() => cur = self.follow_dir_link(rel, &next)?,
+                Ok(_) => {
+                    return Err(BackendError::unsafe_path(
+                        rel.as_str(),
+                        format!(
+                            "{} exists and is not a directory; remove it",
+                            next.display()
+                        ),
+                    ));
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    if !create {
+                        return Ok(None);
+                    }
+                    match fs::create_dir(&next) {
+                        Ok(()) => cur = next,
+                        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                            // Raced with another writer: look again, strictly.
+                            let m = fs::symlink_metadata(&next)
+                                .map_err(|e| BackendError::io_with_context("inspect", &next, e))?;
+                            if m.is_dir() {
+                                cur = next;
+                            } else {
+                                return Err(BackendError::unsafe_path(
+                                    rel.as_str(),
+                                    format!("{} appeared as a non-directory", next.display()),
+                                ));
+                            }
+                        }
+                        Err(e) => {
+                            return Err(BackendError::io_with_context("create directory", &next, e));
+                        }
+                    }
+                }
+                Err(e) => return Err(BackendError::io_with_context("inspect", &next, e)),
+            }
+        }
+        Ok(Some(cur))
+    }
+
+    /// A symlink on the way is entered only if it resolves to a directory in the workspace.
+    fn follow_dir_link(&self, rel: &RelPath, link: &Path) -> BackendResult<PathBuf> {
+        let real = fs::canonicalize(link).map_err(|_| {
+            BackendError::unsafe_path(
+                rel.as_str(),
+                format!("{} is a dangling symlink; remove it", link.display()),
+            )
+        })?;
+        if !real.starts_with(&self.root) {
+            return Err(BackendError::unsafe_path(
+                rel.as_str(),
+                format!(
+                    "{} is a symlink to {}, outside the workspace; refusing to write through it",
+                    link.display(),
+                    real.display()
+                ),
+            ));
+        }
+        if !real.is_dir() {
+            return Err(BackendError::unsafe_path(
+                rel.as_str(),
+                format!(
+                    "{} is a symlink to a non-directory; remove it",
+                    link.display()
+                ),
+            ));
+        }
+        Ok(real)
+    }
+
+    fn check_last(&self, rel: &RelPath, path: &Path, follow_dir_link: bool) -> BackendResult<Last> {
+        match fs::symlink_metadata(path) {
+            Ok(m) if m.is_dir() => Ok(Last::Dir),
+            Ok(m) if m.file_type().is_symlink() && follow_dir_link => {
+                // An existing link standing for a directory output is kept if it is safe.
+                match fs::canonicalize(path) {
+                    Ok(real) if real.starts_with(&self.root) && real.is_dir() => Ok(Last::Dir),
+                    _ => Err(BackendError::unsafe_path(
+                        rel.as_str(),
+                        format!(
+                            "{} is a symlink that does not lead to a directory in the workspace; remove it",
+                            path.display()
+                        ),
+                    )),
+                }
+            }
+            Ok(m) if !m.file_type().is_symlink() && follow_dir_link => {
+                Err(BackendError::unsafe_path(
+                    rel.as_str(),
+                    format!(
+                        "{} exists and is not a directory; remove it",
+                        path.display()
+                    ),
+                ))
+            }
+            Ok(_) => Ok(Last::Replaceable),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Last::Missing),
+            Err(e) => Err(BackendError::io_with_context("inspect", path, e)),
+        }
+    }
+}
+
+enum Last {
+    Missing,
+    Dir,
+    /// A file or symlink, which rename replaces without following.
+    Replaceable,
+}
+
+/// A file being restored: bytes go to a temporary file beside its final place and are
+/// hashed on the way; [`PendingFile::commit`] verifies and renames.
+pub struct PendingFile {
+    tmp: tempfile::NamedTempFile,
+    path: PathBuf,
+    expected: BlobRef,
+    executable: bool,
+    hasher: crate::Hasher,
+    written: u64,
+}
+
+impl std::fmt::Debug for PendingFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingFile")
+            .field("path", &self.path)
+            .field("expected", &self.expected)
+            .field("written", &self.written)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PendingFile {
+    /// The final path this file will have.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn io_error(&self, e: io::Error) -> BackendError {
+        BackendError::io_with_context("write", self.tmp.path(), e)
+    }
+
+    /// Verifies the bytes written against the expected blob, sets the mode and renames
+    /// the file into place. On a mismatch the temporary file is removed and the error
+    /// is [`BackendError::DigestMismatch`].
+    pub fn commit(self) -> BackendResult<PathBuf> {
+        let PendingFile {
+            tmp,
+            path,
+            expected,
+            executable,
+            hasher,
+            written,
+        } = self;
+        check_blob(
+            &expected,
+            &BlobRef {
+                digest: hasher.finalize(),
+                size: written,
+            },
+        )?;
+        set_mode(tmp.as_file(), executable)
+            .map_err(|e| BackendError::io_with_context("set mode of", tmp.path(), e))?;
+        tmp.persist(&path)
+            .map_err(|e| BackendError::io_with_context("rename into place", &path, e.error))?;
+        Ok(path)
+    }
+}
+
+impl Write for PendingFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        // Refuse to grow past the promised size: a runaway source must not fill the disk.
+        if self.written.saturating_add(buf.len() as u64) > self.expected.size.saturating_add(1) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("blob {} is longer than its recorded size", self.expected),
+            ));
+        }
+        self.tmp.as_file_mut().write_all(buf)?;
+        self.hasher.update(buf);
+        self.written += buf.len() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(unix)]
+fn set_mode(file: &File, executable: bool) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    file.set_permissions(fs::Permissions::from_mode(if executable {
+        0o755
+    } else {
+        0o644
+    }))
+}
+
+#[cfg(not(unix))]
+fn set_mode(_file: &File, _executable: bool) -> io::Result<()> {
+    Ok(())
+}
+
+#[cfg(unix)]
+fn make_symlink_atomically(target: &str, dir: &Path, path: &Path) -> BackendResult<()> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    for _ in 0..16 {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let tmp = dir.join(format!(".taskcache-{}-{n}.lnk", std::process::id()));
+        match std::os::unix::fs::symlink(target, &tmp) {
+            Ok(()) => {
+                return fs::rename(&tmp, path).map_err(|e| {
+                    let _ = fs::remove_file(&tmp);
+                    BackendError::io_with_context("rename symlink into place", path, e)
+                });
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(BackendError::io_with_context("create symlink", &tmp, e)),
+        }
+    }
+    Err(BackendError::io_with_context(
+        "create symlink",
+        path,
+        io::Error::new(io::ErrorKind::AlreadyExists, "no free temporary name"),
+    ))
+}
+
+#[cfg(not(unix))]
+fn make_symlink_atomically(_target: &str, _dir: &Path, path: &Path) -> BackendResult<()> {
+    Err(BackendError::io_with_context(
+        "create symlink",
+        path,
+        io::Error::new(
+            io::ErrorKind::Unsupported,
+            "symlinks are restored on Unix only",
+        ),
+    ))
+}
