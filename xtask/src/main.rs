@@ -1,1 +1,89 @@
-fn main() {}
+//! `cargo xtask`: every chore of this repository, so the README commands stay short.
+//!
+//! * `cargo xtask ci`: format check, clippy with `-D warnings`, the whole test suite
+//!   (nextest, then doctests), docs with `-D warnings`.
+//! * `cargo xtask bench [local|cli|all]`: benchmarks; results go in `BENCHMARKS.md`.
+
+mod bench;
+
+use std::process::{Command, ExitCode};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("ci") => ci(),
+        Some("bench") => bench::run(&args[1..]),
+        _ => {
+            eprintln!("usage: cargo xtask <ci | bench [local|cli|all]>");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs a command from the workspace root, failing with its description if it fails.
+pub fn run(cmd: &mut Command) -> Result<(), String> {
+    let root = workspace_root();
+    cmd.current_dir(&root);
+    eprintln!("xtask: $ {}", describe(cmd));
+    let status = cmd
+        .status()
+        .map_err(|e| format!("could not start {}: {e}", describe(cmd)))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{} failed ({status})", describe(cmd)))
+    }
+}
+
+fn describe(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}
+
+/// The repository root (the parent of this crate).
+pub fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace root")
+        .to_path_buf()
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn has_nextest() -> bool {
+    cargo()
+        .args(["nextest", "--version"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn ci() -> Result<(), String> {
+    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run(cargo().args(["clippy", "--workspace", "--all-targets", "--quiet", "--", "-D", "warnings"]))?;
+    if !has_nextest() {
+        eprintln!("xtask: installing cargo-nextest (once)");
+        run(cargo().args(["install", "--locked", "--quiet", "cargo-nextest"]))?;
+    }
+    run(cargo().args(["nextest", "run", "--workspace", "--profile", "ci"]))?;
+    run(cargo().args(["test", "--workspace", "--doc", "--quiet"]))?;
+    run(cargo()
+        .args(["doc", "--workspace", "--no-deps", "--quiet"])
+        .env("RUSTDOCFLAGS", "-D warnings"))?;
+    eprintln!("xtask: ci passed");
+    Ok(())
+}
