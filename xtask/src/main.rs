@@ -3,8 +3,10 @@
 //! * `cargo xtask ci`: format check, clippy with `-D warnings`, the whole test suite
 //!   (nextest, then doctests), docs with `-D warnings`.
 //! * `cargo xtask bench [local|cli|all]`: benchmarks; results go in `BENCHMARKS.md`.
+//! * `cargo xtask drill ...`: reliability drills (kill -9 during stores, ...).
 
 mod bench;
+mod drill;
 
 use std::process::{Command, ExitCode};
 
@@ -13,8 +15,9 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci(),
         Some("bench") => bench::run(&args[1..]),
+        Some("drill") => drill::run(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <ci | bench [local|cli|all]>");
+            eprintln!("usage: cargo xtask <ci | bench [local|cli|all] | drill ...>");
             return ExitCode::from(2);
         }
     };

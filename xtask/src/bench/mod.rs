@@ -1,10 +1,19 @@
 //! `cargo xtask bench [local|cli|all]`.
 //!
 //! Every figure is printed as a ratio against a reference measured in the same run,
-//! with peak RSS, and the medians go in `BENCHMARKS.md` by hand with the machine.
+//! with peak RSS, and the medians go in `BENCHMARKS.md` with the machine they ran on.
+
+mod cli;
+mod local;
 
 pub fn run(args: &[String]) -> Result<(), String> {
     match args.first().map_or("all", String::as_str) {
+        "local" => local::run(&args[1..]),
+        "cli" => cli::run(&args[1..]),
+        "all" => {
+            local::run(&[])?;
+            cli::run(&[])
+        }
         other => Err(format!("unknown benchmark {other:?}: use local, cli or all")),
     }
 }
