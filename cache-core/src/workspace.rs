@@ -205,7 +205,11 @@ impl Workspace {
                             }
                         }
                         Err(e) => {
-                            return Err(BackendError::io_with_context("create directory", &next, e));
+                            return Err(BackendError::io_with_context(
+                                "create directory",
+                                &next,
+                                e,
+                            ));
                         }
                     }
                 }
@@ -217,23 +221,23 @@ impl Workspace {
 
     /// A symlink on the way is entered only if it resolves to a directory in the workspace.
     fn follow_dir_link(&self, rel: &RelPath, link: &Path) -> BackendResult<PathBuf> {
-        let real = fs::canonicalize(link).map_err(|_| {
+        let resolved = fs::canonicalize(link).map_err(|_| {
             BackendError::unsafe_path(
                 rel.as_str(),
                 format!("{} is a dangling symlink; remove it", link.display()),
             )
         })?;
-        if !real.starts_with(&self.root) {
+        if !resolved.starts_with(&self.root) {
             return Err(BackendError::unsafe_path(
                 rel.as_str(),
                 format!(
                     "{} is a symlink to {}, outside the workspace; refusing to write through it",
                     link.display(),
-                    real.display()
+                    resolved.display()
                 ),
             ));
         }
-        if !real.is_dir() {
+        if !resolved.is_dir() {
             return Err(BackendError::unsafe_path(
                 rel.as_str(),
                 format!(
@@ -242,7 +246,7 @@ impl Workspace {
                 ),
             ));
         }
-        Ok(real)
+        Ok(resolved)
     }
 
     fn check_last(&self, rel: &RelPath, path: &Path, follow_dir_link: bool) -> BackendResult<Last> {
@@ -251,7 +255,9 @@ impl Workspace {
             Ok(m) if m.file_type().is_symlink() && follow_dir_link => {
                 // An existing link standing for a directory output is kept if it is safe.
                 match fs::canonicalize(path) {
-                    Ok(real) if real.starts_with(&self.root) && real.is_dir() => Ok(Last::Dir),
+                    Ok(resolved) if resolved.starts_with(&self.root) && resolved.is_dir() => {
+                        Ok(Last::Dir)
+                    }
                     _ => Err(BackendError::unsafe_path(
                         rel.as_str(),
                         format!(
