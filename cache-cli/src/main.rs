@@ -1,1 +1,77 @@
-fn main() {}
+//! # taskcache: put any CI step behind a cache of its outputs and logs
+//!
+//! ```text
+//! taskcache run [OPTIONS] -- COMMAND [ARGS...]
+//! taskcache key [OPTIONS] -- COMMAND [ARGS...]
+//! taskcache stats [--json] | gc --max-size SIZE | verify
+//! ```
+//!
+//! `run` computes the task digest from the command, the declared variables (`-e`),
+//! the contents of the input files (`-i`) and the declared outputs (`-o`). On a hit it
+//! restores the outputs, replays stdout and stderr byte for byte and exits with the
+//! cached code, without running the command; on a miss it runs the command (stdin
+//! inherited, output streamed live and captured) and stores the result.
+//!
+//! taskcache prints nothing of its own on stdout; on stderr only warnings and errors,
+//! unless `-v`. Bad usage exits 2 with a message saying what to do. A cache that fails
+//! never fails the step: the command runs uncached and its exit code is kept.
+//!
+//! Where things are:
+//!
+//! * [`cli`]: the flags (clap). [`location`]: `--cache`/`--remote` values and
+//!   credentials. [`size`]: `10GiB`-style sizes.
+//! * [`key`]: what joins the digest. [`runner`]: running the command and teeing its
+//!   output. [`outputs`]: declared outputs to cache entries.
+//! * [`run`]: the hit/miss loop and its error policy. [`backend`]: opening the local
+//!   cache and a tiered remote. [`admin`]: stats, gc, verify.
+
+mod admin;
+mod backend;
+mod cli;
+mod key;
+mod location;
+mod logging;
+mod outputs;
+mod run;
+mod runner;
+mod size;
+
+use clap::Parser;
+use std::process::ExitCode;
+
+/// Why taskcache itself (not the command) failed.
+#[derive(Debug)]
+pub enum Failure {
+    /// Bad input: exit code 2.
+    Usage(String),
+    /// Something else went wrong (e.g. the cache cannot be read for `stats`): exit code 1.
+    Fatal(String),
+}
+
+fn main() -> ExitCode {
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        // Help and version go to stdout with 0; usage errors to stderr with 2.
+        Err(e) => e.exit(),
+    };
+    logging::init(cli.verbose);
+    let result = match &cli.command {
+        cli::Command::Run(args) => run::run(args),
+        cli::Command::Key(args) => run::key(args),
+        cli::Command::Stats(args) => admin::stats(args),
+        cli::Command::Gc(args) => admin::gc(args),
+        cli::Command::Verify(args) => admin::verify(args),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(Failure::Usage(msg)) => {
+            eprintln!("taskcache: error: {msg}");
+            eprintln!("Run `taskcache --help` (or `taskcache <command> --help`) for usage.");
+            ExitCode::from(2)
+        }
+        Err(Failure::Fatal(msg)) => {
+            eprintln!("taskcache: error: {msg}");
+            ExitCode::from(1)
+        }
+    }
+}

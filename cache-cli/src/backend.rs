@@ -1,0 +1,168 @@
+//! From `--cache` / `--remote` to a [`CacheBackend`].
+//!
+//! * The cache (`--cache`, `$TASKCACHE_CACHE`, else the platform cache dir) is a local
+//!   directory opened with `cache-local`.
+//! * A remote (`--remote`) that is a local directory becomes the shared tier of a
+//!   [`Tiered`] cache, behind a [`CircuitBreaker`] so that a remote that keeps failing
+//!   is skipped for the rest of the run instead of costing a timeout per call.
+//! * `s3://` and `grpc(s)://` are parsed and validated, with their credentials
+//!   (`AWS_*`, `TASKCACHE_REMOTE_HEADERS`), and then refused: their backends come in
+//!   later issues. Refusing beats silently running uncached, which would look like a
+//!   working remote.
+
+use crate::Failure;
+use crate::location::{Location, RemoteHeaders, S3Settings, redact};
+use cache_core::{CacheBackend, CircuitBreaker, Tiered, TieredStats};
+use cache_local::{LocalOptions, LocalStorage};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Consecutive transport failures after which the remote is skipped for the run.
+pub const BREAKER_THRESHOLD: u32 = 3;
+
+/// Which flag a location came from, for messages.
+#[derive(Debug, Clone, Copy)]
+pub enum Role {
+    /// `--cache`.
+    Cache,
+    /// `--remote`.
+    Remote,
+}
+
+impl Role {
+    fn flag(self) -> &'static str {
+        match self {
+            Role::Cache => "--cache",
+            Role::Remote => "--remote",
+        }
+    }
+}
+
+/// Parses and validates a location given for `role`, without refusing unsupported kinds.
+pub fn parse(raw: &str, role: Role) -> Result<Location, Failure> {
+    let loc = Location::parse(raw).map_err(|e| Failure::Usage(format!("{}: {e}", role.flag())))?;
+    match &loc {
+        Location::Local(_) => {}
+        Location::S3 { .. } => {
+            S3Settings::from_env(|k| std::env::var(k).ok())
+                .map_err(|e| Failure::Usage(format!("{} {}: {e}", role.flag(), redact(raw))))?;
+        }
+        Location::Grpc { .. } => {
+            RemoteHeaders::from_env(|k| std::env::var(k).ok()).map_err(Failure::Usage)?;
+        }
+    }
+    Ok(loc)
+}
+
+/// The local directory for `role`, refusing kinds this build has no backend for.
+pub fn require_local(loc: Location, role: Role) -> Result<PathBuf, Failure> {
+    match loc {
+        Location::Local(p) => Ok(p),
+        other => Err(Failure::Usage(format!(
+            "{} {other}: {} caches are not yet supported in this build (the URL is valid); \
+             use a local directory or a file:// URL for now",
+            role.flag(),
+            other.kind()
+        ))),
+    }
+}
+
+/// The cache directory: `--cache`/`$TASKCACHE_CACHE` if given, else the platform default.
+pub fn cache_dir(raw: Option<&str>) -> Result<PathBuf, Failure> {
+    match raw.filter(|s| !s.is_empty()) {
+        Some(raw) => require_local(parse(raw, Role::Cache)?, Role::Cache),
+        None => LocalStorage::default_dir().ok_or_else(|| {
+            Failure::Usage(
+                "no cache directory: neither XDG_CACHE_HOME nor HOME is set; \
+                 pass --cache DIR or set TASKCACHE_CACHE"
+                    .into(),
+            )
+        }),
+    }
+}
+
+/// An opened cache and how to describe it.
+pub struct Opened {
+    /// The backend to call.
+    pub backend: Arc<dyn CacheBackend>,
+    /// For `-v` lines: `local /path` or `local /path + remote /other`.
+    pub describe: String,
+    /// When tiered: what the shared tier did.
+    pub tiered: Option<Arc<TieredStats>>,
+}
+
+/// Opens the local cache in `dir` and, if given, the remote directory behind it.
+///
+/// A remote that cannot be opened is a warning, not an error: the run goes on with the
+/// local tier only, as it would with a remote that is down.
+pub fn open(dir: &PathBuf, remote: Option<&PathBuf>) -> cache_core::BackendResult<Opened> {
+    let local: Arc<dyn CacheBackend> = Arc::new(cache_local::open(dir, LocalOptions::default())?);
+    let mut describe = format!("local {}", dir.display());
+    let Some(remote) = remote else {
+        return Ok(Opened {
+            backend: local,
+            describe,
+            tiered: None,
+        });
+    };
+    match cache_local::open(remote, LocalOptions::default()) {
+        Ok(shared) => {
+            let shared: Arc<dyn CacheBackend> =
+                Arc::new(CircuitBreaker::new(Arc::new(shared), BREAKER_THRESHOLD));
+            let tiered = Tiered::new(local, shared);
+            let stats = tiered.stats();
+            describe = format!("{describe} + remote {}", remote.display());
+            Ok(Opened {
+                backend: Arc::new(tiered),
+                describe,
+                tiered: Some(stats),
+            })
+        }
+        Err(e) => {
+            tracing::warn!(
+                "remote cache {} cannot be opened, continuing with the local cache only: {e}",
+                remote.display()
+            );
+            Ok(Opened {
+                backend: local,
+                describe,
+                tiered: None,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unsupported_kinds_are_refused_with_a_usage_error() {
+        for raw in [
+            "s3://my-bucket/ci",
+            "grpc://cache.internal:8980/main",
+            "grpcs://h",
+        ] {
+            let loc = Location::parse(raw).unwrap();
+            let Err(Failure::Usage(msg)) = require_local(loc, Role::Remote) else {
+                panic!("{raw} accepted")
+            };
+            assert!(
+                msg.contains("not yet supported") && msg.contains("--remote"),
+                "{msg}"
+            );
+        }
+        assert_eq!(
+            require_local(Location::Local("/x".into()), Role::Cache).ok(),
+            Some(PathBuf::from("/x"))
+        );
+    }
+
+    #[test]
+    fn bad_locations_are_usage_errors() {
+        let Err(Failure::Usage(msg)) = parse("grpc://nohost", Role::Remote) else {
+            panic!("accepted")
+        };
+        assert!(msg.starts_with("--remote"), "{msg}");
+    }
+}

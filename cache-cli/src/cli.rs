@@ -1,0 +1,288 @@
+//! The command line, as clap parses it. Flag names are the contract of issue 5.
+
+use cache_core::{CachePolicy, RelPath};
+use clap::{ArgAction, Args, Parser, Subcommand};
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+const AFTER_HELP: &str = "\
+Environment:
+  TASKCACHE_CACHE           default for --cache
+  TASKCACHE_REMOTE          default for --remote
+  TASKCACHE_POLICY          default for --policy
+  TASKCACHE_REMOTE_HEADERS  name=value,... sent to a grpc(s) remote (never logged)
+  TASKCACHE_LOG             tracing filter for diagnostics, e.g. debug
+
+Exit codes: the command's own (128+N if killed by signal N); on a hit, the cached one.
+2 for bad usage; 126/127 when the command cannot be started.";
+
+/// taskcache: put any CI step behind a cache of its outputs and logs.
+#[derive(Debug, Parser)]
+#[command(name = "taskcache", version, after_help = AFTER_HELP, propagate_version = true)]
+pub struct Cli {
+    /// Print one line per cache decision (hit/miss, key, backend, time saved); -vv for debug logs.
+    #[arg(short, long, action = ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run COMMAND through the cache: on a hit restore its outputs and replay its logs
+    /// and exit code without running it; on a miss run it and store the result.
+    #[command(after_help = AFTER_HELP)]
+    Run(TaskArgs),
+    /// Print the task digest (the cache key) and nothing else.
+    Key(TaskArgs),
+    /// Show entries, blobs, bytes, hits and misses of the local cache.
+    Stats(StatsArgs),
+    /// Evict least recently used entries until the local cache is under --max-size.
+    Gc(GcArgs),
+    /// Re-hash every stored blob and check every entry; report and remove corrupt ones.
+    Verify(CacheArgs),
+}
+
+/// Where the (local) cache is.
+#[derive(Debug, Args)]
+pub struct CacheArgs {
+    /// Where the cache lives: a directory or file:// URL [default: $TASKCACHE_CACHE,
+    /// else $XDG_CACHE_HOME/taskcache, else ~/.cache/taskcache].
+    #[arg(
+        long,
+        value_name = "URL|PATH",
+        env = "TASKCACHE_CACHE",
+        hide_env_values = true
+    )]
+    pub cache: Option<String>,
+}
+
+/// `taskcache stats`.
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// The cache.
+    #[command(flatten)]
+    pub cache: CacheArgs,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `taskcache gc`.
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// The cache.
+    #[command(flatten)]
+    pub cache: CacheArgs,
+    /// Target size, e.g. 10GiB, 500MB, or a number of bytes.
+    #[arg(long, value_name = "SIZE", value_parser = crate::size::parse_size)]
+    pub max_size: u64,
+}
+
+/// Everything that describes a task (`run` and `key`).
+#[derive(Debug, Args)]
+pub struct TaskArgs {
+    /// Input glob, relative to the workspace; the contents of matching files join the key (repeatable).
+    #[arg(short = 'i', long = "input", value_name = "GLOB")]
+    pub inputs: Vec<String>,
+
+    /// File or directory (relative to the workspace) to cache and restore (repeatable).
+    #[arg(short = 'o', long = "output", value_name = "PATH", value_parser = parse_output)]
+    pub outputs: Vec<RelPath>,
+
+    /// Environment variable whose value joins the key (repeatable); other variables do not.
+    #[arg(short = 'e', long = "env", value_name = "NAME", value_parser = parse_env_name)]
+    pub env: Vec<String>,
+
+    /// The cache.
+    #[command(flatten)]
+    pub cache: CacheArgs,
+
+    /// A shared tier behind the local one: a directory or file:// URL; s3://bucket/prefix,
+    /// grpc://host:port[/instance] and grpcs:// are recognised but not yet supported in this build.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "TASKCACHE_REMOTE",
+        hide_env_values = true
+    )]
+    pub remote: Option<String>,
+
+    /// normal | readonly | writeonly | disabled.
+    #[arg(
+        long,
+        value_name = "P",
+        env = "TASKCACHE_POLICY",
+        default_value = "normal",
+        value_parser = parse_policy
+    )]
+    pub policy: CachePolicy,
+
+    /// The workspace: inputs and outputs are relative to it, and the command runs in it
+    /// [default: the current directory].
+    #[arg(short = 'C', long, value_name = "DIR")]
+    pub workspace: Option<PathBuf>,
+
+    /// Task name for logs [default: the command line].
+    #[arg(long, value_name = "NAME")]
+    pub id: Option<String>,
+
+    /// Also cache non-zero exits (default: only exit 0 is stored). A command killed by a
+    /// signal is never stored.
+    #[arg(long)]
+    pub cache_failures: bool,
+
+    /// Largest stdout or stderr captured for the cache; a run that prints more is not cached.
+    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = crate::size::parse_size, hide = true)]
+    pub max_log_size: u64,
+
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<OsString>,
+}
+
+fn parse_output(raw: &str) -> Result<RelPath, String> {
+    RelPath::parse(raw).map_err(|e| e.to_string())
+}
+
+fn parse_env_name(raw: &str) -> Result<String, String> {
+    if raw.is_empty() {
+        return Err("give a variable name, e.g. -e CC".into());
+    }
+    if raw.contains('=') {
+        return Err(format!(
+            "give the variable name only (-e {}); its current value is read from the environment",
+            raw.split('=').next().unwrap_or_default()
+        ));
+    }
+    if raw.contains('\0') {
+        return Err("a variable name cannot contain a NUL byte".into());
+    }
+    Ok(raw.to_owned())
+}
+
+fn parse_policy(raw: &str) -> Result<CachePolicy, String> {
+    raw.parse()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+    use clap::error::ErrorKind;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("taskcache").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_with_everything() {
+        let cli = parse(&[
+            "run",
+            "-v",
+            "-i",
+            "src/**/*.rs",
+            "--input",
+            "Cargo.lock",
+            "-o",
+            "./dist/",
+            "-e",
+            "CC",
+            "--cache",
+            "/tmp/c",
+            "--remote",
+            "file:///tmp/r",
+            "--policy",
+            "readonly",
+            "-C",
+            "ws",
+            "--id",
+            "build",
+            "--cache-failures",
+            "--",
+            "make",
+            "-j",
+            "4",
+        ])
+        .unwrap();
+        assert_eq!(cli.verbose, 1);
+        let Command::Run(t) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(t.inputs, ["src/**/*.rs", "Cargo.lock"]);
+        assert_eq!(t.outputs[0].as_str(), "dist");
+        assert_eq!(t.env, ["CC"]);
+        assert_eq!(t.cache.cache.as_deref(), Some("/tmp/c"));
+        assert_eq!(t.remote.as_deref(), Some("file:///tmp/r"));
+        assert_eq!(t.policy, CachePolicy::Readonly);
+        assert_eq!(t.workspace, Some(PathBuf::from("ws")));
+        assert_eq!(t.id.as_deref(), Some("build"));
+        assert!(t.cache_failures);
+        assert_eq!(t.max_log_size, 64 << 20);
+        assert_eq!(t.command, ["make", "-j", "4"]);
+    }
+
+    #[test]
+    fn flags_after_dashdash_belong_to_the_command() {
+        let cli = parse(&["key", "--", "ls", "-o", "--policy"]).unwrap();
+        let Command::Key(t) = cli.command else {
+            panic!("not key")
+        };
+        assert_eq!(t.command, ["ls", "-o", "--policy"]);
+        assert!(t.outputs.is_empty());
+    }
+
+    #[test]
+    fn bad_usage_is_a_usage_error() {
+        for (args, kind) in [
+            (
+                &["run", "--frobnicate", "--", "true"][..],
+                ErrorKind::UnknownArgument,
+            ),
+            (&["run", "true"][..], ErrorKind::UnknownArgument),
+            (&["run"][..], ErrorKind::MissingRequiredArgument),
+            (
+                &["run", "-o", "../x", "--", "true"][..],
+                ErrorKind::ValueValidation,
+            ),
+            (
+                &["run", "-o", "/abs", "--", "true"][..],
+                ErrorKind::ValueValidation,
+            ),
+            (
+                &["run", "-e", "A=1", "--", "true"][..],
+                ErrorKind::ValueValidation,
+            ),
+            (
+                &["run", "--policy", "sometimes", "--", "true"][..],
+                ErrorKind::ValueValidation,
+            ),
+            (
+                &["gc", "--max-size", "lots"][..],
+                ErrorKind::ValueValidation,
+            ),
+            (&["gc"][..], ErrorKind::MissingRequiredArgument),
+        ] {
+            let err = parse(args).unwrap_err();
+            assert_eq!(err.kind(), kind, "{args:?}: {err}");
+            assert_eq!(err.exit_code(), 2, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn gc_size() {
+        let cli = parse(&["gc", "--max-size", "10GiB"]).unwrap();
+        let Command::Gc(g) = cli.command else {
+            panic!("not gc")
+        };
+        assert_eq!(g.max_size, 10 << 30);
+    }
+}

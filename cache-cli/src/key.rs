@@ -1,0 +1,176 @@
+//! The task digest `taskcache run` and `taskcache key` compute.
+//!
+//! It is [`cache_core::TaskKeyBuilder`]'s encoding (see its docs) over:
+//!
+//! * the command and its arguments, in order, exactly as given (no shell: `shell` is
+//!   false; a `sh -c '...'` command has its script as an argument);
+//! * each `-e NAME`: the name and the variable's current value, with unset distinct
+//!   from empty; no other variable joins the key;
+//! * each `-i GLOB`: the pattern and the contents, executable bits and symlink texts of
+//!   the files it matches;
+//! * each `-o PATH`: the output's normalized name (its content is what is cached);
+//! * a salt: [`KEY_FORMAT`] plus the operating system and CPU architecture, so that a
+//!   shared remote never hands a Linux binary to a macOS job, and so that a future
+//!   change of what the CLI puts in the key changes every key at once.
+//!
+//! Arguments and values that are not UTF-8 join the key as `"\0"` followed by the hex
+//! of their bytes: a real argument or variable can never contain a NUL byte, so the two
+//! forms cannot collide.
+
+use cache_core::{BackendResult, Digest, DigestAlgorithm, RelPath, TaskKeyBuilder};
+use std::ffi::{OsStr, OsString};
+use std::fmt::Write as _;
+use std::path::Path;
+
+/// Version of what the CLI puts in a key. Bump it whenever that changes.
+pub const KEY_FORMAT: &str = "taskcache-cli-key/1";
+
+/// What a task is, as far as the key is concerned.
+#[derive(Debug, Clone)]
+pub struct TaskSpec {
+    /// Command and arguments.
+    pub command: Vec<OsString>,
+    /// Declared environment variable names.
+    pub env: Vec<String>,
+    /// Input globs.
+    pub inputs: Vec<String>,
+    /// Declared outputs.
+    pub outputs: Vec<RelPath>,
+}
+
+/// The salt for this build of the CLI on this platform.
+pub fn salt() -> String {
+    format!(
+        "{KEY_FORMAT}\0{}\0{}",
+        std::env::consts::OS,
+        std::env::consts::ARCH
+    )
+}
+
+/// An argument or value as it joins the key (see the module docs).
+pub fn key_text(s: &OsStr) -> String {
+    if let Some(utf8) = s.to_str() {
+        return utf8.to_owned();
+    }
+    let mut out = String::from("\0");
+    for b in os_bytes(s) {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+#[cfg(unix)]
+fn os_bytes(s: &OsStr) -> Vec<u8> {
+    use std::os::unix::ffi::OsStrExt;
+    s.as_bytes().to_vec()
+}
+
+#[cfg(not(unix))]
+fn os_bytes(s: &OsStr) -> Vec<u8> {
+    s.to_string_lossy().into_owned().into_bytes()
+}
+
+/// Computes the task digest, reading inputs under `workspace` and variables through
+/// `var` (blocking).
+pub fn task_key(
+    spec: &TaskSpec,
+    workspace: &Path,
+    var: impl Fn(&str) -> Option<OsString>,
+) -> BackendResult<Digest> {
+    let mut b = TaskKeyBuilder::new(DigestAlgorithm::Blake3)
+        .command(spec.command.iter().map(|a| key_text(a)))
+        .shell(false)
+        .salt(salt());
+    for name in &spec.env {
+        let value = var(name).map(|v| key_text(&v));
+        b = b.env(name, value.as_deref());
+    }
+    for pattern in &spec.inputs {
+        b = b.input(pattern);
+    }
+    for out in &spec.outputs {
+        b = b.output(out.as_str());
+    }
+    b.build(workspace)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn spec() -> TaskSpec {
+        TaskSpec {
+            command: vec!["cc".into(), "-O2".into(), "main.c".into()],
+            env: vec!["CC".into()],
+            inputs: vec!["*.c".into()],
+            outputs: vec![RelPath::parse("a.out").unwrap()],
+        }
+    }
+
+    fn key_with(spec: &TaskSpec, dir: &Path, vars: &[(&str, &str)]) -> String {
+        let m: HashMap<String, OsString> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), OsString::from(*v)))
+            .collect();
+        task_key(spec, dir, |k| m.get(k).cloned())
+            .unwrap()
+            .to_string()
+    }
+
+    #[test]
+    fn every_declared_part_changes_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("main.c"), "int main(){}").unwrap();
+        let base = key_with(&spec(), dir.path(), &[("CC", "gcc")]);
+        assert!(base.starts_with("blake3:"));
+        assert_eq!(base, key_with(&spec(), dir.path(), &[("CC", "gcc")]));
+        // Undeclared variables do not matter.
+        assert_eq!(
+            base,
+            key_with(
+                &spec(),
+                dir.path(),
+                &[("CC", "gcc"), ("HOME", "/elsewhere")]
+            )
+        );
+        let mut keys = vec![base.clone()];
+        keys.push(key_with(&spec(), dir.path(), &[("CC", "clang")]));
+        keys.push(key_with(&spec(), dir.path(), &[("CC", "")]));
+        keys.push(key_with(&spec(), dir.path(), &[]));
+        let mut s = spec();
+        s.command.push("-g".into());
+        keys.push(key_with(&s, dir.path(), &[("CC", "gcc")]));
+        let mut s = spec();
+        s.outputs.push(RelPath::parse("b.out").unwrap());
+        keys.push(key_with(&s, dir.path(), &[("CC", "gcc")]));
+        std::fs::write(dir.path().join("main.c"), "int main(){ }").unwrap();
+        keys.push(key_with(&spec(), dir.path(), &[("CC", "gcc")]));
+        let unique: std::collections::HashSet<_> = keys.iter().collect();
+        assert_eq!(unique.len(), keys.len(), "{keys:#?}");
+    }
+
+    #[test]
+    fn unmatched_input_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(task_key(&spec(), dir.path(), |_| None).is_err());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn non_utf8_values_are_distinct() {
+        use std::os::unix::ffi::OsStrExt;
+        let a = key_text(OsStr::from_bytes(b"\xff"));
+        let b = key_text(OsStr::from_bytes(b"\xfe"));
+        assert_ne!(a, b);
+        assert_eq!(a, "\0ff");
+        assert_ne!(key_text(OsStr::new("ff")), a);
+    }
+
+    #[test]
+    fn salt_names_the_format_and_platform() {
+        let s = salt();
+        assert!(s.starts_with(KEY_FORMAT));
+        assert!(s.contains(std::env::consts::OS));
+    }
+}

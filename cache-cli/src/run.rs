@@ -1,0 +1,470 @@
+//! `taskcache run` and `taskcache key`: the origin executor loop (digest → check →
+//! restore and replay, or run → store) for one command.
+//!
+//! # Hit
+//!
+//! `check`, then the logs are fetched (into memory), then the outputs are restored, and
+//! only then is anything printed: every cache operation that can fail happens before
+//! the first replayed byte, so a failure can still fall back to running the command
+//! without the user seeing a half-replayed log followed by a real one.
+//!
+//! Restoring over an existing tree gives every cached file, directory and symlink
+//! exactly (bytes and executable bit), atomically per file. Files present in a
+//! directory output but absent from the entry are **left alone**: deleting is
+//! irreversible, several tasks may write into one directory (`dist/`), and a miss
+//! runs the command over the same tree without cleaning it either, so leaving them
+//! keeps a hit equivalent to a run. Delete the directory first for a pristine copy.
+//!
+//! A cached *failure* (only stored with `--cache-failures`) is replayed only when
+//! this run also passes `--cache-failures`; otherwise the command runs.
+//!
+//! # Errors of the cache
+//!
+//! * Degradable (`Unavailable`, `Connection`, `ActionNotFound`): a warning, the command
+//!   runs uncached; its exit code is unaffected.
+//! * Hard errors on check or restore (a digest mismatch, a corrupt entry, a local I/O
+//!   error, an unsafe path in the workspace): also a warning, and the command runs.
+//!   This is safe because nothing has been replayed yet (see above), the backend never
+//!   lets an unverified byte reach the workspace (a mismatching file is not written),
+//!   and whatever *was* restored before the failure holds the right bytes for this very
+//!   key and is overwritten by the run. Failing the CI step instead would turn a cache
+//!   problem into a build failure, which is exactly what a cache must not do. The
+//!   result is then stored as usual, which repairs the entry.
+//! * Errors on store: a warning; the exit code stays the command's.
+//!
+//! # Miss
+//!
+//! The command runs in the workspace (see [`crate::runner`]). The result is stored
+//! when the policy allows writes, the exit code is 0 (or `--cache-failures`), the
+//! command was not killed by a signal, both logs fit the capture cap, and every
+//! declared output exists (see [`crate::outputs`]).
+
+use crate::Failure;
+use crate::backend::{self, Opened, Role};
+use crate::cli::TaskArgs;
+use crate::key::{TaskSpec, task_key};
+use crate::location::Location;
+use crate::size::format_size;
+use cache_core::{
+    CacheBackend, CacheEntry, CachePolicy, Task, TaskOutput, effective_policy, policy_allows_read,
+    policy_allows_write,
+};
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// Everything `run` and `key` need, validated: usage errors come out of here.
+struct Prepared {
+    workspace: PathBuf,
+    spec: TaskSpec,
+    key: String,
+    id: String,
+    cache: Option<Location>,
+    remote: Option<Location>,
+}
+
+fn prepare(args: &TaskArgs) -> Result<Prepared, Failure> {
+    let given = args.workspace.clone().unwrap_or_else(|| PathBuf::from("."));
+    let workspace = std::fs::canonicalize(&given)
+        .ok()
+        .filter(|p| p.is_dir())
+        .ok_or_else(|| {
+            Failure::Usage(format!(
+                "workspace {} is not a directory; pass an existing directory to -C",
+                given.display()
+            ))
+        })?;
+    let cache = args
+        .cache
+        .cache
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .map(|raw| backend::parse(raw, Role::Cache))
+        .transpose()?;
+    let remote = args
+        .remote
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .map(|raw| backend::parse(raw, Role::Remote))
+        .transpose()?;
+    let spec = TaskSpec {
+        command: args.command.clone(),
+        env: args.env.clone(),
+        inputs: args.inputs.clone(),
+        outputs: args.outputs.clone(),
+    };
+    let key = task_key(&spec, &workspace, |n| std::env::var_os(n))
+        .map_err(|e| Failure::Usage(format!("cannot compute the task key: {e}")))?
+        .to_string();
+    let id = args
+        .id
+        .clone()
+        .unwrap_or_else(|| command_line(&args.command));
+    Ok(Prepared {
+        workspace,
+        spec,
+        key,
+        id,
+        cache,
+        remote,
+    })
+}
+
+/// `taskcache key`: prints the digest and nothing else.
+pub fn key(args: &TaskArgs) -> Result<u8, Failure> {
+    let p = prepare(args)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", p.key)
+        .and_then(|()| out.flush())
+        .map_err(|e| Failure::Fatal(format!("cannot write the key: {e}")))?;
+    Ok(0)
+}
+
+/// The command line as a readable string (for the default task id).
+fn command_line(command: &[OsString]) -> String {
+    command
+        .iter()
+        .map(|a| {
+            let s = a.to_string_lossy();
+            if !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
+            {
+                s.into_owned()
+            } else {
+                format!("'{}'", s.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn task_of(p: &Prepared, policy: CachePolicy) -> Task {
+    let mut task = Task::new(
+        p.id.clone(),
+        p.spec
+            .command
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned()),
+    );
+    task.env = p
+        .spec
+        .env
+        .iter()
+        .filter_map(|n| std::env::var_os(n).map(|v| (n.clone(), v.to_string_lossy().into_owned())))
+        .collect::<BTreeMap<_, _>>();
+    task.inputs.clone_from(&p.spec.inputs);
+    task.outputs = p
+        .spec
+        .outputs
+        .iter()
+        .map(|o| TaskOutput {
+            path: o.to_string(),
+            kind: cache_core::OutputType::Cas,
+        })
+        .collect();
+    task.cache_policy = policy;
+    task
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    // One task at a time: a current-thread runtime (plus tokio's blocking pool, which
+    // the local storage uses) is all a single run needs, and it starts fastest.
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
+/// What a hit replays.
+struct Replay {
+    stdout: Option<Vec<u8>>,
+    stderr: Option<Vec<u8>>,
+    exit_code: i32,
+    cached: Duration,
+}
+
+enum Lookup {
+    Hit(Replay),
+    Miss,
+    /// A hit on a failure that this run does not accept.
+    CachedFailure(i32),
+}
+
+async fn look_up(
+    backend: &dyn CacheBackend,
+    task: &Task,
+    key: &str,
+    policy: CachePolicy,
+    workspace: &std::path::Path,
+    accept_failures: bool,
+) -> cache_core::BackendResult<Lookup> {
+    let found = backend.check(task, key, policy).await?;
+    if !found.hit {
+        return Ok(Lookup::Miss);
+    }
+    let Some(exit_code) = found.exit_code else {
+        // A backend that cannot say how the run ended cannot replay it faithfully.
+        tracing::debug!("the cache entry has no exit code; treating it as a miss");
+        return Ok(Lookup::Miss);
+    };
+    if exit_code != 0 && !accept_failures {
+        return Ok(Lookup::CachedFailure(exit_code));
+    }
+    // Logs first (into memory), outputs second, printing last: see the module docs.
+    let (stdout, stderr) = backend.get_log_bytes(task, key).await?;
+    backend.restore_outputs(task, key, workspace).await?;
+    Ok(Lookup::Hit(Replay {
+        stdout,
+        stderr,
+        exit_code,
+        cached: Duration::from_millis(found.cached_duration_ms.unwrap_or(0)),
+    }))
+}
+
+fn write_all_ignoring_broken_pipe(mut w: impl Write, bytes: &[u8], what: &str) {
+    if let Err(e) = w.write_all(bytes).and_then(|()| w.flush()) {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            tracing::warn!("could not replay the cached {what}: {e}");
+        }
+    }
+}
+
+fn exit_byte(code: i32) -> u8 {
+    u8::try_from(code).unwrap_or(1)
+}
+
+fn seconds(d: Duration) -> String {
+    format!("{:.2}s", d.as_secs_f64())
+}
+
+/// An opened cache and the runtime its calls run on.
+struct Session {
+    rt: tokio::runtime::Runtime,
+    opened: Opened,
+}
+
+/// Opens the cache unless the policy means it would not be used at all. A cache that
+/// cannot be opened is a warning: the command then runs uncached.
+fn open_session(
+    p: &Prepared,
+    policy: CachePolicy,
+    cache_dir: Option<PathBuf>,
+    remote_dir: Option<&PathBuf>,
+) -> Result<Option<Session>, Failure> {
+    if policy == CachePolicy::Disabled {
+        tracing::info!("uncached {}: key {}, policy {policy}", p.id, p.key);
+        return Ok(None);
+    }
+    let cache_dir = match cache_dir {
+        Some(dir) => dir,
+        None => backend::cache_dir(None)?,
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::warn!("cannot start the async runtime, running uncached: {e}");
+            return Ok(None);
+        }
+    };
+    match backend::open(&cache_dir, remote_dir) {
+        Ok(opened) => Ok(Some(Session { rt, opened })),
+        Err(e) => {
+            tracing::warn!(
+                "cache {} cannot be opened, running {} uncached: {e}",
+                cache_dir.display(),
+                p.id
+            );
+            Ok(None)
+        }
+    }
+}
+
+/// Looks the task up and, on a hit, restores and replays it; returns the exit code
+/// then. `None`: run the command (a miss, or a cache error, which is logged here).
+fn try_hit(
+    p: &Prepared,
+    task: &Task,
+    policy: CachePolicy,
+    s: &Session,
+    accept_failures: bool,
+    started: Instant,
+) -> Option<u8> {
+    let (id, key, describe) = (&p.id, &p.key, &s.opened.describe);
+    if !policy_allows_read(policy) {
+        tracing::info!("skip lookup {id}: key {key}, backend {describe}, policy {policy}");
+        return None;
+    }
+    let looked = s.rt.block_on(look_up(
+        s.opened.backend.as_ref(),
+        task,
+        key,
+        policy,
+        &p.workspace,
+        accept_failures,
+    ));
+    match looked {
+        Ok(Lookup::Hit(replay)) => {
+            write_all_ignoring_broken_pipe(
+                std::io::stdout().lock(),
+                replay.stdout.as_deref().unwrap_or_default(),
+                "stdout",
+            );
+            write_all_ignoring_broken_pipe(
+                std::io::stderr().lock(),
+                replay.stderr.as_deref().unwrap_or_default(),
+                "stderr",
+            );
+            let from = match &s.opened.tiered {
+                Some(t) if t.shared_hits.load(Ordering::Relaxed) > 0 => " (remote tier)",
+                _ => "",
+            };
+            let took = started.elapsed();
+            tracing::info!(
+                "hit {id}: key {key}, backend {describe}{from}, exit {}, saved {} (the run took {}, the hit {})",
+                replay.exit_code,
+                seconds(replay.cached.saturating_sub(took)),
+                seconds(replay.cached),
+                seconds(took),
+            );
+            return Some(exit_byte(replay.exit_code));
+        }
+        Ok(Lookup::Miss) => {
+            tracing::info!("miss {id}: key {key}, backend {describe}, policy {policy}");
+        }
+        Ok(Lookup::CachedFailure(code)) => tracing::info!(
+            "miss {id}: key {key}, backend {describe}: the cached run failed (exit {code}) \
+             and --cache-failures is not set, running it"
+        ),
+        Err(e) if e.is_gracefully_degradable() => {
+            tracing::warn!("cache unavailable, running {id} uncached: {e}");
+        }
+        Err(e) => tracing::warn!("cache lookup for {id} failed, running the command instead: {e}"),
+    }
+    None
+}
+
+/// Stores a finished run if the policy and the outcome allow it (see the module docs).
+fn store_result(
+    p: &Prepared,
+    task: &Task,
+    policy: CachePolicy,
+    s: &Session,
+    args: &TaskArgs,
+    finished: crate::runner::Finished,
+) {
+    let id = &p.id;
+    let code = finished.exit_code;
+    if !policy_allows_write(policy) {
+        tracing::info!("not storing {id}: policy {policy}");
+        return;
+    }
+    if let Some(sig) = finished.signal {
+        tracing::info!("not storing {id}: killed by signal {sig}");
+        return;
+    }
+    if code != 0 && !args.cache_failures {
+        tracing::info!("not storing {id}: exit {code} (pass --cache-failures to cache failures)");
+        return;
+    }
+    for (name, c) in [("stdout", &finished.stdout), ("stderr", &finished.stderr)] {
+        if c.overflowed {
+            tracing::warn!(
+                "not caching {id}: its {name} ({}) is over the capture limit of {}",
+                format_size(c.total),
+                format_size(args.max_log_size)
+            );
+            return;
+        }
+    }
+    let outputs = match crate::outputs::collect(&p.workspace, &p.spec.outputs) {
+        Ok(o) => o,
+        Err(msg) => {
+            tracing::warn!("not caching {id}: {msg}");
+            return;
+        }
+    };
+    let n_outputs = outputs.len();
+    let entry = CacheEntry {
+        stdout: Some(finished.stdout.bytes),
+        stderr: Some(finished.stderr.bytes),
+        exit_code: code,
+        duration_ms: u64::try_from(finished.duration.as_millis()).unwrap_or(u64::MAX),
+        outputs,
+    };
+    let stored_at = Instant::now();
+    match s
+        .rt
+        .block_on(s.opened.backend.store(task, &p.key, &entry, policy))
+    {
+        Ok(()) => tracing::info!(
+            "stored {id}: key {}, backend {}, {n_outputs} outputs, exit {code}, ran {}, stored in {}",
+            p.key,
+            s.opened.describe,
+            seconds(finished.duration),
+            seconds(stored_at.elapsed()),
+        ),
+        Err(e) => tracing::warn!("could not store the result of {id} in the cache: {e}"),
+    }
+}
+
+/// `taskcache run`. Returns the exit code to use.
+pub fn run(args: &TaskArgs) -> Result<u8, Failure> {
+    let started = Instant::now();
+    let p = prepare(args)?;
+    // Explicit locations are checked even when the policy would not use them.
+    let cache_dir = p
+        .cache
+        .clone()
+        .map(|loc| backend::require_local(loc, Role::Cache))
+        .transpose()?;
+    let remote_dir = p
+        .remote
+        .clone()
+        .map(|loc| backend::require_local(loc, Role::Remote))
+        .transpose()?;
+    let task = task_of(&p, CachePolicy::Normal);
+    let policy = effective_policy(&task, Some(args.policy));
+    let session = open_session(&p, policy, cache_dir, remote_dir.as_ref())?;
+
+    if let Some(s) = &session {
+        if let Some(code) = try_hit(&p, &task, policy, s, args.cache_failures, started) {
+            return Ok(code);
+        }
+    }
+    let finished = match crate::runner::run(&args.command, &p.workspace, args.max_log_size) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::error!("{}", e.message);
+            return Ok(e.exit_code);
+        }
+    };
+    let code = exit_byte(finished.exit_code);
+    if let Some(s) = &session {
+        store_result(&p, &task, policy, s, args, finished);
+    }
+    Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_lines_are_quoted_readably() {
+        let c = |v: &[&str]| command_line(&v.iter().map(OsString::from).collect::<Vec<_>>());
+        assert_eq!(c(&["make", "-j4", "all"]), "make -j4 all");
+        assert_eq!(c(&["sh", "-c", "echo hi"]), "sh -c 'echo hi'");
+        assert_eq!(c(&["echo", "it's", ""]), r"echo 'it'\''s' ''");
+    }
+
+    #[test]
+    fn exit_codes_fit_a_byte() {
+        assert_eq!(exit_byte(0), 0);
+        assert_eq!(exit_byte(143), 143);
+        assert_eq!(exit_byte(-1), 1);
+        assert_eq!(exit_byte(256), 1);
+    }
+}

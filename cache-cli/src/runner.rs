@@ -1,0 +1,227 @@
+//! Runs the task's command on a miss: no shell, stdin inherited, stdout and stderr
+//! streamed live to ours and captured for the cache, within a bound.
+//!
+//! Each stream is copied by its own thread in chunks, flushed as they come (so
+//! progress output without newlines still shows). Capture stops at the cap: the
+//! stream keeps flowing to the terminal, the captured bytes are dropped, and the run
+//! is marked as not cacheable, because an entry with a truncated log would replay
+//! something the command did not print.
+
+use std::ffi::OsString;
+use std::io::{self, Read, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// What one output stream produced.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Captured {
+    /// The bytes, unless the stream went over the cap (then empty).
+    pub bytes: Vec<u8>,
+    /// The stream went over the cap; `bytes` is not the whole stream.
+    pub overflowed: bool,
+    /// How many bytes the stream carried in all.
+    pub total: u64,
+}
+
+/// The outcome of running the command.
+#[derive(Debug)]
+pub struct Finished {
+    /// Exit code; `128 + N` when killed by signal N (as shells report it).
+    pub exit_code: i32,
+    /// The signal that killed the command, if one did.
+    pub signal: Option<i32>,
+    /// Captured stdout.
+    pub stdout: Captured,
+    /// Captured stderr.
+    pub stderr: Captured,
+    /// Wall time from spawn to exit.
+    pub duration: Duration,
+}
+
+/// Why the command did not start.
+#[derive(Debug)]
+pub struct SpawnError {
+    /// The exit code a shell would give (127 not found, 126 not executable).
+    pub exit_code: u8,
+    /// What happened, for the user.
+    pub message: String,
+}
+
+/// Runs `command` in `cwd`, teeing its output (see the module docs).
+pub fn run(command: &[OsString], cwd: &Path, cap: u64) -> Result<Finished, SpawnError> {
+    let (program, args) = command.split_first().ok_or_else(|| SpawnError {
+        exit_code: 2,
+        message: "no command given after `--`".into(),
+    })?;
+    let started = Instant::now();
+    let mut child = Command::new(program)
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::inherit())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            let shown = program.to_string_lossy();
+            match e.kind() {
+                io::ErrorKind::NotFound => SpawnError {
+                    exit_code: 127,
+                    message: format!("command not found: {shown} (check the spelling and PATH)"),
+                },
+                io::ErrorKind::PermissionDenied => SpawnError {
+                    exit_code: 126,
+                    message: format!("cannot execute {shown}: permission denied"),
+                },
+                _ => SpawnError {
+                    exit_code: 126,
+                    message: format!("cannot start {shown}: {e}"),
+                },
+            }
+        })?;
+    let out = child.stdout.take().expect("stdout is piped");
+    let err = child.stderr.take().expect("stderr is piped");
+    let (stdout, stderr) = std::thread::scope(|s| {
+        let o = s.spawn(move || tee(out, io::stdout(), cap));
+        let e = s.spawn(move || tee(err, io::stderr(), cap));
+        (o.join().unwrap_or_default(), e.join().unwrap_or_default())
+    });
+    let status = child.wait().map_err(|e| SpawnError {
+        exit_code: 1,
+        message: format!("lost track of the command: {e}"),
+    })?;
+    let duration = started.elapsed();
+    let (exit_code, signal) = exit_code_of(status);
+    Ok(Finished {
+        exit_code,
+        signal,
+        stdout,
+        stderr,
+        duration,
+    })
+}
+
+#[cfg(unix)]
+fn exit_code_of(status: std::process::ExitStatus) -> (i32, Option<i32>) {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => (c, None),
+        (None, Some(sig)) => (128 + sig, Some(sig)),
+        (None, None) => (1, None),
+    }
+}
+
+#[cfg(not(unix))]
+fn exit_code_of(status: std::process::ExitStatus) -> (i32, Option<i32>) {
+    (status.code().unwrap_or(1), None)
+}
+
+/// Copies `reader` to `writer` chunk by chunk (flushing each), capturing up to `cap`
+/// bytes. If `writer` fails (e.g. the terminal went away) the stream is still drained
+/// and captured, so the command never blocks on a full pipe.
+pub fn tee(mut reader: impl Read, mut writer: impl Write, cap: u64) -> Captured {
+    let mut captured = Captured::default();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut writer_ok = true;
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the command's output failed; not caching this run");
+                captured.overflowed = true;
+                captured.bytes = Vec::new();
+                break;
+            }
+        };
+        let chunk = &buf[..n];
+        if writer_ok
+            && writer
+                .write_all(chunk)
+                .and_then(|()| writer.flush())
+                .is_err()
+        {
+            writer_ok = false;
+        }
+        captured.total += n as u64;
+        if !captured.overflowed {
+            if captured.total <= cap {
+                captured.bytes.extend_from_slice(chunk);
+            } else {
+                captured.overflowed = true;
+                captured.bytes = Vec::new();
+            }
+        }
+    }
+    captured
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tee_copies_and_captures() {
+        let mut out = Vec::new();
+        let c = tee(&b"hello\nworld"[..], &mut out, 100);
+        assert_eq!(out, b"hello\nworld");
+        assert_eq!(c.bytes, b"hello\nworld");
+        assert!(!c.overflowed);
+        assert_eq!(c.total, 11);
+    }
+
+    #[test]
+    fn tee_stops_capturing_at_the_cap_but_keeps_streaming() {
+        let data = vec![7u8; 200_000];
+        let mut out = Vec::new();
+        let c = tee(&data[..], &mut out, 100_000);
+        assert_eq!(out, data);
+        assert!(c.overflowed);
+        assert!(c.bytes.is_empty());
+        assert_eq!(c.total, 200_000);
+        let exact = tee(&data[..100_000], io::sink(), 100_000);
+        assert!(!exact.overflowed);
+        assert_eq!(exact.bytes.len(), 100_000);
+    }
+
+    struct Broken;
+    impl Write for Broken {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(io::ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn tee_drains_when_the_writer_breaks() {
+        let data = vec![1u8; 300_000];
+        let c = tee(&data[..], Broken, u64::MAX);
+        assert_eq!(c.bytes, data);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn runs_and_reports_exit_codes_and_signals() {
+        let dir = tempfile::tempdir().unwrap();
+        let sh = |script: &str| vec![OsString::from("sh"), "-c".into(), script.into()];
+        let f = run(&sh("printf out; printf err >&2; exit 3"), dir.path(), 1024).unwrap();
+        assert_eq!(f.exit_code, 3);
+        assert_eq!(f.stdout.bytes, b"out");
+        assert_eq!(f.stderr.bytes, b"err");
+        assert_eq!(f.signal, None);
+        let f = run(&sh("kill -TERM $$"), dir.path(), 1024).unwrap();
+        assert_eq!((f.exit_code, f.signal), (128 + 15, Some(15)));
+        let f = run(&sh("pwd"), dir.path(), 1024).unwrap();
+        let pwd = String::from_utf8(f.stdout.bytes).unwrap();
+        assert_eq!(
+            std::fs::canonicalize(pwd.trim()).unwrap(),
+            std::fs::canonicalize(dir.path()).unwrap()
+        );
+        let e = run(&["definitely-not-a-command-xyz".into()], dir.path(), 1).unwrap_err();
+        assert_eq!(e.exit_code, 127);
+        assert!(e.message.contains("not found"));
+    }
+}
