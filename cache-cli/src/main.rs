@@ -48,11 +48,44 @@ pub enum Failure {
     Fatal(String),
 }
 
+/// For a `run`/`key` usage error on a command line without `--`: the subcommand.
+/// Forgetting `--` is the most common mistake, and clap's own message does not say it.
+fn missing_dashdash(e: &clap::Error) -> Option<&'static str> {
+    use clap::error::ErrorKind;
+    if !matches!(
+        e.kind(),
+        ErrorKind::UnknownArgument | ErrorKind::MissingRequiredArgument
+    ) {
+        return None;
+    }
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if args.iter().any(|a| a == "--") {
+        return None;
+    }
+    let sub = args
+        .iter()
+        .find(|a| !a.to_string_lossy().starts_with('-'))?;
+    match sub.to_str()? {
+        "run" => Some("run"),
+        "key" => Some("key"),
+        _ => None,
+    }
+}
+
 fn main() -> ExitCode {
     let cli = match cli::Cli::try_parse() {
         Ok(cli) => cli,
-        // Help and version go to stdout with 0; usage errors to stderr with 2.
-        Err(e) => e.exit(),
+        Err(e) => {
+            if let Some(sub) = missing_dashdash(&e) {
+                let _ = e.print();
+                eprintln!(
+                    "\nhint: put `--` before the command: taskcache {sub} [OPTIONS] -- COMMAND [ARGS...]"
+                );
+                return ExitCode::from(2);
+            }
+            // Help and version go to stdout with 0; usage errors to stderr with 2.
+            e.exit()
+        }
     };
     logging::init(cli.verbose);
     let result = match &cli.command {

@@ -1,0 +1,672 @@
+//! End-to-end tests: the real `taskcache` binary, a temporary workspace and cache.
+//!
+//! Every task under test appends a line to a counter file outside the workspace, so a
+//! test can tell whether the command really ran or came from the cache.
+
+#![cfg(unix)]
+
+use std::ffi::OsStr;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    ws: PathBuf,
+    cache: PathBuf,
+}
+
+struct Out {
+    code: i32,
+    stdout: Vec<u8>,
+    stderr: String,
+}
+
+impl Out {
+    fn stdout_str(&self) -> &str {
+        std::str::from_utf8(&self.stdout).expect("utf-8 stdout")
+    }
+}
+
+impl std::fmt::Debug for Out {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code,
+            String::from_utf8_lossy(&self.stdout),
+            self.stderr
+        )
+    }
+}
+
+/// A task that counts its runs in `../counter` and writes `out.txt`.
+const COUNTING: &str = "echo ran >> ../counter; printf 'result\\n' > out.txt; echo done";
+
+impl Fixture {
+    fn new() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = fs::canonicalize(tmp.path()).unwrap();
+        let ws = root.join("ws");
+        fs::create_dir(&ws).unwrap();
+        let cache = root.join("cache");
+        Fixture {
+            _tmp: tmp,
+            root,
+            ws,
+            cache,
+        }
+    }
+
+    /// The binary with a clean, hermetic environment: the cache from
+    /// `TASKCACHE_CACHE`, HOME and XDG dirs inside the temp dir, no inherited
+    /// taskcache settings.
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_taskcache"));
+        c.current_dir(&self.ws)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.root.join("home"))
+            .env("XDG_CACHE_HOME", self.root.join("xdg"))
+            .env("TASKCACHE_CACHE", &self.cache)
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn exec(&self, mut c: Command) -> Out {
+        let o = c.output().expect("run taskcache");
+        Out {
+            code: o.status.code().expect("taskcache exited normally"),
+            stdout: o.stdout,
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+
+    fn run<S: AsRef<OsStr>>(&self, args: &[S]) -> Out {
+        let mut c = self.cmd();
+        c.args(args);
+        self.exec(c)
+    }
+
+    /// `taskcache run <opts> -- sh -c <script>`.
+    fn sh(&self, opts: &[&str], script: &str) -> Out {
+        let mut args: Vec<&str> = vec!["run"];
+        args.extend_from_slice(opts);
+        args.extend_from_slice(&["--", "sh", "-c", script]);
+        self.run(&args)
+    }
+
+    fn runs(&self) -> usize {
+        fs::read_to_string(self.root.join("counter"))
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    }
+
+    fn write(&self, rel: &str, data: &str) {
+        let p = self.ws.join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, data).unwrap();
+    }
+}
+
+fn mode(p: &Path) -> u32 {
+    fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn miss_then_hit_restores_outputs_and_replays_logs_and_exit_code() {
+    let f = Fixture::new();
+    let script = "echo ran >> ../counter
+        mkdir -p out/sub out/empty
+        printf 'bin\\000ary\\377' > out/sub/data.bin
+        printf '#!/bin/sh\\necho tool\\n' > out/tool && chmod 755 out/tool
+        ln -s sub/data.bin out/link
+        printf 'single' > single.txt
+        printf 'to stdout\\n'; printf 'no newline'
+        printf 'to stderr\\n' >&2
+        exit 0";
+    let opts = ["-o", "out", "-o", "single.txt"];
+    let first = f.sh(&opts, script);
+    assert_eq!(first.code, 0, "{first:?}");
+    assert_eq!(first.stdout_str(), "to stdout\nno newline");
+    assert_eq!(first.stderr, "to stderr\n", "quiet by default: {first:?}");
+    assert_eq!(f.runs(), 1);
+
+    let snapshot = |ws: &Path| {
+        let mut v = Vec::new();
+        for p in ["out/sub/data.bin", "out/tool", "single.txt"] {
+            v.push((p, fs::read(ws.join(p)).unwrap(), mode(&ws.join(p))));
+        }
+        v
+    };
+    let before = snapshot(&f.ws);
+    assert_eq!(before[1].2, 0o755);
+    fs::remove_dir_all(f.ws.join("out")).unwrap();
+    fs::remove_file(f.ws.join("single.txt")).unwrap();
+
+    let second = f.sh(&opts, script);
+    assert_eq!(second.code, 0, "{second:?}");
+    assert_eq!(second.stdout, first.stdout);
+    assert_eq!(second.stderr, first.stderr);
+    assert_eq!(f.runs(), 1, "the command ran again on a hit");
+    assert_eq!(snapshot(&f.ws), before);
+    assert_eq!(
+        fs::read_link(f.ws.join("out/link")).unwrap(),
+        Path::new("sub/data.bin")
+    );
+    assert!(f.ws.join("out/empty").is_dir());
+}
+
+#[test]
+fn restoring_over_an_existing_tree_fixes_cached_files_and_keeps_others() {
+    let f = Fixture::new();
+    let script = "echo ran >> ../counter; mkdir -p dist; printf 'app' > dist/app.js";
+    assert_eq!(f.sh(&["-o", "dist"], script).code, 0);
+    f.write("dist/app.js", "tampered");
+    f.write("dist/extra.txt", "mine");
+    let hit = f.sh(&["-o", "dist"], script);
+    assert_eq!(hit.code, 0, "{hit:?}");
+    assert_eq!(f.runs(), 1);
+    assert_eq!(fs::read_to_string(f.ws.join("dist/app.js")).unwrap(), "app");
+    assert_eq!(
+        fs::read_to_string(f.ws.join("dist/extra.txt")).unwrap(),
+        "mine"
+    );
+}
+
+#[test]
+fn a_changed_input_byte_misses() {
+    let f = Fixture::new();
+    f.write("src/a.txt", "hello");
+    f.write("src/b.txt", "world");
+    let opts = ["-i", "src/*.txt", "-o", "out.txt"];
+    assert_eq!(f.sh(&opts, COUNTING).code, 0);
+    assert_eq!(f.sh(&opts, COUNTING).code, 0);
+    assert_eq!(f.runs(), 1);
+    f.write("src/b.txt", "worle");
+    assert_eq!(f.sh(&opts, COUNTING).code, 0);
+    assert_eq!(f.runs(), 2);
+    assert_eq!(f.sh(&opts, COUNTING).code, 0);
+    assert_eq!(f.runs(), 2);
+}
+
+#[test]
+fn only_declared_variables_join_the_key() {
+    let f = Fixture::new();
+    let go = |undeclared: &str, declared: Option<&str>| {
+        let mut c = f.cmd();
+        c.args([
+            "run", "-e", "MODE", "-o", "out.txt", "--", "sh", "-c", COUNTING,
+        ])
+        .env("NOISE", undeclared);
+        if let Some(v) = declared {
+            c.env("MODE", v);
+        }
+        let o = f.exec(c);
+        assert_eq!(o.code, 0, "{o:?}");
+    };
+    go("1", Some("fast"));
+    go("2", Some("fast"));
+    assert_eq!(f.runs(), 1, "an undeclared variable changed the key");
+    go("2", Some("slow"));
+    assert_eq!(f.runs(), 2, "a declared variable did not change the key");
+    go("2", Some(""));
+    assert_eq!(f.runs(), 3, "empty must differ from other values");
+    go("2", None);
+    assert_eq!(f.runs(), 4, "unset must differ from empty");
+    go("3", None);
+    assert_eq!(f.runs(), 4);
+}
+
+#[test]
+fn policies_behave_as_named() {
+    let f = Fixture::new();
+    let opts = |p: &'static str| ["--policy", p, "-o", "out.txt"];
+
+    // readonly on an empty cache: runs, stores nothing.
+    assert_eq!(f.sh(&opts("readonly"), COUNTING).code, 0);
+    assert_eq!(f.sh(&opts("readonly"), COUNTING).code, 0);
+    assert_eq!(f.runs(), 2);
+    // disabled: runs, stores nothing.
+    assert_eq!(f.sh(&opts("disabled"), COUNTING).code, 0);
+    assert_eq!(f.runs(), 3);
+    // writeonly: runs and stores...
+    assert_eq!(f.sh(&opts("writeonly"), COUNTING).code, 0);
+    assert_eq!(f.runs(), 4);
+    // ...and never reads, even with an entry present.
+    assert_eq!(f.sh(&opts("writeonly"), COUNTING).code, 0);
+    assert_eq!(f.runs(), 5);
+    // readonly and normal now hit what writeonly stored.
+    assert_eq!(f.sh(&opts("readonly"), COUNTING).code, 0);
+    assert_eq!(f.sh(&opts("normal"), COUNTING).code, 0);
+    assert_eq!(f.runs(), 5);
+    // disabled ignores the entry.
+    assert_eq!(f.sh(&opts("disabled"), COUNTING).code, 0);
+    assert_eq!(f.runs(), 6);
+    // The environment sets the default policy.
+    let mut c = f.cmd();
+    c.env("TASKCACHE_POLICY", "disabled")
+        .args(["run", "-o", "out.txt", "--", "sh", "-c", COUNTING]);
+    assert_eq!(f.exec(c).code, 0);
+    assert_eq!(f.runs(), 7);
+}
+
+#[test]
+fn failures_are_cached_only_when_asked() {
+    let f = Fixture::new();
+    let script = "echo ran >> ../counter; echo failing; echo why >&2; exit 3";
+    let plain = f.sh(&[], script);
+    assert_eq!(plain.code, 3, "{plain:?}");
+    assert_eq!(f.sh(&[], script).code, 3);
+    assert_eq!(f.runs(), 2, "a failure was cached without --cache-failures");
+
+    let stored = f.sh(&["--cache-failures"], script);
+    assert_eq!(stored.code, 3);
+    let replayed = f.sh(&["--cache-failures"], script);
+    assert_eq!(f.runs(), 3, "--cache-failures did not cache the failure");
+    assert_eq!(replayed.code, 3);
+    assert_eq!(replayed.stdout_str(), "failing\n");
+    assert_eq!(replayed.stderr, "why\n");
+    // A run without the flag does not accept a cached failure.
+    assert_eq!(f.sh(&[], script).code, 3);
+    assert_eq!(f.runs(), 4);
+}
+
+#[test]
+fn a_command_killed_by_a_signal_exits_128_plus_n_and_is_not_cached() {
+    let f = Fixture::new();
+    let script = "echo ran >> ../counter; kill -TERM $$";
+    assert_eq!(f.sh(&["--cache-failures"], script).code, 128 + 15);
+    assert_eq!(f.sh(&["--cache-failures"], script).code, 128 + 15);
+    assert_eq!(f.runs(), 2);
+}
+
+#[test]
+fn two_tiers_hit_from_the_remote_and_fill_the_local_tier() {
+    let f = Fixture::new();
+    let remote = f.root.join("remote");
+    let remote_url = format!("file://{}", remote.display());
+    let opts = ["--remote", remote_url.as_str(), "-o", "out.txt"];
+    assert_eq!(f.sh(&opts, COUNTING).code, 0);
+    assert_eq!(f.runs(), 1);
+
+    // Another machine: an empty local cache, the same remote.
+    let other = f.root.join("other-local");
+    let other_s = other.to_str().unwrap();
+    fs::remove_file(f.ws.join("out.txt")).unwrap();
+    let mut with_remote = vec!["--cache", other_s];
+    with_remote.extend_from_slice(&opts);
+    with_remote.push("-v");
+    let hit = f.sh(&with_remote, COUNTING);
+    assert_eq!(hit.code, 0, "{hit:?}");
+    assert_eq!(f.runs(), 1, "the remote tier did not answer: {hit:?}");
+    assert_eq!(hit.stdout_str(), "done\n");
+    assert!(hit.stderr.contains("(remote tier)"), "{hit:?}");
+    assert_eq!(
+        fs::read_to_string(f.ws.join("out.txt")).unwrap(),
+        "result\n"
+    );
+
+    // The hit was copied into that local cache: it now hits without the remote.
+    let local_only = f.sh(&["--cache", other_s, "-o", "out.txt"], COUNTING);
+    assert_eq!(local_only.code, 0, "{local_only:?}");
+    assert_eq!(
+        f.runs(),
+        1,
+        "the remote hit was not copied into the local tier"
+    );
+}
+
+#[test]
+fn a_remote_that_cannot_be_used_only_costs_a_warning() {
+    let f = Fixture::new();
+    fs::write(f.root.join("not-a-dir"), "x").unwrap();
+    let remote = f.root.join("not-a-dir/sub");
+    let o = f.sh(
+        &["--remote", remote.to_str().unwrap(), "-o", "out.txt"],
+        COUNTING,
+    );
+    assert_eq!(o.code, 0, "{o:?}");
+    assert_eq!(o.stdout_str(), "done\n");
+    assert!(o.stderr.contains("warning"), "{o:?}");
+    assert_eq!(f.runs(), 1);
+    // The local tier still works.
+    assert_eq!(f.sh(&["-o", "out.txt"], COUNTING).code, 0);
+    assert_eq!(f.runs(), 1);
+}
+
+#[test]
+fn bad_input_exits_2_with_a_message_that_says_what_to_do() {
+    let f = Fixture::new();
+    let cases: &[(&[&str], &str)] = &[
+        (&["run", "--frobnicate", "--", "true"], "--frobnicate"),
+        (
+            &["run", "sh", "-c", "echo ran >> ../counter"],
+            "put `--` before the command",
+        ),
+        (&["run"], "put `--` before the command"),
+        (
+            &["run", "-o", "../escape", "--", "true"],
+            "inside the workspace",
+        ),
+        (
+            &["run", "-o", "/etc/passwd", "--", "true"],
+            "relative to the workspace",
+        ),
+        (&["run", "-e", "CC=gcc", "--", "true"], "name only"),
+        (&["run", "--policy", "sometimes", "--", "true"], "readonly"),
+        (
+            &["run", "-i", "nothing/*.c", "--", "true"],
+            "matched no files",
+        ),
+        (
+            &["run", "--cache", "ftp://host/x", "--", "true"],
+            "file:///",
+        ),
+        (
+            &["run", "--remote", "s3://Bad_Bucket/x", "--", "true"],
+            "bucket",
+        ),
+        (
+            &["run", "--remote", "s3://my-bucket/ci", "--", "true"],
+            "not yet supported",
+        ),
+        (
+            &["run", "--remote", "grpc://cache.internal", "--", "true"],
+            "port",
+        ),
+        (
+            &[
+                "run",
+                "--remote",
+                "grpcs://cache.internal/main",
+                "--",
+                "true",
+            ],
+            "not yet supported",
+        ),
+        (
+            &["run", "--cache", "grpc://h:1", "--", "true"],
+            "not yet supported",
+        ),
+        (&["run", "-C", "no-such-dir", "--", "true"], "-C"),
+        (&["key", "-o", "..", "--", "true"], "`..`"),
+        (&["gc", "--max-size", "lots"], "10GiB"),
+        (&["gc", "--max-size", "5 parsecs"], "unit"),
+        (
+            &["stats", "--cache", "s3://bucket-name"],
+            "not yet supported",
+        ),
+    ];
+    for (args, hint) in cases {
+        let o = f.run(args);
+        assert_eq!(o.code, 2, "{args:?}: {o:?}");
+        assert!(
+            o.stderr.contains(hint),
+            "{args:?} should mention {hint:?}: {o:?}"
+        );
+        assert!(o.stdout.is_empty(), "{args:?}: {o:?}");
+    }
+    assert_eq!(f.runs(), 0, "a command ran despite bad input");
+}
+
+#[test]
+fn secrets_never_reach_the_output() {
+    let f = Fixture::new();
+    let o = f.run(&["run", "--remote", "grpc://user:hunter2@h:80", "--", "true"]);
+    assert_eq!(o.code, 2, "{o:?}");
+    assert!(!o.stderr.contains("hunter2"), "{o:?}");
+    assert!(o.stderr.contains("TASKCACHE_REMOTE_HEADERS"), "{o:?}");
+
+    let mut c = f.cmd();
+    c.env(
+        "TASKCACHE_REMOTE_HEADERS",
+        "authorization=Bearer hunter2,broken",
+    )
+    .args(["run", "--remote", "grpcs://h/x", "--", "true"]);
+    let o = f.exec(c);
+    assert_eq!(o.code, 2, "{o:?}");
+    assert!(
+        o.stderr.contains("TASKCACHE_REMOTE_HEADERS") && o.stderr.contains("entry 2"),
+        "{o:?}"
+    );
+    assert!(!o.stderr.contains("hunter2"), "{o:?}");
+
+    let mut c = f.cmd();
+    c.env("TASKCACHE_REMOTE", "s3://AKIA:hunter2@bucket/x")
+        .args(["run", "--", "true"]);
+    let o = f.exec(c);
+    assert_eq!(o.code, 2, "{o:?}");
+    assert!(!o.stderr.contains("hunter2"), "{o:?}");
+}
+
+#[test]
+fn key_prints_the_digest_and_nothing_else() {
+    let f = Fixture::new();
+    f.write("in.txt", "v1");
+    let key = |input: &str| {
+        f.write("in.txt", input);
+        let o = f.run(&[
+            "key", "-i", "in.txt", "-o", "out.txt", "--", "sh", "-c", COUNTING,
+        ]);
+        assert_eq!(o.code, 0, "{o:?}");
+        assert!(o.stderr.is_empty(), "{o:?}");
+        let s = o.stdout_str().to_owned();
+        let hex = s
+            .strip_prefix("blake3:")
+            .and_then(|r| r.strip_suffix('\n'))
+            .unwrap_or_else(|| panic!("not a digest line: {s:?}"));
+        assert!(
+            hex.len() == 64
+                && hex
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
+            "{s:?}"
+        );
+        s
+    };
+    let a = key("v1");
+    assert_eq!(key("v1"), a);
+    assert_ne!(key("v2"), a);
+    assert_eq!(f.runs(), 0, "`key` ran the command");
+    assert!(!f.cache.exists(), "`key` touched the cache");
+}
+
+#[test]
+fn a_missing_output_is_not_cached_and_keeps_the_exit_code() {
+    let f = Fixture::new();
+    let script = "echo ran >> ../counter; exit 0";
+    let o = f.sh(&["-o", "never-made.txt"], script);
+    assert_eq!(o.code, 0, "{o:?}");
+    assert!(
+        o.stderr.contains("warning") && o.stderr.contains("never-made.txt"),
+        "{o:?}"
+    );
+    assert_eq!(f.sh(&["-o", "never-made.txt"], script).code, 0);
+    assert_eq!(f.runs(), 2, "a partial entry was stored");
+}
+
+#[test]
+fn an_escaping_symlink_output_is_refused_clearly() {
+    let f = Fixture::new();
+    let script = "echo ran >> ../counter; mkdir -p out; ln -sf /etc/hostname out/abs";
+    let o = f.sh(&["-o", "out"], script);
+    assert_eq!(o.code, 0, "{o:?}");
+    assert!(o.stderr.contains("out/abs"), "{o:?}");
+    assert_eq!(f.sh(&["-o", "out"], script).code, 0);
+    assert_eq!(f.runs(), 2);
+}
+
+#[test]
+fn output_over_the_capture_limit_is_streamed_but_not_cached() {
+    let f = Fixture::new();
+    let script =
+        "echo ran >> ../counter; i=0; while [ $i -lt 100 ]; do echo 0123456789; i=$((i+1)); done";
+    let opts = ["--max-log-size", "500"];
+    let o = f.sh(&opts, script);
+    assert_eq!(o.code, 0, "{o:?}");
+    assert_eq!(o.stdout.len(), 1100, "the stream was cut");
+    assert!(o.stderr.contains("capture limit"), "{o:?}");
+    assert_eq!(f.sh(&opts, script).code, 0);
+    assert_eq!(f.runs(), 2);
+}
+
+#[test]
+fn stdin_is_passed_to_the_command() {
+    let f = Fixture::new();
+    let mut c = f.cmd();
+    c.args([
+        "run",
+        "--policy",
+        "disabled",
+        "--",
+        "sh",
+        "-c",
+        "tr a-z A-Z",
+    ])
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"quiet please")
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.stdout, b"QUIET PLEASE");
+    assert!(o.status.success());
+}
+
+#[test]
+fn a_command_that_does_not_exist_exits_127() {
+    let f = Fixture::new();
+    let o = f.run(&["run", "--", "no-such-command-for-taskcache"]);
+    assert_eq!(o.code, 127, "{o:?}");
+    assert!(o.stderr.contains("not found"), "{o:?}");
+}
+
+#[test]
+fn verbose_prints_one_line_per_decision_on_stderr_only() {
+    let f = Fixture::new();
+    let miss = f.sh(&["-v", "--id", "build", "-o", "out.txt"], COUNTING);
+    assert_eq!(miss.stdout_str(), "done\n");
+    assert!(
+        miss.stderr.contains("miss build") && miss.stderr.contains("blake3:"),
+        "{miss:?}"
+    );
+    assert!(miss.stderr.contains("stored build"), "{miss:?}");
+    let hit = f.sh(&["-v", "--id", "build", "-o", "out.txt"], COUNTING);
+    assert_eq!(hit.stdout_str(), "done\n");
+    let lines: Vec<&str> = hit.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{hit:?}");
+    assert!(
+        lines[0].contains("hit build") && lines[0].contains("saved"),
+        "{hit:?}"
+    );
+    assert!(lines[0].contains(&f.cache.display().to_string()), "{hit:?}");
+}
+
+#[test]
+fn a_corrupt_cached_file_is_never_restored() {
+    let f = Fixture::new();
+    let payload = "unique payload 7f3a9c content that is easy to find in the cache\n";
+    let script = format!(
+        "echo ran >> ../counter; printf '{}' > out.txt",
+        payload.trim_end()
+    );
+    assert_eq!(f.sh(&["-o", "out.txt"], &script).code, 0);
+    // Flip a byte in every cache file holding the output's bytes (whatever the layout).
+    let mut flipped = 0;
+    for entry in walk(&f.cache) {
+        let Ok(mut bytes) = fs::read(&entry) else {
+            continue;
+        };
+        if let Some(pos) = find(&bytes, payload.trim_end().as_bytes()) {
+            bytes[pos] ^= 0x20;
+            let mut perms = fs::metadata(&entry).unwrap().permissions();
+            perms.set_mode(0o644);
+            fs::set_permissions(&entry, perms).unwrap();
+            fs::write(&entry, &bytes).unwrap();
+            flipped += 1;
+        }
+    }
+    assert!(flipped > 0, "the blob was not found in the cache");
+    fs::remove_file(f.ws.join("out.txt")).unwrap();
+    let o = f.sh(&["-o", "out.txt"], &script);
+    assert_eq!(o.code, 0, "{o:?}");
+    assert_eq!(
+        fs::read_to_string(f.ws.join("out.txt")).unwrap(),
+        payload.trim_end()
+    );
+    assert_eq!(f.runs(), 2, "the corrupt entry was not re-run: {o:?}");
+    // The re-run repaired the cache.
+    fs::remove_file(f.ws.join("out.txt")).unwrap();
+    assert_eq!(f.sh(&["-o", "out.txt"], &script).code, 0);
+    assert_eq!(f.runs(), 2);
+    assert_eq!(
+        fs::read_to_string(f.ws.join("out.txt")).unwrap(),
+        payload.trim_end()
+    );
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(rd) = fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else if p.is_file() {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+#[test]
+fn stats_gc_and_verify_work_on_the_local_cache() {
+    let f = Fixture::new();
+    assert_eq!(f.sh(&["-o", "out.txt"], COUNTING).code, 0);
+    assert_eq!(f.sh(&["-o", "out.txt"], COUNTING).code, 0);
+
+    let s = f.run(&["stats", "--json"]);
+    assert_eq!(s.code, 0, "{s:?}");
+    let v: serde_json::Value = serde_json::from_slice(&s.stdout).expect("stats --json is JSON");
+    assert!(v["entries"].as_u64().unwrap() >= 1, "{s:?}");
+    assert!(v["bytes"].as_u64().unwrap() > 0, "{s:?}");
+    assert!(v["hits"].as_u64().unwrap() >= 1, "{s:?}");
+    assert!(v["misses"].as_u64().unwrap() >= 1, "{s:?}");
+    let text = f.run(&["stats"]);
+    assert_eq!(text.code, 0, "{text:?}");
+    assert!(text.stdout_str().contains("entries:"), "{text:?}");
+
+    let v = f.run(&["verify"]);
+    assert_eq!(v.code, 0, "{v:?}");
+    assert!(v.stdout_str().contains("checked"), "{v:?}");
+
+    let g = f.run(&["gc", "--max-size", "0"]);
+    assert_eq!(g.code, 0, "{g:?}");
+    assert_eq!(f.sh(&["-o", "out.txt"], COUNTING).code, 0);
+    assert_eq!(f.runs(), 2, "gc to 0 bytes left the entry");
+}
+
+#[test]
+fn the_default_cache_is_under_xdg_cache_home() {
+    let f = Fixture::new();
+    let mut c = f.cmd();
+    c.env_remove("TASKCACHE_CACHE")
+        .args(["run", "-o", "out.txt", "--", "sh", "-c", COUNTING]);
+    assert_eq!(f.exec(c).code, 0);
+    assert!(f.root.join("xdg/taskcache").is_dir());
+}
