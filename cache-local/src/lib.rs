@@ -1,20 +1,126 @@
-//! # cache-local: the on-disk taskcache backend (being written, see issue 4)
+//! # cache-local: the on-disk taskcache backend
 //!
-//! The public API is in place; methods that are not finished yet return a clear error.
+//! A directory, nothing to start: the embedded default, and the cache that many CI jobs
+//! on one machine can share at once without ever restoring a wrong byte.
+//!
+//! [`LocalStorage`] implements [`cache_core::Storage`]; wrapped in [`cache_core::Cache`]
+//! (see [`LocalCache`] and [`open`]) it is a full [`cache_core::CacheBackend`], with the
+//! policy handling, key checks, publish order, entry checksums and digest verification
+//! that `cache-core` supplies to every backend.
+//!
+//! ```
+//! use cache_core::{CacheBackend, CacheEntry, CacheOutput, CachePolicy, Task};
+//! # let rt = tokio::runtime::Runtime::new().unwrap();
+//! # rt.block_on(async {
+//! let tmp = tempfile::tempdir().unwrap();
+//! let cache = cache_local::open(tmp.path().join("cache"), cache_local::LocalOptions::default())?;
+//!
+//! let task = Task::new("build", ["make"]);
+//! let key = format!("blake3:{}", "ab".repeat(32));
+//! let entry = CacheEntry {
+//!     stdout: Some(b"built\n".to_vec()),
+//!     outputs: vec![CacheOutput::bytes("out/app", b"\x7fELF...".to_vec(), true)],
+//!     ..CacheEntry::default()
+//! };
+//! cache.store(&task, &key, &entry, CachePolicy::Normal).await?;
+//!
+//! let ws = tempfile::tempdir().unwrap();
+//! assert!(cache.check(&task, &key, CachePolicy::Normal).await?.hit);
+//! cache.restore_outputs(&task, &key, ws.path()).await?;
+//! assert_eq!(std::fs::read(ws.path().join("out/app")).unwrap(), b"\x7fELF...");
+//!
+//! let stats = cache.storage().stats().await?;
+//! assert_eq!((stats.entries, stats.hits), (1, 1));
+//! # Ok::<(), cache_core::BackendError>(())
+//! # }).unwrap();
+//! ```
+//!
+//! ## Layout
+//!
+//! ```text
+//! <dir>/LAYOUT                                  layout version ("taskcache-local-layout 1")
+//! <dir>/blobs/blake3/<2 hex>/<64 hex>           file contents by BLAKE3 digest, shared by all entries
+//! <dir>/entries/<algorithm>/<2 hex>/<64 hex>    encoded entries by task digest
+//! <dir>/tmp/                                    temporary files of writers
+//! <dir>/stats/log                               hit/miss/size records (append-only)
+//! ```
+//!
+//! A directory with another layout version is refused with an error that says so.
+//!
+//! ## Guarantees
+//!
+//! * **Crash safety.** Every blob and entry is written to a temporary file under
+//!   `<dir>/tmp` and renamed into place, and `Cache` publishes an entry only after all
+//!   its blobs. A `kill -9` at any instant leaves no entry or a whole one (the
+//!   `kill_during_store` test and `cargo xtask drill kill` check it); the temporary
+//!   files of a killed writer are removed by [`LocalStorage::gc`] / [`LocalStorage::verify`]
+//!   once they are older than [`GcOptions::temp_age`]. Power loss can leave a torn
+//!   file: blobs are verified on every read and entries carry a checksum, so it reads
+//!   as a miss. With [`LocalOptions::durable`], files and directories are fsynced
+//!   before a store returns.
+//! * **Integrity.** Restores go through [`cache_core::FileRestore::write_from`] (one
+//!   pass: read, hash, write to a temporary file, rename only if the digest matches).
+//!   A blob that fails is removed, so the next store of that output repairs it.
+//! * **No locks.** Nothing here takes a lock, so nothing can be left stuck by a crash.
+//!   Statistics are single-`write` appends to a log.
+//! * **GC while in use.** [`LocalStorage::gc`] evicts least-recently-used entries
+//!   (a restore refreshes an entry's mtime) and then the blobs no entry needs, but
+//!   never a blob modified within [`GcOptions::blob_grace`]: a store that reuses a
+//!   stored blob refreshes its mtime, so the blobs of an entry being published during
+//!   GC stay. In the remaining microsecond window a reader sees a clean miss (an entry
+//!   whose blobs are gone is a miss), never wrong bytes.
+//! * **Off the executor.** All filesystem work runs on tokio's blocking pool; batches
+//!   (10,000 small files) run as a few jobs, not one per file.
+
+mod counters;
+#[doc(hidden)]
+pub mod drill;
+mod io;
+mod layout;
+mod maint;
+
+pub use layout::{LAYOUT_FILE, LAYOUT_VERSION};
 
 use cache_core::{
     BackendError, BackendResult, BlobRef, BlobSource, BlockingJob, Digest, FileRestore, Storage,
 };
+use counters::Counters;
+use layout::Layout;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// How a [`LocalStorage`] behaves.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LocalOptions {
-    /// fsync every blob, entry and directory change before it counts as stored.
+    /// fsync every blob, entry and changed directory before a store returns. Off by
+    /// default: a process crash cannot corrupt the cache without it, and power loss
+    /// only turns the entries written last into misses (see the crate docs).
     pub durable: bool,
-    /// Evict (LRU) after stores when the cache grows over this many bytes.
+    /// After a store, evict (see [`LocalStorage::gc`]) when the cache has grown over
+    /// this many bytes.
     pub max_size: Option<u64>,
+}
+
+/// Tunables of GC and verification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GcOptions {
+    /// Blobs modified more recently than this are never removed by GC: it covers the
+    /// time between a store writing (or reusing) a blob and publishing its entry.
+    pub blob_grace: Duration,
+    /// Temporary files not modified for this long belong to crashed writers and are
+    /// removed.
+    pub temp_age: Duration,
+}
+
+impl Default for GcOptions {
+    fn default() -> Self {
+        GcOptions {
+            blob_grace: Duration::from_secs(10 * 60),
+            temp_age: Duration::from_secs(60 * 60),
+        }
+    }
 }
 
 /// What is in the cache (see [`LocalStorage::stats`]).
@@ -24,25 +130,33 @@ pub struct LocalStats {
     pub entries: u64,
     /// Number of blobs.
     pub blobs: u64,
-    /// Bytes used by entries and blobs.
+    /// Bytes used by entries and blobs (file lengths).
     pub bytes: u64,
-    /// Hits recorded, by every process.
+    /// Hits recorded by every process that used the directory.
     pub hits: u64,
-    /// Misses recorded, by every process.
+    /// Misses recorded by every process that used the directory.
     pub misses: u64,
 }
 
 /// What a [`LocalStorage::gc`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct GcReport {
-    /// Bytes before.
+    /// Bytes of entries and blobs before.
     pub bytes_before: u64,
-    /// Bytes after.
+    /// Bytes of entries and blobs after.
     pub bytes_after: u64,
-    /// Entries evicted.
+    /// Entries before.
+    pub entries_before: u64,
+    /// Least-recently-used entries evicted.
     pub entries_removed: u64,
-    /// Blobs removed.
+    /// Entries that did not decode, removed.
+    pub corrupt_entries_removed: u64,
+    /// Blobs removed (unreferenced, or only needed by evicted entries).
     pub blobs_removed: u64,
+    /// Blobs that could go but were kept because they are younger than the grace period.
+    pub blobs_kept_young: u64,
+    /// Stale temporary files of crashed writers removed.
+    pub temp_files_removed: u64,
 }
 
 /// What a [`LocalStorage::verify`] found.
@@ -50,44 +164,83 @@ pub struct GcReport {
 pub struct VerifyReport {
     /// Blobs re-hashed.
     pub blobs_checked: u64,
-    /// Corrupt blobs removed.
+    /// Bytes re-hashed.
+    pub bytes_checked: u64,
+    /// Blobs whose bytes did not match their digest, removed.
     pub blobs_removed: u64,
     /// Entries checked.
     pub entries_checked: u64,
-    /// Corrupt entries removed.
+    /// Entries that failed their checksum or did not decode, removed.
     pub entries_removed: u64,
+    /// Entries whose blobs are gone (they could only read as misses), removed.
+    pub entries_incomplete_removed: u64,
+    /// Stale temporary files of crashed writers removed.
+    pub temp_files_removed: u64,
 }
 
-/// A cache directory.
-#[derive(Debug)]
-pub struct LocalStorage {
-    dir: PathBuf,
-    #[allow(dead_code)]
+struct Inner {
+    layout: Layout,
+    counters: Counters,
     opts: LocalOptions,
+}
+
+/// A cache directory: content-addressed blobs and entries by task digest.
+pub struct LocalStorage {
+    inner: Arc<Inner>,
+    gc: GcOptions,
+}
+
+impl std::fmt::Debug for LocalStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalStorage")
+            .field("dir", &self.inner.layout.root)
+            .field("opts", &self.inner.opts)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The full cache over a directory.
 pub type LocalCache = cache_core::Cache<LocalStorage>;
 
-/// Opens (creating if needed) the cache in `dir`.
+/// Opens (creating if needed) the cache in `dir`; see [`LocalStorage::open`].
 pub fn open(dir: impl AsRef<Path>, opts: LocalOptions) -> BackendResult<LocalCache> {
     LocalStorage::open(dir, opts).map(cache_core::Cache::new)
 }
 
-fn unfinished(what: &str) -> BackendError {
-    BackendError::Unavailable(format!(
-        "cache-local: {what} is not implemented yet (issue 4 in progress)"
-    ))
+/// How many blocking jobs a batch is split into.
+fn parallelism() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().min(4))
 }
 
+/// Batches smaller than this many files run as one job.
+const BATCH_MIN: usize = 64;
+
 impl LocalStorage {
-    /// Opens (creating if needed) the cache in `dir`.
+    /// Opens (creating if needed) the cache in `dir`: creates the directory and its
+    /// layout, and refuses a directory whose layout version this code does not know.
+    /// Blocking (a few `mkdir`s); call it before or outside hot async paths.
     pub fn open(dir: impl AsRef<Path>, opts: LocalOptions) -> BackendResult<Self> {
-        let _ = (dir.as_ref(), opts);
-        Err(unfinished("open"))
+        let layout = Layout::open(dir.as_ref(), opts.durable)?;
+        Ok(LocalStorage {
+            inner: Arc::new(Inner {
+                counters: Counters::new(&layout),
+                layout,
+                opts,
+            }),
+            gc: GcOptions::default(),
+        })
     }
 
-    /// `$XDG_CACHE_HOME/taskcache`, else `$HOME/.cache/taskcache`.
+    /// Sets the options used by the GC that runs after stores when
+    /// [`LocalOptions::max_size`] is set.
+    #[must_use]
+    pub fn with_gc_options(mut self, gc: GcOptions) -> Self {
+        self.gc = gc;
+        self
+    }
+
+    /// The platform cache directory: `$XDG_CACHE_HOME/taskcache`, else
+    /// `$HOME/.cache/taskcache` (`None` if neither variable is set).
     pub fn default_dir() -> Option<PathBuf> {
         let nonempty = |v: &str| std::env::var_os(v).filter(|s| !s.is_empty());
         nonempty("XDG_CACHE_HOME")
@@ -98,23 +251,77 @@ impl LocalStorage {
 
     /// The cache directory.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        &self.inner.layout.root
     }
 
-    /// Entries, blobs, bytes, hits and misses.
+    /// Runs `f` on the blocking pool.
+    async fn blocking<T, F>(&self, f: F) -> BackendResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> BackendResult<T> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        join(tokio::task::spawn_blocking(move || f(&inner))).await
+    }
+
+    /// Entries, blobs and bytes (by listing the directory) and the hits and misses
+    /// recorded by every process.
     pub async fn stats(&self) -> BackendResult<LocalStats> {
-        Err(unfinished("stats"))
+        self.blocking(|i| maint::stats(&i.layout, &i.counters))
+            .await
     }
 
-    /// Evicts until the cache holds at most `max_bytes`.
+    /// Evicts until the cache holds at most `max_bytes`: first blobs no entry needs,
+    /// then least-recently-used entries (stores and restores refresh recency) with the
+    /// blobs only they needed. Also removes corrupt entries and stale temporary files.
+    /// Safe while other processes read and write (see the crate docs).
     pub async fn gc(&self, max_bytes: u64) -> BackendResult<GcReport> {
-        let _ = max_bytes;
-        Err(unfinished("gc"))
+        self.gc_with(max_bytes, self.gc).await
     }
 
-    /// Re-hashes every blob and checks every entry, removing corrupt ones.
+    /// [`LocalStorage::gc`] with explicit [`GcOptions`].
+    pub async fn gc_with(&self, max_bytes: u64, opts: GcOptions) -> BackendResult<GcReport> {
+        self.blocking(move |i| maint::gc(&i.layout, &i.counters, max_bytes, opts))
+            .await
+    }
+
+    /// Re-hashes every blob and decodes every entry; removes corrupt blobs, corrupt
+    /// entries, entries whose blobs are gone, and stale temporary files.
     pub async fn verify(&self) -> BackendResult<VerifyReport> {
-        Err(unfinished("verify"))
+        self.verify_with(self.gc).await
+    }
+
+    /// [`LocalStorage::verify`] with explicit [`GcOptions`] (for the temp-file age).
+    pub async fn verify_with(&self, opts: GcOptions) -> BackendResult<VerifyReport> {
+        self.blocking(move |i| maint::verify(&i.layout, opts)).await
+    }
+
+    /// Where the blob `digest` is stored (for tests and tools).
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.inner.layout.blob_path(digest)
+    }
+
+    /// Where the entry for `key` is stored (for tests and tools).
+    pub fn entry_path(&self, key: &Digest) -> PathBuf {
+        self.inner.layout.entry_path(key)
+    }
+
+    /// Publishes raw bytes as the entry for `key`, bypassing encoding (for tests that
+    /// plant hostile entries).
+    pub async fn write_raw_entry(&self, key: &Digest, bytes: Vec<u8>) -> BackendResult<()> {
+        let key = *key;
+        self.blocking(move |i| i.layout.write_atomic(&i.layout.entry_path(&key), &bytes))
+            .await
+    }
+}
+
+async fn join<T>(h: tokio::task::JoinHandle<BackendResult<T>>) -> BackendResult<T> {
+    match h.await {
+        Ok(r) => r,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(BackendError::Unavailable(format!(
+            "cache-local: a blocking job was cancelled: {e}"
+        ))),
     }
 }
 
@@ -123,34 +330,185 @@ impl Storage for LocalStorage {
     fn name(&self) -> &'static str {
         "local"
     }
-    async fn run_blocking(&self, _job: BlockingJob) -> BackendResult<()> {
-        Err(unfinished("run_blocking"))
+
+    async fn run_blocking(&self, job: BlockingJob) -> BackendResult<()> {
+        join(tokio::task::spawn_blocking(job)).await
     }
-    async fn get_entry(&self, _key: &Digest) -> BackendResult<Option<Vec<u8>>> {
-        Err(unfinished("get_entry"))
+
+    async fn get_entry(&self, key: &Digest) -> BackendResult<Option<Vec<u8>>> {
+        let key = *key;
+        self.blocking(move |i| {
+            let r = maint::read_entry(&i.layout.entry_path(&key), &key)?;
+            if r.is_none() {
+                i.counters.miss();
+            }
+            Ok(r)
+        })
+        .await
     }
-    async fn put_entry(&self, _key: &Digest, _entry: Vec<u8>) -> BackendResult<()> {
-        Err(unfinished("put_entry"))
+
+    async fn put_entry(&self, key: &Digest, entry: Vec<u8>) -> BackendResult<()> {
+        let key = *key;
+        let max = self.inner.opts.max_size;
+        let gc = self.gc;
+        self.blocking(move |i| {
+            i.layout.write_atomic(&i.layout.entry_path(&key), &entry)?;
+            i.counters.added(entry.len() as u64);
+            if let Some(max) = max {
+                let estimate = i.counters.read(&i.layout).map_or(0, |t| t.size_estimate);
+                if estimate > max {
+                    maint::gc(&i.layout, &i.counters, max, gc)?;
+                }
+            }
+            Ok(())
+        })
+        .await
     }
-    async fn remove_entry(&self, _key: &Digest) -> BackendResult<()> {
-        Err(unfinished("remove_entry"))
+
+    async fn remove_entry(&self, key: &Digest) -> BackendResult<()> {
+        let key = *key;
+        self.blocking(move |i| {
+            let path = i.layout.entry_path(&key);
+            layout::remove_quiet(&path)
+                .map(drop)
+                .map_err(|e| BackendError::io_with_context("remove cache entry", &path, e))
+        })
+        .await
     }
-    async fn find_missing_blobs(&self, _blobs: Vec<BlobRef>) -> BackendResult<Vec<BlobRef>> {
-        Err(unfinished("find_missing_blobs"))
+
+    async fn find_missing_blobs(&self, blobs: Vec<BlobRef>) -> BackendResult<Vec<BlobRef>> {
+        self.blocking(move |i| {
+            let missing: Vec<BlobRef> = blobs
+                .into_iter()
+                .filter(|b| {
+                    !std::fs::symlink_metadata(i.layout.blob_path(&b.digest))
+                        .is_ok_and(|m| m.is_file() && m.len() == b.size)
+                })
+                .collect();
+            // `Cache::check` asks this once per found entry: the answer decides the lookup.
+            if missing.is_empty() {
+                i.counters.hit();
+            } else {
+                i.counters.miss();
+            }
+            Ok(missing)
+        })
+        .await
     }
-    async fn put_blobs(&self, _sources: Vec<BlobSource>) -> BackendResult<Vec<BlobRef>> {
-        Err(unfinished("put_blobs"))
+
+    async fn put_blobs(&self, sources: Vec<BlobSource>) -> BackendResult<Vec<BlobRef>> {
+        let n = sources.len();
+        let has_files = sources.iter().any(|s| matches!(s, BlobSource::File(_)));
+        let parts = if n >= BATCH_MIN || (has_files && n >= 2) {
+            parallelism()
+        } else {
+            1
+        };
+        let weights: Vec<u64> = sources
+            .iter()
+            .map(|s| match s {
+                BlobSource::Bytes(b) => b.len() as u64,
+                BlobSource::File(_) => 0,
+            })
+            .collect();
+        let sources = Arc::new(sources);
+        let mut jobs = Vec::new();
+        for range in io::split_ranges(&weights, parts) {
+            let inner = Arc::clone(&self.inner);
+            let sources = Arc::clone(&sources);
+            jobs.push(tokio::task::spawn_blocking(move || {
+                let mut job = io::StoreJob::new(&inner.layout);
+                let refs = sources[range]
+                    .iter()
+                    .map(|s| job.put(s))
+                    .collect::<BackendResult<Vec<_>>>();
+                inner.counters.added(job.written);
+                refs
+            }));
+        }
+        let mut out = Vec::with_capacity(n);
+        let mut first_err = None;
+        for j in jobs {
+            match join(j).await {
+                Ok(refs) => out.extend(refs),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
     }
-    async fn read_blob(&self, _blob: &BlobRef) -> BackendResult<Option<Vec<u8>>> {
-        Err(unfinished("read_blob"))
+
+    async fn read_blob(&self, blob: &BlobRef) -> BackendResult<Option<Vec<u8>>> {
+        let blob = *blob;
+        self.blocking(move |i| io::read_blob(&i.layout, &blob))
+            .await
     }
-    async fn restore_files(&self, _files: Vec<FileRestore>) -> BackendResult<()> {
-        Err(unfinished("restore_files"))
+
+    async fn restore_files(&self, files: Vec<FileRestore>) -> BackendResult<()> {
+        let weights: Vec<u64> = files.iter().map(|f| f.blob.size).collect();
+        let total: u64 = weights.iter().sum();
+        let parts = if files.len() >= BATCH_MIN || (files.len() >= 2 && total >= 8 << 20) {
+            parallelism()
+        } else {
+            1
+        };
+        let files = Arc::new(files);
+        let mut jobs = Vec::new();
+        for range in io::split_ranges(&weights, parts) {
+            let inner = Arc::clone(&self.inner);
+            let files = Arc::clone(&files);
+            jobs.push(tokio::task::spawn_blocking(move || {
+                files[range]
+                    .iter()
+                    .try_for_each(|f| io::restore_one(&inner.layout, f))
+            }));
+        }
+        let mut first_err = None;
+        for j in jobs {
+            if let Err(e) = join(j).await {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
     }
-    async fn remove_blob(&self, _blob: &BlobRef) -> BackendResult<()> {
-        Err(unfinished("remove_blob"))
+
+    async fn remove_blob(&self, blob: &BlobRef) -> BackendResult<()> {
+        let blob = *blob;
+        self.blocking(move |i| {
+            let path = i.layout.blob_path(&blob.digest);
+            let removed = layout::remove_quiet(&path)
+                .map_err(|e| BackendError::io_with_context("remove blob", &path, e))?;
+            if removed {
+                tracing::warn!(%blob, path = %path.display(), "removed a blob that failed verification");
+            }
+            Ok(())
+        })
+        .await
     }
+
+    async fn touch(&self, key: &Digest) -> BackendResult<()> {
+        let key = *key;
+        self.blocking(move |i| {
+            let path = i.layout.entry_path(&key);
+            layout::touch(&path)
+                .map(drop)
+                .map_err(|e| BackendError::io_with_context("refresh recency of", &path, e))
+        })
+        .await
+    }
+
     async fn health_check(&self) -> BackendResult<()> {
-        Err(unfinished("health_check"))
+        self.blocking(|i| {
+            let version = i.layout.root.join(LAYOUT_FILE);
+            std::fs::metadata(&version)
+                .map_err(|e| BackendError::io_with_context("read", &version, e))?;
+            drop(i.layout.temp()?);
+            Ok(())
+        })
+        .await
     }
 }

@@ -1,0 +1,227 @@
+//! The blocking halves of store and restore: one pass per file, few jobs per batch.
+
+use crate::layout::{self, Layout};
+use cache_core::{
+    BackendError, BackendResult, BlobRef, BlobSource, DigestAlgorithm, FileRestore, copy_hashing,
+};
+use std::fs::File;
+use std::io::{self, Read, Seek, Write};
+use std::path::Path;
+
+/// Blobs are addressed by BLAKE3.
+pub(crate) const ALGORITHM: DigestAlgorithm = DigestAlgorithm::Blake3;
+
+/// Files up to this size are read into memory, hashed, and written only if their blob
+/// is not stored yet; larger ones are streamed into a temporary file while hashing.
+pub(crate) const SMALL_FILE: u64 = 1 << 20;
+
+/// Reusable state of one store job.
+pub(crate) struct StoreJob<'a> {
+    pub layout: &'a Layout,
+    buf: Vec<u8>,
+    /// Bytes of blobs this job wrote (not the ones it found stored).
+    pub written: u64,
+}
+
+impl<'a> StoreJob<'a> {
+    pub fn new(layout: &'a Layout) -> Self {
+        StoreJob {
+            layout,
+            buf: Vec::new(),
+            written: 0,
+        }
+    }
+
+    /// Stores one source and returns its ref.
+    pub fn put(&mut self, source: &BlobSource) -> BackendResult<BlobRef> {
+        match source {
+            BlobSource::Bytes(b) => self.put_bytes(b, None),
+            BlobSource::File(path) => self.put_file(path),
+        }
+    }
+
+    fn put_file(&mut self, path: &Path) -> BackendResult<BlobRef> {
+        let mut file =
+            File::open(path).map_err(|e| BackendError::io_with_context("open output", path, e))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| BackendError::io_with_context("inspect output", path, e))?;
+        if !meta.is_file() {
+            return Err(BackendError::io_with_context(
+                "read output",
+                path,
+                io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"),
+            ));
+        }
+        if meta.len() <= SMALL_FILE {
+            let mut buf = std::mem::take(&mut self.buf);
+            buf.clear();
+            let r = (&mut file)
+                .take(SMALL_FILE + 1)
+                .read_to_end(&mut buf)
+                .map_err(|e| BackendError::io_with_context("read output", path, e));
+            let result = match r {
+                Ok(_) if buf.len() as u64 <= SMALL_FILE => Some(self.put_bytes(&buf, Some(path))),
+                Ok(_) => None, // it grew meanwhile: stream it
+                Err(e) => Some(Err(e)),
+            };
+            self.buf = buf;
+            if let Some(r) = result {
+                return r;
+            }
+            file.rewind()
+                .map_err(|e| BackendError::io_with_context("read output", path, e))?;
+        }
+        self.put_stream(&mut file, path)
+    }
+
+    /// One pass: copy into a temporary file while hashing, then rename it to its digest
+    /// name (or drop it if that blob is stored already).
+    fn put_stream(&mut self, file: &mut File, path: &Path) -> BackendResult<BlobRef> {
+        let mut tmp = self.layout.temp()?;
+        let blob = copy_hashing(file, tmp.as_file_mut(), ALGORITHM)
+            .map_err(|e| BackendError::io_with_context("copy output into the cache", path, e))?;
+        let dest = self.layout.blob_path(&blob.digest);
+        if reuse(&dest, blob.size) {
+            return Ok(blob);
+        }
+        self.layout.publish(tmp, &dest)?;
+        self.written += blob.size;
+        Ok(blob)
+    }
+
+    fn put_bytes(&mut self, bytes: &[u8], origin: Option<&Path>) -> BackendResult<BlobRef> {
+        let blob = BlobRef::of(ALGORITHM, bytes);
+        let dest = self.layout.blob_path(&blob.digest);
+        if reuse(&dest, blob.size) {
+            return Ok(blob);
+        }
+        let mut tmp = self.layout.temp()?;
+        tmp.write_all(bytes)
+            .map_err(|e| BackendError::io_with_context("write blob", origin.unwrap_or(&dest), e))?;
+        self.layout.publish(tmp, &dest)?;
+        self.written += blob.size;
+        Ok(blob)
+    }
+}
+
+/// Whether the blob at `dest` is stored with the right size; if so its mtime is
+/// refreshed, so a concurrent GC sees it as young and leaves it (its grace period).
+/// A blob of the wrong size is replaced by the caller (the rename repairs it).
+fn reuse(dest: &Path, size: u64) -> bool {
+    let Ok(f) = File::open(dest) else {
+        return false;
+    };
+    match f.metadata() {
+        Ok(m) if m.is_file() && m.len() == size => {
+            if let Err(e) = f.set_modified(std::time::SystemTime::now()) {
+                // Still usable; only the GC grace is not refreshed.
+                tracing::debug!(path = %dest.display(), error = %e, "could not refresh blob mtime");
+            }
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Restores one file: one pass read → hash → write through the audited writer. A blob
+/// that fails verification is removed so the next store repairs it.
+pub(crate) fn restore_one(layout: &Layout, f: &FileRestore) -> BackendResult<()> {
+    let path = layout.blob_path(&f.blob.digest);
+    let mut file = match File::open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(BackendError::BlobNotFound {
+                digest: f.blob.to_string(),
+            });
+        }
+        Err(e) => return Err(BackendError::io_with_context("open blob", &path, e)),
+    };
+    match f.write_from(&mut file) {
+        Ok(_) => Ok(()),
+        Err(e @ BackendError::DigestMismatch { .. }) => {
+            match layout::remove_if_same(&path, &file) {
+                Ok(removed) => tracing::warn!(
+                    blob = %f.blob, path = %path.display(), removed, error = %e,
+                    "corrupt blob in the local cache: removed it, the next store will repair it"
+                ),
+                Err(re) => tracing::warn!(
+                    blob = %f.blob, path = %path.display(), error = %e, remove_error = %re,
+                    "corrupt blob in the local cache, and it could not be removed"
+                ),
+            }
+            Err(e)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Reads a whole blob (at most `size + 1` bytes); `None` if absent.
+pub(crate) fn read_blob(layout: &Layout, blob: &BlobRef) -> BackendResult<Option<Vec<u8>>> {
+    let path = layout.blob_path(&blob.digest);
+    let file = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(BackendError::io_with_context("open blob", &path, e)),
+    };
+    let cap = usize::try_from(blob.size.min(64 << 20)).unwrap_or(0) + 1;
+    let mut out = Vec::with_capacity(cap);
+    file.take(blob.size.saturating_add(1))
+        .read_to_end(&mut out)
+        .map_err(|e| BackendError::io_with_context("read blob", &path, e))?;
+    Ok(Some(out))
+}
+
+/// Splits `n` items of the given weights into at most `parts` contiguous ranges of
+/// similar total weight (each non-empty).
+pub(crate) fn split_ranges(weights: &[u64], parts: usize) -> Vec<std::ops::Range<usize>> {
+    let n = weights.len();
+    if n == 0 {
+        return Vec::new();
+    }
+    let parts = parts.clamp(1, n);
+    // Items weigh their size plus a fixed cost per file (open, rename, ...).
+    let cost = |w: u64| w.saturating_add(16 << 10);
+    let total: u64 = weights.iter().map(|&w| cost(w)).sum();
+    let target = total.div_ceil(parts as u64);
+    let mut ranges = Vec::with_capacity(parts);
+    let mut start = 0;
+    let mut acc = 0u64;
+    for (i, &w) in weights.iter().enumerate() {
+        acc = acc.saturating_add(cost(w));
+        let remaining_parts = parts - ranges.len() - 1;
+        if acc >= target && remaining_parts > 0 && i + 1 < n {
+            ranges.push(start..i + 1);
+            start = i + 1;
+            acc = 0;
+        }
+    }
+    ranges.push(start..n);
+    ranges
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_covers_everything_in_order() {
+        for (weights, parts) in [
+            (vec![1u64; 10], 3usize),
+            (vec![1 << 30, 1, 1, 1], 2),
+            (vec![5], 4),
+            (vec![1, 2, 3, 4, 5, 6, 7], 7),
+        ] {
+            let r = split_ranges(&weights, parts);
+            assert!(r.len() <= parts && !r.is_empty());
+            assert_eq!(r.first().unwrap().start, 0);
+            assert_eq!(r.last().unwrap().end, weights.len());
+            for w in r.windows(2) {
+                assert_eq!(w[0].end, w[1].start);
+                assert!(!w[0].is_empty());
+            }
+        }
+        assert!(split_ranges(&[], 2).is_empty());
+        assert_eq!(split_ranges(&[1; 100], 2).len(), 2);
+    }
+}
