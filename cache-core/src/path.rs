@@ -112,6 +112,12 @@ impl fmt::Debug for RelPath {
 /// The target must be relative (no `/`, `\`, drive prefix, NUL, not empty) and, resolved
 /// lexically from the link's directory, must never climb above the workspace root at any
 /// step. (`a/b -> ../c` is fine; `a -> ../x` and `a -> b/../../x` are not.)
+///
+/// `..` may appear only at the start of the target (`../../lib/x`), never after a name
+/// (`b/../x`): the kernel resolves `b/..` from wherever `b` really is, so if `b` is a
+/// symlink (say `b -> .`, itself harmless) the lexical check above would be fooled and
+/// the link would lead out of the workspace. [`crate::Workspace`] repeats the depth
+/// check against the link's real directory, which rules out the other way round.
 pub fn check_symlink_target(link: &RelPath, target: &str) -> BackendResult<()> {
     let refuse = |reason: String| Err(BackendError::unsafe_path(link.as_str(), reason));
     if target.is_empty() {
@@ -132,10 +138,17 @@ pub fn check_symlink_target(link: &RelPath, target: &str) -> BackendResult<()> {
     }
     // Depth of the link's directory below the root.
     let mut depth = link.components().count() - 1;
+    let mut named = false;
     for part in target.split('/') {
         match part {
             "" | "." => {}
             ".." => {
+                if named {
+                    return refuse(format!(
+                        "symlink target {:?} climbs with `..` after a name; only leading `..` is allowed (write it as `../x`, not `a/../../x`)",
+                        crate::error::truncate(target)
+                    ));
+                }
                 if depth == 0 {
                     return refuse(format!(
                         "symlink target {:?} leaves the workspace",
@@ -144,7 +157,10 @@ pub fn check_symlink_target(link: &RelPath, target: &str) -> BackendResult<()> {
                 }
                 depth -= 1;
             }
-            _ => depth += 1,
+            _ => {
+                named = true;
+                depth += 1;
+            }
         }
     }
     Ok(())
@@ -171,7 +187,10 @@ mod tests {
     fn symlink_targets() {
         let l = |p| RelPath::parse(p).unwrap();
         assert!(check_symlink_target(&l("a/b"), "../c").is_ok());
-        assert!(check_symlink_target(&l("a/b"), "c/../../d").is_ok());
+        assert!(check_symlink_target(&l("a/b/c"), "../../x/./y").is_ok());
+        // `..` after a name could climb out through a symlink named by that name.
+        assert!(check_symlink_target(&l("a/b"), "c/../../d").is_err());
+        assert!(check_symlink_target(&l("l"), "b/../x").is_err());
         assert!(check_symlink_target(&l("a"), "../x").is_err());
         assert!(check_symlink_target(&l("a/b"), "../../x").is_err());
         assert!(check_symlink_target(&l("a"), "b/../../x").is_err());

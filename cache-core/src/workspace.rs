@@ -82,6 +82,23 @@ impl Workspace {
     pub fn create_symlink(&self, rel: &RelPath, target: &str) -> BackendResult<PathBuf> {
         check_symlink_target(rel, target)?;
         let parent = self.parent_dir(rel)?;
+        // The link's real directory may be shallower than `rel` says (`rel` = `a/l` with
+        // `a -> .`): check the target's `..` against where the link really goes.
+        let real = parent
+            .strip_prefix(&self.root)
+            .ok()
+            .and_then(|dir| {
+                dir.join(rel.file_name())
+                    .to_str()
+                    .and_then(|p| RelPath::parse(p).ok())
+            })
+            .ok_or_else(|| {
+                BackendError::unsafe_path(
+                    rel.as_str(),
+                    "the link's directory is outside the workspace",
+                )
+            })?;
+        check_symlink_target(&real, target)?;
         let path = parent.join(rel.file_name());
         if let Last::Dir = self.check_last(rel, &path, false)? {
             return Err(BackendError::unsafe_path(
@@ -419,4 +436,26 @@ fn make_symlink_atomically(_target: &str, _dir: &Path, path: &Path) -> BackendRe
             "symlinks are restored on Unix only",
         ),
     ))
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn symlink_through_a_link_to_an_ancestor_cannot_climb_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("ws");
+        fs::create_dir(&root).unwrap();
+        let ws = Workspace::open(&root).unwrap();
+        let rel = |p| RelPath::parse(p).unwrap();
+        // `a -> .` is harmless by itself...
+        ws.create_symlink(&rel("a"), ".").unwrap();
+        // ...but `a/l` really lives at the root, so `..` from it leaves the workspace.
+        let err = ws.create_symlink(&rel("a/l"), "../x").unwrap_err();
+        assert!(matches!(err, BackendError::UnsafePath { .. }), "{err}");
+        assert!(fs::symlink_metadata(root.join("l")).is_err());
+        // Within bounds it is still fine.
+        ws.create_symlink(&rel("a/m"), "a").unwrap();
+    }
 }

@@ -1,12 +1,74 @@
 //! # cache-testkit: the conformance suite every taskcache backend runs
 //!
-//! (Skeleton: the harness types below are the contract between the suite and the
-//! backends; the cases, `MemoryBackend`, fault injection and fixtures are being
-//! written in this crate.)
+//! A backend is correct when it passes the [`cases`] here: policy handling, round trips
+//! of every kind of output, restore semantics, keys, misses and degradation, hostile and
+//! corrupt data, concurrency, and a model-based test against the reference backend. Each
+//! case is a plain `async fn(Harness)`, in the manner of `object_store`'s shared
+//! integration functions, and [`conformance_suite!`] turns all of them into one named
+//! `#[test]` each, so a failure names the behaviour that broke.
+//!
+//! ## Running the suite against your backend
+//!
+//! In your backend crate, add `cache-testkit` as a dev-dependency and write a test file
+//! (say `tests/conformance.rs`) with an async function that builds a fresh backend:
+//!
+//! ```
+//! async fn harness() -> cache_testkit::Harness {
+//!     cache_testkit::MemoryBackend::new().harness() // your backend here
+//! }
+//! cache_testkit::conformance_suite!(harness);
+//! # fn main() {}
+//! ```
+//!
+//! A backend built on [`cache_core::Storage`] gets its harness from
+//! [`Harness::from_storage`], which wraps the storage in a [`CountingStorage`] (so the
+//! policy cases can prove some calls do no I/O) and in [`cache_core::Cache`]:
+//!
+//! ```
+//! # use std::sync::Arc;
+//! # use cache_testkit::{Harness, MemoryStorage};
+//! async fn harness() -> Harness {
+//!     let dir = tempfile::tempdir().unwrap();
+//!     let storage = MemoryStorage::new(); // e.g. MyStorage::open(dir.path())
+//!     let tamper = Arc::new(storage.clone()); // e.g. MyTamper::new(dir.path())
+//!     Harness::from_storage(storage, tamper).with_guard(dir)
+//! }
+//! # cache_testkit::conformance_suite!(harness);
+//! # fn main() {}
+//! ```
+//!
+//! The harness also needs a [`Tamper`]: test-only access to the backend's stored bytes,
+//! with which the hostile-data cases plant garbage, flip blob bytes and delete blobs.
+//!
+//! ## Also in this crate
+//!
+//! * [`MemoryBackend`] ([`MemoryStorage`] in a [`cache_core::Cache`]): the reference
+//!   backend, fully conformant, for executors' unit tests.
+//! * [`FaultyBackend`] and [`FaultyStorage`]: fail every call, the Nth call or the
+//!   first N calls with a chosen error, or add latency, to test degradation paths.
+//! * [`fixtures`]: temporary workspaces that notice writes outside them, output trees
+//!   with known bytes, snapshots of restored trees and their comparison, hostile entries.
+//!
+//! Cases need a multi-threaded tokio runtime (the macro makes one per test, like
+//! `#[tokio::test(flavor = "multi_thread", worker_threads = 2)]`), and touch only
+//! temporary directories. The cases are not sandboxed: run them only against a backend
+//! (bucket, server, directory) you can afford to fill with test data.
 
 use async_trait::async_trait;
-use cache_core::{BackendResult, BlobRef, CacheBackend, Digest};
+use cache_core::{BackendResult, BlobRef, Cache, CacheBackend, Digest, Storage};
 use std::sync::Arc;
+
+pub mod cases;
+mod fault;
+pub mod fixtures;
+mod io;
+mod memory;
+
+pub use fault::{
+    BackendOp, FaultError, FaultPlan, FaultyBackend, FaultyStorage, StorageOp, Trigger,
+};
+pub use io::{CountingStorage, IoCounter, IoSnapshot};
+pub use memory::{MemoryBackend, MemoryStorage};
 
 /// Test-only access to a backend's stored bytes, so the suite can plant hostile and
 /// corrupt data. Each backend implements it in its own tests.
@@ -21,21 +83,203 @@ pub trait Tamper: Send + Sync {
 }
 
 /// What a backend can do beyond the core behaviour every backend must have.
-#[derive(Debug, Clone, Copy, Default)]
+///
+/// Capabilities tell the suite what to expect; they never skip core behaviour.
+#[derive(Debug, Clone, Copy)]
 #[non_exhaustive]
 pub struct Capabilities {
-    /// The backend evicts entries on its own (size bound).
+    /// The backend evicts entries on its own (size bound): where the model test
+    /// expects a hit it then also accepts a miss, never wrong data.
     pub eviction: bool,
+    /// The platform can restore symlinks (Unix). Without it, symlink outputs are
+    /// left out of the round-trip cases.
+    pub symlinks: bool,
 }
 
-/// A backend under test, with what the suite needs to plant data in it.
+impl Default for Capabilities {
+    fn default() -> Self {
+        Capabilities {
+            eviction: false,
+            symlinks: cfg!(unix),
+        }
+    }
+}
+
+impl Capabilities {
+    /// Declares that the backend evicts entries on its own.
+    #[must_use]
+    pub fn with_eviction(mut self, eviction: bool) -> Self {
+        self.eviction = eviction;
+        self
+    }
+
+    /// Declares whether symlinks can be restored.
+    #[must_use]
+    pub fn with_symlinks(mut self, symlinks: bool) -> Self {
+        self.symlinks = symlinks;
+        self
+    }
+}
+
+/// A backend under test, with what the suite needs to plant data in it and to watch
+/// its I/O.
 pub struct Harness {
     /// The backend.
     pub backend: Arc<dyn CacheBackend>,
     /// Raw access for hostile-data cases.
     pub tamper: Arc<dyn Tamper>,
+    /// Counts the backend's storage calls (see [`IoCounter`]).
+    pub io: IoCounter,
     /// Declared capabilities.
     pub capabilities: Capabilities,
     /// Kept alive while the test runs (temporary directories, servers).
     pub guard: Box<dyn std::any::Any + Send + Sync>,
+}
+
+impl std::fmt::Debug for Harness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Harness")
+            .field("backend", &self.backend.name())
+            .field("io", &self.io.snapshot())
+            .field("capabilities", &self.capabilities)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Harness {
+    /// A harness over any backend. `io` must count the backend's storage calls.
+    pub fn new(backend: Arc<dyn CacheBackend>, tamper: Arc<dyn Tamper>, io: IoCounter) -> Self {
+        Harness {
+            backend,
+            tamper,
+            io,
+            capabilities: Capabilities::default(),
+            guard: Box::new(()),
+        }
+    }
+
+    /// A harness over a [`Storage`]: the backend is `Cache<CountingStorage<S>>`.
+    pub fn from_storage<S: Storage>(storage: S, tamper: Arc<dyn Tamper>) -> Self {
+        let io = IoCounter::new();
+        let backend = Cache::new(CountingStorage::new(storage, io.clone()));
+        Harness::new(Arc::new(backend), tamper, io)
+    }
+
+    /// Sets the declared capabilities.
+    #[must_use]
+    pub fn with_capabilities(mut self, capabilities: Capabilities) -> Self {
+        self.capabilities = capabilities;
+        self
+    }
+
+    /// Keeps `guard` alive as long as the harness (a temporary directory, a server).
+    #[must_use]
+    pub fn with_guard(mut self, guard: impl std::any::Any + Send + Sync) -> Self {
+        self.guard = Box::new(guard);
+        self
+    }
+}
+
+/// Runs one case against a fresh harness from `make`, on a new multi-threaded tokio
+/// runtime with two workers (what [`conformance_suite!`] expands to for each case).
+///
+/// # Panics
+///
+/// When the case fails (that is how it reports), or the runtime cannot be built.
+pub fn run_case<M, MF, C, CF>(make: M, case: C)
+where
+    M: FnOnce() -> MF,
+    MF: std::future::Future<Output = Harness>,
+    C: FnOnce(Harness) -> CF,
+    CF: std::future::Future<Output = ()>,
+{
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("build a tokio runtime")
+        .block_on(async move { case(make().await).await });
+}
+
+/// Expands to one `#[test]` per conformance case, each running the case against a
+/// fresh harness from the given `async fn() -> Harness`.
+///
+/// ```
+/// async fn harness() -> cache_testkit::Harness {
+///     cache_testkit::MemoryBackend::new().harness()
+/// }
+/// cache_testkit::conformance_suite!(harness);
+/// # fn main() {}
+/// ```
+///
+/// The tests are named after the functions in [`cases`] (`policy_readonly`,
+/// `hostile_flipped_blob_byte`, ...), so put the macro in its own test file or module.
+#[macro_export]
+macro_rules! conformance_suite {
+    ($make:path) => {
+        $crate::conformance_suite!(@list tests ($make));
+    };
+    (@list $mode:ident $args:tt) => {
+        $crate::conformance_suite!(@$mode $args [
+            policy_normal
+            policy_readonly
+            policy_writeonly
+            policy_disabled
+            round_trip_exit_code_and_duration
+            round_trip_logs_absent_and_empty
+            round_trip_logs_multiline_and_binary
+            round_trip_logs_8mib
+            round_trip_every_output_kind
+            round_trip_returned_outputs
+            round_trip_1000_small_files
+            round_trip_256mib_file_from_disk
+            restore_into_non_empty_workspace
+            restore_sets_and_clears_exec_bit
+            restore_twice_is_idempotent
+            restore_into_fresh_workspace
+            restore_replaces_file_symlink_without_following
+            keys_dedup_is_invisible
+            keys_overwrite_last_write_wins
+            keys_invalid_are_refused_and_touch_nothing
+            keys_algorithms_are_distinct
+            miss_unknown_key
+            degradation_tiered_with_failing_shared_tier
+            degradation_backend_as_shared_tier
+            hostile_parent_dir_paths
+            hostile_absolute_paths
+            hostile_symlink_targets_leaving_workspace
+            hostile_symlink_chains_leaving_workspace
+            hostile_existing_symlink_to_outside
+            hostile_garbage_entries
+            hostile_oversized_entry
+            hostile_huge_declared_blob_size
+            hostile_flipped_blob_byte
+            hostile_flipped_big_blob_leaves_no_temp_file
+            hostile_flipped_log_blob
+            hostile_flipped_blob_is_repaired_by_next_store
+            hostile_deleted_blob
+            hostile_deleted_log_blob
+            concurrent_stores_and_readers
+            model_state_machine
+            health_check_succeeds
+            name_is_stable
+        ]);
+    };
+    (@tests ($make:path) [$($case:ident)*]) => {
+        $(
+            #[test]
+            fn $case() {
+                $crate::run_case($make, $crate::cases::$case);
+            }
+        )*
+    };
+    (@table () [$($case:ident)*]) => {
+        /// Every case, in the order [`conformance_suite!`](crate::conformance_suite) lists them.
+        pub const ALL: &[$crate::cases::Case] = &[$(
+            $crate::cases::Case {
+                name: stringify!($case),
+                run: |h| ::std::boxed::Box::pin($crate::cases::$case(h)),
+            }
+        ),*];
+    };
 }
