@@ -77,7 +77,15 @@ fn has_nextest() -> bool {
 
 fn ci() -> Result<(), String> {
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
-    run(cargo().args(["clippy", "--workspace", "--all-targets", "--quiet", "--", "-D", "warnings"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--quiet",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     if !has_nextest() {
         eprintln!("xtask: installing cargo-nextest (once)");
         run(cargo().args(["install", "--locked", "--quiet", "cargo-nextest"]))?;

@@ -14,6 +14,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
             local::run(&[])?;
             cli::run(&[])
         }
-        other => Err(format!("unknown benchmark {other:?}: use local, cli or all")),
+        other => Err(format!(
+            "unknown benchmark {other:?}: use local, cli or all"
+        )),
     }
 }
