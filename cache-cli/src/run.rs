@@ -400,7 +400,7 @@ fn store_result(
         .block_on(s.opened.backend.store(task, &p.key, &entry, policy))
     {
         Ok(()) => tracing::info!(
-            "stored {id}: key {}, backend {}, {n_outputs} outputs, exit {code}, ran {}, stored in {}",
+            "stored {id}: key {}, backend {}, {n_outputs} output(s), exit {code}, ran {}, stored in {}",
             p.key,
             s.opened.describe,
             seconds(finished.duration),

@@ -19,6 +19,15 @@ struct Fixture {
     cache: PathBuf,
 }
 
+fn exec(mut c: Command) -> Out {
+    let o = c.output().expect("run taskcache");
+    Out {
+        code: o.status.code().expect("taskcache exited normally"),
+        stdout: o.stdout,
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
 struct Out {
     code: i32,
     stdout: Vec<u8>,
@@ -76,19 +85,10 @@ impl Fixture {
         c
     }
 
-    fn exec(&self, mut c: Command) -> Out {
-        let o = c.output().expect("run taskcache");
-        Out {
-            code: o.status.code().expect("taskcache exited normally"),
-            stdout: o.stdout,
-            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-        }
-    }
-
     fn run<S: AsRef<OsStr>>(&self, args: &[S]) -> Out {
         let mut c = self.cmd();
         c.args(args);
-        self.exec(c)
+        exec(c)
     }
 
     /// `taskcache run <opts> -- sh -c <script>`.
@@ -100,9 +100,7 @@ impl Fixture {
     }
 
     fn runs(&self) -> usize {
-        fs::read_to_string(self.root.join("counter"))
-            .map(|s| s.lines().count())
-            .unwrap_or(0)
+        fs::read_to_string(self.root.join("counter")).map_or(0, |s| s.lines().count())
     }
 
     fn write(&self, rel: &str, data: &str) {
@@ -205,7 +203,7 @@ fn only_declared_variables_join_the_key() {
         if let Some(v) = declared {
             c.env("MODE", v);
         }
-        let o = f.exec(c);
+        let o = exec(c);
         assert_eq!(o.code, 0, "{o:?}");
     };
     go("1", Some("fast"));
@@ -250,7 +248,7 @@ fn policies_behave_as_named() {
     let mut c = f.cmd();
     c.env("TASKCACHE_POLICY", "disabled")
         .args(["run", "-o", "out.txt", "--", "sh", "-c", COUNTING]);
-    assert_eq!(f.exec(c).code, 0);
+    assert_eq!(exec(c).code, 0);
     assert_eq!(f.runs(), 7);
 }
 
@@ -427,7 +425,7 @@ fn secrets_never_reach_the_output() {
         "authorization=Bearer hunter2,broken",
     )
     .args(["run", "--remote", "grpcs://h/x", "--", "true"]);
-    let o = f.exec(c);
+    let o = exec(c);
     assert_eq!(o.code, 2, "{o:?}");
     assert!(
         o.stderr.contains("TASKCACHE_REMOTE_HEADERS") && o.stderr.contains("entry 2"),
@@ -438,7 +436,7 @@ fn secrets_never_reach_the_output() {
     let mut c = f.cmd();
     c.env("TASKCACHE_REMOTE", "s3://AKIA:hunter2@bucket/x")
         .args(["run", "--", "true"]);
-    let o = f.exec(c);
+    let o = exec(c);
     assert_eq!(o.code, 2, "{o:?}");
     assert!(!o.stderr.contains("hunter2"), "{o:?}");
 }
@@ -667,6 +665,6 @@ fn the_default_cache_is_under_xdg_cache_home() {
     let mut c = f.cmd();
     c.env_remove("TASKCACHE_CACHE")
         .args(["run", "-o", "out.txt", "--", "sh", "-c", COUNTING]);
-    assert_eq!(f.exec(c).code, 0);
+    assert_eq!(exec(c).code, 0);
     assert!(f.root.join("xdg/taskcache").is_dir());
 }
