@@ -97,7 +97,7 @@ pub struct Opened {
 /// local tier only, as it would with a remote that is down.
 pub fn open(dir: &PathBuf, remote: Option<&PathBuf>) -> cache_core::BackendResult<Opened> {
     let local: Arc<dyn CacheBackend> = Arc::new(cache_local::open(dir, LocalOptions::default())?);
-    let mut describe = format!("local {}", dir.display());
+    let describe = format!("local {}", dir.display());
     let Some(remote) = remote else {
         return Ok(Opened {
             backend: local,
@@ -106,18 +106,11 @@ pub fn open(dir: &PathBuf, remote: Option<&PathBuf>) -> cache_core::BackendResul
         });
     };
     match cache_local::open(remote, LocalOptions::default()) {
-        Ok(shared) => {
-            let shared: Arc<dyn CacheBackend> =
-                Arc::new(CircuitBreaker::new(Arc::new(shared), BREAKER_THRESHOLD));
-            let tiered = Tiered::new(local, shared);
-            let stats = tiered.stats();
-            describe = format!("{describe} + remote {}", remote.display());
-            Ok(Opened {
-                backend: Arc::new(tiered),
-                describe,
-                tiered: Some(stats),
-            })
-        }
+        Ok(shared) => Ok(tiered(
+            local,
+            Arc::new(shared),
+            format!("{describe} + remote {}", remote.display()),
+        )),
         Err(e) => {
             tracing::warn!(
                 "remote cache {} cannot be opened, continuing with the local cache only: {e}",
@@ -129,6 +122,22 @@ pub fn open(dir: &PathBuf, remote: Option<&PathBuf>) -> cache_core::BackendResul
                 tiered: None,
             })
         }
+    }
+}
+
+/// `local` in front of `shared`, the shared tier behind a [`CircuitBreaker`].
+pub fn tiered(
+    local: Arc<dyn CacheBackend>,
+    shared: Arc<dyn CacheBackend>,
+    describe: String,
+) -> Opened {
+    let shared: Arc<dyn CacheBackend> = Arc::new(CircuitBreaker::new(shared, BREAKER_THRESHOLD));
+    let tiered = Tiered::new(local, shared);
+    let stats = tiered.stats();
+    Opened {
+        backend: Arc::new(tiered),
+        describe,
+        tiered: Some(stats),
     }
 }
 

@@ -451,6 +451,171 @@ pub fn run(args: &TaskArgs) -> Result<u8, Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cache_core::RelPath;
+    use cache_testkit::{BackendOp, FaultError, FaultPlan, FaultyBackend, MemoryBackend};
+    use std::sync::Arc;
+
+    /// A workspace, a task with one output, and a memory cache holding its result.
+    struct Setup {
+        _dir: tempfile::TempDir,
+        p: Prepared,
+        task: Task,
+        memory: Arc<dyn CacheBackend>,
+    }
+
+    fn setup() -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let workspace = std::fs::canonicalize(dir.path()).unwrap();
+        let spec = TaskSpec {
+            command: vec!["make".into()],
+            env: Vec::new(),
+            inputs: Vec::new(),
+            outputs: vec![RelPath::parse("out.txt").unwrap()],
+        };
+        let key = task_key(&spec, &workspace, |_| None).unwrap().to_string();
+        let p = Prepared {
+            workspace,
+            spec,
+            key,
+            id: "make".into(),
+            cache: None,
+            remote: None,
+        };
+        let task = task_of(&p, CachePolicy::Normal);
+        let memory: Arc<dyn CacheBackend> = Arc::new(MemoryBackend::new());
+        let entry = CacheEntry {
+            outputs: vec![cache_core::CacheOutput::bytes(
+                "out.txt",
+                b"cached".to_vec(),
+                false,
+            )],
+            stdout: Some(Vec::new()),
+            stderr: Some(Vec::new()),
+            ..CacheEntry::default()
+        };
+        runtime()
+            .unwrap()
+            .block_on(memory.store(&task, &p.key, &entry, CachePolicy::Normal))
+            .unwrap();
+        Setup {
+            _dir: dir,
+            p,
+            task,
+            memory,
+        }
+    }
+
+    fn session(backend: Arc<dyn CacheBackend>) -> Session {
+        Session {
+            rt: runtime().unwrap(),
+            opened: Opened {
+                backend,
+                describe: "test".into(),
+                tiered: None,
+            },
+        }
+    }
+
+    fn hit(s: &Setup, session: &Session) -> Option<u8> {
+        try_hit(
+            &s.p,
+            &s.task,
+            CachePolicy::Normal,
+            session,
+            false,
+            Instant::now(),
+        )
+    }
+
+    #[test]
+    fn a_healthy_cache_hits_and_restores() {
+        let s = setup();
+        assert_eq!(hit(&s, &session(Arc::clone(&s.memory))), Some(0));
+        let out = std::fs::read(s.p.workspace.join("out.txt")).unwrap();
+        assert_eq!(out, b"cached");
+    }
+
+    #[test]
+    fn cache_errors_mean_running_the_command() {
+        let s = setup();
+        for (op, error) in [
+            (BackendOp::Check, FaultError::Unavailable),
+            (
+                BackendOp::Check,
+                FaultError::Io(std::io::ErrorKind::PermissionDenied),
+            ),
+            (BackendOp::GetLogBytes, FaultError::ActionNotFound),
+            (BackendOp::RestoreOutputs, FaultError::DigestMismatch),
+            (BackendOp::RestoreOutputs, FaultError::Connection),
+        ] {
+            let faulty = Arc::new(FaultyBackend::new(
+                Arc::clone(&s.memory),
+                FaultPlan::always(error.clone()).only([op]),
+            ));
+            assert_eq!(
+                hit(&s, &session(faulty.clone())),
+                None,
+                "{op:?} failing with {error:?} must fall back to running"
+            );
+            assert_eq!(faulty.injected(), 1, "{op:?} {error:?}");
+        }
+    }
+
+    #[test]
+    fn a_remote_that_keeps_failing_is_skipped_for_the_rest_of_the_run() {
+        let s = setup();
+        let down = Arc::new(FaultyBackend::new(
+            Arc::new(MemoryBackend::new()),
+            FaultPlan::always(FaultError::Unavailable),
+        ));
+        let local: Arc<dyn CacheBackend> = Arc::new(MemoryBackend::new());
+        let opened = crate::backend::tiered(local, down.clone(), "test".into());
+        let session = Session {
+            rt: runtime().unwrap(),
+            opened,
+        };
+        for _ in 0..10 {
+            assert_eq!(hit(&s, &session), None);
+        }
+        assert_eq!(
+            down.calls(),
+            u64::from(crate::backend::BREAKER_THRESHOLD),
+            "the remote was called after the breaker opened"
+        );
+    }
+
+    #[test]
+    fn a_cached_failure_needs_cache_failures_to_replay() {
+        let s = setup();
+        let key = s.p.key.clone();
+        let failed = CacheEntry {
+            exit_code: 4,
+            ..CacheEntry::default()
+        };
+        let b = Arc::clone(&s.memory);
+        let session = session(b);
+        session
+            .rt
+            .block_on(
+                session
+                    .opened
+                    .backend
+                    .store(&s.task, &key, &failed, CachePolicy::Normal),
+            )
+            .unwrap();
+        assert_eq!(hit(&s, &session), None);
+        assert_eq!(
+            try_hit(
+                &s.p,
+                &s.task,
+                CachePolicy::Normal,
+                &session,
+                true,
+                Instant::now()
+            ),
+            Some(4)
+        );
+    }
 
     #[test]
     fn command_lines_are_quoted_readably() {
