@@ -84,7 +84,7 @@ impl Workspace {
         let parent = self.parent_dir(rel)?;
         // The link's real directory may be shallower than `rel` says (`rel` = `a/l` with
         // `a -> .`): check the target's `..` against where the link really goes.
-        let real = parent
+        let real_link = parent
             .strip_prefix(&self.root)
             .ok()
             .and_then(|dir| {
@@ -98,7 +98,7 @@ impl Workspace {
                     "the link's directory is outside the workspace",
                 )
             })?;
-        check_symlink_target(&real, target)?;
+        check_symlink_target(&real_link, target)?;
         let path = parent.join(rel.file_name());
         if let Last::Dir = self.check_last(rel, &path, false)? {
             return Err(BackendError::unsafe_path(

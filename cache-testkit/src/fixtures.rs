@@ -269,7 +269,10 @@ impl Tree {
             .keys()
             .filter(|p| {
                 let name = p.rsplit('/').next().unwrap_or(p);
-                name.starts_with(".taskcache-") || name.ends_with(".tmp")
+                name.starts_with(".taskcache-")
+                    || Path::new(name)
+                        .extension()
+                        .is_some_and(|e| e.eq_ignore_ascii_case("tmp"))
             })
             .map(String::as_str)
             .collect()

@@ -43,7 +43,7 @@ impl std::fmt::Debug for MemoryStorage {
             .field("entries", &self.entry_count())
             .field("blobs", &self.blob_count())
             .field("algorithm", &self.algorithm)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 

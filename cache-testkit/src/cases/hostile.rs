@@ -506,13 +506,16 @@ pub async fn hostile_flipped_log_blob(h: Harness) {
 /// backend dropped its corrupt copy instead of keeping it as "already stored").
 pub async fn hostile_flipped_blob_is_repaired_by_next_store(h: Harness) {
     let algorithm = blob_algorithm(&h).await;
-    let (key, tree, blob) = stored_file(&h, 4 << 10).await;
+    let tree = OutputTree::new().file("data/f.bin", pattern_bytes(fresh_seed(), 4 << 10), false);
     let stdout = pattern_bytes(fresh_seed(), 100 << 10);
     let entry = CacheEntry {
         stdout: Some(stdout.clone()),
         ..tree.entry()
     };
+    let key = fresh_key();
     store(&h, &key, &entry).await;
+    let ws = TempWorkspace::new();
+    let blob = returned_blobs(&restore(&h, &key, &ws).await)["data/f.bin"];
     expect_ok(h.tamper.flip_blob_byte(&blob).await, "flip the file blob");
     let log_blob = BlobRef::of(algorithm, &stdout);
     expect_ok(

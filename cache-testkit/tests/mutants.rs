@@ -1,0 +1,564 @@
+//! Mutation proof: deliberately broken variants of the reference backend must fail
+//! specific, named conformance cases, and pass all the others.
+//!
+//! Each test runs every deterministic case against one mutant (each case in its own
+//! tokio task, so its panic is caught as a `JoinError`) and compares the set of
+//! failing cases with the expected one. Left out, because whether they catch a mutant
+//! depends on timing or on random sequences: `concurrent_stores_and_readers` and
+//! `model_state_machine`; and `round_trip_256mib_file_from_disk`, for time.
+
+use async_trait::async_trait;
+use cache_core::{
+    ActionRecord, BackendError, BackendResult, BlobRef, BlobSource, BlockingJob, CacheBackend,
+    CacheEntry, CacheLookupResult, CacheOutput, CachePolicy, Digest, FileRestore, LogBytes,
+    OutputContent, OutputRecord, Storage, Task, policy_allows_read,
+};
+use cache_testkit::fixtures::ENTRY_HEADER;
+use cache_testkit::{Harness, MemoryBackend, MemoryStorage, cases};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Cases not run against mutants (see the module docs).
+const NOT_RUN: &[&str] = &[
+    "concurrent_stores_and_readers",
+    "model_state_machine",
+    "round_trip_256mib_file_from_disk",
+];
+
+/// Runs every deterministic case against a fresh harness from `make`; returns the
+/// names of the cases that failed, with their messages.
+fn failing_cases(make: fn() -> Harness) -> BTreeMap<&'static str, String> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut failed = BTreeMap::new();
+    for case in cases::ALL.iter().filter(|c| !NOT_RUN.contains(&c.name)) {
+        let outcome = rt.block_on(rt.spawn((case.run)(make())));
+        if let Err(e) = outcome {
+            assert!(e.is_panic(), "{}: the case was cancelled", case.name);
+            let payload = e.into_panic();
+            let msg = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_default();
+            failed.insert(case.name, msg);
+        }
+    }
+    failed
+}
+
+#[track_caller]
+fn assert_fails_exactly(make: fn() -> Harness, expected: &[&str]) {
+    let failed = failing_cases(make);
+    let got: BTreeSet<&str> = failed.keys().copied().collect();
+    let want: BTreeSet<&str> = expected.iter().copied().collect();
+    for name in &want {
+        assert!(
+            cases::by_name(name).is_some(),
+            "{name} is not a case; fix the expectation"
+        );
+    }
+    let details: Vec<String> = failed
+        .iter()
+        .map(|(n, m)| format!("{n}: {}", m.lines().next().unwrap_or("")))
+        .collect();
+    assert_eq!(
+        got,
+        want,
+        "the mutant failed a different set of cases than expected:\n  {}",
+        details.join("\n  ")
+    );
+}
+
+// ---------------------------------------------------------------------------------
+// Storage-level mutants: a MemoryStorage with one behaviour broken.
+
+#[derive(Debug, Clone, Copy)]
+enum Break {
+    /// Restores by writing the blob's bytes straight to the path (`fs::write`): no
+    /// digest check, no temporary file, follows a symlink in the way.
+    SkipDigestCheck,
+    /// Restores every file without its exec bit.
+    IgnoreExecBit,
+    /// Keeps a blob that failed verification (and ignores `remove_blob`).
+    KeepCorruptBlob,
+    /// Reports every blob present, so entries with evicted blobs read as hits.
+    EvictionBlind,
+    /// Restores the files whose blobs exist and skips the rest, reporting success.
+    SkipMissingFiles,
+    /// Never replaces an existing entry: the first write wins.
+    FirstWriteWins,
+}
+
+#[derive(Debug)]
+struct Broken {
+    inner: MemoryStorage,
+    fault: Break,
+}
+
+fn blob_not_found(blob: &BlobRef) -> BackendError {
+    BackendError::BlobNotFound {
+        digest: blob.to_string(),
+    }
+}
+
+#[cfg(unix)]
+fn set_mode(path: &Path, executable: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = if executable { 0o755 } else { 0o644 };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
+#[cfg(not(unix))]
+fn set_mode(_path: &Path, _executable: bool) -> std::io::Result<()> {
+    Ok(())
+}
+
+#[async_trait]
+impl Storage for Broken {
+    fn name(&self) -> &'static str {
+        "broken-memory"
+    }
+
+    async fn run_blocking(&self, job: BlockingJob) -> BackendResult<()> {
+        self.inner.run_blocking(job).await
+    }
+
+    async fn get_entry(&self, key: &Digest) -> BackendResult<Option<Vec<u8>>> {
+        self.inner.get_entry(key).await
+    }
+
+    async fn put_entry(&self, key: &Digest, entry: Vec<u8>) -> BackendResult<()> {
+        if let Break::FirstWriteWins = self.fault {
+            if self.inner.get_entry(key).await?.is_some() {
+                return Ok(());
+            }
+        }
+        self.inner.put_entry(key, entry).await
+    }
+
+    async fn remove_entry(&self, key: &Digest) -> BackendResult<()> {
+        self.inner.remove_entry(key).await
+    }
+
+    async fn find_missing_blobs(&self, blobs: Vec<BlobRef>) -> BackendResult<Vec<BlobRef>> {
+        if let Break::EvictionBlind = self.fault {
+            return Ok(Vec::new());
+        }
+        self.inner.find_missing_blobs(blobs).await
+    }
+
+    async fn put_blobs(&self, sources: Vec<BlobSource>) -> BackendResult<Vec<BlobRef>> {
+        self.inner.put_blobs(sources).await
+    }
+
+    async fn read_blob(&self, blob: &BlobRef) -> BackendResult<Option<Vec<u8>>> {
+        self.inner.read_blob(blob).await
+    }
+
+    async fn restore_files(&self, files: Vec<FileRestore>) -> BackendResult<()> {
+        match self.fault {
+            Break::SkipDigestCheck => {
+                for f in files {
+                    let bytes = self
+                        .inner
+                        .read_blob(&f.blob)
+                        .await?
+                        .ok_or_else(|| blob_not_found(&f.blob))?;
+                    let path = f.path.to_path(f.workspace.root());
+                    if let Some(parent) = path.parent() {
+                        std::fs::create_dir_all(parent)?;
+                    }
+                    std::fs::write(&path, &bytes)?;
+                    set_mode(&path, f.executable)?;
+                }
+                Ok(())
+            }
+            Break::IgnoreExecBit => {
+                let files = files
+                    .into_iter()
+                    .map(|f| FileRestore {
+                        executable: false,
+                        ..f
+                    })
+                    .collect();
+                self.inner.restore_files(files).await
+            }
+            Break::KeepCorruptBlob => {
+                for f in files {
+                    let bytes = self
+                        .inner
+                        .read_blob(&f.blob)
+                        .await?
+                        .ok_or_else(|| blob_not_found(&f.blob))?;
+                    tokio::task::spawn_blocking(move || f.write_from(&mut bytes.as_slice()))
+                        .await
+                        .expect("restore job")?;
+                }
+                Ok(())
+            }
+            Break::SkipMissingFiles => {
+                let blobs = files.iter().map(|f| f.blob).collect();
+                let missing = self.inner.find_missing_blobs(blobs).await?;
+                let present = files
+                    .into_iter()
+                    .filter(|f| !missing.contains(&f.blob))
+                    .collect();
+                self.inner.restore_files(present).await
+            }
+            Break::EvictionBlind | Break::FirstWriteWins => self.inner.restore_files(files).await,
+        }
+    }
+
+    async fn remove_blob(&self, blob: &BlobRef) -> BackendResult<()> {
+        if let Break::KeepCorruptBlob = self.fault {
+            return Ok(());
+        }
+        self.inner.remove_blob(blob).await
+    }
+
+    async fn health_check(&self) -> BackendResult<()> {
+        self.inner.health_check().await
+    }
+}
+
+fn broken_storage(fault: Break) -> Harness {
+    let inner = MemoryStorage::new();
+    let tamper = Arc::new(inner.clone());
+    Harness::from_storage(Broken { inner, fault }, tamper)
+}
+
+// ---------------------------------------------------------------------------------
+// Backend-level mutants: MemoryBackend behind a wrapper that breaks one thing.
+
+#[derive(Debug, Clone, Copy)]
+enum Wrong {
+    /// After a restore, puts back the modes files had before: the exec bit of a
+    /// replaced file is neither set nor cleared.
+    KeepExistingMode,
+    /// `check` and `store` ignore the policy (always `Normal`).
+    PolicyBlind,
+    /// `Writeonly`/`Disabled` lookups answer "miss" correctly, but only after looking.
+    LooksBeforeMissing,
+    /// Logs are returned as lossy UTF-8.
+    LossyLogs,
+    /// Restores by decoding the entry itself, unvalidated, and writing with `std::fs`:
+    /// `..`, absolute paths and symlinks are followed wherever they lead (the bytes
+    /// are still verified).
+    NaiveRestore,
+}
+
+struct Wrapped {
+    inner: MemoryBackend,
+    fault: Wrong,
+}
+
+fn modes(root: &Path) -> BTreeMap<std::path::PathBuf, std::fs::Permissions> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(meta) = std::fs::symlink_metadata(e.path()) else {
+                continue;
+            };
+            if meta.is_dir() {
+                stack.push(e.path());
+            } else if meta.is_file() {
+                out.insert(e.path(), meta.permissions());
+            }
+        }
+    }
+    out
+}
+
+impl Wrapped {
+    async fn naive_restore(&self, digest: &str, ws: &Path) -> BackendResult<Vec<CacheOutput>> {
+        let key = Digest::parse(digest)?;
+        let storage = self.inner.storage();
+        let bytes = storage
+            .get_entry(&key)
+            .await?
+            .ok_or_else(|| BackendError::ActionNotFound {
+                digest: digest.to_owned(),
+            })?;
+        let corrupt = |reason: String| BackendError::CorruptEntry {
+            key: digest.to_owned(),
+            reason,
+        };
+        let payload = bytes
+            .get(ENTRY_HEADER..)
+            .ok_or_else(|| corrupt("short".into()))?;
+        let record: ActionRecord =
+            postcard::from_bytes(payload).map_err(|e| corrupt(e.to_string()))?;
+        let mut restored = Vec::new();
+        for out in &record.outputs {
+            let path = ws.join(out.path());
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            match out {
+                OutputRecord::Directory { path: rel } => {
+                    std::fs::create_dir_all(&path)?;
+                    restored.push(CacheOutput::directory(rel));
+                }
+                OutputRecord::File {
+                    path: rel,
+                    blob,
+                    executable,
+                } => {
+                    let bytes = storage
+                        .read_blob(blob)
+                        .await?
+                        .ok_or_else(|| blob_not_found(blob))?;
+                    cache_core::check_blob(blob, &BlobRef::of(blob.digest.algorithm(), &bytes))?;
+                    std::fs::write(&path, &bytes)?;
+                    set_mode(&path, *executable)?;
+                    restored.push(CacheOutput {
+                        path: rel.clone(),
+                        content: OutputContent::File {
+                            path: path.clone(),
+                            blob: Some(*blob),
+                        },
+                        is_executable: *executable,
+                    });
+                }
+                OutputRecord::Symlink { path: rel, target } => {
+                    let _ = std::fs::remove_file(&path);
+                    #[cfg(unix)]
+                    std::os::unix::fs::symlink(target, &path)?;
+                    restored.push(CacheOutput::symlink(rel, target));
+                }
+            }
+        }
+        Ok(restored)
+    }
+}
+
+#[async_trait]
+impl CacheBackend for Wrapped {
+    async fn check(
+        &self,
+        task: &Task,
+        digest: &str,
+        policy: CachePolicy,
+    ) -> BackendResult<CacheLookupResult> {
+        match self.fault {
+            Wrong::PolicyBlind => self.inner.check(task, digest, CachePolicy::Normal).await,
+            Wrong::LooksBeforeMissing if !policy_allows_read(policy) => {
+                self.inner.check(task, digest, CachePolicy::Normal).await?;
+                Ok(CacheLookupResult::miss(digest))
+            }
+            _ => self.inner.check(task, digest, policy).await,
+        }
+    }
+
+    async fn store(
+        &self,
+        task: &Task,
+        digest: &str,
+        entry: &CacheEntry,
+        policy: CachePolicy,
+    ) -> BackendResult<()> {
+        let policy = match self.fault {
+            Wrong::PolicyBlind => CachePolicy::Normal,
+            _ => policy,
+        };
+        self.inner.store(task, digest, entry, policy).await
+    }
+
+    async fn restore_outputs(
+        &self,
+        task: &Task,
+        digest: &str,
+        workspace: &Path,
+    ) -> BackendResult<Vec<CacheOutput>> {
+        match self.fault {
+            Wrong::KeepExistingMode => {
+                let before = modes(workspace);
+                let restored = self.inner.restore_outputs(task, digest, workspace).await?;
+                for (path, mode) in before {
+                    if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) {
+                        std::fs::set_permissions(&path, mode)?;
+                    }
+                }
+                Ok(restored)
+            }
+            Wrong::NaiveRestore => self.naive_restore(digest, workspace).await,
+            _ => self.inner.restore_outputs(task, digest, workspace).await,
+        }
+    }
+
+    async fn get_log_bytes(&self, task: &Task, digest: &str) -> BackendResult<LogBytes> {
+        let (out, err) = self.inner.get_log_bytes(task, digest).await?;
+        if let Wrong::LossyLogs = self.fault {
+            let lossy = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned().into_bytes();
+            return Ok((out.map(lossy), err.map(lossy)));
+        }
+        Ok((out, err))
+    }
+
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    async fn health_check(&self) -> BackendResult<()> {
+        self.inner.health_check().await
+    }
+}
+
+fn wrapped(fault: Wrong) -> Harness {
+    let inner = MemoryBackend::new();
+    let tamper = Arc::new(inner.storage().clone());
+    let io = inner.io().clone();
+    Harness::new(Arc::new(Wrapped { inner, fault }), tamper, io)
+}
+
+// ---------------------------------------------------------------------------------
+// The table: mutant -> the cases it must fail (and it must pass all others).
+
+#[test]
+fn reference_backend_fails_nothing() {
+    assert_fails_exactly(|| MemoryBackend::new().harness(), &[]);
+}
+
+#[test]
+fn mutant_skip_digest_check() {
+    assert_fails_exactly(
+        || broken_storage(Break::SkipDigestCheck),
+        &[
+            "hostile_flipped_blob_byte",
+            "hostile_flipped_big_blob_leaves_no_temp_file",
+            "hostile_flipped_blob_is_repaired_by_next_store",
+            "restore_replaces_file_symlink_without_following",
+        ],
+    );
+}
+
+#[test]
+fn mutant_ignore_exec_bit() {
+    assert_fails_exactly(
+        || broken_storage(Break::IgnoreExecBit),
+        &[
+            "degradation_backend_as_shared_tier",
+            "degradation_tiered_with_failing_shared_tier",
+            "keys_algorithms_are_distinct",
+            "keys_dedup_is_invisible",
+            "policy_normal",
+            "policy_writeonly",
+            "restore_into_fresh_workspace",
+            "restore_into_non_empty_workspace",
+            "restore_replaces_file_symlink_without_following",
+            "restore_sets_and_clears_exec_bit",
+            "restore_twice_is_idempotent",
+            "round_trip_1000_small_files",
+            "round_trip_every_output_kind",
+            "round_trip_returned_outputs",
+        ],
+    );
+}
+
+#[test]
+fn mutant_keep_corrupt_blob() {
+    assert_fails_exactly(
+        || broken_storage(Break::KeepCorruptBlob),
+        &["hostile_flipped_blob_is_repaired_by_next_store"],
+    );
+}
+
+#[test]
+fn mutant_eviction_blind() {
+    assert_fails_exactly(
+        || broken_storage(Break::EvictionBlind),
+        &["hostile_deleted_blob", "hostile_deleted_log_blob"],
+    );
+}
+
+#[test]
+fn mutant_skip_missing_files() {
+    assert_fails_exactly(
+        || broken_storage(Break::SkipMissingFiles),
+        &[
+            "hostile_deleted_blob",
+            // The corrupt blob dropped by the first failed restore is skipped by the second.
+            "hostile_flipped_blob_byte",
+            "hostile_huge_declared_blob_size",
+        ],
+    );
+}
+
+#[test]
+fn mutant_first_write_wins() {
+    assert_fails_exactly(
+        || broken_storage(Break::FirstWriteWins),
+        &[
+            "keys_overwrite_last_write_wins",
+            "keys_dedup_is_invisible",
+            "policy_normal",
+            "policy_writeonly",
+        ],
+    );
+}
+
+#[test]
+fn mutant_keep_existing_mode() {
+    assert_fails_exactly(
+        || wrapped(Wrong::KeepExistingMode),
+        &[
+            "restore_sets_and_clears_exec_bit",
+            "restore_into_non_empty_workspace",
+        ],
+    );
+}
+
+#[test]
+fn mutant_policy_blind() {
+    assert_fails_exactly(
+        || wrapped(Wrong::PolicyBlind),
+        &["policy_readonly", "policy_writeonly", "policy_disabled"],
+    );
+}
+
+#[test]
+fn mutant_looks_before_missing() {
+    assert_fails_exactly(
+        || wrapped(Wrong::LooksBeforeMissing),
+        &["policy_writeonly", "policy_disabled"],
+    );
+}
+
+#[test]
+fn mutant_lossy_logs() {
+    assert_fails_exactly(
+        || wrapped(Wrong::LossyLogs),
+        &[
+            "round_trip_logs_multiline_and_binary",
+            "round_trip_logs_8mib",
+            "hostile_flipped_blob_is_repaired_by_next_store",
+        ],
+    );
+}
+
+#[test]
+fn mutant_naive_restore() {
+    assert_fails_exactly(
+        || wrapped(Wrong::NaiveRestore),
+        &[
+            "hostile_parent_dir_paths",
+            "hostile_absolute_paths",
+            "hostile_symlink_targets_leaving_workspace",
+            "hostile_symlink_chains_leaving_workspace",
+            "hostile_existing_symlink_to_outside",
+            "hostile_garbage_entries",
+            "restore_replaces_file_symlink_without_following",
+            // It verifies bytes but never drops a corrupt blob.
+            "hostile_flipped_blob_is_repaired_by_next_store",
+        ],
+    );
+}
