@@ -89,7 +89,9 @@ pub struct TaskArgs {
     #[arg(short = 'i', long = "input", value_name = "GLOB")]
     pub inputs: Vec<String>,
 
-    /// File or directory (relative to the workspace) to cache and restore (repeatable).
+    /// File or directory (relative to the workspace) to cache and restore (repeatable). On a
+    /// hit every cached file replaces what is there; files in a directory output that are
+    /// not in the cache are left alone.
     #[arg(short = 'o', long = "output", value_name = "PATH", value_parser = parse_output)]
     pub outputs: Vec<RelPath>,
 

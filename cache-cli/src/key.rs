@@ -17,7 +17,8 @@
 //! of their bytes: a real argument or variable can never contain a NUL byte, so the two
 //! forms cannot collide.
 
-use cache_core::{BackendResult, Digest, DigestAlgorithm, RelPath, TaskKeyBuilder};
+use cache_core::{BackendResult, Digest, DigestAlgorithm, InputFile, RelPath, TaskKeyBuilder};
+use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::fmt::Write as _;
 use std::path::Path;
@@ -71,12 +72,12 @@ fn os_bytes(s: &OsStr) -> Vec<u8> {
 }
 
 /// Computes the task digest, reading inputs under `workspace` and variables through
-/// `var` (blocking).
+/// `var` (blocking). Also returns the input files that joined the key, by path.
 pub fn task_key(
     spec: &TaskSpec,
     workspace: &Path,
     var: impl Fn(&str) -> Option<OsString>,
-) -> BackendResult<Digest> {
+) -> BackendResult<(Digest, BTreeMap<String, InputFile>)> {
     let mut b = TaskKeyBuilder::new(DigestAlgorithm::Blake3)
         .command(spec.command.iter().map(|a| key_text(a)))
         .shell(false)
@@ -91,7 +92,26 @@ pub fn task_key(
     for out in &spec.outputs {
         b = b.output(out.as_str());
     }
-    b.build(workspace)
+    b.build_with_inputs(workspace)
+}
+
+/// The first input file that is also a declared output (or lies inside one). Such a
+/// key changes whenever the output does, so the task would rarely hit.
+pub fn input_inside_output<'a>(
+    inputs: &'a BTreeMap<String, InputFile>,
+    outputs: &'a [RelPath],
+) -> Option<(&'a str, &'a RelPath)> {
+    inputs.keys().find_map(|path| {
+        outputs
+            .iter()
+            .find(|o| {
+                path == o.as_str()
+                    || path
+                        .strip_prefix(o.as_str())
+                        .is_some_and(|rest| rest.starts_with('/'))
+            })
+            .map(|o| (path.as_str(), o))
+    })
 }
 
 #[cfg(test)]
@@ -115,6 +135,7 @@ mod tests {
             .collect();
         task_key(spec, dir, |k| m.get(k).cloned())
             .unwrap()
+            .0
             .to_string()
     }
 
@@ -148,6 +169,33 @@ mod tests {
         keys.push(key_with(&spec(), dir.path(), &[("CC", "gcc")]));
         let unique: std::collections::HashSet<_> = keys.iter().collect();
         assert_eq!(unique.len(), keys.len(), "{keys:#?}");
+    }
+
+    #[test]
+    fn inputs_inside_outputs_are_found() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("dist/js")).unwrap();
+        std::fs::write(dir.path().join("dist/js/app.js"), "x").unwrap();
+        std::fs::write(dir.path().join("distribution.txt"), "x").unwrap();
+        let spec = |inputs: &[&str], outputs: &[&str]| TaskSpec {
+            command: vec!["build".into()],
+            env: Vec::new(),
+            inputs: inputs.iter().map(|s| (*s).to_owned()).collect(),
+            outputs: outputs.iter().map(|o| RelPath::parse(o).unwrap()).collect(),
+        };
+        let check = |s: &TaskSpec| {
+            let (_, inputs) = task_key(s, dir.path(), |_| None).unwrap();
+            input_inside_output(&inputs, &s.outputs).map(|(i, o)| (i.to_owned(), o.to_string()))
+        };
+        assert_eq!(
+            check(&spec(&["**/*"], &["dist"])),
+            Some(("dist/js/app.js".to_owned(), "dist".to_owned()))
+        );
+        assert_eq!(
+            check(&spec(&["distribution.txt"], &["distribution.txt"])),
+            Some(("distribution.txt".to_owned(), "distribution.txt".to_owned()))
+        );
+        assert_eq!(check(&spec(&["distribution.txt"], &["dist"])), None);
     }
 
     #[test]

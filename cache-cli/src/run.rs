@@ -42,7 +42,7 @@
 use crate::Failure;
 use crate::backend::{self, Opened, Role};
 use crate::cli::TaskArgs;
-use crate::key::{TaskSpec, task_key};
+use crate::key::{TaskSpec, input_inside_output, task_key};
 use crate::location::Location;
 use crate::size::format_size;
 use cache_core::{
@@ -96,9 +96,15 @@ fn prepare(args: &TaskArgs) -> Result<Prepared, Failure> {
         inputs: args.inputs.clone(),
         outputs: args.outputs.clone(),
     };
-    let key = task_key(&spec, &workspace, |n| std::env::var_os(n))
-        .map_err(|e| Failure::Usage(format!("cannot compute the task key: {e}")))?
-        .to_string();
+    let (key, inputs) = task_key(&spec, &workspace, |n| std::env::var_os(n))
+        .map_err(|e| Failure::Usage(format!("cannot compute the task key: {e}")))?;
+    if let Some((input, output)) = input_inside_output(&inputs, &spec.outputs) {
+        tracing::warn!(
+            "input {input} is inside the declared output {output}: the key changes whenever \
+             the output does, so this task will rarely hit; narrow the -i pattern"
+        );
+    }
+    let key = key.to_string();
     let id = args
         .id
         .clone()
@@ -472,7 +478,7 @@ mod tests {
             inputs: Vec::new(),
             outputs: vec![RelPath::parse("out.txt").unwrap()],
         };
-        let key = task_key(&spec, &workspace, |_| None).unwrap().to_string();
+        let key = task_key(&spec, &workspace, |_| None).unwrap().0.to_string();
         let p = Prepared {
             workspace,
             spec,
