@@ -668,3 +668,31 @@ fn the_default_cache_is_under_xdg_cache_home() {
     assert_eq!(exec(c).code, 0);
     assert!(f.root.join("xdg/taskcache").is_dir());
 }
+
+#[test]
+fn workspace_flag_and_file_url_cache() {
+    let f = Fixture::new();
+    let url = format!("file://{}", f.root.join("url%20cache").display());
+    let go = || {
+        let mut c = f.cmd();
+        c.current_dir(&f.root).args([
+            "run", "--cache", &url, "-C", "ws", "-o", "out.txt", "--", "sh", "-c", COUNTING,
+        ]);
+        exec(c)
+    };
+    let first = go();
+    assert_eq!(first.code, 0, "{first:?}");
+    assert!(
+        f.ws.join("out.txt").is_file(),
+        "the command did not run in -C"
+    );
+    fs::remove_file(f.ws.join("out.txt")).unwrap();
+    assert_eq!(go().code, 0);
+    assert_eq!(f.runs(), 1);
+    assert!(f.ws.join("out.txt").is_file());
+    assert!(f.root.join("url cache").is_dir(), "%20 was not decoded");
+    assert!(
+        !f.cache.exists(),
+        "--cache did not override TASKCACHE_CACHE"
+    );
+}
