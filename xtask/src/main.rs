@@ -54,12 +54,10 @@ fn describe(cmd: &Command) -> String {
     s
 }
 
-/// The repository root (the parent of this crate).
+/// The repository root (the parent of this crate's manifest directory).
 pub fn workspace_root() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives in the workspace root")
-        .to_path_buf()
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
 }
 
 fn cargo() -> Command {
