@@ -1,22 +1,5 @@
 //! Fault injection: wrappers that make a backend (or a storage) fail chosen calls with
-//! a chosen error, or answer slowly, so executor authors can test their degradation
-//! path and backend authors their error handling.
-//!
-//! ```
-//! use cache_testkit::{BackendOp, FaultError, FaultPlan, FaultyBackend, MemoryBackend};
-//! use std::sync::Arc;
-//!
-//! // A shared cache that is down: every call fails with a degradable `Unavailable`.
-//! let down = FaultyBackend::new(Arc::new(MemoryBackend::new()), FaultPlan::always(FaultError::Unavailable));
-//! // One whose third `store` fails with an I/O error, and that is slow to answer.
-//! let flaky = FaultyBackend::new(
-//!     Arc::new(MemoryBackend::new()),
-//!     FaultPlan::nth(3, FaultError::Io(std::io::ErrorKind::StorageFull))
-//!         .only([BackendOp::Store])
-//!         .with_latency(std::time::Duration::from_millis(20)),
-//! );
-//! # let _ = (down, flaky);
-//! ```
+//! a chosen error, or answer slowly.
 
 use async_trait::async_trait;
 use cache_core::{
@@ -259,6 +242,25 @@ impl<O: Copy + PartialEq + std::fmt::Debug> Injector<O> {
 
 /// A [`CacheBackend`] that fails or delays calls of the backend it wraps according
 /// to a [`FaultPlan`]. A failed call is not forwarded (the backend never saw it).
+///
+/// Executor authors use it to test their degradation path, backend authors to test
+/// what sits above their backend ([`cache_core::Tiered`], [`cache_core::CircuitBreaker`]).
+///
+/// ```
+/// use cache_testkit::{BackendOp, FaultError, FaultPlan, FaultyBackend, MemoryBackend};
+/// use std::sync::Arc;
+///
+/// // A shared cache that is down: every call fails with a degradable `Unavailable`.
+/// let down = FaultyBackend::new(Arc::new(MemoryBackend::new()), FaultPlan::always(FaultError::Unavailable));
+/// // One whose third `store` fails with an I/O error, and that is slow to answer.
+/// let flaky = FaultyBackend::new(
+///     Arc::new(MemoryBackend::new()),
+///     FaultPlan::nth(3, FaultError::Io(std::io::ErrorKind::StorageFull))
+///         .only([BackendOp::Store])
+///         .with_latency(std::time::Duration::from_millis(20)),
+/// );
+/// # let _ = (down, flaky);
+/// ```
 pub struct FaultyBackend {
     inner: Arc<dyn CacheBackend>,
     injector: Injector<BackendOp>,

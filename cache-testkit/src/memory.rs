@@ -214,6 +214,7 @@ impl Storage for MemoryStorage {
                             // the next store writes a good one.
                             let mut blobs = lock(&state.blobs);
                             if blobs.get(&file.blob).is_some_and(|b| Arc::ptr_eq(b, bytes)) {
+                                tracing::warn!(blob = %file.blob, "memory storage: dropping a blob that failed verification");
                                 blobs.remove(&file.blob);
                             }
                         }

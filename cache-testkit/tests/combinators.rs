@@ -1,0 +1,556 @@
+//! cache-core's combinators (`Tiered`, `Instrumented`, `CircuitBreaker`), tested with
+//! the reference backend and fault injection (cache-core cannot dev-depend on this
+//! crate, so their tests live here).
+
+use cache_core::{
+    BackendError, CacheBackend, CacheEntry, CachePolicy, CircuitBreaker, Instrumented, Metrics,
+    Tiered,
+};
+use cache_testkit::fixtures::{OutputTree, TempWorkspace, digest, fresh_key, fresh_seed, task};
+use cache_testkit::{
+    BackendOp, FaultError, FaultPlan, FaultyBackend, MemoryBackend, Tamper, Trigger,
+};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+fn sample() -> (OutputTree, CacheEntry) {
+    let tree = OutputTree::sample(fresh_seed(), cfg!(unix));
+    let entry = CacheEntry {
+        stdout: Some(b"built\n".to_vec()),
+        stderr: Some(b"warning\n".to_vec()),
+        exit_code: 0,
+        duration_ms: 1500,
+        ..tree.entry()
+    };
+    (tree, entry)
+}
+
+async fn hit(b: &dyn CacheBackend, key: &str) -> bool {
+    b.check(&task(), key, CachePolicy::Normal)
+        .await
+        .expect("check")
+        .hit
+}
+
+// ------------------------------------------------------------------------ Tiered
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiered_store_writes_both_tiers() {
+    let (fast, shared) = (MemoryBackend::new(), MemoryBackend::new());
+    let tiered = Tiered::new(Arc::new(fast.clone()), Arc::new(shared.clone()));
+    let (_, entry) = sample();
+    let key = fresh_key();
+    tiered
+        .store(&task(), &key, &entry, CachePolicy::Normal)
+        .await
+        .unwrap();
+    assert!(hit(&fast, &key).await && hit(&shared, &key).await);
+    // A policy without writes writes neither tier.
+    let other = fresh_key();
+    tiered
+        .store(&task(), &other, &entry, CachePolicy::Readonly)
+        .await
+        .unwrap();
+    assert!(!hit(&fast, &other).await && !hit(&shared, &other).await);
+    assert_eq!(tiered.name(), "tiered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiered_shared_hit_is_restored_and_backfilled() {
+    let fast = MemoryBackend::new();
+    let shared = Arc::new(FaultyBackend::new(
+        Arc::new(MemoryBackend::new()),
+        FaultPlan::healthy(),
+    ));
+    let (tree, entry) = sample();
+    let key = fresh_key();
+    shared
+        .store(&task(), &key, &entry, CachePolicy::Normal)
+        .await
+        .unwrap();
+    let tiered = Tiered::new(Arc::new(fast.clone()), shared.clone());
+    let stats = tiered.stats();
+    let r = tiered
+        .check(&task(), &key, CachePolicy::Normal)
+        .await
+        .unwrap();
+    assert!(r.hit && r.exit_code == Some(0) && r.cached_duration_ms == Some(1500));
+    assert_eq!(stats.shared_hits.load(Ordering::Relaxed), 1);
+    assert!(!hit(&fast, &key).await, "check alone does not backfill");
+
+    let ws = TempWorkspace::new();
+    tiered
+        .restore_outputs(&task(), &key, ws.root())
+        .await
+        .unwrap();
+    ws.tree()
+        .assert_same(tree.expected(), "restored from the shared tier");
+    assert_eq!(stats.backfills.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.backfill_failures.load(Ordering::Relaxed), 0);
+    let (out, err) = fast.get_log_bytes(&task(), &key).await.unwrap();
+    assert_eq!((out, err), (entry.stdout.clone(), entry.stderr.clone()));
+
+    // The next restore is served by the fast tier alone.
+    let before = shared.calls();
+    let ws2 = TempWorkspace::new();
+    tiered
+        .restore_outputs(&task(), &key, ws2.root())
+        .await
+        .unwrap();
+    ws2.tree()
+        .assert_same(tree.expected(), "restored from the fast tier");
+    assert_eq!(
+        shared.calls(),
+        before,
+        "the shared tier was not asked again"
+    );
+    ws.assert_outside_unchanged();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiered_logs_fall_back_to_the_shared_tier() {
+    let shared = MemoryBackend::new();
+    let (_, entry) = sample();
+    let key = fresh_key();
+    shared
+        .store(&task(), &key, &entry, CachePolicy::Normal)
+        .await
+        .unwrap();
+    let tiered = Tiered::new(Arc::new(MemoryBackend::new()), Arc::new(shared));
+    let (out, _) = tiered.get_log_bytes(&task(), &key).await.unwrap();
+    assert_eq!(out, entry.stdout);
+    let e = tiered
+        .get_log_bytes(&task(), &fresh_key())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, BackendError::ActionNotFound { .. }), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiered_corrupt_fast_entry_falls_back_and_is_repaired() {
+    let (fast, shared) = (MemoryBackend::new(), MemoryBackend::new());
+    let (tree, entry) = sample();
+    let key = fresh_key();
+    shared
+        .store(&task(), &key, &entry, CachePolicy::Normal)
+        .await
+        .unwrap();
+    fast.write_raw_entry(&digest(&key), b"garbage".to_vec())
+        .await
+        .unwrap();
+    let tiered = Tiered::new(Arc::new(fast.clone()), Arc::new(shared));
+    let ws = TempWorkspace::new();
+    tiered
+        .restore_outputs(&task(), &key, ws.root())
+        .await
+        .unwrap();
+    ws.tree()
+        .assert_same(tree.expected(), "restored past a corrupt fast entry");
+    let ws2 = TempWorkspace::new();
+    fast.restore_outputs(&task(), &key, ws2.root())
+        .await
+        .expect("the backfill replaced the corrupt fast entry");
+    ws2.tree()
+        .assert_same(tree.expected(), "fast tier after the backfill");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiered_hard_fast_tier_errors_are_returned() {
+    let fast = Arc::new(FaultyBackend::new(
+        Arc::new(MemoryBackend::new()),
+        FaultPlan::always(FaultError::Io(std::io::ErrorKind::PermissionDenied)),
+    ));
+    let shared = MemoryBackend::new();
+    let (_, entry) = sample();
+    let key = fresh_key();
+    shared
+        .store(&task(), &key, &entry, CachePolicy::Normal)
+        .await
+        .unwrap();
+    let tiered = Tiered::new(fast.clone(), Arc::new(shared.clone()));
+    let ws = TempWorkspace::new();
+    let e = tiered
+        .restore_outputs(&task(), &key, ws.root())
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), "io", "a hard fast-tier error is not a miss: {e}");
+    let e = tiered
+        .store(&task(), &key, &entry, CachePolicy::Normal)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), "io");
+    assert!(
+        tiered
+            .check(&task(), &key, CachePolicy::Normal)
+            .await
+            .is_err()
+    );
+    assert!(tiered.health_check().await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiered_absorbs_an_unavailable_shared_tier() {
+    let fast = MemoryBackend::new();
+    let shared = Arc::new(FaultyBackend::new(
+        Arc::new(MemoryBackend::new()),
+        FaultPlan::always(FaultError::Connection),
+    ));
+    let tiered = Tiered::new(Arc::new(fast.clone()), shared.clone());
+    let stats = tiered.stats();
+    let (tree, entry) = sample();
+    let key = fresh_key();
+    tiered
+        .store(&task(), &key, &entry, CachePolicy::Normal)
+        .await
+        .unwrap();
+    assert!(hit(&tiered, &key).await);
+    assert!(
+        !hit(&tiered, &fresh_key()).await,
+        "shared failure in check is a miss"
+    );
+    tiered.health_check().await.unwrap();
+    let ws = TempWorkspace::new();
+    tiered
+        .restore_outputs(&task(), &key, ws.root())
+        .await
+        .unwrap();
+    ws.tree().assert_same(tree.expected(), "fast-tier restore");
+    let e = tiered
+        .restore_outputs(&task(), &fresh_key(), ws.root())
+        .await
+        .unwrap_err();
+    assert!(e.is_gracefully_degradable(), "{e}");
+    // store, check of the unknown key, health, restore of the unknown key.
+    assert_eq!(stats.shared_errors.load(Ordering::Relaxed), 4);
+    assert_eq!(shared.injected(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiered_returns_hard_shared_store_errors() {
+    let shared = Arc::new(FaultyBackend::new(
+        Arc::new(MemoryBackend::new()),
+        FaultPlan::always(FaultError::Serialization).only([BackendOp::Store]),
+    ));
+    let tiered = Tiered::new(Arc::new(MemoryBackend::new()), shared);
+    let (_, entry) = sample();
+    let e = tiered
+        .store(&task(), &fresh_key(), &entry, CachePolicy::Normal)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), "serialization");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiered_counts_failed_backfills_and_still_restores() {
+    let fast = Arc::new(FaultyBackend::new(
+        Arc::new(MemoryBackend::new()),
+        FaultPlan::always(FaultError::Unavailable).only([BackendOp::Store]),
+    ));
+    let shared = MemoryBackend::new();
+    let (tree, entry) = sample();
+    let key = fresh_key();
+    shared
+        .store(&task(), &key, &entry, CachePolicy::Normal)
+        .await
+        .unwrap();
+    let tiered = Tiered::new(fast, Arc::new(shared));
+    let stats = tiered.stats();
+    let ws = TempWorkspace::new();
+    tiered
+        .restore_outputs(&task(), &key, ws.root())
+        .await
+        .unwrap();
+    ws.tree()
+        .assert_same(tree.expected(), "restored despite the failed backfill");
+    assert_eq!(stats.backfills.load(Ordering::Relaxed), 0);
+    assert_eq!(stats.backfill_failures.load(Ordering::Relaxed), 1);
+}
+
+// ------------------------------------------------------------------ Instrumented
+
+/// Parses `name{labels} value` lines of the Prometheus text format.
+fn samples(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (name, value) = l.rsplit_once(' ').expect("a sample line has a value");
+            (name.to_owned(), value.to_owned())
+        })
+        .collect()
+}
+
+fn value(text: &str, series: &str) -> String {
+    samples(text)
+        .into_iter()
+        .find(|(n, _)| n == series)
+        .unwrap_or_else(|| panic!("no series {series} in:\n{text}"))
+        .1
+}
+
+/// Drives an instrumented MemoryBackend through every operation, with known sizes.
+async fn instrumented_run() -> Arc<Metrics> {
+    let instrumented = Instrumented::new(Arc::new(MemoryBackend::new()));
+    let metrics = instrumented.metrics();
+    assert_eq!(instrumented.name(), "memory");
+    let key = fresh_key();
+    let entry = CacheEntry {
+        stdout: Some(vec![b'o'; 100]),
+        stderr: Some(vec![b'e'; 20]),
+        outputs: OutputTree::new()
+            .file("a.bin", vec![1u8; 1000], false)
+            .file("b.bin", vec![2u8; 24], true)
+            .dir("d")
+            .outputs()
+            .to_vec(),
+        ..CacheEntry::default()
+    };
+    instrumented
+        .store(&task(), &key, &entry, CachePolicy::Normal)
+        .await
+        .unwrap();
+    instrumented
+        .store(&task(), &fresh_key(), &entry, CachePolicy::Readonly)
+        .await
+        .unwrap();
+    assert!(hit(&instrumented, &key).await);
+    assert!(!hit(&instrumented, &fresh_key()).await);
+    assert!(!hit(&instrumented, &fresh_key()).await);
+    let ws = TempWorkspace::new();
+    instrumented
+        .restore_outputs(&task(), &key, ws.root())
+        .await
+        .unwrap();
+    instrumented.get_log_bytes(&task(), &key).await.unwrap();
+    let e = instrumented
+        .restore_outputs(&task(), &fresh_key(), ws.root())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, BackendError::ActionNotFound { .. }),
+        "errors pass through"
+    );
+    instrumented
+        .check(&task(), "not a key", CachePolicy::Normal)
+        .await
+        .unwrap_err();
+    instrumented.health_check().await.unwrap();
+    metrics
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instrumented_counts_hits_bytes_calls_and_errors() {
+    let metrics = instrumented_run().await;
+    assert_eq!(metrics.hits.load(Ordering::Relaxed), 1);
+    assert_eq!(metrics.misses.load(Ordering::Relaxed), 2);
+    assert_eq!(
+        metrics.bytes_up.load(Ordering::Relaxed),
+        1144,
+        "only the Normal store"
+    );
+    assert_eq!(metrics.bytes_down.load(Ordering::Relaxed), 1024 + 120);
+    assert_eq!(metrics.calls("check"), 4);
+    assert_eq!(metrics.calls("store"), 2);
+    assert_eq!(metrics.calls("restore_outputs"), 2);
+    assert_eq!(metrics.errors("restore_outputs", "action_not_found"), 1);
+    assert_eq!(metrics.errors("check", "invalid_key"), 1);
+    assert_eq!(metrics.errors("check", "unavailable"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instrumented_renders_prometheus_text() {
+    let metrics = instrumented_run().await;
+    let text = metrics.render_prometheus("memory");
+    for family in [
+        "taskcache_lookups_total counter",
+        "taskcache_bytes_total counter",
+        "taskcache_errors_total counter",
+        "taskcache_operation_seconds histogram",
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {family}\n")),
+            "{family}:\n{text}"
+        );
+    }
+    let v = |s: &str| value(&text, s);
+    assert_eq!(
+        v(r#"taskcache_lookups_total{backend="memory",result="hit"}"#),
+        "1"
+    );
+    assert_eq!(
+        v(r#"taskcache_lookups_total{backend="memory",result="miss"}"#),
+        "2"
+    );
+    assert_eq!(
+        v(r#"taskcache_bytes_total{backend="memory",direction="up"}"#),
+        "1144"
+    );
+    assert_eq!(
+        v(r#"taskcache_bytes_total{backend="memory",direction="down"}"#),
+        "1144"
+    );
+    assert_eq!(
+        v(
+            r#"taskcache_errors_total{backend="memory",op="restore_outputs",kind="action_not_found"}"#
+        ),
+        "1"
+    );
+    // Histograms: buckets never decrease, +Inf equals the count, which equals the calls.
+    for (op, calls) in [
+        ("check", 4u64),
+        ("store", 2),
+        ("restore_outputs", 2),
+        ("get_logs", 1),
+        ("health_check", 1),
+    ] {
+        let prefix =
+            format!(r#"taskcache_operation_seconds_bucket{{backend="memory",op="{op}",le="#);
+        let buckets: Vec<u64> = samples(&text)
+            .into_iter()
+            .filter(|(n, _)| n.starts_with(&prefix))
+            .map(|(_, v)| v.parse().expect("a bucket is a count"))
+            .collect();
+        assert_eq!(buckets.len(), 9, "{op}: 8 bounds and +Inf");
+        assert!(
+            buckets.windows(2).all(|w| w[0] <= w[1]),
+            "{op}: {buckets:?}"
+        );
+        assert_eq!(buckets.last().copied(), Some(calls));
+        let count = v(&format!(
+            r#"taskcache_operation_seconds_count{{backend="memory",op="{op}"}}"#
+        ));
+        assert_eq!(count, calls.to_string());
+        let sum: f64 = v(&format!(
+            r#"taskcache_operation_seconds_sum{{backend="memory",op="{op}"}}"#
+        ))
+        .parse()
+        .expect("a sum is a number");
+        assert!(sum >= 0.0);
+    }
+    // A label value cannot break the format.
+    let odd = metrics.render_prometheus("we\"ird\\name\n");
+    assert!(odd.contains(r#"backend="we_ird_name_""#), "{odd}");
+    assert_eq!(samples(&odd).len(), samples(&text).len());
+}
+
+// ---------------------------------------------------------------- CircuitBreaker
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breaker_opens_after_consecutive_transport_failures() {
+    let inner = Arc::new(FaultyBackend::new(
+        Arc::new(MemoryBackend::new()),
+        FaultPlan::always(FaultError::Unavailable),
+    ));
+    let breaker = CircuitBreaker::new(inner.clone(), 3);
+    let key = fresh_key();
+    for _ in 0..3 {
+        assert!(!breaker.is_open());
+        let e = breaker
+            .check(&task(), &key, CachePolicy::Normal)
+            .await
+            .unwrap_err();
+        assert!(e.is_gracefully_degradable());
+    }
+    assert!(breaker.is_open());
+    assert_eq!(inner.calls(), 3);
+    let (_, entry) = sample();
+    let ws = TempWorkspace::new();
+    let errors = [
+        breaker
+            .check(&task(), &key, CachePolicy::Normal)
+            .await
+            .err(),
+        breaker
+            .store(&task(), &key, &entry, CachePolicy::Normal)
+            .await
+            .err(),
+        breaker
+            .restore_outputs(&task(), &key, ws.root())
+            .await
+            .err(),
+        breaker.get_log_bytes(&task(), &key).await.err(),
+        breaker.health_check().await.err(),
+    ];
+    for e in errors {
+        let e = e.expect("an open breaker fails every call");
+        assert!(matches!(e, BackendError::Unavailable(_)), "{e}");
+    }
+    assert_eq!(
+        inner.calls(),
+        3,
+        "an open breaker does not call the backend"
+    );
+    // It stays open even when the backend recovers.
+    inner.set_plan(FaultPlan::healthy());
+    assert!(breaker.health_check().await.is_err());
+    assert_eq!(breaker.name(), "memory");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breaker_resets_on_success_and_ignores_hard_errors() {
+    let inner = Arc::new(FaultyBackend::new(
+        Arc::new(MemoryBackend::new()),
+        FaultPlan::new(Trigger::FirstN(2), FaultError::Connection),
+    ));
+    let breaker = CircuitBreaker::new(inner.clone(), 3);
+    let key = fresh_key();
+    for round in 0..3 {
+        for _ in 0..2 {
+            assert!(
+                breaker
+                    .check(&task(), &key, CachePolicy::Normal)
+                    .await
+                    .is_err()
+            );
+        }
+        let r = breaker.check(&task(), &key, CachePolicy::Normal).await;
+        assert!(
+            r.is_ok_and(|r| !r.hit),
+            "round {round}: the third call succeeds"
+        );
+        assert!(!breaker.is_open(), "a success resets the count");
+        inner.set_plan(FaultPlan::new(Trigger::FirstN(2), FaultError::Connection));
+    }
+    inner.set_plan(FaultPlan::always(FaultError::Io(std::io::ErrorKind::Other)));
+    for _ in 0..10 {
+        assert!(
+            breaker
+                .check(&task(), &key, CachePolicy::Normal)
+                .await
+                .is_err()
+        );
+    }
+    assert!(!breaker.is_open(), "hard errors are not transport failures");
+    assert_eq!(inner.calls(), 19);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breaker_in_front_of_a_shared_tier_stops_calling_it() {
+    let shared = Arc::new(FaultyBackend::new(
+        Arc::new(MemoryBackend::new()),
+        FaultPlan::always(FaultError::Unavailable),
+    ));
+    let breaker = Arc::new(CircuitBreaker::new(shared.clone(), 2));
+    let tiered = Tiered::new(Arc::new(MemoryBackend::new()), breaker.clone());
+    let (tree, entry) = sample();
+    for _ in 0..5 {
+        let key = fresh_key();
+        tiered
+            .store(&task(), &key, &entry, CachePolicy::Normal)
+            .await
+            .unwrap();
+        assert!(!hit(&tiered, &fresh_key()).await);
+        let ws = TempWorkspace::new();
+        tiered
+            .restore_outputs(&task(), &key, ws.root())
+            .await
+            .unwrap();
+        ws.tree()
+            .assert_same(tree.expected(), "restore with the shared tier cut off");
+    }
+    assert!(breaker.is_open());
+    assert_eq!(
+        shared.calls(),
+        2,
+        "after opening, the shared tier is not called"
+    );
+}
