@@ -159,6 +159,8 @@ pub async fn hostile_absolute_paths(h: Harness) {
         String::new(),
     ];
     refuse_paths(&h, &paths).await;
+    // The absolute paths point beside `ws`, not beside the workspaces restored into.
+    ws.assert_outside_unchanged();
 }
 
 /// Symlink outputs whose targets leave the workspace (`..` too far, absolute) are
