@@ -1,5 +1,731 @@
-//! `cargo xtask bench local` (being written).
+//! `cargo xtask bench local [--reps N] [--dir PATH]`: the cache-local benchmarks.
+//!
+//! Every scenario runs in a child process (this program, built in release mode, with
+//! `bench local --child ...`), which reports its time and its own peak RSS (`VmHWM`).
+//! Each figure is a ratio against a reference measured in the same run on the same
+//! filesystem; runs are repeated and medians printed. Markdown tables for
+//! `BENCHMARKS.md` are printed at the end.
 
-pub fn run(_args: &[String]) -> Result<(), String> {
-    Err("the local benchmarks are being written".into())
+use cache_core::{CacheBackend, CacheEntry, CacheOutput, CachePolicy, DigestAlgorithm, Task};
+use cache_local::LocalOptions;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const BIG: usize = 1 << 30;
+const SMALL_FILES: usize = 10_000;
+const SMALL_SIZE: usize = 4096;
+
+pub fn run(args: &[String]) -> Result<(), String> {
+    if args.first().map(String::as_str) == Some("--child") {
+        return child(&args[1..]);
+    }
+    let mut reps = 5usize;
+    let mut dir = crate::workspace_root().join("target/bench-local");
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--reps" => {
+                reps = it
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .ok_or("--reps needs a number")?;
+            }
+            "--dir" => dir = PathBuf::from(it.next().ok_or("--dir needs a path")?),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    crate::run(crate::cargo().args(["build", "--release", "--quiet", "-p", "xtask"]))?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| crate::workspace_root().join("target"), PathBuf::from);
+    let b = Bench {
+        exe: target.join("release/xtask"),
+        dir,
+        reps,
+    };
+    b.all()
+}
+
+struct Bench {
+    exe: PathBuf,
+    dir: PathBuf,
+    reps: usize,
+}
+
+/// What a child reported: `key=value` pairs.
+type Report = BTreeMap<String, f64>;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        f64::midpoint(v[n / 2 - 1], v[n / 2])
+    }
+}
+
+fn sh(cmd: &mut Command) -> Result<(), String> {
+    let status = cmd.status().map_err(|e| format!("{cmd:?}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{cmd:?} failed: {status}"))
+    }
+}
+
+fn rm(p: &Path) {
+    if p.is_dir() {
+        let _ = std::fs::remove_dir_all(p);
+    } else {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+/// Flushes dirty pages so each timed run starts from the same state.
+fn sync() {
+    let _ = Command::new("sync").status();
+}
+
+fn timed(cmd: &mut Command) -> Result<f64, String> {
+    sync();
+    let t = Instant::now();
+    sh(cmd)?;
+    Ok(t.elapsed().as_secs_f64())
+}
+
+struct Row {
+    name: String,
+    ours: f64,
+    reference: f64,
+    unit: &'static str,
+    rss_mib: f64,
+    target: String,
+}
+
+impl Bench {
+    fn child(&self, args: &[&str]) -> Result<Report, String> {
+        sync();
+        let out = Command::new(&self.exe)
+            .args(["bench", "local", "--child"])
+            .args(args)
+            .output()
+            .map_err(|e| format!("start the bench child: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "bench child {args:?} failed: {}\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text
+            .lines()
+            .find_map(|l| l.strip_prefix("RESULT "))
+            .ok_or_else(|| format!("bench child {args:?} printed no result: {text}"))?;
+        Ok(line
+            .split_whitespace()
+            .filter_map(|kv| kv.split_once('='))
+            .filter_map(|(k, v)| Some((k.to_owned(), v.parse().ok()?)))
+            .collect())
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn s(p: &Path) -> &str {
+        p.to_str().expect("UTF-8 bench paths")
+    }
+
+    fn all(&self) -> Result<(), String> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| e.to_string())?;
+        eprintln!("bench local: preparing inputs in {}", self.dir.display());
+        self.prepare()?;
+        let mut rows = Vec::new();
+        rows.extend(self.big()?);
+        rows.extend(self.small()?);
+        let latency = self.latency()?;
+        let dedup = self.child(&["dedup", Self::s(&self.path("dedup-cache"))])?;
+        rm(&self.path("dedup-cache"));
+        rows.extend(self.cacache()?);
+        let hash = self.child(&["blake3", Self::s(&self.path("big"))])?;
+        rm(&self.path("big"));
+        rm(&self.path("small-src"));
+        self.print(&rows, &latency, &dedup, &hash);
+        Ok(())
+    }
+
+    fn prepare(&self) -> Result<(), String> {
+        let big = self.path("big");
+        if std::fs::metadata(&big).map(|m| m.len()).ok() != Some(BIG as u64) {
+            let mut buf = vec![0u8; 1 << 20];
+            let mut xof = blake3::Hasher::new().update(b"big").finalize_xof();
+            let mut f = std::fs::File::create(&big).map_err(|e| e.to_string())?;
+            for _ in 0..(BIG >> 20) {
+                xof.fill(&mut buf);
+                std::io::Write::write_all(&mut f, &buf).map_err(|e| e.to_string())?;
+            }
+        }
+        let src = self.path("small-src");
+        rm(&src);
+        for i in 0..SMALL_FILES {
+            let d = src.join(format!("d{:03}", i / 100));
+            if i % 100 == 0 {
+                std::fs::create_dir_all(&d).map_err(|e| e.to_string())?;
+            }
+            let mut b = vec![0u8; SMALL_SIZE];
+            blake3::Hasher::new()
+                .update(&i.to_le_bytes())
+                .finalize_xof()
+                .fill(&mut b);
+            std::fs::write(d.join(format!("f{i}")), b).map_err(|e| e.to_string())?;
+        }
+        // Read both once so every run starts with them in the page cache.
+        sh(Command::new("cat")
+            .arg(&big)
+            .stdout(std::process::Stdio::null()))?;
+        Ok(())
+    }
+
+    fn big(&self) -> Result<Vec<Row>, String> {
+        let (big, copy) = (self.path("big"), self.path("big.copy"));
+        let (cache, ws) = (self.path("big-cache"), self.path("big-ws"));
+        let mut v: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+        for r in 0..self.reps {
+            eprintln!("bench local: 1 GiB, run {}/{}", r + 1, self.reps);
+            rm(&copy);
+            v.entry("cp")
+                .or_default()
+                .push(timed(Command::new("cp").arg(&big).arg(&copy))?);
+            rm(&copy);
+            for durable in ["0", "1"] {
+                rm(&cache);
+                let s = self.child(&["big-store", Self::s(&cache), Self::s(&big), durable])?;
+                let k = if durable == "1" {
+                    "store-durable"
+                } else {
+                    "store"
+                };
+                v.entry(k).or_default().push(s["secs"]);
+                v.entry(if durable == "1" {
+                    "store-durable-rss"
+                } else {
+                    "store-rss"
+                })
+                .or_default()
+                .push(s["rss_kib"]);
+            }
+            rm(&ws);
+            let s = self.child(&["big-restore", Self::s(&cache), Self::s(&ws)])?;
+            v.entry("restore").or_default().push(s["secs"]);
+            v.entry("restore-rss").or_default().push(s["rss_kib"]);
+            rm(&ws);
+        }
+        rm(&cache);
+        let m = |k: &str| median(v.get(k).cloned().unwrap_or_default());
+        let cp = m("cp");
+        Ok(vec![
+            Row {
+                name: "1 GiB store".into(),
+                ours: m("store"),
+                reference: cp,
+                unit: "s",
+                rss_mib: m("store-rss") / 1024.0,
+                target: "≤ 1.25 × cp, RSS ≤ 64 MiB".into(),
+            },
+            Row {
+                name: "1 GiB restore".into(),
+                ours: m("restore"),
+                reference: cp,
+                unit: "s",
+                rss_mib: m("restore-rss") / 1024.0,
+                target: "≤ 1.25 × cp, RSS ≤ 64 MiB".into(),
+            },
+            Row {
+                name: "1 GiB store, durable".into(),
+                ours: m("store-durable"),
+                reference: cp,
+                unit: "s",
+                rss_mib: m("store-durable-rss") / 1024.0,
+                target: "(measured)".into(),
+            },
+        ])
+    }
+
+    fn small(&self) -> Result<Vec<Row>, String> {
+        let (src, copy) = (self.path("small-src"), self.path("small-copy"));
+        let (cache, ws) = (self.path("small-cache"), self.path("small-ws"));
+        let mut v: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+        for r in 0..self.reps {
+            eprintln!("bench local: 10,000 × 4 KiB, run {}/{}", r + 1, self.reps);
+            rm(&copy);
+            v.entry("cp")
+                .or_default()
+                .push(timed(Command::new("cp").arg("-r").arg(&src).arg(&copy))?);
+            rm(&copy);
+            for durable in ["1", "0"] {
+                rm(&cache);
+                let s = self.child(&["small-store", Self::s(&cache), Self::s(&src), durable])?;
+                let k = if durable == "1" {
+                    "store-durable"
+                } else {
+                    "store"
+                };
+                v.entry(k).or_default().push(s["secs"]);
+                v.entry(if durable == "1" {
+                    "store-durable-rss"
+                } else {
+                    "store-rss"
+                })
+                .or_default()
+                .push(s["rss_kib"]);
+            }
+            rm(&ws);
+            let s = self.child(&["small-restore", Self::s(&cache), Self::s(&ws)])?;
+            v.entry("restore").or_default().push(s["secs"]);
+            v.entry("restore-rss").or_default().push(s["rss_kib"]);
+            rm(&ws);
+        }
+        rm(&cache);
+        let m = |k: &str| median(v.get(k).cloned().unwrap_or_default());
+        let cp = m("cp");
+        Ok(vec![
+            Row {
+                name: "10,000 × 4 KiB store".into(),
+                ours: m("store"),
+                reference: cp,
+                unit: "s",
+                rss_mib: m("store-rss") / 1024.0,
+                target: "≤ 1.5 × cp -r".into(),
+            },
+            Row {
+                name: "10,000 × 4 KiB restore".into(),
+                ours: m("restore"),
+                reference: cp,
+                unit: "s",
+                rss_mib: m("restore-rss") / 1024.0,
+                target: "≤ 1.5 × cp -r".into(),
+            },
+            Row {
+                name: "10,000 × 4 KiB store, durable".into(),
+                ours: m("store-durable"),
+                reference: cp,
+                unit: "s",
+                rss_mib: m("store-durable-rss") / 1024.0,
+                target: "(measured)".into(),
+            },
+        ])
+    }
+
+    fn latency(&self) -> Result<Report, String> {
+        let mut p50 = Vec::new();
+        let mut p99 = Vec::new();
+        let mut rss = Vec::new();
+        for r in 0..self.reps {
+            eprintln!("bench local: hit latency, run {}/{}", r + 1, self.reps);
+            let cache = self.path("lat-cache");
+            rm(&cache);
+            let s = self.child(&["hit-latency", Self::s(&cache), "3000"])?;
+            p50.push(s["p50_us"]);
+            p99.push(s["p99_us"]);
+            rss.push(s["rss_kib"]);
+            rm(&cache);
+        }
+        Ok([
+            ("p50_us".to_owned(), median(p50)),
+            ("p99_us".to_owned(), median(p99)),
+            ("rss_kib".to_owned(), median(rss)),
+        ]
+        .into_iter()
+        .collect())
+    }
+
+    fn cacache(&self) -> Result<Vec<Row>, String> {
+        let mut v: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+        let n = "10000";
+        for r in 0..self.reps {
+            eprintln!("bench local: vs cacache, run {}/{}", r + 1, self.reps);
+            for (name, durable) in [("cacache", ""), ("ours", "0"), ("ours-durable", "1")] {
+                let d = self.path("kv");
+                rm(&d);
+                let s = if name == "cacache" {
+                    self.child(&["cacache", Self::s(&d), n])?
+                } else {
+                    self.child(&["kv", Self::s(&d), n, durable])?
+                };
+                v.entry(name).or_default().push(s["secs"]);
+                v.entry(match name {
+                    "cacache" => "cacache-rss",
+                    "ours" => "ours-rss",
+                    _ => "ours-durable-rss",
+                })
+                .or_default()
+                .push(s["rss_kib"]);
+                rm(&d);
+            }
+        }
+        let m = |k: &str| median(v.get(k).cloned().unwrap_or_default());
+        Ok(vec![
+            Row {
+                name: "10,000 small entries write+read".into(),
+                ours: m("ours"),
+                reference: m("cacache"),
+                unit: "s",
+                rss_mib: m("ours-rss") / 1024.0,
+                target: format!(
+                    "≥ 2 × cacache throughput (cacache RSS {:.1} MiB)",
+                    m("cacache-rss") / 1024.0
+                ),
+            },
+            Row {
+                name: "10,000 small entries write+read, durable".into(),
+                ours: m("ours-durable"),
+                reference: m("cacache"),
+                unit: "s",
+                rss_mib: m("ours-durable-rss") / 1024.0,
+                target: "(measured; cacache fsyncs)".into(),
+            },
+        ])
+    }
+
+    fn print(&self, rows: &[Row], latency: &Report, dedup: &Report, hash: &Report) {
+        let mut md = String::new();
+        let _ = writeln!(md, "Medians of {} runs.\n", self.reps);
+        let _ = writeln!(
+            md,
+            "| benchmark | taskcache | reference | ratio | peak RSS | target |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|");
+        for r in rows {
+            let _ = writeln!(
+                md,
+                "| {} | {:.3} {} | {:.3} {} | {:.2} | {:.1} MiB | {} |",
+                r.name,
+                r.ours,
+                r.unit,
+                r.reference,
+                r.unit,
+                r.ours / r.reference,
+                r.rss_mib,
+                r.target
+            );
+        }
+        let _ = writeln!(
+            md,
+            "\nHit latency (check + restore + get_logs, one 1 KiB output, in-process): \
+             p50 {:.1} µs, p99 {:.1} µs, peak RSS {:.1} MiB (target p50 ≤ 200 µs).",
+            latency["p50_us"],
+            latency["p99_us"],
+            latency["rss_kib"] / 1024.0
+        );
+        let _ = writeln!(
+            md,
+            "\nDedup: 100 entries sharing one 10 MiB output occupy {:.2} MiB on disk \
+             ({:.2} MiB apparent; target ≤ 11 MiB).",
+            dedup["disk_bytes"] / f64::from(1 << 20),
+            dedup["apparent_bytes"] / f64::from(1 << 20)
+        );
+        let _ = writeln!(
+            md,
+            "\nBLAKE3 (one thread): {:.2} GB/s hashing memory, {:.2} GB/s reading + hashing \
+             the 1 GiB file from the page cache: the ceiling for a store is 1 GiB ÷ the \
+             latter = {:.3} s.",
+            hash["mem_gbps"],
+            hash["file_gbps"],
+            1.073_741_824 / hash["file_gbps"]
+        );
+        println!("\n{md}");
+    }
+}
+
+// ---------------------------------------------------------------- child side
+
+fn peak_rss_kib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(f64::NAN)
+}
+
+fn report(pairs: &[(&str, f64)]) {
+    let mut line = String::from("RESULT");
+    for (k, v) in pairs {
+        let _ = write!(line, " {k}={v}");
+    }
+    let _ = write!(line, " rss_kib={}", peak_rss_kib());
+    println!("{line}");
+}
+
+fn task() -> Task {
+    Task::new("bench", ["bench"])
+}
+
+fn key(name: &str) -> String {
+    DigestAlgorithm::Blake3.digest(name.as_bytes()).to_string()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+fn opts(durable: &str) -> LocalOptions {
+    LocalOptions {
+        durable: durable == "1",
+        max_size: None,
+    }
+}
+
+fn e(x: impl std::fmt::Display) -> String {
+    x.to_string()
+}
+
+fn arg(args: &[String], i: usize) -> Result<&str, String> {
+    args.get(i)
+        .map(String::as_str)
+        .ok_or_else(|| format!("bench child: missing argument {i}"))
+}
+
+#[allow(clippy::too_many_lines)] // one arm per scenario, each short
+fn child(args: &[String]) -> Result<(), String> {
+    let rt = runtime();
+    match arg(args, 0)? {
+        "big-store" => {
+            let cache = cache_local::open(arg(args, 1)?, opts(arg(args, 3)?)).map_err(e)?;
+            let entry = CacheEntry {
+                outputs: vec![CacheOutput::file("big", arg(args, 2)?, false)],
+                ..CacheEntry::default()
+            };
+            let t = Instant::now();
+            rt.block_on(cache.store(&task(), &key("big"), &entry, CachePolicy::Normal))
+                .map_err(e)?;
+            report(&[("secs", t.elapsed().as_secs_f64())]);
+        }
+        "big-restore" | "small-restore" => {
+            let name = if arg(args, 0)? == "big-restore" {
+                "big"
+            } else {
+                "small"
+            };
+            let cache = cache_local::open(arg(args, 1)?, LocalOptions::default()).map_err(e)?;
+            let ws = PathBuf::from(arg(args, 2)?);
+            std::fs::create_dir_all(&ws).map_err(e)?;
+            let t = Instant::now();
+            rt.block_on(cache.restore_outputs(&task(), &key(name), &ws))
+                .map_err(e)?;
+            report(&[("secs", t.elapsed().as_secs_f64())]);
+        }
+        "small-store" => {
+            let cache = cache_local::open(arg(args, 1)?, opts(arg(args, 3)?)).map_err(e)?;
+            let src = PathBuf::from(arg(args, 2)?);
+            let mut outputs = Vec::new();
+            let mut dirs: Vec<_> = std::fs::read_dir(&src)
+                .map_err(e)?
+                .collect::<Result<_, _>>()
+                .map_err(e)?;
+            dirs.sort_by_key(std::fs::DirEntry::file_name);
+            for d in dirs {
+                let dn = d.file_name().to_string_lossy().into_owned();
+                outputs.push(CacheOutput::directory(dn.clone()));
+                for f in std::fs::read_dir(d.path()).map_err(e)? {
+                    let f = f.map_err(e)?;
+                    let rel = format!("{dn}/{}", f.file_name().to_string_lossy());
+                    outputs.push(CacheOutput::file(rel, f.path(), false));
+                }
+            }
+            let entry = CacheEntry {
+                outputs,
+                ..CacheEntry::default()
+            };
+            let t = Instant::now();
+            rt.block_on(cache.store(&task(), &key("small"), &entry, CachePolicy::Normal))
+                .map_err(e)?;
+            report(&[("secs", t.elapsed().as_secs_f64())]);
+        }
+        "hit-latency" => {
+            let iters: usize = arg(args, 2)?.parse().map_err(e)?;
+            let cache = cache_local::open(arg(args, 1)?, LocalOptions::default()).map_err(e)?;
+            let ws = tempfile::tempdir().map_err(e)?;
+            let k = key("latency");
+            let entry = CacheEntry {
+                stdout: Some(b"compiling...\nfinished\n".to_vec()),
+                stderr: Some(b"warning: unused\n".to_vec()),
+                outputs: vec![CacheOutput::bytes("out/lib.a", vec![7u8; 1024], false)],
+                ..CacheEntry::default()
+            };
+            let mut samples = rt
+                .block_on(async {
+                    cache
+                        .store(&task(), &k, &entry, CachePolicy::Normal)
+                        .await?;
+                    let mut samples = Vec::with_capacity(iters);
+                    for i in 0..iters + 200 {
+                        let t = Instant::now();
+                        let hit = cache.check(&task(), &k, CachePolicy::Normal).await?;
+                        assert!(hit.hit);
+                        cache.restore_outputs(&task(), &k, ws.path()).await?;
+                        let logs = cache.get_logs(&task(), &k).await?;
+                        let el = t.elapsed();
+                        assert!(logs.0.is_some());
+                        if i >= 200 {
+                            samples.push(el); // the first 200 warm up
+                        }
+                    }
+                    Ok::<_, cache_core::BackendError>(samples)
+                })
+                .map_err(e)?;
+            samples.sort();
+            let pct = |p: usize| samples[(samples.len() * p / 100).min(samples.len() - 1)];
+            let us = |d: Duration| d.as_secs_f64() * 1e6;
+            report(&[("p50_us", us(pct(50))), ("p99_us", us(pct(99)))]);
+        }
+        "dedup" => {
+            let dir = PathBuf::from(arg(args, 1)?);
+            let cache = cache_local::open(&dir, LocalOptions::default()).map_err(e)?;
+            let mut shared = vec![0u8; 10 << 20];
+            blake3::Hasher::new()
+                .update(b"shared")
+                .finalize_xof()
+                .fill(&mut shared);
+            rt.block_on(async {
+                for i in 0..100 {
+                    let entry = CacheEntry {
+                        stdout: Some(format!("build {i}\n").into_bytes()),
+                        outputs: vec![CacheOutput::bytes("dist/app.bin", shared.clone(), true)],
+                        ..CacheEntry::default()
+                    };
+                    cache
+                        .store(
+                            &task(),
+                            &key(&format!("dedup {i}")),
+                            &entry,
+                            CachePolicy::Normal,
+                        )
+                        .await?;
+                }
+                Ok::<_, cache_core::BackendError>(())
+            })
+            .map_err(e)?;
+            let (disk, apparent) = du(&dir);
+            #[allow(clippy::cast_precision_loss)]
+            report(&[
+                ("disk_bytes", disk as f64),
+                ("apparent_bytes", apparent as f64),
+            ]);
+        }
+        "cacache" => {
+            let dir = PathBuf::from(arg(args, 1)?);
+            let n: usize = arg(args, 2)?.parse().map_err(e)?;
+            let t = Instant::now();
+            rt.block_on(async {
+                for i in 0..n {
+                    cacache::write(&dir, format!("key-{i}"), small_value(i)).await?;
+                }
+                for i in 0..n {
+                    let v = cacache::read(&dir, format!("key-{i}")).await?;
+                    assert_eq!(v, small_value(i));
+                }
+                Ok::<_, cacache::Error>(())
+            })
+            .map_err(e)?;
+            report(&[("secs", t.elapsed().as_secs_f64())]);
+        }
+        "kv" => {
+            // The same work through taskcache: each entry one 1 KiB output file; a read
+            // is a lookup plus a restore of that file into a workspace.
+            let cache = cache_local::open(arg(args, 1)?, opts(arg(args, 3)?)).map_err(e)?;
+            let n: usize = arg(args, 2)?.parse().map_err(e)?;
+            let ws = tempfile::tempdir().map_err(e)?;
+            let t = Instant::now();
+            rt.block_on(async {
+                for i in 0..n {
+                    let entry = CacheEntry {
+                        outputs: vec![CacheOutput::bytes("value", small_value(i), false)],
+                        ..CacheEntry::default()
+                    };
+                    cache
+                        .store(
+                            &task(),
+                            &key(&format!("key-{i}")),
+                            &entry,
+                            CachePolicy::Normal,
+                        )
+                        .await?;
+                }
+                for i in 0..n {
+                    let k = key(&format!("key-{i}"));
+                    assert!(cache.check(&task(), &k, CachePolicy::Normal).await?.hit);
+                    cache.restore_outputs(&task(), &k, ws.path()).await?;
+                }
+                Ok::<_, cache_core::BackendError>(())
+            })
+            .map_err(e)?;
+            assert_eq!(
+                std::fs::read(ws.path().join("value")).map_err(e)?,
+                small_value(n - 1)
+            );
+            report(&[("secs", t.elapsed().as_secs_f64())]);
+        }
+        "blake3" => {
+            let buf = vec![0x5au8; 1 << 20];
+            let t = Instant::now();
+            let mut h = blake3::Hasher::new();
+            for _ in 0..(BIG >> 20) {
+                h.update(&buf);
+            }
+            let _ = h.finalize();
+            let mem = 1.073_741_824 / t.elapsed().as_secs_f64();
+            let mut f = std::fs::File::open(arg(args, 1)?).map_err(e)?;
+            let t = Instant::now();
+            cache_core::hash_reader(&mut f, DigestAlgorithm::Blake3).map_err(e)?;
+            let file = 1.073_741_824 / t.elapsed().as_secs_f64();
+            report(&[("mem_gbps", mem), ("file_gbps", file)]);
+        }
+        other => return Err(format!("unknown bench child {other:?}")),
+    }
+    Ok(())
+}
+
+fn small_value(i: usize) -> Vec<u8> {
+    let mut v = vec![0u8; 1024];
+    blake3::Hasher::new()
+        .update(&i.to_le_bytes())
+        .finalize_xof()
+        .fill(&mut v);
+    v
+}
+
+/// Bytes allocated on disk (`st_blocks`) and apparent bytes of everything under `dir`.
+fn du(dir: &Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let mut disk = 0;
+    let mut apparent = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for ent in rd.flatten() {
+            let Ok(m) = ent.metadata() else { continue };
+            if m.is_dir() {
+                stack.push(ent.path());
+            }
+            disk += m.blocks() * 512;
+            apparent += m.len();
+        }
+    }
+    (disk, apparent)
 }
