@@ -65,7 +65,7 @@ pub use digest::{
 };
 pub use error::{BackendError, BackendResult};
 pub use key::{InputFile, TaskKeyBuilder};
-pub use path::{RelPath, check_symlink_target};
+pub use path::{OutputKind, RelPath, check_layout, check_symlink_target};
 pub use policy::{CachePolicy, effective_policy, policy_allows_read, policy_allows_write};
 pub use record::{ActionRecord, INLINE_LOG_MAX, LogRecord, MAX_ENTRY_BYTES, OutputRecord};
 pub use storage::{BlobSource, BlockingJob, Cache, FileRestore, Storage};

@@ -166,6 +166,61 @@ pub fn check_symlink_target(link: &RelPath, target: &str) -> BackendResult<()> {
     Ok(())
 }
 
+/// What kind of output a path names, for [`check_layout`].
+#[derive(Debug, Clone, Copy)]
+pub enum OutputKind<'a> {
+    /// A regular file.
+    File,
+    /// A directory.
+    Directory,
+    /// A symlink with this target.
+    Symlink(&'a str),
+}
+
+/// Validates a whole set of outputs: every path ([`RelPath::parse`]), every symlink
+/// target ([`check_symlink_target`]), no path twice, and nothing below a file or a
+/// symlink (an entry with `a` as a file and `a/b` could never be restored whole).
+/// Returns the parsed paths in order. `store` calls this before any I/O and entry
+/// decoding calls it on every entry read.
+pub fn check_layout<'a>(
+    outputs: impl IntoIterator<Item = (&'a str, OutputKind<'a>)>,
+) -> BackendResult<Vec<RelPath>> {
+    let mut parsed = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut leaves = std::collections::HashSet::new();
+    for (raw, kind) in outputs {
+        let rel = RelPath::parse(raw)?;
+        if let OutputKind::Symlink(target) = kind {
+            check_symlink_target(&rel, target)?;
+        }
+        if !seen.insert(rel.clone()) {
+            return Err(BackendError::InvalidOutput {
+                path: crate::error::truncate(raw),
+                reason: "the same path is listed twice".into(),
+            });
+        }
+        if !matches!(kind, OutputKind::Directory) {
+            leaves.insert(rel.as_str().to_owned());
+        }
+        parsed.push(rel);
+    }
+    for rel in &parsed {
+        let s = rel.as_str();
+        for (i, _) in s.match_indices('/') {
+            if leaves.contains(&s[..i]) {
+                return Err(BackendError::InvalidOutput {
+                    path: s.to_owned(),
+                    reason: format!(
+                        "it lies below {}, which is a file or symlink output",
+                        &s[..i]
+                    ),
+                });
+            }
+        }
+    }
+    Ok(parsed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,6 +236,17 @@ mod tests {
         assert_eq!(RelPath::parse("a/b").unwrap().file_name(), "b");
         assert!(RelPath::parse("héllo wörld/ファイル").is_ok());
         assert!(RelPath::parse("a..b/..c").is_ok());
+    }
+
+    #[test]
+    fn layouts() {
+        use OutputKind::{Directory, File, Symlink};
+        assert!(check_layout([("a", Directory), ("a/b", File), ("l", Symlink("a/b"))]).is_ok());
+        assert!(check_layout([("a", File), ("a/b", File)]).is_err());
+        assert!(check_layout([("a/b/c", File), ("a", Symlink("x"))]).is_err());
+        assert!(check_layout([("a", File), ("./a", Directory)]).is_err());
+        assert!(check_layout([("ab", File), ("ab2/c", File)]).is_ok());
+        assert!(check_layout([("x", Symlink("../y"))]).is_err());
     }
 
     #[test]

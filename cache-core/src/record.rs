@@ -14,10 +14,9 @@
 //! stored under another key, and any record that names an unsafe path. Decoding reads
 //! from a bounded slice, so no declared length can make it allocate more than the slice.
 
-use crate::path::check_symlink_target;
-use crate::{BackendError, BackendResult, BlobRef, Digest, RelPath};
+use crate::path::{OutputKind, check_layout};
+use crate::{BackendError, BackendResult, BlobRef, Digest};
 use serde::{Deserialize, Serialize};
-use std::collections::HashSet;
 
 /// Largest encoded entry accepted. Logs over [`INLINE_LOG_MAX`] live in blobs, so this
 /// bounds only the output list (about 300,000 outputs with typical path lengths).
@@ -163,21 +162,13 @@ impl ActionRecord {
         Ok(record)
     }
 
-    /// Checks every path and symlink target, inline log sizes, and that no path repeats.
+    /// Checks the output layout ([`crate::check_layout`]) and inline log sizes.
     pub fn validate(&self) -> BackendResult<()> {
-        let mut seen = HashSet::with_capacity(self.outputs.len());
-        for out in &self.outputs {
-            let rel = RelPath::parse(out.path())?;
-            if let OutputRecord::Symlink { target, .. } = out {
-                check_symlink_target(&rel, target)?;
-            }
-            if !seen.insert(rel.clone()) {
-                return Err(BackendError::unsafe_path(
-                    rel.as_str(),
-                    "the path appears twice in the entry",
-                ));
-            }
-        }
+        check_layout(self.outputs.iter().map(|o| match o {
+            OutputRecord::File { path, .. } => (path.as_str(), OutputKind::File),
+            OutputRecord::Directory { path } => (path.as_str(), OutputKind::Directory),
+            OutputRecord::Symlink { path, target } => (path.as_str(), OutputKind::Symlink(target)),
+        }))?;
         for log in [&self.stdout, &self.stderr] {
             if let LogRecord::Inline(b) = log {
                 if b.len() > INLINE_LOG_MAX {

@@ -13,6 +13,7 @@
 //!   blob verified against its digest before its bytes reach the workspace or a caller;
 //! * workspace safety through [`Workspace`].
 
+use crate::path::OutputKind;
 use crate::record::{ActionRecord, INLINE_LOG_MAX, LogRecord, OutputRecord};
 use crate::{
     BackendError, BackendResult, BlobRef, CacheBackend, CacheEntry, CacheLookupResult, CacheOutput,
@@ -253,17 +254,18 @@ enum Planned {
 }
 
 fn plan_outputs(outputs: &[CacheOutput]) -> BackendResult<Vec<Planned>> {
-    let mut seen = std::collections::HashSet::with_capacity(outputs.len());
-    let mut planned = Vec::with_capacity(outputs.len());
-    for out in outputs {
-        let rel = RelPath::parse(&out.path)?;
-        if !seen.insert(rel.clone()) {
-            return Err(BackendError::InvalidOutput {
-                path: out.path.clone(),
-                reason: "the same path is listed twice".into(),
-            });
-        }
-        planned.push(match &out.content {
+    let rels = crate::path::check_layout(outputs.iter().map(|o| {
+        let kind = match &o.content {
+            OutputContent::Bytes(_) | OutputContent::File { .. } => OutputKind::File,
+            OutputContent::Directory => OutputKind::Directory,
+            OutputContent::Symlink { target } => OutputKind::Symlink(target),
+        };
+        (o.path.as_str(), kind)
+    }))?;
+    Ok(outputs
+        .iter()
+        .zip(rels)
+        .map(|(out, rel)| match &out.content {
             OutputContent::Bytes(b) => Planned::File {
                 rel,
                 source: BlobSource::Bytes(b.clone()),
@@ -275,13 +277,9 @@ fn plan_outputs(outputs: &[CacheOutput]) -> BackendResult<Vec<Planned>> {
                 executable: out.is_executable,
             },
             OutputContent::Directory => Planned::Directory(rel),
-            OutputContent::Symlink { target } => {
-                crate::path::check_symlink_target(&rel, target)?;
-                Planned::Symlink(rel, target.clone())
-            }
-        });
-    }
-    Ok(planned)
+            OutputContent::Symlink { target } => Planned::Symlink(rel, target.clone()),
+        })
+        .collect())
 }
 
 fn log_source(log: Option<&Vec<u8>>) -> (LogRecord, Option<BlobSource>) {
@@ -430,8 +428,8 @@ impl<S: Storage> CacheBackend for Cache<S> {
                     .iter()
                     .map(|o| RelPath::parse(o.path()))
                     .collect::<BackendResult<Vec<_>>>()?;
-                for rel in &rels {
-                    ws.check(rel)?;
+                for (o, rel) in outputs.iter().zip(&rels) {
+                    ws.check(rel, matches!(o, OutputRecord::Directory { .. }))?;
                 }
                 let mut results = Vec::with_capacity(outputs.len());
                 for (o, rel) in outputs.iter().zip(&rels) {

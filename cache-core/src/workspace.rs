@@ -46,13 +46,19 @@ impl Workspace {
         &self.root
     }
 
-    /// Checks, without writing anything, that writing `rel` would stay inside the
-    /// workspace given what is on disk now. Restores call this for every output first,
-    /// so a refused layout writes nothing at all.
-    pub fn check(&self, rel: &RelPath) -> BackendResult<()> {
+    /// Checks, without writing anything, that writing `rel` (a directory if `is_dir`,
+    /// else a file or symlink) would stay inside the workspace and find nothing in its
+    /// way, given what is on disk now. Restores call this for every output first, so a
+    /// refused layout writes nothing at all.
+    pub fn check(&self, rel: &RelPath, is_dir: bool) -> BackendResult<()> {
         if let Some(parent) = self.walk_parent(rel, false)? {
             let last = parent.join(rel.file_name());
-            self.check_last(rel, &last, false)?;
+            if let (Last::Dir, false) = (self.check_last(rel, &last, is_dir)?, is_dir) {
+                return Err(BackendError::unsafe_path(
+                    rel.as_str(),
+                    "a directory is in the way of this file or symlink; remove it first",
+                ));
+            }
         }
         Ok(())
     }
