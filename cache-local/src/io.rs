@@ -15,6 +15,113 @@ pub(crate) const ALGORITHM: DigestAlgorithm = DigestAlgorithm::Blake3;
 /// is not stored yet; larger ones are streamed into a temporary file while hashing.
 pub(crate) const SMALL_FILE: u64 = 1 << 20;
 
+/// Files at least this large are copied with the hashing (store) or the reading
+/// (restore) on a second thread, overlapping it with the rest of the pass.
+pub(crate) const PIPELINE_MIN: u64 = 16 << 20;
+const CHUNK: usize = 1 << 20;
+const IN_FLIGHT: usize = 4;
+
+/// Reads until `buf` is full or the reader ends; returns the bytes read.
+fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+fn hung_up() -> io::Error {
+    io::Error::other("the helper thread of a pipelined copy stopped")
+}
+
+/// Like [`copy_hashing`], but the hashing runs on a second thread: each chunk is read,
+/// written, then handed to the hasher, which returns the buffer when done. What is
+/// hashed is exactly what was written. At most [`IN_FLIGHT`] chunks of memory.
+pub(crate) fn copy_hashing_pipelined(
+    src: &mut dyn Read,
+    dst: &mut dyn Write,
+    algorithm: DigestAlgorithm,
+) -> io::Result<BlobRef> {
+    std::thread::scope(|s| {
+        let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<(Vec<u8>, usize)>(IN_FLIGHT);
+        let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        for _ in 0..IN_FLIGHT {
+            empty_tx.send(vec![0u8; CHUNK]).map_err(|_| hung_up())?;
+        }
+        let hasher = s.spawn(move || {
+            let mut h = algorithm.hasher();
+            let mut size = 0u64;
+            for (buf, n) in full_rx {
+                h.update(&buf[..n]);
+                size += n as u64;
+                // The copier may be gone after an error; nothing to return then.
+                let _ = empty_tx.send(buf);
+            }
+            BlobRef {
+                digest: h.finalize(),
+                size,
+            }
+        });
+        let copied = (|| -> io::Result<()> {
+            loop {
+                let mut buf = empty_rx.recv().map_err(|_| hung_up())?;
+                let n = read_full(src, &mut buf)?;
+                if n == 0 {
+                    return Ok(());
+                }
+                dst.write_all(&buf[..n])?;
+                full_tx.send((buf, n)).map_err(|_| hung_up())?;
+            }
+        })();
+        drop(full_tx);
+        let blob = hasher.join().map_err(|_| hung_up())?;
+        copied.map(|()| blob)
+    })
+}
+
+/// Restores a large file with the blob read on a second thread, overlapping the read
+/// with the verified write (hash + write) of [`cache_core::PendingFile`].
+fn restore_pipelined(f: &FileRestore, blob: &mut File, path: &Path) -> BackendResult<()> {
+    let mut pending = f.begin()?;
+    let limit = f.blob.size.saturating_add(1);
+    std::thread::scope(|s| {
+        let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<(Vec<u8>, usize)>(IN_FLIGHT);
+        let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        for _ in 0..IN_FLIGHT {
+            let _ = empty_tx.send(vec![0u8; CHUNK]);
+        }
+        let reader = s.spawn(move || -> io::Result<()> {
+            let mut limited = blob.take(limit);
+            for mut buf in empty_rx {
+                let n = read_full(&mut limited, &mut buf)?;
+                if n == 0 || full_tx.send((buf, n)).is_err() {
+                    break;
+                }
+            }
+            Ok(())
+        });
+        let mut written = Ok(());
+        for (buf, n) in full_rx {
+            if let Err(e) = pending.write_all(&buf[..n]) {
+                written = Err(BackendError::io_with_context("restore", pending.path(), e));
+                break;
+            }
+            let _ = empty_tx.send(buf);
+        }
+        drop(empty_tx);
+        let read = reader.join().map_err(|_| hung_up());
+        written?;
+        read.and_then(|r| r)
+            .map_err(|e| BackendError::io_with_context("read blob", path, e))
+    })?;
+    pending.commit().map(drop)
+}
+
 /// Reusable state of one store job.
 pub(crate) struct StoreJob<'a> {
     pub layout: &'a Layout,
@@ -79,7 +186,13 @@ impl<'a> StoreJob<'a> {
     /// name (or drop it if that blob is stored already).
     fn put_stream(&mut self, file: &mut File, path: &Path) -> BackendResult<BlobRef> {
         let mut tmp = self.layout.temp()?;
-        let blob = copy_hashing(file, tmp.as_file_mut(), ALGORITHM)
+        let large = file.metadata().is_ok_and(|m| m.len() >= PIPELINE_MIN);
+        let copied = if large {
+            copy_hashing_pipelined(file, tmp.as_file_mut(), ALGORITHM)
+        } else {
+            copy_hashing(file, tmp.as_file_mut(), ALGORITHM)
+        };
+        let blob = copied
             .map_err(|e| BackendError::io_with_context("copy output into the cache", path, e))?;
         let dest = self.layout.blob_path(&blob.digest);
         if reuse(&dest, blob.size) {
@@ -137,8 +250,13 @@ pub(crate) fn restore_one(layout: &Layout, f: &FileRestore) -> BackendResult<()>
         }
         Err(e) => return Err(BackendError::io_with_context("open blob", &path, e)),
     };
-    match f.write_from(&mut file) {
-        Ok(_) => Ok(()),
+    let written = if f.blob.size >= PIPELINE_MIN {
+        restore_pipelined(f, &mut file, &path)
+    } else {
+        f.write_from(&mut file).map(drop)
+    };
+    match written {
+        Ok(()) => Ok(()),
         Err(e @ BackendError::DigestMismatch { .. }) => {
             match layout::remove_if_same(&path, &file) {
                 Ok(removed) => tracing::warn!(
@@ -203,6 +321,22 @@ pub(crate) fn split_ranges(weights: &[u64], parts: usize) -> Vec<std::ops::Range
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pipelined_copy_hashes_what_it_writes() {
+        for len in [0usize, 1, CHUNK - 1, CHUNK, 5 * CHUNK + 3] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+            let mut out = Vec::new();
+            let blob = copy_hashing_pipelined(&mut &data[..], &mut out, ALGORITHM).unwrap();
+            assert_eq!(out, data);
+            assert_eq!(blob, BlobRef::of(ALGORITHM, &data), "len {len}");
+        }
+        // A failing writer stops the copy with its error, and the hasher thread ends.
+        let mut full = [0u8; 10];
+        let err = copy_hashing_pipelined(&mut &[1u8; 3 * CHUNK][..], &mut &mut full[..], ALGORITHM)
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WriteZero);
+    }
 
     #[test]
     fn split_covers_everything_in_order() {

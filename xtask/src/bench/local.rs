@@ -70,6 +70,14 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// Median of the per-run ratios `v[a][i] / v[b][i]`.
+fn rr(runs: &BTreeMap<&str, Vec<f64>>, ours: &str, reference: &str) -> f64 {
+    let (Some(ours), Some(reference)) = (runs.get(ours), runs.get(reference)) else {
+        return f64::NAN;
+    };
+    median(ours.iter().zip(reference).map(|(o, r)| o / r).collect())
+}
+
 fn sh(cmd: &mut Command) -> Result<(), String> {
     let status = cmd.status().map_err(|e| format!("{cmd:?}: {e}"))?;
     if status.success() {
@@ -103,6 +111,8 @@ struct Row {
     name: String,
     ours: f64,
     reference: f64,
+    /// Median of the per-run ratios (each run's ours ÷ its own reference).
+    ratio: f64,
     unit: &'static str,
     rss_mib: f64,
     target: String,
@@ -150,14 +160,32 @@ impl Bench {
         let mut rows = Vec::new();
         rows.extend(self.big()?);
         rows.extend(self.small()?);
-        let latency = self.latency()?;
+        let latency = self.latency(&self.dir)?;
+        let shm = Path::new("/dev/shm");
+        let latency_tmpfs = if shm.is_dir() {
+            let d = shm.join(format!("taskcache-bench-{}", std::process::id()));
+            let r = self.latency(&d);
+            rm(&d);
+            Some(r?)
+        } else {
+            None
+        };
+        let inode = self.child(&["inode", Self::s(&self.path("inode"))])?;
+        rm(&self.path("inode"));
         let dedup = self.child(&["dedup", Self::s(&self.path("dedup-cache"))])?;
         rm(&self.path("dedup-cache"));
         rows.extend(self.cacache()?);
         let hash = self.child(&["blake3", Self::s(&self.path("big"))])?;
         rm(&self.path("big"));
         rm(&self.path("small-src"));
-        self.print(&rows, &latency, &dedup, &hash);
+        self.print(
+            &rows,
+            &latency,
+            latency_tmpfs.as_ref(),
+            &dedup,
+            &hash,
+            &inode,
+        );
         Ok(())
     }
 
@@ -235,6 +263,7 @@ impl Bench {
                 name: "1 GiB store".into(),
                 ours: m("store"),
                 reference: cp,
+                ratio: rr(&v, "store", "cp"),
                 unit: "s",
                 rss_mib: m("store-rss") / 1024.0,
                 target: "≤ 1.25 × cp, RSS ≤ 64 MiB".into(),
@@ -243,6 +272,7 @@ impl Bench {
                 name: "1 GiB restore".into(),
                 ours: m("restore"),
                 reference: cp,
+                ratio: rr(&v, "restore", "cp"),
                 unit: "s",
                 rss_mib: m("restore-rss") / 1024.0,
                 target: "≤ 1.25 × cp, RSS ≤ 64 MiB".into(),
@@ -251,6 +281,7 @@ impl Bench {
                 name: "1 GiB store, durable".into(),
                 ours: m("store-durable"),
                 reference: cp,
+                ratio: rr(&v, "store-durable", "cp"),
                 unit: "s",
                 rss_mib: m("store-durable-rss") / 1024.0,
                 target: "(measured)".into(),
@@ -300,6 +331,7 @@ impl Bench {
                 name: "10,000 × 4 KiB store".into(),
                 ours: m("store"),
                 reference: cp,
+                ratio: rr(&v, "store", "cp"),
                 unit: "s",
                 rss_mib: m("store-rss") / 1024.0,
                 target: "≤ 1.5 × cp -r".into(),
@@ -308,6 +340,7 @@ impl Bench {
                 name: "10,000 × 4 KiB restore".into(),
                 ours: m("restore"),
                 reference: cp,
+                ratio: rr(&v, "restore", "cp"),
                 unit: "s",
                 rss_mib: m("restore-rss") / 1024.0,
                 target: "≤ 1.5 × cp -r".into(),
@@ -316,6 +349,7 @@ impl Bench {
                 name: "10,000 × 4 KiB store, durable".into(),
                 ours: m("store-durable"),
                 reference: cp,
+                ratio: rr(&v, "store-durable", "cp"),
                 unit: "s",
                 rss_mib: m("store-durable-rss") / 1024.0,
                 target: "(measured)".into(),
@@ -323,13 +357,18 @@ impl Bench {
         ])
     }
 
-    fn latency(&self) -> Result<Report, String> {
+    fn latency(&self, base: &Path) -> Result<Report, String> {
         let mut p50 = Vec::new();
         let mut p99 = Vec::new();
         let mut rss = Vec::new();
         for r in 0..self.reps {
-            eprintln!("bench local: hit latency, run {}/{}", r + 1, self.reps);
-            let cache = self.path("lat-cache");
+            eprintln!(
+                "bench local: hit latency in {}, run {}/{}",
+                base.display(),
+                r + 1,
+                self.reps
+            );
+            let cache = base.join("lat-cache");
             rm(&cache);
             let s = self.child(&["hit-latency", Self::s(&cache), "3000"])?;
             p50.push(s["p50_us"]);
@@ -351,18 +390,24 @@ impl Bench {
         let n = "10000";
         for r in 0..self.reps {
             eprintln!("bench local: vs cacache, run {}/{}", r + 1, self.reps);
-            for (name, durable) in [("cacache", ""), ("ours", "0"), ("ours-durable", "1")] {
+            for (name, mode, durable) in [
+                ("cacache", "", ""),
+                ("ours", "log", "0"),
+                ("ours-durable", "log", "1"),
+                ("ours-file", "file", "0"),
+            ] {
                 let d = self.path("kv");
                 rm(&d);
                 let s = if name == "cacache" {
                     self.child(&["cacache", Self::s(&d), n])?
                 } else {
-                    self.child(&["kv", Self::s(&d), n, durable])?
+                    self.child(&["kv", Self::s(&d), n, durable, mode])?
                 };
                 v.entry(name).or_default().push(s["secs"]);
                 v.entry(match name {
                     "cacache" => "cacache-rss",
                     "ours" => "ours-rss",
+                    "ours-file" => "ours-file-rss",
                     _ => "ours-durable-rss",
                 })
                 .or_default()
@@ -376,6 +421,7 @@ impl Bench {
                 name: "10,000 small entries write+read".into(),
                 ours: m("ours"),
                 reference: m("cacache"),
+                ratio: rr(&v, "ours", "cacache"),
                 unit: "s",
                 rss_mib: m("ours-rss") / 1024.0,
                 target: format!(
@@ -384,9 +430,19 @@ impl Bench {
                 ),
             },
             Row {
+                name: "10,000 small entries write+read, value as an output file restored to a workspace".into(),
+                ours: m("ours-file"),
+                reference: m("cacache"),
+                ratio: rr(&v, "ours-file", "cacache"),
+                unit: "s",
+                rss_mib: m("ours-file-rss") / 1024.0,
+                target: "(measured: 3 new files per entry vs cacache's reads into memory)".into(),
+            },
+            Row {
                 name: "10,000 small entries write+read, durable".into(),
                 ours: m("ours-durable"),
                 reference: m("cacache"),
+                ratio: rr(&v, "ours-durable", "cacache"),
                 unit: "s",
                 rss_mib: m("ours-durable-rss") / 1024.0,
                 target: "(measured; cacache fsyncs)".into(),
@@ -394,9 +450,21 @@ impl Bench {
         ])
     }
 
-    fn print(&self, rows: &[Row], latency: &Report, dedup: &Report, hash: &Report) {
+    fn print(
+        &self,
+        rows: &[Row],
+        latency: &Report,
+        latency_tmpfs: Option<&Report>,
+        dedup: &Report,
+        hash: &Report,
+        inode: &Report,
+    ) {
         let mut md = String::new();
-        let _ = writeln!(md, "Medians of {} runs.\n", self.reps);
+        let _ = writeln!(
+            md,
+            "Medians of {} runs; the ratio is the median of the per-run ratios.\n",
+            self.reps
+        );
         let _ = writeln!(
             md,
             "| benchmark | taskcache | reference | ratio | peak RSS | target |"
@@ -406,14 +474,7 @@ impl Bench {
             let _ = writeln!(
                 md,
                 "| {} | {:.3} {} | {:.3} {} | {:.2} | {:.1} MiB | {} |",
-                r.name,
-                r.ours,
-                r.unit,
-                r.reference,
-                r.unit,
-                r.ours / r.reference,
-                r.rss_mib,
-                r.target
+                r.name, r.ours, r.unit, r.reference, r.unit, r.ratio, r.rss_mib, r.target
             );
         }
         let _ = writeln!(
@@ -423,6 +484,21 @@ impl Bench {
             latency["p50_us"],
             latency["p99_us"],
             latency["rss_kib"] / 1024.0
+        );
+        if let Some(l) = latency_tmpfs {
+            let _ = writeln!(
+                md,
+                "\nThe same on tmpfs (/dev/shm), where creating a file is cheap: \
+                 p50 {:.1} µs, p99 {:.1} µs.",
+                l["p50_us"], l["p99_us"]
+            );
+        }
+        let _ = writeln!(
+            md,
+            "\nCost of one new inode in the bench directory: create {:.0} µs, \
+             hard link {:.0} µs, rename {:.0} µs (every stored blob, entry and restored \
+             file is a new inode; so is every file `cp` writes).",
+            inode["create_us"], inode["link_us"], inode["rename_us"]
         );
         let _ = writeln!(
             md,
@@ -644,17 +720,27 @@ fn child(args: &[String]) -> Result<(), String> {
             report(&[("secs", t.elapsed().as_secs_f64())]);
         }
         "kv" => {
-            // The same work through taskcache: each entry one 1 KiB output file; a read
-            // is a lookup plus a restore of that file into a workspace.
+            // The same work through taskcache. `log`: the 1 KiB value is the entry's
+            // stdout, read back into memory with a lookup + get_log_bytes (like
+            // cacache::read). `file`: the value is an output file, and a read is a
+            // lookup plus a restore of that file into a workspace.
             let cache = cache_local::open(arg(args, 1)?, opts(arg(args, 3)?)).map_err(e)?;
             let n: usize = arg(args, 2)?.parse().map_err(e)?;
+            let as_file = arg(args, 4)? == "file";
             let ws = tempfile::tempdir().map_err(e)?;
             let t = Instant::now();
             rt.block_on(async {
                 for i in 0..n {
-                    let entry = CacheEntry {
-                        outputs: vec![CacheOutput::bytes("value", small_value(i), false)],
-                        ..CacheEntry::default()
+                    let entry = if as_file {
+                        CacheEntry {
+                            outputs: vec![CacheOutput::bytes("value", small_value(i), false)],
+                            ..CacheEntry::default()
+                        }
+                    } else {
+                        CacheEntry {
+                            stdout: Some(small_value(i)),
+                            ..CacheEntry::default()
+                        }
                     };
                     cache
                         .store(
@@ -678,6 +764,32 @@ fn child(args: &[String]) -> Result<(), String> {
                 small_value(n - 1)
             );
             report(&[("secs", t.elapsed().as_secs_f64())]);
+        }
+        "inode" => {
+            let dir = PathBuf::from(arg(args, 1)?);
+            std::fs::create_dir_all(&dir).map_err(e)?;
+            let n = 300u32;
+            let t = Instant::now();
+            for i in 0..n {
+                std::fs::File::create(dir.join(format!("c{i}"))).map_err(e)?;
+            }
+            let create = t.elapsed().as_secs_f64() * 1e6 / f64::from(n);
+            let t = Instant::now();
+            for i in 0..n {
+                std::fs::hard_link(dir.join(format!("c{i}")), dir.join(format!("l{i}")))
+                    .map_err(e)?;
+            }
+            let link = t.elapsed().as_secs_f64() * 1e6 / f64::from(n);
+            let t = Instant::now();
+            for i in 0..n {
+                std::fs::rename(dir.join(format!("l{i}")), dir.join(format!("r{i}"))).map_err(e)?;
+            }
+            let rename = t.elapsed().as_secs_f64() * 1e6 / f64::from(n);
+            report(&[
+                ("create_us", create),
+                ("link_us", link),
+                ("rename_us", rename),
+            ]);
         }
         "blake3" => {
             let buf = vec![0x5au8; 1 << 20];
