@@ -325,7 +325,9 @@ mod tests {
     #[test]
     fn pipelined_copy_hashes_what_it_writes() {
         for len in [0usize, 1, CHUNK - 1, CHUNK, 5 * CHUNK + 3] {
-            let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+            let data: Vec<u8> = (0..len)
+                .map(|i| u8::try_from(i * 7 % 251).unwrap())
+                .collect();
             let mut out = Vec::new();
             let blob = copy_hashing_pipelined(&mut &data[..], &mut out, ALGORITHM).unwrap();
             assert_eq!(out, data);
@@ -333,8 +335,8 @@ mod tests {
         }
         // A failing writer stops the copy with its error, and the hasher thread ends.
         let mut full = [0u8; 10];
-        let err = copy_hashing_pipelined(&mut &[1u8; 3 * CHUNK][..], &mut &mut full[..], ALGORITHM)
-            .unwrap_err();
+        let src = vec![1u8; 3 * CHUNK];
+        let err = copy_hashing_pipelined(&mut &src[..], &mut &mut full[..], ALGORITHM).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::WriteZero);
     }
 
