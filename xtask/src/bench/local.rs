@@ -70,6 +70,40 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// Per scenario, the values of each run: reference time, our time, our peak RSS (KiB),
+/// repeated.
+type Runs = BTreeMap<&'static str, Vec<f64>>;
+
+/// A table row from the runs of one [`Bench::pair`] scenario.
+fn row(v: &Runs, key: &str, name: &str, target: &str) -> Row {
+    let runs = v.get(key).cloned().unwrap_or_default();
+    let col = |i: usize| -> Vec<f64> { runs.iter().skip(i).step_by(3).copied().collect() };
+    let (reference, ours, rss) = (col(0), col(1), col(2));
+    let ratios = ours.iter().zip(&reference).map(|(o, r)| o / r).collect();
+    Row {
+        name: name.into(),
+        ours: median(ours),
+        reference: median(reference),
+        ratio: median(ratios),
+        unit: "s",
+        rss_mib: median(rss) / 1024.0,
+        target: target.into(),
+    }
+}
+
+/// Reads every file under `path` so it starts in the page cache.
+fn warm_up(path: &Path) {
+    if path.is_dir() {
+        if let Ok(rd) = std::fs::read_dir(path) {
+            for e in rd.flatten() {
+                warm_up(&e.path());
+            }
+        }
+    } else if let Ok(mut f) = std::fs::File::open(path) {
+        let _ = std::io::copy(&mut f, &mut std::io::sink());
+    }
+}
+
 /// Median of the per-run ratios `v[a][i] / v[b][i]`.
 fn rr(runs: &BTreeMap<&str, Vec<f64>>, ours: &str, reference: &str) -> f64 {
     let (Some(ours), Some(reference)) = (runs.get(ours), runs.get(reference)) else {
@@ -178,6 +212,7 @@ impl Bench {
         let hash = self.child(&["blake3", Self::s(&self.path("big"))])?;
         rm(&self.path("big"));
         rm(&self.path("small-src"));
+        let hops = self.child(&["hops"])?;
         self.print(
             &rows,
             &latency,
@@ -185,6 +220,7 @@ impl Bench {
             &dedup,
             &hash,
             &inode,
+            &hops,
         );
         Ok(())
     }
@@ -221,146 +257,131 @@ impl Bench {
         Ok(())
     }
 
+    /// One measurement pair: the reference command, then our child, back to back
+    /// (each after `sync`), so slow phases of this shared machine fall on both alike.
+    /// `out` is removed before and after each; `warm` is read first (the page cache
+    /// holds what the reference reads too).
+    fn pair(
+        &self,
+        v: &mut Runs,
+        name: &'static str,
+        reference: &mut Command,
+        ours: &[&str],
+        out: &[&Path],
+        warm: &Path,
+    ) -> Result<(), String> {
+        let clean = || out.iter().for_each(|p| rm(p));
+        clean();
+        warm_up(warm);
+        v.entry(name).or_default().push(timed(reference)?);
+        clean();
+        warm_up(warm);
+        let s = self.child(ours)?;
+        v.entry(name).or_default().push(s["secs"]);
+        v.entry(name).or_default().push(s["rss_kib"]);
+        clean();
+        Ok(())
+    }
+
     fn big(&self) -> Result<Vec<Row>, String> {
         let (big, copy) = (self.path("big"), self.path("big.copy"));
         let (cache, ws) = (self.path("big-cache"), self.path("big-ws"));
-        let mut v: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+        let (c, w) = (Self::s(&cache), Self::s(&ws));
+        let mut v = Runs::new();
         for r in 0..self.reps {
             eprintln!("bench local: 1 GiB, run {}/{}", r + 1, self.reps);
-            rm(&copy);
-            v.entry("cp")
-                .or_default()
-                .push(timed(Command::new("cp").arg(&big).arg(&copy))?);
-            rm(&copy);
-            for durable in ["0", "1"] {
-                rm(&cache);
-                let s = self.child(&["big-store", Self::s(&cache), Self::s(&big), durable])?;
-                let k = if durable == "1" {
-                    "store-durable"
-                } else {
-                    "store"
-                };
-                v.entry(k).or_default().push(s["secs"]);
-                v.entry(if durable == "1" {
-                    "store-durable-rss"
-                } else {
-                    "store-rss"
-                })
-                .or_default()
-                .push(s["rss_kib"]);
-            }
-            rm(&ws);
-            let s = self.child(&["big-restore", Self::s(&cache), Self::s(&ws)])?;
-            v.entry("restore").or_default().push(s["secs"]);
-            v.entry("restore-rss").or_default().push(s["rss_kib"]);
-            rm(&ws);
+            let cp = || {
+                let mut c = Command::new("cp");
+                c.arg(&big).arg(&copy);
+                c
+            };
+            self.pair(
+                &mut v,
+                "store",
+                &mut cp(),
+                &["big-store", c, Self::s(&big), "0"],
+                &[&copy, &cache],
+                &big,
+            )?;
+            self.pair(
+                &mut v,
+                "store-durable",
+                &mut cp(),
+                &["big-store", c, Self::s(&big), "1"],
+                &[&copy, &cache],
+                &big,
+            )?;
+            self.child(&["big-store", c, Self::s(&big), "0"])?;
+            self.pair(
+                &mut v,
+                "restore",
+                &mut cp(),
+                &["big-restore", c, w],
+                &[&copy, &ws],
+                &cache,
+            )?;
+            rm(&cache);
         }
-        rm(&cache);
-        let m = |k: &str| median(v.get(k).cloned().unwrap_or_default());
-        let cp = m("cp");
         Ok(vec![
-            Row {
-                name: "1 GiB store".into(),
-                ours: m("store"),
-                reference: cp,
-                ratio: rr(&v, "store", "cp"),
-                unit: "s",
-                rss_mib: m("store-rss") / 1024.0,
-                target: "≤ 1.25 × cp, RSS ≤ 64 MiB".into(),
-            },
-            Row {
-                name: "1 GiB restore".into(),
-                ours: m("restore"),
-                reference: cp,
-                ratio: rr(&v, "restore", "cp"),
-                unit: "s",
-                rss_mib: m("restore-rss") / 1024.0,
-                target: "≤ 1.25 × cp, RSS ≤ 64 MiB".into(),
-            },
-            Row {
-                name: "1 GiB store, durable".into(),
-                ours: m("store-durable"),
-                reference: cp,
-                ratio: rr(&v, "store-durable", "cp"),
-                unit: "s",
-                rss_mib: m("store-durable-rss") / 1024.0,
-                target: "(measured)".into(),
-            },
+            row(&v, "store", "1 GiB store", "≤ 1.25 × cp, RSS ≤ 64 MiB"),
+            row(&v, "restore", "1 GiB restore", "≤ 1.25 × cp, RSS ≤ 64 MiB"),
+            row(&v, "store-durable", "1 GiB store, durable", "(measured)"),
         ])
     }
 
     fn small(&self) -> Result<Vec<Row>, String> {
         let (src, copy) = (self.path("small-src"), self.path("small-copy"));
         let (cache, ws) = (self.path("small-cache"), self.path("small-ws"));
-        let mut v: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+        let (c, w, sr) = (Self::s(&cache), Self::s(&ws), Self::s(&src));
+        let mut v = Runs::new();
         for r in 0..self.reps {
             eprintln!("bench local: 10,000 × 4 KiB, run {}/{}", r + 1, self.reps);
-            rm(&copy);
-            v.entry("cp")
-                .or_default()
-                .push(timed(Command::new("cp").arg("-r").arg(&src).arg(&copy))?);
-            rm(&copy);
-            for durable in ["1", "0"] {
-                rm(&cache);
-                let s = self.child(&["small-store", Self::s(&cache), Self::s(&src), durable])?;
-                let k = if durable == "1" {
-                    "store-durable"
-                } else {
-                    "store"
-                };
-                v.entry(k).or_default().push(s["secs"]);
-                v.entry(if durable == "1" {
-                    "store-durable-rss"
-                } else {
-                    "store-rss"
-                })
-                .or_default()
-                .push(s["rss_kib"]);
-            }
-            rm(&ws);
-            let s = self.child(&["small-restore", Self::s(&cache), Self::s(&ws)])?;
-            v.entry("restore").or_default().push(s["secs"]);
-            v.entry("restore-rss").or_default().push(s["rss_kib"]);
-            rm(&ws);
+            let cp = || {
+                let mut c = Command::new("cp");
+                c.arg("-r").arg(&src).arg(&copy);
+                c
+            };
+            self.pair(
+                &mut v,
+                "store",
+                &mut cp(),
+                &["small-store", c, sr, "0"],
+                &[&copy, &cache],
+                &src,
+            )?;
+            self.pair(
+                &mut v,
+                "store-durable",
+                &mut cp(),
+                &["small-store", c, sr, "1"],
+                &[&copy, &cache],
+                &src,
+            )?;
+            self.child(&["small-store", c, sr, "0"])?;
+            self.pair(
+                &mut v,
+                "restore",
+                &mut cp(),
+                &["small-restore", c, w],
+                &[&copy, &ws],
+                &cache,
+            )?;
+            rm(&cache);
         }
-        rm(&cache);
-        let m = |k: &str| median(v.get(k).cloned().unwrap_or_default());
-        let cp = m("cp");
         Ok(vec![
-            Row {
-                name: "10,000 × 4 KiB store".into(),
-                ours: m("store"),
-                reference: cp,
-                ratio: rr(&v, "store", "cp"),
-                unit: "s",
-                rss_mib: m("store-rss") / 1024.0,
-                target: "≤ 1.5 × cp -r".into(),
-            },
-            Row {
-                name: "10,000 × 4 KiB restore".into(),
-                ours: m("restore"),
-                reference: cp,
-                ratio: rr(&v, "restore", "cp"),
-                unit: "s",
-                rss_mib: m("restore-rss") / 1024.0,
-                target: "≤ 1.5 × cp -r".into(),
-            },
-            Row {
-                name: "10,000 × 4 KiB store, durable".into(),
-                ours: m("store-durable"),
-                reference: cp,
-                ratio: rr(&v, "store-durable", "cp"),
-                unit: "s",
-                rss_mib: m("store-durable-rss") / 1024.0,
-                target: "(measured)".into(),
-            },
+            row(&v, "store", "10,000 × 4 KiB store", "≤ 1.5 × cp -r"),
+            row(&v, "restore", "10,000 × 4 KiB restore", "≤ 1.5 × cp -r"),
+            row(
+                &v,
+                "store-durable",
+                "10,000 × 4 KiB store, durable",
+                "(measured)",
+            ),
         ])
     }
 
     fn latency(&self, base: &Path) -> Result<Report, String> {
-        let mut p50 = Vec::new();
-        let mut p99 = Vec::new();
-        let mut rss = Vec::new();
+        let mut runs: BTreeMap<String, Vec<f64>> = BTreeMap::new();
         for r in 0..self.reps {
             eprintln!(
                 "bench local: hit latency in {}, run {}/{}",
@@ -370,19 +391,14 @@ impl Bench {
             );
             let cache = base.join("lat-cache");
             rm(&cache);
+            std::fs::create_dir_all(base).map_err(|e| e.to_string())?;
             let s = self.child(&["hit-latency", Self::s(&cache), "3000"])?;
-            p50.push(s["p50_us"]);
-            p99.push(s["p99_us"]);
-            rss.push(s["rss_kib"]);
+            for (k, v) in s {
+                runs.entry(k).or_default().push(v);
+            }
             rm(&cache);
         }
-        Ok([
-            ("p50_us".to_owned(), median(p50)),
-            ("p99_us".to_owned(), median(p99)),
-            ("rss_kib".to_owned(), median(rss)),
-        ]
-        .into_iter()
-        .collect())
+        Ok(runs.into_iter().map(|(k, v)| (k, median(v))).collect())
     }
 
     fn cacache(&self) -> Result<Vec<Row>, String> {
@@ -450,6 +466,7 @@ impl Bench {
         ])
     }
 
+    #[allow(clippy::too_many_arguments)] // one report per benchmark family
     fn print(
         &self,
         rows: &[Row],
@@ -458,6 +475,7 @@ impl Bench {
         dedup: &Report,
         hash: &Report,
         inode: &Report,
+        hops: &Report,
     ) {
         let mut md = String::new();
         let _ = writeln!(
@@ -479,18 +497,30 @@ impl Bench {
         }
         let _ = writeln!(
             md,
-            "\nHit latency (check + restore + get_logs, one 1 KiB output, in-process): \
-             p50 {:.1} µs, p99 {:.1} µs, peak RSS {:.1} MiB (target p50 ≤ 200 µs).",
+            "\nHit latency (check + restore + get_logs, one 1 KiB output, in-process, \
+             multi-thread runtime): p50 {:.0} µs, p99 {:.0} µs, peak RSS {:.1} MiB \
+             (target p50 ≤ 200 µs). p50 of the parts: check {:.0} µs, restore {:.0} µs, \
+             get_logs {:.0} µs.",
             latency["p50_us"],
             latency["p99_us"],
-            latency["rss_kib"] / 1024.0
+            latency["rss_kib"] / 1024.0,
+            latency["check_p50_us"],
+            latency["restore_p50_us"],
+            latency["logs_p50_us"],
+        );
+        let _ = writeln!(
+            md,
+            "\nOne trip to tokio's blocking pool costs {:.0} µs here (a hit makes 7: \
+             check 2, restore 4, get_logs 1).",
+            hops["spawn_blocking_us"]
         );
         if let Some(l) = latency_tmpfs {
             let _ = writeln!(
                 md,
-                "\nThe same on tmpfs (/dev/shm), where creating a file is cheap: \
-                 p50 {:.1} µs, p99 {:.1} µs.",
-                l["p50_us"], l["p99_us"]
+                "\nThe same with cache and workspace on tmpfs (/dev/shm), where creating a \
+                 file is cheap: p50 {:.0} µs, p99 {:.0} µs (check {:.0}, restore {:.0}, \
+                 get_logs {:.0}).",
+                l["p50_us"], l["p99_us"], l["check_p50_us"], l["restore_p50_us"], l["logs_p50_us"],
             );
         }
         let _ = writeln!(
@@ -633,14 +663,26 @@ fn child(args: &[String]) -> Result<(), String> {
         }
         "hit-latency" => {
             let iters: usize = arg(args, 2)?.parse().map_err(e)?;
-            let cache = cache_local::open(arg(args, 1)?, LocalOptions::default()).map_err(e)?;
-            let ws = tempfile::tempdir().map_err(e)?;
+            let dir = PathBuf::from(arg(args, 1)?);
+            let cache = cache_local::open(&dir, LocalOptions::default()).map_err(e)?;
+            // The workspace on the same filesystem as the cache.
+            let ws = tempfile::tempdir_in(dir.parent().unwrap_or(&dir)).map_err(e)?;
             let k = key("latency");
             let entry = CacheEntry {
                 stdout: Some(b"compiling...\nfinished\n".to_vec()),
                 stderr: Some(b"warning: unused\n".to_vec()),
                 outputs: vec![CacheOutput::bytes("out/lib.a", vec![7u8; 1024], false)],
                 ..CacheEntry::default()
+            };
+            // A current-thread runtime, as the taskcache CLI uses (every storage call
+            // is still one trip to the blocking pool).
+            let rt = if arg(args, 3).is_ok_and(|f| f == "current") {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(e)?
+            } else {
+                rt
             };
             let mut samples = rt
                 .block_on(async {
@@ -651,22 +693,36 @@ fn child(args: &[String]) -> Result<(), String> {
                     for i in 0..iters + 200 {
                         let t = Instant::now();
                         let hit = cache.check(&task(), &k, CachePolicy::Normal).await?;
+                        let t_check = t.elapsed();
                         assert!(hit.hit);
                         cache.restore_outputs(&task(), &k, ws.path()).await?;
+                        let t_restore = t.elapsed();
                         let logs = cache.get_logs(&task(), &k).await?;
                         let el = t.elapsed();
                         assert!(logs.0.is_some());
                         if i >= 200 {
-                            samples.push(el); // the first 200 warm up
+                            // The first 200 warm up.
+                            samples.push([
+                                el,
+                                t_check,
+                                t_restore.saturating_sub(t_check),
+                                el.saturating_sub(t_restore),
+                            ]);
                         }
                     }
                     Ok::<_, cache_core::BackendError>(samples)
                 })
                 .map_err(e)?;
-            samples.sort();
-            let pct = |p: usize| samples[(samples.len() * p / 100).min(samples.len() - 1)];
             let us = |d: Duration| d.as_secs_f64() * 1e6;
-            report(&[("p50_us", us(pct(50))), ("p99_us", us(pct(99)))]);
+            let mut out = Vec::new();
+            for (col, name) in ["", "check_", "restore_", "logs_"].iter().enumerate() {
+                samples.sort_by_key(|s| s[col]);
+                let pct = |p: usize| samples[(samples.len() * p / 100).min(samples.len() - 1)][col];
+                out.push((format!("{name}p50_us"), us(pct(50))));
+                out.push((format!("{name}p99_us"), us(pct(99))));
+            }
+            let pairs: Vec<(&str, f64)> = out.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+            report(&pairs);
         }
         "dedup" => {
             let dir = PathBuf::from(arg(args, 1)?);
@@ -772,6 +828,58 @@ fn child(args: &[String]) -> Result<(), String> {
             }
             report(&[("secs", t.elapsed().as_secs_f64())]);
         }
+        "hops" => {
+            // What one trip to tokio's blocking pool costs here (multi-thread runtime
+            // with 2 workers, as in the hit-latency scenario), and an inline call.
+            let n = 20_000u32;
+            let per = |t: Instant| t.elapsed().as_secs_f64() * 1e6 / f64::from(n);
+            let t = Instant::now();
+            rt.block_on(async {
+                for _ in 0..n {
+                    tokio::task::spawn_blocking(|| std::hint::black_box(1))
+                        .await
+                        .ok();
+                }
+            });
+            let spawn_blocking = per(t);
+            let t = Instant::now();
+            rt.block_on(async {
+                for _ in 0..n {
+                    tokio::spawn(async { std::hint::black_box(1) }).await.ok();
+                }
+            });
+            let spawn = per(t);
+            let t = Instant::now();
+            rt.block_on(async {
+                tokio::spawn(async move {
+                    for _ in 0..n {
+                        tokio::task::block_in_place(|| std::hint::black_box(1));
+                        tokio::task::yield_now().await;
+                    }
+                })
+                .await
+                .ok();
+            });
+            let block_in_place = per(t);
+            let cur = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .map_err(e)?;
+            let t = Instant::now();
+            cur.block_on(async {
+                for _ in 0..n {
+                    tokio::task::spawn_blocking(|| std::hint::black_box(1))
+                        .await
+                        .ok();
+                }
+            });
+            let spawn_blocking_current = per(t);
+            report(&[
+                ("spawn_blocking_us", spawn_blocking),
+                ("spawn_us", spawn),
+                ("block_in_place_us", block_in_place),
+                ("spawn_blocking_current_thread_us", spawn_blocking_current),
+            ]);
+        }
         "inode" => {
             let dir = PathBuf::from(arg(args, 1)?);
             std::fs::create_dir_all(&dir).map_err(e)?;
@@ -807,6 +915,7 @@ fn child(args: &[String]) -> Result<(), String> {
             }
             let _ = h.finalize();
             let mem = 1.073_741_824 / t.elapsed().as_secs_f64();
+            warm_up(Path::new(arg(args, 1)?));
             let mut f = std::fs::File::open(arg(args, 1)?).map_err(e)?;
             let t = Instant::now();
             cache_core::hash_reader(&mut f, DigestAlgorithm::Blake3).map_err(e)?;
