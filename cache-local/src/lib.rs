@@ -70,7 +70,14 @@
 //!   GC stay. In the remaining microsecond window a reader sees a clean miss (an entry
 //!   whose blobs are gone is a miss), never wrong bytes.
 //! * **Off the executor.** All filesystem work runs on tokio's blocking pool; batches
-//!   (10,000 small files) run as a few jobs, not one per file.
+//!   (10,000 small files) run as a few jobs (one per core), not one per file.
+//! * **One pass per output.** A store hashes each output once: files up to 1 MiB are
+//!   read into memory, hashed, and written only if their blob is not stored yet;
+//!   larger ones are copied into a temporary file while hashing, and from 16 MiB the
+//!   copy is done by the kernel (`copy_file_range`) while a second thread hashes what
+//!   landed in the temporary file. A restore streams read → hash → write through the
+//!   audited writer, with the blob read on a second thread from 16 MiB. Memory stays
+//!   at a few MiB whatever the output size.
 
 mod counters;
 #[doc(hidden)]
