@@ -67,6 +67,15 @@ pub fn expected(i: u64) -> (Vec<ExpectedFile>, Vec<u8>) {
             false,
         ));
     }
+    if i % 10 == 5 {
+        // Over the size where a store copies in the kernel and hashes on a second thread.
+        let len = (17 << 20) + (i % 3) as usize * (100 << 10);
+        files.push((
+            format!("out/{i}/huge.bin"),
+            bytes(&format!("huge {i}"), len),
+            false,
+        ));
+    }
     let stdout_len = if i % 4 == 0 { 100 << 10 } else { 200 };
     (files, bytes(&format!("stdout {i}"), stdout_len))
 }
@@ -90,9 +99,9 @@ pub fn child_main(dir: &Path, start: u64) -> ! {
         for i in start.. {
             let (files, stdout) = expected(i);
             let mut outputs = vec![CacheOutput::directory(format!("out/{i}"))];
-            for (path, content, exec) in files {
+            for (j, (path, content, exec)) in files.into_iter().enumerate() {
                 if content.len() > (1 << 20) {
-                    let src = scratch.join(format!("{i}.bin"));
+                    let src = scratch.join(format!("{i}-{j}.bin"));
                     std::fs::write(&src, &content).expect("scratch file");
                     outputs.push(CacheOutput::file(path, src, exec));
                 } else {
@@ -111,6 +120,10 @@ pub fn child_main(dir: &Path, start: u64) -> ! {
                 .store(&task(), &key(i).to_string(), &entry, CachePolicy::Normal)
                 .await
                 .expect("store");
+            // Scratch copies are not needed once stored (the blobs are in the cache).
+            for j in 0..8 {
+                let _ = std::fs::remove_file(scratch.join(format!("{i}-{j}.bin")));
+            }
         }
     });
     std::process::exit(0)

@@ -259,8 +259,10 @@ impl Bench {
 
     /// One measurement pair: the reference command, then our child, back to back
     /// (each after `sync`), so slow phases of this shared machine fall on both alike.
-    /// `out` is removed before and after each; `warm` is read first (the page cache
-    /// holds what the reference reads too).
+    /// `out` is removed before and after each. Each side's input is read just before
+    /// it runs (`warm`: the reference's, then ours), so both start from the page
+    /// cache: this VM's page cache lets go of data quickly.
+    #[allow(clippy::too_many_arguments)]
     fn pair(
         &self,
         v: &mut Runs,
@@ -268,14 +270,14 @@ impl Bench {
         reference: &mut Command,
         ours: &[&str],
         out: &[&Path],
-        warm: &Path,
+        warm: [&Path; 2],
     ) -> Result<(), String> {
         let clean = || out.iter().for_each(|p| rm(p));
         clean();
-        warm_up(warm);
+        warm_up(warm[0]);
         v.entry(name).or_default().push(timed(reference)?);
         clean();
-        warm_up(warm);
+        warm_up(warm[1]);
         let s = self.child(ours)?;
         v.entry(name).or_default().push(s["secs"]);
         v.entry(name).or_default().push(s["rss_kib"]);
@@ -301,7 +303,7 @@ impl Bench {
                 &mut cp(),
                 &["big-store", c, Self::s(&big), "0"],
                 &[&copy, &cache],
-                &big,
+                [&big, &big],
             )?;
             self.pair(
                 &mut v,
@@ -309,7 +311,7 @@ impl Bench {
                 &mut cp(),
                 &["big-store", c, Self::s(&big), "1"],
                 &[&copy, &cache],
-                &big,
+                [&big, &big],
             )?;
             self.child(&["big-store", c, Self::s(&big), "0"])?;
             self.pair(
@@ -318,7 +320,7 @@ impl Bench {
                 &mut cp(),
                 &["big-restore", c, w],
                 &[&copy, &ws],
-                &cache,
+                [&big, &cache],
             )?;
             rm(&cache);
         }
@@ -347,7 +349,7 @@ impl Bench {
                 &mut cp(),
                 &["small-store", c, sr, "0"],
                 &[&copy, &cache],
-                &src,
+                [&src, &src],
             )?;
             self.pair(
                 &mut v,
@@ -355,7 +357,7 @@ impl Bench {
                 &mut cp(),
                 &["small-store", c, sr, "1"],
                 &[&copy, &cache],
-                &src,
+                [&src, &src],
             )?;
             self.child(&["small-store", c, sr, "0"])?;
             self.pair(
@@ -364,7 +366,7 @@ impl Bench {
                 &mut cp(),
                 &["small-restore", c, w],
                 &[&copy, &ws],
-                &cache,
+                [&src, &cache],
             )?;
             rm(&cache);
         }
