@@ -79,12 +79,17 @@ fn row(v: &Runs, key: &str, name: &str, target: &str) -> Row {
     let runs = v.get(key).cloned().unwrap_or_default();
     let col = |i: usize| -> Vec<f64> { runs.iter().skip(i).step_by(3).copied().collect() };
     let (reference, ours, rss) = (col(0), col(1), col(2));
-    let ratios = ours.iter().zip(&reference).map(|(o, r)| o / r).collect();
+    let ratios: Vec<f64> = ours.iter().zip(&reference).map(|(o, r)| o / r).collect();
+    let range = (
+        ratios.iter().copied().fold(f64::INFINITY, f64::min),
+        ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+    );
     Row {
         name: name.into(),
         ours: median(ours),
         reference: median(reference),
         ratio: median(ratios),
+        range,
         unit: "s",
         rss_mib: median(rss) / 1024.0,
         target: target.into(),
@@ -110,6 +115,19 @@ fn rr(runs: &BTreeMap<&str, Vec<f64>>, ours: &str, reference: &str) -> f64 {
         return f64::NAN;
     };
     median(ours.iter().zip(reference).map(|(o, r)| o / r).collect())
+}
+
+/// Smallest and largest per-run ratio `v[a][i] / v[b][i]`.
+fn rr_range(runs: &BTreeMap<&str, Vec<f64>>, ours: &str, reference: &str) -> (f64, f64) {
+    let (Some(ours), Some(reference)) = (runs.get(ours), runs.get(reference)) else {
+        return (f64::NAN, f64::NAN);
+    };
+    ours.iter()
+        .zip(reference)
+        .map(|(o, r)| o / r)
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| {
+            (lo.min(x), hi.max(x))
+        })
 }
 
 fn sh(cmd: &mut Command) -> Result<(), String> {
@@ -147,6 +165,8 @@ struct Row {
     reference: f64,
     /// Median of the per-run ratios (each run's ours ÷ its own reference).
     ratio: f64,
+    /// Smallest and largest per-run ratio.
+    range: (f64, f64),
     unit: &'static str,
     rss_mib: f64,
     target: String,
@@ -257,8 +277,8 @@ impl Bench {
         Ok(())
     }
 
-    /// One measurement pair: the reference command, then our child, back to back
-    /// (each after `sync`), so slow phases of this shared machine fall on both alike.
+    /// One measurement pair: the reference command and our child, back to back (each
+    /// after `sync`), so slow phases of this shared machine fall on both alike.
     /// `out` is removed before and after each. Each side's input is read just before
     /// it runs (`warm`: the reference's, then ours), so both start from the page
     /// cache: this VM's page cache lets go of data quickly.
@@ -273,15 +293,29 @@ impl Bench {
         warm: [&Path; 2],
     ) -> Result<(), String> {
         let clean = || out.iter().for_each(|p| rm(p));
-        clean();
-        warm_up(warm[0]);
-        v.entry(name).or_default().push(timed(reference)?);
+        // Every other run goes ours-first, so whatever the first of two runs suffers
+        // (or enjoys) falls on both sides alike.
+        let ours_first = v.get(name).map_or(0, Vec::len) / 3 % 2 == 1;
+        let mut reference_secs = None;
+        if !ours_first {
+            clean();
+            warm_up(warm[0]);
+            reference_secs = Some(timed(reference)?);
+        }
         clean();
         warm_up(warm[1]);
         let s = self.child(ours)?;
-        v.entry(name).or_default().push(s["secs"]);
-        v.entry(name).or_default().push(s["rss_kib"]);
         clean();
+        let reference_secs = if let Some(t) = reference_secs {
+            t
+        } else {
+            warm_up(warm[0]);
+            let t = timed(reference)?;
+            clean();
+            t
+        };
+        let runs = v.entry(name).or_default();
+        runs.extend([reference_secs, s["secs"], s["rss_kib"]]);
         Ok(())
     }
 
@@ -440,6 +474,7 @@ impl Bench {
                 ours: m("ours"),
                 reference: m("cacache"),
                 ratio: rr(&v, "ours", "cacache"),
+                range: rr_range(&v, "ours", "cacache"),
                 unit: "s",
                 rss_mib: m("ours-rss") / 1024.0,
                 target: format!(
@@ -452,6 +487,7 @@ impl Bench {
                 ours: m("ours-file"),
                 reference: m("cacache"),
                 ratio: rr(&v, "ours-file", "cacache"),
+                range: rr_range(&v, "ours-file", "cacache"),
                 unit: "s",
                 rss_mib: m("ours-file-rss") / 1024.0,
                 target: "(measured: 3 new files per entry vs cacache's reads into memory)".into(),
@@ -461,6 +497,7 @@ impl Bench {
                 ours: m("ours-durable"),
                 reference: m("cacache"),
                 ratio: rr(&v, "ours-durable", "cacache"),
+                range: rr_range(&v, "ours-durable", "cacache"),
                 unit: "s",
                 rss_mib: m("ours-durable-rss") / 1024.0,
                 target: "(measured; cacache fsyncs)".into(),
@@ -487,14 +524,23 @@ impl Bench {
         );
         let _ = writeln!(
             md,
-            "| benchmark | taskcache | reference | ratio | peak RSS | target |"
+            "| benchmark | taskcache | reference | ratio | ratio range | peak RSS | target |"
         );
-        let _ = writeln!(md, "|---|---|---|---|---|---|");
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|");
         for r in rows {
             let _ = writeln!(
                 md,
-                "| {} | {:.3} {} | {:.3} {} | {:.2} | {:.1} MiB | {} |",
-                r.name, r.ours, r.unit, r.reference, r.unit, r.ratio, r.rss_mib, r.target
+                "| {} | {:.3} {} | {:.3} {} | {:.2} | {:.2}–{:.2} | {:.1} MiB | {} |",
+                r.name,
+                r.ours,
+                r.unit,
+                r.reference,
+                r.unit,
+                r.ratio,
+                r.range.0,
+                r.range.1,
+                r.rss_mib,
+                r.target
             );
         }
         let _ = writeln!(
