@@ -237,6 +237,73 @@ pub fn copy_hashing(
     })
 }
 
+/// Copies at most `limit` bytes of `src` into `dst` with the kernel's file-to-file copy
+/// (`copy_file_range` on Linux, reached through `std::io::copy`: no copy through user
+/// space, a reflink where the filesystem offers one), while a second thread reads back
+/// each chunk once it is in `dst` and hashes it. Returns the [`BlobRef`] of what landed
+/// in `dst`.
+///
+/// What is hashed is what `dst` holds, not what `src` held: a caller that owns `dst`
+/// (a fresh temporary file) can trust the digest for the file it is about to publish,
+/// whatever happens to `src` meanwhile. Memory stays at one buffer whatever the size.
+#[cfg(unix)]
+pub fn kernel_copy_hashing(
+    src: &std::fs::File,
+    dst: &std::fs::File,
+    limit: u64,
+    algorithm: DigestAlgorithm,
+) -> std::io::Result<BlobRef> {
+    use std::io;
+    use std::os::unix::fs::FileExt;
+    // Chunks the hashing thread is told about: large enough for few wake-ups, small
+    // enough that hashing overlaps most of the copy.
+    const STEP: u64 = 8 << 20;
+    let hung_up = || io::Error::other("the hashing thread of a kernel copy stopped");
+    std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::channel::<u64>();
+        let hasher = s.spawn(move || -> io::Result<BlobRef> {
+            let mut h = algorithm.hasher();
+            let mut buf = vec![0u8; COPY_BUFFER];
+            let mut pos = 0u64;
+            for end in rx {
+                while pos < end {
+                    let want =
+                        usize::try_from((end - pos).min(COPY_BUFFER as u64)).unwrap_or(COPY_BUFFER);
+                    let n = match dst.read_at(&mut buf[..want], pos) {
+                        Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                        Ok(n) => n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(e),
+                    };
+                    h.update(&buf[..n]);
+                    pos += n as u64;
+                }
+            }
+            Ok(BlobRef {
+                digest: h.finalize(),
+                size: pos,
+            })
+        });
+        let copied = (|| -> io::Result<()> {
+            let mut end = 0u64;
+            let mut out = dst;
+            while end < limit {
+                let n = io::copy(&mut src.take(STEP.min(limit - end)), &mut out)?;
+                if n == 0 {
+                    break;
+                }
+                end += n;
+                tx.send(end).map_err(|_| hung_up())?;
+            }
+            Ok(())
+        })();
+        drop(tx);
+        let result = hasher.join().map_err(|_| hung_up())?;
+        copied?;
+        result
+    })
+}
+
 /// Hashes everything `reader` yields (bounded memory).
 pub fn hash_reader(reader: &mut dyn Read, algorithm: DigestAlgorithm) -> std::io::Result<BlobRef> {
     copy_hashing(reader, &mut std::io::sink(), algorithm)

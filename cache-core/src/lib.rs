@@ -51,6 +51,7 @@ mod key;
 mod path;
 mod policy;
 pub mod record;
+pub mod restore;
 mod storage;
 mod task;
 mod workspace;
@@ -59,6 +60,8 @@ pub use backend::{
     CacheBackend, CacheEntry, CacheLookupResult, CacheOutput, LogBytes, OutputContent,
 };
 pub use combinators::{CircuitBreaker, Instrumented, Metrics, Tiered, TieredStats};
+#[cfg(unix)]
+pub use digest::kernel_copy_hashing;
 pub use digest::{
     BlobRef, COPY_BUFFER, Digest, DigestAlgorithm, Hasher, check_blob, copy_hashing, copy_verified,
     hash_reader,
@@ -68,6 +71,7 @@ pub use key::{InputFile, TaskKeyBuilder};
 pub use path::{OutputKind, RelPath, check_layout, check_symlink_target};
 pub use policy::{CachePolicy, effective_policy, policy_allows_read, policy_allows_write};
 pub use record::{ActionRecord, INLINE_LOG_MAX, LogRecord, MAX_ENTRY_BYTES, OutputRecord};
+pub use restore::{Prepared, Restore, Restored, restore_in_steps};
 pub use storage::{BlobSource, BlockingJob, Cache, FileRestore, Storage};
 pub use task::{OutputType, Task, TaskOutput};
 pub use workspace::{PendingFile, Workspace};

@@ -15,6 +15,7 @@
 
 use crate::path::OutputKind;
 use crate::record::{ActionRecord, INLINE_LOG_MAX, LogRecord, OutputRecord};
+use crate::restore::{Restore, Restored, restore_in_steps};
 use crate::{
     BackendError, BackendResult, BlobRef, CacheBackend, CacheEntry, CacheLookupResult, CacheOutput,
     CachePolicy, Digest, LogBytes, OutputContent, RelPath, Task, Workspace, policy_allows_read,
@@ -89,6 +90,14 @@ impl FileRestore {
         self.workspace
             .begin_file(&self.path, self.blob, self.executable)
     }
+
+    /// Copies the blob from a file on this machine with the kernel's copy and verifies
+    /// what landed before it replaces anything (blocking; see
+    /// [`crate::PendingFile::copy_from_file`]).
+    #[cfg(unix)]
+    pub fn copy_from_file(&self, src: &std::fs::File) -> BackendResult<PathBuf> {
+        self.begin()?.copy_from_file(src)
+    }
 }
 
 /// What a backend provides so that [`Cache`] can make it a [`CacheBackend`].
@@ -99,10 +108,13 @@ impl FileRestore {
 /// * `put_blobs` returns each source's [`BlobRef`] (hash with [`crate::copy_hashing`]
 ///   while copying where possible) in the same order; a blob is readable under its
 ///   digest before the call returns.
-/// * `restore_files` writes every file through [`FileRestore::write_from`]/`begin`; a
-///   missing blob is [`BackendError::BlobNotFound`]; on
+/// * `restore_files` writes every file through [`FileRestore::write_from`],
+///   `copy_from_file` or `begin`; a missing blob is [`BackendError::BlobNotFound`]; on
 ///   [`BackendError::DigestMismatch`] the storage removes its corrupt copy so the next
 ///   store repairs it.
+/// * `restore`, if overridden, runs [`Restore::prepare`], writes the files, and ends
+///   with [`crate::restore::Prepared::finish`] (the types allow no other order), and
+///   refreshes recency as `touch` would.
 /// * Blocking filesystem work happens off the async executor.
 #[async_trait]
 pub trait Storage: Send + Sync + 'static {
@@ -135,6 +147,13 @@ pub trait Storage: Send + Sync + 'static {
     /// Restores files into a workspace (see the trait docs).
     async fn restore_files(&self, files: Vec<FileRestore>) -> BackendResult<()>;
 
+    /// Restores one entry's outputs and records that `key` was used. The default runs
+    /// [`restore_in_steps`]; a storage whose blocking work is cheap may run the steps in
+    /// one blocking job (one trip to the blocking pool per hit).
+    async fn restore(&self, key: &Digest, restore: Restore) -> BackendResult<Restored> {
+        restore_in_steps(self, key, restore).await
+    }
+
     /// Removes a blob (no error if absent).
     async fn remove_blob(&self, blob: &BlobRef) -> BackendResult<()>;
 
@@ -147,6 +166,30 @@ pub trait Storage: Send + Sync + 'static {
     async fn health_check(&self) -> BackendResult<()>;
 }
 
+/// Runs a closure on a storage's blocking pool and returns its value.
+pub(crate) async fn run_blocking_value<S, T, F>(storage: &S, f: F) -> BackendResult<T>
+where
+    S: Storage + ?Sized,
+    T: Send + 'static,
+    F: FnOnce() -> BackendResult<T> + Send + 'static,
+{
+    let slot = Arc::new(Mutex::new(None));
+    let out = Arc::clone(&slot);
+    storage
+        .run_blocking(Box::new(move || {
+            let v = f()?;
+            *out.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(v);
+            Ok(())
+        }))
+        .await?;
+    let v = slot
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    v.ok_or_else(|| BackendError::Unavailable("blocking job did not run".into()))
+}
+
 /// A full [`CacheBackend`] over any [`Storage`].
 ///
 /// ```
@@ -155,16 +198,67 @@ pub trait Storage: Send + Sync + 'static {
 ///     std::sync::Arc::new(Cache::new(storage))
 /// }
 /// ```
+///
+/// A `check` that hits keeps the record it read for a few seconds, and the
+/// `restore_outputs` and `get_log_bytes` that follow it use that record: a hit reads and
+/// decodes its entry once, and the three calls see one record even if another writer
+/// replaces the entry meanwhile (its exit code, outputs and logs always belong
+/// together). A `store` through this `Cache` forgets the key; any failed restore or log
+/// read forgets it too.
 #[derive(Debug)]
 pub struct Cache<S> {
     storage: Arc<S>,
+    recent: Arc<Recent>,
 }
 
 impl<S> Clone for Cache<S> {
     fn clone(&self) -> Self {
         Cache {
             storage: Arc::clone(&self.storage),
+            recent: Arc::clone(&self.recent),
         }
+    }
+}
+
+/// Records found by recent hits (see [`Cache`]). Small and short-lived by design: it
+/// joins the calls of one hit, it is not a cache of its own.
+#[derive(Debug, Default)]
+struct Recent {
+    records: Mutex<Vec<(Digest, Instant, Arc<ActionRecord>)>>,
+}
+
+impl Recent {
+    /// How many records are kept.
+    const MAX: usize = 16;
+    /// How long a record is reused after its `check`.
+    const TTL: std::time::Duration = std::time::Duration::from_secs(5);
+    /// Larger encoded entries (huge output lists) are not kept.
+    const MAX_ENTRY: usize = 1 << 20;
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Digest, Instant, Arc<ActionRecord>)>> {
+        self.records
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn keep(&self, key: Digest, record: Arc<ActionRecord>) {
+        let mut records = self.lock();
+        records.retain(|(k, at, _)| *k != key && at.elapsed() < Self::TTL);
+        if records.len() >= Self::MAX {
+            records.remove(0);
+        }
+        records.push((key, Instant::now(), record));
+    }
+
+    fn get(&self, key: &Digest) -> Option<Arc<ActionRecord>> {
+        self.lock()
+            .iter()
+            .find(|(k, at, _)| k == key && at.elapsed() < Self::TTL)
+            .map(|(_, _, r)| Arc::clone(r))
+    }
+
+    fn forget(&self, key: &Digest) {
+        self.lock().retain(|(k, _, _)| k != key);
     }
 }
 
@@ -173,6 +267,7 @@ impl<S: Storage> Cache<S> {
     pub fn new(storage: S) -> Self {
         Cache {
             storage: Arc::new(storage),
+            recent: Arc::default(),
         }
     }
 
@@ -182,43 +277,27 @@ impl<S: Storage> Cache<S> {
         &self.storage
     }
 
-    /// Runs a closure on the storage's blocking pool and returns its value.
-    async fn blocking<T, F>(&self, f: F) -> BackendResult<T>
-    where
-        T: Send + 'static,
-        F: FnOnce() -> BackendResult<T> + Send + 'static,
-    {
-        let slot = Arc::new(Mutex::new(None));
-        let out = Arc::clone(&slot);
-        self.storage
-            .run_blocking(Box::new(move || {
-                let v = f()?;
-                *out.lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(v);
-                Ok(())
-            }))
-            .await?;
-        let v = slot
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        v.ok_or_else(|| BackendError::Unavailable("blocking job did not run".into()))
-    }
-
-    /// Reads and decodes the entry for `key`; `Ok(None)` if there is none.
-    async fn load(&self, key: &Digest) -> BackendResult<Option<ActionRecord>> {
+    /// Reads and decodes the entry for `key`; `Ok(None)` if there is none. Also says
+    /// whether the entry is small enough to keep in [`Recent`].
+    async fn load(&self, key: &Digest) -> BackendResult<Option<(ActionRecord, bool)>> {
         match self.storage.get_entry(key).await? {
             None => Ok(None),
-            Some(bytes) => ActionRecord::decode(key, &bytes).map(Some),
+            Some(bytes) => ActionRecord::decode(key, &bytes)
+                .map(|r| Some((r, bytes.len() <= Recent::MAX_ENTRY))),
         }
     }
 
-    async fn load_required(&self, key: &Digest) -> BackendResult<ActionRecord> {
-        self.load(key)
-            .await?
-            .ok_or_else(|| BackendError::ActionNotFound {
+    /// The record of a recent hit, else the stored one.
+    async fn load_required(&self, key: &Digest) -> BackendResult<Arc<ActionRecord>> {
+        if let Some(record) = self.recent.get(key) {
+            return Ok(record);
+        }
+        match self.load(key).await? {
+            Some((record, _)) => Ok(Arc::new(record)),
+            None => Err(BackendError::ActionNotFound {
                 digest: key.to_string(),
-            })
+            }),
+        }
     }
 
     async fn read_log(&self, log: &LogRecord) -> BackendResult<Option<Vec<u8>>> {
@@ -282,6 +361,36 @@ fn plan_outputs(outputs: &[CacheOutput]) -> BackendResult<Vec<Planned>> {
         .collect())
 }
 
+/// What `restore_outputs` reports: directories, files, then symlinks, under `root`.
+fn outputs_under(record: &ActionRecord, root: &Path) -> Vec<CacheOutput> {
+    let dirs = record.outputs.iter().filter_map(|o| match o {
+        OutputRecord::Directory { path } => Some(CacheOutput::directory(path.as_str())),
+        _ => None,
+    });
+    let files = record.outputs.iter().filter_map(|o| match o {
+        OutputRecord::File {
+            path,
+            blob,
+            executable,
+        } => Some(CacheOutput {
+            path: path.clone(),
+            content: OutputContent::File {
+                path: root.join(path),
+                blob: Some(*blob),
+            },
+            is_executable: *executable,
+        }),
+        _ => None,
+    });
+    let links = record.outputs.iter().filter_map(|o| match o {
+        OutputRecord::Symlink { path, target } => {
+            Some(CacheOutput::symlink(path.as_str(), target.clone()))
+        }
+        _ => None,
+    });
+    dirs.chain(files).chain(links).collect()
+}
+
 fn log_source(log: Option<&Vec<u8>>) -> (LogRecord, Option<BlobSource>) {
     match log {
         None => (LogRecord::Absent, None),
@@ -303,7 +412,7 @@ impl<S: Storage> CacheBackend for Cache<S> {
         if !policy_allows_read(policy) {
             return Ok(CacheLookupResult::miss(digest));
         }
-        let record = match self.load(&key).await {
+        let (record, small) = match self.load(&key).await {
             Ok(Some(r)) => r,
             Ok(None) => return Ok(CacheLookupResult::miss(digest)),
             Err(e @ BackendError::CorruptEntry { .. }) => {
@@ -324,7 +433,12 @@ impl<S: Storage> CacheBackend for Cache<S> {
             tracing::debug!(backend = self.storage.name(), %key, missing = missing.len(), "entry's blobs are gone: miss");
             return Ok(CacheLookupResult::miss(digest));
         }
-        Ok(CacheLookupResult::hit(digest, record.duration_ms).with_exit_code(record.exit_code))
+        let hit =
+            CacheLookupResult::hit(digest, record.duration_ms).with_exit_code(record.exit_code);
+        if small {
+            self.recent.keep(key, Arc::new(record));
+        }
+        Ok(hit)
     }
 
     async fn store(
@@ -338,6 +452,8 @@ impl<S: Storage> CacheBackend for Cache<S> {
         if !policy_allows_write(policy) {
             return Ok(());
         }
+        // The entry is about to change: a hit seen before must not outlive it.
+        self.recent.forget(&key);
         let planned = plan_outputs(&entry.outputs)?;
         let (mut stdout, out_src) = log_source(entry.stdout.as_ref());
         let (mut stderr, err_src) = log_source(entry.stderr.as_ref());
@@ -406,7 +522,9 @@ impl<S: Storage> CacheBackend for Cache<S> {
             outputs,
         };
         // Publish order, step 2: the entry, last.
-        self.storage.put_entry(&key, record.encode()?).await
+        let published = self.storage.put_entry(&key, record.encode()?).await;
+        self.recent.forget(&key);
+        published
     }
 
     async fn restore_outputs(
@@ -417,99 +535,32 @@ impl<S: Storage> CacheBackend for Cache<S> {
     ) -> BackendResult<Vec<CacheOutput>> {
         let key = Digest::parse(digest)?;
         let record = self.load_required(&key).await?;
-
-        // Validate everything against the workspace before writing anything.
-        let root = workspace.to_path_buf();
-        let outputs = record.outputs.clone();
-        let (ws, results) = self
-            .blocking(move || {
-                let ws = Arc::new(Workspace::open(&root)?);
-                let rels = outputs
-                    .iter()
-                    .map(|o| RelPath::parse(o.path()))
-                    .collect::<BackendResult<Vec<_>>>()?;
-                for (o, rel) in outputs.iter().zip(&rels) {
-                    ws.check(rel, matches!(o, OutputRecord::Directory { .. }))?;
-                }
-                let mut results = Vec::with_capacity(outputs.len());
-                for (o, rel) in outputs.iter().zip(&rels) {
-                    if let OutputRecord::Directory { .. } = o {
-                        ws.create_dir(rel)?;
-                        results.push(CacheOutput::directory(rel.as_str()));
-                    }
-                }
-                Ok((ws, results))
-            })
-            .await?;
-        let mut results = results;
-
-        let mut files = Vec::new();
-        for o in &record.outputs {
-            if let OutputRecord::File {
-                path,
-                blob,
-                executable,
-            } = o
-            {
-                let rel = RelPath::parse(path)?;
-                results.push(CacheOutput {
-                    path: rel.to_string(),
-                    content: OutputContent::File {
-                        path: rel.to_path(ws.root()),
-                        blob: Some(*blob),
-                    },
-                    is_executable: *executable,
-                });
-                files.push(FileRestore {
-                    blob: *blob,
-                    workspace: Arc::clone(&ws),
-                    path: rel,
-                    executable: *executable,
-                });
+        let restored = match Restore::new(workspace.to_path_buf(), &record.outputs) {
+            Ok(restore) => self.storage.restore(&key, restore).await,
+            Err(e) => Err(e),
+        };
+        match restored {
+            Ok(restored) => Ok(outputs_under(&record, restored.root())),
+            Err(e) => {
+                self.recent.forget(&key);
+                Err(e)
             }
         }
-        if !files.is_empty() {
-            self.storage.restore_files(files).await?;
-        }
-
-        let links: Vec<(RelPath, String)> = record
-            .outputs
-            .iter()
-            .filter_map(|o| match o {
-                OutputRecord::Symlink { path, target } => {
-                    Some(RelPath::parse(path).map(|r| (r, target.clone())))
-                }
-                _ => None,
-            })
-            .collect::<BackendResult<_>>()?;
-        if !links.is_empty() {
-            let ws2 = Arc::clone(&ws);
-            let links2 = links.clone();
-            self.blocking(move || {
-                for (rel, target) in &links2 {
-                    ws2.create_symlink(rel, target)?;
-                }
-                Ok(())
-            })
-            .await?;
-            results.extend(
-                links
-                    .into_iter()
-                    .map(|(r, t)| CacheOutput::symlink(r.as_str(), t)),
-            );
-        }
-        if let Err(e) = self.storage.touch(&key).await {
-            tracing::debug!(backend = self.storage.name(), %key, error = %e, "could not record recency");
-        }
-        Ok(results)
     }
 
     async fn get_log_bytes(&self, _task: &Task, digest: &str) -> BackendResult<LogBytes> {
         let key = Digest::parse(digest)?;
         let record = self.load_required(&key).await?;
-        let out = self.read_log(&record.stdout).await?;
-        let err = self.read_log(&record.stderr).await?;
-        Ok((out, err))
+        let logs = async {
+            let out = self.read_log(&record.stdout).await?;
+            let err = self.read_log(&record.stderr).await?;
+            Ok((out, err))
+        }
+        .await;
+        if logs.is_err() {
+            self.recent.forget(&key);
+        }
+        logs
     }
 
     fn name(&self) -> &'static str {

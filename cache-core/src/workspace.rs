@@ -116,6 +116,57 @@ impl Workspace {
         Ok(path)
     }
 
+    /// Whether file `rel` is already in place: a regular file (not a symlink, not
+    /// hard-linked elsewhere) with exactly `expected`'s bytes, checked by hashing it, and
+    /// the mode a restore would give it. If so its modification time is set to now, so
+    /// it looks as freshly restored to build tools as a rewritten file would, and the
+    /// caller can skip rewriting it. Replacing a file costs far more than reading it on
+    /// common filesystems (ext4 flushes the new file's data on a rename over an old one),
+    /// and a remote backend saves the download. Anything unexpected answers `false`: the
+    /// file is then rewritten through the verified path.
+    #[cfg(unix)]
+    pub fn in_place(&self, rel: &RelPath, expected: BlobRef, executable: bool) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(Some(parent)) = self.walk_parent(rel, false) else {
+            return false;
+        };
+        let path = parent.join(rel.file_name());
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            return false;
+        };
+        let mode = if executable { 0o755 } else { 0o644 };
+        if !meta.is_file()
+            || meta.nlink() != 1
+            || meta.len() != expected.size
+            || meta.mode() & 0o7777 != mode
+        {
+            return false;
+        }
+        let Ok(file) = File::open(&path) else {
+            return false;
+        };
+        // The same inode as inspected (the open followed no symlink swapped in meanwhile).
+        let same = file
+            .metadata()
+            .is_ok_and(|m| m.dev() == meta.dev() && m.ino() == meta.ino());
+        if !same {
+            return false;
+        }
+        let mut limited = (&file).take(expected.size.saturating_add(1));
+        match crate::hash_reader(&mut limited, expected.digest.algorithm()) {
+            Ok(actual) if actual == expected => {
+                file.set_modified(std::time::SystemTime::now()).is_ok()
+            }
+            _ => false,
+        }
+    }
+
+    /// On platforms without Unix modes every file is rewritten.
+    #[cfg(not(unix))]
+    pub fn in_place(&self, _rel: &RelPath, _expected: BlobRef, _executable: bool) -> bool {
+        false
+    }
+
     /// Starts writing file `rel`: a temporary file is created in its target directory.
     /// Feed it with [`Write`] and call [`PendingFile::commit`]; dropping it instead
     /// removes the temporary file and leaves the workspace as it was.
@@ -357,19 +408,62 @@ impl PendingFile {
             hasher,
             written,
         } = self;
-        check_blob(
-            &expected,
-            &BlobRef {
-                digest: hasher.finalize(),
-                size: written,
-            },
-        )?;
-        set_mode(tmp.as_file(), executable)
-            .map_err(|e| BackendError::io_with_context("set mode of", tmp.path(), e))?;
-        tmp.persist(&path)
-            .map_err(|e| BackendError::io_with_context("rename into place", &path, e.error))?;
-        Ok(path)
+        let actual = BlobRef {
+            digest: hasher.finalize(),
+            size: written,
+        };
+        publish(tmp, &path, &expected, &actual, executable)
     }
+
+    /// Fills the (still empty) file from `src` with the kernel's file-to-file copy
+    /// ([`crate::kernel_copy_hashing`]: `copy_file_range`, or a reflink), hashing what
+    /// landed in the temporary file on a second thread, then verifies and publishes it
+    /// as [`PendingFile::commit`] does. The cheapest verified copy for large files on
+    /// the same machine: the bytes never pass through user space on the copy side.
+    #[cfg(unix)]
+    pub fn copy_from_file(self, src: &File) -> BackendResult<PathBuf> {
+        if self.written != 0 {
+            return Err(BackendError::io_with_context(
+                "copy into",
+                self.tmp.path(),
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "copy_from_file needs an empty pending file",
+                ),
+            ));
+        }
+        let actual = crate::kernel_copy_hashing(
+            src,
+            self.tmp.as_file(),
+            self.expected.size.saturating_add(1),
+            self.expected.digest.algorithm(),
+        )
+        .map_err(|e| self.io_error(e))?;
+        publish(
+            self.tmp,
+            &self.path,
+            &self.expected,
+            &actual,
+            self.executable,
+        )
+    }
+}
+
+/// The last step of every verified write: compare, set the mode, rename into place. The
+/// temporary file is removed (dropped) unless it is renamed.
+fn publish(
+    tmp: tempfile::NamedTempFile,
+    path: &Path,
+    expected: &BlobRef,
+    actual: &BlobRef,
+    executable: bool,
+) -> BackendResult<PathBuf> {
+    check_blob(expected, actual)?;
+    set_mode(tmp.as_file(), executable)
+        .map_err(|e| BackendError::io_with_context("set mode of", tmp.path(), e))?;
+    tmp.persist(path)
+        .map_err(|e| BackendError::io_with_context("rename into place", path, e.error))?;
+    Ok(path.to_path_buf())
 }
 
 impl Write for PendingFile {
@@ -447,6 +541,145 @@ fn make_symlink_atomically(_target: &str, _dir: &Path, path: &Path) -> BackendRe
 #[cfg(all(test, unix))]
 mod tests {
     use super::*;
+
+    fn pattern(len: usize, salt: usize) -> Vec<u8> {
+        (0..len)
+            .map(|i| u8::try_from((i * 7 + salt) % 251).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn kernel_copy_hashes_what_landed_up_to_the_limit() {
+        use crate::{DigestAlgorithm, kernel_copy_hashing};
+        use std::io::Seek;
+        let dir = tempfile::tempdir().unwrap();
+        let alg = DigestAlgorithm::Blake3;
+        for len in [
+            0usize,
+            1,
+            COPY_BUFFER - 1,
+            COPY_BUFFER,
+            (8 << 20) + 5,
+            (17 << 20) + 3,
+        ] {
+            let data = pattern(len, 0);
+            let src_path = dir.path().join("src");
+            fs::write(&src_path, &data).unwrap();
+            for limit in [u64::MAX, len as u64 / 2] {
+                let src = File::open(&src_path).unwrap();
+                let mut dst = tempfile::tempfile_in(dir.path()).unwrap();
+                let blob = kernel_copy_hashing(&src, &dst, limit, alg).unwrap();
+                let want = &data[..len.min(usize::try_from(limit).unwrap_or(usize::MAX))];
+                assert_eq!(blob, BlobRef::of(alg, want), "len {len} limit {limit}");
+                let mut back = Vec::new();
+                dst.rewind().unwrap();
+                dst.read_to_end(&mut back).unwrap();
+                assert!(back == want, "len {len} limit {limit}: the copy differs");
+            }
+        }
+    }
+
+    #[test]
+    fn kernel_copy_restore_verifies_before_it_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("ws");
+        fs::create_dir(&root).unwrap();
+        let ws = Workspace::open(&root).unwrap();
+        let rel = RelPath::parse("out/big.bin").unwrap();
+        let data = pattern((17 << 20) + 3, 1);
+        let blob = BlobRef::of(crate::DigestAlgorithm::Blake3, &data);
+        let src_path = dir.path().join("blob");
+        let leftovers = |root: &Path| {
+            fs::read_dir(root.join("out"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .filter(|n| n.starts_with(".taskcache-"))
+                .count()
+        };
+        // Flipped byte, one byte too many, one too few: refused, old file kept, no temp.
+        let mut flipped = data.clone();
+        flipped[9 << 20] ^= 1;
+        let mut longer = data.clone();
+        longer.push(0);
+        for (what, bad) in [
+            ("flipped", &flipped[..]),
+            ("longer", &longer[..]),
+            ("shorter", &data[..data.len() - 1]),
+        ] {
+            fs::write(&src_path, bad).unwrap();
+            ws.write_file(
+                &rel,
+                BlobRef::of(crate::DigestAlgorithm::Blake3, b"old"),
+                false,
+                &mut &b"old"[..],
+            )
+            .unwrap();
+            let err = ws
+                .begin_file(&rel, blob, true)
+                .unwrap()
+                .copy_from_file(&File::open(&src_path).unwrap())
+                .unwrap_err();
+            assert!(
+                matches!(err, BackendError::DigestMismatch { .. }),
+                "{what}: {err}"
+            );
+            assert_eq!(
+                fs::read(root.join("out/big.bin")).unwrap(),
+                b"old",
+                "{what}"
+            );
+            assert_eq!(leftovers(&root), 0, "{what}: a temporary file was left");
+        }
+        fs::write(&src_path, &data).unwrap();
+        let path = ws
+            .begin_file(&rel, blob, true)
+            .unwrap()
+            .copy_from_file(&File::open(&src_path).unwrap())
+            .unwrap();
+        assert!(fs::read(&path).unwrap() == data);
+        let perms = fs::metadata(&path).unwrap().permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&perms) & 0o777,
+            0o755
+        );
+    }
+
+    #[test]
+    fn in_place_needs_the_same_bytes_mode_and_a_single_link() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("ws");
+        fs::create_dir(&root).unwrap();
+        let ws = Workspace::open(&root).unwrap();
+        let data = pattern(5000, 2);
+        let blob = BlobRef::of(crate::DigestAlgorithm::Blake3, &data);
+        let rel = |p| RelPath::parse(p).unwrap();
+        let put = |p: &str, bytes: &[u8], mode: u32| {
+            fs::write(root.join(p), bytes).unwrap();
+            fs::set_permissions(root.join(p), fs::Permissions::from_mode(mode)).unwrap();
+        };
+        put("same", &data, 0o644);
+        assert!(ws.in_place(&rel("same"), blob, false));
+        assert!(!ws.in_place(&rel("same"), blob, true), "mode differs");
+        put("exec", &data, 0o755);
+        assert!(ws.in_place(&rel("exec"), blob, true));
+        let mut near = data.clone();
+        near[4999] ^= 1;
+        put("near", &near, 0o644);
+        assert!(!ws.in_place(&rel("near"), blob, false), "one byte differs");
+        put("short", &data[1..], 0o644);
+        assert!(!ws.in_place(&rel("short"), blob, false), "size differs");
+        fs::hard_link(root.join("same"), root.join("linked")).unwrap();
+        assert!(!ws.in_place(&rel("linked"), blob, false), "hard-linked");
+        assert!(
+            !ws.in_place(&rel("same"), blob, false),
+            "now hard-linked too"
+        );
+        std::os::unix::fs::symlink("exec", root.join("link")).unwrap();
+        assert!(!ws.in_place(&rel("link"), blob, true), "a symlink");
+        assert!(!ws.in_place(&rel("missing"), blob, false));
+        assert!(!ws.in_place(&rel("nodir/missing"), blob, false));
+    }
 
     #[test]
     fn symlink_through_a_link_to_an_ancestor_cannot_climb_out() {

@@ -3,6 +3,7 @@
 use crate::layout::{self, Layout};
 use cache_core::{
     BackendError, BackendResult, BlobRef, BlobSource, DigestAlgorithm, FileRestore, copy_hashing,
+    kernel_copy_hashing,
 };
 use std::fs::File;
 use std::io::{self, Read, Seek, Write};
@@ -15,120 +16,10 @@ pub(crate) const ALGORITHM: DigestAlgorithm = DigestAlgorithm::Blake3;
 /// is not stored yet; larger ones are streamed into a temporary file while hashing.
 pub(crate) const SMALL_FILE: u64 = 1 << 20;
 
-/// Files at least this large are copied with the hashing (store) or the reading
-/// (restore) on a second thread, overlapping it with the rest of the pass.
+/// Files at least this large are copied by the kernel (`copy_file_range`) while a
+/// second thread hashes what landed ([`cache_core::kernel_copy_hashing`]), on store and
+/// on restore: smaller ones are not worth the thread.
 pub(crate) const PIPELINE_MIN: u64 = 16 << 20;
-const CHUNK: usize = 1 << 20;
-const IN_FLIGHT: usize = 4;
-
-/// Reads until `buf` is full or the reader ends; returns the bytes read.
-fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
-}
-
-fn hung_up() -> io::Error {
-    io::Error::other("the helper thread of a pipelined copy stopped")
-}
-
-/// Copies `src` into `tmp` with the kernel's file-to-file copy (`copy_file_range` on
-/// Linux, through `std::io::copy`: no copy through user space), while a second thread
-/// reads back each chunk once it is in `tmp` and hashes it. What is hashed is exactly
-/// what landed in the temporary file, which no one else writes; memory stays at one
-/// buffer whatever the size.
-pub(crate) fn copy_then_hash(
-    src: &File,
-    tmp: &File,
-    algorithm: DigestAlgorithm,
-) -> io::Result<BlobRef> {
-    use std::os::unix::fs::FileExt;
-    const STEP: u64 = 8 << 20;
-    std::thread::scope(|s| {
-        let (tx, rx) = std::sync::mpsc::channel::<u64>();
-        let hasher = s.spawn(move || -> io::Result<BlobRef> {
-            let mut h = algorithm.hasher();
-            let mut buf = vec![0u8; CHUNK];
-            let mut pos = 0u64;
-            for end in rx {
-                while pos < end {
-                    let want = usize::try_from((end - pos).min(CHUNK as u64)).unwrap_or(CHUNK);
-                    let n = tmp.read_at(&mut buf[..want], pos)?;
-                    if n == 0 {
-                        return Err(io::ErrorKind::UnexpectedEof.into());
-                    }
-                    h.update(&buf[..n]);
-                    pos += n as u64;
-                }
-            }
-            Ok(BlobRef {
-                digest: h.finalize(),
-                size: pos,
-            })
-        });
-        let copied = (|| -> io::Result<()> {
-            let mut end = 0u64;
-            let mut out = tmp;
-            loop {
-                let n = io::copy(&mut src.take(STEP), &mut out)?;
-                if n == 0 {
-                    return Ok(());
-                }
-                end += n;
-                tx.send(end).map_err(|_| hung_up())?;
-            }
-        })();
-        drop(tx);
-        let result = hasher.join().map_err(|_| hung_up())?;
-        copied?;
-        result
-    })
-}
-
-/// Restores a large file with the blob read on a second thread, overlapping the read
-/// with the verified write (hash + write) of [`cache_core::PendingFile`].
-fn restore_pipelined(f: &FileRestore, blob: &mut File, path: &Path) -> BackendResult<()> {
-    let mut pending = f.begin()?;
-    let limit = f.blob.size.saturating_add(1);
-    std::thread::scope(|s| {
-        let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<(Vec<u8>, usize)>(IN_FLIGHT);
-        let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<u8>>();
-        for _ in 0..IN_FLIGHT {
-            let _ = empty_tx.send(vec![0u8; CHUNK]);
-        }
-        let reader = s.spawn(move || -> io::Result<()> {
-            let mut limited = blob.take(limit);
-            for mut buf in empty_rx {
-                let n = read_full(&mut limited, &mut buf)?;
-                if n == 0 || full_tx.send((buf, n)).is_err() {
-                    break;
-                }
-            }
-            Ok(())
-        });
-        let mut written = Ok(());
-        for (buf, n) in full_rx {
-            if let Err(e) = pending.write_all(&buf[..n]) {
-                written = Err(BackendError::io_with_context("restore", pending.path(), e));
-                break;
-            }
-            let _ = empty_tx.send(buf);
-        }
-        drop(empty_tx);
-        let read = reader.join().map_err(|_| hung_up());
-        written?;
-        read.and_then(|r| r)
-            .map_err(|e| BackendError::io_with_context("read blob", path, e))
-    })?;
-    pending.commit().map(drop)
-}
 
 /// Reusable state of one store job.
 pub(crate) struct StoreJob<'a> {
@@ -196,7 +87,7 @@ impl<'a> StoreJob<'a> {
         let mut tmp = self.layout.temp()?;
         let large = file.metadata().is_ok_and(|m| m.len() >= PIPELINE_MIN);
         let copied = if large {
-            copy_then_hash(file, tmp.as_file(), ALGORITHM)
+            kernel_copy_hashing(file, tmp.as_file(), u64::MAX, ALGORITHM)
         } else {
             copy_hashing(file, tmp.as_file_mut(), ALGORITHM)
         };
@@ -245,8 +136,9 @@ fn reuse(dest: &Path, size: u64) -> bool {
     }
 }
 
-/// Restores one file: one pass read → hash → write through the audited writer. A blob
-/// that fails verification is removed so the next store repairs it.
+/// Restores one file through the audited writer: small ones in one pass read → hash →
+/// write, large ones by the kernel's copy with the copy hashed on a second thread. A
+/// blob that fails verification is removed so the next store repairs it.
 pub(crate) fn restore_one(layout: &Layout, f: &FileRestore) -> BackendResult<()> {
     let path = layout.blob_path(&f.blob.digest);
     let mut file = match File::open(&path) {
@@ -259,7 +151,7 @@ pub(crate) fn restore_one(layout: &Layout, f: &FileRestore) -> BackendResult<()>
         Err(e) => return Err(BackendError::io_with_context("open blob", &path, e)),
     };
     let written = if f.blob.size >= PIPELINE_MIN {
-        restore_pipelined(f, &mut file, &path)
+        f.copy_from_file(&file).map(drop)
     } else {
         f.write_from(&mut file).map(drop)
     };
@@ -329,26 +221,6 @@ pub(crate) fn split_ranges(weights: &[u64], parts: usize) -> Vec<std::ops::Range
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn kernel_copy_hashes_what_it_wrote() {
-        let dir = tempfile::tempdir().unwrap();
-        for len in [0usize, 1, CHUNK - 1, CHUNK, (8 << 20) + 5, (17 << 20) + 3] {
-            let data: Vec<u8> = (0..len)
-                .map(|i| u8::try_from(i * 7 % 251).unwrap())
-                .collect();
-            let src_path = dir.path().join("src");
-            std::fs::write(&src_path, &data).unwrap();
-            let src = File::open(&src_path).unwrap();
-            let tmp = tempfile::tempfile_in(dir.path()).unwrap();
-            let blob = copy_then_hash(&src, &tmp, ALGORITHM).unwrap();
-            assert_eq!(blob, BlobRef::of(ALGORITHM, &data), "len {len}");
-            let mut back = Vec::new();
-            (&tmp).rewind().unwrap();
-            (&tmp).read_to_end(&mut back).unwrap();
-            assert!(back == data, "len {len}: copy differs");
-        }
-    }
 
     #[test]
     fn split_covers_everything_in_order() {

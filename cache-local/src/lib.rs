@@ -89,7 +89,8 @@ mod maint;
 pub use layout::{LAYOUT_FILE, LAYOUT_VERSION};
 
 use cache_core::{
-    BackendError, BackendResult, BlobRef, BlobSource, BlockingJob, Digest, FileRestore, Storage,
+    BackendError, BackendResult, BlobRef, BlobSource, BlockingJob, Digest, FileRestore, Restore,
+    Restored, Storage,
 };
 use counters::Counters;
 use layout::Layout;
@@ -222,6 +223,17 @@ fn parallelism() -> usize {
 /// Batches smaller than this many files run as one job.
 const BATCH_MIN: usize = 64;
 
+/// How many blocking jobs a restore of `files` files totalling `bytes` is split into:
+/// one for the common small restore (one trip to the blocking pool), more when there
+/// are many files or several large ones to overlap.
+fn restore_parts(files: usize, bytes: u64) -> usize {
+    if files >= BATCH_MIN || (files >= 2 && bytes >= 8 << 20) {
+        parallelism()
+    } else {
+        1
+    }
+}
+
 impl LocalStorage {
     /// Opens (creating if needed) the cache in `dir`: creates the directory and its
     /// layout, and refuses a directory whose layout version this code does not know.
@@ -320,6 +332,14 @@ impl LocalStorage {
         self.blocking(move |i| i.layout.write_atomic(&i.layout.entry_path(&key), &bytes))
             .await
     }
+}
+
+/// Refreshes the recency of the entry for `key` (its mtime, which GC's LRU reads).
+fn touch_entry(layout: &Layout, key: &Digest) -> BackendResult<()> {
+    let path = layout.entry_path(key);
+    layout::touch(&path)
+        .map(drop)
+        .map_err(|e| BackendError::io_with_context("refresh recency of", &path, e))
 }
 
 async fn join<T>(h: tokio::task::JoinHandle<BackendResult<T>>) -> BackendResult<T> {
@@ -457,12 +477,7 @@ impl Storage for LocalStorage {
 
     async fn restore_files(&self, files: Vec<FileRestore>) -> BackendResult<()> {
         let weights: Vec<u64> = files.iter().map(|f| f.blob.size).collect();
-        let total: u64 = weights.iter().sum();
-        let parts = if files.len() >= BATCH_MIN || (files.len() >= 2 && total >= 8 << 20) {
-            parallelism()
-        } else {
-            1
-        };
+        let parts = restore_parts(files.len(), weights.iter().sum());
         let files = Arc::new(files);
         let mut jobs = Vec::new();
         for range in io::split_ranges(&weights, parts) {
@@ -483,6 +498,26 @@ impl Storage for LocalStorage {
         first_err.map_or(Ok(()), Err)
     }
 
+    async fn restore(&self, key: &Digest, restore: Restore) -> BackendResult<Restored> {
+        if restore_parts(restore.file_count(), restore.file_bytes()) > 1 {
+            return cache_core::restore_in_steps(self, key, restore).await;
+        }
+        // The common hit: the whole restore and the recency update in one blocking job.
+        let key = *key;
+        self.blocking(move |i| {
+            let mut prepared = restore.prepare()?;
+            for f in prepared.take_files() {
+                io::restore_one(&i.layout, &f)?;
+            }
+            let restored = prepared.finish()?;
+            if let Err(e) = touch_entry(&i.layout, &key) {
+                tracing::debug!(%key, error = %e, "could not record recency");
+            }
+            Ok(restored)
+        })
+        .await
+    }
+
     async fn remove_blob(&self, blob: &BlobRef) -> BackendResult<()> {
         let blob = *blob;
         self.blocking(move |i| {
@@ -499,13 +534,7 @@ impl Storage for LocalStorage {
 
     async fn touch(&self, key: &Digest) -> BackendResult<()> {
         let key = *key;
-        self.blocking(move |i| {
-            let path = i.layout.entry_path(&key);
-            layout::touch(&path)
-                .map(drop)
-                .map_err(|e| BackendError::io_with_context("refresh recency of", &path, e))
-        })
-        .await
+        self.blocking(move |i| touch_entry(&i.layout, &key)).await
     }
 
     async fn health_check(&self) -> BackendResult<()> {

@@ -1,7 +1,10 @@
 //! Counting a backend's storage I/O, so the suite can prove that a call did none.
 
 use async_trait::async_trait;
-use cache_core::{BackendResult, BlobRef, BlobSource, BlockingJob, Digest, FileRestore, Storage};
+use cache_core::{
+    BackendResult, BlobRef, BlobSource, BlockingJob, Digest, FileRestore, Restore, Restored,
+    Storage,
+};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -163,6 +166,14 @@ impl<S: Storage> Storage for CountingStorage<S> {
     async fn restore_files(&self, files: Vec<FileRestore>) -> BackendResult<()> {
         self.io.record_read();
         self.inner.restore_files(files).await
+    }
+
+    async fn restore(&self, key: &Digest, restore: Restore) -> BackendResult<Restored> {
+        // Forwarded whole, so the inner storage's own way (one job, say) is what runs.
+        // It reads blobs and refreshes recency.
+        self.io.record_read();
+        self.io.record_write();
+        self.inner.restore(key, restore).await
     }
 
     async fn remove_blob(&self, blob: &BlobRef) -> BackendResult<()> {

@@ -238,6 +238,7 @@ macro_rules! conformance_suite {
             restore_twice_is_idempotent
             restore_into_fresh_workspace
             restore_replaces_file_symlink_without_following
+            restore_over_matching_files
             keys_dedup_is_invisible
             keys_overwrite_last_write_wins
             keys_invalid_are_refused_and_touch_nothing

@@ -436,6 +436,7 @@ fn mutant_skip_digest_check() {
             "hostile_flipped_blob_byte",
             "hostile_flipped_big_blob_leaves_no_temp_file",
             "hostile_flipped_blob_is_repaired_by_next_store",
+            "restore_over_matching_files",
             "restore_replaces_file_symlink_without_following",
         ],
     );
@@ -454,6 +455,7 @@ fn mutant_ignore_exec_bit() {
             "policy_writeonly",
             "restore_into_fresh_workspace",
             "restore_into_non_empty_workspace",
+            "restore_over_matching_files",
             "restore_replaces_file_symlink_without_following",
             "restore_sets_and_clears_exec_bit",
             "restore_twice_is_idempotent",
@@ -511,6 +513,7 @@ fn mutant_keep_existing_mode() {
     assert_fails_exactly(
         || wrapped(Wrong::KeepExistingMode),
         &[
+            "restore_over_matching_files",
             "restore_sets_and_clears_exec_bit",
             "restore_into_non_empty_workspace",
         ],
@@ -556,6 +559,7 @@ fn mutant_naive_restore() {
             "hostile_symlink_chains_leaving_workspace",
             "hostile_existing_symlink_to_outside",
             "hostile_garbage_entries",
+            "restore_over_matching_files",
             "restore_replaces_file_symlink_without_following",
             // It verifies bytes but never drops a corrupt blob.
             "hostile_flipped_blob_is_repaired_by_next_store",

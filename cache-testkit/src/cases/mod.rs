@@ -9,7 +9,7 @@
 //! |---|---|
 //! | policy matrix | `policy_*`: every policy with `check` and `store`, counting I/O |
 //! | round trip | `round_trip_*`: exit code, duration, logs up to 8 MiB, every output kind, 1,000 files, a 256 MiB file |
-//! | restore semantics | `restore_*`: non-empty and fresh workspaces, exec bit set and cleared, idempotence |
+//! | restore semantics | `restore_*`: non-empty and fresh workspaces, exec bit set and cleared, idempotence, files already in place |
 //! | keys | `keys_*`: dedup, overwrite (the last published entry wins), invalid keys |
 //! | misses and degradation | `miss_*`, `degradation_*`: unknown keys, [`cache_core::Tiered`] with a failing tier |
 //! | hostile data | `hostile_*`: escaping paths and symlinks, garbage, flipped and deleted blobs |
@@ -54,7 +54,7 @@ pub use misses::{
 pub use model::model_state_machine;
 pub use policy::{policy_disabled, policy_normal, policy_readonly, policy_writeonly};
 pub use restore::{
-    restore_into_fresh_workspace, restore_into_non_empty_workspace,
+    restore_into_fresh_workspace, restore_into_non_empty_workspace, restore_over_matching_files,
     restore_replaces_file_symlink_without_following, restore_sets_and_clears_exec_bit,
     restore_twice_is_idempotent,
 };

@@ -3,7 +3,7 @@
 use super::common::{restore, restore_and_compare, store, store_tree};
 use crate::Harness;
 use crate::fixtures::{
-    Node, OutputTree, TempWorkspace, Tree, fresh_key, fresh_seed, write_pattern_file,
+    Node, OutputTree, TempWorkspace, Tree, fresh_key, fresh_seed, pattern_bytes, write_pattern_file,
 };
 use cache_core::{CacheEntry, CacheOutput, OutputContent};
 
@@ -161,4 +161,94 @@ pub async fn restore_replaces_file_symlink_without_following(h: Harness) {
         .await
         .assert_same(tree.expected(), "symlinks replaced by files");
     ws.assert_outside_unchanged();
+}
+
+/// A file already in place with the cached bytes and mode is kept, with its
+/// modification time set to now as a rewrite would; every near miss is rewritten: the
+/// same size with one byte changed, the right bytes with the wrong mode, the right bytes
+/// and mode through a hard link or a symlink to a file outside the workspace (which stays
+/// exactly as it was, mtime included).
+pub async fn restore_over_matching_files(h: Harness) {
+    // Modes, hard links and symlinks are Unix notions; elsewhere every file is rewritten.
+    #[cfg(unix)]
+    over_matching_files_unix(h).await;
+    #[cfg(not(unix))]
+    drop(h);
+}
+
+#[cfg(unix)]
+async fn over_matching_files_unix(h: Harness) {
+    use std::os::unix::fs::MetadataExt;
+    use std::time::{Duration, SystemTime};
+    let seed = fresh_seed();
+    let bytes = |i: u64, len: usize| pattern_bytes(seed.wrapping_add(i), len);
+    let (same, differs, mode, linked, via) = (
+        bytes(0, 3000),
+        bytes(1, 3000),
+        bytes(2, 100),
+        bytes(3, 200),
+        bytes(4, 300),
+    );
+    let tree = OutputTree::new()
+        .file("same.bin", same.clone(), false)
+        .file("sub/differs.bin", differs.clone(), false)
+        .file("mode.sh", mode.clone(), true)
+        .file("linked.bin", linked.clone(), false)
+        .file("via-symlink.bin", via.clone(), false);
+    let key = store_tree(&h, &tree).await;
+
+    let ws = TempWorkspace::new();
+    let long_ago = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    let age = |path: &std::path::Path| {
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .and_then(|f| f.set_modified(long_ago))
+            .expect("set an old mtime");
+    };
+    ws.write("same.bin", &same, false);
+    age(&ws.root().join("same.bin"));
+    let mut near = differs.clone();
+    near[1500] ^= 1;
+    ws.write("sub/differs.bin", &near, false);
+    ws.write("mode.sh", &mode, false);
+    let outside_linked = ws.outside().join("linked.bin");
+    let outside_via = ws.outside().join("via.bin");
+    for (path, content) in [(&outside_linked, &linked), (&outside_via, &via)] {
+        std::fs::write(path, content).expect("write an outside file");
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .expect("chmod an outside file");
+        age(path);
+    }
+    std::fs::hard_link(&outside_linked, ws.root().join("linked.bin")).expect("hard link");
+    ws.symlink("via-symlink.bin", "../outside/via.bin");
+    let outside_before = ws.outside_tree();
+
+    let started = SystemTime::now() - Duration::from_secs(2);
+    restore(&h, &key, &ws).await;
+    ws.tree_async().await.assert_same(
+        tree.expected(),
+        "workspace after restoring over near misses",
+    );
+    let meta = |p: &std::path::Path| std::fs::symlink_metadata(p).expect("stat");
+    assert!(
+        meta(&ws.root().join("same.bin")).modified().expect("mtime") >= started,
+        "a file kept in place must look freshly restored (mtime now)"
+    );
+    assert_eq!(
+        meta(&ws.root().join("linked.bin")).nlink(),
+        1,
+        "a hard-linked output is replaced, not shared"
+    );
+    ws.outside_tree()
+        .assert_same(&outside_before, "outside files behind links");
+    for path in [&outside_linked, &outside_via] {
+        assert_eq!(
+            meta(path).modified().expect("mtime"),
+            long_ago,
+            "{} is outside the workspace: its mtime must not change",
+            path.display()
+        );
+    }
+    assert!(ws.tree().temporaries().is_empty());
 }
