@@ -157,6 +157,14 @@ pub trait Storage: Send + Sync + 'static {
     /// Removes a blob (no error if absent).
     async fn remove_blob(&self, blob: &BlobRef) -> BackendResult<()>;
 
+    /// Told when a lookup found an entry for `key` that `Cache` turned into a miss for a
+    /// reason the storage cannot see: it failed its checksum or validation. With this, a
+    /// storage that keeps hit/miss statistics can keep them exact: every `check` that
+    /// reads is exactly one of `get_entry` answering `None` (a miss),
+    /// `find_missing_blobs` (a hit when nothing is missing, else a miss), or this call.
+    /// Default: nothing.
+    async fn lookup_discarded(&self, _key: &Digest) {}
+
     /// Records that the entry for `key` was used (recency for eviction). Default: nothing.
     async fn touch(&self, _key: &Digest) -> BackendResult<()> {
         Ok(())
@@ -417,6 +425,7 @@ impl<S: Storage> CacheBackend for Cache<S> {
             Ok(None) => return Ok(CacheLookupResult::miss(digest)),
             Err(e @ BackendError::CorruptEntry { .. }) => {
                 tracing::warn!(backend = self.storage.name(), %key, error = %e, "ignoring corrupt cache entry");
+                self.storage.lookup_discarded(&key).await;
                 if policy_allows_write(policy) {
                     // Removing it lets the next store write a good one.
                     let _ = self.storage.remove_entry(&key).await;

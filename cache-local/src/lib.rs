@@ -532,6 +532,16 @@ impl Storage for LocalStorage {
         .await
     }
 
+    async fn lookup_discarded(&self, _key: &Digest) {
+        // Best effort, like every counter update: statistics never fail a lookup.
+        let _ = self
+            .blocking(|i| {
+                i.counters.miss();
+                Ok(())
+            })
+            .await;
+    }
+
     async fn touch(&self, key: &Digest) -> BackendResult<()> {
         let key = *key;
         self.blocking(move |i| touch_entry(&i.layout, &key)).await

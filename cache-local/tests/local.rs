@@ -370,6 +370,11 @@ async fn corrupt_and_oversized_entries_are_misses() {
     let err = cache.storage().get_entry(&k2).await.unwrap_err();
     assert!(matches!(err, BackendError::CorruptEntry { .. }), "{err}");
     assert!(!is_hit(&cache, &key(2)).await);
+
+    // Every lookup above was a miss, and each is counted once (the direct get_entry
+    // is not a lookup).
+    let stats = cache.storage().stats().await.unwrap();
+    assert_eq!((stats.hits, stats.misses), (0, 3));
 }
 
 #[tokio::test]

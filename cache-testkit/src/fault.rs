@@ -448,6 +448,11 @@ impl<S: Storage> Storage for FaultyStorage<S> {
         self.inner.remove_blob(blob).await
     }
 
+    async fn lookup_discarded(&self, key: &Digest) {
+        // A notification with no result: nothing to inject.
+        self.inner.lookup_discarded(key).await;
+    }
+
     async fn touch(&self, key: &Digest) -> BackendResult<()> {
         self.injector.enter(StorageOp::Touch).await?;
         self.inner.touch(key).await

@@ -181,6 +181,11 @@ impl<S: Storage> Storage for CountingStorage<S> {
         self.inner.remove_blob(blob).await
     }
 
+    async fn lookup_discarded(&self, key: &Digest) {
+        self.io.record_other();
+        self.inner.lookup_discarded(key).await;
+    }
+
     async fn touch(&self, key: &Digest) -> BackendResult<()> {
         self.io.record_write();
         self.inner.touch(key).await
