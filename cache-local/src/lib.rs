@@ -58,9 +58,11 @@
 //!   file: blobs are verified on every read and entries carry a checksum, so it reads
 //!   as a miss. With [`LocalOptions::durable`], files and directories are fsynced
 //!   before a store returns.
-//! * **Integrity.** Restores go through [`cache_core::FileRestore::write_from`] (one
-//!   pass: read, hash, write to a temporary file, rename only if the digest matches).
-//!   A blob that fails is removed, so the next store of that output repairs it.
+//! * **Integrity.** Restores go through the audited writer of `cache-core`
+//!   ([`cache_core::FileRestore::write_from`]: read, hash, write to a temporary file;
+//!   or [`cache_core::FileRestore::copy_from_file`]: the kernel copies into the
+//!   temporary file and what landed is hashed), renamed only if the digest matches. A
+//!   blob that fails is removed, so the next store of that output repairs it.
 //! * **No locks.** Nothing here takes a lock, so nothing can be left stuck by a crash.
 //!   Statistics are single-`write` appends to a log.
 //! * **GC while in use.** [`LocalStorage::gc`] evicts least-recently-used entries
@@ -70,14 +72,15 @@
 //!   GC stay. In the remaining microsecond window a reader sees a clean miss (an entry
 //!   whose blobs are gone is a miss), never wrong bytes.
 //! * **Off the executor.** All filesystem work runs on tokio's blocking pool; batches
-//!   (10,000 small files) run as a few jobs (one per core), not one per file.
+//!   (10,000 small files) run as a few jobs (one per core), not one per file, and a
+//!   small restore (the common hit) is one job with its recency update.
 //! * **One pass per output.** A store hashes each output once: files up to 1 MiB are
 //!   read into memory, hashed, and written only if their blob is not stored yet;
 //!   larger ones are copied into a temporary file while hashing, and from 16 MiB the
 //!   copy is done by the kernel (`copy_file_range`) while a second thread hashes what
-//!   landed in the temporary file. A restore streams read → hash → write through the
-//!   audited writer, with the blob read on a second thread from 16 MiB. Memory stays
-//!   at a few MiB whatever the output size.
+//!   landed in the temporary file. A restore streams read → hash → write; from 16 MiB
+//!   the kernel copies the blob into the workspace's temporary file while a second
+//!   thread hashes what landed. Memory stays at a few MiB whatever the output size.
 
 mod counters;
 #[doc(hidden)]
