@@ -217,11 +217,27 @@ pub fn copy_hashing(
     writer: &mut dyn Write,
     algorithm: DigestAlgorithm,
 ) -> std::io::Result<BlobRef> {
+    copy_hashing_with(reader, writer, algorithm, &mut vec![0u8; COPY_BUFFER])
+}
+
+/// A buffer for streaming `size` bytes: [`COPY_BUFFER`] at most, and no larger than the
+/// content (plus the byte that tells it is longer), so small files cost small buffers.
+pub(crate) fn buffer_for(size: u64) -> Vec<u8> {
+    let len = usize::try_from(size.saturating_add(1)).unwrap_or(COPY_BUFFER);
+    vec![0u8; len.clamp(4096, COPY_BUFFER)]
+}
+
+/// [`copy_hashing`] with the caller's buffer.
+pub(crate) fn copy_hashing_with(
+    reader: &mut dyn Read,
+    writer: &mut dyn Write,
+    algorithm: DigestAlgorithm,
+    buf: &mut [u8],
+) -> std::io::Result<BlobRef> {
     let mut hasher = algorithm.hasher();
-    let mut buf = vec![0u8; COPY_BUFFER];
     let mut size = 0u64;
     loop {
-        let n = match reader.read(&mut buf) {
+        let n = match reader.read(buf) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,

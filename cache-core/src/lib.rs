@@ -72,7 +72,7 @@ pub use path::{OutputKind, RelPath, check_layout, check_symlink_target};
 pub use policy::{CachePolicy, effective_policy, policy_allows_read, policy_allows_write};
 pub use record::{ActionRecord, INLINE_LOG_MAX, LogRecord, MAX_ENTRY_BYTES, OutputRecord};
 pub use restore::{Prepared, Restore, Restored, restore_in_steps};
-pub use storage::{BlobSource, BlockingJob, Cache, FileRestore, Storage};
+pub use storage::{BlobSource, BlockingJob, Cache, FileRestore, Found, Storage, lookup_in_steps};
 pub use task::{OutputType, Task, TaskOutput};
 pub use workspace::{PendingFile, Workspace};
 

@@ -157,12 +157,22 @@ pub trait Storage: Send + Sync + 'static {
     /// Removes a blob (no error if absent).
     async fn remove_blob(&self, blob: &BlobRef) -> BackendResult<()>;
 
-    /// Told when a lookup found an entry for `key` that `Cache` turned into a miss for a
-    /// reason the storage cannot see: it failed its checksum or validation. With this, a
-    /// storage that keeps hit/miss statistics can keep them exact: every `check` that
-    /// reads is exactly one of `get_entry` answering `None` (a miss),
-    /// `find_missing_blobs` (a hit when nothing is missing, else a miss), or this call.
-    /// Default: nothing.
+    /// One lookup, for `check`: the entry for `key` decoded with
+    /// [`ActionRecord::decode`] (`Ok(None)` if there is none; a failed decode is its
+    /// `CorruptEntry` error), and which of the blobs it needs are missing. The default
+    /// ([`lookup_in_steps`]) calls `get_entry` and then `find_missing_blobs`; a storage
+    /// whose blocking work is cheap can answer in one job.
+    ///
+    /// A storage that keeps hit/miss statistics counts each `check` that reads exactly
+    /// once: here (a hit when an entry was found with nothing missing, else a miss), or,
+    /// when the entry is corrupt, in [`Storage::lookup_discarded`].
+    async fn lookup(&self, key: &Digest) -> BackendResult<Option<Found>> {
+        lookup_in_steps(self, key).await
+    }
+
+    /// Told when a lookup found an entry for `key` that `Cache` turned into a miss
+    /// because it failed its checksum or validation (see [`Storage::lookup`]). Default:
+    /// nothing.
     async fn lookup_discarded(&self, _key: &Digest) {}
 
     /// Records that the entry for `key` was used (recency for eviction). Default: nothing.
@@ -172,6 +182,34 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Checks that the storage answers.
     async fn health_check(&self) -> BackendResult<()>;
+}
+
+/// What [`Storage::lookup`] found.
+#[derive(Debug)]
+pub struct Found {
+    /// The decoded entry.
+    pub record: ActionRecord,
+    /// Length of the encoded entry in bytes.
+    pub encoded_len: usize,
+    /// The blobs it needs that are not stored (empty for a hit).
+    pub missing: Vec<BlobRef>,
+}
+
+/// The default [`Storage::lookup`]: `get_entry`, decode, `find_missing_blobs`.
+pub async fn lookup_in_steps<S: Storage + ?Sized>(
+    storage: &S,
+    key: &Digest,
+) -> BackendResult<Option<Found>> {
+    let Some(bytes) = storage.get_entry(key).await? else {
+        return Ok(None);
+    };
+    let record = ActionRecord::decode(key, &bytes)?;
+    let missing = storage.find_missing_blobs(record.blobs().collect()).await?;
+    Ok(Some(Found {
+        record,
+        encoded_len: bytes.len(),
+        missing,
+    }))
 }
 
 /// Runs a closure on a storage's blocking pool and returns its value.
@@ -287,11 +325,10 @@ impl<S: Storage> Cache<S> {
 
     /// Reads and decodes the entry for `key`; `Ok(None)` if there is none. Also says
     /// whether the entry is small enough to keep in [`Recent`].
-    async fn load(&self, key: &Digest) -> BackendResult<Option<(ActionRecord, bool)>> {
+    async fn load(&self, key: &Digest) -> BackendResult<Option<ActionRecord>> {
         match self.storage.get_entry(key).await? {
             None => Ok(None),
-            Some(bytes) => ActionRecord::decode(key, &bytes)
-                .map(|r| Some((r, bytes.len() <= Recent::MAX_ENTRY))),
+            Some(bytes) => ActionRecord::decode(key, &bytes).map(Some),
         }
     }
 
@@ -301,7 +338,7 @@ impl<S: Storage> Cache<S> {
             return Ok(record);
         }
         match self.load(key).await? {
-            Some((record, _)) => Ok(Arc::new(record)),
+            Some(record) => Ok(Arc::new(record)),
             None => Err(BackendError::ActionNotFound {
                 digest: key.to_string(),
             }),
@@ -420,8 +457,8 @@ impl<S: Storage> CacheBackend for Cache<S> {
         if !policy_allows_read(policy) {
             return Ok(CacheLookupResult::miss(digest));
         }
-        let (record, small) = match self.load(&key).await {
-            Ok(Some(r)) => r,
+        let found = match self.storage.lookup(&key).await {
+            Ok(Some(found)) => found,
             Ok(None) => return Ok(CacheLookupResult::miss(digest)),
             Err(e @ BackendError::CorruptEntry { .. }) => {
                 tracing::warn!(backend = self.storage.name(), %key, error = %e, "ignoring corrupt cache entry");
@@ -434,17 +471,14 @@ impl<S: Storage> CacheBackend for Cache<S> {
             }
             Err(e) => return Err(e),
         };
-        let missing = self
-            .storage
-            .find_missing_blobs(record.blobs().collect())
-            .await?;
-        if !missing.is_empty() {
-            tracing::debug!(backend = self.storage.name(), %key, missing = missing.len(), "entry's blobs are gone: miss");
+        if !found.missing.is_empty() {
+            tracing::debug!(backend = self.storage.name(), %key, missing = found.missing.len(), "entry's blobs are gone: miss");
             return Ok(CacheLookupResult::miss(digest));
         }
+        let record = found.record;
         let hit =
             CacheLookupResult::hit(digest, record.duration_ms).with_exit_code(record.exit_code);
-        if small {
+        if found.encoded_len <= Recent::MAX_ENTRY {
             self.recent.keep(key, Arc::new(record));
         }
         Ok(hit)

@@ -12,7 +12,7 @@
 //! (A process that races us by swapping directories for symlinks *during* a restore is
 //! outside the threat model; entries and existing workspace layouts are inside it.)
 
-use crate::digest::{COPY_BUFFER, check_blob};
+use crate::digest::check_blob;
 use crate::path::check_symlink_target;
 use crate::{BackendError, BackendResult, BlobRef, RelPath};
 use std::fs::{self, File};
@@ -153,7 +153,13 @@ impl Workspace {
             return false;
         }
         let mut limited = (&file).take(expected.size.saturating_add(1));
-        match crate::hash_reader(&mut limited, expected.digest.algorithm()) {
+        let hashed = crate::digest::copy_hashing_with(
+            &mut limited,
+            &mut io::sink(),
+            expected.digest.algorithm(),
+            &mut crate::digest::buffer_for(expected.size),
+        );
+        match hashed {
             Ok(actual) if actual == expected => {
                 file.set_modified(std::time::SystemTime::now()).is_ok()
             }
@@ -209,14 +215,7 @@ impl Workspace {
         reader: &mut dyn Read,
     ) -> BackendResult<PathBuf> {
         let mut pending = self.begin_file(rel, expected, executable)?;
-        let mut buf = vec![
-            0u8;
-            COPY_BUFFER.min(
-                usize::try_from(expected.size)
-                    .unwrap_or(usize::MAX)
-                    .max(4096)
-            )
-        ];
+        let mut buf = crate::digest::buffer_for(expected.size);
         let mut limited = reader.take(expected.size.saturating_add(1));
         loop {
             let n = match limited.read(&mut buf) {
@@ -550,7 +549,7 @@ mod tests {
 
     #[test]
     fn kernel_copy_hashes_what_landed_up_to_the_limit() {
-        use crate::{DigestAlgorithm, kernel_copy_hashing};
+        use crate::{COPY_BUFFER, DigestAlgorithm, kernel_copy_hashing};
         use std::io::Seek;
         let dir = tempfile::tempdir().unwrap();
         let alg = DigestAlgorithm::Blake3;

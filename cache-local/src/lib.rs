@@ -92,8 +92,8 @@ mod maint;
 pub use layout::{LAYOUT_FILE, LAYOUT_VERSION};
 
 use cache_core::{
-    BackendError, BackendResult, BlobRef, BlobSource, BlockingJob, Digest, FileRestore, Restore,
-    Restored, Storage,
+    ActionRecord, BackendError, BackendResult, BlobRef, BlobSource, BlockingJob, Digest,
+    FileRestore, Found, Restore, Restored, Storage,
 };
 use counters::Counters;
 use layout::Layout;
@@ -337,6 +337,18 @@ impl LocalStorage {
     }
 }
 
+/// The blobs that are not stored with their recorded size (a torn or truncated blob
+/// counts as missing: its entry is a miss, and the next store replaces it).
+fn missing_blobs(layout: &Layout, blobs: impl IntoIterator<Item = BlobRef>) -> Vec<BlobRef> {
+    blobs
+        .into_iter()
+        .filter(|b| {
+            !std::fs::symlink_metadata(layout.blob_path(&b.digest))
+                .is_ok_and(|m| m.is_file() && m.len() == b.size)
+        })
+        .collect()
+}
+
 /// Refreshes the recency of the entry for `key` (its mtime, which GC's LRU reads).
 fn touch_entry(layout: &Layout, key: &Digest) -> BackendResult<()> {
     let path = layout.entry_path(key);
@@ -367,12 +379,31 @@ impl Storage for LocalStorage {
 
     async fn get_entry(&self, key: &Digest) -> BackendResult<Option<Vec<u8>>> {
         let key = *key;
+        self.blocking(move |i| maint::read_entry(&i.layout.entry_path(&key), &key))
+            .await
+    }
+
+    async fn lookup(&self, key: &Digest) -> BackendResult<Option<Found>> {
+        // The whole lookup, and its count, in one blocking job.
+        let key = *key;
         self.blocking(move |i| {
-            let r = maint::read_entry(&i.layout.entry_path(&key), &key)?;
-            if r.is_none() {
+            let Some(bytes) = maint::read_entry(&i.layout.entry_path(&key), &key)? else {
+                i.counters.miss();
+                return Ok(None);
+            };
+            // A corrupt entry is counted by `lookup_discarded`.
+            let record = ActionRecord::decode(&key, &bytes)?;
+            let missing = missing_blobs(&i.layout, record.blobs());
+            if missing.is_empty() {
+                i.counters.hit();
+            } else {
                 i.counters.miss();
             }
-            Ok(r)
+            Ok(Some(Found {
+                record,
+                encoded_len: bytes.len(),
+                missing,
+            }))
         })
         .await
     }
@@ -407,23 +438,8 @@ impl Storage for LocalStorage {
     }
 
     async fn find_missing_blobs(&self, blobs: Vec<BlobRef>) -> BackendResult<Vec<BlobRef>> {
-        self.blocking(move |i| {
-            let missing: Vec<BlobRef> = blobs
-                .into_iter()
-                .filter(|b| {
-                    !std::fs::symlink_metadata(i.layout.blob_path(&b.digest))
-                        .is_ok_and(|m| m.is_file() && m.len() == b.size)
-                })
-                .collect();
-            // `Cache::check` asks this once per found entry: the answer decides the lookup.
-            if missing.is_empty() {
-                i.counters.hit();
-            } else {
-                i.counters.miss();
-            }
-            Ok(missing)
-        })
-        .await
+        self.blocking(move |i| Ok(missing_blobs(&i.layout, blobs)))
+            .await
     }
 
     async fn put_blobs(&self, sources: Vec<BlobSource>) -> BackendResult<Vec<BlobRef>> {

@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 use cache_core::{
-    BackendResult, BlobRef, BlobSource, BlockingJob, Digest, FileRestore, Restore, Restored,
+    BackendResult, BlobRef, BlobSource, BlockingJob, Digest, FileRestore, Found, Restore, Restored,
     Storage,
 };
 use std::sync::Arc;
@@ -179,6 +179,12 @@ impl<S: Storage> Storage for CountingStorage<S> {
     async fn remove_blob(&self, blob: &BlobRef) -> BackendResult<()> {
         self.io.record_write();
         self.inner.remove_blob(blob).await
+    }
+
+    async fn lookup(&self, key: &Digest) -> BackendResult<Option<Found>> {
+        // Forwarded whole, like `restore`: one call that reads.
+        self.io.record_read();
+        self.inner.lookup(key).await
     }
 
     async fn lookup_discarded(&self, key: &Digest) {
