@@ -584,8 +584,8 @@ impl Bench {
         }
         let _ = writeln!(
             md,
-            "\nOne trip to tokio's blocking pool costs {:.0} µs here (a hit makes 3: \
-             check 2, restore 1; get_logs reuses the record its check read).",
+            "\nOne trip to tokio's blocking pool costs {:.0} µs here (a hit makes 2: \
+             check 1, restore 1; get_logs reuses the record its check read).",
             hops["spawn_blocking_us"]
         );
         let _ = writeln!(
