@@ -287,35 +287,52 @@ async fn the_counter_log_is_compacted_without_losing_counts() {
 
 #[tokio::test]
 async fn a_corrupt_blob_is_removed_and_repaired_by_the_next_store() {
-    let tmp = tempfile::tempdir().unwrap();
-    let cache = open(&tmp.path().join("c"));
-    let data = content(5, 5000);
-    store_bytes(&cache, &key(1), &[("f", data.clone())]).await;
-    let path = cache.storage().blob_path(&blob_of(&data).digest);
-    let mut bytes = std::fs::read(&path).unwrap();
-    bytes[100] ^= 0x20;
-    std::fs::write(&path, &bytes).unwrap();
+    // 5,000 bytes goes through the streaming restore; 17 MiB through the kernel copy
+    // (`copy_file_range` into the temp file, then hashing what landed).
+    for (n, len) in [(5u64, 5000usize), (7, (17 << 20) + 3)] {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = open(&tmp.path().join("c"));
+        let data = content(n, len);
+        store_bytes(&cache, &key(1), &[("f", data.clone())]).await;
+        let path = cache.storage().blob_path(&blob_of(&data).digest);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[len - 100] ^= 0x20;
+        std::fs::write(&path, &bytes).unwrap();
 
-    let ws = tempfile::tempdir().unwrap();
-    let err = cache
-        .restore_outputs(&task(), &key(1), ws.path())
-        .await
-        .unwrap_err();
-    assert!(matches!(err, BackendError::DigestMismatch { .. }), "{err}");
-    assert!(
-        !ws.path().join("f").exists(),
-        "nothing corrupt reaches the workspace"
-    );
-    assert!(!path.exists(), "the corrupt blob is removed");
-    assert!(!is_hit(&cache, &key(1)).await, "its entry is now a miss");
+        let ws = tempfile::tempdir().unwrap();
+        std::fs::write(ws.path().join("f"), b"old").unwrap();
+        let err = cache
+            .restore_outputs(&task(), &key(1), ws.path())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, BackendError::DigestMismatch { .. }),
+            "{len}: {err}"
+        );
+        assert_eq!(
+            std::fs::read(ws.path().join("f")).unwrap(),
+            b"old",
+            "{len}: nothing corrupt reaches the workspace"
+        );
+        assert_eq!(
+            std::fs::read_dir(ws.path()).unwrap().count(),
+            1,
+            "{len}: no temporary file is left"
+        );
+        assert!(!path.exists(), "{len}: the corrupt blob is removed");
+        assert!(
+            !is_hit(&cache, &key(1)).await,
+            "{len}: its entry is now a miss"
+        );
 
-    store_bytes(&cache, &key(1), &[("f", data.clone())]).await;
-    assert!(is_hit(&cache, &key(1)).await);
-    cache
-        .restore_outputs(&task(), &key(1), ws.path())
-        .await
-        .unwrap();
-    assert_eq!(std::fs::read(ws.path().join("f")).unwrap(), data);
+        store_bytes(&cache, &key(1), &[("f", data.clone())]).await;
+        assert!(is_hit(&cache, &key(1)).await);
+        cache
+            .restore_outputs(&task(), &key(1), ws.path())
+            .await
+            .unwrap();
+        assert!(std::fs::read(ws.path().join("f")).unwrap() == data, "{len}");
+    }
 }
 
 #[tokio::test]
