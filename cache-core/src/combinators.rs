@@ -1,5 +1,6 @@
 //! Backend-agnostic wrappers: [`Tiered`], [`Instrumented`] and [`CircuitBreaker`].
 
+use crate::recent::Recent;
 use crate::{
     BackendError, BackendResult, CacheBackend, CacheEntry, CacheLookupResult, CacheOutput,
     CachePolicy, LogBytes, OutputContent, Task,
@@ -29,7 +30,9 @@ pub struct TieredStats {
 ///
 /// * `check`: the fast tier, then the shared tier.
 /// * `restore_outputs`: the fast tier; on a fast-tier miss, the shared tier, and the
-///   restored (verified) files are then stored into the fast tier so the next hit is local.
+///   restored (verified) files are then stored into the fast tier so the next hit is local,
+///   with the exit code and logs of the same shared-tier lookup (kept from `check` for a
+///   few seconds), not of a newer entry another writer may have put there meanwhile.
 /// * `store`: both tiers; the fast tier's errors are returned, the shared tier's
 ///   degradable errors are counted and logged, never returned.
 /// * A degradable shared-tier error in `check` is a miss. In `restore_outputs` and
@@ -39,6 +42,10 @@ pub struct Tiered {
     fast: Arc<dyn CacheBackend>,
     shared: Arc<dyn CacheBackend>,
     stats: Arc<TieredStats>,
+    /// Shared-tier hits of recent `check`s: a backfill copies the exit code and duration
+    /// of the lookup whose outputs it restored, not of a second lookup that may see a
+    /// newer entry.
+    shared_hits: Recent<String, CacheLookupResult>,
 }
 
 impl std::fmt::Debug for Tiered {
@@ -57,6 +64,7 @@ impl Tiered {
             fast,
             shared,
             stats: Arc::default(),
+            shared_hits: Recent::default(),
         }
     }
 
@@ -71,16 +79,37 @@ impl Tiered {
         tracing::warn!(shared = self.shared.name(), op, error = %e, "shared cache tier unavailable; continuing without it");
     }
 
+    async fn store_both(
+        &self,
+        task: &Task,
+        digest: &str,
+        entry: &CacheEntry,
+        policy: CachePolicy,
+    ) -> BackendResult<()> {
+        self.fast.store(task, digest, entry, policy).await?;
+        match self.shared.store(task, digest, entry, policy).await {
+            Err(e) if e.is_gracefully_degradable() => {
+                self.absorb("store", &e);
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
     async fn backfill(
         &self,
         task: &Task,
         digest: &str,
         restored: &[CacheOutput],
     ) -> BackendResult<()> {
-        let lookup = self
-            .shared
-            .check(task, digest, CachePolicy::Readonly)
-            .await?;
+        let lookup = match self.shared_hits.get(&digest.to_owned()) {
+            Some(lookup) => lookup,
+            None => {
+                self.shared
+                    .check(task, digest, CachePolicy::Readonly)
+                    .await?
+            }
+        };
         if !lookup.hit {
             return Ok(());
         }
@@ -131,10 +160,12 @@ impl CacheBackend for Tiered {
             }
             Err(e) => return Err(e),
         }
+        let epoch = self.shared_hits.epoch();
         match self.shared.check(task, digest, policy).await {
             Ok(r) => {
                 if r.hit {
                     self.stats.shared_hits.fetch_add(1, Ordering::Relaxed);
+                    self.shared_hits.keep(digest.to_owned(), r.clone(), epoch);
                 }
                 Ok(r)
             }
@@ -153,14 +184,10 @@ impl CacheBackend for Tiered {
         entry: &CacheEntry,
         policy: CachePolicy,
     ) -> BackendResult<()> {
-        self.fast.store(task, digest, entry, policy).await?;
-        match self.shared.store(task, digest, entry, policy).await {
-            Err(e) if e.is_gracefully_degradable() => {
-                self.absorb("store", &e);
-                Ok(())
-            }
-            other => other,
-        }
+        self.shared_hits.forget(&digest.to_owned());
+        let stored = self.store_both(task, digest, entry, policy).await;
+        self.shared_hits.forget(&digest.to_owned());
+        stored
     }
 
     async fn restore_outputs(

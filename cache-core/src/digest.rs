@@ -314,9 +314,13 @@ pub fn kernel_copy_hashing(
             Ok(())
         })();
         drop(tx);
-        let result = hasher.join().map_err(|_| hung_up())?;
-        copied?;
-        result
+        let hash_side = hasher.join().map_err(|_| hung_up())?;
+        // If the hashing side failed first, the copy side only saw it hang up: report
+        // the hashing side's own error.
+        match (copied, hash_side) {
+            (_, Err(e)) | (Err(e), Ok(_)) => Err(e),
+            (Ok(()), Ok(blob)) => Ok(blob),
+        }
     })
 }
 

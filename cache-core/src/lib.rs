@@ -50,6 +50,7 @@ mod error;
 mod key;
 mod path;
 mod policy;
+mod recent;
 pub mod record;
 pub mod restore;
 mod storage;

@@ -1,10 +1,12 @@
 //! One entry's outputs on their way into a workspace, in the one order that is safe.
 //!
-//! [`crate::Cache`] hands a [`Storage`] a [`Restore`]; the types make the order
-//! unavoidable: [`Restore::prepare`] (check every output against the workspace, create
-//! directories, find files already in place) gives a [`Prepared`] whose
-//! [`Prepared::take_files`] are the files the storage writes, and only
+//! [`crate::Cache`] hands a [`Storage`] a [`Restore`]; the types fix the order of the
+//! steps around the files: [`Restore::prepare`] (check every output against the
+//! workspace, create directories, find files already in place) gives a [`Prepared`]
+//! whose [`Prepared::take_files`] are the files the storage writes, and only
 //! [`Prepared::finish`] (symlinks, last) yields the [`Restored`] a storage must return.
+//! Writing every file taken, between the two, is the storage's contract (the
+//! `cache-testkit` suite checks it; the types cannot).
 //! [`restore_in_steps`] is the sequence for any storage; a storage whose blocking work
 //! is cheap can run the same three steps in one blocking job instead.
 

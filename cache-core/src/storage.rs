@@ -14,6 +14,7 @@
 //! * workspace safety through [`Workspace`].
 
 use crate::path::OutputKind;
+use crate::recent::Recent;
 use crate::record::{ActionRecord, INLINE_LOG_MAX, LogRecord, OutputRecord};
 use crate::restore::{Restore, Restored, restore_in_steps};
 use crate::{
@@ -112,9 +113,13 @@ impl FileRestore {
 ///   `copy_from_file` or `begin`; a missing blob is [`BackendError::BlobNotFound`]; on
 ///   [`BackendError::DigestMismatch`] the storage removes its corrupt copy so the next
 ///   store repairs it.
-/// * `restore`, if overridden, runs [`Restore::prepare`], writes the files, and ends
-///   with [`crate::restore::Prepared::finish`] (the types allow no other order), and
-///   refreshes recency as `touch` would.
+/// * `restore`, if overridden, runs [`Restore::prepare`], writes every file it takes,
+///   and ends with [`crate::restore::Prepared::finish`] (the types force prepare first
+///   and finish last), and refreshes recency as `touch` would.
+/// * A wrapper around another storage forwards `lookup`, `restore` and
+///   `lookup_discarded` to it, or the inner storage's own versions (and the statistics
+///   they keep) are bypassed; a fault-injecting wrapper may instead leave the defaults,
+///   which step through the other methods.
 /// * Blocking filesystem work happens off the async executor.
 #[async_trait]
 pub trait Storage: Send + Sync + 'static {
@@ -245,16 +250,18 @@ where
 /// }
 /// ```
 ///
-/// A `check` that hits keeps the record it read for a few seconds, and the
+/// A `check` that hits keeps the record it read for 5 seconds, and the
 /// `restore_outputs` and `get_log_bytes` that follow it use that record: a hit reads and
 /// decodes its entry once, and the three calls see one record even if another writer
-/// replaces the entry meanwhile (its exit code, outputs and logs always belong
-/// together). A `store` through this `Cache` forgets the key; any failed restore or log
-/// read forgets it too.
+/// replaces the entry meanwhile (its exit code, outputs and logs belong together). At
+/// most 16 records are kept, and none of an entry over 1 MiB; past those limits (or the
+/// 5 seconds) the calls read the storage again. A `store` through this `Cache` forgets
+/// the key (and a `check` that overlapped a store keeps nothing); any failed restore or
+/// log read forgets it too.
 #[derive(Debug)]
 pub struct Cache<S> {
     storage: Arc<S>,
-    recent: Arc<Recent>,
+    recent: Arc<Recent<Digest, Arc<ActionRecord>>>,
 }
 
 impl<S> Clone for Cache<S> {
@@ -263,48 +270,6 @@ impl<S> Clone for Cache<S> {
             storage: Arc::clone(&self.storage),
             recent: Arc::clone(&self.recent),
         }
-    }
-}
-
-/// Records found by recent hits (see [`Cache`]). Small and short-lived by design: it
-/// joins the calls of one hit, it is not a cache of its own.
-#[derive(Debug, Default)]
-struct Recent {
-    records: Mutex<Vec<(Digest, Instant, Arc<ActionRecord>)>>,
-}
-
-impl Recent {
-    /// How many records are kept.
-    const MAX: usize = 16;
-    /// How long a record is reused after its `check`.
-    const TTL: std::time::Duration = std::time::Duration::from_secs(5);
-    /// Larger encoded entries (huge output lists) are not kept.
-    const MAX_ENTRY: usize = 1 << 20;
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Digest, Instant, Arc<ActionRecord>)>> {
-        self.records
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn keep(&self, key: Digest, record: Arc<ActionRecord>) {
-        let mut records = self.lock();
-        records.retain(|(k, at, _)| *k != key && at.elapsed() < Self::TTL);
-        if records.len() >= Self::MAX {
-            records.remove(0);
-        }
-        records.push((key, Instant::now(), record));
-    }
-
-    fn get(&self, key: &Digest) -> Option<Arc<ActionRecord>> {
-        self.lock()
-            .iter()
-            .find(|(k, at, _)| k == key && at.elapsed() < Self::TTL)
-            .map(|(_, _, r)| Arc::clone(r))
-    }
-
-    fn forget(&self, key: &Digest) {
-        self.lock().retain(|(k, _, _)| k != key);
     }
 }
 
@@ -406,34 +371,34 @@ fn plan_outputs(outputs: &[CacheOutput]) -> BackendResult<Vec<Planned>> {
         .collect())
 }
 
-/// What `restore_outputs` reports: directories, files, then symlinks, under `root`.
-fn outputs_under(record: &ActionRecord, root: &Path) -> Vec<CacheOutput> {
-    let dirs = record.outputs.iter().filter_map(|o| match o {
-        OutputRecord::Directory { path } => Some(CacheOutput::directory(path.as_str())),
-        _ => None,
-    });
-    let files = record.outputs.iter().filter_map(|o| match o {
-        OutputRecord::File {
-            path,
-            blob,
-            executable,
-        } => Some(CacheOutput {
-            path: path.clone(),
-            content: OutputContent::File {
-                path: root.join(path),
-                blob: Some(*blob),
-            },
-            is_executable: *executable,
-        }),
-        _ => None,
-    });
-    let links = record.outputs.iter().filter_map(|o| match o {
-        OutputRecord::Symlink { path, target } => {
-            Some(CacheOutput::symlink(path.as_str(), target.clone()))
+/// What `restore_outputs` reports: directories, files, then symlinks, under `root`,
+/// with each path in its normalized [`RelPath`] form (as it was written).
+fn outputs_under(record: &ActionRecord, root: &Path) -> BackendResult<Vec<CacheOutput>> {
+    let mut dirs = Vec::new();
+    let mut files = Vec::new();
+    let mut links = Vec::new();
+    for o in &record.outputs {
+        let rel = RelPath::parse(o.path())?;
+        match o {
+            OutputRecord::Directory { .. } => dirs.push(CacheOutput::directory(rel.as_str())),
+            OutputRecord::File {
+                blob, executable, ..
+            } => files.push(CacheOutput {
+                path: rel.to_string(),
+                content: OutputContent::File {
+                    path: rel.to_path(root),
+                    blob: Some(*blob),
+                },
+                is_executable: *executable,
+            }),
+            OutputRecord::Symlink { target, .. } => {
+                links.push(CacheOutput::symlink(rel.as_str(), target.clone()));
+            }
         }
-        _ => None,
-    });
-    dirs.chain(files).chain(links).collect()
+    }
+    dirs.extend(files);
+    dirs.extend(links);
+    Ok(dirs)
 }
 
 fn log_source(log: Option<&Vec<u8>>) -> (LogRecord, Option<BlobSource>) {
@@ -457,6 +422,7 @@ impl<S: Storage> CacheBackend for Cache<S> {
         if !policy_allows_read(policy) {
             return Ok(CacheLookupResult::miss(digest));
         }
+        let epoch = self.recent.epoch();
         let found = match self.storage.lookup(&key).await {
             Ok(Some(found)) => found,
             Ok(None) => return Ok(CacheLookupResult::miss(digest)),
@@ -478,8 +444,9 @@ impl<S: Storage> CacheBackend for Cache<S> {
         let record = found.record;
         let hit =
             CacheLookupResult::hit(digest, record.duration_ms).with_exit_code(record.exit_code);
-        if found.encoded_len <= Recent::MAX_ENTRY {
-            self.recent.keep(key, Arc::new(record));
+        // Huge output lists are not worth keeping.
+        if found.encoded_len <= 1 << 20 {
+            self.recent.keep(key, Arc::new(record), epoch);
         }
         Ok(hit)
     }
@@ -583,7 +550,7 @@ impl<S: Storage> CacheBackend for Cache<S> {
             Err(e) => Err(e),
         };
         match restored {
-            Ok(restored) => Ok(outputs_under(&record, restored.root())),
+            Ok(restored) => outputs_under(&record, restored.root()),
             Err(e) => {
                 self.recent.forget(&key);
                 Err(e)

@@ -437,7 +437,7 @@ impl PendingFile {
             self.expected.size.saturating_add(1),
             self.expected.digest.algorithm(),
         )
-        .map_err(|e| self.io_error(e))?;
+        .map_err(|e| BackendError::io_with_context("copy the blob into", self.tmp.path(), e))?;
         publish(
             self.tmp,
             &self.path,

@@ -554,3 +554,52 @@ async fn breaker_in_front_of_a_shared_tier_stops_calling_it() {
         "after opening, the shared tier is not called"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiered_backfill_copies_the_lookup_whose_outputs_it_restored() {
+    let (fast, shared) = (MemoryBackend::new(), MemoryBackend::new());
+    // Another process writing to the shared tier: its own handle on the same storage.
+    let other = MemoryBackend::from_storage(shared.storage().clone());
+    let tiered = Tiered::new(Arc::new(fast.clone()), Arc::new(shared.clone()));
+    let key = fresh_key();
+    let version = |v: &str, exit_code: i32| CacheEntry {
+        exit_code,
+        stdout: Some(format!("log {v}\n").into_bytes()),
+        outputs: vec![cache_core::CacheOutput::bytes(
+            "out.txt",
+            format!("output {v}\n").into_bytes(),
+            false,
+        )],
+        ..CacheEntry::default()
+    };
+    let p = CachePolicy::Normal;
+    shared
+        .store(&task(), &key, &version("one", 0), p)
+        .await
+        .unwrap();
+
+    let hit = tiered.check(&task(), &key, p).await.unwrap();
+    assert_eq!((hit.hit, hit.exit_code), (true, Some(0)));
+    other
+        .store(&task(), &key, &version("two", 3), p)
+        .await
+        .unwrap();
+    let ws = TempWorkspace::new();
+    tiered
+        .restore_outputs(&task(), &key, ws.root())
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(ws.root().join("out.txt")).unwrap(),
+        "output one\n"
+    );
+    // The fast tier got version one whole: its outputs, its logs, its exit code.
+    let local = fast.check(&task(), &key, p).await.unwrap();
+    assert_eq!(
+        local.exit_code,
+        Some(0),
+        "exit code of the restored version"
+    );
+    let (stdout, _) = fast.get_log_bytes(&task(), &key).await.unwrap();
+    assert_eq!(stdout.as_deref(), Some(&b"log one\n"[..]));
+}
