@@ -563,7 +563,7 @@ mod tests {
                 None,
                 "{op:?} failing with {error:?} must fall back to running"
             );
-            assert_eq!(faulty.injected(), 1, "{op:?} {error:?}");
+            assert_eq!(faulty.faults().injected(), 1, "{op:?} {error:?}");
         }
     }
 
@@ -584,7 +584,7 @@ mod tests {
             assert_eq!(hit(&s, &session), None);
         }
         assert_eq!(
-            down.calls(),
+            down.faults().calls(),
             u64::from(crate::backend::BREAKER_THRESHOLD),
             "the remote was called after the breaker opened"
         );

@@ -191,18 +191,19 @@ impl<O: Copy + PartialEq> FaultPlan<O> {
     }
 }
 
-/// The shared state of a wrapper: its plan and its counters.
+/// The plan and counters of a fault-injecting wrapper ([`FaultyBackend::faults`],
+/// [`FaultyStorage::faults`]).
 #[derive(Debug)]
-struct Injector<O> {
+pub struct FaultInjector<O> {
     plan: Mutex<FaultPlan<O>>,
     selected: AtomicU64,
     calls: AtomicU64,
     injected: AtomicU64,
 }
 
-impl<O: Copy + PartialEq + std::fmt::Debug> Injector<O> {
+impl<O: Copy + PartialEq + std::fmt::Debug> FaultInjector<O> {
     fn new(plan: FaultPlan<O>) -> Self {
-        Injector {
+        FaultInjector {
             plan: Mutex::new(plan),
             selected: AtomicU64::new(0),
             calls: AtomicU64::new(0),
@@ -210,9 +211,28 @@ impl<O: Copy + PartialEq + std::fmt::Debug> Injector<O> {
         }
     }
 
-    fn set_plan(&self, plan: FaultPlan<O>) {
+    /// Replaces the plan (e.g. the backend comes back up); call numbering restarts.
+    pub fn set_plan(&self, plan: FaultPlan<O>) {
         *self.plan.lock().unwrap_or_else(PoisonError::into_inner) = plan;
         self.selected.store(0, Ordering::Relaxed);
+    }
+
+    /// Calls that reached the wrapper.
+    #[must_use]
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    /// Calls that were failed by the plan.
+    #[must_use]
+    pub fn injected(&self) -> u64 {
+        self.injected.load(Ordering::Relaxed)
+    }
+
+    /// Calls that were passed on to the wrapped backend or storage.
+    #[must_use]
+    pub fn forwarded(&self) -> u64 {
+        self.calls() - self.injected()
     }
 
     /// Decides the fate of one call: sleeps if asked, then `Err` if it must fail.
@@ -263,7 +283,7 @@ impl<O: Copy + PartialEq + std::fmt::Debug> Injector<O> {
 /// ```
 pub struct FaultyBackend {
     inner: Arc<dyn CacheBackend>,
-    injector: Injector<BackendOp>,
+    injector: FaultInjector<BackendOp>,
 }
 
 impl std::fmt::Debug for FaultyBackend {
@@ -280,31 +300,14 @@ impl FaultyBackend {
     pub fn new(inner: Arc<dyn CacheBackend>, plan: FaultPlan<BackendOp>) -> Self {
         FaultyBackend {
             inner,
-            injector: Injector::new(plan),
+            injector: FaultInjector::new(plan),
         }
     }
 
-    /// Replaces the plan (e.g. the backend comes back up); call numbering restarts.
-    pub fn set_plan(&self, plan: FaultPlan<BackendOp>) {
-        self.injector.set_plan(plan);
-    }
-
-    /// Calls that reached this wrapper.
+    /// Its plan and counters.
     #[must_use]
-    pub fn calls(&self) -> u64 {
-        self.injector.calls.load(Ordering::Relaxed)
-    }
-
-    /// Calls that were failed by the plan.
-    #[must_use]
-    pub fn injected(&self) -> u64 {
-        self.injector.injected.load(Ordering::Relaxed)
-    }
-
-    /// Calls that were passed on to the wrapped backend.
-    #[must_use]
-    pub fn forwarded(&self) -> u64 {
-        self.calls() - self.injected()
+    pub fn faults(&self) -> &FaultInjector<BackendOp> {
+        &self.injector
     }
 }
 
@@ -362,7 +365,7 @@ impl CacheBackend for FaultyBackend {
 #[derive(Debug)]
 pub struct FaultyStorage<S> {
     inner: S,
-    injector: Injector<StorageOp>,
+    injector: FaultInjector<StorageOp>,
 }
 
 impl<S: Storage> FaultyStorage<S> {
@@ -370,7 +373,7 @@ impl<S: Storage> FaultyStorage<S> {
     pub fn new(inner: S, plan: FaultPlan<StorageOp>) -> Self {
         FaultyStorage {
             inner,
-            injector: Injector::new(plan),
+            injector: FaultInjector::new(plan),
         }
     }
 
@@ -379,21 +382,10 @@ impl<S: Storage> FaultyStorage<S> {
         &self.inner
     }
 
-    /// Replaces the plan; call numbering restarts.
-    pub fn set_plan(&self, plan: FaultPlan<StorageOp>) {
-        self.injector.set_plan(plan);
-    }
-
-    /// Calls that reached this wrapper.
+    /// Its plan and counters.
     #[must_use]
-    pub fn calls(&self) -> u64 {
-        self.injector.calls.load(Ordering::Relaxed)
-    }
-
-    /// Calls that were failed by the plan.
-    #[must_use]
-    pub fn injected(&self) -> u64 {
-        self.injector.injected.load(Ordering::Relaxed)
+    pub fn faults(&self) -> &FaultInjector<StorageOp> {
+        &self.injector
     }
 }
 

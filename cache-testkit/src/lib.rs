@@ -65,7 +65,8 @@ mod io;
 mod memory;
 
 pub use fault::{
-    BackendOp, FaultError, FaultPlan, FaultyBackend, FaultyStorage, StorageOp, Trigger,
+    BackendOp, FaultError, FaultInjector, FaultPlan, FaultyBackend, FaultyStorage, StorageOp,
+    Trigger,
 };
 pub use io::{CountingStorage, IoCounter, IoSnapshot};
 pub use memory::{MemoryBackend, MemoryStorage};

@@ -91,7 +91,7 @@ async fn tiered_shared_hit_is_restored_and_backfilled() {
     assert_eq!((out, err), (entry.stdout.clone(), entry.stderr.clone()));
 
     // The next restore is served by the fast tier alone.
-    let before = shared.calls();
+    let before = shared.faults().calls();
     let ws2 = TempWorkspace::new();
     tiered
         .restore_outputs(&task(), &key, ws2.root())
@@ -100,7 +100,7 @@ async fn tiered_shared_hit_is_restored_and_backfilled() {
     ws2.tree()
         .assert_same(tree.expected(), "restored from the fast tier");
     assert_eq!(
-        shared.calls(),
+        shared.faults().calls(),
         before,
         "the shared tier was not asked again"
     );
@@ -222,7 +222,7 @@ async fn tiered_absorbs_an_unavailable_shared_tier() {
     assert!(e.is_gracefully_degradable(), "{e}");
     // store, check of the unknown key, health, restore of the unknown key.
     assert_eq!(stats.shared_errors.load(Ordering::Relaxed), 4);
-    assert_eq!(shared.injected(), 4);
+    assert_eq!(shared.faults().injected(), 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -451,7 +451,7 @@ async fn breaker_opens_after_consecutive_transport_failures() {
         assert!(e.is_gracefully_degradable());
     }
     assert!(breaker.is_open());
-    assert_eq!(inner.calls(), 3);
+    assert_eq!(inner.faults().calls(), 3);
     let (_, entry) = sample();
     let ws = TempWorkspace::new();
     let errors = [
@@ -475,12 +475,12 @@ async fn breaker_opens_after_consecutive_transport_failures() {
         assert!(matches!(e, BackendError::Unavailable(_)), "{e}");
     }
     assert_eq!(
-        inner.calls(),
+        inner.faults().calls(),
         3,
         "an open breaker does not call the backend"
     );
     // It stays open even when the backend recovers.
-    inner.set_plan(FaultPlan::healthy());
+    inner.faults().set_plan(FaultPlan::healthy());
     assert!(breaker.health_check().await.is_err());
     assert_eq!(breaker.name(), "memory");
 }
@@ -508,9 +508,13 @@ async fn breaker_resets_on_success_and_ignores_hard_errors() {
             "round {round}: the third call succeeds"
         );
         assert!(!breaker.is_open(), "a success resets the count");
-        inner.set_plan(FaultPlan::new(Trigger::FirstN(2), FaultError::Connection));
+        inner
+            .faults()
+            .set_plan(FaultPlan::new(Trigger::FirstN(2), FaultError::Connection));
     }
-    inner.set_plan(FaultPlan::always(FaultError::Io(std::io::ErrorKind::Other)));
+    inner
+        .faults()
+        .set_plan(FaultPlan::always(FaultError::Io(std::io::ErrorKind::Other)));
     for _ in 0..10 {
         assert!(
             breaker
@@ -520,7 +524,7 @@ async fn breaker_resets_on_success_and_ignores_hard_errors() {
         );
     }
     assert!(!breaker.is_open(), "hard errors are not transport failures");
-    assert_eq!(inner.calls(), 19);
+    assert_eq!(inner.faults().calls(), 19);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -549,7 +553,7 @@ async fn breaker_in_front_of_a_shared_tier_stops_calling_it() {
     }
     assert!(breaker.is_open());
     assert_eq!(
-        shared.calls(),
+        shared.faults().calls(),
         2,
         "after opening, the shared tier is not called"
     );

@@ -37,9 +37,9 @@ async fn triggers_pick_the_documented_calls() {
     for (trigger, want) in cases {
         let (b, _) = faulty(FaultPlan::new(trigger, FaultError::Unavailable));
         assert_eq!(failing_calls(&b, 6).await, want, "{trigger:?}");
-        assert_eq!(b.calls(), 6);
-        assert_eq!(b.injected(), want.len() as u64);
-        assert_eq!(b.forwarded(), 6 - want.len() as u64);
+        assert_eq!(b.faults().calls(), 6);
+        assert_eq!(b.faults().injected(), want.len() as u64);
+        assert_eq!(b.faults().forwarded(), 6 - want.len() as u64);
     }
 }
 
@@ -64,7 +64,8 @@ async fn only_restricts_faults_and_numbering_to_the_chosen_ops() {
         .await
         .unwrap();
     // set_plan restarts the numbering.
-    b.set_plan(FaultPlan::nth(1, FaultError::Connection).only([BackendOp::GetLogBytes]));
+    b.faults()
+        .set_plan(FaultPlan::nth(1, FaultError::Connection).only([BackendOp::GetLogBytes]));
     let e = b.get_logs(&task(), &key).await.unwrap_err();
     assert_eq!(e.kind(), "connection");
     b.get_logs(&task(), &key).await.unwrap();
@@ -133,7 +134,8 @@ async fn latency_delays_selected_calls_only() {
         "health_check is delayed"
     );
     // Latency also applies to calls that then fail.
-    b.set_plan(FaultPlan::always(FaultError::Unavailable).with_latency(Duration::from_secs(5)));
+    b.faults()
+        .set_plan(FaultPlan::always(FaultError::Unavailable).with_latency(Duration::from_secs(5)));
     let start = tokio::time::Instant::now();
     b.health_check().await.unwrap_err();
     assert!(start.elapsed() >= Duration::from_secs(5));
@@ -181,7 +183,7 @@ async fn entry_publish_failure_leaves_a_miss_and_the_next_store_works() {
         .await
         .unwrap();
     ws.tree().assert_same(tree.expected(), "after the retry");
-    assert_eq!(cache.storage().injected(), 1);
+    assert_eq!(cache.storage().faults().injected(), 1);
 }
 
 #[tokio::test]
@@ -226,7 +228,7 @@ async fn unavailable_storage_is_a_degradable_error_not_a_miss() {
                 .hit
         );
     }
-    assert_eq!(cache.storage().calls(), 1);
+    assert_eq!(cache.storage().faults().calls(), 1);
 }
 
 #[tokio::test]

@@ -103,7 +103,7 @@ pub async fn degradation_tiered_with_failing_shared_tier(h: Harness) {
         "health with the shared tier down",
     );
     assert!(
-        shared.injected() >= 4,
+        shared.faults().injected() >= 4,
         "the shared tier was asked and failed"
     );
     ws.assert_outside_unchanged();
