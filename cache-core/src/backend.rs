@@ -1,6 +1,6 @@
 //! The origin API: the [`CacheBackend`] trait and the types it speaks.
 
-use crate::{BackendResult, BlobRef, CachePolicy, Task};
+use crate::{BackendError, BackendResult, BlobRef, CachePolicy, Digest, Hit, Task};
 use async_trait::async_trait;
 use std::path::{Path, PathBuf};
 
@@ -155,20 +155,33 @@ pub type LogBytes = (Option<Vec<u8>>, Option<Vec<u8>>);
 /// and are used as `Arc<dyn CacheBackend>` or `Box<dyn CacheBackend>`.
 ///
 /// Most backends do not implement this directly: they implement the smaller
-/// [`crate::Storage`] and wrap it in [`crate::Cache`], which supplies policy
+/// [`crate::storage::Storage`] and wrap it in [`crate::Cache`], which supplies policy
 /// handling, key validation, publish order, digest checks and workspace safety.
+///
+/// # A hit is a value
+///
+/// [`CacheBackend::lookup`] returns a [`Hit`]: one decoded, validated record. Restoring
+/// it ([`Hit::restore`]) and reading its logs ([`Hit::logs`]) use exactly that record,
+/// so the exit code, outputs and logs replayed always belong together.
+///
+/// # The origin's three-call form
+///
+/// `check`, `restore_outputs` and `get_log_bytes` are provided on top of `lookup`: each
+/// call looks the key up again. Each call on its own is consistent (a restore writes
+/// one record's outputs, verified), but if another writer replaces the entry between
+/// the calls, the exit code from `check`, the outputs and the logs may come from two
+/// different stores of the same key. Both were valid results for that key; an executor
+/// that needs them to be the same run uses `lookup`.
 #[async_trait]
 pub trait CacheBackend: Send + Sync {
-    /// Check if a cached result exists for the given task and digest.
-    ///
-    /// With a policy that does not allow reads this is a miss without any I/O. An
-    /// entry that is corrupt, or whose blobs are gone, is a miss.
-    async fn check(
+    /// Looks `key` up. With a policy that does not allow reads this is `None` without
+    /// any I/O. An entry that is corrupt, or whose blobs are gone, is `None`.
+    async fn lookup(
         &self,
         task: &Task,
-        digest: &str,
+        key: &Digest,
         policy: CachePolicy,
-    ) -> BackendResult<CacheLookupResult>;
+    ) -> BackendResult<Option<Hit>>;
 
     /// Store a task execution result in the cache (a no-op unless the policy allows
     /// writes). Blobs are published before the entry. When two writers store the same
@@ -181,7 +194,43 @@ pub trait CacheBackend: Send + Sync {
         policy: CachePolicy,
     ) -> BackendResult<()>;
 
-    /// Restore output artifacts from cache to the workspace.
+    /// Copies `hit` (found in another cache) into this one, blob by blob from the
+    /// hit's own storage, each verified, then its record unchanged; returns the hit as
+    /// served from here. `None` when the policy does not allow writes or the backend
+    /// cannot import (the default).
+    async fn import(
+        &self,
+        _task: &Task,
+        _hit: &Hit,
+        _policy: CachePolicy,
+    ) -> BackendResult<Option<Hit>> {
+        Ok(None)
+    }
+
+    /// Get the backend name for logging/metrics.
+    fn name(&self) -> &'static str;
+
+    /// Check if the backend is available/connected.
+    async fn health_check(&self) -> BackendResult<()>;
+
+    /// Check if a cached result exists for the given task and digest (one
+    /// [`CacheBackend::lookup`]).
+    async fn check(
+        &self,
+        task: &Task,
+        digest: &str,
+        policy: CachePolicy,
+    ) -> BackendResult<CacheLookupResult> {
+        let key = Digest::parse(digest)?;
+        Ok(match self.lookup(task, &key, policy).await? {
+            Some(hit) => CacheLookupResult::hit(digest, hit.duration_ms())
+                .with_exit_code(hit.exit_code()),
+            None => CacheLookupResult::miss(digest),
+        })
+    }
+
+    /// Restore output artifacts from cache to the workspace: a fresh lookup (without
+    /// writing any tier), then [`Hit::restore`]. `ActionNotFound` if there is no hit.
     ///
     /// Returns the outputs restored; files are returned as [`OutputContent::File`]
     /// naming the restored file, never with their bytes.
@@ -190,7 +239,10 @@ pub trait CacheBackend: Send + Sync {
         task: &Task,
         digest: &str,
         workspace: &Path,
-    ) -> BackendResult<Vec<CacheOutput>>;
+    ) -> BackendResult<Vec<CacheOutput>> {
+        let hit = require(self, task, digest).await?;
+        hit.restore(workspace).await
+    }
 
     /// Get cached stdout/stderr logs as text (invalid UTF-8 is replaced; use
     /// [`CacheBackend::get_log_bytes`] to replay them exactly).
@@ -207,12 +259,18 @@ pub trait CacheBackend: Send + Sync {
         Ok((out.map(text), err.map(text)))
     }
 
-    /// Get cached stdout/stderr exactly as captured.
-    async fn get_log_bytes(&self, task: &Task, digest: &str) -> BackendResult<LogBytes>;
+    /// Get cached stdout/stderr exactly as captured: a fresh lookup (without writing
+    /// any tier), then [`Hit::logs`]. `ActionNotFound` if there is no hit.
+    async fn get_log_bytes(&self, task: &Task, digest: &str) -> BackendResult<LogBytes> {
+        let hit = require(self, task, digest).await?;
+        hit.logs().await
+    }
+}
 
-    /// Get the backend name for logging/metrics.
-    fn name(&self) -> &'static str;
-
-    /// Check if the backend is available/connected.
-    async fn health_check(&self) -> BackendResult<()>;
+/// The hit for `digest`, read-only; `ActionNotFound` if there is none.
+async fn require<B: CacheBackend + ?Sized>(b: &B, task: &Task, digest: &str) -> BackendResult<Hit> {
+    let key = Digest::parse(digest)?;
+    b.lookup(task, &key, CachePolicy::Readonly)
+        .await?
+        .ok_or(BackendError::ActionNotFound { digest: key })
 }

@@ -1,9 +1,8 @@
 //! Backend-agnostic wrappers: [`Tiered`], [`Instrumented`] and [`CircuitBreaker`].
 
-use crate::recent::Recent;
 use crate::{
     BackendError, BackendResult, CacheBackend, CacheEntry, CacheLookupResult, CacheOutput,
-    CachePolicy, LogBytes, OutputContent, Task,
+    CachePolicy, Digest, Hit, LogBytes, OutputContent, Task,
 };
 use async_trait::async_trait;
 use std::collections::BTreeMap;
@@ -13,14 +12,17 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-/// Counters of what [`Tiered`] did with its shared tier.
+/// Counters of what [`Tiered`] did with its tiers.
 #[derive(Debug, Default)]
 pub struct TieredStats {
-    /// Degradable errors of the shared tier that were absorbed.
+    /// Cache faults of the shared tier that were absorbed (the task ran uncached or
+    /// from the fast tier).
     pub shared_errors: AtomicU64,
+    /// Cache faults of the fast tier that were absorbed.
+    pub fast_errors: AtomicU64,
     /// Lookups answered by the shared tier.
     pub shared_hits: AtomicU64,
-    /// Entries copied from the shared tier into the fast tier.
+    /// Shared-tier hits copied into the fast tier.
     pub backfills: AtomicU64,
     /// Backfills that failed (logged, never fatal).
     pub backfill_failures: AtomicU64,
@@ -28,24 +30,19 @@ pub struct TieredStats {
 
 /// A fast tier (usually local disk) in front of a shared tier (object store, REAPI).
 ///
-/// * `check`: the fast tier, then the shared tier.
-/// * `restore_outputs`: the fast tier; on a fast-tier miss, the shared tier, and the
-///   restored (verified) files are then stored into the fast tier so the next hit is local,
-///   with the exit code and logs of the same shared-tier lookup (kept from `check` for a
-///   few seconds), not of a newer entry another writer may have put there meanwhile.
-/// * `store`: both tiers; the fast tier's errors are returned, the shared tier's
-///   degradable errors are counted and logged, never returned.
-/// * A degradable shared-tier error in `check` is a miss. In `restore_outputs` and
-///   `get_log_bytes` there is nothing to return, so the (degradable) error is returned
-///   and the caller runs the task uncached.
+/// * `lookup`: the fast tier, then the shared tier. A shared-tier hit is copied into
+///   the fast tier ([`CacheBackend::import`]: the very hit's blobs, each verified, then
+///   its record unchanged, so exit code, logs and outputs stay one result) when the
+///   caller's policy allows writes; the hit returned is then the fast tier's copy. A
+///   `Readonly` lookup writes no tier.
+/// * `store`: both tiers.
+/// * A cache fault ([`BackendError::fault`]) of either tier never fails a call: it is
+///   counted, logged, and the other tier (or a miss) answers. Caller faults (a bad key,
+///   bad outputs) are returned.
 pub struct Tiered {
     fast: Arc<dyn CacheBackend>,
     shared: Arc<dyn CacheBackend>,
     stats: Arc<TieredStats>,
-    /// Shared-tier hits of recent `check`s: a backfill copies the exit code and duration
-    /// of the lookup whose outputs it restored, not of a second lookup that may see a
-    /// newer entry.
-    shared_hits: Recent<String, CacheLookupResult>,
 }
 
 impl std::fmt::Debug for Tiered {
@@ -64,116 +61,62 @@ impl Tiered {
             fast,
             shared,
             stats: Arc::default(),
-            shared_hits: Recent::default(),
         }
     }
 
-    /// What the shared tier did so far.
+    /// What the tiers did so far.
     #[must_use]
     pub fn stats(&self) -> Arc<TieredStats> {
         Arc::clone(&self.stats)
     }
 
-    fn absorb(&self, op: &str, e: &BackendError) {
-        self.stats.shared_errors.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(shared = self.shared.name(), op, error = %e, "shared cache tier unavailable; continuing without it");
-    }
-
-    async fn store_both(
-        &self,
-        task: &Task,
-        digest: &str,
-        entry: &CacheEntry,
-        policy: CachePolicy,
-    ) -> BackendResult<()> {
-        self.fast.store(task, digest, entry, policy).await?;
-        match self.shared.store(task, digest, entry, policy).await {
-            Err(e) if e.is_gracefully_degradable() => {
-                self.absorb("store", &e);
-                Ok(())
+    /// Absorbs a cache fault of one tier; passes caller faults on.
+    fn absorb<T>(&self, shared: bool, op: &str, r: BackendResult<T>) -> BackendResult<Option<T>> {
+        match r {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.is_cache_fault() => {
+                let (counter, tier) = if shared {
+                    (&self.stats.shared_errors, self.shared.name())
+                } else {
+                    (&self.stats.fast_errors, self.fast.name())
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(tier, op, error = %e, "cache tier failed; continuing without it");
+                Ok(None)
             }
-            other => other,
+            Err(e) => Err(e),
         }
     }
-
-    async fn backfill(
-        &self,
-        task: &Task,
-        digest: &str,
-        restored: &[CacheOutput],
-    ) -> BackendResult<()> {
-        let lookup = match self.shared_hits.get(&digest.to_owned()) {
-            Some(lookup) => lookup,
-            None => {
-                self.shared
-                    .check(task, digest, CachePolicy::Readonly)
-                    .await?
-            }
-        };
-        if !lookup.hit {
-            return Ok(());
-        }
-        let (stdout, stderr) = self.shared.get_log_bytes(task, digest).await?;
-        let outputs = restored
-            .iter()
-            .map(|o| match &o.content {
-                OutputContent::File { path, .. } => {
-                    CacheOutput::file(&o.path, path, o.is_executable)
-                }
-                _ => o.clone(),
-            })
-            .collect();
-        let entry = CacheEntry {
-            stdout,
-            stderr,
-            exit_code: lookup.exit_code.unwrap_or(0),
-            duration_ms: lookup.cached_duration_ms.unwrap_or(0),
-            outputs,
-        };
-        self.fast
-            .store(task, digest, &entry, CachePolicy::Normal)
-            .await
-    }
-}
-
-fn is_fast_miss(e: &BackendError) -> bool {
-    e.is_gracefully_degradable()
-        || matches!(
-            e,
-            BackendError::BlobNotFound { .. } | BackendError::CorruptEntry { .. }
-        )
 }
 
 #[async_trait]
 impl CacheBackend for Tiered {
-    async fn check(
+    async fn lookup(
         &self,
         task: &Task,
-        digest: &str,
+        key: &Digest,
         policy: CachePolicy,
-    ) -> BackendResult<CacheLookupResult> {
-        match self.fast.check(task, digest, policy).await {
-            Ok(r) if r.hit => return Ok(r),
-            Ok(_) => {}
-            Err(e) if e.is_gracefully_degradable() => {
-                tracing::warn!(fast = self.fast.name(), error = %e, "fast cache tier unavailable");
-            }
-            Err(e) => return Err(e),
+    ) -> BackendResult<Option<Hit>> {
+        let fast = self.fast.lookup(task, key, policy).await;
+        if let Some(Some(hit)) = self.absorb(false, "lookup", fast)? {
+            return Ok(Some(hit));
         }
-        let epoch = self.shared_hits.epoch();
-        match self.shared.check(task, digest, policy).await {
-            Ok(r) => {
-                if r.hit {
-                    self.stats.shared_hits.fetch_add(1, Ordering::Relaxed);
-                    self.shared_hits.keep(digest.to_owned(), r.clone(), epoch);
-                }
-                Ok(r)
+        let shared = self.shared.lookup(task, key, policy).await;
+        let Some(Some(hit)) = self.absorb(true, "lookup", shared)? else {
+            return Ok(None);
+        };
+        self.stats.shared_hits.fetch_add(1, Ordering::Relaxed);
+        match self.fast.import(task, &hit, policy).await {
+            Ok(Some(local)) => {
+                self.stats.backfills.fetch_add(1, Ordering::Relaxed);
+                Ok(Some(local))
             }
-            Err(e) if e.is_gracefully_degradable() => {
-                self.absorb("check", &e);
-                Ok(CacheLookupResult::miss(digest))
+            Ok(None) => Ok(Some(hit)),
+            Err(e) => {
+                self.stats.backfill_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(fast = self.fast.name(), error = %e, "could not copy a shared-tier hit into the fast tier; restoring from the shared tier");
+                Ok(Some(hit))
             }
-            Err(e) => Err(e),
         }
     }
 
@@ -184,61 +127,27 @@ impl CacheBackend for Tiered {
         entry: &CacheEntry,
         policy: CachePolicy,
     ) -> BackendResult<()> {
-        self.shared_hits.forget(&digest.to_owned());
-        let stored = self.store_both(task, digest, entry, policy).await;
-        self.shared_hits.forget(&digest.to_owned());
-        stored
+        let fast = self.fast.store(task, digest, entry, policy).await;
+        let fast_ok = self.absorb(false, "store", fast)?.is_some();
+        let shared = self.shared.store(task, digest, entry, policy).await;
+        let shared_ok = self.absorb(true, "store", shared)?.is_some();
+        if !fast_ok && !shared_ok {
+            return Err(BackendError::unavailable(format!(
+                "neither {} nor {} could store {digest}",
+                self.fast.name(),
+                self.shared.name()
+            )));
+        }
+        Ok(())
     }
 
-    async fn restore_outputs(
+    async fn import(
         &self,
         task: &Task,
-        digest: &str,
-        workspace: &Path,
-    ) -> BackendResult<Vec<CacheOutput>> {
-        match self.fast.restore_outputs(task, digest, workspace).await {
-            Ok(v) => return Ok(v),
-            Err(e) if is_fast_miss(&e) => {}
-            Err(e) => return Err(e),
-        }
-        let restored = self.shared.restore_outputs(task, digest, workspace).await;
-        let restored = match restored {
-            Err(e)
-                if e.is_gracefully_degradable()
-                    && !matches!(e, BackendError::ActionNotFound { .. }) =>
-            {
-                self.absorb("restore", &e);
-                return Err(e);
-            }
-            other => other?,
-        };
-        match self.backfill(task, digest, &restored).await {
-            Ok(()) => {
-                self.stats.backfills.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e) => {
-                self.stats.backfill_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(fast = self.fast.name(), error = %e, "could not copy a shared-tier hit into the fast tier");
-            }
-        }
-        Ok(restored)
-    }
-
-    async fn get_log_bytes(&self, task: &Task, digest: &str) -> BackendResult<LogBytes> {
-        match self.fast.get_log_bytes(task, digest).await {
-            Ok(v) => Ok(v),
-            Err(e) if is_fast_miss(&e) => match self.shared.get_log_bytes(task, digest).await {
-                Err(e)
-                    if e.is_gracefully_degradable()
-                        && !matches!(e, BackendError::ActionNotFound { .. }) =>
-                {
-                    self.absorb("get_logs", &e);
-                    Err(e)
-                }
-                other => other,
-            },
-            Err(e) => Err(e),
-        }
+        hit: &Hit,
+        policy: CachePolicy,
+    ) -> BackendResult<Option<Hit>> {
+        self.fast.import(task, hit, policy).await
     }
 
     fn name(&self) -> &'static str {
@@ -246,14 +155,15 @@ impl CacheBackend for Tiered {
     }
 
     async fn health_check(&self) -> BackendResult<()> {
-        self.fast.health_check().await?;
-        if let Err(e) = self.shared.health_check().await {
-            if !e.is_gracefully_degradable() {
-                return Err(e);
-            }
-            self.absorb("health_check", &e);
+        let fast = self.fast.health_check().await;
+        let fast_ok = self.absorb(false, "health_check", fast)?.is_some();
+        let shared = self.shared.health_check().await;
+        let shared_ok = self.absorb(true, "health_check", shared)?.is_some();
+        if fast_ok || shared_ok {
+            Ok(())
+        } else {
+            Err(BackendError::unavailable("no cache tier answers"))
         }
-        Ok(())
     }
 }
 
@@ -274,7 +184,8 @@ pub struct Metrics {
     pub hits: AtomicU64,
     /// Lookups that missed.
     pub misses: AtomicU64,
-    /// Bytes restored into workspaces (file outputs) and read as logs.
+    /// Bytes served: the files and logs of hits found by `lookup`, and what the
+    /// three-call form restored (`restore_outputs`) and read (`get_log_bytes`).
     pub bytes_down: AtomicU64,
     /// Bytes handed to `store` in memory (logs, in-memory outputs, and file outputs
     /// whose size the caller supplied).
@@ -311,6 +222,19 @@ impl Metrics {
         }
         if let Some(e) = err {
             *lock(&self.errors).entry((op, e.kind())).or_default() += 1;
+        }
+    }
+
+    /// Counts one lookup: a hit holding `Some(bytes)` of files and logs, or a miss.
+    fn count_lookup(&self, hit: Option<u64>) {
+        match hit {
+            Some(bytes) => {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                self.bytes_down.fetch_add(bytes, Ordering::Relaxed);
+            }
+            None => {
+                self.misses.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 
@@ -434,8 +358,38 @@ fn log_len(l: &LogBytes) -> u64 {
     l.0.as_ref().map_or(0, Vec::len) as u64 + l.1.as_ref().map_or(0, Vec::len) as u64
 }
 
+fn entry_len(entry: &CacheEntry) -> u64 {
+    let logs = [&entry.stdout, &entry.stderr]
+        .into_iter()
+        .map(|l| l.as_ref().map_or(0, Vec::len) as u64)
+        .sum::<u64>();
+    logs + entry
+        .outputs
+        .iter()
+        .map(|o| match &o.content {
+            OutputContent::Bytes(b) => b.len() as u64,
+            OutputContent::File { blob: Some(b), .. } => b.size,
+            _ => 0,
+        })
+        .sum::<u64>()
+}
+
 #[async_trait]
 impl CacheBackend for Instrumented {
+    async fn lookup(
+        &self,
+        task: &Task,
+        key: &Digest,
+        policy: CachePolicy,
+    ) -> BackendResult<Option<Hit>> {
+        let t = Instant::now();
+        let r = self.inner.lookup(task, key, policy).await;
+        if let Ok(found) = &r {
+            self.metrics.count_lookup(found.as_ref().map(Hit::bytes));
+        }
+        self.done("lookup", t, r)
+    }
+
     async fn check(
         &self,
         task: &Task,
@@ -445,12 +399,7 @@ impl CacheBackend for Instrumented {
         let t = Instant::now();
         let r = self.inner.check(task, digest, policy).await;
         if let Ok(l) = &r {
-            let c = if l.hit {
-                &self.metrics.hits
-            } else {
-                &self.metrics.misses
-            };
-            c.fetch_add(1, Ordering::Relaxed);
+            self.metrics.count_lookup(l.hit.then_some(0));
         }
         self.done("check", t, r)
     }
@@ -465,17 +414,25 @@ impl CacheBackend for Instrumented {
         let t = Instant::now();
         let r = self.inner.store(task, digest, entry, policy).await;
         if r.is_ok() && crate::policy_allows_write(policy) {
-            let mut n = log_len(&(entry.stdout.clone(), entry.stderr.clone()));
-            for o in &entry.outputs {
-                n += match &o.content {
-                    OutputContent::Bytes(b) => b.len() as u64,
-                    OutputContent::File { blob: Some(b), .. } => b.size,
-                    _ => 0,
-                };
-            }
-            self.metrics.bytes_up.fetch_add(n, Ordering::Relaxed);
+            self.metrics
+                .bytes_up
+                .fetch_add(entry_len(entry), Ordering::Relaxed);
         }
         self.done("store", t, r)
+    }
+
+    async fn import(
+        &self,
+        task: &Task,
+        hit: &Hit,
+        policy: CachePolicy,
+    ) -> BackendResult<Option<Hit>> {
+        let t = Instant::now();
+        let r = self.inner.import(task, hit, policy).await;
+        if let Ok(Some(h)) = &r {
+            self.metrics.bytes_up.fetch_add(h.bytes(), Ordering::Relaxed);
+        }
+        self.done("import", t, r)
     }
 
     async fn restore_outputs(
@@ -521,10 +478,12 @@ impl CacheBackend for Instrumented {
     }
 }
 
-/// Stops calling a backend after it failed with `Unavailable`/`Connection` several
-/// times in a row: from then on every call fails at once with `Unavailable` (still
-/// degradable), instead of paying a timeout per task. A success resets the count.
-/// The breaker stays open for the life of the wrapper (one CI run).
+/// Stops calling a backend after it failed with a cache fault
+/// ([`BackendError::is_cache_fault`]: I/O, corruption, a server that is down or slow)
+/// several times in a row: from then on every call fails at once with `Unavailable`
+/// (still a cache fault), instead of paying a timeout per task. A success, or a caller
+/// fault, resets the count. The breaker stays open for the life of the wrapper (one CI
+/// run).
 pub struct CircuitBreaker {
     inner: Arc<dyn CacheBackend>,
     threshold: u32,
@@ -543,7 +502,7 @@ impl std::fmt::Debug for CircuitBreaker {
 }
 
 impl CircuitBreaker {
-    /// Opens after `threshold` consecutive transport failures (at least 1).
+    /// Opens after `threshold` consecutive cache faults (at least 1).
     pub fn new(inner: Arc<dyn CacheBackend>, threshold: u32) -> Self {
         CircuitBreaker {
             inner,
@@ -561,7 +520,7 @@ impl CircuitBreaker {
 
     fn gate(&self) -> BackendResult<()> {
         if self.is_open() {
-            return Err(BackendError::Unavailable(format!(
+            return Err(BackendError::unavailable(format!(
                 "{} skipped for the rest of this run after {} consecutive failures",
                 self.inner.name(),
                 self.threshold
@@ -572,12 +531,13 @@ impl CircuitBreaker {
 
     fn observe<T>(&self, r: BackendResult<T>) -> BackendResult<T> {
         match &r {
-            Err(BackendError::Unavailable(_) | BackendError::Connection(_)) => {
+            Err(e) if e.is_cache_fault() => {
                 let n = self.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
                 if n >= self.threshold && !self.open.swap(true, Ordering::Relaxed) {
                     tracing::warn!(
                         backend = self.inner.name(),
                         failures = n,
+                        error = %e,
                         "cache backend keeps failing; skipping it for the rest of this run"
                     );
                 }
@@ -590,14 +550,14 @@ impl CircuitBreaker {
 
 #[async_trait]
 impl CacheBackend for CircuitBreaker {
-    async fn check(
+    async fn lookup(
         &self,
         task: &Task,
-        digest: &str,
+        key: &Digest,
         policy: CachePolicy,
-    ) -> BackendResult<CacheLookupResult> {
+    ) -> BackendResult<Option<Hit>> {
         self.gate()?;
-        self.observe(self.inner.check(task, digest, policy).await)
+        self.observe(self.inner.lookup(task, key, policy).await)
     }
 
     async fn store(
@@ -611,19 +571,14 @@ impl CacheBackend for CircuitBreaker {
         self.observe(self.inner.store(task, digest, entry, policy).await)
     }
 
-    async fn restore_outputs(
+    async fn import(
         &self,
         task: &Task,
-        digest: &str,
-        workspace: &Path,
-    ) -> BackendResult<Vec<CacheOutput>> {
+        hit: &Hit,
+        policy: CachePolicy,
+    ) -> BackendResult<Option<Hit>> {
         self.gate()?;
-        self.observe(self.inner.restore_outputs(task, digest, workspace).await)
-    }
-
-    async fn get_log_bytes(&self, task: &Task, digest: &str) -> BackendResult<LogBytes> {
-        self.gate()?;
-        self.observe(self.inner.get_log_bytes(task, digest).await)
+        self.observe(self.inner.import(task, hit, policy).await)
     }
 
     fn name(&self) -> &'static str {

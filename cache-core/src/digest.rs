@@ -30,8 +30,8 @@ impl DigestAlgorithm {
     #[must_use]
     pub fn hasher(self) -> Hasher {
         match self {
-            DigestAlgorithm::Sha256 => Hasher::Sha256(sha2::Sha256::default()),
-            DigestAlgorithm::Blake3 => Hasher::Blake3(Box::default()),
+            DigestAlgorithm::Sha256 => Hasher(HasherImpl::Sha256(sha2::Sha256::default())),
+            DigestAlgorithm::Blake3 => Hasher(HasherImpl::Blake3(Box::default())),
         }
     }
 
@@ -140,21 +140,23 @@ impl FromStr for Digest {
     }
 }
 
-/// A streaming hasher over either algorithm.
+/// A streaming hasher over either algorithm (its implementation types stay private,
+/// so the hash crates are not part of this crate's API).
 #[derive(Clone)]
-pub enum Hasher {
-    /// SHA-256.
+pub struct Hasher(HasherImpl);
+
+#[derive(Clone)]
+enum HasherImpl {
     Sha256(sha2::Sha256),
-    /// BLAKE3.
     Blake3(Box<blake3::Hasher>),
 }
 
 impl Hasher {
     /// Feeds bytes.
     pub fn update(&mut self, data: &[u8]) {
-        match self {
-            Hasher::Sha256(h) => sha2::Digest::update(h, data),
-            Hasher::Blake3(h) => {
+        match &mut self.0 {
+            HasherImpl::Sha256(h) => sha2::Digest::update(h, data),
+            HasherImpl::Blake3(h) => {
                 h.update(data);
             }
         }
@@ -163,11 +165,11 @@ impl Hasher {
     /// The digest of everything fed so far.
     #[must_use]
     pub fn finalize(self) -> Digest {
-        match self {
-            Hasher::Sha256(h) => {
+        match self.0 {
+            HasherImpl::Sha256(h) => {
                 Digest::from_bytes(DigestAlgorithm::Sha256, sha2::Digest::finalize(h).into())
             }
-            Hasher::Blake3(h) => {
+            HasherImpl::Blake3(h) => {
                 Digest::from_bytes(DigestAlgorithm::Blake3, *h.finalize().as_bytes())
             }
         }
@@ -342,7 +344,8 @@ pub fn copy_verified(
     // One byte past the promised size is enough to know the blob is too long, and
     // bounds the work a hostile size or a runaway stream can cause.
     let mut limited = reader.take(expected.size.saturating_add(1));
-    let actual = copy_hashing(&mut limited, writer, expected.digest.algorithm())?;
+    let actual = copy_hashing(&mut limited, writer, expected.digest.algorithm())
+        .map_err(BackendError::Io)?;
     check_blob(expected, &actual)
 }
 
@@ -352,8 +355,8 @@ pub fn check_blob(expected: &BlobRef, actual: &BlobRef) -> BackendResult<()> {
         Ok(())
     } else {
         Err(BackendError::DigestMismatch {
-            expected: expected.to_string(),
-            actual: actual.to_string(),
+            expected: *expected,
+            actual: *actual,
         })
     }
 }

@@ -237,8 +237,8 @@ impl TaskKeyBuilder {
             let before = found.len();
             let matched = expand(workspace, pattern, self.algorithm, &mut found)?;
             if !matched && found.len() == before {
-                return Err(BackendError::InvalidOutput {
-                    path: truncate(pattern),
+                return Err(BackendError::InvalidInput {
+                    pattern: truncate(pattern),
                     reason: format!(
                         "input pattern matched no files under {}; fix the pattern or remove it",
                         workspace.display()
@@ -251,8 +251,8 @@ impl TaskKeyBuilder {
 }
 
 fn bad_pattern(pattern: &str, reason: &str) -> BackendError {
-    BackendError::InvalidOutput {
-        path: truncate(pattern),
+    BackendError::InvalidInput {
+        pattern: truncate(pattern),
         reason: format!("bad input pattern: {reason}"),
     }
 }
@@ -364,8 +364,8 @@ fn rel_string(workspace: &Path, path: &Path) -> BackendResult<String> {
         let s = c
             .as_os_str()
             .to_str()
-            .ok_or_else(|| BackendError::InvalidOutput {
-                path: rel.display().to_string(),
+            .ok_or_else(|| BackendError::InvalidInput {
+                pattern: rel.display().to_string(),
                 reason: "input file names must be valid UTF-8 to join the key".into(),
             })?;
         parts.push(s);
@@ -385,7 +385,7 @@ fn read_input(
     }
     let mut f = std::fs::File::open(path)
         .map_err(|e| BackendError::io_with_context("read input", path, e))?;
-    let blob = crate::hash_reader(&mut f, algorithm)
+    let blob = crate::digest::hash_reader(&mut f, algorithm)
         .map_err(|e| BackendError::io_with_context("read input", path, e))?;
     Ok(InputFile::File {
         blob,

@@ -16,64 +16,70 @@
 //!
 //! It depends on no async runtime and no network crate.
 //!
+//! The crate root is for executors; [`storage`] is for backend authors.
+//!
 //! ## Using a backend from an executor
 //!
+//! A hit is a value: [`CacheBackend::lookup`] returns a [`Hit`] whose exit code,
+//! outputs and logs come from one record. Cache faults ([`BackendError::fault`]) never
+//! fail the task: it runs uncached.
+//!
 //! ```no_run
-//! use cache_core::{CacheBackend, CacheEntry, CachePolicy, Task, TaskKeyBuilder, DigestAlgorithm};
+//! use cache_core::{CacheBackend, CacheEntry, Task, TaskKeyBuilder, DigestAlgorithm};
 //! use std::path::Path;
 //!
 //! async fn run_cached(cache: &dyn CacheBackend, task: &Task, ws: &Path) -> cache_core::BackendResult<i32> {
-//!     let key = TaskKeyBuilder::from_task(task, DigestAlgorithm::Blake3).build(ws)?.to_string();
+//!     let key = TaskKeyBuilder::from_task(task, DigestAlgorithm::Blake3).build(ws)?;
 //!     let policy = cache_core::effective_policy(task, None);
-//!     match cache.check(task, &key, policy).await {
-//!         Ok(hit) if hit.hit => {
-//!             cache.restore_outputs(task, &key, ws).await?;
-//!             let (stdout, _stderr) = cache.get_log_bytes(task, &key).await?;
-//!             print!("{}", String::from_utf8_lossy(&stdout.unwrap_or_default()));
-//!             return Ok(hit.exit_code.unwrap_or(0));
-//!         }
-//!         Ok(_) => {}
-//!         Err(e) if e.is_gracefully_degradable() => {} // run uncached
+//!     let replayed = async {
+//!         let Some(hit) = cache.lookup(task, &key, policy).await? else { return Ok(None) };
+//!         let (stdout, _stderr) = hit.logs().await?;
+//!         hit.restore(ws).await?;
+//!         print!("{}", String::from_utf8_lossy(&stdout.unwrap_or_default()));
+//!         Ok::<_, cache_core::BackendError>(Some(hit.exit_code()))
+//!     };
+//!     match replayed.await {
+//!         Ok(Some(code)) => return Ok(code),
+//!         Ok(None) => {}
+//!         Err(e) if e.is_cache_fault() => {} // run uncached
 //!         Err(e) => return Err(e),
 //!     }
-//!     // ... run the task, then:
+//!     // ... run the task, then (a failed store is a warning, never the task's failure):
 //!     let entry = CacheEntry { exit_code: 0, ..CacheEntry::default() };
-//!     cache.store(task, &key, &entry, policy).await?;
+//!     if let Err(e) = cache.store(task, &key.to_string(), &entry, policy).await {
+//!         eprintln!("warning: not cached: {e}");
+//!     }
 //!     Ok(0)
 //! }
 //! ```
 
 mod backend;
+mod blocking;
+mod cache;
 mod combinators;
 mod digest;
 mod error;
+mod hit;
 mod key;
 mod path;
 mod policy;
-mod recent;
-pub mod record;
-pub mod restore;
-mod storage;
+mod record;
+pub mod storage;
 mod task;
 mod workspace;
 
 pub use backend::{
     CacheBackend, CacheEntry, CacheLookupResult, CacheOutput, LogBytes, OutputContent,
 };
+pub use blocking::{Job, Spawner, thread_per_job};
+pub use cache::Cache;
 pub use combinators::{CircuitBreaker, Instrumented, Metrics, Tiered, TieredStats};
-#[cfg(unix)]
-pub use digest::kernel_copy_hashing;
-pub use digest::{
-    BlobRef, COPY_BUFFER, Digest, DigestAlgorithm, Hasher, check_blob, copy_hashing, copy_verified,
-    hash_reader,
-};
-pub use error::{BackendError, BackendResult};
+pub use digest::{BlobRef, Digest, DigestAlgorithm, Hasher};
+pub use error::{BackendError, BackendResult, BoxError, Detail, Fault};
+pub use hit::Hit;
 pub use key::{InputFile, TaskKeyBuilder};
 pub use path::{OutputKind, RelPath, check_layout, check_symlink_target};
 pub use policy::{CachePolicy, effective_policy, policy_allows_read, policy_allows_write};
-pub use record::{ActionRecord, INLINE_LOG_MAX, LogRecord, MAX_ENTRY_BYTES, OutputRecord};
-pub use restore::{Prepared, Restore, Restored, restore_in_steps};
-pub use storage::{BlobSource, BlockingJob, Cache, FileRestore, Found, Storage, lookup_in_steps};
 pub use task::{OutputType, Task, TaskOutput};
 pub use workspace::{PendingFile, Workspace};
 

@@ -115,7 +115,7 @@ impl ActionRecord {
     /// hostile entries.
     pub fn encode(&self) -> BackendResult<Vec<u8>> {
         let payload =
-            postcard::to_stdvec(self).map_err(|e| BackendError::Serialization(e.to_string()))?;
+            postcard::to_stdvec(self).map_err(|e| BackendError::serialization("encode a cache entry", e))?;
         let mut out = Vec::with_capacity(HEADER + payload.len());
         out.extend_from_slice(MAGIC);
         out.push(VERSION);
@@ -128,7 +128,7 @@ impl ActionRecord {
     /// [`BackendError::CorruptEntry`] naming the key and the failed check.
     pub fn decode(key: &Digest, bytes: &[u8]) -> BackendResult<Self> {
         let corrupt = |reason: String| BackendError::CorruptEntry {
-            key: key.to_string(),
+            key: *key,
             reason,
         };
         if bytes.len() > MAX_ENTRY_BYTES {

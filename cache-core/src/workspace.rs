@@ -15,6 +15,7 @@
 use crate::digest::check_blob;
 use crate::path::check_symlink_target;
 use crate::{BackendError, BackendResult, BlobRef, RelPath};
+
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -222,7 +223,7 @@ impl Workspace {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(BackendError::io_with_context("read the cached bytes of", pending.path(), e)),
             };
             pending
                 .write_all(&buf[..n])
@@ -431,7 +432,7 @@ impl PendingFile {
                 ),
             ));
         }
-        let actual = crate::kernel_copy_hashing(
+        let actual = crate::digest::kernel_copy_hashing(
             src,
             self.tmp.as_file(),
             self.expected.size.saturating_add(1),
@@ -549,7 +550,8 @@ mod tests {
 
     #[test]
     fn kernel_copy_hashes_what_landed_up_to_the_limit() {
-        use crate::{COPY_BUFFER, DigestAlgorithm, kernel_copy_hashing};
+        use crate::DigestAlgorithm;
+        use crate::digest::{COPY_BUFFER, kernel_copy_hashing};
         use std::io::Seek;
         let dir = tempfile::tempdir().unwrap();
         let alg = DigestAlgorithm::Blake3;

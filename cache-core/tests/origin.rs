@@ -1,8 +1,18 @@
 //! The origin API's unit tests (`../shared/seed/backend.rs.txt`), ported unchanged in meaning.
 
 use cache_core::{
-    BackendError, CacheLookupResult, CachePolicy, policy_allows_read, policy_allows_write,
+    BackendError, BlobRef, CacheLookupResult, CachePolicy, Digest, DigestAlgorithm, Fault,
+    policy_allows_read, policy_allows_write,
 };
+
+// The origin's errors carried strings; they carry typed digests now.
+fn some_digest() -> Digest {
+    DigestAlgorithm::Sha256.digest(b"test")
+}
+
+fn blob(data: &[u8]) -> BlobRef {
+    BlobRef::of(DigestAlgorithm::Blake3, data)
+}
 
 #[test]
 fn test_cache_lookup_result() {
@@ -36,11 +46,11 @@ fn test_policy_allows_write() {
 #[test]
 fn test_is_gracefully_degradable() {
     // Transient failures should allow graceful degradation
-    assert!(BackendError::Unavailable("test".to_string()).is_gracefully_degradable());
-    assert!(BackendError::Connection("test".to_string()).is_gracefully_degradable());
+    assert!(BackendError::Unavailable("test".into()).is_gracefully_degradable());
+    assert!(BackendError::Connection("test".into()).is_gracefully_degradable());
     assert!(
         BackendError::ActionNotFound {
-            digest: "test".to_string()
+            digest: some_digest()
         }
         .is_gracefully_degradable()
     );
@@ -55,17 +65,17 @@ fn test_is_gracefully_degradable() {
         }
         .is_gracefully_degradable()
     );
-    assert!(!BackendError::Serialization("test".to_string()).is_gracefully_degradable());
+    assert!(!BackendError::Serialization("test".into()).is_gracefully_degradable());
     assert!(
         !BackendError::DigestMismatch {
-            expected: "a".to_string(),
-            actual: "b".to_string()
+            expected: blob(b"a"),
+            actual: blob(b"b")
         }
         .is_gracefully_degradable()
     );
     assert!(
         !BackendError::BlobNotFound {
-            digest: "test".to_string()
+            digest: blob(b"test")
         }
         .is_gracefully_degradable()
     );
@@ -98,12 +108,68 @@ fn added_variants_are_hard() {
             reason: "r".into(),
         },
         BackendError::CorruptEntry {
-            key: "k".into(),
+            key: some_digest(),
             reason: "r".into(),
         },
     ] {
         assert!(!e.is_gracefully_degradable(), "{e}");
     }
+}
+
+/// Cache faults make the task run uncached; caller faults say what to fix.
+#[test]
+fn faults_are_classified() {
+    let cache = [
+        BackendError::Unavailable("x".into()),
+        BackendError::Io(std::io::Error::other("x")),
+        BackendError::CorruptEntry {
+            key: some_digest(),
+            reason: "r".into(),
+        },
+        BackendError::BlobNotFound { digest: blob(b"x") },
+        BackendError::DigestMismatch {
+            expected: blob(b"a"),
+            actual: blob(b"b"),
+        },
+    ];
+    for e in cache {
+        assert_eq!(e.fault(), Fault::Cache, "{e}");
+        assert!(e.is_cache_fault());
+    }
+    let caller = [
+        BackendError::InvalidKey {
+            value: "x".into(),
+            reason: "r",
+        },
+        BackendError::InvalidOutput {
+            path: "x".into(),
+            reason: "r".into(),
+        },
+        BackendError::InvalidInput {
+            pattern: "x".into(),
+            reason: "r".into(),
+        },
+        BackendError::UnsafePath {
+            path: "x".into(),
+            reason: "r".into(),
+        },
+    ];
+    for e in caller {
+        assert_eq!(e.fault(), Fault::Caller, "{e}");
+    }
+}
+
+/// Wrapped errors stay reachable as sources.
+#[test]
+fn sources_are_kept() {
+    use std::error::Error;
+    let e = BackendError::Connection(cache_core::Detail::with_source(
+        "connect to 127.0.0.1:9",
+        std::io::Error::other("refused"),
+    ));
+    let detail = e.source().expect("the detail");
+    assert_eq!(detail.source().expect("the io error").to_string(), "refused");
+    assert!(e.to_string().contains("refused"), "{e}");
 }
 
 /// `CacheBackend` is object-safe and usable behind `Arc` and `Box`.

@@ -1,10 +1,8 @@
 //! The blocking halves of store and restore: one pass per file, few jobs per batch.
 
-use crate::layout::{self, Layout};
-use cache_core::{
-    BackendError, BackendResult, BlobRef, BlobSource, DigestAlgorithm, FileRestore, copy_hashing,
-    kernel_copy_hashing,
-};
+use crate::layout::Layout;
+use cache_core::storage::{BlobSource, copy_hashing, kernel_copy_hashing};
+use cache_core::{BackendError, BackendResult, BlobRef, DigestAlgorithm};
 use std::fs::File;
 use std::io::{self, Read, Seek, Write};
 use std::path::Path;
@@ -39,10 +37,17 @@ impl<'a> StoreJob<'a> {
     }
 
     /// Stores one source and returns its ref.
-    pub fn put(&mut self, source: &BlobSource) -> BackendResult<BlobRef> {
+    pub fn put(&mut self, source: BlobSource) -> BackendResult<BlobRef> {
         match source {
-            BlobSource::Bytes(b) => self.put_bytes(b, None),
-            BlobSource::File(path) => self.put_file(path),
+            BlobSource::Bytes(b) => self.put_bytes(&b, None),
+            BlobSource::File(path) => self.put_file(&path),
+            BlobSource::Reader(mut r) => {
+                let mut tmp = self.layout.temp()?;
+                let blob = copy_hashing(&mut r, tmp.as_file_mut(), ALGORITHM).map_err(|e| {
+                    BackendError::io_with_context("copy a blob into", tmp.path(), e)
+                })?;
+                self.publish_streamed(tmp, blob)
+            }
         }
     }
 
@@ -93,6 +98,16 @@ impl<'a> StoreJob<'a> {
         };
         let blob = copied
             .map_err(|e| BackendError::io_with_context("copy output into the cache", path, e))?;
+        self.publish_streamed(tmp, blob)
+    }
+
+    /// Renames a filled temporary file to its digest name, or drops it if that blob is
+    /// stored already.
+    fn publish_streamed(
+        &mut self,
+        tmp: tempfile::NamedTempFile,
+        blob: BlobRef,
+    ) -> BackendResult<BlobRef> {
         let dest = self.layout.blob_path(&blob.digest);
         if reuse(&dest, blob.size) {
             return Ok(blob);
@@ -134,60 +149,6 @@ fn reuse(dest: &Path, size: u64) -> bool {
         }
         _ => false,
     }
-}
-
-/// Restores one file through the audited writer: small ones in one pass read → hash →
-/// write, large ones by the kernel's copy with the copy hashed on a second thread. A
-/// blob that fails verification is removed so the next store repairs it.
-pub(crate) fn restore_one(layout: &Layout, f: &FileRestore) -> BackendResult<()> {
-    let path = layout.blob_path(&f.blob.digest);
-    let mut file = match File::open(&path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(BackendError::BlobNotFound {
-                digest: f.blob.to_string(),
-            });
-        }
-        Err(e) => return Err(BackendError::io_with_context("open blob", &path, e)),
-    };
-    let written = if f.blob.size >= PIPELINE_MIN {
-        f.copy_from_file(&file).map(drop)
-    } else {
-        f.write_from(&mut file).map(drop)
-    };
-    match written {
-        Ok(()) => Ok(()),
-        Err(e @ BackendError::DigestMismatch { .. }) => {
-            match layout::remove_if_same(&path, &file) {
-                Ok(removed) => tracing::warn!(
-                    blob = %f.blob, path = %path.display(), removed, error = %e,
-                    "corrupt blob in the local cache: removed it, the next store will repair it"
-                ),
-                Err(re) => tracing::warn!(
-                    blob = %f.blob, path = %path.display(), error = %e, remove_error = %re,
-                    "corrupt blob in the local cache, and it could not be removed"
-                ),
-            }
-            Err(e)
-        }
-        Err(e) => Err(e),
-    }
-}
-
-/// Reads a whole blob (at most `size + 1` bytes); `None` if absent.
-pub(crate) fn read_blob(layout: &Layout, blob: &BlobRef) -> BackendResult<Option<Vec<u8>>> {
-    let path = layout.blob_path(&blob.digest);
-    let file = match File::open(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(BackendError::io_with_context("open blob", &path, e)),
-    };
-    let cap = usize::try_from(blob.size.min(64 << 20)).unwrap_or(0) + 1;
-    let mut out = Vec::with_capacity(cap);
-    file.take(blob.size.saturating_add(1))
-        .read_to_end(&mut out)
-        .map_err(|e| BackendError::io_with_context("read blob", &path, e))?;
-    Ok(Some(out))
 }
 
 /// Splits `n` items of the given weights into at most `parts` contiguous ranges of

@@ -83,18 +83,14 @@
 //!   thread hashes what landed. Memory stays at a few MiB whatever the output size.
 
 mod counters;
-#[doc(hidden)]
-pub mod drill;
 mod io;
 mod layout;
 mod maint;
 
 pub use layout::{LAYOUT_FILE, LAYOUT_VERSION};
 
-use cache_core::{
-    ActionRecord, BackendError, BackendResult, BlobRef, BlobSource, BlockingJob, Digest,
-    FileRestore, Found, Restore, Restored, Storage,
-};
+use cache_core::storage::{ActionRecord, BlobSource, Storage};
+use cache_core::{BackendError, BackendResult, BlobRef, Digest};
 use counters::Counters;
 use layout::Layout;
 use serde::Serialize;
@@ -214,8 +210,11 @@ impl std::fmt::Debug for LocalStorage {
 pub type LocalCache = cache_core::Cache<LocalStorage>;
 
 /// Opens (creating if needed) the cache in `dir`; see [`LocalStorage::open`].
+///
+/// The cache runs its blocking work on tokio's blocking pool, so it must be used inside
+/// a tokio runtime.
 pub fn open(dir: impl AsRef<Path>, opts: LocalOptions) -> BackendResult<LocalCache> {
-    LocalStorage::open(dir, opts).map(cache_core::Cache::new)
+    LocalStorage::open(dir, opts).map(LocalStorage::into_cache)
 }
 
 /// How many blocking jobs a batch is split into.
@@ -225,17 +224,6 @@ fn parallelism() -> usize {
 
 /// Batches smaller than this many files run as one job.
 const BATCH_MIN: usize = 64;
-
-/// How many blocking jobs a restore of `files` files totalling `bytes` is split into:
-/// one for the common small restore (one trip to the blocking pool), more when there
-/// are many files or several large ones to overlap.
-fn restore_parts(files: usize, bytes: u64) -> usize {
-    if files >= BATCH_MIN || (files >= 2 && bytes >= 8 << 20) {
-        parallelism()
-    } else {
-        1
-    }
-}
 
 impl LocalStorage {
     /// Opens (creating if needed) the cache in `dir`: creates the directory and its
@@ -251,6 +239,34 @@ impl LocalStorage {
             }),
             gc: GcOptions::default(),
         })
+    }
+
+    /// This storage as a full cache whose blocking work runs on tokio's blocking pool.
+    pub fn into_cache(self) -> LocalCache {
+        cache_core::Cache::new(self, |job| {
+            tokio::task::spawn_blocking(job);
+        })
+    }
+
+    /// Adds lookups decided by a caller (the `taskcache` command: one per run) to the
+    /// hit and miss counts every process shares in this directory
+    /// ([`LocalStats::hits`], [`LocalStats::misses`]). Best effort: statistics never
+    /// fail a run.
+    pub async fn record_lookups(&self, hits: u64, misses: u64) {
+        let recorded = self
+            .blocking(move |i| {
+                for _ in 0..hits {
+                    i.counters.hit();
+                }
+                for _ in 0..misses {
+                    i.counters.miss();
+                }
+                Ok(())
+            })
+            .await;
+        if let Err(e) = recorded {
+            tracing::debug!(error = %e, "could not record lookup counts");
+        }
     }
 
     /// Sets the options used by the GC that runs after stores when
@@ -327,14 +343,6 @@ impl LocalStorage {
     pub fn entry_path(&self, key: &Digest) -> PathBuf {
         self.inner.layout.entry_path(key)
     }
-
-    /// Publishes raw bytes as the entry for `key`, bypassing encoding (for tests that
-    /// plant hostile entries).
-    pub async fn write_raw_entry(&self, key: &Digest, bytes: Vec<u8>) -> BackendResult<()> {
-        let key = *key;
-        self.blocking(move |i| i.layout.write_atomic(&i.layout.entry_path(&key), &bytes))
-            .await
-    }
 }
 
 /// The blobs that are not stored with their recorded size (a torn or truncated blob
@@ -361,7 +369,7 @@ async fn join<T>(h: tokio::task::JoinHandle<BackendResult<T>>) -> BackendResult<
     match h.await {
         Ok(r) => r,
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        Err(e) => Err(BackendError::Unavailable(format!(
+        Err(e) => Err(BackendError::unavailable(format!(
             "cache-local: a blocking job was cancelled: {e}"
         ))),
     }
@@ -373,52 +381,32 @@ impl Storage for LocalStorage {
         "local"
     }
 
-    async fn run_blocking(&self, job: BlockingJob) -> BackendResult<()> {
-        join(tokio::task::spawn_blocking(job)).await
-    }
-
-    async fn get_entry(&self, key: &Digest) -> BackendResult<Option<Vec<u8>>> {
-        let key = *key;
-        self.blocking(move |i| maint::read_entry(&i.layout.entry_path(&key), &key))
-            .await
-    }
-
-    async fn lookup(&self, key: &Digest) -> BackendResult<Option<Found>> {
-        // The whole lookup, and its count, in one blocking job.
+    async fn get_entry(&self, key: &Digest) -> BackendResult<Option<ActionRecord>> {
+        // Read and decode in one blocking job: a large entry never decodes on the executor.
         let key = *key;
         self.blocking(move |i| {
-            let Some(bytes) = maint::read_entry(&i.layout.entry_path(&key), &key)? else {
-                i.counters.miss();
-                return Ok(None);
-            };
-            // A corrupt entry is counted by `lookup_discarded`.
-            let record = ActionRecord::decode(&key, &bytes)?;
-            let missing = missing_blobs(&i.layout, record.blobs());
-            if missing.is_empty() {
-                i.counters.hit();
-            } else {
-                i.counters.miss();
-            }
-            Ok(Some(Found {
-                record,
-                encoded_len: bytes.len(),
-                missing,
-            }))
+            maint::read_entry(&i.layout.entry_path(&key), &key)?
+                .map(|bytes| ActionRecord::decode(&key, &bytes))
+                .transpose()
         })
         .await
     }
 
-    async fn put_entry(&self, key: &Digest, entry: Vec<u8>) -> BackendResult<()> {
-        let key = *key;
+    async fn put_entry(&self, record: Arc<ActionRecord>) -> BackendResult<()> {
         let max = self.inner.opts.max_size;
         let gc = self.gc;
         self.blocking(move |i| {
-            i.layout.write_atomic(&i.layout.entry_path(&key), &entry)?;
-            i.counters.added(entry.len() as u64);
+            let bytes = record.encode()?;
+            i.layout
+                .write_atomic(&i.layout.entry_path(&record.key), &bytes)?;
+            i.counters.added(bytes.len() as u64);
+            // The entry is published: from here on nothing may fail the store.
             if let Some(max) = max {
                 let estimate = i.counters.read(&i.layout).map_or(0, |t| t.size_estimate);
                 if estimate > max {
-                    maint::gc(&i.layout, &i.counters, max, gc)?;
+                    if let Err(e) = maint::gc(&i.layout, &i.counters, max, gc) {
+                        tracing::warn!(dir = %i.layout.root.display(), error = %e, "eviction after a store failed; the cache may stay over its size limit");
+                    }
                 }
             }
             Ok(())
@@ -444,8 +432,8 @@ impl Storage for LocalStorage {
 
     async fn put_blobs(&self, sources: Vec<BlobSource>) -> BackendResult<Vec<BlobRef>> {
         let n = sources.len();
-        let has_files = sources.iter().any(|s| matches!(s, BlobSource::File(_)));
-        let parts = if n >= BATCH_MIN || (has_files && n >= 2) {
+        let streamed = sources.iter().any(|s| !matches!(s, BlobSource::Bytes(_)));
+        let parts = if n >= BATCH_MIN || (streamed && n >= 2) {
             parallelism()
         } else {
             1
@@ -454,18 +442,18 @@ impl Storage for LocalStorage {
             .iter()
             .map(|s| match s {
                 BlobSource::Bytes(b) => b.len() as u64,
-                BlobSource::File(_) => 0,
+                BlobSource::File(_) | BlobSource::Reader(_) => 0,
             })
             .collect();
-        let sources = Arc::new(sources);
+        let mut sources = sources.into_iter();
         let mut jobs = Vec::new();
         for range in io::split_ranges(&weights, parts) {
             let inner = Arc::clone(&self.inner);
-            let sources = Arc::clone(&sources);
+            let part: Vec<BlobSource> = sources.by_ref().take(range.len()).collect();
             jobs.push(tokio::task::spawn_blocking(move || {
                 let mut job = io::StoreJob::new(&inner.layout);
-                let refs = sources[range]
-                    .iter()
+                let refs = part
+                    .into_iter()
                     .map(|s| job.put(s))
                     .collect::<BackendResult<Vec<_>>>();
                 inner.counters.added(job.written);
@@ -488,53 +476,13 @@ impl Storage for LocalStorage {
         }
     }
 
-    async fn read_blob(&self, blob: &BlobRef) -> BackendResult<Option<Vec<u8>>> {
-        let blob = *blob;
-        self.blocking(move |i| io::read_blob(&i.layout, &blob))
-            .await
-    }
-
-    async fn restore_files(&self, files: Vec<FileRestore>) -> BackendResult<()> {
-        let weights: Vec<u64> = files.iter().map(|f| f.blob.size).collect();
-        let parts = restore_parts(files.len(), weights.iter().sum());
-        let files = Arc::new(files);
-        let mut jobs = Vec::new();
-        for range in io::split_ranges(&weights, parts) {
-            let inner = Arc::clone(&self.inner);
-            let files = Arc::clone(&files);
-            jobs.push(tokio::task::spawn_blocking(move || {
-                files[range]
-                    .iter()
-                    .try_for_each(|f| io::restore_one(&inner.layout, f))
-            }));
-        }
-        let mut first_err = None;
-        for j in jobs {
-            if let Err(e) = join(j).await {
-                first_err.get_or_insert(e);
-            }
-        }
-        first_err.map_or(Ok(()), Err)
-    }
-
-    async fn restore(&self, key: &Digest, restore: Restore) -> BackendResult<Restored> {
-        if restore_parts(restore.file_count(), restore.file_bytes()) > 1 {
-            return cache_core::restore_in_steps(self, key, restore).await;
-        }
-        // The common hit: the whole restore and the recency update in one blocking job.
-        let key = *key;
-        self.blocking(move |i| {
-            let mut prepared = restore.prepare()?;
-            for f in prepared.take_files() {
-                io::restore_one(&i.layout, &f)?;
-            }
-            let restored = prepared.finish()?;
-            if let Err(e) = touch_entry(&i.layout, &key) {
-                tracing::debug!(%key, error = %e, "could not record recency");
-            }
-            Ok(restored)
-        })
-        .await
+    async fn open_blobs(&self, blobs: Vec<BlobRef>) -> BackendResult<Vec<Option<BlobSource>>> {
+        // No I/O here: the reader opens the file on its blocking thread, and a file
+        // gone by then reads as a missing blob. `find_missing_blobs` ran at lookup.
+        Ok(blobs
+            .iter()
+            .map(|b| Some(BlobSource::File(self.inner.layout.blob_path(&b.digest))))
+            .collect())
     }
 
     async fn remove_blob(&self, blob: &BlobRef) -> BackendResult<()> {
@@ -544,21 +492,11 @@ impl Storage for LocalStorage {
             let removed = layout::remove_quiet(&path)
                 .map_err(|e| BackendError::io_with_context("remove blob", &path, e))?;
             if removed {
-                tracing::warn!(%blob, path = %path.display(), "removed a blob that failed verification");
+                tracing::warn!(%blob, path = %path.display(), "removed a blob that failed verification; the next store repairs it");
             }
             Ok(())
         })
         .await
-    }
-
-    async fn lookup_discarded(&self, _key: &Digest) {
-        // Best effort, like every counter update: statistics never fail a lookup.
-        let _ = self
-            .blocking(|i| {
-                i.counters.miss();
-                Ok(())
-            })
-            .await;
     }
 
     async fn touch(&self, key: &Digest) -> BackendResult<()> {

@@ -4,7 +4,8 @@
 use crate::counters::Counters;
 use crate::layout::{self, Found, Layout};
 use crate::{GcOptions, GcReport, LocalStats, VerifyReport};
-use cache_core::{ActionRecord, BackendError, BackendResult, Digest, MAX_ENTRY_BYTES, hash_reader};
+use cache_core::storage::{ActionRecord, MAX_ENTRY_BYTES, hash_reader};
+use cache_core::{BackendError, BackendResult, Digest};
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Read};
@@ -40,7 +41,7 @@ pub(crate) fn read_entry(path: &Path, key: &Digest) -> BackendResult<Option<Vec<
         .map_err(|e| BackendError::io_with_context("read cache entry", path, e))?;
     if bytes.len() > MAX_ENTRY_BYTES {
         return Err(BackendError::CorruptEntry {
-            key: key.to_string(),
+            key: *key,
             reason: format!(
                 "the entry file {} is over the {MAX_ENTRY_BYTES}-byte limit",
                 path.display()

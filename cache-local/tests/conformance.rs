@@ -12,7 +12,14 @@ struct LocalTamper(LocalStorage);
 #[async_trait]
 impl Tamper for LocalTamper {
     async fn write_raw_entry(&self, key: &Digest, bytes: Vec<u8>) -> BackendResult<()> {
-        self.0.write_raw_entry(key, bytes).await
+        // Published the way a writer publishes: a whole file renamed into place.
+        let path = self.0.entry_path(key);
+        let ctx = |e| BackendError::io_with_context("plant an entry at", &path, e);
+        let dir = path.parent().expect("entries live in a fan-out directory");
+        std::fs::create_dir_all(dir).map_err(ctx)?;
+        let tmp = dir.join(format!(".planted-{}", std::process::id()));
+        std::fs::write(&tmp, bytes).map_err(ctx)?;
+        std::fs::rename(&tmp, &path).map_err(ctx)
     }
 
     async fn flip_blob_byte(&self, blob: &BlobRef) -> BackendResult<()> {

@@ -2,9 +2,10 @@
 
 #![allow(clippy::cast_possible_truncation)]
 
+use cache_core::storage::{BlobSource, MAX_ENTRY_BYTES, Storage};
 use cache_core::{
     BackendError, BlobRef, CacheBackend, CacheEntry, CacheOutput, CachePolicy, Digest,
-    DigestAlgorithm, Storage, Task,
+    DigestAlgorithm, Task,
 };
 use cache_local::{GcOptions, LocalCache, LocalOptions, LocalStorage};
 use std::path::Path;
@@ -252,18 +253,12 @@ async fn hits_and_misses_survive_the_process() {
     {
         let cache = open(&dir);
         store_bytes(&cache, &key(1), &[("a", b"a".to_vec())]).await;
-        assert!(is_hit(&cache, &key(1)).await);
-        assert!(!is_hit(&cache, &key(2)).await);
-        assert!(!is_hit(&cache, &key(3)).await);
-        // No I/O for a policy that does not read: not a lookup.
-        cache
-            .check(&task(), &key(4), CachePolicy::Writeonly)
-            .await
-            .unwrap();
+        // The caller decides what a lookup was (the CLI: one per run) and records it.
+        cache.storage().record_lookups(1, 2).await;
     }
     // Another "process": a fresh storage on the same directory.
     let other = open(&dir);
-    assert!(is_hit(&other, &key(1)).await);
+    other.storage().record_lookups(1, 0).await;
     let s = other.storage().stats().await.unwrap();
     assert_eq!((s.hits, s.misses), (2, 2), "{s:?}");
     assert_eq!((s.entries, s.blobs), (1, 1));
@@ -354,11 +349,9 @@ async fn corrupt_and_oversized_entries_are_misses() {
     let tmp = tempfile::tempdir().unwrap();
     let cache = open(&tmp.path().join("c"));
     let k = Digest::parse(&key(1)).unwrap();
-    cache
-        .storage()
-        .write_raw_entry(&k, b"TCAR garbage".to_vec())
-        .await
-        .unwrap();
+    let entry = cache.storage().entry_path(&k);
+    std::fs::create_dir_all(entry.parent().unwrap()).unwrap();
+    std::fs::write(&entry, b"TCAR garbage").unwrap();
     assert!(
         !cache
             .check(&task(), &key(1), CachePolicy::Readonly)
@@ -382,16 +375,11 @@ async fn corrupt_and_oversized_entries_are_misses() {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::File::create(&path)
         .unwrap()
-        .set_len(cache_core::MAX_ENTRY_BYTES as u64 + 10)
+        .set_len(MAX_ENTRY_BYTES as u64 + 10)
         .unwrap();
     let err = cache.storage().get_entry(&k2).await.unwrap_err();
     assert!(matches!(err, BackendError::CorruptEntry { .. }), "{err}");
     assert!(!is_hit(&cache, &key(2)).await);
-
-    // Every lookup above was a miss, and each is counted once (the direct get_entry
-    // is not a lookup).
-    let stats = cache.storage().stats().await.unwrap();
-    assert_eq!((stats.hits, stats.misses), (0, 3));
 }
 
 #[tokio::test]
@@ -466,8 +454,8 @@ async fn gc_keeps_young_blobs_and_removes_unreferenced_old_ones() {
     let old = content(2, 1000);
     storage
         .put_blobs(vec![
-            cache_core::BlobSource::Bytes(young.clone()),
-            cache_core::BlobSource::Bytes(old.clone()),
+            BlobSource::Bytes(young.clone().into()),
+            BlobSource::Bytes(old.clone().into()),
         ])
         .await
         .unwrap();
@@ -597,17 +585,16 @@ async fn durable_stores_work_the_same() {
 async fn max_size_evicts_after_stores() {
     let tmp = tempfile::tempdir().unwrap();
     let max = 300_000;
-    let cache = LocalCache::new(
-        LocalStorage::open(
-            tmp.path().join("c"),
-            LocalOptions {
-                durable: false,
-                max_size: Some(max),
-            },
-        )
-        .unwrap()
-        .with_gc_options(no_grace()),
-    );
+    let cache: LocalCache = LocalStorage::open(
+        tmp.path().join("c"),
+        LocalOptions {
+            durable: false,
+            max_size: Some(max),
+        },
+    )
+    .unwrap()
+    .with_gc_options(no_grace())
+    .into_cache();
     for n in 0..10u64 {
         store_bytes(&cache, &key(n), &[("f", content(n, 100_000))]).await;
         let s = cache.storage().stats().await.unwrap();

@@ -2,9 +2,10 @@
 //! a chosen error, or answer slowly.
 
 use async_trait::async_trait;
+use cache_core::storage::{ActionRecord, BlobSource, Storage};
 use cache_core::{
-    BackendError, BackendResult, BlobRef, BlobSource, BlockingJob, CacheBackend, CacheEntry,
-    CacheLookupResult, CacheOutput, CachePolicy, Digest, FileRestore, LogBytes, Storage, Task,
+    BackendError, BackendResult, BlobRef, CacheBackend, CacheEntry, CacheLookupResult,
+    CacheOutput, CachePolicy, Digest, DigestAlgorithm, Hit, LogBytes, Task,
 };
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -66,21 +67,24 @@ impl FaultError {
     #[must_use]
     pub fn to_error(&self, op: &str) -> BackendError {
         let what = format!("fault injected into {op}");
+        // Typed fields get a recognisable digest of the message.
+        let digest = DigestAlgorithm::Blake3.digest(what.as_bytes());
+        let blob = BlobRef { digest, size: 0 };
         match self {
-            FaultError::Unavailable => BackendError::Unavailable(what),
-            FaultError::Connection => BackendError::Connection(what),
+            FaultError::Unavailable => BackendError::Unavailable(what.into()),
+            FaultError::Connection => BackendError::Connection(what.into()),
             FaultError::Io(kind) => BackendError::Io(std::io::Error::new(*kind, what)),
             FaultError::DigestMismatch => BackendError::DigestMismatch {
-                expected: what,
-                actual: "injected".into(),
+                expected: blob,
+                actual: BlobRef { digest, size: 1 },
             },
             FaultError::CorruptEntry => BackendError::CorruptEntry {
-                key: "injected".into(),
+                key: digest,
                 reason: what,
             },
-            FaultError::BlobNotFound => BackendError::BlobNotFound { digest: what },
-            FaultError::ActionNotFound => BackendError::ActionNotFound { digest: what },
-            FaultError::Serialization => BackendError::Serialization(what),
+            FaultError::BlobNotFound => BackendError::BlobNotFound { digest: blob },
+            FaultError::ActionNotFound => BackendError::ActionNotFound { digest },
+            FaultError::Serialization => BackendError::Serialization(what.into()),
         }
     }
 }
@@ -88,6 +92,10 @@ impl FaultError {
 /// The operations of a [`CacheBackend`], for [`FaultPlan::only`] on a [`FaultyBackend`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum BackendOp {
+    /// `lookup`.
+    Lookup,
+    /// `import`.
+    Import,
     /// `check`.
     Check,
     /// `store`.
@@ -103,8 +111,6 @@ pub enum BackendOp {
 /// The operations of a [`Storage`], for [`FaultPlan::only`] on a [`FaultyStorage`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum StorageOp {
-    /// `run_blocking`.
-    RunBlocking,
     /// `get_entry`.
     GetEntry,
     /// `put_entry`.
@@ -115,10 +121,8 @@ pub enum StorageOp {
     FindMissingBlobs,
     /// `put_blobs`.
     PutBlobs,
-    /// `read_blob`.
-    ReadBlob,
-    /// `restore_files`.
-    RestoreFiles,
+    /// `open_blobs`.
+    OpenBlobs,
     /// `remove_blob`.
     RemoveBlob,
     /// `touch`.
@@ -313,6 +317,26 @@ impl FaultyBackend {
 
 #[async_trait]
 impl CacheBackend for FaultyBackend {
+    async fn lookup(
+        &self,
+        task: &Task,
+        key: &Digest,
+        policy: CachePolicy,
+    ) -> BackendResult<Option<Hit>> {
+        self.injector.enter(BackendOp::Lookup).await?;
+        self.inner.lookup(task, key, policy).await
+    }
+
+    async fn import(
+        &self,
+        task: &Task,
+        hit: &Hit,
+        policy: CachePolicy,
+    ) -> BackendResult<Option<Hit>> {
+        self.injector.enter(BackendOp::Import).await?;
+        self.inner.import(task, hit, policy).await
+    }
+
     async fn check(
         &self,
         task: &Task,
@@ -395,19 +419,14 @@ impl<S: Storage> Storage for FaultyStorage<S> {
         self.inner.name()
     }
 
-    async fn run_blocking(&self, job: BlockingJob) -> BackendResult<()> {
-        self.injector.enter(StorageOp::RunBlocking).await?;
-        self.inner.run_blocking(job).await
-    }
-
-    async fn get_entry(&self, key: &Digest) -> BackendResult<Option<Vec<u8>>> {
+    async fn get_entry(&self, key: &Digest) -> BackendResult<Option<ActionRecord>> {
         self.injector.enter(StorageOp::GetEntry).await?;
         self.inner.get_entry(key).await
     }
 
-    async fn put_entry(&self, key: &Digest, entry: Vec<u8>) -> BackendResult<()> {
+    async fn put_entry(&self, record: Arc<ActionRecord>) -> BackendResult<()> {
         self.injector.enter(StorageOp::PutEntry).await?;
-        self.inner.put_entry(key, entry).await
+        self.inner.put_entry(record).await
     }
 
     async fn remove_entry(&self, key: &Digest) -> BackendResult<()> {
@@ -425,24 +444,14 @@ impl<S: Storage> Storage for FaultyStorage<S> {
         self.inner.put_blobs(sources).await
     }
 
-    async fn read_blob(&self, blob: &BlobRef) -> BackendResult<Option<Vec<u8>>> {
-        self.injector.enter(StorageOp::ReadBlob).await?;
-        self.inner.read_blob(blob).await
-    }
-
-    async fn restore_files(&self, files: Vec<FileRestore>) -> BackendResult<()> {
-        self.injector.enter(StorageOp::RestoreFiles).await?;
-        self.inner.restore_files(files).await
+    async fn open_blobs(&self, blobs: Vec<BlobRef>) -> BackendResult<Vec<Option<BlobSource>>> {
+        self.injector.enter(StorageOp::OpenBlobs).await?;
+        self.inner.open_blobs(blobs).await
     }
 
     async fn remove_blob(&self, blob: &BlobRef) -> BackendResult<()> {
         self.injector.enter(StorageOp::RemoveBlob).await?;
         self.inner.remove_blob(blob).await
-    }
-
-    async fn lookup_discarded(&self, key: &Digest) {
-        // A notification with no result: nothing to inject.
-        self.inner.lookup_discarded(key).await;
     }
 
     async fn touch(&self, key: &Digest) -> BackendResult<()> {

@@ -6,9 +6,9 @@
 //! returning errors.
 #![allow(clippy::missing_panics_doc)]
 
+use cache_core::storage::{ActionRecord, LogRecord};
 use cache_core::{
-    ActionRecord, BackendError, BackendResult, BlobRef, CacheEntry, CacheOutput, Digest,
-    DigestAlgorithm, LogRecord, Task,
+    BackendError, BackendResult, BlobRef, CacheEntry, CacheOutput, Digest, DigestAlgorithm, Task,
 };
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -185,7 +185,7 @@ impl Tree {
             } else {
                 let mut f = std::fs::File::open(&path)
                     .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
-                let blob = cache_core::hash_reader(&mut f, DigestAlgorithm::Blake3)
+                let blob = cache_core::storage::hash_reader(&mut f, DigestAlgorithm::Blake3)
                     .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
                 Node::File {
                     blob,

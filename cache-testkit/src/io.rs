@@ -1,10 +1,8 @@
 //! Counting a backend's storage I/O, so the suite can prove that a call did none.
 
 use async_trait::async_trait;
-use cache_core::{
-    BackendResult, BlobRef, BlobSource, BlockingJob, Digest, FileRestore, Found, Restore, Restored,
-    Storage,
-};
+use cache_core::storage::{ActionRecord, BlobSource, Storage};
+use cache_core::{BackendResult, BlobRef, Digest};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -95,7 +93,10 @@ impl IoCounter {
 /// ```
 /// use cache_testkit::{CountingStorage, IoCounter, MemoryStorage};
 /// let io = IoCounter::new();
-/// let cache = cache_core::Cache::new(CountingStorage::new(MemoryStorage::new(), io.clone()));
+/// let cache = cache_core::Cache::new(
+///     CountingStorage::new(MemoryStorage::new(), io.clone()),
+///     cache_testkit::spawn_blocking,
+/// );
 /// # let _ = cache;
 /// assert_eq!(io.snapshot().total(), 0);
 /// ```
@@ -128,19 +129,14 @@ impl<S: Storage> Storage for CountingStorage<S> {
         self.inner.name()
     }
 
-    async fn run_blocking(&self, job: BlockingJob) -> BackendResult<()> {
-        self.io.record_other();
-        self.inner.run_blocking(job).await
-    }
-
-    async fn get_entry(&self, key: &Digest) -> BackendResult<Option<Vec<u8>>> {
+    async fn get_entry(&self, key: &Digest) -> BackendResult<Option<ActionRecord>> {
         self.io.record_read();
         self.inner.get_entry(key).await
     }
 
-    async fn put_entry(&self, key: &Digest, entry: Vec<u8>) -> BackendResult<()> {
+    async fn put_entry(&self, record: Arc<ActionRecord>) -> BackendResult<()> {
         self.io.record_write();
-        self.inner.put_entry(key, entry).await
+        self.inner.put_entry(record).await
     }
 
     async fn remove_entry(&self, key: &Digest) -> BackendResult<()> {
@@ -158,22 +154,9 @@ impl<S: Storage> Storage for CountingStorage<S> {
         self.inner.put_blobs(sources).await
     }
 
-    async fn read_blob(&self, blob: &BlobRef) -> BackendResult<Option<Vec<u8>>> {
+    async fn open_blobs(&self, blobs: Vec<BlobRef>) -> BackendResult<Vec<Option<BlobSource>>> {
         self.io.record_read();
-        self.inner.read_blob(blob).await
-    }
-
-    async fn restore_files(&self, files: Vec<FileRestore>) -> BackendResult<()> {
-        self.io.record_read();
-        self.inner.restore_files(files).await
-    }
-
-    async fn restore(&self, key: &Digest, restore: Restore) -> BackendResult<Restored> {
-        // Forwarded whole, so the inner storage's own way (one job, say) is what runs.
-        // It reads blobs and refreshes recency.
-        self.io.record_read();
-        self.io.record_write();
-        self.inner.restore(key, restore).await
+        self.inner.open_blobs(blobs).await
     }
 
     async fn remove_blob(&self, blob: &BlobRef) -> BackendResult<()> {
@@ -181,19 +164,8 @@ impl<S: Storage> Storage for CountingStorage<S> {
         self.inner.remove_blob(blob).await
     }
 
-    async fn lookup(&self, key: &Digest) -> BackendResult<Option<Found>> {
-        // Forwarded whole, like `restore`: one call that reads.
-        self.io.record_read();
-        self.inner.lookup(key).await
-    }
-
-    async fn lookup_discarded(&self, key: &Digest) {
-        self.io.record_other();
-        self.inner.lookup_discarded(key).await;
-    }
-
     async fn touch(&self, key: &Digest) -> BackendResult<()> {
-        self.io.record_write();
+        self.io.record_other();
         self.inner.touch(key).await
     }
 

@@ -55,7 +55,8 @@
 //! (bucket, server, directory) you can afford to fill with test data.
 
 use async_trait::async_trait;
-use cache_core::{BackendResult, BlobRef, Cache, CacheBackend, Digest, Storage};
+use cache_core::storage::Storage;
+use cache_core::{BackendResult, BlobRef, Cache, CacheBackend, Digest};
 use std::sync::Arc;
 
 pub mod cases;
@@ -70,6 +71,12 @@ pub use fault::{
 };
 pub use io::{CountingStorage, IoCounter, IoSnapshot};
 pub use memory::{MemoryBackend, MemoryStorage};
+
+/// Runs a [`cache_core::Cache`]'s blocking jobs on tokio's blocking pool:
+/// `Cache::new(storage, cache_testkit::spawn_blocking)`.
+pub fn spawn_blocking(job: cache_core::Job) {
+    tokio::task::spawn_blocking(job);
+}
 
 /// Test-only access to a backend's stored bytes, so the suite can plant hostile and
 /// corrupt data. Each backend implements it in its own tests.
@@ -162,7 +169,7 @@ impl Harness {
     /// A harness over a [`Storage`]: the backend is `Cache<CountingStorage<S>>`.
     pub fn from_storage<S: Storage>(storage: S, tamper: Arc<dyn Tamper>) -> Self {
         let io = IoCounter::new();
-        let backend = Cache::new(CountingStorage::new(storage, io.clone()));
+        let backend = Cache::new(CountingStorage::new(storage, io.clone()), spawn_blocking);
         Harness::new(Arc::new(backend), tamper, io)
     }
 

@@ -2,18 +2,17 @@
 
 use crate::{Capabilities, CountingStorage, Harness, IoCounter, Tamper};
 use async_trait::async_trait;
+use cache_core::storage::{ActionRecord, BlobSource, Storage, copy_hashing};
 use cache_core::{
-    BackendError, BackendResult, BlobRef, BlobSource, BlockingJob, Cache, CacheBackend, CacheEntry,
-    CacheLookupResult, CacheOutput, CachePolicy, Digest, DigestAlgorithm, FileRestore, LogBytes,
-    MAX_ENTRY_BYTES, Storage, Task,
+    BackendError, BackendResult, BlobRef, Cache, CacheBackend, CacheEntry, CachePolicy, Digest,
+    DigestAlgorithm, Hit, Task,
 };
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 /// A stored byte string, shared rather than copied: a restore reads the stored buffer
 /// in place.
-type Shared = Arc<Vec<u8>>;
+type Shared = Arc<[u8]>;
 
 #[derive(Default)]
 struct State {
@@ -81,6 +80,13 @@ impl MemoryStorage {
         lock(&self.state.blobs).len()
     }
 
+    /// The stored bytes of the entry for `key`, undecoded (for tests of what a
+    /// careless reader would do with them).
+    #[must_use]
+    pub fn raw_entry(&self, key: &Digest) -> Option<Vec<u8>> {
+        lock(&self.state.entries).get(key).map(|b| b.to_vec())
+    }
+
     /// Total bytes of stored blobs.
     #[must_use]
     pub fn blob_bytes(&self) -> u64 {
@@ -89,24 +95,20 @@ impl MemoryStorage {
             .map(|b| b.len() as u64)
             .sum()
     }
-
-    fn blob(&self, blob: &BlobRef) -> Option<Shared> {
-        lock(&self.state.blobs).get(blob).cloned()
-    }
 }
 
-/// Hashes one source into a shared buffer (blocking for files).
+/// Hashes one source into a shared buffer (blocking for files and readers).
 fn load_source(source: BlobSource, algorithm: DigestAlgorithm) -> BackendResult<(BlobRef, Shared)> {
     match source {
-        BlobSource::Bytes(bytes) => Ok((BlobRef::of(algorithm, &bytes), Arc::new(bytes))),
-        BlobSource::File(path) => {
-            let source = BlobSource::File(path.clone());
-            let mut reader = source.open()?;
-            let len = std::fs::metadata(&path).map_or(0, |m| m.len());
-            let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
-            let blob = cache_core::copy_hashing(&mut reader, &mut bytes, algorithm)
-                .map_err(|e| BackendError::io_with_context("read output", &path, e))?;
-            Ok((blob, Arc::new(bytes)))
+        BlobSource::Bytes(bytes) => Ok((BlobRef::of(algorithm, &bytes), bytes)),
+        source => {
+            let what = format!("{source:?}");
+            let mut reader = source.into_reader()?;
+            let mut bytes = Vec::new();
+            let blob = copy_hashing(&mut reader, &mut bytes, algorithm).map_err(|e| {
+                BackendError::io_with_context("read blob source", what, e)
+            })?;
+            Ok((blob, Arc::from(bytes)))
         }
     }
 }
@@ -115,11 +117,14 @@ fn joined<T>(r: Result<BackendResult<T>, tokio::task::JoinError>) -> BackendResu
     match r {
         Ok(v) => v,
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        Err(e) => Err(BackendError::Unavailable(format!(
+        Err(e) => Err(BackendError::unavailable(format!(
             "memory storage: blocking job did not finish: {e}"
         ))),
     }
 }
+
+/// Entries larger than this are decoded on the blocking pool.
+const DECODE_INLINE_MAX: usize = 64 << 10;
 
 #[async_trait]
 impl Storage for MemoryStorage {
@@ -127,28 +132,23 @@ impl Storage for MemoryStorage {
         "memory"
     }
 
-    async fn run_blocking(&self, job: BlockingJob) -> BackendResult<()> {
-        joined(tokio::task::spawn_blocking(job).await)
-    }
-
-    async fn get_entry(&self, key: &Digest) -> BackendResult<Option<Vec<u8>>> {
+    async fn get_entry(&self, key: &Digest) -> BackendResult<Option<ActionRecord>> {
         let Some(bytes) = lock(&self.state.entries).get(key).cloned() else {
             return Ok(None);
         };
-        if bytes.len() > MAX_ENTRY_BYTES {
-            return Err(BackendError::CorruptEntry {
-                key: key.to_string(),
-                reason: format!(
-                    "stored entry is {} bytes, over the {MAX_ENTRY_BYTES}-byte limit",
-                    bytes.len()
-                ),
-            });
+        let key = *key;
+        if bytes.len() <= DECODE_INLINE_MAX {
+            return ActionRecord::decode(&key, &bytes).map(Some);
         }
-        Ok(Some(bytes.as_ref().clone()))
+        joined(
+            tokio::task::spawn_blocking(move || ActionRecord::decode(&key, &bytes).map(Some))
+                .await,
+        )
     }
 
-    async fn put_entry(&self, key: &Digest, entry: Vec<u8>) -> BackendResult<()> {
-        lock(&self.state.entries).insert(*key, Arc::new(entry));
+    async fn put_entry(&self, record: Arc<ActionRecord>) -> BackendResult<()> {
+        let bytes = record.encode()?;
+        lock(&self.state.entries).insert(record.key, Arc::from(bytes));
         Ok(())
     }
 
@@ -186,49 +186,21 @@ impl Storage for MemoryStorage {
             .collect())
     }
 
-    async fn read_blob(&self, blob: &BlobRef) -> BackendResult<Option<Vec<u8>>> {
-        Ok(self.blob(blob).map(|bytes| {
-            let limit = usize::try_from(blob.size.saturating_add(1)).unwrap_or(usize::MAX);
-            bytes[..bytes.len().min(limit)].to_vec()
-        }))
-    }
-
-    async fn restore_files(&self, files: Vec<FileRestore>) -> BackendResult<()> {
-        // Every blob must be there before anything is written.
-        let mut jobs = Vec::with_capacity(files.len());
-        for file in files {
-            let bytes = self
-                .blob(&file.blob)
-                .ok_or_else(|| BackendError::BlobNotFound {
-                    digest: file.blob.to_string(),
-                })?;
-            jobs.push((file, bytes));
-        }
-        let state = Arc::clone(&self.state);
-        joined(
-            tokio::task::spawn_blocking(move || {
-                for (file, bytes) in &jobs {
-                    if let Err(e) = file.write_from(&mut bytes.as_slice()) {
-                        if matches!(e, BackendError::DigestMismatch { .. }) {
-                            // Drop the corrupt copy (unless it was replaced meanwhile) so
-                            // the next store writes a good one.
-                            let mut blobs = lock(&state.blobs);
-                            if blobs.get(&file.blob).is_some_and(|b| Arc::ptr_eq(b, bytes)) {
-                                tracing::warn!(blob = %file.blob, "memory storage: dropping a blob that failed verification");
-                                blobs.remove(&file.blob);
-                            }
-                        }
-                        return Err(e);
-                    }
-                }
-                Ok(())
-            })
-            .await,
-        )
+    async fn open_blobs(&self, blobs: Vec<BlobRef>) -> BackendResult<Vec<Option<BlobSource>>> {
+        let stored = lock(&self.state.blobs);
+        Ok(blobs
+            .iter()
+            .map(|b| stored.get(b).map(|bytes| BlobSource::Bytes(Arc::clone(bytes))))
+            .collect())
     }
 
     async fn remove_blob(&self, blob: &BlobRef) -> BackendResult<()> {
         lock(&self.state.blobs).remove(blob);
+        Ok(())
+    }
+
+    async fn touch(&self, _key: &Digest) -> BackendResult<()> {
+        // No eviction, so no recency to keep.
         Ok(())
     }
 
@@ -240,7 +212,7 @@ impl Storage for MemoryStorage {
 #[async_trait]
 impl Tamper for MemoryStorage {
     async fn write_raw_entry(&self, key: &Digest, bytes: Vec<u8>) -> BackendResult<()> {
-        lock(&self.state.entries).insert(*key, Arc::new(bytes));
+        lock(&self.state.entries).insert(*key, Arc::from(bytes));
         Ok(())
     }
 
@@ -248,19 +220,17 @@ impl Tamper for MemoryStorage {
         let mut blobs = lock(&self.state.blobs);
         let stored = blobs
             .get_mut(blob)
-            .ok_or_else(|| BackendError::BlobNotFound {
-                digest: blob.to_string(),
-            })?;
+            .ok_or(BackendError::BlobNotFound { digest: *blob })?;
         if stored.is_empty() {
             return Err(BackendError::InvalidOutput {
                 path: blob.to_string(),
                 reason: "an empty blob has no byte to flip".into(),
             });
         }
-        let mut bytes = stored.as_ref().clone();
+        let mut bytes = stored.to_vec();
         let middle = bytes.len() / 2;
         bytes[middle] ^= 0xff;
-        *stored = Arc::new(bytes);
+        *stored = Arc::from(bytes);
         Ok(())
     }
 
@@ -268,9 +238,7 @@ impl Tamper for MemoryStorage {
         lock(&self.state.blobs)
             .remove(blob)
             .map(drop)
-            .ok_or_else(|| BackendError::BlobNotFound {
-                digest: blob.to_string(),
-            })
+            .ok_or(BackendError::BlobNotFound { digest: *blob })
     }
 }
 
@@ -318,7 +286,10 @@ impl MemoryBackend {
     #[must_use]
     pub fn from_storage(storage: MemoryStorage) -> Self {
         MemoryBackend {
-            cache: Cache::new(CountingStorage::new(storage, IoCounter::new())),
+            cache: Cache::new(
+                CountingStorage::new(storage, IoCounter::new()),
+                crate::spawn_blocking,
+            ),
         }
     }
 
@@ -348,13 +319,13 @@ impl MemoryBackend {
 
 #[async_trait]
 impl CacheBackend for MemoryBackend {
-    async fn check(
+    async fn lookup(
         &self,
         task: &Task,
-        digest: &str,
+        key: &Digest,
         policy: CachePolicy,
-    ) -> BackendResult<CacheLookupResult> {
-        self.cache.check(task, digest, policy).await
+    ) -> BackendResult<Option<Hit>> {
+        self.cache.lookup(task, key, policy).await
     }
 
     async fn store(
@@ -367,17 +338,13 @@ impl CacheBackend for MemoryBackend {
         self.cache.store(task, digest, entry, policy).await
     }
 
-    async fn restore_outputs(
+    async fn import(
         &self,
         task: &Task,
-        digest: &str,
-        workspace: &Path,
-    ) -> BackendResult<Vec<CacheOutput>> {
-        self.cache.restore_outputs(task, digest, workspace).await
-    }
-
-    async fn get_log_bytes(&self, task: &Task, digest: &str) -> BackendResult<LogBytes> {
-        self.cache.get_log_bytes(task, digest).await
+        hit: &Hit,
+        policy: CachePolicy,
+    ) -> BackendResult<Option<Hit>> {
+        self.cache.import(task, hit, policy).await
     }
 
     fn name(&self) -> &'static str {

@@ -1,9 +1,10 @@
-//! `cache_core::Cache` itself: one hit reads its entry once, and its three calls see one
-//! record even when another writer replaces the entry meanwhile.
+//! `cache_core::Cache` itself: a hit is a value. Its exit code, outputs and logs come
+//! from one record however long the caller takes and whatever other writers do; the
+//! three-call form looks up anew each call; a hit reads its entry once.
 
-use cache_core::{Cache, CacheBackend, CacheEntry, CacheOutput, CachePolicy};
+use cache_core::{Cache, CacheBackend, CacheEntry, CacheOutput, CachePolicy, Digest, Hit};
 use cache_testkit::fixtures::{TempWorkspace, fresh_key, task};
-use cache_testkit::{CountingStorage, IoCounter, MemoryStorage};
+use cache_testkit::{CountingStorage, IoCounter, MemoryStorage, spawn_blocking};
 
 fn entry(version: &str, exit_code: i32) -> CacheEntry {
     CacheEntry {
@@ -18,63 +19,107 @@ fn entry(version: &str, exit_code: i32) -> CacheEntry {
     }
 }
 
-async fn restored(cache: &dyn CacheBackend, key: &str) -> (String, String) {
+/// What a hit replays: (exit code, output file, stdout).
+async fn replay(hit: &Hit) -> (i32, String, String) {
     let ws = TempWorkspace::new();
-    cache
-        .restore_outputs(&task(), key, ws.root())
-        .await
-        .expect("restore");
+    hit.restore(ws.root()).await.expect("restore");
     let out = std::fs::read_to_string(ws.root().join("out.txt")).expect("read output");
-    let (stdout, _) = cache.get_log_bytes(&task(), key).await.expect("logs");
+    let (stdout, _) = hit.logs().await.expect("logs");
     (
+        hit.exit_code(),
         out,
         String::from_utf8(stdout.expect("stdout")).expect("utf-8"),
     )
 }
 
+fn digest(key: &str) -> Digest {
+    Digest::parse(key).expect("valid key")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hit_restores_the_record_its_check_saw() {
+async fn a_hit_replays_the_record_it_found_whatever_happens_meanwhile() {
     let storage = MemoryStorage::new();
-    let ours = Cache::new(storage.clone());
-    let other = Cache::new(storage);
+    let ours = Cache::new(storage.clone(), spawn_blocking);
+    let other = Cache::new(storage, spawn_blocking);
     let key = fresh_key();
     let p = CachePolicy::Normal;
     ours.store(&task(), &key, &entry("one", 0), p)
         .await
         .unwrap();
 
-    let hit = ours.check(&task(), &key, p).await.unwrap();
-    assert_eq!((hit.hit, hit.exit_code), (true, Some(0)));
-    // Another process replaces the entry between our check and our restore.
+    let hit = ours
+        .lookup(&task(), &digest(&key), p)
+        .await
+        .unwrap()
+        .expect("hit");
+    // Another process replaces the entry after our lookup, and we take our time
+    // (no clock is involved: this holds after any delay).
     other
         .store(&task(), &key, &entry("two", 3), p)
         .await
         .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     assert_eq!(
-        restored(&ours, &key).await,
-        ("output one\n".into(), "stdout one\n".into()),
+        replay(&hit).await,
+        (0, "output one\n".into(), "stdout one\n".into()),
         "exit code 0 came with version one: its outputs and logs must be version one"
     );
-    // Without a check of its own, the other handle reads what is stored now.
+    // A new lookup sees the new entry, whole.
+    let hit = ours
+        .lookup(&task(), &digest(&key), p)
+        .await
+        .unwrap()
+        .expect("hit");
     assert_eq!(
-        restored(&other, &key).await,
-        ("output two\n".into(), "stdout two\n".into())
+        replay(&hit).await,
+        (3, "output two\n".into(), "stdout two\n".into())
     );
-    // A new check sees the new entry, and the restore follows it.
-    let hit = ours.check(&task(), &key, p).await.unwrap();
-    assert_eq!(hit.exit_code, Some(3));
-    assert_eq!(restored(&ours, &key).await.0, "output two\n");
-    // A store through this handle is seen at once, check or not.
-    ours.store(&task(), &key, &entry("three", 0), p)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_three_call_form_reads_what_is_stored_at_each_call() {
+    let storage = MemoryStorage::new();
+    let ours = Cache::new(storage.clone(), spawn_blocking);
+    let other = Cache::new(storage, spawn_blocking);
+    let key = fresh_key();
+    let p = CachePolicy::Normal;
+    ours.store(&task(), &key, &entry("one", 0), p)
         .await
         .unwrap();
-    assert_eq!(restored(&ours, &key).await.0, "output three\n");
+    let hit = ours.check(&task(), &key, p).await.unwrap();
+    assert_eq!((hit.hit, hit.exit_code), (true, Some(0)));
+    other
+        .store(&task(), &key, &entry("two", 3), p)
+        .await
+        .unwrap();
+    // As documented: each call looks up anew, and each is one whole record.
+    let ws = TempWorkspace::new();
+    ours.restore_outputs(&task(), &key, ws.root())
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(ws.root().join("out.txt")).unwrap(),
+        "output two\n"
+    );
+    let (stdout, _) = ours.get_log_bytes(&task(), &key).await.unwrap();
+    assert_eq!(stdout.unwrap(), b"stdout two\n");
+    // No entry: ActionNotFound, a cache fault (the caller runs uncached).
+    let missing = fresh_key();
+    let err = ours
+        .restore_outputs(&task(), &missing, ws.root())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), "action_not_found", "{err}");
+    assert!(err.is_cache_fault());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hit_reads_its_entry_once() {
     let io = IoCounter::new();
-    let cache = Cache::new(CountingStorage::new(MemoryStorage::new(), io.clone()));
+    let cache = Cache::new(
+        CountingStorage::new(MemoryStorage::new(), io.clone()),
+        spawn_blocking,
+    );
     let key = fresh_key();
     let p = CachePolicy::Normal;
     cache
@@ -82,19 +127,23 @@ async fn a_hit_reads_its_entry_once() {
         .await
         .unwrap();
     let before = io.snapshot();
-    assert!(cache.check(&task(), &key, p).await.unwrap().hit);
-    let checked = io.snapshot();
+    let hit = cache
+        .lookup(&task(), &digest(&key), p)
+        .await
+        .unwrap()
+        .expect("hit");
+    let looked_up = io.snapshot();
     assert_eq!(
-        checked.since(before).reads,
-        1,
-        "a check is one lookup (entry and blobs)"
+        looked_up.since(before).reads,
+        2,
+        "a lookup is the entry and one question about its blobs"
     );
-    restored(&cache, &key).await;
-    let after = io.snapshot().since(checked);
+    replay(&hit).await;
+    let after = io.snapshot().since(looked_up);
     assert_eq!(
-        (after.reads, after.writes),
-        (1, 1),
-        "after its check, a hit's restore and inline logs are one storage call \
-         (the restore, with its recency update): the entry is not read again"
+        (after.reads, after.writes, after.other),
+        (1, 0, 1),
+        "a hit's restore and inline logs are one read of its blobs and the recency \
+         update: the entry is not read again"
     );
 }

@@ -56,7 +56,7 @@ async fn tiered_store_writes_both_tiers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tiered_shared_hit_is_restored_and_backfilled() {
+async fn tiered_shared_hit_is_backfilled_at_lookup_and_then_served_locally() {
     let fast = MemoryBackend::new();
     let shared = Arc::new(FaultyBackend::new(
         Arc::new(MemoryBackend::new()),
@@ -70,34 +70,36 @@ async fn tiered_shared_hit_is_restored_and_backfilled() {
         .unwrap();
     let tiered = Tiered::new(Arc::new(fast.clone()), shared.clone());
     let stats = tiered.stats();
+    // A read-only lookup finds the shared hit and writes no tier.
+    let hit = tiered
+        .lookup(&task(), &digest(&key), CachePolicy::Readonly)
+        .await
+        .unwrap()
+        .expect("shared hit");
+    assert_eq!(hit.backend(), "memory");
+    assert!(!hit_in(&fast, &key).await, "Readonly writes no tier");
+    assert_eq!(stats.backfills.load(Ordering::Relaxed), 0);
+
+    // A lookup that may write copies the very hit into the fast tier.
     let r = tiered
         .check(&task(), &key, CachePolicy::Normal)
         .await
         .unwrap();
     assert!(r.hit && r.exit_code == Some(0) && r.cached_duration_ms == Some(1500));
-    assert_eq!(stats.shared_hits.load(Ordering::Relaxed), 1);
-    assert!(!hit(&fast, &key).await, "check alone does not backfill");
+    assert_eq!(stats.shared_hits.load(Ordering::Relaxed), 2);
+    assert_eq!(stats.backfills.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.backfill_failures.load(Ordering::Relaxed), 0);
+    let (out, err) = fast.get_log_bytes(&task(), &key).await.unwrap();
+    assert_eq!((out, err), (entry.stdout.clone(), entry.stderr.clone()));
 
+    // From now on the fast tier alone serves it.
+    let before = shared.faults().calls();
     let ws = TempWorkspace::new();
     tiered
         .restore_outputs(&task(), &key, ws.root())
         .await
         .unwrap();
     ws.tree()
-        .assert_same(tree.expected(), "restored from the shared tier");
-    assert_eq!(stats.backfills.load(Ordering::Relaxed), 1);
-    assert_eq!(stats.backfill_failures.load(Ordering::Relaxed), 0);
-    let (out, err) = fast.get_log_bytes(&task(), &key).await.unwrap();
-    assert_eq!((out, err), (entry.stdout.clone(), entry.stderr.clone()));
-
-    // The next restore is served by the fast tier alone.
-    let before = shared.faults().calls();
-    let ws2 = TempWorkspace::new();
-    tiered
-        .restore_outputs(&task(), &key, ws2.root())
-        .await
-        .unwrap();
-    ws2.tree()
         .assert_same(tree.expected(), "restored from the fast tier");
     assert_eq!(
         shared.faults().calls(),
@@ -105,6 +107,43 @@ async fn tiered_shared_hit_is_restored_and_backfilled() {
         "the shared tier was not asked again"
     );
     ws.assert_outside_unchanged();
+}
+
+/// Whether `b` has a hit for `key`, asked read-only.
+async fn hit_in(b: &dyn CacheBackend, key: &str) -> bool {
+    b.check(&task(), key, CachePolicy::Readonly)
+        .await
+        .expect("check")
+        .hit
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiered_backfill_verifies_every_blob_it_copies() {
+    let (fast, shared) = (MemoryBackend::new(), MemoryBackend::new());
+    let tree = OutputTree::new().file("f.bin", vec![7u8; 5000], false);
+    let key = fresh_key();
+    shared
+        .store(&task(), &key, &tree.entry(), CachePolicy::Normal)
+        .await
+        .unwrap();
+    let blob = cache_core::BlobRef::of(cache_core::DigestAlgorithm::Blake3, &[7u8; 5000]);
+    shared.flip_blob_byte(&blob).await.unwrap();
+    let tiered = Tiered::new(Arc::new(fast.clone()), Arc::new(shared));
+    let stats = tiered.stats();
+    let hit = tiered
+        .lookup(&task(), &digest(&key), CachePolicy::Normal)
+        .await
+        .unwrap()
+        .expect("the shared tier's entry is whole; only a byte is wrong");
+    assert_eq!(stats.backfill_failures.load(Ordering::Relaxed), 1);
+    assert!(
+        !hit_in(&fast, &key).await,
+        "bytes that do not match their digest never enter the fast tier"
+    );
+    let ws = TempWorkspace::new();
+    let e = hit.restore(ws.root()).await.unwrap_err();
+    assert_eq!(e.kind(), "digest_mismatch", "{e}");
+    assert!(ws.tree().get("f.bin").is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -139,11 +178,13 @@ async fn tiered_corrupt_fast_entry_falls_back_and_is_repaired() {
         .await
         .unwrap();
     let tiered = Tiered::new(Arc::new(fast.clone()), Arc::new(shared));
-    let ws = TempWorkspace::new();
-    tiered
-        .restore_outputs(&task(), &key, ws.root())
+    let hit = tiered
+        .lookup(&task(), &digest(&key), CachePolicy::Normal)
         .await
-        .unwrap();
+        .unwrap()
+        .expect("the shared tier answers");
+    let ws = TempWorkspace::new();
+    hit.restore(ws.root()).await.unwrap();
     ws.tree()
         .assert_same(tree.expected(), "restored past a corrupt fast entry");
     let ws2 = TempWorkspace::new();
@@ -155,37 +196,61 @@ async fn tiered_corrupt_fast_entry_falls_back_and_is_repaired() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tiered_hard_fast_tier_errors_are_returned() {
+async fn tiered_absorbs_a_failing_fast_tier() {
     let fast = Arc::new(FaultyBackend::new(
         Arc::new(MemoryBackend::new()),
         FaultPlan::always(FaultError::Io(std::io::ErrorKind::PermissionDenied)),
     ));
     let shared = MemoryBackend::new();
-    let (_, entry) = sample();
+    let (tree, entry) = sample();
     let key = fresh_key();
     shared
         .store(&task(), &key, &entry, CachePolicy::Normal)
         .await
         .unwrap();
     let tiered = Tiered::new(fast.clone(), Arc::new(shared.clone()));
+    let stats = tiered.stats();
     let ws = TempWorkspace::new();
-    let e = tiered
+    tiered
         .restore_outputs(&task(), &key, ws.root())
         .await
-        .unwrap_err();
-    assert_eq!(e.kind(), "io", "a hard fast-tier error is not a miss: {e}");
+        .expect("a fast tier at fault never fails the task");
+    ws.tree()
+        .assert_same(tree.expected(), "restored from the shared tier");
+    let other = fresh_key();
+    tiered
+        .store(&task(), &other, &entry, CachePolicy::Normal)
+        .await
+        .expect("the shared tier took it");
+    assert!(hit_in(&shared, &other).await);
+    assert!(hit(&tiered, &other).await);
+    tiered.health_check().await.unwrap();
+    assert!(stats.fast_errors.load(Ordering::Relaxed) >= 4);
+    // Caller faults are still the caller's.
     let e = tiered
-        .store(&task(), &key, &entry, CachePolicy::Normal)
+        .check(&task(), "not a key", CachePolicy::Normal)
         .await
         .unwrap_err();
-    assert_eq!(e.kind(), "io");
-    assert!(
-        tiered
-            .check(&task(), &key, CachePolicy::Normal)
-            .await
-            .is_err()
-    );
-    assert!(tiered.health_check().await.is_err());
+    assert_eq!(e.kind(), "invalid_key");
+    let bad = CacheEntry {
+        outputs: vec![cache_core::CacheOutput::bytes("../x", b"x".to_vec(), false)],
+        ..CacheEntry::default()
+    };
+    let e = Tiered::new(Arc::new(MemoryBackend::new()), Arc::new(MemoryBackend::new()))
+        .store(&task(), &fresh_key(), &bad, CachePolicy::Normal)
+        .await
+        .unwrap_err();
+    assert_eq!(e.fault(), cache_core::Fault::Caller, "{e}");
+    // Both tiers at fault: still a cache fault, never a caller's.
+    let both = Tiered::new(fast, Arc::new(FaultyBackend::new(
+        Arc::new(MemoryBackend::new()),
+        FaultPlan::always(FaultError::Unavailable),
+    )));
+    let e = both
+        .store(&task(), &fresh_key(), &entry, CachePolicy::Normal)
+        .await
+        .unwrap_err();
+    assert!(e.is_cache_fault(), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -226,25 +291,29 @@ async fn tiered_absorbs_an_unavailable_shared_tier() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tiered_returns_hard_shared_store_errors() {
+async fn tiered_absorbs_any_cache_fault_of_the_shared_store() {
     let shared = Arc::new(FaultyBackend::new(
         Arc::new(MemoryBackend::new()),
         FaultPlan::always(FaultError::Serialization).only([BackendOp::Store]),
     ));
-    let tiered = Tiered::new(Arc::new(MemoryBackend::new()), shared);
+    let fast = MemoryBackend::new();
+    let tiered = Tiered::new(Arc::new(fast.clone()), shared);
+    let stats = tiered.stats();
     let (_, entry) = sample();
-    let e = tiered
-        .store(&task(), &fresh_key(), &entry, CachePolicy::Normal)
+    let key = fresh_key();
+    tiered
+        .store(&task(), &key, &entry, CachePolicy::Normal)
         .await
-        .unwrap_err();
-    assert_eq!(e.kind(), "serialization");
+        .unwrap();
+    assert!(hit_in(&fast, &key).await);
+    assert_eq!(stats.shared_errors.load(Ordering::Relaxed), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tiered_counts_failed_backfills_and_still_restores() {
     let fast = Arc::new(FaultyBackend::new(
         Arc::new(MemoryBackend::new()),
-        FaultPlan::always(FaultError::Unavailable).only([BackendOp::Store]),
+        FaultPlan::always(FaultError::Unavailable).only([BackendOp::Import]),
     ));
     let shared = MemoryBackend::new();
     let (tree, entry) = sample();
@@ -255,11 +324,13 @@ async fn tiered_counts_failed_backfills_and_still_restores() {
         .unwrap();
     let tiered = Tiered::new(fast, Arc::new(shared));
     let stats = tiered.stats();
-    let ws = TempWorkspace::new();
-    tiered
-        .restore_outputs(&task(), &key, ws.root())
+    let hit = tiered
+        .lookup(&task(), &digest(&key), CachePolicy::Normal)
         .await
-        .unwrap();
+        .unwrap()
+        .expect("hit");
+    let ws = TempWorkspace::new();
+    hit.restore(ws.root()).await.unwrap();
     ws.tree()
         .assert_same(tree.expected(), "restored despite the failed backfill");
     assert_eq!(stats.backfills.load(Ordering::Relaxed), 0);
@@ -486,7 +557,7 @@ async fn breaker_opens_after_consecutive_transport_failures() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn breaker_resets_on_success_and_ignores_hard_errors() {
+async fn breaker_resets_on_success_and_ignores_caller_faults() {
     let inner = Arc::new(FaultyBackend::new(
         Arc::new(MemoryBackend::new()),
         FaultPlan::new(Trigger::FirstN(2), FaultError::Connection),
@@ -512,10 +583,26 @@ async fn breaker_resets_on_success_and_ignores_hard_errors() {
             .faults()
             .set_plan(FaultPlan::new(Trigger::FirstN(2), FaultError::Connection));
     }
+    inner.faults().set_plan(FaultPlan::healthy());
+    let bad = CacheEntry {
+        outputs: vec![cache_core::CacheOutput::bytes("../x", b"x".to_vec(), false)],
+        ..CacheEntry::default()
+    };
+    for _ in 0..10 {
+        let e = breaker
+            .store(&task(), &key, &bad, CachePolicy::Normal)
+            .await
+            .unwrap_err();
+        assert_eq!(e.fault(), cache_core::Fault::Caller, "{e}");
+    }
+    assert!(!breaker.is_open(), "caller faults are not the backend's");
+    assert_eq!(inner.faults().calls(), 19);
+    // Any cache fault counts, not only transport errors: a storage that keeps failing
+    // with I/O errors is skipped too.
     inner
         .faults()
         .set_plan(FaultPlan::always(FaultError::Io(std::io::ErrorKind::Other)));
-    for _ in 0..10 {
+    for _ in 0..3 {
         assert!(
             breaker
                 .check(&task(), &key, CachePolicy::Normal)
@@ -523,8 +610,7 @@ async fn breaker_resets_on_success_and_ignores_hard_errors() {
                 .is_err()
         );
     }
-    assert!(!breaker.is_open(), "hard errors are not transport failures");
-    assert_eq!(inner.faults().calls(), 19);
+    assert!(breaker.is_open(), "I/O failures are cache faults");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,7 @@ use cache_core::{Cache, CacheBackend, CacheEntry, CachePolicy};
 use cache_testkit::fixtures::{OutputTree, TempWorkspace, fresh_key, fresh_seed, task};
 use cache_testkit::{
     BackendOp, FaultError, FaultPlan, FaultyBackend, FaultyStorage, MemoryBackend, MemoryStorage,
-    StorageOp, Trigger,
+    StorageOp, Trigger, spawn_blocking,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -148,7 +148,7 @@ fn faulty_cache(
 ) -> (Cache<FaultyStorage<MemoryStorage>>, MemoryStorage) {
     let storage = MemoryStorage::new();
     (
-        Cache::new(FaultyStorage::new(storage.clone(), plan)),
+        Cache::new(FaultyStorage::new(storage.clone(), plan), spawn_blocking),
         storage,
     )
 }
@@ -234,7 +234,7 @@ async fn unavailable_storage_is_a_degradable_error_not_a_miss() {
 #[tokio::test]
 async fn failed_file_restore_writes_nothing() {
     let (cache, _) =
-        faulty_cache(FaultPlan::always(FaultError::Connection).only([StorageOp::RestoreFiles]));
+        faulty_cache(FaultPlan::always(FaultError::Connection).only([StorageOp::OpenBlobs]));
     let tree = OutputTree::new().file("a/f.txt", b"data".to_vec(), false);
     let key = fresh_key();
     cache
@@ -248,5 +248,6 @@ async fn failed_file_restore_writes_nothing() {
         .unwrap_err();
     assert_eq!(e.kind(), "connection");
     assert!(ws.tree().get("a/f.txt").is_none());
+    assert!(ws.tree().get("a").is_none(), "not even its directory");
     assert!(ws.tree().temporaries().is_empty());
 }

@@ -1,9 +1,8 @@
 //! MemoryBackend specifics, beyond the conformance suite: dedup, I/O counting, the
 //! tamper hook's own errors, limits, and a SHA-256 addressed store.
 
-use cache_core::{
-    BlobRef, CacheBackend, CacheEntry, CachePolicy, Digest, DigestAlgorithm, Storage,
-};
+use cache_core::storage::{BlobSource, MAX_ENTRY_BYTES, Storage};
+use cache_core::{BlobRef, CacheBackend, CacheEntry, CachePolicy, Digest, DigestAlgorithm};
 use cache_testkit::fixtures::{OutputTree, TempWorkspace, digest, fresh_key, task};
 use cache_testkit::{Harness, MemoryBackend, MemoryStorage, Tamper, cases};
 use std::sync::Arc;
@@ -90,7 +89,7 @@ async fn tamper_reports_what_it_cannot_do() {
         "blob_not_found"
     );
     let empty = s
-        .put_blobs(vec![cache_core::BlobSource::Bytes(Vec::new())])
+        .put_blobs(vec![BlobSource::Bytes(Vec::new().into())])
         .await
         .unwrap();
     assert_eq!(
@@ -103,12 +102,17 @@ async fn tamper_reports_what_it_cannot_do() {
 async fn oversized_entries_are_not_read() {
     let s = MemoryStorage::new();
     let key: Digest = digest(&fresh_key());
-    s.write_raw_entry(&key, vec![0; cache_core::MAX_ENTRY_BYTES + 1])
+    s.write_raw_entry(&key, vec![0; MAX_ENTRY_BYTES + 1])
         .await
         .unwrap();
-    assert_eq!(s.get_entry(&key).await.unwrap_err().kind(), "corrupt_entry");
+    let err = s.get_entry(&key).await.unwrap_err();
+    assert_eq!(err.kind(), "corrupt_entry");
+    assert!(err.to_string().contains("limit"), "{err}");
+    // Garbage under the limit is corrupt too, for a decoding reason.
     s.write_raw_entry(&key, vec![0; 10]).await.unwrap();
-    assert_eq!(s.get_entry(&key).await.unwrap(), Some(vec![0; 10]));
+    let err = s.get_entry(&key).await.unwrap_err();
+    assert_eq!(err.kind(), "corrupt_entry");
+    assert!(!err.to_string().contains("limit"), "{err}");
 }
 
 fn sha256_harness() -> Harness {

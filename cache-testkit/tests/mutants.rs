@@ -8,10 +8,10 @@
 //! `model_state_machine`; and `round_trip_256mib_file_from_disk`, for time.
 
 use async_trait::async_trait;
+use cache_core::storage::{ActionRecord, BlobSource, OutputRecord, Storage};
 use cache_core::{
-    ActionRecord, BackendError, BackendResult, BlobRef, BlobSource, BlockingJob, CacheBackend,
-    CacheEntry, CacheLookupResult, CacheOutput, CachePolicy, Digest, FileRestore, LogBytes,
-    OutputContent, OutputRecord, Storage, Task, policy_allows_read,
+    BackendError, BackendResult, BlobRef, CacheBackend, CacheEntry, CacheOutput, CachePolicy,
+    Digest, Hit, LogBytes, OutputContent, Task, policy_allows_read,
 };
 use cache_testkit::fixtures::ENTRY_HEADER;
 use cache_testkit::{Harness, MemoryBackend, MemoryStorage, cases};
@@ -76,20 +76,24 @@ fn assert_fails_exactly(make: fn() -> Harness, expected: &[&str]) {
 
 // ---------------------------------------------------------------------------------
 // Storage-level mutants: a MemoryStorage with one behaviour broken.
+//
+// Mutants that the v1 table had and v2 cannot express: a storage that skips the digest
+// check, ignores the exec bit, or writes the workspace itself (`fs::write`). A storage
+// is never told where the workspace is and only hands `Cache` bytes, which `Cache`
+// verifies and places; the compile-fail doctests in `cache_testkit`'s crate docs show
+// that such a storage, and a wrapper that drops a method, do not compile.
 
 #[derive(Debug, Clone, Copy)]
 enum Break {
-    /// Restores by writing the blob's bytes straight to the path (`fs::write`): no
-    /// digest check, no temporary file, follows a symlink in the way.
-    SkipDigestCheck,
-    /// Restores every file without its exec bit.
-    IgnoreExecBit,
-    /// Keeps a blob that failed verification (and ignores `remove_blob`).
+    /// Serves every non-empty blob with one byte flipped (a lying storage).
+    ServesWrongBytes,
+    /// Returns the refs of a store's blobs in reverse order (a storage whose digests
+    /// cannot be trusted): entries then name the wrong content for each file.
+    ReversesRefs,
+    /// Keeps a blob that failed verification (ignores `remove_blob`).
     KeepCorruptBlob,
     /// Reports every blob present, so entries with evicted blobs read as hits.
     EvictionBlind,
-    /// Restores the files whose blobs exist and skips the rest, reporting success.
-    SkipMissingFiles,
     /// Never replaces an existing entry: the first write wins.
     FirstWriteWins,
 }
@@ -100,45 +104,23 @@ struct Broken {
     fault: Break,
 }
 
-fn blob_not_found(blob: &BlobRef) -> BackendError {
-    BackendError::BlobNotFound {
-        digest: blob.to_string(),
-    }
-}
-
-#[cfg(unix)]
-fn set_mode(path: &Path, executable: bool) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = if executable { 0o755 } else { 0o644 };
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-}
-
-#[cfg(not(unix))]
-fn set_mode(_path: &Path, _executable: bool) -> std::io::Result<()> {
-    Ok(())
-}
-
 #[async_trait]
 impl Storage for Broken {
     fn name(&self) -> &'static str {
         "broken-memory"
     }
 
-    async fn run_blocking(&self, job: BlockingJob) -> BackendResult<()> {
-        self.inner.run_blocking(job).await
-    }
-
-    async fn get_entry(&self, key: &Digest) -> BackendResult<Option<Vec<u8>>> {
+    async fn get_entry(&self, key: &Digest) -> BackendResult<Option<ActionRecord>> {
         self.inner.get_entry(key).await
     }
 
-    async fn put_entry(&self, key: &Digest, entry: Vec<u8>) -> BackendResult<()> {
+    async fn put_entry(&self, record: Arc<ActionRecord>) -> BackendResult<()> {
         if let Break::FirstWriteWins = self.fault {
-            if self.inner.get_entry(key).await?.is_some() {
+            if self.inner.get_entry(&record.key).await?.is_some() {
                 return Ok(());
             }
         }
-        self.inner.put_entry(key, entry).await
+        self.inner.put_entry(record).await
     }
 
     async fn remove_entry(&self, key: &Digest) -> BackendResult<()> {
@@ -153,65 +135,29 @@ impl Storage for Broken {
     }
 
     async fn put_blobs(&self, sources: Vec<BlobSource>) -> BackendResult<Vec<BlobRef>> {
-        self.inner.put_blobs(sources).await
-    }
-
-    async fn read_blob(&self, blob: &BlobRef) -> BackendResult<Option<Vec<u8>>> {
-        self.inner.read_blob(blob).await
-    }
-
-    async fn restore_files(&self, files: Vec<FileRestore>) -> BackendResult<()> {
-        match self.fault {
-            Break::SkipDigestCheck => {
-                for f in files {
-                    let bytes = self
-                        .inner
-                        .read_blob(&f.blob)
-                        .await?
-                        .ok_or_else(|| blob_not_found(&f.blob))?;
-                    let path = f.path.to_path(f.workspace.root());
-                    if let Some(parent) = path.parent() {
-                        std::fs::create_dir_all(parent)?;
-                    }
-                    std::fs::write(&path, &bytes)?;
-                    set_mode(&path, f.executable)?;
-                }
-                Ok(())
-            }
-            Break::IgnoreExecBit => {
-                let files = files
-                    .into_iter()
-                    .map(|f| FileRestore {
-                        executable: false,
-                        ..f
-                    })
-                    .collect();
-                self.inner.restore_files(files).await
-            }
-            Break::KeepCorruptBlob => {
-                for f in files {
-                    let bytes = self
-                        .inner
-                        .read_blob(&f.blob)
-                        .await?
-                        .ok_or_else(|| blob_not_found(&f.blob))?;
-                    tokio::task::spawn_blocking(move || f.write_from(&mut bytes.as_slice()))
-                        .await
-                        .expect("restore job")?;
-                }
-                Ok(())
-            }
-            Break::SkipMissingFiles => {
-                let blobs = files.iter().map(|f| f.blob).collect();
-                let missing = self.inner.find_missing_blobs(blobs).await?;
-                let present = files
-                    .into_iter()
-                    .filter(|f| !missing.contains(&f.blob))
-                    .collect();
-                self.inner.restore_files(present).await
-            }
-            Break::EvictionBlind | Break::FirstWriteWins => self.inner.restore_files(files).await,
+        let mut refs = self.inner.put_blobs(sources).await?;
+        if let Break::ReversesRefs = self.fault {
+            refs.reverse();
         }
+        Ok(refs)
+    }
+
+    async fn open_blobs(&self, blobs: Vec<BlobRef>) -> BackendResult<Vec<Option<BlobSource>>> {
+        let opened = self.inner.open_blobs(blobs).await?;
+        if !matches!(self.fault, Break::ServesWrongBytes) {
+            return Ok(opened);
+        }
+        Ok(opened
+            .into_iter()
+            .map(|s| match s {
+                Some(BlobSource::Bytes(b)) if !b.is_empty() => {
+                    let mut v = b.to_vec();
+                    v[0] ^= 1;
+                    Some(BlobSource::Bytes(v.into()))
+                }
+                other => other,
+            })
+            .collect())
     }
 
     async fn remove_blob(&self, blob: &BlobRef) -> BackendResult<()> {
@@ -221,9 +167,25 @@ impl Storage for Broken {
         self.inner.remove_blob(blob).await
     }
 
+    async fn touch(&self, key: &Digest) -> BackendResult<()> {
+        self.inner.touch(key).await
+    }
+
     async fn health_check(&self) -> BackendResult<()> {
         self.inner.health_check().await
     }
+}
+
+#[cfg(unix)]
+fn set_mode(path: &Path, executable: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = if executable { 0o755 } else { 0o644 };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
+#[cfg(not(unix))]
+fn set_mode(_path: &Path, _executable: bool) -> std::io::Result<()> {
+    Ok(())
 }
 
 fn broken_storage(fault: Break) -> Harness {
@@ -283,15 +245,9 @@ impl Wrapped {
         let key = Digest::parse(digest)?;
         let storage = self.inner.storage();
         let bytes = storage
-            .get_entry(&key)
-            .await?
-            .ok_or_else(|| BackendError::ActionNotFound {
-                digest: digest.to_owned(),
-            })?;
-        let corrupt = |reason: String| BackendError::CorruptEntry {
-            key: digest.to_owned(),
-            reason,
-        };
+            .raw_entry(&key)
+            .ok_or(BackendError::ActionNotFound { digest: key })?;
+        let corrupt = |reason: String| BackendError::CorruptEntry { key, reason };
         let payload = bytes
             .get(ENTRY_HEADER..)
             .ok_or_else(|| corrupt("short".into()))?;
@@ -300,12 +256,13 @@ impl Wrapped {
         let mut restored = Vec::new();
         for out in &record.outputs {
             let path = ws.join(out.path());
+            let io = |e| BackendError::io_with_context("naive restore", &path, e);
             if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent)?;
+                std::fs::create_dir_all(parent).map_err(io)?;
             }
             match out {
                 OutputRecord::Directory { path: rel } => {
-                    std::fs::create_dir_all(&path)?;
+                    std::fs::create_dir_all(&path).map_err(io)?;
                     restored.push(CacheOutput::directory(rel));
                 }
                 OutputRecord::File {
@@ -313,13 +270,20 @@ impl Wrapped {
                     blob,
                     executable,
                 } => {
-                    let bytes = storage
-                        .read_blob(blob)
-                        .await?
-                        .ok_or_else(|| blob_not_found(blob))?;
-                    cache_core::check_blob(blob, &BlobRef::of(blob.digest.algorithm(), &bytes))?;
-                    std::fs::write(&path, &bytes)?;
-                    set_mode(&path, *executable)?;
+                    let Some(Some(BlobSource::Bytes(bytes))) =
+                        storage.open_blobs(vec![*blob]).await?.pop()
+                    else {
+                        return Err(BackendError::BlobNotFound { digest: *blob });
+                    };
+                    if BlobRef::of(blob.digest.algorithm(), &bytes) != *blob {
+                        return Err(BackendError::DigestMismatch {
+                            expected: *blob,
+                            actual: BlobRef::of(blob.digest.algorithm(), &bytes),
+                        });
+                    }
+                    let io = |e| BackendError::io_with_context("naive restore", &path, e);
+                    std::fs::write(&path, &bytes).map_err(io)?;
+                    set_mode(&path, *executable).map_err(io)?;
                     restored.push(CacheOutput {
                         path: rel.clone(),
                         content: OutputContent::File {
@@ -332,7 +296,7 @@ impl Wrapped {
                 OutputRecord::Symlink { path: rel, target } => {
                     let _ = std::fs::remove_file(&path);
                     #[cfg(unix)]
-                    std::os::unix::fs::symlink(target, &path)?;
+                    std::os::unix::fs::symlink(target, &path).map_err(io)?;
                     restored.push(CacheOutput::symlink(rel, target));
                 }
             }
@@ -343,19 +307,19 @@ impl Wrapped {
 
 #[async_trait]
 impl CacheBackend for Wrapped {
-    async fn check(
+    async fn lookup(
         &self,
         task: &Task,
-        digest: &str,
+        key: &Digest,
         policy: CachePolicy,
-    ) -> BackendResult<CacheLookupResult> {
+    ) -> BackendResult<Option<Hit>> {
         match self.fault {
-            Wrong::PolicyBlind => self.inner.check(task, digest, CachePolicy::Normal).await,
+            Wrong::PolicyBlind => self.inner.lookup(task, key, CachePolicy::Normal).await,
             Wrong::LooksBeforeMissing if !policy_allows_read(policy) => {
-                self.inner.check(task, digest, CachePolicy::Normal).await?;
-                Ok(CacheLookupResult::miss(digest))
+                self.inner.lookup(task, key, CachePolicy::Normal).await?;
+                Ok(None)
             }
-            _ => self.inner.check(task, digest, policy).await,
+            _ => self.inner.lookup(task, key, policy).await,
         }
     }
 
@@ -385,7 +349,8 @@ impl CacheBackend for Wrapped {
                 let restored = self.inner.restore_outputs(task, digest, workspace).await?;
                 for (path, mode) in before {
                     if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) {
-                        std::fs::set_permissions(&path, mode)?;
+                        std::fs::set_permissions(&path, mode)
+                            .map_err(|e| BackendError::io_with_context("chmod", &path, e))?;
                     }
                 }
                 Ok(restored)
@@ -428,30 +393,32 @@ fn reference_backend_fails_nothing() {
     assert_fails_exactly(|| MemoryBackend::new().harness(), &[]);
 }
 
+/// `Cache` verifies every byte a storage serves: every case that restores or reads a
+/// non-empty blob fails (with `DigestMismatch`), and none sees a wrong byte.
 #[test]
-fn mutant_skip_digest_check() {
+fn mutant_serves_wrong_bytes() {
     assert_fails_exactly(
-        || broken_storage(Break::SkipDigestCheck),
-        &[
-            "hostile_flipped_blob_byte",
-            "hostile_flipped_big_blob_leaves_no_temp_file",
-            "hostile_flipped_blob_is_repaired_by_next_store",
-            "restore_over_matching_files",
-            "restore_replaces_file_symlink_without_following",
-        ],
-    );
-}
-
-#[test]
-fn mutant_ignore_exec_bit() {
-    assert_fails_exactly(
-        || broken_storage(Break::IgnoreExecBit),
+        || broken_storage(Break::ServesWrongBytes),
         &[
             "degradation_backend_as_shared_tier",
             "degradation_tiered_with_failing_shared_tier",
+            "hostile_absolute_paths",
+            "hostile_deleted_blob",
+            "hostile_deleted_log_blob",
+            "hostile_existing_symlink_to_outside",
+            "hostile_flipped_big_blob_leaves_no_temp_file",
+            "hostile_flipped_blob_byte",
+            "hostile_flipped_blob_is_repaired_by_next_store",
+            "hostile_flipped_log_blob",
+            "hostile_huge_declared_blob_size",
+            "hostile_parent_dir_paths",
+            "hostile_symlink_targets_leaving_workspace",
             "keys_algorithms_are_distinct",
             "keys_dedup_is_invisible",
+            "keys_overwrite_last_write_wins",
+            "policy_disabled",
             "policy_normal",
+            "policy_readonly",
             "policy_writeonly",
             "restore_into_fresh_workspace",
             "restore_into_non_empty_workspace",
@@ -461,6 +428,34 @@ fn mutant_ignore_exec_bit() {
             "restore_twice_is_idempotent",
             "round_trip_1000_small_files",
             "round_trip_every_output_kind",
+            "round_trip_logs_8mib",
+            "round_trip_logs_multiline_and_binary",
+            "round_trip_returned_outputs",
+        ],
+    );
+}
+
+/// A storage whose refs cannot be trusted makes entries name the wrong content: the
+/// round trips see it (the bytes are "verified", against the wrong digest).
+#[test]
+fn mutant_reverses_refs() {
+    assert_fails_exactly(
+        || broken_storage(Break::ReversesRefs),
+        &[
+            "degradation_backend_as_shared_tier",
+            "degradation_tiered_with_failing_shared_tier",
+            "hostile_flipped_blob_is_repaired_by_next_store",
+            "keys_dedup_is_invisible",
+            "restore_into_fresh_workspace",
+            "restore_into_non_empty_workspace",
+            "restore_over_matching_files",
+            "restore_replaces_file_symlink_without_following",
+            "restore_sets_and_clears_exec_bit",
+            "restore_twice_is_idempotent",
+            "round_trip_1000_small_files",
+            "round_trip_every_output_kind",
+            "round_trip_logs_8mib",
+            "round_trip_logs_multiline_and_binary",
             "round_trip_returned_outputs",
         ],
     );
@@ -478,19 +473,11 @@ fn mutant_keep_corrupt_blob() {
 fn mutant_eviction_blind() {
     assert_fails_exactly(
         || broken_storage(Break::EvictionBlind),
-        &["hostile_deleted_blob", "hostile_deleted_log_blob"],
-    );
-}
-
-#[test]
-fn mutant_skip_missing_files() {
-    assert_fails_exactly(
-        || broken_storage(Break::SkipMissingFiles),
         &[
             "hostile_deleted_blob",
-            // The corrupt blob dropped by the first failed restore is skipped by the second.
-            "hostile_flipped_blob_byte",
-            "hostile_huge_declared_blob_size",
+            "hostile_deleted_log_blob",
+            // After the corrupt blobs are dropped, the entry must read as a miss.
+            "hostile_flipped_blob_is_repaired_by_next_store",
         ],
     );
 }
@@ -559,10 +546,9 @@ fn mutant_naive_restore() {
             "hostile_symlink_chains_leaving_workspace",
             "hostile_existing_symlink_to_outside",
             "hostile_garbage_entries",
+            "hostile_oversized_entry",
             "restore_over_matching_files",
             "restore_replaces_file_symlink_without_following",
-            // It verifies bytes but never drops a corrupt blob.
-            "hostile_flipped_blob_is_repaired_by_next_store",
         ],
     );
 }

@@ -3,9 +3,11 @@
 //! * `drill kill [--trials N]` (default 200): a child process stores entries into a
 //!   local cache in a loop and is SIGKILLed at a random moment; then every entry on
 //!   disk must read as a hit and restore whole and correct, and `verify` must find
-//!   nothing corrupt (see `cache_local::drill`).
+//!   nothing corrupt (`cache-local/tests/support/drill.rs`).
 
-use cache_local::drill;
+// The harness is test code of cache-local, not part of its library.
+#[path = "../../cache-local/tests/support/drill.rs"]
+mod drill;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -38,7 +40,7 @@ fn kill(args: &[String]) -> Result<(), String> {
     }
     let exe = std::env::current_exe().map_err(|e| format!("find this program: {e}"))?;
     let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let mut rng = drill::Rng::from_time();
+    let mut rng = drill::Rng::from_env_or_time("drill kill");
     let started = Instant::now();
     let (mut failures, mut killed_running, mut entries) = (0u32, 0u32, 0u64);
     for n in 0..trials {

@@ -9,12 +9,16 @@ use crate::fixtures::{
     OutputTree, TempWorkspace, digest, empty_record, expect_err, expect_ok, fresh_key, fresh_seed,
     garbage_entries, pattern_bytes, task, write_pattern_file,
 };
-use cache_core::{
-    ActionRecord, BlobRef, CacheEntry, CachePolicy, LogRecord, MAX_ENTRY_BYTES, OutputRecord,
-};
+use cache_core::storage::{ActionRecord, LogRecord, MAX_ENTRY_BYTES, OutputRecord};
+use cache_core::{BlobRef, CacheEntry, CachePolicy};
 
-/// Errors a refused hostile entry may give.
-const REFUSED: &[&str] = &["corrupt_entry", "unsafe_path"];
+/// Errors a refused hostile entry may give: refused at lookup (the three-call
+/// `restore_outputs` then finds no hit), or by the workspace writer.
+const REFUSED: &[&str] = &["corrupt_entry", "unsafe_path", "action_not_found"];
+
+/// What the three-call form says about an entry that cannot be served: its lookup
+/// already refused it (no hit), or the read failed.
+const UNSERVABLE: &[&str] = &["corrupt_entry", "action_not_found"];
 
 /// Plants `outputs` as a well-formed (checksummed) entry under a fresh key.
 async fn plant(h: &Harness, outputs: Vec<OutputRecord>) -> String {
@@ -298,10 +302,10 @@ pub async fn hostile_garbage_entries(h: Harness) {
             h.tamper.write_raw_entry(&digest(&key), bytes).await,
             "Tamper::write_raw_entry",
         );
-        assert_refused(&h, &key, &["corrupt_entry"], name).await;
+        assert_refused(&h, &key, UNSERVABLE, name).await;
         expect_err(
             h.backend.get_log_bytes(&task(), &key).await,
-            &["corrupt_entry"],
+            UNSERVABLE,
             &format!("{name}: get_log_bytes"),
         );
         for policy in [
@@ -326,7 +330,7 @@ pub async fn hostile_oversized_entry(h: Harness) {
         h.tamper.write_raw_entry(&digest(&key), bytes).await,
         "Tamper::write_raw_entry",
     );
-    assert_refused(&h, &key, &["corrupt_entry"], "oversized entry").await;
+    assert_refused(&h, &key, UNSERVABLE, "oversized entry").await;
     assert!(!check(&h, &key, CachePolicy::Normal).await.hit);
 }
 
@@ -335,7 +339,7 @@ pub async fn hostile_oversized_entry(h: Harness) {
 pub async fn hostile_huge_declared_blob_size(h: Harness) {
     let bytes = format!("small {}", fresh_seed()).into_bytes();
     let real = stored_blob(&h, bytes).await;
-    let kinds = &["blob_not_found", "digest_mismatch", "corrupt_entry"];
+    let kinds = &["blob_not_found", "digest_mismatch", "corrupt_entry", "action_not_found"];
     for size in [u64::MAX, u64::MAX / 2, 1 << 40, real.size + 1] {
         let huge = BlobRef {
             digest: real.digest,
@@ -422,7 +426,7 @@ pub async fn hostile_flipped_blob_byte(h: Harness) {
     let fresh = TempWorkspace::new();
     expect_err(
         try_restore(&h, &key, fresh.root()).await,
-        &["digest_mismatch", "blob_not_found"],
+        &["digest_mismatch", "blob_not_found", "action_not_found"],
         "second restore of a flipped blob",
     );
     let after = fresh.tree_async().await;
@@ -499,7 +503,7 @@ pub async fn hostile_flipped_log_blob(h: Harness) {
     );
     expect_err(
         h.backend.get_logs(&task(), &key).await,
-        &["digest_mismatch", "blob_not_found"],
+        &["digest_mismatch", "blob_not_found", "action_not_found"],
         "get_logs of a flipped log",
     );
 }
@@ -524,17 +528,24 @@ pub async fn hostile_flipped_blob_is_repaired_by_next_store(h: Harness) {
         h.tamper.flip_blob_byte(&log_blob).await,
         "flip the log blob",
     );
+    // One hit, found before either corruption is noticed: its restore and its logs
+    // each meet one flipped blob.
+    let hit = expect_ok(
+        h.backend
+            .lookup(&task(), &digest(&key), CachePolicy::Normal)
+            .await,
+        "lookup",
+    )
+    .expect("both blobs are present: a hit");
     let ws = TempWorkspace::new();
     expect_err(
-        try_restore(&h, &key, ws.root()).await,
+        hit.restore(ws.root()).await,
         &["digest_mismatch"],
         "restore of a flipped blob",
     );
-    expect_err(
-        h.backend.get_log_bytes(&task(), &key).await,
-        &["digest_mismatch"],
-        "logs of a flipped blob",
-    );
+    expect_err(hit.logs().await, &["digest_mismatch"], "logs of a flipped blob");
+    // Both corrupt copies are gone: the entry is a miss until it is stored again.
+    assert!(!check(&h, &key, CachePolicy::Normal).await.hit);
     store(&h, &key, &entry).await;
     let ws = TempWorkspace::new();
     restore(&h, &key, &ws).await;

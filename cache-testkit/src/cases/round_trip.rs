@@ -8,7 +8,8 @@ use crate::fixtures::{
     OutputTree, TempWorkspace, expect_ok, fresh_key, fresh_seed, pattern_bytes, task,
     write_pattern_file,
 };
-use cache_core::{CacheEntry, CachePolicy, INLINE_LOG_MAX, OutputContent};
+use cache_core::storage::INLINE_LOG_MAX;
+use cache_core::{CacheEntry, CachePolicy, OutputContent};
 
 /// Exit codes (including negative and extreme ones) and durations come back from
 /// `check`; an entry without outputs restores nothing.

@@ -1,13 +1,15 @@
-//! The kill drill, shared by the `kill_during_store` test and `cargo xtask drill kill`:
-//! a child process stores entries in a loop until it is SIGKILLed at a random moment;
-//! then every entry on disk must read as a hit and restore whole and correct.
-//!
-//! Not part of the stable API.
+//! The kill drill, shared by the `kill_during_store` test (`mod support`) and
+//! `cargo xtask drill kill` (included by path): a child process stores entries in a
+//! loop until it is SIGKILLed at a random moment; then every entry on disk must read as
+//! a hit and restore whole and correct. Test code only: it is not shipped in the
+//! library, and it uses the public API alone.
 
-use crate::{LocalOptions, layout};
+#![allow(dead_code)]
+
 use cache_core::{
     CacheBackend, CacheEntry, CacheOutput, CachePolicy, Digest, DigestAlgorithm, Task,
 };
+use cache_local::LocalOptions;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -94,7 +96,7 @@ pub fn child_main(dir: &Path, start: u64) -> ! {
         .expect("tokio runtime");
     let scratch = scratch_dir(dir);
     std::fs::create_dir_all(&scratch).expect("scratch directory");
-    let cache = crate::open(dir, LocalOptions::default()).expect("open cache");
+    let cache = cache_local::open(dir, LocalOptions::default()).expect("open cache");
     rt.block_on(async {
         for i in start.. {
             let (files, stdout) = expected(i);
@@ -154,37 +156,56 @@ pub fn check(dir: &Path) -> Result<CheckReport, String> {
     rt.block_on(check_async(dir))
 }
 
+/// The task digests of the entry files under `<dir>/entries/<algorithm>/<2 hex>/`.
+fn entry_keys(dir: &Path) -> Result<Vec<Digest>, String> {
+    let mut keys = Vec::new();
+    let Ok(algorithms) = std::fs::read_dir(dir.join("entries")) else {
+        return Ok(keys);
+    };
+    for alg in algorithms {
+        let alg = alg.map_err(|e| e.to_string())?;
+        for fan in std::fs::read_dir(alg.path()).map_err(|e| e.to_string())? {
+            let fan = fan.map_err(|e| e.to_string())?;
+            for entry in std::fs::read_dir(fan.path()).map_err(|e| e.to_string())? {
+                let entry = entry.map_err(|e| e.to_string())?;
+                let name = format!(
+                    "{}:{}",
+                    alg.file_name().to_string_lossy(),
+                    entry.file_name().to_string_lossy()
+                );
+                keys.push(
+                    Digest::parse(&name).map_err(|e| format!("entry file {name}: {e}"))?,
+                );
+            }
+        }
+    }
+    Ok(keys)
+}
+
 async fn check_async(dir: &Path) -> Result<CheckReport, String> {
-    let cache = crate::open(dir, LocalOptions::default()).map_err(|e| e.to_string())?;
-    let found = layout::scan(&dir.join("entries")).map_err(|e| e.to_string())?;
+    let cache = cache_local::open(dir, LocalOptions::default()).map_err(|e| e.to_string())?;
+    let found = entry_keys(dir)?;
     let report = CheckReport {
         entries: found.len() as u64,
-        temp_files: layout::read_dir_or_empty(&dir.join("tmp"))
-            .map_err(|e| e.to_string())?
-            .len() as u64,
+        temp_files: std::fs::read_dir(dir.join("tmp")).map_or(0, Iterator::count) as u64,
     };
-    for f in &found {
-        let k = f.digest.to_string();
+    for digest in &found {
+        let k = digest.to_string();
         // Readonly: a corrupt entry must not be silently removed before we see it.
         let hit = cache
-            .check(&task(), &k, CachePolicy::Readonly)
+            .lookup(&task(), digest, CachePolicy::Readonly)
             .await
-            .map_err(|e| format!("check {k}: {e}"))?;
-        if !hit.hit {
-            return Err(format!(
-                "entry {k} is on disk but does not read as a hit (partial?)"
-            ));
-        }
-        let i = u64::try_from(hit.exit_code.unwrap_or(-1))
-            .map_err(|_| format!("entry {k}: bad exit code {:?}", hit.exit_code))?;
+            .map_err(|e| format!("lookup {k}: {e}"))?
+            .ok_or_else(|| format!("entry {k} is on disk but does not read as a hit (partial?)"))?;
+        let i = u64::try_from(hit.exit_code())
+            .map_err(|_| format!("entry {k}: bad exit code {}", hit.exit_code()))?;
         let i = (0..)
             .map(|n: u64| n * 1_000_000 + i)
             .take(1000)
-            .find(|&n| key(n) == f.digest)
+            .find(|&n| key(n) == *digest)
             .ok_or_else(|| format!("entry {k}: its exit code {i} names another key"))?;
         let ws = tempfile::tempdir().map_err(|e| e.to_string())?;
-        cache
-            .restore_outputs(&task(), &k, ws.path())
+        hit.restore(ws.path())
             .await
             .map_err(|e| format!("restore {k} (entry {i}): {e}"))?;
         let (files, stdout) = expected(i);
@@ -211,8 +232,8 @@ async fn check_async(dir: &Path) -> Result<CheckReport, String> {
         if link != Path::new("small.txt") {
             return Err(format!("entry {i}: symlink points to {}", link.display()));
         }
-        let (out, err) = cache
-            .get_log_bytes(&task(), &k)
+        let (out, err) = hit
+            .logs()
             .await
             .map_err(|e| format!("logs of entry {i}: {e}"))?;
         if out.as_deref() != Some(&stdout[..]) || err.is_some() {
@@ -264,17 +285,28 @@ pub fn trial(mut child: Command, dir: &Path, start: u64, delay: Duration) -> Res
     })
 }
 
+/// Set to a seed printed by an earlier run to replay its delays and start offsets.
+pub const SEED_ENV: &str = "TASKCACHE_DRILL_SEED";
+
 /// A small xorshift generator for delays and start offsets (no dependency).
 #[derive(Debug, Clone)]
 pub struct Rng(u64);
 
 impl Rng {
-    /// Seeded from the clock and the process id.
-    pub fn from_time() -> Self {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_secs() ^ u64::from(d.subsec_nanos()) << 20);
-        Rng(t ^ (u64::from(std::process::id()) << 32) | 1)
+    /// Seeded from [`SEED_ENV`] if set, else from the clock and the process id. The
+    /// seed is printed so a failure can be replayed.
+    pub fn from_env_or_time(what: &str) -> Self {
+        let seed = std::env::var(SEED_ENV)
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or_else(|| {
+                let t = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_secs() ^ u64::from(d.subsec_nanos()) << 20);
+                t ^ (u64::from(std::process::id()) << 32)
+            });
+        eprintln!("{what}: seed {seed} (replay with {SEED_ENV}={seed})");
+        Rng(seed | 1)
     }
 
     /// The next number.

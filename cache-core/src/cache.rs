@@ -1,0 +1,336 @@
+//! [`Cache`]: any [`Storage`] made a full [`CacheBackend`], with the one implementation
+//! of everything that must not differ between backends.
+//!
+//! * policy handling (no I/O for reads that are not allowed, no writes for `Readonly`);
+//! * key validation before any I/O;
+//! * output validation before any I/O (paths, symlink targets, duplicates);
+//! * publish order: every blob is written before the entry that names it;
+//! * read checks: the record is for the key and every path in it is safe, its blobs are
+//!   present (else a miss), and every blob byte is verified against its digest before
+//!   it reaches the workspace or a caller (see [`Hit`]);
+//! * workspace writes, only through [`crate::Workspace`];
+//! * blocking work (decoding large records, hashing, workspace writes) on the spawner
+//!   given to [`Cache::new`].
+
+use crate::blocking::{self, Job, Spawner};
+use crate::path::OutputKind;
+use crate::record::{ActionRecord, INLINE_LOG_MAX, LogRecord, OutputRecord};
+use crate::storage::{BlobSource, Storage};
+use crate::{
+    BackendError, BackendResult, BlobRef, CacheBackend, CacheEntry, CachePolicy, Digest, Hit,
+    OutputContent, RelPath, Task, policy_allows_read, policy_allows_write,
+};
+use async_trait::async_trait;
+use std::sync::Arc;
+
+/// Records with more outputs than this are validated on the blocking pool.
+const VALIDATE_INLINE_MAX: usize = 256;
+
+/// A full [`CacheBackend`] over any [`Storage`].
+///
+/// ```
+/// # use cache_core::{Cache, storage::Storage};
+/// // With tokio: Cache::new(storage, |job| { tokio::task::spawn_blocking(job); })
+/// fn wrap<S: Storage>(storage: S) -> std::sync::Arc<dyn cache_core::CacheBackend> {
+///     std::sync::Arc::new(Cache::new(storage, cache_core::thread_per_job))
+/// }
+/// ```
+pub struct Cache<S> {
+    storage: Arc<S>,
+    spawn: Spawner,
+}
+
+impl<S> Clone for Cache<S> {
+    fn clone(&self) -> Self {
+        Cache {
+            storage: Arc::clone(&self.storage),
+            spawn: Arc::clone(&self.spawn),
+        }
+    }
+}
+
+impl<S: Storage> std::fmt::Debug for Cache<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("storage", &self.storage.name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Storage> Cache<S> {
+    /// Wraps a storage. `spawn` runs blocking jobs (decoding, hashing, workspace
+    /// writes) off the async executor; with tokio,
+    /// `|job| { tokio::task::spawn_blocking(job); }`, and without a runtime,
+    /// [`crate::thread_per_job`].
+    pub fn new(storage: S, spawn: impl Fn(Job) + Send + Sync + 'static) -> Self {
+        Cache {
+            storage: Arc::new(storage),
+            spawn: Arc::new(spawn),
+        }
+    }
+
+    /// The storage underneath (for stats, GC, tests).
+    #[must_use]
+    pub fn storage(&self) -> &S {
+        &self.storage
+    }
+
+    fn hit(&self, record: Arc<ActionRecord>) -> Hit {
+        let storage: Arc<dyn Storage> = Arc::clone(&self.storage) as Arc<dyn Storage>;
+        Hit::new(record, storage, Arc::clone(&self.spawn))
+    }
+
+    /// Checks a record a storage returned for `key` (a byte store's
+    /// [`ActionRecord::decode`] did it already; a protocol store maps its own messages,
+    /// and neither is trusted to have done it).
+    async fn validated(&self, key: &Digest, record: ActionRecord) -> BackendResult<ActionRecord> {
+        if record.key != *key {
+            return Err(BackendError::corrupt(
+                *key,
+                format!("the storage returned the record of {}", record.key),
+            ));
+        }
+        let cheap = record.outputs.len() <= VALIDATE_INLINE_MAX;
+        let check = move || {
+            record
+                .validate()
+                .map_err(|e| BackendError::corrupt(record.key, e.to_string()))?;
+            Ok(record)
+        };
+        if cheap {
+            check()
+        } else {
+            blocking::run(&*self.spawn, check).await
+        }
+    }
+
+    /// Writes the blobs of `entry` and returns the record to publish (not yet published).
+    async fn put_outputs(&self, key: Digest, entry: &CacheEntry) -> BackendResult<ActionRecord> {
+        let planned = plan_outputs(&entry.outputs)?;
+        let (stdout, out_src) = log_source(entry.stdout.as_ref());
+        let (stderr, err_src) = log_source(entry.stderr.as_ref());
+        let mut sources = Vec::new();
+        let mut files = Vec::new();
+        let mut dirs = Vec::new();
+        let mut links = Vec::new();
+        for p in planned {
+            match p {
+                Planned::File {
+                    rel,
+                    source,
+                    executable,
+                } => {
+                    sources.push(source);
+                    files.push((rel, executable));
+                }
+                Planned::Directory(rel) => dirs.push(OutputRecord::Directory {
+                    path: rel.to_string(),
+                }),
+                Planned::Symlink(rel, target) => links.push(OutputRecord::Symlink {
+                    path: rel.to_string(),
+                    target,
+                }),
+            }
+        }
+        let n_files = sources.len();
+        let logs = [out_src.is_some(), err_src.is_some()];
+        sources.extend(out_src);
+        sources.extend(err_src);
+        let expected = sources.len();
+        let refs = self.storage.put_blobs(sources).await?;
+        if refs.len() != expected {
+            return Err(BackendError::unavailable(format!(
+                "storage {} returned {} blob refs for {expected} blobs",
+                self.storage.name(),
+                refs.len()
+            )));
+        }
+        let mut refs = refs.into_iter();
+        // Directories first, then files, then symlinks: the order restore uses.
+        let mut outputs = dirs;
+        for ((rel, executable), blob) in files.into_iter().zip(refs.by_ref().take(n_files)) {
+            outputs.push(OutputRecord::File {
+                path: rel.to_string(),
+                blob,
+                executable,
+            });
+        }
+        outputs.extend(links);
+        // A log stored as a blob takes the next ref; the others keep their inline form.
+        let mut log = |as_blob: bool, inline: LogRecord| match as_blob.then(|| refs.next()) {
+            Some(Some(blob)) => LogRecord::Blob(blob),
+            _ => inline,
+        };
+        let stdout = log(logs[0], stdout);
+        let stderr = log(logs[1], stderr);
+        Ok(ActionRecord {
+            key,
+            exit_code: entry.exit_code,
+            duration_ms: entry.duration_ms,
+            stdout,
+            stderr,
+            outputs,
+        })
+    }
+}
+
+/// Validated form of a `store` request's outputs.
+enum Planned {
+    File {
+        rel: RelPath,
+        source: BlobSource,
+        executable: bool,
+    },
+    Directory(RelPath),
+    Symlink(RelPath, String),
+}
+
+fn plan_outputs(outputs: &[crate::CacheOutput]) -> BackendResult<Vec<Planned>> {
+    let rels = crate::path::check_layout(outputs.iter().map(|o| {
+        let kind = match &o.content {
+            OutputContent::Bytes(_) | OutputContent::File { .. } => OutputKind::File,
+            OutputContent::Directory => OutputKind::Directory,
+            OutputContent::Symlink { target } => OutputKind::Symlink(target),
+        };
+        (o.path.as_str(), kind)
+    }))?;
+    Ok(outputs
+        .iter()
+        .zip(rels)
+        .map(|(out, rel)| match &out.content {
+            // The one copy of in-memory bytes: shared from here on.
+            OutputContent::Bytes(b) => Planned::File {
+                rel,
+                source: BlobSource::Bytes(Arc::from(b.as_slice())),
+                executable: out.is_executable,
+            },
+            OutputContent::File { path, .. } => Planned::File {
+                rel,
+                source: BlobSource::File(path.clone()),
+                executable: out.is_executable,
+            },
+            OutputContent::Directory => Planned::Directory(rel),
+            OutputContent::Symlink { target } => Planned::Symlink(rel, target.clone()),
+        })
+        .collect())
+}
+
+/// A log kept inline, or (when large) the placeholder and the source of its blob.
+fn log_source(log: Option<&Vec<u8>>) -> (LogRecord, Option<BlobSource>) {
+    match log {
+        None => (LogRecord::Absent, None),
+        Some(b) if b.len() <= INLINE_LOG_MAX => (LogRecord::Inline(b.clone()), None),
+        Some(b) => (LogRecord::Absent, Some(BlobSource::Bytes(Arc::from(b.as_slice())))),
+    }
+}
+
+#[async_trait]
+impl<S: Storage> CacheBackend for Cache<S> {
+    async fn lookup(
+        &self,
+        _task: &Task,
+        key: &Digest,
+        policy: CachePolicy,
+    ) -> BackendResult<Option<Hit>> {
+        if !policy_allows_read(policy) {
+            return Ok(None);
+        }
+        let found = match self.storage.get_entry(key).await {
+            Ok(Some(record)) => self.validated(key, record).await,
+            Ok(None) => return Ok(None),
+            Err(e) => Err(e),
+        };
+        let record = match found {
+            Ok(record) => record,
+            Err(e @ BackendError::CorruptEntry { .. }) => {
+                tracing::warn!(backend = self.storage.name(), %key, error = %e, "ignoring corrupt cache entry");
+                if policy_allows_write(policy) {
+                    // Removing it lets the next store write a good one.
+                    if let Err(e) = self.storage.remove_entry(key).await {
+                        tracing::debug!(backend = self.storage.name(), %key, error = %e, "could not remove a corrupt entry");
+                    }
+                }
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        let blobs: Vec<BlobRef> = record.blobs().collect();
+        if !blobs.is_empty() {
+            let missing = self.storage.find_missing_blobs(blobs).await?;
+            if !missing.is_empty() {
+                tracing::debug!(backend = self.storage.name(), %key, missing = missing.len(), "entry's blobs are gone: miss");
+                return Ok(None);
+            }
+        }
+        Ok(Some(self.hit(Arc::new(record))))
+    }
+
+    async fn store(
+        &self,
+        _task: &Task,
+        digest: &str,
+        entry: &CacheEntry,
+        policy: CachePolicy,
+    ) -> BackendResult<()> {
+        let key = Digest::parse(digest)?;
+        if !policy_allows_write(policy) {
+            return Ok(());
+        }
+        // Publish order, step 1: every blob.
+        let record = self.put_outputs(key, entry).await?;
+        // Publish order, step 2: the entry, last.
+        self.storage.put_entry(Arc::new(record)).await
+    }
+
+    async fn import(
+        &self,
+        _task: &Task,
+        hit: &Hit,
+        policy: CachePolicy,
+    ) -> BackendResult<Option<Hit>> {
+        if !policy_allows_write(policy) {
+            return Ok(None);
+        }
+        let record = hit.record();
+        let missing = self.storage.find_missing_blobs(record.blobs().collect()).await?;
+        for chunk in missing.chunks(256) {
+            let sources = hit.open(chunk.to_vec()).await?;
+            let sources = chunk
+                .iter()
+                .zip(sources)
+                .map(|(blob, s)| match s {
+                    // A reader never yields more than one byte past the promised size.
+                    BlobSource::Reader(r) => {
+                        BlobSource::Reader(Box::new(std::io::Read::take(r, blob.size.saturating_add(1))))
+                    }
+                    other => other,
+                })
+                .collect();
+            let stored = self.storage.put_blobs(sources).await?;
+            // What this storage hashed while storing must be what the record promised:
+            // bytes that do not match never get an entry pointing at them.
+            if stored.len() != chunk.len() {
+                return Err(BackendError::unavailable(format!(
+                    "storage {} returned {} blob refs for {} blobs",
+                    self.storage.name(),
+                    stored.len(),
+                    chunk.len()
+                )));
+            }
+            for (want, got) in chunk.iter().zip(&stored) {
+                crate::digest::check_blob(want, got)?;
+            }
+        }
+        let record = Arc::new(record.clone());
+        self.storage.put_entry(Arc::clone(&record)).await?;
+        Ok(Some(self.hit(record)))
+    }
+
+    fn name(&self) -> &'static str {
+        self.storage.name()
+    }
+
+    async fn health_check(&self) -> BackendResult<()> {
+        self.storage.health_check().await
+    }
+}

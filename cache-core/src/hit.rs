@@ -1,0 +1,447 @@
+//! A hit as a value: one decoded, validated record, and the storage its blobs come
+//! from. Restoring it and reading its logs use exactly that record, however long the
+//! caller takes and whatever other writers do to the key meanwhile.
+
+use crate::blocking::{self, Spawner};
+use crate::record::{ActionRecord, LogRecord, OutputRecord};
+use crate::storage::{BlobSource, Storage, open_regular};
+use crate::{
+    BackendError, BackendResult, BlobRef, CacheOutput, Digest, LogBytes, OutputContent, RelPath,
+    Workspace,
+};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Files from this size are filled with the kernel's copy when their blob is a local
+/// file: below it, a read/write loop costs less than the second (hashing) thread.
+const KERNEL_COPY_MIN: u64 = 16 << 20;
+
+/// A restore with fewer files and bytes than this runs in one blocking job (the common
+/// hit: one trip to the blocking pool); a larger one is split across jobs.
+const SMALL_FILES: usize = 64;
+const SMALL_BYTES: u64 = 8 << 20;
+
+/// How many blobs one `open_blobs` call asks for in a large restore: bounds what a
+/// storage that fetches small blobs eagerly holds in memory at once.
+const OPEN_CHUNK: usize = 256;
+
+/// A cache hit: the record found for a key, ready to be restored and replayed.
+///
+/// Made by [`crate::CacheBackend::lookup`]; its record has passed every check (key,
+/// checksum, paths), and every blob it needs was present at lookup. Clones share the
+/// record.
+#[derive(Clone)]
+pub struct Hit {
+    record: Arc<ActionRecord>,
+    storage: Arc<dyn Storage>,
+    blocking: Spawner,
+}
+
+impl std::fmt::Debug for Hit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hit")
+            .field("key", &self.record.key)
+            .field("exit_code", &self.record.exit_code)
+            .field("outputs", &self.record.outputs.len())
+            .field("backend", &self.storage.name())
+            .finish()
+    }
+}
+
+impl Hit {
+    pub(crate) fn new(
+        record: Arc<ActionRecord>,
+        storage: Arc<dyn Storage>,
+        blocking: Spawner,
+    ) -> Self {
+        Hit {
+            record,
+            storage,
+            blocking,
+        }
+    }
+
+    /// The task digest.
+    #[must_use]
+    pub fn key(&self) -> &Digest {
+        &self.record.key
+    }
+
+    /// The cached exit code.
+    #[must_use]
+    pub fn exit_code(&self) -> i32 {
+        self.record.exit_code
+    }
+
+    /// How long the task ran when it was stored.
+    #[must_use]
+    pub fn duration_ms(&self) -> u64 {
+        self.record.duration_ms
+    }
+
+    /// The whole record.
+    #[must_use]
+    pub fn record(&self) -> &ActionRecord {
+        &self.record
+    }
+
+    /// The name of the storage the hit's blobs come from.
+    #[must_use]
+    pub fn backend(&self) -> &'static str {
+        self.storage.name()
+    }
+
+    /// Total bytes of the hit's files and logs.
+    #[must_use]
+    pub fn bytes(&self) -> u64 {
+        let logs: u64 = [&self.record.stdout, &self.record.stderr]
+            .into_iter()
+            .map(|l| match l {
+                LogRecord::Absent => 0,
+                LogRecord::Inline(b) => b.len() as u64,
+                LogRecord::Blob(b) => b.size,
+            })
+            .sum();
+        logs + self.file_bytes()
+    }
+
+    fn file_bytes(&self) -> u64 {
+        self.files().map(|(_, b, _)| b.size).sum()
+    }
+
+    fn files(&self) -> impl Iterator<Item = (&str, BlobRef, bool)> {
+        self.record.outputs.iter().filter_map(|o| match o {
+            OutputRecord::File {
+                path,
+                blob,
+                executable,
+            } => Some((path.as_str(), *blob, *executable)),
+            _ => None,
+        })
+    }
+
+    /// Restores the outputs into `workspace`.
+    ///
+    /// Every output is checked against what is on disk before anything is written, so
+    /// a refused layout writes nothing; then directories, files (each verified against
+    /// its digest in a temporary file and renamed into place; a file that already holds
+    /// the cached bytes and mode is kept), and symlinks last. A blob whose bytes do not
+    /// match is removed from the storage (so the next store repairs it) and the error
+    /// is [`BackendError::DigestMismatch`]; the workspace keeps its old file.
+    ///
+    /// Returns the outputs as restored: directories, files (as
+    /// [`OutputContent::File`] naming the restored file, with its verified blob), then
+    /// symlinks, under the canonical workspace root.
+    pub async fn restore(&self, workspace: &Path) -> BackendResult<Vec<CacheOutput>> {
+        let restore = Restore::new(workspace.to_path_buf(), &self.record.outputs)?;
+        let small = restore.files.len() < SMALL_FILES && self.file_bytes() < SMALL_BYTES;
+        let root = if small {
+            // The common hit: one storage call for the sources, one blocking job.
+            let blobs: Vec<BlobRef> = restore.files.iter().map(|f| f.blob).collect();
+            let sources = self.open(blobs).await?;
+            let outcome = blocking::run(&*self.blocking, move || {
+                let mut prepared = restore.prepare()?;
+                let jobs = prepared.take_jobs(sources);
+                write_all(&prepared.ws, jobs)?;
+                prepared.finish()
+            })
+            .await;
+            self.settle(outcome).await?
+        } else {
+            let mut prepared = blocking::run(&*self.blocking, move || restore.prepare()).await?;
+            let needed = std::mem::take(&mut prepared.needed);
+            let ws = Arc::clone(&prepared.ws);
+            for chunk in needed.chunks(OPEN_CHUNK) {
+                let blobs = chunk.iter().map(|f| f.blob).collect();
+                let sources = self.open(blobs).await?;
+                let jobs: Vec<(FileOut, BlobSource)> =
+                    chunk.iter().cloned().zip(sources).collect();
+                self.write_parallel(&ws, jobs).await?;
+            }
+            let finished = blocking::run(&*self.blocking, move || prepared.finish()).await;
+            self.settle(finished).await?
+        };
+        if let Err(e) = self.storage.touch(self.key()).await {
+            tracing::debug!(backend = self.storage.name(), key = %self.key(), error = %e, "could not record recency");
+        }
+        outputs_under(&self.record, &root)
+    }
+
+    /// Removes the storage's copy of a blob that failed verification.
+    async fn settle<T>(&self, outcome: BackendResult<T>) -> BackendResult<T> {
+        if let Err(BackendError::DigestMismatch { expected, .. }) = &outcome {
+            tracing::warn!(backend = self.storage.name(), blob = %expected, "removing a blob that failed verification");
+            if let Err(e) = self.storage.remove_blob(expected).await {
+                tracing::warn!(backend = self.storage.name(), blob = %expected, error = %e, "could not remove a corrupt blob");
+            }
+        }
+        outcome
+    }
+
+    async fn write_parallel(
+        &self,
+        ws: &Arc<Workspace>,
+        jobs: Vec<(FileOut, BlobSource)>,
+    ) -> BackendResult<()> {
+        let parts = parallelism().min(jobs.len().max(1));
+        let mut buckets: Vec<Vec<(FileOut, BlobSource)>> = (0..parts).map(|_| Vec::new()).collect();
+        let mut loads = vec![0u64; parts];
+        // Largest first onto the least loaded job: balanced by bytes.
+        let mut jobs = jobs;
+        jobs.sort_by_key(|(f, _)| std::cmp::Reverse(f.blob.size));
+        for job in jobs {
+            let i = (0..parts).min_by_key(|&i| loads[i]).unwrap_or(0);
+            loads[i] += job.0.blob.size.max(4096);
+            buckets[i].push(job);
+        }
+        let running: Vec<_> = buckets
+            .into_iter()
+            .map(|bucket| {
+                let ws = Arc::clone(ws);
+                blocking::run(&*self.blocking, move || write_all(&ws, bucket))
+            })
+            .collect();
+        let mut first_err = None;
+        for r in running {
+            if let Err(e) = r.await {
+                first_err.get_or_insert(e);
+            }
+        }
+        match first_err {
+            Some(e) => self.settle(Err(e)).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Sources for `blobs`, in order; a blob the storage no longer has is `BlobNotFound`.
+    pub(crate) async fn open(&self, blobs: Vec<BlobRef>) -> BackendResult<Vec<BlobSource>> {
+        let n = blobs.len();
+        let opened = self.storage.open_blobs(blobs.clone()).await?;
+        if opened.len() != n {
+            return Err(BackendError::unavailable(format!(
+                "storage {} answered {} of {n} blobs",
+                self.storage.name(),
+                opened.len()
+            )));
+        }
+        blobs
+            .into_iter()
+            .zip(opened)
+            .map(|(blob, s)| s.ok_or(BackendError::BlobNotFound { digest: blob }))
+            .collect()
+    }
+
+    /// The cached stdout and stderr, exactly as captured, each verified against its
+    /// digest when it was stored as a blob.
+    pub async fn logs(&self) -> BackendResult<LogBytes> {
+        let out = self.log(&self.record.stdout).await?;
+        let err = self.log(&self.record.stderr).await?;
+        Ok((out, err))
+    }
+
+    async fn log(&self, log: &LogRecord) -> BackendResult<Option<Vec<u8>>> {
+        let blob = match log {
+            LogRecord::Absent => return Ok(None),
+            LogRecord::Inline(b) => return Ok(Some(b.clone())),
+            LogRecord::Blob(blob) => *blob,
+        };
+        let source = self.open(vec![blob]).await?.pop().ok_or(BackendError::BlobNotFound { digest: blob })?;
+        let read = blocking::run(&*self.blocking, move || read_verified(source, &blob)).await;
+        self.settle(read).await.map(Some)
+    }
+}
+
+/// Reads a whole blob into memory, verified (blocking).
+pub(crate) fn read_verified(source: BlobSource, blob: &BlobRef) -> BackendResult<Vec<u8>> {
+    // The recorded size is only a hint for the allocation: never trust it past a few MiB.
+    let hint = usize::try_from(blob.size.min(8 << 20)).unwrap_or(0);
+    let mut bytes = Vec::with_capacity(hint);
+    let mut reader = match source {
+        BlobSource::File(path) => Box::new(open_blob_file(&path, blob)?),
+        other => other.into_reader()?,
+    };
+    crate::digest::copy_verified(&mut reader, &mut bytes, blob)?;
+    Ok(bytes)
+}
+
+/// Opens a blob's file; one gone since the lookup (evicted) is a missing blob.
+fn open_blob_file(path: &Path, blob: &BlobRef) -> BackendResult<std::fs::File> {
+    open_regular(path).map_err(|e| match &e {
+        BackendError::IoWithContext { source, .. }
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            BackendError::BlobNotFound { digest: *blob }
+        }
+        _ => e,
+    })
+}
+
+fn parallelism() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().min(4))
+}
+
+/// One file to write.
+#[derive(Debug, Clone)]
+pub(crate) struct FileOut {
+    rel: RelPath,
+    blob: BlobRef,
+    executable: bool,
+}
+
+/// Writes each file from its source through the verified writer (blocking).
+fn write_all(ws: &Workspace, jobs: Vec<(FileOut, BlobSource)>) -> BackendResult<()> {
+    for (f, source) in jobs {
+        write_one(ws, &f, source)?;
+    }
+    Ok(())
+}
+
+fn write_one(ws: &Workspace, f: &FileOut, source: BlobSource) -> BackendResult<PathBuf> {
+    match source {
+        BlobSource::File(path) => {
+            let src = open_blob_file(&path, &f.blob)?;
+            #[cfg(unix)]
+            if f.blob.size >= KERNEL_COPY_MIN {
+                return ws
+                    .begin_file(&f.rel, f.blob, f.executable)?
+                    .copy_from_file(&src);
+            }
+            ws.write_file(&f.rel, f.blob, f.executable, &mut &src)
+        }
+        source => {
+            let mut reader = source.into_reader()?;
+            ws.write_file(&f.rel, f.blob, f.executable, &mut reader)
+        }
+    }
+}
+
+/// One entry's outputs on their way into a workspace, in the one order that is safe:
+/// [`Restore::prepare`] (check every output, create directories, find files already in
+/// place), the files, then [`Prepared::finish`] (symlinks, last).
+struct Restore {
+    root: PathBuf,
+    outputs: Vec<(RelPath, OutputRecord)>,
+    files: Vec<FileOut>,
+}
+
+impl Restore {
+    fn new(root: PathBuf, outputs: &[OutputRecord]) -> BackendResult<Self> {
+        let outputs: Vec<(RelPath, OutputRecord)> = outputs
+            .iter()
+            .map(|o| Ok((RelPath::parse(o.path())?, o.clone())))
+            .collect::<BackendResult<_>>()?;
+        let files = outputs
+            .iter()
+            .filter_map(|(rel, o)| match o {
+                OutputRecord::File {
+                    blob, executable, ..
+                } => Some(FileOut {
+                    rel: rel.clone(),
+                    blob: *blob,
+                    executable: *executable,
+                }),
+                _ => None,
+            })
+            .collect();
+        Ok(Restore {
+            root,
+            outputs,
+            files,
+        })
+    }
+
+    /// Opens the workspace, checks every output against what is on disk before writing
+    /// anything (a refused layout writes nothing), creates the directories, and leaves
+    /// out files already in place with the right bytes and mode
+    /// ([`Workspace::in_place`]). Blocking.
+    fn prepare(self) -> BackendResult<Prepared> {
+        let ws = Arc::new(Workspace::open(&self.root)?);
+        for (rel, o) in &self.outputs {
+            ws.check(rel, matches!(o, OutputRecord::Directory { .. }))?;
+        }
+        let mut links = Vec::new();
+        for (rel, o) in self.outputs {
+            match o {
+                OutputRecord::Directory { .. } => drop(ws.create_dir(&rel)?),
+                OutputRecord::File { .. } => {}
+                OutputRecord::Symlink { target, .. } => links.push((rel, target)),
+            }
+        }
+        let mut in_place = Vec::with_capacity(self.files.len());
+        let mut needed = Vec::new();
+        for f in self.files {
+            let kept = ws.in_place(&f.rel, f.blob, f.executable);
+            in_place.push(kept);
+            if !kept {
+                needed.push(f);
+            }
+        }
+        Ok(Prepared {
+            ws,
+            in_place,
+            needed,
+            links,
+        })
+    }
+}
+
+struct Prepared {
+    ws: Arc<Workspace>,
+    /// For every file of the record, in order: already in place.
+    in_place: Vec<bool>,
+    /// The files to write.
+    needed: Vec<FileOut>,
+    links: Vec<(RelPath, String)>,
+}
+
+impl Prepared {
+    /// Pairs the files to write with their sources (given for every file of the
+    /// record, in order); sources of files already in place are dropped unread.
+    fn take_jobs(&mut self, sources: Vec<BlobSource>) -> Vec<(FileOut, BlobSource)> {
+        let needed = std::mem::take(&mut self.needed);
+        let wanted = sources
+            .into_iter()
+            .zip(&self.in_place)
+            .filter(|(_, kept)| !**kept)
+            .map(|(s, _)| s);
+        needed.into_iter().zip(wanted).collect()
+    }
+
+    /// Makes the symlinks, last, so none exists before the files it may point to.
+    fn finish(self) -> BackendResult<PathBuf> {
+        for (rel, target) in &self.links {
+            self.ws.create_symlink(rel, target)?;
+        }
+        Ok(self.ws.root().to_path_buf())
+    }
+}
+
+/// What a restore reports: directories, files, then symlinks, under `root`, with each
+/// path in its normalized [`RelPath`] form (as it was written).
+fn outputs_under(record: &ActionRecord, root: &Path) -> BackendResult<Vec<CacheOutput>> {
+    let mut dirs = Vec::new();
+    let mut files = Vec::new();
+    let mut links = Vec::new();
+    for o in &record.outputs {
+        let rel = RelPath::parse(o.path())?;
+        match o {
+            OutputRecord::Directory { .. } => dirs.push(CacheOutput::directory(rel.as_str())),
+            OutputRecord::File {
+                blob, executable, ..
+            } => files.push(CacheOutput {
+                path: rel.to_string(),
+                content: OutputContent::File {
+                    path: rel.to_path(root),
+                    blob: Some(*blob),
+                },
+                is_executable: *executable,
+            }),
+            OutputRecord::Symlink { target, .. } => {
+                links.push(CacheOutput::symlink(rel.as_str(), target.clone()));
+            }
+        }
+    }
+    dirs.extend(files);
+    dirs.extend(links);
+    Ok(dirs)
+}

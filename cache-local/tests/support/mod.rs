@@ -1,0 +1,3 @@
+//! Test support shared with `cargo xtask drill`.
+
+pub mod drill;
