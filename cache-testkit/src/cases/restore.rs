@@ -163,11 +163,11 @@ pub async fn restore_replaces_file_symlink_without_following(h: Harness) {
     ws.assert_outside_unchanged();
 }
 
-/// A file already in place with the cached bytes and mode is kept, with its
-/// modification time set to now as a rewrite would; every near miss is rewritten: the
-/// same size with one byte changed, the right bytes with the wrong mode, the right bytes
-/// and mode through a hard link or a symlink to a file outside the workspace (which stays
-/// exactly as it was, mtime included).
+/// A file already in place with the cached bytes and mode is kept (the same inode), with
+/// its modification time set to now as a rewrite would; every near miss is rewritten (a
+/// new inode): the same size with one byte changed, the right bytes with the wrong mode,
+/// the right bytes and mode through a hard link or a symlink to a file outside the
+/// workspace (which stays exactly as it was: inode, content and mtime).
 pub async fn restore_over_matching_files(h: Harness) {
     // Modes, hard links and symlinks are Unix notions; elsewhere every file is rewritten.
     #[cfg(unix)]
@@ -222,6 +222,20 @@ async fn over_matching_files_unix(h: Harness) {
     }
     std::fs::hard_link(&outside_linked, ws.root().join("linked.bin")).expect("hard link");
     ws.symlink("via-symlink.bin", "../outside/via.bin");
+
+    let kept = "same.bin";
+    let rewritten = [
+        "sub/differs.bin",
+        "mode.sh",
+        "linked.bin",
+        "via-symlink.bin",
+    ];
+    let pins = InodePins::new(&ws, std::iter::once(kept).chain(rewritten));
+    let outside_ids = [inode(&outside_linked), inode(&outside_via)];
+    assert_eq!(
+        pins.before["linked.bin"], outside_ids[0],
+        "linked.bin is a hard link to the outside file"
+    );
     let outside_before = ws.outside_tree();
 
     let started = SystemTime::now() - Duration::from_secs(2);
@@ -230,25 +244,129 @@ async fn over_matching_files_unix(h: Harness) {
         tree.expected(),
         "workspace after restoring over near misses",
     );
+    pins.assert_kept(kept, started);
+    for rel in rewritten {
+        pins.assert_rewritten(rel);
+    }
     let meta = |p: &std::path::Path| std::fs::symlink_metadata(p).expect("stat");
-    assert!(
-        meta(&ws.root().join("same.bin")).modified().expect("mtime") >= started,
-        "a file kept in place must look freshly restored (mtime now)"
-    );
-    assert_eq!(
-        meta(&ws.root().join("linked.bin")).nlink(),
-        1,
-        "a hard-linked output is replaced, not shared"
-    );
     ws.outside_tree()
         .assert_same(&outside_before, "outside files behind links");
-    for path in [&outside_linked, &outside_via] {
+    for (path, before) in [&outside_linked, &outside_via].into_iter().zip(outside_ids) {
+        assert_eq!(
+            inode(path),
+            before,
+            "{} is outside the workspace: it must not be replaced",
+            path.display()
+        );
         assert_eq!(
             meta(path).modified().expect("mtime"),
             long_ago,
             "{} is outside the workspace: its mtime must not change",
             path.display()
         );
+        assert_eq!(
+            meta(path).nlink(),
+            1,
+            "{} is no longer linked from the workspace",
+            path.display()
+        );
     }
     assert!(ws.tree().temporaries().is_empty());
+}
+
+/// Which file `path` is (device and inode; a symlink is not followed).
+#[cfg(unix)]
+fn inode(path: &std::path::Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(path).expect("stat");
+    (m.dev(), m.ino())
+}
+
+/// The inodes of workspace files before a restore, kept allocated until dropped, to
+/// tell a file kept in place (the same inode) from one rewritten (a new file put in its
+/// place). Pinning them (an open handle on a file; a second link, beside the workspace,
+/// to a symlink) means no new file can be given an old inode number back, not even by a
+/// backend that removes a file before it writes the new one. Neither adds a link to a
+/// regular file, so whether it is in place is not changed.
+#[cfg(unix)]
+struct InodePins<'a> {
+    ws: &'a TempWorkspace,
+    before: std::collections::BTreeMap<&'a str, (u64, u64)>,
+    _open: Vec<std::fs::File>,
+}
+
+#[cfg(unix)]
+impl<'a> InodePins<'a> {
+    fn new(ws: &'a TempWorkspace, rels: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut before = std::collections::BTreeMap::new();
+        let mut open = Vec::new();
+        for (n, rel) in rels.into_iter().enumerate() {
+            let path = ws.root().join(rel);
+            let id = inode(&path);
+            if std::fs::symlink_metadata(&path)
+                .expect("stat")
+                .file_type()
+                .is_symlink()
+            {
+                let pin = ws.base().join(format!("pinned-symlink-{n}"));
+                std::fs::hard_link(&path, &pin).expect("link the symlink");
+                assert_eq!(
+                    inode(&pin),
+                    id,
+                    "a second link to {rel} itself, not its target"
+                );
+            } else {
+                open.push(std::fs::File::open(&path).expect("open a workspace file"));
+            }
+            before.insert(rel, id);
+        }
+        InodePins {
+            ws,
+            before,
+            _open: open,
+        }
+    }
+
+    fn meta(&self, rel: &str) -> std::fs::Metadata {
+        std::fs::symlink_metadata(self.ws.root().join(rel)).expect("stat")
+    }
+
+    /// `rel` already held the cached bytes and mode with a single link: it is the same
+    /// inode, with its mtime set to now (not earlier than `started`).
+    #[track_caller]
+    fn assert_kept(&self, rel: &str, started: std::time::SystemTime) {
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(
+            inode(&self.ws.root().join(rel)),
+            self.before[rel],
+            "{rel} already held the cached bytes and mode with a single link: it must be \
+             kept in place (the same inode), not rewritten"
+        );
+        let meta = self.meta(rel);
+        let mtime = meta.modified().expect("mtime");
+        let now = std::time::SystemTime::now() + std::time::Duration::from_secs(2);
+        assert!(
+            mtime >= started && mtime <= now,
+            "{rel} was kept in place: it must look freshly restored (mtime now)"
+        );
+        assert_eq!(meta.nlink(), 1, "{rel} has one link");
+    }
+
+    /// `rel` did not hold the cached bytes, mode and a single link: it is a new inode,
+    /// with a single link.
+    #[track_caller]
+    fn assert_rewritten(&self, rel: &str) {
+        use std::os::unix::fs::MetadataExt;
+        assert_ne!(
+            inode(&self.ws.root().join(rel)),
+            self.before[rel],
+            "{rel} did not hold the cached bytes, mode and a single link: it must be \
+             rewritten (a new inode), not kept or changed in place"
+        );
+        assert_eq!(
+            self.meta(rel).nlink(),
+            1,
+            "{rel}: a restored file has one link"
+        );
+    }
 }
