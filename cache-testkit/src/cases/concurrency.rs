@@ -12,6 +12,11 @@ use tokio::task::JoinHandle;
 const WRITERS: usize = 32;
 const READERS: usize = 4;
 
+/// Writer `i`'s stdout.
+fn stdout_of(i: usize) -> String {
+    format!("writer {i}\n")
+}
+
 /// Writer `i`'s entry: the same paths for every writer, different content and modes.
 fn variant(seed: u64, i: usize) -> (OutputTree, CacheEntry) {
     let tree = OutputTree::new()
@@ -29,7 +34,7 @@ fn variant(seed: u64, i: usize) -> (OutputTree, CacheEntry) {
     let i32_i = i32::try_from(i).expect("small");
     let entry = CacheEntry {
         exit_code: i32_i,
-        stdout: Some(format!("writer {i}\n").into_bytes()),
+        stdout: Some(stdout_of(i).into_bytes()),
         ..tree.entry()
     };
     (tree, entry)
@@ -55,6 +60,15 @@ fn which(tree: &Tree, variants: &[(OutputTree, CacheEntry)], what: &str) -> usiz
         })
 }
 
+/// Which writer's stdout `out` is, exactly, or a panic.
+fn writer_of_stdout(out: Option<Vec<u8>>, what: &str) -> usize {
+    let out = String::from_utf8(out.unwrap_or_else(|| panic!("{what}: stdout was stored")))
+        .unwrap_or_else(|e| panic!("{what}: stdout is not the UTF-8 stored: {e}"));
+    (0..WRITERS)
+        .find(|&i| out == stdout_of(i))
+        .unwrap_or_else(|| panic!("{what}: stdout {out:?} is not any one writer's whole log"))
+}
+
 struct Shared {
     backend: Arc<dyn CacheBackend>,
     variants: Vec<(OutputTree, CacheEntry)>,
@@ -62,6 +76,28 @@ struct Shared {
     keys: Vec<String>,
     done: AtomicBool,
     hits: AtomicU64,
+    /// Stores begun and returned, counted by the writers around each `store`.
+    stores_started: AtomicU64,
+    stores_finished: AtomicU64,
+    /// Hits of the one key whose exit code, tree and stdout were cross-checked.
+    cross_checked: AtomicU64,
+}
+
+impl Shared {
+    /// `Some(n)` if no store is in flight now, `n` being the number begun so far.
+    /// (`finished` is read first: if the two are then equal, nothing was in flight at
+    /// that read, and nothing began between the reads.)
+    fn no_store_in_flight(&self) -> Option<u64> {
+        let finished = self.stores_finished.load(Ordering::SeqCst);
+        let started = self.stores_started.load(Ordering::SeqCst);
+        (started == finished).then_some(started)
+    }
+
+    /// Whether no store overlapped the calls made since [`Shared::no_store_in_flight`]
+    /// answered `since`.
+    fn no_store_since(&self, since: Option<u64>) -> bool {
+        since.is_some_and(|n| self.stores_started.load(Ordering::SeqCst) == n)
+    }
 }
 
 async fn reader(s: Arc<Shared>, r: usize) {
@@ -70,6 +106,18 @@ async fn reader(s: Arc<Shared>, r: usize) {
     let mut round = 0usize;
     loop {
         let finished = s.done.load(Ordering::Acquire);
+        // What the three calls of a hit promise each other (see `cache_core::Cache`): a
+        // hit's `check` keeps the record it read for 5 seconds and `restore_outputs` and
+        // `get_log_bytes` use it, but a `store` through the same backend forgets it (and
+        // a `check` that overlapped a store keeps nothing), so the calls after such a
+        // store read the storage again and may see a newer writer's entry. Every writer
+        // here stores through the same backend as the readers, so when a store overlaps
+        // the three calls nothing ties their answers together: each must only be some
+        // writer's whole answer. When no store overlaps them, they must be one writer's:
+        // exit code `i`, writer `i`'s tree and writer `i`'s stdout. Which rounds overlap
+        // depends on scheduling; the last round of every reader, after all stores, never
+        // does, so each reader cross-checks at least once.
+        let quiet = s.no_store_in_flight();
         let hit = s
             .backend
             .check(&task(), &s.one_key, CachePolicy::Normal)
@@ -77,15 +125,14 @@ async fn reader(s: Arc<Shared>, r: usize) {
             .unwrap_or_else(|e| panic!("reader {r}: check failed under concurrent stores: {e}"));
         if hit.hit {
             let code = hit.exit_code.and_then(|c| usize::try_from(c).ok());
-            assert!(
-                code.is_some_and(|c| c < WRITERS),
-                "exit code of a hit: {hit:?}"
-            );
+            let code = code
+                .filter(|&c| c < WRITERS)
+                .unwrap_or_else(|| panic!("exit code of a hit: {hit:?}"));
             s.backend
                 .restore_outputs(&task(), &s.one_key, ws_one.root())
                 .await
                 .unwrap_or_else(|e| panic!("reader {r}: restore of a hit failed: {e}"));
-            which(
+            let tree = which(
                 &ws_one.tree_async().await,
                 &s.variants,
                 "one key, many writers",
@@ -95,10 +142,19 @@ async fn reader(s: Arc<Shared>, r: usize) {
                 .get_log_bytes(&task(), &s.one_key)
                 .await
                 .unwrap_or_else(|e| panic!("reader {r}: logs of a hit failed: {e}"));
-            let out = String::from_utf8(out.expect("stdout was stored")).expect("utf-8");
-            assert!(out.starts_with("writer "), "logs of a hit: {out:?}");
+            let out = writer_of_stdout(out, "logs of a hit of the one key");
+            if s.no_store_since(quiet) {
+                assert!(
+                    code == tree && out == tree,
+                    "reader {r}: with no store in flight, one hit gave exit code {code}, writer \
+                     {tree}'s outputs and writer {out}'s stdout: the calls of a hit must \
+                     answer from one entry"
+                );
+                s.cross_checked.fetch_add(1, Ordering::Relaxed);
+            }
             s.hits.fetch_add(1, Ordering::Relaxed);
         }
+        // Only writer `i` stores key `i`: whatever the timing, a hit is writer `i`'s.
         let i = (r * 7 + round) % WRITERS;
         let hit = s
             .backend
@@ -106,12 +162,24 @@ async fn reader(s: Arc<Shared>, r: usize) {
             .await
             .unwrap_or_else(|e| panic!("reader {r}: check failed under concurrent stores: {e}"));
         if hit.hit {
+            assert_eq!(
+                hit.exit_code,
+                Some(i32::try_from(i).expect("small")),
+                "reader {r}: key {i} is stored by writer {i} alone"
+            );
             s.backend
                 .restore_outputs(&task(), &s.keys[i], ws_many.root())
                 .await
                 .unwrap_or_else(|e| panic!("reader {r}: restore of key {i} failed: {e}"));
             let got = which(&ws_many.tree_async().await, &s.variants, "distinct keys");
             assert_eq!(got, i, "key {i} restored writer {got}'s entry");
+            let (out, _) = s
+                .backend
+                .get_log_bytes(&task(), &s.keys[i])
+                .await
+                .unwrap_or_else(|e| panic!("reader {r}: logs of key {i} failed: {e}"));
+            let out = writer_of_stdout(out, "logs of a distinct key");
+            assert_eq!(out, i, "key {i} gave writer {out}'s stdout");
             s.hits.fetch_add(1, Ordering::Relaxed);
         }
         round += 1;
@@ -125,8 +193,11 @@ async fn reader(s: Arc<Shared>, r: usize) {
 }
 
 /// 32 concurrent stores of one key and 32 of distinct keys, while readers `check`,
-/// `restore_outputs` and `get_logs` in a loop: no call fails, and every hit restores one
-/// writer's whole entry, never a mix. Afterwards every key holds a whole entry.
+/// `restore_outputs` and `get_log_bytes` in a loop: no call fails, and every hit restores
+/// one writer's whole entry, never a mix, with one writer's whole stdout. A hit of a
+/// distinct key is its writer's in all three calls; a hit of the one key is one writer's
+/// in all three whenever no store overlapped them. Afterwards every key holds a whole
+/// entry.
 pub async fn concurrent_stores_and_readers(h: Harness) {
     let seed = fresh_seed();
     let shared = Arc::new(Shared {
@@ -136,6 +207,9 @@ pub async fn concurrent_stores_and_readers(h: Harness) {
         keys: (0..WRITERS).map(|_| fresh_key()).collect(),
         done: AtomicBool::new(false),
         hits: AtomicU64::new(0),
+        stores_started: AtomicU64::new(0),
+        stores_finished: AtomicU64::new(0),
+        cross_checked: AtomicU64::new(0),
     });
     let readers: Vec<_> = (0..READERS)
         .map(|r| tokio::spawn(reader(Arc::clone(&shared), r)))
@@ -146,10 +220,12 @@ pub async fn concurrent_stores_and_readers(h: Harness) {
             let s = Arc::clone(&shared);
             writers.push(tokio::spawn(async move {
                 let entry = &s.variants[i].1;
+                s.stores_started.fetch_add(1, Ordering::SeqCst);
                 s.backend
                     .store(&task(), &key, entry, CachePolicy::Normal)
                     .await
                     .unwrap_or_else(|e| panic!("writer {i}: concurrent store failed: {e}"));
+                s.stores_finished.fetch_add(1, Ordering::SeqCst);
             }));
         }
     }
@@ -164,6 +240,10 @@ pub async fn concurrent_stores_and_readers(h: Harness) {
     assert!(
         shared.hits.load(Ordering::Relaxed) >= 2 * READERS as u64,
         "readers saw too few hits after every store finished"
+    );
+    assert!(
+        shared.cross_checked.load(Ordering::Relaxed) >= READERS as u64,
+        "every reader's last round, after all stores, cross-checks a hit of the one key"
     );
     let ws = TempWorkspace::new();
     h.backend
@@ -180,6 +260,16 @@ pub async fn concurrent_stores_and_readers(h: Harness) {
         r.exit_code,
         Some(i32::try_from(winner).expect("small")),
         "one whole entry"
+    );
+    let (out, _) = h
+        .backend
+        .get_log_bytes(&task(), &shared.one_key)
+        .await
+        .expect("logs after the stores");
+    assert_eq!(
+        writer_of_stdout(out, "one key after the stores"),
+        winner,
+        "the stdout of the entry whose outputs were restored"
     );
     for (i, key) in shared.keys.iter().enumerate() {
         let ws = TempWorkspace::new();
