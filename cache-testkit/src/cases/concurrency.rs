@@ -4,7 +4,7 @@ use crate::Harness;
 use crate::fixtures::{
     OutputTree, TempWorkspace, Tree, fresh_key, fresh_seed, pattern_bytes, task,
 };
-use cache_core::{CacheBackend, CacheEntry, CachePolicy};
+use cache_core::{CacheBackend, CacheEntry, CachePolicy, Digest};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tokio::task::JoinHandle;
@@ -60,6 +60,10 @@ fn which(tree: &Tree, variants: &[(OutputTree, CacheEntry)], what: &str) -> usiz
         })
 }
 
+fn digest(key: &str) -> Digest {
+    Digest::parse(key).expect("a valid key")
+}
+
 /// Which writer's stdout `out` is, exactly, or a panic.
 fn writer_of_stdout(out: Option<Vec<u8>>, what: &str) -> usize {
     let out = String::from_utf8(out.unwrap_or_else(|| panic!("{what}: stdout was stored")))
@@ -81,6 +85,8 @@ struct Shared {
     stores_finished: AtomicU64,
     /// Hits of the one key whose exit code, tree and stdout were cross-checked.
     cross_checked: AtomicU64,
+    /// Hits of the one key taken as values (`lookup`), each cross-checked.
+    values_checked: AtomicU64,
 }
 
 impl Shared {
@@ -101,18 +107,15 @@ impl Shared {
 }
 
 async fn reader(s: Arc<Shared>, r: usize) {
+    let ws_value = TempWorkspace::new();
     let ws_one = TempWorkspace::new();
     let ws_many = TempWorkspace::new();
     let mut round = 0usize;
     loop {
         let finished = s.done.load(Ordering::Acquire);
-        // What the three calls of a hit promise each other (see `cache_core::Cache`): a
-        // hit's `check` keeps the record it read for 5 seconds and `restore_outputs` and
-        // `get_log_bytes` use it, but a `store` through the same backend forgets it (and
-        // a `check` that overlapped a store keeps nothing), so the calls after such a
-        // store read the storage again and may see a newer writer's entry. Every writer
-        // here stores through the same backend as the readers, so when a store overlaps
-        // the three calls nothing ties their answers together: each must only be some
+        // What the three calls of the origin form promise each other (see
+        // `cache_core::CacheBackend`): each looks the key up anew, so when a store
+        // overlaps them nothing ties their answers together: each must only be some
         // writer's whole answer. When no store overlaps them, they must be one writer's:
         // exit code `i`, writer `i`'s tree and writer `i`'s stdout. Which rounds overlap
         // depends on scheduling; the last round of every reader, after all stores, never
@@ -153,6 +156,34 @@ async fn reader(s: Arc<Shared>, r: usize) {
                 s.cross_checked.fetch_add(1, Ordering::Relaxed);
             }
             s.hits.fetch_add(1, Ordering::Relaxed);
+        }
+        // A hit as a value (`lookup`): its exit code, outputs and stdout are one
+        // writer's, always, whatever stores overlap the calls.
+        let found = s
+            .backend
+            .lookup(&task(), &digest(&s.one_key), CachePolicy::Normal)
+            .await
+            .unwrap_or_else(|e| panic!("reader {r}: lookup failed under concurrent stores: {e}"));
+        if let Some(hit) = found {
+            let code = usize::try_from(hit.exit_code())
+                .ok()
+                .filter(|&c| c < WRITERS)
+                .unwrap_or_else(|| panic!("exit code of a hit: {hit:?}"));
+            hit.restore(ws_value.root())
+                .await
+                .unwrap_or_else(|e| panic!("reader {r}: restore of a hit failed: {e}"));
+            let tree = which(&ws_value.tree_async().await, &s.variants, "a hit as a value");
+            let (out, _) = hit
+                .logs()
+                .await
+                .unwrap_or_else(|e| panic!("reader {r}: logs of a hit failed: {e}"));
+            let out = writer_of_stdout(out, "logs of a hit as a value");
+            assert!(
+                code == tree && out == tree,
+                "reader {r}: one hit (a value) gave exit code {code}, writer {tree}'s outputs \
+                 and writer {out}'s stdout, with stores in flight or not: a hit is one entry"
+            );
+            s.values_checked.fetch_add(1, Ordering::Relaxed);
         }
         // Only writer `i` stores key `i`: whatever the timing, a hit is writer `i`'s.
         let i = (r * 7 + round) % WRITERS;
@@ -210,6 +241,7 @@ pub async fn concurrent_stores_and_readers(h: Harness) {
         stores_started: AtomicU64::new(0),
         stores_finished: AtomicU64::new(0),
         cross_checked: AtomicU64::new(0),
+        values_checked: AtomicU64::new(0),
     });
     let readers: Vec<_> = (0..READERS)
         .map(|r| tokio::spawn(reader(Arc::clone(&shared), r)))
@@ -244,6 +276,10 @@ pub async fn concurrent_stores_and_readers(h: Harness) {
     assert!(
         shared.cross_checked.load(Ordering::Relaxed) >= READERS as u64,
         "every reader's last round, after all stores, cross-checks a hit of the one key"
+    );
+    assert!(
+        shared.values_checked.load(Ordering::Relaxed) >= READERS as u64,
+        "every reader's last round, after all stores, takes a hit of the one key as a value"
     );
     let ws = TempWorkspace::new();
     h.backend
