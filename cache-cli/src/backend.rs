@@ -13,7 +13,7 @@
 use crate::Failure;
 use crate::location::{Location, RemoteHeaders, S3Settings, redact};
 use cache_core::{CacheBackend, CircuitBreaker, Tiered, TieredStats};
-use cache_local::{LocalOptions, LocalStorage};
+use cache_local::{LocalCache, LocalOptions, LocalStorage};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -89,6 +89,8 @@ pub struct Opened {
     pub describe: String,
     /// When tiered: what the shared tier did.
     pub tiered: Option<Arc<TieredStats>>,
+    /// The local cache directory's own handle, where each run's outcome is counted.
+    pub local: Option<LocalCache>,
 }
 
 /// Opens the local cache in `dir` and, if given, the remote directory behind it.
@@ -96,21 +98,26 @@ pub struct Opened {
 /// A remote that cannot be opened is a warning, not an error: the run goes on with the
 /// local tier only, as it would with a remote that is down.
 pub fn open(dir: &PathBuf, remote: Option<&PathBuf>) -> cache_core::BackendResult<Opened> {
-    let local: Arc<dyn CacheBackend> = Arc::new(cache_local::open(dir, LocalOptions::default())?);
+    let cache = cache_local::open(dir, LocalOptions::default())?;
+    let local: Arc<dyn CacheBackend> = Arc::new(cache.clone());
     let describe = format!("local {}", dir.display());
     let Some(remote) = remote else {
         return Ok(Opened {
             backend: local,
             describe,
             tiered: None,
+            local: Some(cache),
         });
     };
     match cache_local::open(remote, LocalOptions::default()) {
-        Ok(shared) => Ok(tiered(
-            local,
-            Arc::new(shared),
-            format!("{describe} + remote {}", remote.display()),
-        )),
+        Ok(shared) => Ok(Opened {
+            local: Some(cache),
+            ..tiered(
+                local,
+                Arc::new(shared),
+                format!("{describe} + remote {}", remote.display()),
+            )
+        }),
         Err(e) => {
             tracing::warn!(
                 "remote cache {} cannot be opened, continuing with the local cache only: {e}",
@@ -120,6 +127,7 @@ pub fn open(dir: &PathBuf, remote: Option<&PathBuf>) -> cache_core::BackendResul
                 backend: local,
                 describe,
                 tiered: None,
+                local: Some(cache),
             })
         }
     }
@@ -138,6 +146,7 @@ pub fn tiered(
         backend: Arc::new(tiered),
         describe,
         tiered: Some(stats),
+        local: None,
     }
 }
 

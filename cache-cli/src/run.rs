@@ -207,26 +207,23 @@ async fn look_up(
     workspace: &std::path::Path,
     accept_failures: bool,
 ) -> cache_core::BackendResult<Lookup> {
-    let found = backend.check(task, key, policy).await?;
-    if !found.hit {
-        return Ok(Lookup::Miss);
-    }
-    let Some(exit_code) = found.exit_code else {
-        // A backend that cannot say how the run ended cannot replay it faithfully.
-        tracing::debug!("the cache entry has no exit code; treating it as a miss");
+    let key = cache_core::Digest::parse(key)?;
+    // One lookup: the exit code, outputs and logs replayed all come from this hit.
+    let Some(hit) = backend.lookup(task, &key, policy).await? else {
         return Ok(Lookup::Miss);
     };
+    let exit_code = hit.exit_code();
     if exit_code != 0 && !accept_failures {
         return Ok(Lookup::CachedFailure(exit_code));
     }
     // Logs first (into memory), outputs second, printing last: see the module docs.
-    let (stdout, stderr) = backend.get_log_bytes(task, key).await?;
-    backend.restore_outputs(task, key, workspace).await?;
+    let (stdout, stderr) = hit.logs().await?;
+    hit.restore(workspace).await?;
     Ok(Lookup::Hit(Replay {
         stdout,
         stderr,
         exit_code,
-        cached: Duration::from_millis(found.cached_duration_ms.unwrap_or(0)),
+        cached: Duration::from_millis(hit.duration_ms()),
     }))
 }
 
@@ -311,6 +308,11 @@ fn try_hit(
         &p.workspace,
         accept_failures,
     ));
+    // What this run was, for `taskcache stats`: a hit if it is replayed, else a miss.
+    if let Some(local) = &s.opened.local {
+        let hit = matches!(looked, Ok(Lookup::Hit(_)));
+        s.rt.block_on(local.storage().record_lookups(u64::from(hit), u64::from(!hit)));
+    }
     match looked {
         Ok(Lookup::Hit(replay)) => {
             write_all_ignoring_broken_pipe(
@@ -344,8 +346,8 @@ fn try_hit(
             "miss {id}: key {key}, backend {describe}: the cached run failed (exit {code}) \
              and --cache-failures is not set, running it"
         ),
-        Err(e) if e.is_gracefully_degradable() => {
-            tracing::warn!("cache unavailable, running {id} uncached: {e}");
+        Err(e) if e.is_cache_fault() => {
+            tracing::warn!("cache trouble, running {id} uncached: {e}");
         }
         Err(e) => tracing::warn!("cache lookup for {id} failed, running the command instead: {e}"),
     }
@@ -458,7 +460,11 @@ pub fn run(args: &TaskArgs) -> Result<u8, Failure> {
 mod tests {
     use super::*;
     use cache_core::RelPath;
-    use cache_testkit::{BackendOp, FaultError, FaultPlan, FaultyBackend, MemoryBackend};
+    use cache_core::Cache;
+    use cache_testkit::{
+        BackendOp, FaultError, FaultPlan, FaultyBackend, FaultyStorage, MemoryBackend,
+        MemoryStorage, StorageOp,
+    };
     use std::sync::Arc;
 
     /// A workspace, a task with one output, and a memory cache holding its result.
@@ -467,6 +473,7 @@ mod tests {
         p: Prepared,
         task: Task,
         memory: Arc<dyn CacheBackend>,
+        storage: MemoryStorage,
     }
 
     fn setup() -> Setup {
@@ -488,7 +495,9 @@ mod tests {
             remote: None,
         };
         let task = task_of(&p, CachePolicy::Normal);
-        let memory: Arc<dyn CacheBackend> = Arc::new(MemoryBackend::new());
+        let backend = MemoryBackend::new();
+        let storage = backend.storage().clone();
+        let memory: Arc<dyn CacheBackend> = Arc::new(backend);
         let entry = CacheEntry {
             outputs: vec![cache_core::CacheOutput::bytes(
                 "out.txt",
@@ -508,6 +517,7 @@ mod tests {
             p,
             task,
             memory,
+            storage,
         }
     }
 
@@ -518,6 +528,7 @@ mod tests {
                 backend,
                 describe: "test".into(),
                 tiered: None,
+                local: None,
             },
         }
     }
@@ -544,27 +555,49 @@ mod tests {
     #[test]
     fn cache_errors_mean_running_the_command() {
         let s = setup();
+        let lookup_fails = Arc::new(FaultyBackend::new(
+            Arc::clone(&s.memory),
+            FaultPlan::always(FaultError::Unavailable).only([BackendOp::Lookup]),
+        ));
+        assert_eq!(hit(&s, &session(lookup_fails.clone())), None);
+        assert_eq!(lookup_fails.faults().injected(), 1);
+        // Every storage call of a hit, failing with a cache fault.
         for (op, error) in [
-            (BackendOp::Check, FaultError::Unavailable),
+            (StorageOp::GetEntry, FaultError::Unavailable),
             (
-                BackendOp::Check,
+                StorageOp::GetEntry,
                 FaultError::Io(std::io::ErrorKind::PermissionDenied),
             ),
-            (BackendOp::GetLogBytes, FaultError::ActionNotFound),
-            (BackendOp::RestoreOutputs, FaultError::DigestMismatch),
-            (BackendOp::RestoreOutputs, FaultError::Connection),
+            (StorageOp::FindMissingBlobs, FaultError::Connection),
+            (StorageOp::OpenBlobs, FaultError::BlobNotFound),
+            (StorageOp::OpenBlobs, FaultError::Connection),
         ] {
-            let faulty = Arc::new(FaultyBackend::new(
-                Arc::clone(&s.memory),
-                FaultPlan::always(error.clone()).only([op]),
+            let faulty = Arc::new(Cache::new(
+                FaultyStorage::new(
+                    s.storage.clone(),
+                    FaultPlan::always(error.clone()).only([op]),
+                ),
+                cache_testkit::spawn_blocking,
             ));
             assert_eq!(
                 hit(&s, &session(faulty.clone())),
                 None,
                 "{op:?} failing with {error:?} must fall back to running"
             );
-            assert_eq!(faulty.faults().injected(), 1, "{op:?} {error:?}");
+            assert_eq!(faulty.storage().faults().injected(), 1, "{op:?} {error:?}");
         }
+        // A blob whose bytes are wrong: refused, and the command runs.
+        let blob = cache_core::BlobRef::of(cache_core::DigestAlgorithm::Blake3, b"cached");
+        runtime()
+            .unwrap()
+            .block_on(cache_testkit::Tamper::flip_blob_byte(&s.storage, &blob))
+            .unwrap();
+        assert_eq!(hit(&s, &session(Arc::clone(&s.memory))), None);
+        assert_ne!(
+            std::fs::read(s.p.workspace.join("out.txt")).ok().as_deref(),
+            Some(&b"cachef"[..]),
+            "no wrong byte reaches the workspace"
+        );
     }
 
     #[test]
