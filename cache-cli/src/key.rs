@@ -1,11 +1,13 @@
 //! The task digest `taskcache run` and `taskcache key` compute.
 //!
-//! It is [`cache_core::TaskKeyBuilder`]'s encoding (see its docs) over:
+//! The CLI describes a run as a [`cache_core::Task`] ([`TaskSpec::to_task`]) and keys
+//! it with [`cache_core::TaskKeyBuilder::from_task`] plus the salt below: the same task
+//! gets the same key from the library and from the command. The key covers:
 //!
 //! * the command and its arguments, in order, exactly as given (no shell: `shell` is
 //!   false; a `sh -c '...'` command has its script as an argument);
-//! * each `-e NAME`: the name and the variable's current value, with unset distinct
-//!   from empty; no other variable joins the key;
+//! * each `-e NAME` that is set: the name and the variable's current value (an unset
+//!   variable is absent, which is distinct from empty); no other variable joins the key;
 //! * each `-i GLOB`: the pattern and the contents, executable bits and symlink texts of
 //!   the files it matches;
 //! * each `-o PATH`: the output's normalized name (its content is what is cached);
@@ -17,14 +19,17 @@
 //! of their bytes: a real argument or variable can never contain a NUL byte, so the two
 //! forms cannot collide.
 
-use cache_core::{BackendResult, Digest, DigestAlgorithm, InputFile, RelPath, TaskKeyBuilder};
+use cache_core::{
+    BackendResult, Digest, DigestAlgorithm, InputFile, OutputType, RelPath, Task, TaskKeyBuilder,
+    TaskOutput,
+};
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::fmt::Write as _;
 use std::path::Path;
 
 /// Version of what the CLI puts in a key. Bump it whenever that changes.
-pub const KEY_FORMAT: &str = "taskcache-cli-key/1";
+pub const KEY_FORMAT: &str = "taskcache-cli-key/2";
 
 /// What a task is, as far as the key is concerned.
 #[derive(Debug, Clone)]
@@ -37,6 +42,31 @@ pub struct TaskSpec {
     pub inputs: Vec<String>,
     /// Declared outputs.
     pub outputs: Vec<RelPath>,
+}
+
+impl TaskSpec {
+    /// The task as `cache-core` describes it, with variables read through `var`:
+    /// arguments and values in their key form ([`key_text`]), declared variables that
+    /// are set, inputs, outputs. Its id does not join the key.
+    pub fn to_task(&self, id: &str, var: impl Fn(&str) -> Option<OsString>) -> Task {
+        let mut task = Task::new(id, self.command.iter().map(|a| key_text(a)));
+        task.shell = false;
+        task.env = self
+            .env
+            .iter()
+            .filter_map(|n| var(n).map(|v| (n.clone(), key_text(&v))))
+            .collect();
+        task.inputs.clone_from(&self.inputs);
+        task.outputs = self
+            .outputs
+            .iter()
+            .map(|o| TaskOutput {
+                path: o.to_string(),
+                kind: OutputType::Cas,
+            })
+            .collect();
+        task
+    }
 }
 
 /// The salt for this build of the CLI on this platform.
@@ -78,21 +108,9 @@ pub fn task_key(
     workspace: &Path,
     var: impl Fn(&str) -> Option<OsString>,
 ) -> BackendResult<(Digest, BTreeMap<String, InputFile>)> {
-    let mut b = TaskKeyBuilder::new(DigestAlgorithm::Blake3)
-        .command(spec.command.iter().map(|a| key_text(a)))
-        .shell(false)
-        .salt(salt());
-    for name in &spec.env {
-        let value = var(name).map(|v| key_text(&v));
-        b = b.env(name, value.as_deref());
-    }
-    for pattern in &spec.inputs {
-        b = b.input(pattern);
-    }
-    for out in &spec.outputs {
-        b = b.output(out.as_str());
-    }
-    b.build_with_inputs(workspace)
+    TaskKeyBuilder::from_task(&spec.to_task("", var), DigestAlgorithm::Blake3)
+        .salt(salt())
+        .build_with_inputs(workspace)
 }
 
 /// The first input file that is also a declared output (or lies inside one). Such a
@@ -196,6 +214,22 @@ mod tests {
             Some(("distribution.txt".to_owned(), "distribution.txt".to_owned()))
         );
         assert_eq!(check(&spec(&["distribution.txt"], &["dist"])), None);
+    }
+
+    /// One description, one key: the library's `from_task` over the CLI's task (plus
+    /// the CLI's salt) is the CLI's key.
+    #[test]
+    fn the_key_is_the_librarys_key_of_the_same_task() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("main.c"), "int main(){}").unwrap();
+        let var = |k: &str| (k == "CC").then(|| OsString::from("gcc"));
+        let task = spec().to_task("any id", var);
+        assert_eq!(task.env.get("CC").map(String::as_str), Some("gcc"));
+        let library = TaskKeyBuilder::from_task(&task, DigestAlgorithm::Blake3)
+            .salt(salt())
+            .build(dir.path())
+            .unwrap();
+        assert_eq!(task_key(&spec(), dir.path(), var).unwrap().0, library);
     }
 
     #[test]

@@ -46,10 +46,9 @@ use crate::key::{TaskSpec, input_inside_output, task_key};
 use crate::location::Location;
 use crate::size::format_size;
 use cache_core::{
-    CacheBackend, CacheEntry, CachePolicy, Task, TaskOutput, effective_policy, policy_allows_read,
+    CacheBackend, CacheEntry, CachePolicy, Task, effective_policy, policy_allows_read,
     policy_allows_write,
 };
-use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::io::Write;
 use std::path::PathBuf;
@@ -149,29 +148,7 @@ fn command_line(command: &[OsString]) -> String {
 }
 
 fn task_of(p: &Prepared, policy: CachePolicy) -> Task {
-    let mut task = Task::new(
-        p.id.clone(),
-        p.spec
-            .command
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned()),
-    );
-    task.env = p
-        .spec
-        .env
-        .iter()
-        .filter_map(|n| std::env::var_os(n).map(|v| (n.clone(), v.to_string_lossy().into_owned())))
-        .collect::<BTreeMap<_, _>>();
-    task.inputs.clone_from(&p.spec.inputs);
-    task.outputs = p
-        .spec
-        .outputs
-        .iter()
-        .map(|o| TaskOutput {
-            path: o.to_string(),
-            kind: cache_core::OutputType::Cas,
-        })
-        .collect();
+    let mut task = p.spec.to_task(&p.id, |n| std::env::var_os(n));
     task.cache_policy = policy;
     task
 }
@@ -311,7 +288,11 @@ fn try_hit(
     // What this run was, for `taskcache stats`: a hit if it is replayed, else a miss.
     if let Some(local) = &s.opened.local {
         let hit = matches!(looked, Ok(Lookup::Hit(_)));
-        s.rt.block_on(local.storage().record_lookups(u64::from(hit), u64::from(!hit)));
+        s.rt.block_on(
+            local
+                .storage()
+                .record_lookups(u64::from(hit), u64::from(!hit)),
+        );
     }
     match looked {
         Ok(Lookup::Hit(replay)) => {
@@ -459,8 +440,8 @@ pub fn run(args: &TaskArgs) -> Result<u8, Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cache_core::RelPath;
     use cache_core::Cache;
+    use cache_core::RelPath;
     use cache_testkit::{
         BackendOp, FaultError, FaultPlan, FaultyBackend, FaultyStorage, MemoryBackend,
         MemoryStorage, StorageOp,

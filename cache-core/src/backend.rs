@@ -223,8 +223,9 @@ pub trait CacheBackend: Send + Sync {
     ) -> BackendResult<CacheLookupResult> {
         let key = Digest::parse(digest)?;
         Ok(match self.lookup(task, &key, policy).await? {
-            Some(hit) => CacheLookupResult::hit(digest, hit.duration_ms())
-                .with_exit_code(hit.exit_code()),
+            Some(hit) => {
+                CacheLookupResult::hit(digest, hit.duration_ms()).with_exit_code(hit.exit_code())
+            }
             None => CacheLookupResult::miss(digest),
         })
     }

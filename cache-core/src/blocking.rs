@@ -149,7 +149,9 @@ mod tests {
     #[test]
     fn a_panic_reaches_the_caller() {
         let r = std::panic::catch_unwind(|| {
-            block_on(run(&thread_per_job, || -> BackendResult<()> { panic!("boom") }))
+            block_on(run(&thread_per_job, || -> BackendResult<()> {
+                panic!("boom")
+            }))
         });
         assert!(r.is_err());
     }

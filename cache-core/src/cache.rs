@@ -220,7 +220,10 @@ fn log_source(log: Option<&Vec<u8>>) -> (LogRecord, Option<BlobSource>) {
     match log {
         None => (LogRecord::Absent, None),
         Some(b) if b.len() <= INLINE_LOG_MAX => (LogRecord::Inline(b.clone()), None),
-        Some(b) => (LogRecord::Absent, Some(BlobSource::Bytes(Arc::from(b.as_slice())))),
+        Some(b) => (
+            LogRecord::Absent,
+            Some(BlobSource::Bytes(Arc::from(b.as_slice()))),
+        ),
     }
 }
 
@@ -292,7 +295,10 @@ impl<S: Storage> CacheBackend for Cache<S> {
             return Ok(None);
         }
         let record = hit.record();
-        let missing = self.storage.find_missing_blobs(record.blobs().collect()).await?;
+        let missing = self
+            .storage
+            .find_missing_blobs(record.blobs().collect())
+            .await?;
         for chunk in missing.chunks(256) {
             let sources = hit.open(chunk.to_vec()).await?;
             let sources = chunk
@@ -300,9 +306,10 @@ impl<S: Storage> CacheBackend for Cache<S> {
                 .zip(sources)
                 .map(|(blob, s)| match s {
                     // A reader never yields more than one byte past the promised size.
-                    BlobSource::Reader(r) => {
-                        BlobSource::Reader(Box::new(std::io::Read::take(r, blob.size.saturating_add(1))))
-                    }
+                    BlobSource::Reader(r) => BlobSource::Reader(Box::new(std::io::Read::take(
+                        r,
+                        blob.size.saturating_add(1),
+                    ))),
                     other => other,
                 })
                 .collect();

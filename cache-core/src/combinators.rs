@@ -430,7 +430,9 @@ impl CacheBackend for Instrumented {
         let t = Instant::now();
         let r = self.inner.import(task, hit, policy).await;
         if let Ok(Some(h)) = &r {
-            self.metrics.bytes_up.fetch_add(h.bytes(), Ordering::Relaxed);
+            self.metrics
+                .bytes_up
+                .fetch_add(h.bytes(), Ordering::Relaxed);
         }
         self.done("import", t, r)
     }

@@ -154,8 +154,7 @@ impl Hit {
             for chunk in needed.chunks(OPEN_CHUNK) {
                 let blobs = chunk.iter().map(|f| f.blob).collect();
                 let sources = self.open(blobs).await?;
-                let jobs: Vec<(FileOut, BlobSource)> =
-                    chunk.iter().cloned().zip(sources).collect();
+                let jobs: Vec<(FileOut, BlobSource)> = chunk.iter().cloned().zip(sources).collect();
                 self.write_parallel(&ws, jobs).await?;
             }
             let finished = blocking::run(&*self.blocking, move || prepared.finish()).await;
@@ -245,7 +244,11 @@ impl Hit {
             LogRecord::Inline(b) => return Ok(Some(b.clone())),
             LogRecord::Blob(blob) => *blob,
         };
-        let source = self.open(vec![blob]).await?.pop().ok_or(BackendError::BlobNotFound { digest: blob })?;
+        let source = self
+            .open(vec![blob])
+            .await?
+            .pop()
+            .ok_or(BackendError::BlobNotFound { digest: blob })?;
         let read = blocking::run(&*self.blocking, move || read_verified(source, &blob)).await;
         self.settle(read).await.map(Some)
     }

@@ -114,8 +114,8 @@ impl ActionRecord {
     /// Encodes with header and checksum. Does not validate: tests use it to build
     /// hostile entries.
     pub fn encode(&self) -> BackendResult<Vec<u8>> {
-        let payload =
-            postcard::to_stdvec(self).map_err(|e| BackendError::serialization("encode a cache entry", e))?;
+        let payload = postcard::to_stdvec(self)
+            .map_err(|e| BackendError::serialization("encode a cache entry", e))?;
         let mut out = Vec::with_capacity(HEADER + payload.len());
         out.extend_from_slice(MAGIC);
         out.push(VERSION);
@@ -127,10 +127,7 @@ impl ActionRecord {
     /// Decodes and validates an entry read for `key`. Every failure is
     /// [`BackendError::CorruptEntry`] naming the key and the failed check.
     pub fn decode(key: &Digest, bytes: &[u8]) -> BackendResult<Self> {
-        let corrupt = |reason: String| BackendError::CorruptEntry {
-            key: *key,
-            reason,
-        };
+        let corrupt = |reason: String| BackendError::CorruptEntry { key: *key, reason };
         if bytes.len() > MAX_ENTRY_BYTES {
             return Err(corrupt(format!(
                 "{} bytes is over the {MAX_ENTRY_BYTES}-byte limit",

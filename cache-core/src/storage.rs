@@ -46,18 +46,16 @@
 //!
 //! A storage cannot write a workspace, because it is never told where one is:
 //!
-//! ```compile_fail
+//! ```compile_fail,E0599
 //! use cache_core::storage::Storage;
 //! // There is no such method to implement; restores are Cache's.
 //! fn restore_files<S: Storage>(s: &S) { s.restore_files(Vec::new()); }
 //! ```
 
-pub use crate::digest::{COPY_BUFFER, copy_hashing, hash_reader};
 #[cfg(unix)]
 pub use crate::digest::kernel_copy_hashing;
-pub use crate::record::{
-    ActionRecord, INLINE_LOG_MAX, LogRecord, MAX_ENTRY_BYTES, OutputRecord,
-};
+pub use crate::digest::{COPY_BUFFER, copy_hashing, hash_reader};
+pub use crate::record::{ActionRecord, INLINE_LOG_MAX, LogRecord, MAX_ENTRY_BYTES, OutputRecord};
 
 use crate::{BackendError, BackendResult, BlobRef, Digest};
 use async_trait::async_trait;
@@ -102,7 +100,8 @@ impl BlobSource {
 
 /// Opens `path` for reading if it is a regular file.
 pub(crate) fn open_regular(path: &std::path::Path) -> BackendResult<std::fs::File> {
-    let f = std::fs::File::open(path).map_err(|e| BackendError::io_with_context("open", path, e))?;
+    let f =
+        std::fs::File::open(path).map_err(|e| BackendError::io_with_context("open", path, e))?;
     let meta = f
         .metadata()
         .map_err(|e| BackendError::io_with_context("inspect", path, e))?;

@@ -223,7 +223,13 @@ impl Workspace {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(BackendError::io_with_context("read the cached bytes of", pending.path(), e)),
+                Err(e) => {
+                    return Err(BackendError::io_with_context(
+                        "read the cached bytes of",
+                        pending.path(),
+                        e,
+                    ));
+                }
             };
             pending
                 .write_all(&buf[..n])

@@ -168,7 +168,10 @@ fn sources_are_kept() {
         std::io::Error::other("refused"),
     ));
     let detail = e.source().expect("the detail");
-    assert_eq!(detail.source().expect("the io error").to_string(), "refused");
+    assert_eq!(
+        detail.source().expect("the io error").to_string(),
+        "refused"
+    );
     assert!(e.to_string().contains("refused"), "{e}");
 }
 

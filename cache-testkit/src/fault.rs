@@ -4,8 +4,8 @@
 use async_trait::async_trait;
 use cache_core::storage::{ActionRecord, BlobSource, Storage};
 use cache_core::{
-    BackendError, BackendResult, BlobRef, CacheBackend, CacheEntry, CacheLookupResult,
-    CacheOutput, CachePolicy, Digest, DigestAlgorithm, Hit, LogBytes, Task,
+    BackendError, BackendResult, BlobRef, CacheBackend, CacheEntry, CacheLookupResult, CacheOutput,
+    CachePolicy, Digest, DigestAlgorithm, Hit, LogBytes, Task,
 };
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -49,6 +49,81 @@
 //! * [`fixtures`]: temporary workspaces that notice writes outside them, output trees
 //!   with known bytes, snapshots of restored trees and their comparison, hostile entries.
 //!
+//! ## Mutants that cannot be written
+//!
+//! `tests/mutants.rs` shows broken backends failing named cases. Two mutants of the v1
+//! contract cannot be written against v2 at all, which is the point of its design:
+//!
+//! **A storage that writes the workspace itself** (v1's `restore_files` could call
+//! `fs::write` and skip the verified writer). A [`cache_core::storage::Storage`] is
+//! never told where a workspace is; it has no method that could receive one:
+//!
+//! ```compile_fail,E0407
+//! # use cache_core::storage::*; use cache_core::*; use std::{path::Path, sync::Arc};
+//! struct WritesItself(cache_testkit::MemoryStorage);
+//! #[async_trait::async_trait]
+//! impl Storage for WritesItself {
+//! #   fn name(&self) -> &'static str { "x" }
+//! #   async fn get_entry(&self, k: &Digest) -> BackendResult<Option<ActionRecord>> { self.0.get_entry(k).await }
+//! #   async fn put_entry(&self, r: Arc<ActionRecord>) -> BackendResult<()> { self.0.put_entry(r).await }
+//! #   async fn remove_entry(&self, k: &Digest) -> BackendResult<()> { self.0.remove_entry(k).await }
+//! #   async fn find_missing_blobs(&self, b: Vec<BlobRef>) -> BackendResult<Vec<BlobRef>> { self.0.find_missing_blobs(b).await }
+//! #   async fn put_blobs(&self, s: Vec<BlobSource>) -> BackendResult<Vec<BlobRef>> { self.0.put_blobs(s).await }
+//! #   async fn open_blobs(&self, b: Vec<BlobRef>) -> BackendResult<Vec<Option<BlobSource>>> { self.0.open_blobs(b).await }
+//! #   async fn remove_blob(&self, b: &BlobRef) -> BackendResult<()> { self.0.remove_blob(b).await }
+//! #   async fn touch(&self, k: &Digest) -> BackendResult<()> { self.0.touch(k).await }
+//! #   async fn health_check(&self) -> BackendResult<()> { self.0.health_check().await }
+//!     // error[E0407]: method `restore_files` is not a member of trait `Storage`
+//!     async fn restore_files(&self, workspace: &Path) -> BackendResult<()> {
+//!         std::fs::write(workspace.join("out"), b"unverified").map_err(BackendError::Io)
+//!     }
+//! }
+//! ```
+//!
+//! **A wrapper that drops a method** (v1's wrappers had to remember to forward
+//! `lookup`, `restore` and `lookup_discarded`, or silently lost hit counts and
+//! recency). Every `Storage` method is required, so forgetting one does not compile:
+//!
+//! ```compile_fail,E0046
+//! # use cache_core::storage::*; use cache_core::*; use std::sync::Arc;
+//! struct ForgetsTouch<S>(S);
+//! #[async_trait::async_trait]
+//! impl<S: Storage> Storage for ForgetsTouch<S> {
+//!     fn name(&self) -> &'static str { self.0.name() }
+//!     async fn get_entry(&self, k: &Digest) -> BackendResult<Option<ActionRecord>> { self.0.get_entry(k).await }
+//!     async fn put_entry(&self, r: Arc<ActionRecord>) -> BackendResult<()> { self.0.put_entry(r).await }
+//!     async fn remove_entry(&self, k: &Digest) -> BackendResult<()> { self.0.remove_entry(k).await }
+//!     async fn find_missing_blobs(&self, b: Vec<BlobRef>) -> BackendResult<Vec<BlobRef>> { self.0.find_missing_blobs(b).await }
+//!     async fn put_blobs(&self, s: Vec<BlobSource>) -> BackendResult<Vec<BlobRef>> { self.0.put_blobs(s).await }
+//!     async fn open_blobs(&self, b: Vec<BlobRef>) -> BackendResult<Vec<Option<BlobSource>>> { self.0.open_blobs(b).await }
+//!     async fn remove_blob(&self, b: &BlobRef) -> BackendResult<()> { self.0.remove_blob(b).await }
+//!     // error[E0046]: not all trait items implemented, missing: `touch`
+//!     async fn health_check(&self) -> BackendResult<()> { self.0.health_check().await }
+//! }
+//! ```
+//!
+//! The same wrapper with every method forwarded compiles, so the two examples above
+//! fail for the reason given and no other:
+//!
+//! ```
+//! # use cache_core::storage::*; use cache_core::*; use std::sync::Arc;
+//! struct ForwardsAll<S>(S);
+//! #[async_trait::async_trait]
+//! impl<S: Storage> Storage for ForwardsAll<S> {
+//!     fn name(&self) -> &'static str { self.0.name() }
+//!     async fn get_entry(&self, k: &Digest) -> BackendResult<Option<ActionRecord>> { self.0.get_entry(k).await }
+//!     async fn put_entry(&self, r: Arc<ActionRecord>) -> BackendResult<()> { self.0.put_entry(r).await }
+//!     async fn remove_entry(&self, k: &Digest) -> BackendResult<()> { self.0.remove_entry(k).await }
+//!     async fn find_missing_blobs(&self, b: Vec<BlobRef>) -> BackendResult<Vec<BlobRef>> { self.0.find_missing_blobs(b).await }
+//!     async fn put_blobs(&self, s: Vec<BlobSource>) -> BackendResult<Vec<BlobRef>> { self.0.put_blobs(s).await }
+//!     async fn open_blobs(&self, b: Vec<BlobRef>) -> BackendResult<Vec<Option<BlobSource>>> { self.0.open_blobs(b).await }
+//!     async fn remove_blob(&self, b: &BlobRef) -> BackendResult<()> { self.0.remove_blob(b).await }
+//!     async fn touch(&self, k: &Digest) -> BackendResult<()> { self.0.touch(k).await }
+//!     async fn health_check(&self) -> BackendResult<()> { self.0.health_check().await }
+//! }
+//! let _ = ForwardsAll(cache_testkit::MemoryStorage::new());
+//! ```
+//!
 //! Cases need a multi-threaded tokio runtime (the macro makes one per test, like
 //! `#[tokio::test(flavor = "multi_thread", worker_threads = 2)]`), and touch only
 //! temporary directories. The cases are not sandboxed: run them only against a backend

@@ -105,9 +105,8 @@ fn load_source(source: BlobSource, algorithm: DigestAlgorithm) -> BackendResult<
             let what = format!("{source:?}");
             let mut reader = source.into_reader()?;
             let mut bytes = Vec::new();
-            let blob = copy_hashing(&mut reader, &mut bytes, algorithm).map_err(|e| {
-                BackendError::io_with_context("read blob source", what, e)
-            })?;
+            let blob = copy_hashing(&mut reader, &mut bytes, algorithm)
+                .map_err(|e| BackendError::io_with_context("read blob source", what, e))?;
             Ok((blob, Arc::from(bytes)))
         }
     }
@@ -141,8 +140,7 @@ impl Storage for MemoryStorage {
             return ActionRecord::decode(&key, &bytes).map(Some);
         }
         joined(
-            tokio::task::spawn_blocking(move || ActionRecord::decode(&key, &bytes).map(Some))
-                .await,
+            tokio::task::spawn_blocking(move || ActionRecord::decode(&key, &bytes).map(Some)).await,
         )
     }
 
@@ -190,7 +188,11 @@ impl Storage for MemoryStorage {
         let stored = lock(&self.state.blobs);
         Ok(blobs
             .iter()
-            .map(|b| stored.get(b).map(|bytes| BlobSource::Bytes(Arc::clone(bytes))))
+            .map(|b| {
+                stored
+                    .get(b)
+                    .map(|bytes| BlobSource::Bytes(Arc::clone(bytes)))
+            })
             .collect())
     }
 

@@ -236,16 +236,22 @@ async fn tiered_absorbs_a_failing_fast_tier() {
         outputs: vec![cache_core::CacheOutput::bytes("../x", b"x".to_vec(), false)],
         ..CacheEntry::default()
     };
-    let e = Tiered::new(Arc::new(MemoryBackend::new()), Arc::new(MemoryBackend::new()))
-        .store(&task(), &fresh_key(), &bad, CachePolicy::Normal)
-        .await
-        .unwrap_err();
+    let e = Tiered::new(
+        Arc::new(MemoryBackend::new()),
+        Arc::new(MemoryBackend::new()),
+    )
+    .store(&task(), &fresh_key(), &bad, CachePolicy::Normal)
+    .await
+    .unwrap_err();
     assert_eq!(e.fault(), cache_core::Fault::Caller, "{e}");
     // Both tiers at fault: still a cache fault, never a caller's.
-    let both = Tiered::new(fast, Arc::new(FaultyBackend::new(
-        Arc::new(MemoryBackend::new()),
-        FaultPlan::always(FaultError::Unavailable),
-    )));
+    let both = Tiered::new(
+        fast,
+        Arc::new(FaultyBackend::new(
+            Arc::new(MemoryBackend::new()),
+            FaultPlan::always(FaultError::Unavailable),
+        )),
+    );
     let e = both
         .store(&task(), &fresh_key(), &entry, CachePolicy::Normal)
         .await

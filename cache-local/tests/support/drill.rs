@@ -173,9 +173,7 @@ fn entry_keys(dir: &Path) -> Result<Vec<Digest>, String> {
                     alg.file_name().to_string_lossy(),
                     entry.file_name().to_string_lossy()
                 );
-                keys.push(
-                    Digest::parse(&name).map_err(|e| format!("entry file {name}: {e}"))?,
-                );
+                keys.push(Digest::parse(&name).map_err(|e| format!("entry file {name}: {e}"))?);
             }
         }
     }

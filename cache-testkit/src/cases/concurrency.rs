@@ -172,7 +172,11 @@ async fn reader(s: Arc<Shared>, r: usize) {
             hit.restore(ws_value.root())
                 .await
                 .unwrap_or_else(|e| panic!("reader {r}: restore of a hit failed: {e}"));
-            let tree = which(&ws_value.tree_async().await, &s.variants, "a hit as a value");
+            let tree = which(
+                &ws_value.tree_async().await,
+                &s.variants,
+                "a hit as a value",
+            );
             let (out, _) = hit
                 .logs()
                 .await

@@ -339,7 +339,12 @@ pub async fn hostile_oversized_entry(h: Harness) {
 pub async fn hostile_huge_declared_blob_size(h: Harness) {
     let bytes = format!("small {}", fresh_seed()).into_bytes();
     let real = stored_blob(&h, bytes).await;
-    let kinds = &["blob_not_found", "digest_mismatch", "corrupt_entry", "action_not_found"];
+    let kinds = &[
+        "blob_not_found",
+        "digest_mismatch",
+        "corrupt_entry",
+        "action_not_found",
+    ];
     for size in [u64::MAX, u64::MAX / 2, 1 << 40, real.size + 1] {
         let huge = BlobRef {
             digest: real.digest,
@@ -543,7 +548,11 @@ pub async fn hostile_flipped_blob_is_repaired_by_next_store(h: Harness) {
         &["digest_mismatch"],
         "restore of a flipped blob",
     );
-    expect_err(hit.logs().await, &["digest_mismatch"], "logs of a flipped blob");
+    expect_err(
+        hit.logs().await,
+        &["digest_mismatch"],
+        "logs of a flipped blob",
+    );
     // Both corrupt copies are gone: the entry is a miss until it is stored again.
     assert!(!check(&h, &key, CachePolicy::Normal).await.hit);
     store(&h, &key, &entry).await;

@@ -764,8 +764,11 @@ fn child(args: &[String]) -> Result<(), String> {
                         // Untimed: put the workspace in the state this run measures.
                         match setup {
                             "fresh" => drop(std::fs::remove_file(&out)),
-                            "stale" if out.exists() => std::fs::write(&out, [8u8; 1024])
-                                .map_err(|e| cache_core::BackendError::io_with_context("write", &out, e))?,
+                            "stale" if out.exists() => {
+                                std::fs::write(&out, [8u8; 1024]).map_err(|e| {
+                                    cache_core::BackendError::io_with_context("write", &out, e)
+                                })?
+                            }
                             _ => {}
                         }
                         let t = Instant::now();
