@@ -5,13 +5,12 @@
 //! * A remote (`--remote`) that is a local directory becomes the shared tier of a
 //!   [`Tiered`] cache, behind a [`CircuitBreaker`] so that a remote that keeps failing
 //!   is skipped for the rest of the run instead of costing a timeout per call.
-//! * `s3://` and `grpc(s)://` are parsed and validated, with their credentials
-//!   (`AWS_*`, `TASKCACHE_REMOTE_HEADERS`), and then refused: their backends come in
-//!   later issues. Refusing beats silently running uncached, which would look like a
-//!   working remote.
+//! * `s3://`, `gs://`, `az://` and `grpc(s)://` are recognised and refused: their
+//!   backends are being added. Refusing beats silently running uncached, which would
+//!   look like a working remote.
 
 use crate::Failure;
-use crate::location::{Location, RemoteHeaders, S3Settings, redact};
+use crate::location::Location;
 use cache_core::{CacheBackend, CircuitBreaker, Tiered, TieredStats};
 use cache_local::{LocalCache, LocalOptions, LocalStorage};
 use std::path::PathBuf;
@@ -38,20 +37,9 @@ impl Role {
     }
 }
 
-/// Parses and validates a location given for `role`, without refusing unsupported kinds.
+/// Parses a location given for `role`, without refusing unsupported kinds.
 pub fn parse(raw: &str, role: Role) -> Result<Location, Failure> {
-    let loc = Location::parse(raw).map_err(|e| Failure::Usage(format!("{}: {e}", role.flag())))?;
-    match &loc {
-        Location::Local(_) => {}
-        Location::S3 { .. } => {
-            S3Settings::from_env(|k| std::env::var(k).ok())
-                .map_err(|e| Failure::Usage(format!("{} {}: {e}", role.flag(), redact(raw))))?;
-        }
-        Location::Grpc { .. } => {
-            RemoteHeaders::from_env(|k| std::env::var(k).ok()).map_err(Failure::Usage)?;
-        }
-    }
-    Ok(loc)
+    Location::parse(raw).map_err(|e| Failure::Usage(format!("{}: {e}", role.flag())))
 }
 
 /// The local directory for `role`, refusing kinds this build has no backend for.
@@ -59,7 +47,7 @@ pub fn require_local(loc: Location, role: Role) -> Result<PathBuf, Failure> {
     match loc {
         Location::Local(p) => Ok(p),
         other => Err(Failure::Usage(format!(
-            "{} {other}: {} caches are not yet supported in this build (the URL is valid); \
+            "{} {other}: {} caches are not yet supported in this build; \
              use a local directory or a file:// URL for now",
             role.flag(),
             other.kind()
@@ -178,7 +166,7 @@ mod tests {
 
     #[test]
     fn bad_locations_are_usage_errors() {
-        let Err(Failure::Usage(msg)) = parse("grpc://nohost", Role::Remote) else {
+        let Err(Failure::Usage(msg)) = parse("ftp://nohost/x", Role::Remote) else {
             panic!("accepted")
         };
         assert!(msg.starts_with("--remote"), "{msg}");

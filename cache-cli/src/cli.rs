@@ -10,7 +10,6 @@ Environment:
   TASKCACHE_CACHE           default for --cache
   TASKCACHE_REMOTE          default for --remote
   TASKCACHE_POLICY          default for --policy
-  TASKCACHE_REMOTE_HEADERS  name=value,... sent to a grpc(s) remote (never logged)
   TASKCACHE_LOG             tracing filter for diagnostics, e.g. debug
 
 Exit codes: the command's own (128+N if killed by signal N); on a hit, the cached one.
