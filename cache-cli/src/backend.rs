@@ -46,7 +46,7 @@ pub fn parse(raw: &str, role: Role) -> Result<Location, Failure> {
 pub fn require_local(loc: Location, role: Role) -> Result<PathBuf, Failure> {
     match loc {
         Location::Local(p) => Ok(p),
-        other => Err(Failure::Usage(format!(
+        other @ Location::Planned { .. } => Err(Failure::Usage(format!(
             "{} {other}: {} caches are not yet supported in this build; \
              use a local directory or a file:// URL for now",
             role.flag(),

@@ -44,7 +44,7 @@ impl std::fmt::Debug for Hit {
             .field("exit_code", &self.record.exit_code)
             .field("outputs", &self.record.outputs.len())
             .field("backend", &self.storage.name())
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 

@@ -7,7 +7,9 @@
 
 // The harness is test code of cache-local, not part of its library.
 #[path = "../../cache-local/tests/support/drill.rs"]
-mod drill;
+mod harness;
+
+use harness as drill;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};

@@ -106,6 +106,38 @@ impl Shared {
     }
 }
 
+/// A hit as a value (`lookup`): its exit code, outputs and stdout are one writer's,
+/// always, whatever stores overlap the calls.
+async fn value_hit(s: &Shared, r: usize, ws: &TempWorkspace) {
+    let found = s
+        .backend
+        .lookup(&task(), &digest(&s.one_key), CachePolicy::Normal)
+        .await
+        .unwrap_or_else(|e| panic!("reader {r}: lookup failed under concurrent stores: {e}"));
+    let Some(hit) = found else {
+        return;
+    };
+    let code = usize::try_from(hit.exit_code())
+        .ok()
+        .filter(|&c| c < WRITERS)
+        .unwrap_or_else(|| panic!("exit code of a hit: {hit:?}"));
+    hit.restore(ws.root())
+        .await
+        .unwrap_or_else(|e| panic!("reader {r}: restore of a hit failed: {e}"));
+    let tree = which(&ws.tree_async().await, &s.variants, "a hit as a value");
+    let (out, _) = hit
+        .logs()
+        .await
+        .unwrap_or_else(|e| panic!("reader {r}: logs of a hit failed: {e}"));
+    let out = writer_of_stdout(out, "logs of a hit as a value");
+    assert!(
+        code == tree && out == tree,
+        "reader {r}: one hit (a value) gave exit code {code}, writer {tree}'s outputs \
+         and writer {out}'s stdout, with stores in flight or not: a hit is one entry"
+    );
+    s.values_checked.fetch_add(1, Ordering::Relaxed);
+}
+
 async fn reader(s: Arc<Shared>, r: usize) {
     let ws_value = TempWorkspace::new();
     let ws_one = TempWorkspace::new();
@@ -157,38 +189,7 @@ async fn reader(s: Arc<Shared>, r: usize) {
             }
             s.hits.fetch_add(1, Ordering::Relaxed);
         }
-        // A hit as a value (`lookup`): its exit code, outputs and stdout are one
-        // writer's, always, whatever stores overlap the calls.
-        let found = s
-            .backend
-            .lookup(&task(), &digest(&s.one_key), CachePolicy::Normal)
-            .await
-            .unwrap_or_else(|e| panic!("reader {r}: lookup failed under concurrent stores: {e}"));
-        if let Some(hit) = found {
-            let code = usize::try_from(hit.exit_code())
-                .ok()
-                .filter(|&c| c < WRITERS)
-                .unwrap_or_else(|| panic!("exit code of a hit: {hit:?}"));
-            hit.restore(ws_value.root())
-                .await
-                .unwrap_or_else(|e| panic!("reader {r}: restore of a hit failed: {e}"));
-            let tree = which(
-                &ws_value.tree_async().await,
-                &s.variants,
-                "a hit as a value",
-            );
-            let (out, _) = hit
-                .logs()
-                .await
-                .unwrap_or_else(|e| panic!("reader {r}: logs of a hit failed: {e}"));
-            let out = writer_of_stdout(out, "logs of a hit as a value");
-            assert!(
-                code == tree && out == tree,
-                "reader {r}: one hit (a value) gave exit code {code}, writer {tree}'s outputs \
-                 and writer {out}'s stdout, with stores in flight or not: a hit is one entry"
-            );
-            s.values_checked.fetch_add(1, Ordering::Relaxed);
-        }
+        value_hit(&s, r, &ws_value).await;
         // Only writer `i` stores key `i`: whatever the timing, a hit is writer `i`'s.
         let i = (r * 7 + round) % WRITERS;
         let hit = s

@@ -5,6 +5,7 @@
 
 mod cli;
 mod local;
+mod local_child;
 
 pub fn run(args: &[String]) -> Result<(), String> {
     match args.first().map_or("all", String::as_str) {
