@@ -14,6 +14,7 @@
 //!
 //! Sockets, FIFOs and devices cannot be cached and are errors.
 
+use cache_core::mode::is_executable;
 use cache_core::{CacheOutput, RelPath, check_symlink_target};
 use std::collections::BTreeMap;
 use std::fs;
@@ -129,17 +130,6 @@ fn add(
     };
     found.insert(rel.to_owned(), out);
     Ok(())
-}
-
-#[cfg(unix)]
-fn is_executable(meta: &fs::Metadata) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    meta.permissions().mode() & 0o111 != 0
-}
-
-#[cfg(not(unix))]
-fn is_executable(_meta: &fs::Metadata) -> bool {
-    false
 }
 
 #[cfg(all(test, unix))]

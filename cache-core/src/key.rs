@@ -29,6 +29,7 @@
 //! because it is almost always a typo that would make the key ignore real inputs.
 
 use crate::error::truncate;
+use crate::mode::is_executable;
 use crate::{BackendError, BackendResult, BlobRef, Digest, DigestAlgorithm, RelPath, Task};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -391,17 +392,6 @@ fn read_input(
         blob,
         executable: is_executable(meta),
     })
-}
-
-#[cfg(unix)]
-fn is_executable(meta: &std::fs::Metadata) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    meta.permissions().mode() & 0o111 != 0
-}
-
-#[cfg(not(unix))]
-fn is_executable(_meta: &std::fs::Metadata) -> bool {
-    false
 }
 
 struct Enc(crate::Hasher);

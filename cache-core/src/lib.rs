@@ -61,6 +61,7 @@ mod digest;
 mod error;
 mod hit;
 mod key;
+pub mod mode;
 mod path;
 mod policy;
 mod record;

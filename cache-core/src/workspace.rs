@@ -135,7 +135,7 @@ impl Workspace {
         let Ok(meta) = fs::symlink_metadata(&path) else {
             return false;
         };
-        let mode = if executable { 0o755 } else { 0o644 };
+        let mode = crate::mode::restored_mode(executable);
         if !meta.is_file()
             || meta.nlink() != 1
             || meta.len() != expected.size
@@ -492,19 +492,11 @@ impl Write for PendingFile {
     }
 }
 
-#[cfg(unix)]
 fn set_mode(file: &File, executable: bool) -> io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    file.set_permissions(fs::Permissions::from_mode(if executable {
-        0o755
-    } else {
-        0o644
-    }))
-}
-
-#[cfg(not(unix))]
-fn set_mode(_file: &File, _executable: bool) -> io::Result<()> {
-    Ok(())
+    match crate::mode::restored_permissions(executable) {
+        Some(p) => file.set_permissions(p),
+        None => Ok(()),
+    }
 }
 
 #[cfg(unix)]

@@ -6,6 +6,7 @@
 //! returning errors.
 #![allow(clippy::missing_panics_doc)]
 
+use cache_core::mode::is_executable;
 use cache_core::storage::{ActionRecord, LogRecord};
 use cache_core::{
     BackendError, BackendResult, BlobRef, CacheEntry, CacheOutput, Digest, DigestAlgorithm, Task,
@@ -279,17 +280,6 @@ impl Tree {
     }
 }
 
-#[cfg(unix)]
-fn is_executable(meta: &std::fs::Metadata) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    meta.permissions().mode() & 0o111 != 0
-}
-
-#[cfg(not(unix))]
-fn is_executable(_meta: &std::fs::Metadata) -> bool {
-    false
-}
-
 /// A workspace in a temporary directory, with a watched neighbourhood.
 ///
 /// Layout: `<base>/ws` is the workspace; `<base>/outside` holds a sentinel file and a
@@ -438,15 +428,11 @@ impl TempWorkspace {
     }
 }
 
-#[cfg(unix)]
 fn set_executable(path: &Path, executable: bool) {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = if executable { 0o755 } else { 0o644 };
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("set mode");
+    if let Some(p) = cache_core::mode::restored_permissions(executable) {
+        std::fs::set_permissions(path, p).expect("set mode");
+    }
 }
-
-#[cfg(not(unix))]
-fn set_executable(_path: &Path, _executable: bool) {}
 
 /// The outputs of a task with known content, and the tree restoring them must produce.
 ///
