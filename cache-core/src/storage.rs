@@ -98,8 +98,10 @@ impl BlobSource {
     }
 }
 
-/// Opens `path` for reading if it is a regular file.
-pub(crate) fn open_regular(path: &std::path::Path) -> BackendResult<std::fs::File> {
+/// Opens `path` for reading if it is a regular file (blocking): the one check every
+/// reader of a [`BlobSource::File`] makes, so a FIFO or a directory planted where a
+/// file should be is refused, not read.
+pub fn open_regular(path: &std::path::Path) -> BackendResult<std::fs::File> {
     let f =
         std::fs::File::open(path).map_err(|e| BackendError::io_with_context("open", path, e))?;
     let meta = f

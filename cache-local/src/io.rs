@@ -1,10 +1,10 @@
 //! The blocking halves of store and restore: one pass per file, few jobs per batch.
 
 use crate::layout::Layout;
-use cache_core::storage::{BlobSource, copy_hashing, kernel_copy_hashing};
+use cache_core::storage::{BlobSource, copy_hashing, kernel_copy_hashing, open_regular};
 use cache_core::{BackendError, BackendResult, BlobRef, DigestAlgorithm};
 use std::fs::File;
-use std::io::{self, Read, Seek, Write};
+use std::io::{Read, Seek, Write};
 use std::path::Path;
 
 /// Blobs are addressed by BLAKE3.
@@ -52,18 +52,10 @@ impl<'a> StoreJob<'a> {
     }
 
     fn put_file(&mut self, path: &Path) -> BackendResult<BlobRef> {
-        let mut file =
-            File::open(path).map_err(|e| BackendError::io_with_context("open output", path, e))?;
+        let mut file = open_regular(path)?;
         let meta = file
             .metadata()
             .map_err(|e| BackendError::io_with_context("inspect output", path, e))?;
-        if !meta.is_file() {
-            return Err(BackendError::io_with_context(
-                "read output",
-                path,
-                io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"),
-            ));
-        }
         if meta.len() <= SMALL_FILE {
             let mut buf = std::mem::take(&mut self.buf);
             buf.clear();
