@@ -349,6 +349,61 @@ pub fn copy_verified(
     check_blob(expected, &actual)
 }
 
+/// A reader that passes `inner`'s bytes through while hashing them, and ends with an
+/// [`std::io::ErrorKind::InvalidData`] error instead of end-of-file unless they were
+/// exactly `expected` (never reading more than one byte past its size).
+pub(crate) struct VerifyingReader<R> {
+    inner: std::io::Take<R>,
+    hasher: Hasher,
+    read: u64,
+    expected: BlobRef,
+    done: bool,
+}
+
+impl<R: Read> VerifyingReader<R> {
+    pub(crate) fn new(inner: R, expected: BlobRef) -> Self {
+        VerifyingReader {
+            inner: inner.take(expected.size.saturating_add(1)),
+            hasher: expected.digest.algorithm().hasher(),
+            read: 0,
+            expected,
+            done: false,
+        }
+    }
+}
+
+impl<R: Read> Read for VerifyingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.done {
+            return Ok(0);
+        }
+        let n = self.inner.read(buf)?;
+        if n > 0 && self.read + n as u64 <= self.expected.size {
+            self.hasher.update(&buf[..n]);
+            self.read += n as u64;
+            return Ok(n);
+        }
+        // End of the stream, or past the promised size: decide before handing over
+        // any byte beyond it.
+        self.done = true;
+        let actual = BlobRef {
+            digest: std::mem::replace(&mut self.hasher, self.expected.digest.algorithm().hasher())
+                .finalize(),
+            size: self.read + n as u64,
+        };
+        if n == 0 && actual == self.expected {
+            return Ok(0);
+        }
+        Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            BackendError::DigestMismatch {
+                expected: self.expected,
+                actual,
+            },
+        ))
+    }
+}
+
 /// Compares an expected blob with what was actually read.
 pub fn check_blob(expected: &BlobRef, actual: &BlobRef) -> BackendResult<()> {
     if actual == expected {
@@ -402,6 +457,27 @@ mod tests {
     fn round_trips_through_display() {
         let d = DigestAlgorithm::Blake3.digest(b"x");
         assert_eq!(Digest::parse(&d.to_string()).unwrap(), d);
+    }
+
+    #[test]
+    fn verifying_reader_ends_in_an_error_unless_exact() {
+        let data = b"hello world".to_vec();
+        let good = BlobRef::of(DigestAlgorithm::Blake3, &data);
+        let read = |bytes: &[u8]| {
+            let mut out = Vec::new();
+            VerifyingReader::new(bytes, good)
+                .read_to_end(&mut out)
+                .map(|_| out)
+        };
+        assert_eq!(read(&data).unwrap(), data);
+        let mut flipped = data.clone();
+        flipped[3] ^= 1;
+        let mut longer = data.clone();
+        longer.extend_from_slice(b"!!");
+        for bad in [&flipped[..], &longer[..], &data[..4], &[][..]] {
+            let e = read(bad).unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{bad:?}");
+        }
     }
 
     #[test]

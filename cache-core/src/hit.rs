@@ -9,6 +9,7 @@ use crate::{
     BackendError, BackendResult, BlobRef, CacheOutput, Digest, LogBytes, OutputContent, RelPath,
     Workspace,
 };
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -238,6 +239,43 @@ impl Hit {
         Ok((out, err))
     }
 
+    /// One cached stream as a blocking reader, for callers that replay logs too large
+    /// to hold: bytes come as they are read, and a stream that does not match its
+    /// digest ends with an error ([`std::io::ErrorKind::InvalidData`]) instead of its
+    /// end, so nothing reading to the end takes wrong bytes for the log. Read it on a
+    /// blocking thread. `None` when the stream was not captured.
+    pub async fn log_reader(
+        &self,
+        stream: LogStream,
+    ) -> BackendResult<Option<Box<dyn Read + Send>>> {
+        let log = match stream {
+            LogStream::Stdout => &self.record.stdout,
+            LogStream::Stderr => &self.record.stderr,
+        };
+        let blob = match log {
+            LogRecord::Absent => return Ok(None),
+            LogRecord::Inline(b) => return Ok(Some(Box::new(std::io::Cursor::new(b.clone())))),
+            LogRecord::Blob(blob) => *blob,
+        };
+        let source = self
+            .open(vec![blob])
+            .await?
+            .pop()
+            .ok_or(BackendError::BlobNotFound { digest: blob })?;
+        let reader = match source {
+            // Opening a file is blocking work; it happens on the caller's first read.
+            BlobSource::File(path) => Box::new(LazyFile {
+                path,
+                blob,
+                file: None,
+            }) as Box<dyn Read + Send>,
+            other => other.into_reader()?,
+        };
+        Ok(Some(Box::new(crate::digest::VerifyingReader::new(
+            reader, blob,
+        ))))
+    }
+
     async fn log(&self, log: &LogRecord) -> BackendResult<Option<Vec<u8>>> {
         let blob = match log {
             LogRecord::Absent => return Ok(None),
@@ -251,6 +289,35 @@ impl Hit {
             .ok_or(BackendError::BlobNotFound { digest: blob })?;
         let read = blocking::run(&*self.blocking, move || read_verified(source, &blob)).await;
         self.settle(read).await.map(Some)
+    }
+}
+
+/// Which captured stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogStream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// A blob file opened on first read (so opening happens on the reader's thread).
+struct LazyFile {
+    path: PathBuf,
+    blob: BlobRef,
+    file: Option<std::fs::File>,
+}
+
+impl Read for LazyFile {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.file.is_none() {
+            let f = open_blob_file(&self.path, &self.blob).map_err(std::io::Error::other)?;
+            self.file = Some(f);
+        }
+        match &mut self.file {
+            Some(f) => f.read(buf),
+            None => Ok(0),
+        }
     }
 }
 

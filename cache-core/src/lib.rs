@@ -77,7 +77,7 @@ pub use cache::Cache;
 pub use combinators::{CircuitBreaker, Instrumented, Metrics, Tiered, TieredStats};
 pub use digest::{BlobRef, Digest, DigestAlgorithm, Hasher};
 pub use error::{BackendError, BackendResult, BoxError, Detail, Fault};
-pub use hit::Hit;
+pub use hit::{Hit, LogStream};
 pub use key::{InputFile, TaskKeyBuilder};
 pub use path::{OutputKind, RelPath, check_layout, check_symlink_target};
 pub use policy::{CachePolicy, effective_policy, policy_allows_read, policy_allows_write};

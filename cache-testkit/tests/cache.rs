@@ -147,3 +147,50 @@ async fn a_hit_reads_its_entry_once() {
          update: the entry is not read again"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_log_is_verified_before_its_end() {
+    use cache_core::LogStream;
+    use cache_testkit::Tamper;
+    use std::io::Read;
+    let storage = MemoryStorage::new();
+    let cache = Cache::new(storage.clone(), spawn_blocking);
+    let key = fresh_key();
+    let big = cache_testkit::fixtures::pattern_bytes(7, 300 << 10);
+    let entry = CacheEntry {
+        stdout: Some(big.clone()),
+        stderr: Some(b"small\n".to_vec()),
+        ..CacheEntry::default()
+    };
+    cache
+        .store(&task(), &key, &entry, CachePolicy::Normal)
+        .await
+        .unwrap();
+    let hit = cache
+        .lookup(&task(), &digest(&key), CachePolicy::Normal)
+        .await
+        .unwrap()
+        .expect("hit");
+    let read_all = |mut r: Box<dyn Read + Send>| {
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            r.read_to_end(&mut out).map(|_| out)
+        })
+    };
+    let r = hit.log_reader(LogStream::Stdout).await.unwrap().unwrap();
+    assert!(read_all(r).await.unwrap().unwrap() == big);
+    let r = hit.log_reader(LogStream::Stderr).await.unwrap().unwrap();
+    assert_eq!(read_all(r).await.unwrap().unwrap(), b"small\n");
+
+    storage
+        .flip_blob_byte(&cache_core::BlobRef::of(
+            cache_core::DigestAlgorithm::Blake3,
+            &big,
+        ))
+        .await
+        .unwrap();
+    let r = hit.log_reader(LogStream::Stdout).await.unwrap().unwrap();
+    let err = read_all(r).await.unwrap().unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
+    assert!(err.to_string().contains("mismatch"), "{err}");
+}
