@@ -4,14 +4,19 @@
 //! result (exit code, logs, output files) under a digest of its inputs. This crate
 //! holds everything that must be the same whatever the storage is:
 //!
-//! * [`CacheBackend`]: the async trait executors call (`check`, `store`,
-//!   `restore_outputs`, `get_logs`), with [`CachePolicy`] and the [`Task`] description.
+//! * [`CacheBackend`]: the async trait executors call. [`CacheBackend::lookup`] returns
+//!   a [`Hit`], a value whose [`Hit::restore`] and [`Hit::logs`] replay exactly the
+//!   record that was found; the origin's `check` / `restore_outputs` / `get_logs` are
+//!   provided on top. With [`CachePolicy`] and the [`Task`] description.
 //! * [`Digest`] and [`TaskKeyBuilder`]: validated keys and the documented task-digest
 //!   encoding.
 //! * [`RelPath`] and [`Workspace`]: the one audited routine that writes outputs
 //!   into a workspace, refusing anything that would land outside it.
-//! * [`Storage`] and [`Cache`]: a backend implements the small `Storage` trait and
-//!   `Cache` supplies policy, key checks, publish order and digest verification.
+//! * [`storage::Storage`] and [`Cache`]: a backend implements the small `Storage` trait
+//!   (entries, blobs, recency, health) and `Cache` does everything else: policy, key
+//!   checks, publish order, digest verification, every workspace write.
+//! * [`BackendError`] and [`Fault`]: who is at fault decides whether a task runs
+//!   uncached (the cache's fault) or the caller fixes something.
 //! * Combinators: [`Tiered`], [`Instrumented`], [`CircuitBreaker`].
 //!
 //! It depends on no async runtime and no network crate.

@@ -111,8 +111,10 @@ impl ActionRecord {
         logs.chain(files)
     }
 
-    /// Encodes with header and checksum. Does not validate: tests use it to build
-    /// hostile entries.
+    /// Encodes with header and checksum: what a byte store (a directory, an object
+    /// store) keeps as the entry. It does not validate (a record reaches a storage
+    /// from `Cache`, which built it from checked outputs); [`ActionRecord::decode`]
+    /// checks everything on the way back.
     pub fn encode(&self) -> BackendResult<Vec<u8>> {
         let payload = postcard::to_stdvec(self)
             .map_err(|e| BackendError::serialization("encode a cache entry", e))?;

@@ -422,7 +422,7 @@ impl PendingFile {
     }
 
     /// Fills the (still empty) file from `src` with the kernel's file-to-file copy
-    /// ([`crate::kernel_copy_hashing`]: `copy_file_range`, or a reflink), hashing what
+    /// ([`crate::storage::kernel_copy_hashing`]: `copy_file_range`, or a reflink), hashing what
     /// landed in the temporary file on a second thread, then verifies and publishes it
     /// as [`PendingFile::commit`] does. The cheapest verified copy for large files on
     /// the same machine: the bytes never pass through user space on the copy side.

@@ -3,10 +3,11 @@
 //! A directory, nothing to start: the embedded default, and the cache that many CI jobs
 //! on one machine can share at once without ever restoring a wrong byte.
 //!
-//! [`LocalStorage`] implements [`cache_core::Storage`]; wrapped in [`cache_core::Cache`]
-//! (see [`LocalCache`] and [`open`]) it is a full [`cache_core::CacheBackend`], with the
-//! policy handling, key checks, publish order, entry checksums and digest verification
-//! that `cache-core` supplies to every backend.
+//! [`LocalStorage`] implements [`cache_core::storage::Storage`]; wrapped in
+//! [`cache_core::Cache`] (see [`LocalCache`] and [`open`]) it is a full
+//! [`cache_core::CacheBackend`], with the policy handling, key checks, publish order,
+//! entry checksums, digest verification and workspace writes that `cache-core`
+//! supplies to every backend. The storage itself only keeps files under one directory.
 //!
 //! ```
 //! use cache_core::{CacheBackend, CacheEntry, CacheOutput, CachePolicy, Task};
@@ -25,12 +26,13 @@
 //! cache.store(&task, &key, &entry, CachePolicy::Normal).await?;
 //!
 //! let ws = tempfile::tempdir().unwrap();
-//! assert!(cache.check(&task, &key, CachePolicy::Normal).await?.hit);
-//! cache.restore_outputs(&task, &key, ws.path()).await?;
+//! let hit = cache.lookup(&task, &key.parse()?, CachePolicy::Normal).await?.expect("a hit");
+//! hit.restore(ws.path()).await?;
+//! assert_eq!(hit.logs().await?.0.as_deref(), Some(&b"built\n"[..]));
 //! assert_eq!(std::fs::read(ws.path().join("out/app")).unwrap(), b"\x7fELF...");
 //!
 //! let stats = cache.storage().stats().await?;
-//! assert_eq!((stats.entries, stats.hits), (1, 1));
+//! assert_eq!((stats.entries, stats.blobs), (1, 1));
 //! # Ok::<(), cache_core::BackendError>(())
 //! # }).unwrap();
 //! ```
@@ -58,11 +60,11 @@
 //!   file: blobs are verified on every read and entries carry a checksum, so it reads
 //!   as a miss. With [`LocalOptions::durable`], files and directories are fsynced
 //!   before a store returns.
-//! * **Integrity.** Restores go through the audited writer of `cache-core`
-//!   ([`cache_core::FileRestore::write_from`]: read, hash, write to a temporary file;
-//!   or [`cache_core::FileRestore::copy_from_file`]: the kernel copies into the
-//!   temporary file and what landed is hashed), renamed only if the digest matches. A
-//!   blob that fails is removed, so the next store of that output repairs it.
+//! * **Integrity.** This storage hands `cache-core` the path of a blob
+//!   ([`cache_core::storage::BlobSource::File`]); `Cache` reads it through its audited
+//!   writer (read, hash, write to a temporary file, or from 16 MiB the kernel's copy
+//!   into the temporary file with what landed hashed), renamed only if the digest
+//!   matches. A blob that fails is removed, so the next store of that output repairs it.
 //! * **No locks.** Nothing here takes a lock, so nothing can be left stuck by a crash.
 //!   Statistics are single-`write` appends to a log.
 //! * **GC while in use.** [`LocalStorage::gc`] evicts least-recently-used entries
@@ -72,15 +74,16 @@
 //!   GC stay. In the remaining microsecond window a reader sees a clean miss (an entry
 //!   whose blobs are gone is a miss), never wrong bytes.
 //! * **Off the executor.** All filesystem work runs on tokio's blocking pool; batches
-//!   (10,000 small files) run as a few jobs (one per core), not one per file, and a
-//!   small restore (the common hit) is one job with its recency update.
+//!   (10,000 small files) run as a few jobs (one per core), not one per file. Reading
+//!   an entry decodes it in the same job.
+//! * **Statistics.** Entries, blobs and bytes come from listing the directory; hits
+//!   and misses are what callers record ([`LocalStorage::record_lookups`]; the
+//!   `taskcache` command records one per run).
 //! * **One pass per output.** A store hashes each output once: files up to 1 MiB are
 //!   read into memory, hashed, and written only if their blob is not stored yet;
 //!   larger ones are copied into a temporary file while hashing, and from 16 MiB the
 //!   copy is done by the kernel (`copy_file_range`) while a second thread hashes what
-//!   landed in the temporary file. A restore streams read → hash → write; from 16 MiB
-//!   the kernel copies the blob into the workspace's temporary file while a second
-//!   thread hashes what landed. Memory stays at a few MiB whatever the output size.
+//!   landed in the temporary file. Memory stays at a few MiB whatever the output size.
 
 mod counters;
 mod io;

@@ -15,7 +15,7 @@ struct Counts {
 
 /// Shared counters of the storage calls a backend made.
 ///
-/// A backend built on [`cache_core::Storage`] gets them for free by wrapping its
+/// A backend built on [`cache_core::storage::Storage`] gets them for free by wrapping its
 /// storage in [`CountingStorage`] (which [`crate::Harness::from_storage`] does). A
 /// backend that implements [`cache_core::CacheBackend`] directly calls
 /// [`IoCounter::record_read`] / [`IoCounter::record_write`] wherever it talks to its

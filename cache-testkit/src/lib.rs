@@ -20,7 +20,7 @@
 //! # fn main() {}
 //! ```
 //!
-//! A backend built on [`cache_core::Storage`] gets its harness from
+//! A backend built on [`cache_core::storage::Storage`] gets its harness from
 //! [`Harness::from_storage`], which wraps the storage in a [`CountingStorage`] (so the
 //! policy cases can prove some calls do no I/O) and in [`cache_core::Cache`]:
 //!
