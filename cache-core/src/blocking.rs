@@ -84,9 +84,28 @@ impl<T> Future for Receiver<T> {
     }
 }
 
-/// Runs `f` through `blocking` and returns its value. A panic in `f` is resumed here,
-/// in the caller; a job dropped unrun is `Unavailable`.
-pub async fn run<T, F>(spawn: &(dyn Fn(Job) + Send + Sync), f: F) -> BackendResult<T>
+/// A job started by [`start`]: awaiting it gives the job's value.
+pub(crate) struct Started<T>(Receiver<BackendResult<T>>);
+
+impl<T> Future for Started<T> {
+    type Output = BackendResult<T>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match Pin::new(&mut self.0).poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(value))) => Poll::Ready(value),
+            Poll::Ready(Some(Err(panic))) => std::panic::resume_unwind(panic),
+            Poll::Ready(None) => Poll::Ready(Err(BackendError::unavailable(
+                "the blocking pool dropped a cache job without running it (is the runtime shutting down?)",
+            ))),
+        }
+    }
+}
+
+/// Starts `f` through `spawn` now (not when first polled, so several jobs started in
+/// a row run side by side). A panic in `f` is resumed in whoever awaits it; a job
+/// dropped unrun is `Unavailable`.
+pub(crate) fn start<T, F>(spawn: &(dyn Fn(Job) + Send + Sync), f: F) -> Started<T>
 where
     T: Send + 'static,
     F: FnOnce() -> BackendResult<T> + Send + 'static,
@@ -101,13 +120,16 @@ where
         let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
         tx.send(out);
     }));
-    match Receiver(slot).await {
-        Some(Ok(value)) => value,
-        Some(Err(panic)) => std::panic::resume_unwind(panic),
-        None => Err(BackendError::unavailable(
-            "the blocking pool dropped a cache job without running it (is the runtime shutting down?)",
-        )),
-    }
+    Started(Receiver(slot))
+}
+
+/// Runs `f` through `spawn` and returns its value (see [`start`]).
+pub async fn run<T, F>(spawn: &(dyn Fn(Job) + Send + Sync), f: F) -> BackendResult<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> BackendResult<T> + Send + 'static,
+{
+    start(spawn, f).await
 }
 
 #[cfg(test)]
@@ -144,6 +166,22 @@ mod tests {
         let dropper = drop::<Job>;
         let err = block_on(run(&dropper, || Ok(()))).unwrap_err();
         assert!(matches!(err, BackendError::Unavailable(_)), "{err}");
+    }
+
+    #[test]
+    fn started_jobs_run_side_by_side() {
+        // Two jobs that each wait for the other: they finish only if both run at once.
+        let barrier = Arc::new(std::sync::Barrier::new(2));
+        let (a, b) = (Arc::clone(&barrier), barrier);
+        let first = start(&thread_per_job, move || {
+            a.wait();
+            Ok(1)
+        });
+        let second = start(&thread_per_job, move || {
+            b.wait();
+            Ok(2)
+        });
+        assert_eq!(block_on(first).unwrap() + block_on(second).unwrap(), 3);
     }
 
     #[test]

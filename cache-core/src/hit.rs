@@ -198,7 +198,8 @@ impl Hit {
             .into_iter()
             .map(|bucket| {
                 let ws = Arc::clone(ws);
-                blocking::run(&*self.blocking, move || write_all(&ws, bucket))
+                // Started here, all of them, before the first is awaited.
+                blocking::start(&*self.blocking, move || write_all(&ws, bucket))
             })
             .collect();
         let mut first_err = None;
