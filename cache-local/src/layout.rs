@@ -10,7 +10,7 @@
 //! <dir>/stats/log                       append-only hit/miss/size log
 //! ```
 
-use cache_core::{BackendError, BackendResult, Digest, DigestAlgorithm};
+use cache_core::{BackendError, BackendResult, BlobRef, Digest, DigestAlgorithm};
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -96,6 +96,19 @@ impl Layout {
     /// `<dir>/entries/<algorithm>/<2 hex>/<64 hex>`.
     pub fn entry_path(&self, key: &Digest) -> PathBuf {
         fanned(&self.entries, key)
+    }
+
+    /// The blobs that are not stored as a regular file of their recorded size (a torn
+    /// or truncated blob counts as missing: its entry is a miss, and the next store
+    /// replaces it).
+    pub fn missing_blobs(&self, blobs: impl IntoIterator<Item = BlobRef>) -> Vec<BlobRef> {
+        blobs
+            .into_iter()
+            .filter(|b| {
+                !fs::symlink_metadata(self.blob_path(&b.digest))
+                    .is_ok_and(|m| m.is_file() && m.len() == b.size)
+            })
+            .collect()
     }
 
     /// A new temporary file in `<dir>/tmp` (removed on drop unless published).

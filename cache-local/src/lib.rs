@@ -348,18 +348,6 @@ impl LocalStorage {
     }
 }
 
-/// The blobs that are not stored with their recorded size (a torn or truncated blob
-/// counts as missing: its entry is a miss, and the next store replaces it).
-fn missing_blobs(layout: &Layout, blobs: impl IntoIterator<Item = BlobRef>) -> Vec<BlobRef> {
-    blobs
-        .into_iter()
-        .filter(|b| {
-            !std::fs::symlink_metadata(layout.blob_path(&b.digest))
-                .is_ok_and(|m| m.is_file() && m.len() == b.size)
-        })
-        .collect()
-}
-
 /// Refreshes the recency of the entry for `key` (its mtime, which GC's LRU reads).
 fn touch_entry(layout: &Layout, key: &Digest) -> BackendResult<()> {
     let path = layout.entry_path(key);
@@ -429,7 +417,7 @@ impl Storage for LocalStorage {
     }
 
     async fn find_missing_blobs(&self, blobs: Vec<BlobRef>) -> BackendResult<Vec<BlobRef>> {
-        self.blocking(move |i| Ok(missing_blobs(&i.layout, blobs)))
+        self.blocking(move |i| Ok(i.layout.missing_blobs(blobs)))
             .await
     }
 

@@ -287,10 +287,7 @@ pub(crate) fn verify(layout: &Layout, opts: GcOptions) -> BackendResult<VerifyRe
                 continue;
             }
         };
-        let missing = record.blobs().find(|b| {
-            !fs::symlink_metadata(layout.blob_path(&b.digest)).is_ok_and(|m| m.len() == b.size)
-        });
-        if let Some(b) = missing {
+        if let Some(b) = layout.missing_blobs(record.blobs()).first() {
             // It can only ever read as a miss; the next store of its key rewrites it.
             if layout::remove_if_same(&e.path, &file).unwrap_or(false) {
                 report.entries_incomplete_removed += 1;
