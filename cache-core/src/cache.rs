@@ -238,10 +238,10 @@ impl<S: Storage> CacheBackend for Cache<S> {
         if !policy_allows_read(policy) {
             return Ok(None);
         }
-        let found = match self.storage.get_entry(key).await {
-            Ok(Some(record)) => self.validated(key, record).await,
+        let (found, known_missing) = match self.storage.get_entry(key).await {
+            Ok(Some(entry)) => (self.validated(key, entry.record).await, entry.missing_blobs),
             Ok(None) => return Ok(None),
-            Err(e) => Err(e),
+            Err(e) => (Err(e), None),
         };
         let record = match found {
             Ok(record) => record,
@@ -259,7 +259,10 @@ impl<S: Storage> CacheBackend for Cache<S> {
         };
         let blobs: Vec<BlobRef> = record.blobs().collect();
         if !blobs.is_empty() {
-            let missing = self.storage.find_missing_blobs(blobs).await?;
+            let missing = match known_missing {
+                Some(missing) => missing,
+                None => self.storage.find_missing_blobs(blobs).await?,
+            };
             if !missing.is_empty() {
                 tracing::debug!(backend = self.storage.name(), %key, missing = missing.len(), "entry's blobs are gone: miss");
                 return Ok(None);

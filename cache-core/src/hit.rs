@@ -140,14 +140,16 @@ impl Hit {
             // The common hit: one storage call for the sources, one blocking job.
             let blobs: Vec<BlobRef> = restore.files.iter().map(|f| f.blob).collect();
             let sources = self.open(blobs).await?;
-            let outcome = blocking::run(&*self.blocking, move || {
+            let job = blocking::start(&*self.blocking, move || {
                 let mut prepared = restore.prepare()?;
                 let jobs = prepared.take_jobs(sources);
                 write_all(&prepared.ws, jobs)?;
                 prepared.finish()
-            })
-            .await;
-            self.settle(outcome).await?
+            });
+            // Recency is refreshed while the files are written: the entry is being
+            // used either way, and the two trips to blocking threads overlap.
+            self.touch().await;
+            self.settle(job.await).await?
         } else {
             let mut prepared = blocking::run(&*self.blocking, move || restore.prepare()).await?;
             let needed = std::mem::take(&mut prepared.needed);
@@ -159,12 +161,19 @@ impl Hit {
                 self.write_parallel(&ws, jobs).await?;
             }
             let finished = blocking::run(&*self.blocking, move || prepared.finish()).await;
-            self.settle(finished).await?
+            let root = self.settle(finished).await?;
+            self.touch().await;
+            root
         };
+        outputs_under(&self.record, &root)
+    }
+
+    /// Refreshes the entry's recency; a failure is logged, not returned (the outputs
+    /// are restored either way).
+    async fn touch(&self) {
         if let Err(e) = self.storage.touch(self.key()).await {
             tracing::debug!(backend = self.storage.name(), key = %self.key(), error = %e, "could not record recency");
         }
-        outputs_under(&self.record, &root)
     }
 
     /// Removes the storage's copy of a blob that failed verification.

@@ -19,7 +19,7 @@
 //! record to and from its own messages.
 //!
 //! ```
-//! use cache_core::storage::{ActionRecord, BlobSource, Storage};
+//! use cache_core::storage::{ActionRecord, BlobSource, Storage, StoredEntry};
 //! use cache_core::{BackendResult, BlobRef, Digest};
 //! use std::sync::Arc;
 //!
@@ -28,7 +28,7 @@
 //! #[async_trait::async_trait]
 //! impl Storage for Nothing {
 //!     fn name(&self) -> &'static str { "nothing" }
-//!     async fn get_entry(&self, _: &Digest) -> BackendResult<Option<ActionRecord>> { Ok(None) }
+//!     async fn get_entry(&self, _: &Digest) -> BackendResult<Option<StoredEntry>> { Ok(None) }
 //!     async fn put_entry(&self, _: Arc<ActionRecord>) -> BackendResult<()> { Ok(()) }
 //!     async fn remove_entry(&self, _: &Digest) -> BackendResult<()> { Ok(()) }
 //!     async fn find_missing_blobs(&self, b: Vec<BlobRef>) -> BackendResult<Vec<BlobRef>> { Ok(b) }
@@ -117,13 +117,45 @@ pub fn open_regular(path: &std::path::Path) -> BackendResult<std::fs::File> {
     Ok(f)
 }
 
+/// What [`Storage::get_entry`] found: the record, and which of its blobs are missing
+/// when the storage learnt that while reading the entry at no extra cost (a local
+/// directory checks its blob files in the same blocking job). `None` there makes
+/// `Cache` ask [`Storage::find_missing_blobs`], which is always correct.
+#[derive(Debug, Clone)]
+pub struct StoredEntry {
+    /// The record.
+    pub record: ActionRecord,
+    /// The record's blobs that are not stored, if the storage knows.
+    pub missing_blobs: Option<Vec<BlobRef>>,
+}
+
+impl StoredEntry {
+    /// A record whose blobs `Cache` will ask about.
+    #[must_use]
+    pub fn new(record: ActionRecord) -> Self {
+        StoredEntry {
+            record,
+            missing_blobs: None,
+        }
+    }
+
+    /// A record and which of its blobs are missing (empty: all present).
+    #[must_use]
+    pub fn with_missing_blobs(record: ActionRecord, missing: Vec<BlobRef>) -> Self {
+        StoredEntry {
+            record,
+            missing_blobs: Some(missing),
+        }
+    }
+}
+
 /// What a backend provides so that [`crate::Cache`] can make it a
 /// [`crate::CacheBackend`]: entries, blobs, recency, health. Nothing else.
 ///
 /// Contract (the `cache-testkit` suite checks all of it):
 ///
 /// * **Entries.** `get_entry` returns the record stored for `key` (`Ok(None)` if there
-///   is none); a stored entry that does not decode, fails its checksum or is over
+///   is none), and may say which of its blobs are missing; a stored entry that does not decode, fails its checksum or is over
 ///   [`MAX_ENTRY_BYTES`] is [`BackendError::CorruptEntry`] (byte stores: use
 ///   [`ActionRecord::decode`], which does all of that). `put_entry` replaces atomically
 ///   (readers see the old record or the new, never a mix); last writer wins.
@@ -147,8 +179,8 @@ pub trait Storage: Send + Sync + 'static {
     /// Backend name for logs and metrics.
     fn name(&self) -> &'static str;
 
-    /// The record stored for `key`, `None` if there is none.
-    async fn get_entry(&self, key: &Digest) -> BackendResult<Option<ActionRecord>>;
+    /// The record stored for `key`, `None` if there is none (see [`StoredEntry`]).
+    async fn get_entry(&self, key: &Digest) -> BackendResult<Option<StoredEntry>>;
 
     /// Publishes `record` as the entry for `record.key`, atomically replacing any
     /// previous one. `Cache` calls it only after every blob it names is stored.

@@ -92,7 +92,7 @@ mod maint;
 
 pub use layout::{LAYOUT_FILE, LAYOUT_VERSION};
 
-use cache_core::storage::{ActionRecord, BlobSource, Storage};
+use cache_core::storage::{ActionRecord, BlobSource, Storage, StoredEntry};
 use cache_core::{BackendError, BackendResult, BlobRef, Digest};
 use counters::Counters;
 use layout::Layout;
@@ -372,13 +372,17 @@ impl Storage for LocalStorage {
         "local"
     }
 
-    async fn get_entry(&self, key: &Digest) -> BackendResult<Option<ActionRecord>> {
-        // Read and decode in one blocking job: a large entry never decodes on the executor.
+    async fn get_entry(&self, key: &Digest) -> BackendResult<Option<StoredEntry>> {
+        // Read, decode and check the blob files in one blocking job: a large entry
+        // never decodes on the executor, and a hit's lookup is one trip to the pool.
         let key = *key;
         self.blocking(move |i| {
-            maint::read_entry(&i.layout.entry_path(&key), &key)?
-                .map(|bytes| ActionRecord::decode(&key, &bytes))
-                .transpose()
+            let Some(bytes) = maint::read_entry(&i.layout.entry_path(&key), &key)? else {
+                return Ok(None);
+            };
+            let record = ActionRecord::decode(&key, &bytes)?;
+            let missing = i.layout.missing_blobs(record.blobs());
+            Ok(Some(StoredEntry::with_missing_blobs(record, missing)))
         })
         .await
     }

@@ -2,7 +2,7 @@
 //! a chosen error, or answer slowly.
 
 use async_trait::async_trait;
-use cache_core::storage::{ActionRecord, BlobSource, Storage};
+use cache_core::storage::{ActionRecord, BlobSource, Storage, StoredEntry};
 use cache_core::{
     BackendError, BackendResult, BlobRef, CacheBackend, CacheEntry, CacheLookupResult, CacheOutput,
     CachePolicy, Digest, DigestAlgorithm, Hit, LogBytes, Task,
@@ -419,7 +419,7 @@ impl<S: Storage> Storage for FaultyStorage<S> {
         self.inner.name()
     }
 
-    async fn get_entry(&self, key: &Digest) -> BackendResult<Option<ActionRecord>> {
+    async fn get_entry(&self, key: &Digest) -> BackendResult<Option<StoredEntry>> {
         self.injector.enter(StorageOp::GetEntry).await?;
         self.inner.get_entry(key).await
     }

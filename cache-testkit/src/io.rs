@@ -1,7 +1,7 @@
 //! Counting a backend's storage I/O, so the suite can prove that a call did none.
 
 use async_trait::async_trait;
-use cache_core::storage::{ActionRecord, BlobSource, Storage};
+use cache_core::storage::{ActionRecord, BlobSource, Storage, StoredEntry};
 use cache_core::{BackendResult, BlobRef, Digest};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -129,7 +129,7 @@ impl<S: Storage> Storage for CountingStorage<S> {
         self.inner.name()
     }
 
-    async fn get_entry(&self, key: &Digest) -> BackendResult<Option<ActionRecord>> {
+    async fn get_entry(&self, key: &Digest) -> BackendResult<Option<StoredEntry>> {
         self.io.record_read();
         self.inner.get_entry(key).await
     }

@@ -64,7 +64,7 @@
 //! #[async_trait::async_trait]
 //! impl Storage for WritesItself {
 //! #   fn name(&self) -> &'static str { "x" }
-//! #   async fn get_entry(&self, k: &Digest) -> BackendResult<Option<ActionRecord>> { self.0.get_entry(k).await }
+//! #   async fn get_entry(&self, k: &Digest) -> BackendResult<Option<StoredEntry>> { self.0.get_entry(k).await }
 //! #   async fn put_entry(&self, r: Arc<ActionRecord>) -> BackendResult<()> { self.0.put_entry(r).await }
 //! #   async fn remove_entry(&self, k: &Digest) -> BackendResult<()> { self.0.remove_entry(k).await }
 //! #   async fn find_missing_blobs(&self, b: Vec<BlobRef>) -> BackendResult<Vec<BlobRef>> { self.0.find_missing_blobs(b).await }
@@ -90,7 +90,7 @@
 //! #[async_trait::async_trait]
 //! impl<S: Storage> Storage for ForgetsTouch<S> {
 //!     fn name(&self) -> &'static str { self.0.name() }
-//!     async fn get_entry(&self, k: &Digest) -> BackendResult<Option<ActionRecord>> { self.0.get_entry(k).await }
+//!     async fn get_entry(&self, k: &Digest) -> BackendResult<Option<StoredEntry>> { self.0.get_entry(k).await }
 //!     async fn put_entry(&self, r: Arc<ActionRecord>) -> BackendResult<()> { self.0.put_entry(r).await }
 //!     async fn remove_entry(&self, k: &Digest) -> BackendResult<()> { self.0.remove_entry(k).await }
 //!     async fn find_missing_blobs(&self, b: Vec<BlobRef>) -> BackendResult<Vec<BlobRef>> { self.0.find_missing_blobs(b).await }
@@ -111,7 +111,7 @@
 //! #[async_trait::async_trait]
 //! impl<S: Storage> Storage for ForwardsAll<S> {
 //!     fn name(&self) -> &'static str { self.0.name() }
-//!     async fn get_entry(&self, k: &Digest) -> BackendResult<Option<ActionRecord>> { self.0.get_entry(k).await }
+//!     async fn get_entry(&self, k: &Digest) -> BackendResult<Option<StoredEntry>> { self.0.get_entry(k).await }
 //!     async fn put_entry(&self, r: Arc<ActionRecord>) -> BackendResult<()> { self.0.put_entry(r).await }
 //!     async fn remove_entry(&self, k: &Digest) -> BackendResult<()> { self.0.remove_entry(k).await }
 //!     async fn find_missing_blobs(&self, b: Vec<BlobRef>) -> BackendResult<Vec<BlobRef>> { self.0.find_missing_blobs(b).await }

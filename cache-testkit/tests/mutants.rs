@@ -8,7 +8,7 @@
 //! `model_state_machine`; and `round_trip_256mib_file_from_disk`, for time.
 
 use async_trait::async_trait;
-use cache_core::storage::{ActionRecord, BlobSource, OutputRecord, Storage};
+use cache_core::storage::{ActionRecord, BlobSource, OutputRecord, Storage, StoredEntry};
 use cache_core::{
     BackendError, BackendResult, BlobRef, CacheBackend, CacheEntry, CacheOutput, CachePolicy,
     Digest, Hit, LogBytes, OutputContent, Task, policy_allows_read,
@@ -110,7 +110,7 @@ impl Storage for Broken {
         "broken-memory"
     }
 
-    async fn get_entry(&self, key: &Digest) -> BackendResult<Option<ActionRecord>> {
+    async fn get_entry(&self, key: &Digest) -> BackendResult<Option<StoredEntry>> {
         self.inner.get_entry(key).await
     }
 
