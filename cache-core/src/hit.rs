@@ -22,9 +22,11 @@ const KERNEL_COPY_MIN: u64 = 16 << 20;
 const SMALL_FILES: usize = 64;
 const SMALL_BYTES: u64 = 8 << 20;
 
-/// How many blobs one `open_blobs` call asks for in a large restore: bounds what a
-/// storage that fetches small blobs eagerly holds in memory at once.
-const OPEN_CHUNK: usize = 256;
+/// How many blobs, and bytes of blobs, one `open_blobs` call asks for in a large
+/// restore: bounds what a storage that fetches small blobs eagerly holds in memory at
+/// once, while keeping the pauses between chunks few.
+const OPEN_CHUNK_FILES: usize = 4096;
+const OPEN_CHUNK_BYTES: u64 = 64 << 20;
 
 /// A cache hit: the record found for a key, ready to be restored and replayed.
 ///
@@ -154,7 +156,7 @@ impl Hit {
             let mut prepared = blocking::run(&*self.blocking, move || restore.prepare()).await?;
             let needed = std::mem::take(&mut prepared.needed);
             let ws = Arc::clone(&prepared.ws);
-            for chunk in needed.chunks(OPEN_CHUNK) {
+            for chunk in chunks(&needed) {
                 let blobs = chunk.iter().map(|f| f.blob).collect();
                 let sources = self.open(blobs).await?;
                 let jobs: Vec<(FileOut, BlobSource)> = chunk.iter().cloned().zip(sources).collect();
@@ -192,23 +194,17 @@ impl Hit {
         ws: &Arc<Workspace>,
         jobs: Vec<(FileOut, BlobSource)>,
     ) -> BackendResult<()> {
-        let parts = parallelism().min(jobs.len().max(1));
-        let mut buckets: Vec<Vec<(FileOut, BlobSource)>> = (0..parts).map(|_| Vec::new()).collect();
-        let mut loads = vec![0u64; parts];
-        // Largest first onto the least loaded job: balanced by bytes.
-        let mut jobs = jobs;
-        jobs.sort_by_key(|(f, _)| std::cmp::Reverse(f.blob.size));
-        for job in jobs {
-            let i = (0..parts).min_by_key(|&i| loads[i]).unwrap_or(0);
-            loads[i] += job.0.blob.size.max(4096);
-            buckets[i].push(job);
-        }
-        let running: Vec<_> = buckets
+        let weights: Vec<u64> = jobs.iter().map(|(f, _)| f.blob.size.max(4096)).collect();
+        let mut jobs = jobs.into_iter();
+        // Contiguous runs in record order (sorted by path): each job writes its own
+        // directories, so two jobs do not contend for one directory's lock.
+        let running: Vec<_> = split_runs(&weights, parallelism())
             .into_iter()
-            .map(|bucket| {
+            .map(|len| {
                 let ws = Arc::clone(ws);
+                let part: Vec<(FileOut, BlobSource)> = jobs.by_ref().take(len).collect();
                 // Started here, all of them, before the first is awaited.
-                blocking::start(&*self.blocking, move || write_all(&ws, bucket))
+                blocking::start(&*self.blocking, move || write_all(&ws, part))
             })
             .collect();
         let mut first_err = None;
@@ -354,6 +350,53 @@ fn open_blob_file(path: &Path, blob: &BlobRef) -> BackendResult<std::fs::File> {
         }
         _ => e,
     })
+}
+
+/// `needed` in runs of at most [`OPEN_CHUNK_FILES`] files and about
+/// [`OPEN_CHUNK_BYTES`] bytes (at least one file each).
+fn chunks(needed: &[FileOut]) -> Vec<&[FileOut]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0u64;
+    for (i, f) in needed.iter().enumerate() {
+        if i > start && (i - start >= OPEN_CHUNK_FILES || bytes + f.blob.size > OPEN_CHUNK_BYTES) {
+            out.push(&needed[start..i]);
+            start = i;
+            bytes = 0;
+        }
+        bytes += f.blob.size;
+    }
+    if start < needed.len() {
+        out.push(&needed[start..]);
+    }
+    out
+}
+
+/// Lengths of at most `parts` contiguous runs of `weights` with similar totals (each
+/// run non-empty).
+fn split_runs(weights: &[u64], parts: usize) -> Vec<usize> {
+    let parts = parts.clamp(1, weights.len().max(1));
+    let total: u64 = weights.iter().sum();
+    let mut runs = Vec::with_capacity(parts);
+    let (mut len, mut acc) = (0usize, 0u64);
+    for (i, w) in weights.iter().enumerate() {
+        len += 1;
+        acc += w;
+        let filled = runs.len() as u64 + 1;
+        let left = weights.len() - i - 1;
+        // Close a run at its share of the total, keeping one item for each run to come.
+        if runs.len() + 1 < parts
+            && acc * parts as u64 >= total * filled
+            && left >= parts - runs.len() - 1
+        {
+            runs.push(len);
+            len = 0;
+        }
+    }
+    if len > 0 {
+        runs.push(len);
+    }
+    runs
 }
 
 fn parallelism() -> usize {
@@ -524,4 +567,28 @@ fn outputs_under(record: &ActionRecord, root: &Path) -> BackendResult<Vec<CacheO
     dirs.extend(files);
     dirs.extend(links);
     Ok(dirs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_cover_everything_in_order_and_balance() {
+        for (weights, parts) in [
+            (vec![1u64; 10], 2usize),
+            (vec![1; 3], 4),
+            (vec![100, 1, 1, 1, 1], 2),
+            (vec![1, 1, 1, 1, 100], 2),
+            (vec![5; 7], 3),
+            (vec![], 2),
+        ] {
+            let runs = split_runs(&weights, parts);
+            assert_eq!(runs.iter().sum::<usize>(), weights.len(), "{weights:?}");
+            assert!(runs.iter().all(|&n| n > 0), "{weights:?}: {runs:?}");
+            assert!(runs.len() <= parts, "{weights:?}: {runs:?}");
+        }
+        assert_eq!(split_runs(&[1; 10], 2), vec![5, 5]);
+        assert_eq!(split_runs(&[100, 1, 1, 1, 1], 2), vec![1, 4]);
+    }
 }
