@@ -551,10 +551,10 @@ impl Bench {
         }
         let _ = writeln!(
             md,
-            "\nHit latency (check + restore + get_logs of one 1 KiB output with two small \
+            "\nHit latency (lookup, then the hit's restore and logs, of one 1 KiB output with two small \
              logs, in-process, multi-thread runtime, 3,000 hits after 200 warm-up; target \
              p50 ≤ 200 µs), by what the workspace holds when the hit starts:\n\n\
-             | workspace | p50 | p99 | check p50 | restore p50 | get_logs p50 | peak RSS |\n\
+             | workspace | p50 | p99 | lookup p50 | restore p50 | logs p50 | peak RSS |\n\
              |---|---|---|---|---|---|---|"
         );
         let mut latency_row = |fs: &str, l: &Report, setup: &str, what: &str| {
@@ -582,8 +582,9 @@ impl Bench {
         }
         let _ = writeln!(
             md,
-            "\nOne trip to tokio's blocking pool costs {:.0} µs here (a hit makes 2: \
-             check 1, restore 1; get_logs reuses the record its check read).",
+            "\nOne trip to tokio's blocking pool costs {:.0} µs here (a hit makes 2 in \
+             turn: the lookup's, and the restore's with the recency update alongside; small logs \
+             are in the hit's record).",
             hops["spawn_blocking_us"]
         );
         let _ = writeln!(
