@@ -63,6 +63,8 @@ struct Prepared {
     id: String,
     cache: Option<Location>,
     remote: Option<Location>,
+    /// The capture limit, which also bounds a replayed log (the size comes from the cache).
+    max_log: u64,
 }
 
 fn prepare(args: &TaskArgs) -> Result<Prepared, Failure> {
@@ -115,6 +117,7 @@ fn prepare(args: &TaskArgs) -> Result<Prepared, Failure> {
         id,
         cache,
         remote,
+        max_log: args.max_log_size,
     })
 }
 
@@ -183,6 +186,7 @@ async fn look_up(
     policy: CachePolicy,
     workspace: &std::path::Path,
     accept_failures: bool,
+    max_log: u64,
 ) -> cache_core::BackendResult<Lookup> {
     let key = cache_core::Digest::parse(key)?;
     // One lookup: the exit code, outputs and logs replayed all come from this hit.
@@ -194,7 +198,7 @@ async fn look_up(
         return Ok(Lookup::CachedFailure(exit_code));
     }
     // Logs first (into memory), outputs second, printing last: see the module docs.
-    let (stdout, stderr) = hit.logs().await?;
+    let (stdout, stderr) = hit.logs_up_to(max_log).await?;
     hit.restore(workspace).await?;
     Ok(Lookup::Hit(Replay {
         stdout,
@@ -284,6 +288,7 @@ fn try_hit(
         policy,
         &p.workspace,
         accept_failures,
+        p.max_log,
     ));
     // What this run was, for `taskcache stats`: a hit if it is replayed, else a miss.
     if let Some(local) = &s.opened.local {
@@ -474,6 +479,7 @@ mod tests {
             id: "make".into(),
             cache: None,
             remote: None,
+            max_log: 64 << 20,
         };
         let task = task_of(&p, CachePolicy::Normal);
         let backend = MemoryBackend::new();

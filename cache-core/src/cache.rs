@@ -83,7 +83,12 @@ impl<S: Storage> Cache<S> {
     /// Checks a record a storage returned for `key` (a byte store's
     /// [`ActionRecord::decode`] did it already; a protocol store maps its own messages,
     /// and neither is trusted to have done it).
-    async fn validated(&self, key: &Digest, record: ActionRecord) -> BackendResult<ActionRecord> {
+    async fn validated(
+        &self,
+        key: &Digest,
+        record: ActionRecord,
+        declared: Declared,
+    ) -> BackendResult<ActionRecord> {
         if record.key != *key {
             return Err(BackendError::corrupt(
                 *key,
@@ -95,6 +100,7 @@ impl<S: Storage> Cache<S> {
             record
                 .validate()
                 .map_err(|e| BackendError::corrupt(record.key, e.to_string()))?;
+            declared.admits(&record)?;
             Ok(record)
         };
         if cheap {
@@ -174,6 +180,64 @@ impl<S: Storage> Cache<S> {
     }
 }
 
+/// The outputs a task declares, as the paths a hit may write: each declared path and
+/// everything below it, and the directories above a declared path (creating a parent
+/// is part of writing the output). A task that declares no outputs restricts nothing
+/// (the origin's bare tasks); the `taskcache` command always declares them.
+struct Declared {
+    /// Declared paths (files or directories), normalized.
+    roots: std::collections::BTreeSet<String>,
+    /// Every proper ancestor directory of a declared path.
+    parents: std::collections::BTreeSet<String>,
+}
+
+impl Declared {
+    fn of(task: &Task) -> BackendResult<Self> {
+        let mut roots = std::collections::BTreeSet::new();
+        let mut parents = std::collections::BTreeSet::new();
+        for o in &task.outputs {
+            let rel = RelPath::parse(&o.path).map_err(|e| BackendError::InvalidOutput {
+                path: crate::error::truncate(&o.path),
+                reason: format!("the task declares an output path that is not valid: {e}"),
+            })?;
+            let mut dir = rel.parent();
+            while let Some(d) = dir {
+                dir = d.parent();
+                parents.insert(d.to_string());
+            }
+            roots.insert(rel.to_string());
+        }
+        Ok(Declared { roots, parents })
+    }
+
+    /// Whether a directory (`is_dir`) or another output at `path` may be written.
+    fn covers(&self, path: &str, is_dir: bool) -> bool {
+        if self.roots.contains(path) || (is_dir && self.parents.contains(path)) {
+            return true;
+        }
+        // Below a declared path: one of its ancestors (at most MAX_PATH_DEPTH) is declared.
+        path.match_indices('/')
+            .any(|(i, _)| self.roots.contains(&path[..i]))
+    }
+
+    /// Refuses a record with any output outside the declared ones.
+    fn admits(&self, record: &ActionRecord) -> BackendResult<()> {
+        if self.roots.is_empty() {
+            return Ok(());
+        }
+        for o in &record.outputs {
+            let is_dir = matches!(o, OutputRecord::Directory { .. });
+            if !self.covers(o.path(), is_dir) {
+                return Err(BackendError::UndeclaredOutput {
+                    key: record.key,
+                    path: crate::error::truncate(o.path()),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Validated form of a `store` request's outputs.
 enum Planned {
     File {
@@ -231,20 +295,35 @@ fn log_source(log: Option<&Vec<u8>>) -> (LogRecord, Option<BlobSource>) {
 impl<S: Storage> CacheBackend for Cache<S> {
     async fn lookup(
         &self,
-        _task: &Task,
+        task: &Task,
         key: &Digest,
         policy: CachePolicy,
     ) -> BackendResult<Option<Hit>> {
         if !policy_allows_read(policy) {
             return Ok(None);
         }
+        let declared = Declared::of(task)?;
         let (found, known_missing) = match self.storage.get_entry(key).await {
-            Ok(Some(entry)) => (self.validated(key, entry.record).await, entry.missing_blobs),
+            Ok(Some(entry)) => (
+                self.validated(key, entry.record, declared).await,
+                entry.missing_blobs,
+            ),
             Ok(None) => return Ok(None),
             Err(e) => (Err(e), None),
         };
         let record = match found {
             Ok(record) => record,
+            Err(e @ BackendError::UndeclaredOutput { .. }) => {
+                // Well-formed, but not this task's to restore: a miss, and the entry
+                // stays (it may be another task's result under a colliding key).
+                tracing::warn!(backend = self.storage.name(), %key, error = %e, "refusing a cache entry with outputs the task does not declare");
+                return Ok(None);
+            }
+            Err(e @ BackendError::NewerEntryFormat { .. }) => {
+                // Another taskcache's entry: a miss here, and left alone.
+                tracing::warn!(backend = self.storage.name(), %key, error = %e, "skipping a cache entry written by a newer taskcache");
+                return Ok(None);
+            }
             Err(e @ BackendError::CorruptEntry { .. }) => {
                 tracing::warn!(backend = self.storage.name(), %key, error = %e, "ignoring corrupt cache entry");
                 if policy_allows_write(policy) {

@@ -362,8 +362,8 @@ fn entry_len(entry: &CacheEntry) -> u64 {
     let logs = [&entry.stdout, &entry.stderr]
         .into_iter()
         .map(|l| l.as_ref().map_or(0, Vec::len) as u64)
-        .sum::<u64>();
-    logs + entry
+        .fold(0u64, u64::saturating_add);
+    let outputs = entry
         .outputs
         .iter()
         .map(|o| match &o.content {
@@ -371,7 +371,8 @@ fn entry_len(entry: &CacheEntry) -> u64 {
             OutputContent::File { blob: Some(b), .. } => b.size,
             _ => 0,
         })
-        .sum::<u64>()
+        .fold(0u64, u64::saturating_add);
+    logs.saturating_add(outputs)
 }
 
 #[async_trait]
@@ -452,7 +453,7 @@ impl CacheBackend for Instrumented {
                     OutputContent::File { blob: Some(b), .. } => b.size,
                     _ => 0,
                 })
-                .sum();
+                .fold(0, u64::saturating_add);
             self.metrics.bytes_down.fetch_add(n, Ordering::Relaxed);
         }
         self.done("restore_outputs", t, r)

@@ -112,6 +112,43 @@ pub enum BackendError {
         reason: String,
     },
 
+    /// A cached log is longer than the caller is willing to read into memory.
+    #[error(
+        "cache entry {key} has a log of {size} bytes, over the {limit}-byte limit for reading it into memory"
+    )]
+    LogTooLarge {
+        /// The task digest.
+        key: Digest,
+        /// The recorded size.
+        size: u64,
+        /// The caller's limit.
+        limit: u64,
+    },
+
+    /// A stored entry lists an output the task does not declare. It is a miss: a hit
+    /// writes only the paths the task says it produces.
+    #[error(
+        "cache entry {key} lists {path:?}, which the task does not declare as an output; refusing the whole entry"
+    )]
+    UndeclaredOutput {
+        /// The task digest.
+        key: Digest,
+        /// The undeclared path (normalized, truncated).
+        path: String,
+    },
+
+    /// A stored entry was written by a newer taskcache in a format this one does not
+    /// read. It is a miss, left in place for the version that wrote it.
+    #[error(
+        "cache entry {key} has format version {version}, newer than this taskcache reads; upgrade taskcache to use it"
+    )]
+    NewerEntryFormat {
+        /// The task digest.
+        key: Digest,
+        /// The format version found.
+        version: u8,
+    },
+
     /// A stored entry failed its checksum, did not decode, or describes unsafe outputs.
     #[error("cache entry {key} is corrupt or hostile: {reason}")]
     CorruptEntry {
@@ -278,6 +315,9 @@ impl BackendError {
             BackendError::InvalidOutput { .. } => "invalid_output",
             BackendError::InvalidInput { .. } => "invalid_input",
             BackendError::CorruptEntry { .. } => "corrupt_entry",
+            BackendError::NewerEntryFormat { .. } => "newer_entry_format",
+            BackendError::UndeclaredOutput { .. } => "undeclared_output",
+            BackendError::LogTooLarge { .. } => "log_too_large",
         }
     }
 

@@ -13,6 +13,10 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// The most bytes [`Hit::logs`] reads into memory per stream: the `taskcache`
+/// command's default capture limit, so nothing it stored is refused.
+pub const MAX_LOG_BYTES: u64 = 64 << 20;
+
 /// Files from this size are filled with the kernel's copy when their blob is a local
 /// file: below it, a read/write loop costs less than the second (hashing) thread.
 const KERNEL_COPY_MIN: u64 = 16 << 20;
@@ -104,12 +108,15 @@ impl Hit {
                 LogRecord::Inline(b) => b.len() as u64,
                 LogRecord::Blob(b) => b.size,
             })
-            .sum();
-        logs + self.file_bytes()
+            .fold(0u64, u64::saturating_add);
+        logs.saturating_add(self.file_bytes())
     }
 
     fn file_bytes(&self) -> u64 {
-        self.files().map(|(_, b, _)| b.size).sum()
+        // Sizes come from the cache: summed without overflow whatever they are.
+        self.files()
+            .map(|(_, b, _)| b.size)
+            .fold(0, u64::saturating_add)
     }
 
     fn files(&self) -> impl Iterator<Item = (&str, BlobRef, bool)> {
@@ -238,8 +245,28 @@ impl Hit {
     }
 
     /// The cached stdout and stderr, exactly as captured, each verified against its
-    /// digest when it was stored as a blob.
+    /// digest when it was stored as a blob; each at most [`MAX_LOG_BYTES`] (see
+    /// [`Hit::logs_up_to`]).
     pub async fn logs(&self) -> BackendResult<LogBytes> {
+        self.logs_up_to(MAX_LOG_BYTES).await
+    }
+
+    /// [`Hit::logs`] with its own bound: a log recorded as longer than `limit` bytes is
+    /// [`BackendError::LogTooLarge`] before anything is read (the size comes from the
+    /// cache, so it is checked before it can choose how much memory is used). Use
+    /// [`Hit::log_reader`] to stream logs of any size.
+    pub async fn logs_up_to(&self, limit: u64) -> BackendResult<LogBytes> {
+        for log in [&self.record.stdout, &self.record.stderr] {
+            if let LogRecord::Blob(b) = log {
+                if b.size > limit {
+                    return Err(BackendError::LogTooLarge {
+                        key: *self.key(),
+                        size: b.size,
+                        limit,
+                    });
+                }
+            }
+        }
         let out = self.log(&self.record.stdout).await?;
         let err = self.log(&self.record.stderr).await?;
         Ok((out, err))
@@ -359,12 +386,15 @@ fn chunks(needed: &[FileOut]) -> Vec<&[FileOut]> {
     let mut start = 0;
     let mut bytes = 0u64;
     for (i, f) in needed.iter().enumerate() {
-        if i > start && (i - start >= OPEN_CHUNK_FILES || bytes + f.blob.size > OPEN_CHUNK_BYTES) {
+        if i > start
+            && (i - start >= OPEN_CHUNK_FILES
+                || bytes.saturating_add(f.blob.size) > OPEN_CHUNK_BYTES)
+        {
             out.push(&needed[start..i]);
             start = i;
             bytes = 0;
         }
-        bytes += f.blob.size;
+        bytes = bytes.saturating_add(f.blob.size);
     }
     if start < needed.len() {
         out.push(&needed[start..]);
@@ -376,17 +406,17 @@ fn chunks(needed: &[FileOut]) -> Vec<&[FileOut]> {
 /// run non-empty).
 fn split_runs(weights: &[u64], parts: usize) -> Vec<usize> {
     let parts = parts.clamp(1, weights.len().max(1));
-    let total: u64 = weights.iter().sum();
+    let total: u128 = weights.iter().map(|&w| u128::from(w)).sum();
     let mut runs = Vec::with_capacity(parts);
-    let (mut len, mut acc) = (0usize, 0u64);
+    let (mut len, mut acc) = (0usize, 0u128);
     for (i, w) in weights.iter().enumerate() {
         len += 1;
-        acc += w;
-        let filled = runs.len() as u64 + 1;
+        acc += u128::from(*w);
+        let filled = runs.len() as u128 + 1;
         let left = weights.len() - i - 1;
         // Close a run at its share of the total, keeping one item for each run to come.
         if runs.len() + 1 < parts
-            && acc * parts as u64 >= total * filled
+            && acc * parts as u128 >= total * filled
             && left >= parts - runs.len() - 1
         {
             runs.push(len);
@@ -589,6 +619,9 @@ mod tests {
             assert!(runs.len() <= parts, "{weights:?}: {runs:?}");
         }
         assert_eq!(split_runs(&[1; 10], 2), vec![5, 5]);
+        // Sizes come from the cache: huge ones neither overflow nor panic.
+        let huge = [u64::MAX / 2 + 1, u64::MAX / 2 + 1, u64::MAX];
+        assert_eq!(split_runs(&huge, 2).iter().sum::<usize>(), 3);
         assert_eq!(split_runs(&[100, 1, 1, 1, 1], 2), vec![1, 4]);
     }
 }

@@ -82,9 +82,11 @@ pub use cache::Cache;
 pub use combinators::{CircuitBreaker, Instrumented, Metrics, Tiered, TieredStats};
 pub use digest::{BlobRef, Digest, DigestAlgorithm, Hasher};
 pub use error::{BackendError, BackendResult, BoxError, Detail, Fault};
-pub use hit::{Hit, LogStream};
+pub use hit::{Hit, LogStream, MAX_LOG_BYTES};
 pub use key::{InputFile, TaskKeyBuilder};
-pub use path::{OutputKind, RelPath, check_layout, check_symlink_target};
+pub use path::{
+    MAX_PATH_BYTES, MAX_PATH_DEPTH, OutputKind, RelPath, check_layout, check_symlink_target,
+};
 pub use policy::{CachePolicy, effective_policy, policy_allows_read, policy_allows_write};
 pub use task::{OutputType, Task, TaskOutput};
 pub use workspace::{PendingFile, Workspace};

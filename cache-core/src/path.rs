@@ -25,10 +25,21 @@ use std::path::{Path, PathBuf};
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RelPath(String);
 
+/// Longest output path accepted, in bytes (Linux's `PATH_MAX`): bounds the work a
+/// hostile entry can cause per path.
+pub const MAX_PATH_BYTES: usize = 4096;
+
+/// Most components an output path may have.
+pub const MAX_PATH_DEPTH: usize = 256;
+
 impl RelPath {
-    /// Validates and normalizes `raw`.
+    /// Validates and normalizes `raw` (at most [`MAX_PATH_BYTES`] bytes and
+    /// [`MAX_PATH_DEPTH`] components).
     pub fn parse(raw: &str) -> BackendResult<Self> {
         let refuse = |reason: &str| Err(BackendError::unsafe_path(raw, reason));
+        if raw.len() > MAX_PATH_BYTES {
+            return refuse("the path is longer than 4096 bytes");
+        }
         if raw.is_empty() {
             return refuse("the path is empty; name a file or directory inside the workspace");
         }
@@ -57,6 +68,9 @@ impl RelPath {
         }
         if parts.is_empty() {
             return refuse("the path names the workspace root itself; name something inside it");
+        }
+        if parts.len() > MAX_PATH_DEPTH {
+            return refuse("the path is more than 256 levels deep");
         }
         Ok(RelPath(parts.join("/")))
     }
@@ -186,36 +200,39 @@ pub fn check_layout<'a>(
     outputs: impl IntoIterator<Item = (&'a str, OutputKind<'a>)>,
 ) -> BackendResult<Vec<RelPath>> {
     let mut parsed = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    let mut leaves = std::collections::HashSet::new();
+    let mut leaves = Vec::new();
     for (raw, kind) in outputs {
         let rel = RelPath::parse(raw)?;
         if let OutputKind::Symlink(target) = kind {
             check_symlink_target(&rel, target)?;
         }
-        if !seen.insert(rel.clone()) {
-            return Err(BackendError::InvalidOutput {
-                path: crate::error::truncate(raw),
-                reason: "the same path is listed twice".into(),
-            });
-        }
         if !matches!(kind, OutputKind::Directory) {
-            leaves.insert(rel.as_str().to_owned());
+            leaves.push(parsed.len());
         }
         parsed.push(rel);
     }
-    for rel in &parsed {
-        let s = rel.as_str();
-        for (i, _) in s.match_indices('/') {
-            if leaves.contains(&s[..i]) {
-                return Err(BackendError::InvalidOutput {
-                    path: s.to_owned(),
-                    reason: format!(
-                        "it lies below {}, which is a file or symlink output",
-                        &s[..i]
-                    ),
-                });
-            }
+    // Sorted once, checked by binary search: O(n log n) whatever the paths look like
+    // (a hostile entry must not make validation quadratic).
+    let mut sorted: Vec<&str> = parsed.iter().map(RelPath::as_str).collect();
+    sorted.sort_unstable();
+    if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
+        return Err(BackendError::InvalidOutput {
+            path: crate::error::truncate(w[0]),
+            reason: "the same path is listed twice".into(),
+        });
+    }
+    for &i in &leaves {
+        let leaf = parsed[i].as_str();
+        let below = format!("{leaf}/");
+        let at = sorted.partition_point(|p| *p < below.as_str());
+        if let Some(p) = sorted.get(at).filter(|p| p.starts_with(&below)) {
+            return Err(BackendError::InvalidOutput {
+                path: crate::error::truncate(p),
+                reason: format!(
+                    "it lies below {}, which is a file or symlink output",
+                    crate::error::truncate(leaf)
+                ),
+            });
         }
     }
     Ok(parsed)
@@ -247,6 +264,22 @@ mod tests {
         assert!(check_layout([("a", File), ("./a", Directory)]).is_err());
         assert!(check_layout([("ab", File), ("ab2/c", File)]).is_ok());
         assert!(check_layout([("x", Symlink("../y"))]).is_err());
+        // Names that sort between `a` and `a/...` do not hide a path below a file.
+        assert!(check_layout([("a", File), ("a-b", File), ("a.c", File), ("a/c", File)]).is_err());
+        assert!(check_layout([("a", File), ("a-b/c", File), ("a.c/d", Directory)]).is_ok());
+        assert!(check_layout([("x/y", Directory), ("x/y/z", File), ("x/y", File)]).is_err());
+    }
+
+    #[test]
+    fn path_length_and_depth_are_bounded() {
+        assert!(RelPath::parse(&"a".repeat(MAX_PATH_BYTES)).is_ok());
+        assert!(RelPath::parse(&"a".repeat(MAX_PATH_BYTES + 1)).is_err());
+        let deep = |n: usize| vec!["d"; n].join("/");
+        assert!(RelPath::parse(&deep(MAX_PATH_DEPTH)).is_ok());
+        assert!(RelPath::parse(&deep(MAX_PATH_DEPTH + 1)).is_err());
+        // The shape that made validation quadratic (one long path, many slashes) is
+        // refused by length before any prefix is examined.
+        assert!(RelPath::parse(&"a/".repeat(500_000)).is_err());
     }
 
     #[test]

@@ -91,8 +91,42 @@ pub struct ActionRecord {
     pub stdout: LogRecord,
     /// Captured stderr.
     pub stderr: LogRecord,
-    /// Outputs, in the order they are restored (directories, files, symlinks).
+    /// Outputs, in the order they are restored (directories, files, symlinks); at
+    /// most [`MAX_OUTPUTS`].
+    #[serde(deserialize_with = "bounded_outputs")]
     pub outputs: Vec<OutputRecord>,
+}
+
+/// Most outputs one entry may list. Decoding stops at the first output past it, so a
+/// hostile entry of tiny records cannot make a decode allocate gigabytes (each
+/// decoded output takes far more memory than its few encoded bytes).
+pub const MAX_OUTPUTS: usize = 1_000_000;
+
+fn bounded_outputs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<OutputRecord>, D::Error> {
+    struct Bounded;
+    impl<'de> serde::de::Visitor<'de> for Bounded {
+        type Value = Vec<OutputRecord>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "at most {MAX_OUTPUTS} outputs")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            // The declared length is the cache writer's: never allocate from it.
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
+            while let Some(o) = seq.next_element()? {
+                if out.len() == MAX_OUTPUTS {
+                    return Err(serde::de::Error::custom(format!(
+                        "more than {MAX_OUTPUTS} outputs"
+                    )));
+                }
+                out.push(o);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_seq(Bounded)
 }
 
 impl ActionRecord {
@@ -139,9 +173,16 @@ impl ActionRecord {
         if bytes.len() < HEADER || &bytes[..4] != MAGIC {
             return Err(corrupt("not a taskcache entry (bad header)".into()));
         }
+        if bytes[4] > VERSION {
+            // Written by a newer taskcache sharing this cache: not ours to judge or delete.
+            return Err(BackendError::NewerEntryFormat {
+                key: *key,
+                version: bytes[4],
+            });
+        }
         if bytes[4] != VERSION {
             return Err(corrupt(format!(
-                "entry format version {} is not understood by this taskcache (it reads version {VERSION}); upgrade taskcache or clear the cache",
+                "entry format version {} is not understood by this taskcache (it reads version {VERSION})",
                 bytes[4]
             )));
         }

@@ -55,7 +55,9 @@
 #[cfg(unix)]
 pub use crate::digest::kernel_copy_hashing;
 pub use crate::digest::{COPY_BUFFER, copy_hashing, hash_reader};
-pub use crate::record::{ActionRecord, INLINE_LOG_MAX, LogRecord, MAX_ENTRY_BYTES, OutputRecord};
+pub use crate::record::{
+    ActionRecord, INLINE_LOG_MAX, LogRecord, MAX_ENTRY_BYTES, MAX_OUTPUTS, OutputRecord,
+};
 
 use crate::{BackendError, BackendResult, BlobRef, Digest};
 use async_trait::async_trait;

@@ -22,6 +22,15 @@ impl Tamper for LocalTamper {
         std::fs::rename(&tmp, &path).map_err(ctx)
     }
 
+    async fn read_raw_entry(&self, key: &Digest) -> BackendResult<Option<Vec<u8>>> {
+        let path = self.0.entry_path(key);
+        match std::fs::read(&path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(BackendError::io_with_context("read", &path, e)),
+        }
+    }
+
     async fn flip_blob_byte(&self, blob: &BlobRef) -> BackendResult<()> {
         use std::os::unix::fs::FileExt;
         let path = self.0.blob_path(&blob.digest);

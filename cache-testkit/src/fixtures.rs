@@ -650,8 +650,10 @@ pub fn huge_length_entry(key: &Digest) -> Vec<u8> {
 pub fn garbage_entries(key: &Digest) -> Vec<(&'static str, Vec<u8>)> {
     let valid = empty_record(key).encode().expect("encode");
     let other = DigestAlgorithm::Blake3.digest(b"some other key");
+    // An older, unknown version (a newer one is a miss left in place:
+    // `hostile_newer_format_entry_is_left_in_place`).
     let mut bad_version = valid.clone();
-    bad_version[4] = 2;
+    bad_version[4] = 0;
     let mut bad_magic = valid.clone();
     bad_magic[0] = b'X';
     let mut bad_checksum = valid.clone();

@@ -159,6 +159,8 @@ pub fn spawn_blocking(job: cache_core::Job) {
 pub trait Tamper: Send + Sync {
     /// Stores `bytes` verbatim as the encoded entry for `key` (bypassing encoding).
     async fn write_raw_entry(&self, key: &Digest, bytes: Vec<u8>) -> BackendResult<()>;
+    /// The stored bytes of the entry for `key`, `None` if there is none.
+    async fn read_raw_entry(&self, key: &Digest) -> BackendResult<Option<Vec<u8>>>;
     /// Flips one byte of the stored content of `blob`, keeping its address.
     async fn flip_blob_byte(&self, blob: &BlobRef) -> BackendResult<()>;
     /// Deletes the stored content of `blob`.
@@ -343,6 +345,10 @@ macro_rules! conformance_suite {
             hostile_flipped_blob_is_repaired_by_next_store
             hostile_deleted_blob
             hostile_deleted_log_blob
+            hostile_undeclared_outputs
+            hostile_newer_format_entry_is_left_in_place
+            hostile_huge_declared_log
+            hostile_adversarial_entries
             concurrent_stores_and_readers
             model_state_machine
             health_check_succeeds

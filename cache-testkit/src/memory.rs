@@ -220,6 +220,10 @@ impl Tamper for MemoryStorage {
         Ok(())
     }
 
+    async fn read_raw_entry(&self, key: &Digest) -> BackendResult<Option<Vec<u8>>> {
+        Ok(self.raw_entry(key))
+    }
+
     async fn flip_blob_byte(&self, blob: &BlobRef) -> BackendResult<()> {
         let mut blobs = lock(&self.state.blobs);
         let stored = blobs
@@ -364,6 +368,10 @@ impl CacheBackend for MemoryBackend {
 impl Tamper for MemoryBackend {
     async fn write_raw_entry(&self, key: &Digest, bytes: Vec<u8>) -> BackendResult<()> {
         self.storage().write_raw_entry(key, bytes).await
+    }
+
+    async fn read_raw_entry(&self, key: &Digest) -> BackendResult<Option<Vec<u8>>> {
+        self.storage().read_raw_entry(key).await
     }
 
     async fn flip_blob_byte(&self, blob: &BlobRef) -> BackendResult<()> {

@@ -411,6 +411,7 @@ fn mutant_serves_wrong_bytes() {
             "hostile_flipped_blob_is_repaired_by_next_store",
             "hostile_flipped_log_blob",
             "hostile_huge_declared_blob_size",
+            "hostile_huge_declared_log",
             "hostile_parent_dir_paths",
             "hostile_symlink_targets_leaving_workspace",
             "keys_algorithms_are_distinct",
@@ -546,6 +547,9 @@ fn mutant_naive_restore() {
             "hostile_symlink_chains_leaving_workspace",
             "hostile_existing_symlink_to_outside",
             "hostile_garbage_entries",
+            // It decodes what it finds, whatever the version, and writes every path.
+            "hostile_newer_format_entry_is_left_in_place",
+            "hostile_undeclared_outputs",
             "hostile_oversized_entry",
             "restore_over_matching_files",
             "restore_replaces_file_symlink_without_following",

@@ -339,11 +339,13 @@ pub async fn hostile_oversized_entry(h: Harness) {
 pub async fn hostile_huge_declared_blob_size(h: Harness) {
     let bytes = format!("small {}", fresh_seed()).into_bytes();
     let real = stored_blob(&h, bytes).await;
+    // A hit whose log is declared huge is refused by size (`log_too_large`).
     let kinds = &[
         "blob_not_found",
         "digest_mismatch",
         "corrupt_entry",
         "action_not_found",
+        "log_too_large",
     ];
     for size in [u64::MAX, u64::MAX / 2, 1 << 40, real.size + 1] {
         let huge = BlobRef {

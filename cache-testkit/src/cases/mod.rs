@@ -12,7 +12,7 @@
 //! | restore semantics | `restore_*`: non-empty and fresh workspaces, exec bit set and cleared, idempotence, files already in place |
 //! | keys | `keys_*`: dedup, overwrite (the last published entry wins), invalid keys |
 //! | misses and degradation | `miss_*`, `degradation_*`: unknown keys, [`cache_core::Tiered`] with a failing tier |
-//! | hostile data | `hostile_*`: escaping paths and symlinks, garbage, flipped and deleted blobs |
+//! | hostile data | `hostile_*`: escaping paths and symlinks, garbage, flipped and deleted blobs, undeclared outputs, newer-format entries, huge declared logs, adversarial entries |
 //! | concurrency | `concurrent_stores_and_readers` |
 //! | model | `model_state_machine`: random operation sequences against a reference |
 //! | misc | `health_check_succeeds`, `name_is_stable` |
@@ -32,6 +32,7 @@ mod model;
 mod policy;
 mod restore;
 mod round_trip;
+mod trust;
 
 pub use concurrency::concurrent_stores_and_readers;
 pub use hostile::{
@@ -62,6 +63,10 @@ pub use round_trip::{
     round_trip_256mib_file_from_disk, round_trip_1000_small_files, round_trip_every_output_kind,
     round_trip_exit_code_and_duration, round_trip_logs_8mib, round_trip_logs_absent_and_empty,
     round_trip_logs_multiline_and_binary, round_trip_returned_outputs,
+};
+pub use trust::{
+    hostile_adversarial_entries, hostile_huge_declared_log,
+    hostile_newer_format_entry_is_left_in_place, hostile_undeclared_outputs,
 };
 
 use crate::Harness;

@@ -1,0 +1,242 @@
+//! The trust boundary: what a cache writer may not make a reader do, whatever it
+//! stores. Entries are planted through [`crate::Tamper`], so every backend is tried
+//! with bytes no honest writer would produce.
+
+use super::common::{check, store, try_restore};
+use crate::Harness;
+use crate::fixtures::{
+    OutputTree, TempWorkspace, digest, empty_record, expect_err, expect_ok, fresh_key, fresh_seed,
+    pattern_bytes, task,
+};
+use cache_core::storage::{LogRecord, MAX_OUTPUTS, OutputRecord};
+use cache_core::{
+    BlobRef, CacheEntry, CachePolicy, MAX_LOG_BYTES, MAX_PATH_DEPTH, Task, TaskOutput,
+};
+
+/// A task declaring these outputs.
+fn declaring(outputs: &[&str]) -> Task {
+    let mut t = task();
+    t.outputs = outputs
+        .iter()
+        .map(|p| TaskOutput {
+            path: (*p).to_owned(),
+            kind: cache_core::OutputType::Cas,
+        })
+        .collect();
+    t
+}
+
+/// A hit writes only what its task declares. An entry that also lists another path
+/// (an executable git hook, a Makefile, a sibling whose name extends a declared one)
+/// is refused whole, as a miss, writing nothing; within the declared outputs (a file,
+/// a directory and what lies below it, the directories above them) it is a hit.
+pub async fn hostile_undeclared_outputs(h: Harness) {
+    let seed = fresh_seed();
+    let honest = OutputTree::new()
+        .dir("build")
+        .file("build/out.txt", pattern_bytes(seed, 100), false)
+        .file("dist/app/main.js", pattern_bytes(seed + 1, 200), false)
+        .symlink("dist/latest", "app");
+    let task = declaring(&["build/out.txt", "dist"]);
+    let key = fresh_key();
+    store(&h, &key, &honest.entry()).await;
+    let hit = expect_ok(
+        h.backend
+            .lookup(&task, &digest(&key), CachePolicy::Normal)
+            .await,
+        "lookup of declared outputs",
+    );
+    assert!(hit.is_some(), "every path is declared: a hit");
+
+    for (what, extra) in [
+        (
+            "a git hook",
+            OutputTree::new().file(
+                ".git/hooks/post-checkout",
+                b"#!/bin/sh\nid\n".to_vec(),
+                true,
+            ),
+        ),
+        (
+            "a Makefile",
+            OutputTree::new().file("Makefile", b"all:\n\tid\n".to_vec(), false),
+        ),
+        (
+            "a name extending a declared one",
+            OutputTree::new().file("dist2/x", b"x".to_vec(), false),
+        ),
+        (
+            "a sibling of a declared file",
+            OutputTree::new().file("build/other.txt", b"x".to_vec(), false),
+        ),
+        (
+            "a symlink beside a declared file",
+            OutputTree::new().symlink("build/link", "out.txt"),
+        ),
+    ] {
+        let mut entry = honest.entry();
+        entry.outputs.extend(extra.outputs().iter().cloned());
+        let key = fresh_key();
+        store(&h, &key, &entry).await;
+        for policy in [CachePolicy::Readonly, CachePolicy::Normal] {
+            let found = expect_ok(
+                h.backend.lookup(&task, &digest(&key), policy).await,
+                &format!("{what}: lookup"),
+            );
+            assert!(
+                found.is_none(),
+                "{what}: an entry with an undeclared path must miss"
+            );
+        }
+        let ws = TempWorkspace::new();
+        expect_err(
+            h.backend.restore_outputs(&task, &key, ws.root()).await,
+            &["action_not_found", "undeclared_output"],
+            &format!("{what}: restore_outputs"),
+        );
+        assert!(ws.tree().nodes.is_empty(), "{what}: nothing may be written");
+        ws.assert_outside_unchanged();
+        // The entry stays: it may be another task's result.
+        assert!(
+            check(&h, &key, CachePolicy::Readonly).await.hit,
+            "{what}: a task that declares nothing still reads it"
+        );
+    }
+}
+
+/// An entry written by a newer taskcache (a higher format version) is a miss for this
+/// one, with any policy, and is left in place for the version that wrote it.
+pub async fn hostile_newer_format_entry_is_left_in_place(h: Harness) {
+    let key = fresh_key();
+    let mut bytes = empty_record(&digest(&key))
+        .encode()
+        .expect("encode a record");
+    bytes[4] = bytes[4].wrapping_add(1);
+    expect_ok(
+        h.tamper.write_raw_entry(&digest(&key), bytes.clone()).await,
+        "Tamper::write_raw_entry",
+    );
+    for policy in [
+        CachePolicy::Readonly,
+        CachePolicy::Normal,
+        CachePolicy::Normal,
+    ] {
+        assert!(
+            !check(&h, &key, policy).await.hit,
+            "a newer format must miss"
+        );
+    }
+    let ws = TempWorkspace::new();
+    expect_err(
+        try_restore(&h, &key, ws.root()).await,
+        &["action_not_found", "newer_entry_format"],
+        "restore of a newer-format entry",
+    );
+    let left = expect_ok(h.tamper.read_raw_entry(&digest(&key)).await, "read it back");
+    assert!(
+        left.as_deref() == Some(&bytes[..]),
+        "a newer-format entry was removed or changed by an older reader"
+    );
+}
+
+/// A log the entry declares at 8 GiB is never read into memory: `Hit::logs` refuses
+/// it by its recorded size before reading (a cache fault: the task runs uncached).
+pub async fn hostile_huge_declared_log(h: Harness) {
+    // A real small log blob, recorded with a huge size.
+    let small = pattern_bytes(fresh_seed(), (70 << 10) + 3);
+    let key = fresh_key();
+    store(
+        &h,
+        &key,
+        &CacheEntry {
+            stdout: Some(small.clone()),
+            ..CacheEntry::default()
+        },
+    )
+    .await;
+    let real = expect_ok(
+        h.backend
+            .lookup(&task(), &digest(&key), CachePolicy::Readonly)
+            .await,
+        "lookup",
+    )
+    .expect("a hit");
+    let LogRecord::Blob(blob) = &real.record().stdout else {
+        panic!("a 70 KiB log is stored as a blob");
+    };
+    let mut record = real.record().clone();
+    record.stdout = LogRecord::Blob(BlobRef {
+        size: 8 << 30,
+        ..*blob
+    });
+    let hostile = fresh_key();
+    record.key = digest(&hostile);
+    expect_ok(
+        h.tamper
+            .write_raw_entry(&record.key, record.encode().expect("encode"))
+            .await,
+        "Tamper::write_raw_entry",
+    );
+    // Its blob (with that size) is not stored: a miss. Were it there, the logs of the
+    // hit would be refused by size; both end with the task running uncached.
+    if let Some(hit) = expect_ok(
+        h.backend
+            .lookup(&task(), &record.key, CachePolicy::Readonly)
+            .await,
+        "lookup of the hostile entry",
+    ) {
+        let e = expect_err(hit.logs().await, &["log_too_large"], "logs of 8 GiB");
+        assert!(e.is_cache_fault());
+    }
+    // The bound itself, on the honest hit: a limit below the log's size refuses it.
+    let e = expect_err(
+        real.logs_up_to(small.len() as u64 - 1).await,
+        &["log_too_large"],
+        "logs over the caller's limit",
+    );
+    assert!(e.to_string().contains("limit"), "{e}");
+    let (out, _) = expect_ok(
+        real.logs_up_to(MAX_LOG_BYTES).await,
+        "logs within the limit",
+    );
+    assert!(out.as_deref() == Some(&small[..]));
+}
+
+/// Adversarial entries with valid checksums: more outputs than [`MAX_OUTPUTS`] (each
+/// a few bytes encoded, far more decoded), and paths deeper than [`MAX_PATH_DEPTH`]:
+/// misses, without a panic, and without decoding past the bound.
+pub async fn hostile_adversarial_entries(h: Harness) {
+    let key = fresh_key();
+    let mut record = empty_record(&digest(&key));
+    record.outputs = (0..=MAX_OUTPUTS)
+        .map(|i| OutputRecord::Directory {
+            path: format!("{i:x}"),
+        })
+        .collect();
+    let bytes = record.encode().expect("encode");
+    drop(record);
+    expect_ok(
+        h.tamper.write_raw_entry(&digest(&key), bytes).await,
+        "Tamper::write_raw_entry",
+    );
+    assert!(
+        !check(&h, &key, CachePolicy::Normal).await.hit,
+        "too many outputs"
+    );
+
+    let key = fresh_key();
+    let mut record = empty_record(&digest(&key));
+    record.outputs = vec![OutputRecord::Directory {
+        path: vec!["d"; MAX_PATH_DEPTH + 1].join("/"),
+    }];
+    expect_ok(
+        h.tamper
+            .write_raw_entry(&digest(&key), record.encode().expect("encode"))
+            .await,
+        "Tamper::write_raw_entry",
+    );
+    assert!(!check(&h, &key, CachePolicy::Normal).await.hit, "too deep");
+    let ws = TempWorkspace::new();
+    assert!(try_restore(&h, &key, ws.root()).await.is_err());
+    assert!(ws.tree().nodes.is_empty());
+}
