@@ -101,11 +101,12 @@ impl BlobSource {
 }
 
 /// Opens `path` for reading if it is a regular file (blocking): the one check every
-/// reader of a [`BlobSource::File`] makes, so a FIFO or a directory planted where a
-/// file should be is refused, not read.
+/// reader of a [`BlobSource::File`] makes. The last component is never followed if it
+/// is a symlink (`O_NOFOLLOW`), and the open never waits (`O_NONBLOCK`: a FIFO planted
+/// where a file should be would otherwise block forever); the type is checked on the
+/// opened handle, so a FIFO, device, socket or directory is refused, never read.
 pub fn open_regular(path: &std::path::Path) -> BackendResult<std::fs::File> {
-    let f =
-        std::fs::File::open(path).map_err(|e| BackendError::io_with_context("open", path, e))?;
+    let f = open_nofollow(path).map_err(|e| BackendError::io_with_context("open", path, e))?;
     let meta = f
         .metadata()
         .map_err(|e| BackendError::io_with_context("inspect", path, e))?;
@@ -117,6 +118,28 @@ pub fn open_regular(path: &std::path::Path) -> BackendResult<std::fs::File> {
         ));
     }
     Ok(f)
+}
+
+#[cfg(unix)]
+pub(crate) fn open_nofollow(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use rustix::fs::{Mode, OFlags};
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let fd = rustix::fs::open(path, flags, Mode::empty()).map_err(|e| {
+        if e == rustix::io::Errno::LOOP {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "a symlink, not a regular file",
+            )
+        } else {
+            std::io::Error::from(e)
+        }
+    })?;
+    Ok(std::fs::File::from(fd))
+}
+
+#[cfg(not(unix))]
+pub(crate) fn open_nofollow(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    std::fs::File::open(path)
 }
 
 /// What [`Storage::get_entry`] found: the record, and which of its blobs are missing
@@ -208,4 +231,29 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Checks that the storage answers.
     async fn health_check(&self) -> BackendResult<()>;
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_regular_refuses_links_fifos_and_directories_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"bytes").unwrap();
+        assert!(open_regular(&file).is_ok());
+        std::os::unix::fs::symlink(&file, dir.path().join("link")).unwrap();
+        let e = open_regular(&dir.path().join("link")).unwrap_err();
+        assert!(e.to_string().contains("symlink"), "{e}");
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        if made.is_ok_and(|s| s.success()) {
+            // Opening a FIFO for reading would block until a writer came: it must not.
+            let e = open_regular(&fifo).unwrap_err();
+            assert!(e.to_string().contains("not a regular file"), "{e}");
+        }
+        assert!(open_regular(dir.path()).is_err());
+        assert!(open_regular(&dir.path().join("missing")).is_err());
+    }
 }

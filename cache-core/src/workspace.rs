@@ -143,7 +143,8 @@ impl Workspace {
         {
             return false;
         }
-        let Ok(file) = File::open(&path) else {
+        // Never blocks on a FIFO swapped in since the lstat, never follows a link.
+        let Ok(file) = crate::storage::open_nofollow(&path) else {
             return false;
         };
         // The same inode as inspected (the open followed no symlink swapped in meanwhile).
