@@ -13,6 +13,10 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// The most bytes read to re-check a blob that failed verification against its own
+/// digest (before blaming it).
+const RECHECK_MAX: u64 = 64 << 30;
+
 /// The most bytes [`Hit::logs`] reads into memory per stream: the `taskcache`
 /// command's default capture limit, so nothing it stored is refused.
 pub const MAX_LOG_BYTES: u64 = 64 << 20;
@@ -185,15 +189,43 @@ impl Hit {
         }
     }
 
-    /// Removes the storage's copy of a blob that failed verification.
+    /// Removes the storage's copy of a blob that failed verification, if the blob is
+    /// what is wrong: a record can lie about a good blob (its size, say), and the good
+    /// blob serves other entries, so it is checked against its own digest first.
     async fn settle<T>(&self, outcome: BackendResult<T>) -> BackendResult<T> {
         if let Err(BackendError::DigestMismatch { expected, .. }) = &outcome {
-            tracing::warn!(backend = self.storage.name(), blob = %expected, "removing a blob that failed verification");
-            if let Err(e) = self.storage.remove_blob(expected).await {
-                tracing::warn!(backend = self.storage.name(), blob = %expected, error = %e, "could not remove a corrupt blob");
+            if self.blob_is_intact(expected).await {
+                tracing::warn!(backend = self.storage.name(), key = %self.key(), blob = %expected, "the entry misdescribes a good blob; the blob is kept");
+            } else {
+                tracing::warn!(backend = self.storage.name(), blob = %expected, "removing a blob that failed verification");
+                if let Err(e) = self.storage.remove_blob(expected).await {
+                    tracing::warn!(backend = self.storage.name(), blob = %expected, error = %e, "could not remove a corrupt blob");
+                }
             }
         }
         outcome
+    }
+
+    /// Whether the bytes stored for `blob`'s digest hash to that digest, whatever their
+    /// length (read up to [`RECHECK_MAX`]). Any failure to tell answers `false`.
+    async fn blob_is_intact(&self, blob: &BlobRef) -> bool {
+        let Ok(mut opened) = self.storage.open_blobs(vec![*blob]).await else {
+            return false;
+        };
+        let Some(Some(source)) = opened.pop() else {
+            return false;
+        };
+        let want = blob.digest;
+        let hashed = blocking::run(&*self.blocking, move || {
+            let reader: Box<dyn Read + Send> = match source {
+                BlobSource::File(path) => Box::new(open_regular(&path)?),
+                other => other.into_reader()?,
+            };
+            crate::digest::hash_reader(&mut reader.take(RECHECK_MAX), want.algorithm())
+                .map_err(BackendError::Io)
+        })
+        .await;
+        hashed.is_ok_and(|actual| actual.digest == want)
     }
 
     async fn write_parallel(

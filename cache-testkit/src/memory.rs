@@ -87,6 +87,16 @@ impl MemoryStorage {
         lock(&self.state.entries).get(key).map(|b| b.to_vec())
     }
 
+    /// The stored blob with this digest, whatever its size (for tests of storages that
+    /// address blobs by digest alone).
+    #[must_use]
+    pub fn stored_blob_by_digest(&self, digest: &Digest) -> Option<BlobRef> {
+        lock(&self.state.blobs)
+            .keys()
+            .find(|b| b.digest == *digest)
+            .copied()
+    }
+
     /// Total bytes of stored blobs.
     #[must_use]
     pub fn blob_bytes(&self) -> u64 {

@@ -194,3 +194,120 @@ async fn a_streamed_log_is_verified_before_its_end() {
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
     assert!(err.to_string().contains("mismatch"), "{err}");
 }
+
+/// A storage that, like a directory, finds blobs by digest alone and does not check
+/// sizes at lookup: the shape in which a record lying about a blob's size reaches a
+/// restore.
+struct ByDigest(MemoryStorage);
+
+#[async_trait::async_trait]
+impl cache_core::storage::Storage for ByDigest {
+    fn name(&self) -> &'static str {
+        "by-digest"
+    }
+    async fn get_entry(
+        &self,
+        k: &Digest,
+    ) -> cache_core::BackendResult<Option<cache_core::storage::StoredEntry>> {
+        self.0.get_entry(k).await
+    }
+    async fn put_entry(
+        &self,
+        r: std::sync::Arc<cache_core::storage::ActionRecord>,
+    ) -> cache_core::BackendResult<()> {
+        self.0.put_entry(r).await
+    }
+    async fn remove_entry(&self, k: &Digest) -> cache_core::BackendResult<()> {
+        self.0.remove_entry(k).await
+    }
+    async fn find_missing_blobs(
+        &self,
+        _: Vec<cache_core::BlobRef>,
+    ) -> cache_core::BackendResult<Vec<cache_core::BlobRef>> {
+        Ok(Vec::new())
+    }
+    async fn put_blobs(
+        &self,
+        s: Vec<cache_core::storage::BlobSource>,
+    ) -> cache_core::BackendResult<Vec<cache_core::BlobRef>> {
+        self.0.put_blobs(s).await
+    }
+    async fn open_blobs(
+        &self,
+        b: Vec<cache_core::BlobRef>,
+    ) -> cache_core::BackendResult<Vec<Option<cache_core::storage::BlobSource>>> {
+        // The stored blob of that digest, whatever size the record says.
+        let real: Vec<_> = b
+            .iter()
+            .map(|x| self.0.stored_blob_by_digest(&x.digest))
+            .collect();
+        self.0
+            .open_blobs(real.into_iter().flatten().collect())
+            .await
+    }
+    async fn remove_blob(&self, b: &cache_core::BlobRef) -> cache_core::BackendResult<()> {
+        match self.0.stored_blob_by_digest(&b.digest) {
+            Some(real) => self.0.remove_blob(&real).await,
+            None => Ok(()),
+        }
+    }
+    async fn touch(&self, k: &Digest) -> cache_core::BackendResult<()> {
+        self.0.touch(k).await
+    }
+    async fn health_check(&self) -> cache_core::BackendResult<()> {
+        self.0.health_check().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_lying_about_a_blob_does_not_delete_the_good_blob() {
+    use cache_testkit::Tamper;
+    let storage = MemoryStorage::new();
+    let cache = Cache::new(ByDigest(storage.clone()), spawn_blocking);
+    let key = fresh_key();
+    let p = CachePolicy::Normal;
+    cache
+        .store(&task(), &key, &entry("good", 0), p)
+        .await
+        .unwrap();
+    let good = cache
+        .lookup(&task(), &digest(&key), p)
+        .await
+        .unwrap()
+        .expect("hit");
+    // Another entry names the same blob with a wrong size.
+    let mut record = good.record().clone();
+    let liar = fresh_key();
+    record.key = digest(&liar);
+    for o in &mut record.outputs {
+        if let cache_core::storage::OutputRecord::File { blob, .. } = o {
+            blob.size += 1;
+        }
+    }
+    storage
+        .write_raw_entry(&record.key, record.encode().unwrap())
+        .await
+        .unwrap();
+    let lying = cache
+        .lookup(&task(), &record.key, p)
+        .await
+        .unwrap()
+        .expect("this storage does not check sizes at lookup");
+    let ws = TempWorkspace::new();
+    let e = lying.restore(ws.root()).await.unwrap_err();
+    assert_eq!(e.kind(), "digest_mismatch", "{e}");
+    // The good entry still restores: its blob was checked, found intact, and kept.
+    assert_eq!(
+        replay(&good).await,
+        (0, "output good\n".into(), "stdout good\n".into())
+    );
+    // A blob that really is corrupt is still removed.
+    let blob = cache_core::BlobRef::of(cache_core::DigestAlgorithm::Blake3, b"output good\n");
+    storage.flip_blob_byte(&blob).await.unwrap();
+    let ws = TempWorkspace::new();
+    assert_eq!(
+        good.restore(ws.root()).await.unwrap_err().kind(),
+        "digest_mismatch"
+    );
+    assert!(storage.stored_blob_by_digest(&blob.digest).is_none());
+}
