@@ -9,7 +9,7 @@ use crate::{
     BackendError, BackendResult, BlobRef, CacheOutput, Digest, LogBytes, OutputContent, RelPath,
     Workspace,
 };
-use std::io::Read;
+use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -399,6 +399,20 @@ pub(crate) fn read_verified(source: BlobSource, blob: &BlobRef) -> BackendResult
     Ok(bytes)
 }
 
+/// Whether a blob file has far fewer allocated blocks than bytes (holes): its
+/// length is no measure of what writing it out costs.
+#[cfg(unix)]
+fn looks_sparse(f: &std::fs::File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    f.metadata()
+        .is_ok_and(|m| m.len() > (1 << 20) && m.blocks().saturating_mul(512) < m.len() / 2)
+}
+
+#[cfg(not(unix))]
+fn looks_sparse(_f: &std::fs::File) -> bool {
+    false
+}
+
 /// Opens a blob's file; one gone since the lookup (evicted) is a missing blob.
 fn open_blob_file(path: &Path, blob: &BlobRef) -> BackendResult<std::fs::File> {
     open_regular(path).map_err(|e| match &e {
@@ -485,6 +499,19 @@ fn write_one(ws: &Workspace, f: &FileOut, source: BlobSource) -> BackendResult<P
     match source {
         BlobSource::File(path) => {
             let src = open_blob_file(&path, &f.blob)?;
+            if looks_sparse(&src) {
+                // Holes cost the cache writer no disk but would cost the workspace real
+                // disk before the mismatch shows: check such a blob before copying it.
+                let actual = crate::digest::hash_reader(
+                    &mut (&src).take(f.blob.size.saturating_add(1)),
+                    f.blob.digest.algorithm(),
+                )
+                .map_err(|e| BackendError::io_with_context("read", &path, e))?;
+                crate::digest::check_blob(&f.blob, &actual)?;
+                (&src)
+                    .seek(std::io::SeekFrom::Start(0))
+                    .map_err(|e| BackendError::io_with_context("read", &path, e))?;
+            }
             #[cfg(unix)]
             if f.blob.size >= KERNEL_COPY_MIN {
                 return ws
@@ -634,6 +661,39 @@ fn outputs_under(record: &ActionRecord, root: &Path) -> BackendResult<Vec<CacheO
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn a_sparse_blob_with_wrong_bytes_is_refused_before_it_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws_root = dir.path().join("ws");
+        std::fs::create_dir(&ws_root).unwrap();
+        let ws = Workspace::open(&ws_root).unwrap();
+        // 256 MiB of holes: no disk in the cache.
+        let blob_path = dir.path().join("blob");
+        let f = std::fs::File::create(&blob_path).unwrap();
+        f.set_len(256 << 20).unwrap();
+        assert!(looks_sparse(&f));
+        let claimed = BlobRef {
+            digest: crate::DigestAlgorithm::Blake3.digest(b"not zeros"),
+            size: 256 << 20,
+        };
+        let out = FileOut {
+            rel: RelPath::parse("big.bin").unwrap(),
+            blob: claimed,
+            executable: false,
+        };
+        let e = write_one(&ws, &out, BlobSource::File(blob_path.clone())).unwrap_err();
+        assert!(matches!(e, BackendError::DigestMismatch { .. }), "{e}");
+        assert_eq!(
+            std::fs::read_dir(&ws_root).unwrap().count(),
+            0,
+            "nothing written"
+        );
+        // Dense files are not checked twice.
+        std::fs::write(&blob_path, vec![1u8; 2 << 20]).unwrap();
+        assert!(!looks_sparse(&std::fs::File::open(&blob_path).unwrap()));
+    }
 
     #[test]
     fn runs_cover_everything_in_order_and_balance() {
