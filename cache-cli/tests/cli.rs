@@ -718,3 +718,52 @@ fn workspace_flag_and_file_url_cache() {
         "--cache did not override TASKCACHE_CACHE"
     );
 }
+
+/// A hit writes only the declared outputs: an entry in the cache that also lists an
+/// executable git hook and a Makefile (a cache writer's attack) is refused whole, the
+/// command runs, and neither file is written.
+#[test]
+fn a_hit_never_writes_an_undeclared_path() {
+    use cache_core::storage::{ActionRecord, OutputRecord};
+    let f = Fixture::new();
+    assert_eq!(f.sh(&["-o", "out.txt"], COUNTING).code, 0);
+    assert_eq!(f.runs(), 1);
+    // Rewrite the stored entry: the same, plus two paths the task never declared.
+    let entries: Vec<PathBuf> = walk(&f.cache.join("entries"));
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let name = entries[0].file_name().unwrap().to_str().unwrap().to_owned();
+    let alg = entries[0]
+        .parent()
+        .and_then(Path::parent)
+        .and_then(Path::file_name)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let key = cache_core::Digest::parse(&format!("{alg}:{name}")).unwrap();
+    let mut record = ActionRecord::decode(&key, &fs::read(&entries[0]).unwrap()).unwrap();
+    let Some(OutputRecord::File { blob, .. }) = record
+        .outputs
+        .iter()
+        .find(|o| o.path() == "out.txt")
+        .cloned()
+    else {
+        panic!("out.txt is a file output: {record:?}")
+    };
+    for path in [".git/hooks/post-checkout", "Makefile"] {
+        record.outputs.push(OutputRecord::File {
+            path: path.into(),
+            blob,
+            executable: true,
+        });
+    }
+    fs::write(&entries[0], record.encode().unwrap()).unwrap();
+
+    fs::remove_file(f.ws.join("out.txt")).unwrap();
+    let o = f.sh(&["-o", "out.txt", "-v"], COUNTING);
+    assert_eq!(o.code, 0, "{o:?}");
+    assert_eq!(f.runs(), 2, "the tampered entry must not be a hit: {o:?}");
+    assert!(!f.ws.join(".git").exists(), "a git hook was written");
+    assert!(!f.ws.join("Makefile").exists(), "a Makefile was written");
+    assert!(o.stderr.contains("does not declare"), "{o:?}");
+}
