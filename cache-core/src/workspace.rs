@@ -24,6 +24,10 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone)]
 pub struct Workspace {
     root: PathBuf,
+    /// The root, opened: files are created and renamed relative to directories opened
+    /// beneath it, so a symlink swapped into the path meanwhile cannot redirect them.
+    #[cfg(unix)]
+    root_fd: std::sync::Arc<std::os::fd::OwnedFd>,
 }
 
 impl Workspace {
@@ -38,7 +42,115 @@ impl Workspace {
                 io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
             ));
         }
-        Ok(Workspace { root })
+        #[cfg(unix)]
+        let root_fd = {
+            use rustix::fs::{Mode, OFlags};
+            let fd = rustix::fs::open(
+                &root,
+                OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| BackendError::io_with_context("open workspace", &root, e.into()))?;
+            std::sync::Arc::new(fd)
+        };
+        Ok(Workspace {
+            root,
+            #[cfg(unix)]
+            root_fd,
+        })
+    }
+
+    /// Creates directory `path` (an absolute path under the root, as the walk found
+    /// it) relative to its parent opened beneath the root, so a symlink swapped into
+    /// the path cannot make it land outside.
+    #[cfg(unix)]
+    fn mkdir_beneath(&self, path: &Path) -> io::Result<()> {
+        use rustix::fs::{Mode, OFlags, ResolveFlags};
+        let rel = path
+            .strip_prefix(&self.root)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "outside the workspace"))?;
+        let name = rel
+            .file_name()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no directory name"))?;
+        let parent = rel.parent().filter(|p| !p.as_os_str().is_empty());
+        let parent = parent.unwrap_or_else(|| Path::new("."));
+        let flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC;
+        let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
+        let dir = match rustix::fs::openat2(&*self.root_fd, parent, flags, Mode::empty(), resolve) {
+            Err(rustix::io::Errno::NOSYS) => {
+                // Old kernel: no symlink followed at all on the way.
+                let mut dir = rustix::io::dup(&*self.root_fd)?;
+                for comp in parent.components() {
+                    dir = rustix::fs::openat(
+                        &dir,
+                        comp.as_os_str(),
+                        flags | OFlags::NOFOLLOW,
+                        Mode::empty(),
+                    )?;
+                }
+                dir
+            }
+            other => other?,
+        };
+        rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(0o777))?;
+        Ok(())
+    }
+
+    #[cfg(not(unix))]
+    fn mkdir_beneath(&self, path: &Path) -> io::Result<()> {
+        fs::create_dir(path)
+    }
+
+    /// Opens the directory that holds `rel`, resolved beneath the workspace root by
+    /// the kernel (`openat2` with `RESOLVE_BENEATH`): symlinks inside the workspace are
+    /// followed, any step that would leave it is refused, and once opened the
+    /// directory cannot be swapped for another by renaming paths above it.
+    #[cfg(unix)]
+    fn open_parent(&self, rel: &RelPath) -> BackendResult<std::os::fd::OwnedFd> {
+        use rustix::fs::{Mode, OFlags, ResolveFlags};
+        let parent = rel
+            .parent()
+            .map_or_else(|| ".".to_owned(), |p| p.to_string());
+        let flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC;
+        let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
+        match rustix::fs::openat2(&*self.root_fd, &parent, flags, Mode::empty(), resolve) {
+            Ok(fd) => Ok(fd),
+            Err(rustix::io::Errno::XDEV | rustix::io::Errno::LOOP) => {
+                Err(BackendError::unsafe_path(
+                    rel.as_str(),
+                    "a directory on its way leads outside the workspace (it changed during the restore?); refusing to write through it",
+                ))
+            }
+            Err(rustix::io::Errno::NOSYS) => self.open_parent_strict(&parent, rel),
+            Err(e) => Err(BackendError::io_with_context(
+                "open the directory of",
+                rel.to_path(&self.root),
+                e.into(),
+            )),
+        }
+    }
+
+    /// Without `openat2` (Linux before 5.6): component by component, following no
+    /// symlink at all (stricter than `RESOLVE_BENEATH`, never looser).
+    #[cfg(unix)]
+    fn open_parent_strict(
+        &self,
+        parent: &str,
+        rel: &RelPath,
+    ) -> BackendResult<std::os::fd::OwnedFd> {
+        use rustix::fs::{Mode, OFlags};
+        let flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+        let mut dir = rustix::io::dup(&*self.root_fd)
+            .map_err(|e| BackendError::io_with_context("open", &self.root, e.into()))?;
+        for comp in parent.split('/').filter(|c| *c != ".") {
+            dir = rustix::fs::openat(&dir, comp, flags, Mode::empty()).map_err(|_| {
+                BackendError::unsafe_path(
+                    rel.as_str(),
+                    format!("{comp} on the way is not a plain directory (this kernel cannot resolve symlinks safely)"),
+                )
+            })?;
+        }
+        Ok(dir)
     }
 
     /// The canonical root.
@@ -71,7 +183,7 @@ impl Workspace {
         match self.check_last(rel, &path, true)? {
             Last::Dir => Ok(path),
             Last::Missing | Last::Replaceable => {
-                match fs::create_dir(&path) {
+                match self.mkdir_beneath(&path) {
                     Ok(()) => {}
                     // Another writer made it meanwhile: fine if it is a directory.
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => {}
@@ -113,6 +225,9 @@ impl Workspace {
                 "a directory is in the way of this symlink; remove it first",
             ));
         }
+        #[cfg(unix)]
+        make_symlink_atomically(target, &self.open_parent(rel)?, rel.file_name(), &path)?;
+        #[cfg(not(unix))]
         make_symlink_atomically(target, &parent, &path)?;
         Ok(path)
     }
@@ -192,10 +307,11 @@ impl Workspace {
                 "a directory is in the way of this file; remove it first",
             ));
         }
-        let tmp = tempfile::Builder::new()
-            .prefix(".taskcache-")
-            .suffix(".tmp")
-            .tempfile_in(&parent)
+        #[cfg(unix)]
+        let dir = self.open_parent(rel)?;
+        #[cfg(not(unix))]
+        let dir = parent.clone();
+        let tmp = DirTemp::create(dir, &parent)
             .map_err(|e| BackendError::io_with_context("create temporary file in", &parent, e))?;
         Ok(PendingFile {
             hasher: expected.digest.algorithm().hasher(),
@@ -270,7 +386,7 @@ impl Workspace {
                     if !create {
                         return Ok(None);
                     }
-                    match fs::create_dir(&next) {
+                    match self.mkdir_beneath(&next) {
                         Ok(()) => cur = next,
                         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                             // Raced with another writer: look again, strictly.
@@ -374,7 +490,7 @@ enum Last {
 /// A file being restored: bytes go to a temporary file beside its final place and are
 /// hashed on the way; [`PendingFile::commit`] verifies and renames.
 pub struct PendingFile {
-    tmp: tempfile::NamedTempFile,
+    tmp: DirTemp,
     path: PathBuf,
     expected: BlobRef,
     executable: bool,
@@ -459,7 +575,7 @@ impl PendingFile {
 /// The last step of every verified write: compare, set the mode, rename into place. The
 /// temporary file is removed (dropped) unless it is renamed.
 fn publish(
-    tmp: tempfile::NamedTempFile,
+    tmp: DirTemp,
     path: &Path,
     expected: &BlobRef,
     actual: &BlobRef,
@@ -468,9 +584,121 @@ fn publish(
     check_blob(expected, actual)?;
     set_mode(tmp.as_file(), executable)
         .map_err(|e| BackendError::io_with_context("set mode of", tmp.path(), e))?;
-    tmp.persist(path)
-        .map_err(|e| BackendError::io_with_context("rename into place", path, e.error))?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| {
+            BackendError::io_with_context(
+                "rename into place",
+                path,
+                io::Error::new(io::ErrorKind::InvalidInput, "no file name"),
+            )
+        })?
+        .to_owned();
+    tmp.persist(&name)
+        .map_err(|e| BackendError::io_with_context("rename into place", path, e))?;
     Ok(path.to_path_buf())
+}
+
+/// The directory a [`DirTemp`] lives in: an opened handle on Unix (renames are
+/// relative to it), a path elsewhere.
+#[cfg(unix)]
+type Dir = std::os::fd::OwnedFd;
+#[cfg(not(unix))]
+type Dir = PathBuf;
+
+/// A temporary file created in an opened directory and renamed into place relative to
+/// it, or removed when dropped unrenamed.
+struct DirTemp {
+    dir: Dir,
+    name: String,
+    file: File,
+    /// For messages: where the temporary file is.
+    shown: PathBuf,
+    armed: bool,
+}
+
+impl DirTemp {
+    fn create(dir: Dir, shown_dir: &Path) -> io::Result<Self> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        for _ in 0..16 {
+            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+            let name = format!(".taskcache-{}-{nanos:x}-{n}.tmp", std::process::id());
+            match Self::create_new(&dir, &name) {
+                Ok(file) => {
+                    return Ok(DirTemp {
+                        shown: shown_dir.join(&name),
+                        dir,
+                        name,
+                        file,
+                        armed: true,
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "no free temporary name",
+        ))
+    }
+
+    #[cfg(unix)]
+    fn create_new(dir: &Dir, name: &str) -> io::Result<File> {
+        use rustix::fs::{Mode, OFlags};
+        let flags =
+            OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let fd = rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(0o600))?;
+        Ok(File::from(fd))
+    }
+
+    #[cfg(not(unix))]
+    fn create_new(dir: &Dir, name: &str) -> io::Result<File> {
+        File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(dir.join(name))
+    }
+
+    fn as_file(&self) -> &File {
+        &self.file
+    }
+
+    fn as_file_mut(&mut self) -> &mut File {
+        &mut self.file
+    }
+
+    fn path(&self) -> &Path {
+        &self.shown
+    }
+
+    /// Renames the file to `final_name` in its directory, replacing what is there
+    /// (a file or a symlink, never followed).
+    fn persist(mut self, final_name: &std::ffi::OsStr) -> io::Result<()> {
+        #[cfg(unix)]
+        rustix::fs::renameat(&self.dir, self.name.as_str(), &self.dir, final_name)?;
+        #[cfg(not(unix))]
+        fs::rename(self.dir.join(&self.name), self.dir.join(final_name))?;
+        self.armed = false;
+        Ok(())
+    }
+}
+
+impl Drop for DirTemp {
+    fn drop(&mut self) {
+        if self.armed {
+            #[cfg(unix)]
+            let _ =
+                rustix::fs::unlinkat(&self.dir, self.name.as_str(), rustix::fs::AtFlags::empty());
+            #[cfg(not(unix))]
+            let _ = fs::remove_file(self.dir.join(&self.name));
+        }
+    }
 }
 
 impl Write for PendingFile {
@@ -500,22 +728,35 @@ fn set_mode(file: &File, executable: bool) -> io::Result<()> {
     }
 }
 
+/// Makes the link under a temporary name in the opened directory `dir` and renames it
+/// over `name` there (relative to the handle: nothing above it can redirect it).
 #[cfg(unix)]
-fn make_symlink_atomically(target: &str, dir: &Path, path: &Path) -> BackendResult<()> {
+fn make_symlink_atomically(
+    target: &str,
+    dir: &std::os::fd::OwnedFd,
+    name: &str,
+    path: &Path,
+) -> BackendResult<()> {
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     for _ in 0..16 {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let tmp = dir.join(format!(".taskcache-{}-{n}.lnk", std::process::id()));
-        match std::os::unix::fs::symlink(target, &tmp) {
+        let tmp = format!(".taskcache-{}-{n}.lnk", std::process::id());
+        match rustix::fs::symlinkat(target, dir, tmp.as_str()) {
             Ok(()) => {
-                return fs::rename(&tmp, path).map_err(|e| {
-                    let _ = fs::remove_file(&tmp);
-                    BackendError::io_with_context("rename symlink into place", path, e)
+                return rustix::fs::renameat(dir, tmp.as_str(), dir, name).map_err(|e| {
+                    let _ = rustix::fs::unlinkat(dir, tmp.as_str(), rustix::fs::AtFlags::empty());
+                    BackendError::io_with_context("rename symlink into place", path, e.into())
                 });
             }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(BackendError::io_with_context("create symlink", &tmp, e)),
+            Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => {
+                return Err(BackendError::io_with_context(
+                    "create symlink",
+                    path,
+                    e.into(),
+                ));
+            }
         }
     }
     Err(BackendError::io_with_context(
