@@ -5,7 +5,8 @@
 //!
 //! Records, one per line: `h` (a hit), `m` (a miss), `+N` (N bytes written),
 //! `=N` (GC measured N bytes in the cache), and the compacted forms `H N` / `M N`.
-//! Lines that do not parse (a record torn by power loss) are skipped. When the log
+//! Lines that do not parse (a record torn by power loss) are skipped; sums saturate
+//! (a planted huge count neither panics nor wraps). When the log
 //! grows past [`COMPACT_AT`] it is compacted: renamed away (so new appends start a new
 //! log), summed, and its sums appended to the new log. An append racing that rename
 //! by microseconds can be lost; the counters are statistics, not accounting.
@@ -124,11 +125,13 @@ fn parse(text: &[u8]) -> Totals {
         };
         let num = |s: &str| s.trim().parse::<u64>().ok();
         match line.as_bytes().first() {
-            Some(b'h') if line == "h" => t.hits += 1,
-            Some(b'm') if line == "m" => t.misses += 1,
-            Some(b'H') => t.hits += num(&line[1..]).unwrap_or(0),
-            Some(b'M') => t.misses += num(&line[1..]).unwrap_or(0),
-            Some(b'+') => t.size_estimate += num(&line[1..]).unwrap_or(0),
+            Some(b'h') if line == "h" => t.hits = t.hits.saturating_add(1),
+            Some(b'm') if line == "m" => t.misses = t.misses.saturating_add(1),
+            Some(b'H') => t.hits = t.hits.saturating_add(num(&line[1..]).unwrap_or(0)),
+            Some(b'M') => t.misses = t.misses.saturating_add(num(&line[1..]).unwrap_or(0)),
+            Some(b'+') => {
+                t.size_estimate = t.size_estimate.saturating_add(num(&line[1..]).unwrap_or(0));
+            }
             Some(b'=') => {
                 if let Some(n) = num(&line[1..]) {
                     t.size_estimate = n;
