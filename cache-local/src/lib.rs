@@ -84,6 +84,42 @@
 //!   larger ones are copied into a temporary file while hashing, and from 16 MiB the
 //!   copy is done by the kernel (`copy_file_range`) while a second thread hashes what
 //!   landed in the temporary file. Memory stays at a few MiB whatever the output size.
+//!
+//! ## Hostile cache directories
+//!
+//! Whoever can write the cache directory (it may be restored from an untrusted CI
+//! artifact, or shared between jobs) can plant anything in it. The directory is
+//! opened, never followed:
+//!
+//! * **No link is followed.** [`LocalStorage::open`] holds handles on the directory and
+//!   its `blobs`, `entries`, `tmp` and `stats` directories (a link or special file
+//!   planted in place of one of those is removed and replaced by a directory); every
+//!   name below them is resolved from those handles one component at a time with
+//!   `O_NOFOLLOW`. So nothing outside the directory is written, removed or touched
+//!   through a link, however `tmp`, `stats/log` or a fan-out directory is planted.
+//! * **Only regular files are opened.** A file is opened only when `lstat` says it is
+//!   a regular file (a device is never opened), with `O_NOFOLLOW | O_NONBLOCK |
+//!   O_CLOEXEC` (a FIFO cannot block), and its type is checked again with `fstat` on
+//!   that handle. An entry that is not a regular file is a corrupt entry (a miss,
+//!   removed when the policy writes); a `LAYOUT` that is not a regular file is an
+//!   error naming it and what to do; a `stats/log` that is not one is ignored and
+//!   replaced by the next record.
+//! * **Every read is bounded before it starts.** `LAYOUT`: 256 bytes. An entry:
+//!   [`cache_core::storage::MAX_ENTRY_BYTES`]. The statistics log: 1 MiB (it is
+//!   compacted past 256 KiB), and its counters saturate. Blobs: their recorded size
+//!   when `cache-core` restores them (it opens the blob paths this storage names, with
+//!   `storage::open_regular`, and verifies every byte), and the length of the regular
+//!   file opened when verify re-hashes them (so verify takes time in proportion to what
+//!   is stored, planted sparse files included).
+//! * **A blob is present only as a regular file of its recorded size**, checked
+//!   without following; anything else at its name is missing (the entry is a miss),
+//!   and the next store renames a good copy over it. A store that reuses a blob
+//!   refreshes the mtime of that regular file only.
+//! * **Maintenance removes only what it can prove is the cache's own**: GC and verify
+//!   remove temporary files with this code's names (never anything else in `tmp`), and
+//!   blobs and entries by their digest names; links and special files planted in the
+//!   layout are removed (never followed) and counted in
+//!   [`GcReport::foreign_removed`] / [`VerifyReport::foreign_removed`].
 
 mod counters;
 mod fsat;
