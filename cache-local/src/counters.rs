@@ -5,18 +5,30 @@
 //!
 //! Records, one per line: `h` (a hit), `m` (a miss), `+N` (N bytes written),
 //! `=N` (GC measured N bytes in the cache), and the compacted forms `H N` / `M N`.
-//! Lines that do not parse (a record torn by power loss) are skipped. When the log
-//! grows past [`COMPACT_AT`] it is compacted: renamed away (so new appends start a new
-//! log), summed, and its sums appended to the new log. An append racing that rename
-//! by microseconds can be lost; the counters are statistics, not accounting.
+//! Lines that do not parse (a record torn by power loss) are skipped, and sums
+//! saturate. When the log grows past [`COMPACT_AT`] it is compacted (by the append or
+//! the read that finds it so large): renamed away (so new appends start a new log),
+//! summed, and its sums appended to the new log. An append racing that rename by
+//! microseconds can be lost; the counters are statistics, not accounting.
+//!
+//! The log is in the cache directory, so it is handled as hostile: opened through the
+//! `stats` handle without following a link or blocking on a FIFO, and read at most
+//! [`MAX_LOG_BYTES`]. A link or special file in its place is ignored by reads and
+//! replaced by the next append; nothing is ever written through it.
 
-use crate::layout::Layout;
-use std::fs::{self, OpenOptions};
+use crate::fsat::{self, Access, FileAt};
+use crate::layout::{Layout, STATS_TEMP_PREFIX};
+use std::fs::File;
 use std::io::{self, Read, Write};
-use std::path::PathBuf;
 
-/// Log size above which reading it also compacts it.
+/// Log size above which appending to or reading it also compacts it.
 pub(crate) const COMPACT_AT: u64 = 256 << 10;
+
+/// The most of a log that is ever read (and so held in memory): a larger one was
+/// planted, and is counted up to here, then compacted.
+pub(crate) const MAX_LOG_BYTES: u64 = 4 * COMPACT_AT;
+
+const LOG: &str = "log";
 
 /// What the log says.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -28,85 +40,108 @@ pub(crate) struct Totals {
     pub size_estimate: u64,
 }
 
-#[derive(Debug)]
-pub(crate) struct Counters {
-    log: PathBuf,
+/// Appends one record (best effort: a failure is logged, never returned).
+pub(crate) fn record(layout: &Layout, line: &str) {
+    if let Err(e) = append(layout, line, true) {
+        tracing::debug!(path = %layout.stats.join(LOG).display(), error = %e, "could not record cache statistics");
+    }
 }
 
-impl Counters {
-    pub fn new(layout: &Layout) -> Self {
-        Counters {
-            log: layout.stats.join("log"),
+pub(crate) fn hit(layout: &Layout) {
+    record(layout, "h\n");
+}
+
+pub(crate) fn miss(layout: &Layout) {
+    record(layout, "m\n");
+}
+
+pub(crate) fn added(layout: &Layout, bytes: u64) {
+    if bytes > 0 {
+        record(layout, &format!("+{bytes}\n"));
+    }
+}
+
+pub(crate) fn measured(layout: &Layout, bytes: u64) {
+    record(layout, &format!("={bytes}\n"));
+}
+
+/// One `O_APPEND` write of `line` to the log; a link or special file in its place is
+/// removed (never followed) and a new log created.
+fn append(layout: &Layout, line: &str, may_compact: bool) -> io::Result<()> {
+    let stats = layout.stats_dir();
+    for _ in 0..2 {
+        match fsat::open_file_at(stats, LOG, Access::Append)? {
+            FileAt::File(mut f, meta) => {
+                f.write_all(line.as_bytes())?;
+                if may_compact && meta.len > COMPACT_AT {
+                    compact(layout)?;
+                }
+                return Ok(());
+            }
+            FileAt::Missing => {}
+            FileAt::Other(what) => {
+                tracing::warn!(path = %layout.stats.join(LOG).display(), "{what} is where the statistics log belongs: removed (never followed), a new log is started");
+                fsat::remove_at(stats, LOG)?;
+            }
         }
     }
+    Ok(())
+}
 
-    /// Appends one record (best effort: a failure is logged, never returned).
-    pub fn record(&self, line: &str) {
-        let r = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(&self.log)
-            .and_then(|mut f| f.write_all(line.as_bytes()));
-        if let Err(e) = r {
-            tracing::debug!(path = %self.log.display(), error = %e, "could not record cache statistics");
+/// Reads at most [`MAX_LOG_BYTES`] of a log and sums it.
+fn sum(file: File, len: u64) -> io::Result<Totals> {
+    let cap = usize::try_from(len.min(MAX_LOG_BYTES)).unwrap_or(0);
+    let mut text = Vec::with_capacity(cap);
+    file.take(MAX_LOG_BYTES).read_to_end(&mut text)?;
+    Ok(parse(&text))
+}
+
+/// Reads the totals, compacting the log when it has grown large. A log that is not a
+/// regular file counts as empty.
+pub(crate) fn read(layout: &Layout) -> io::Result<Totals> {
+    let (totals, len) = match fsat::open_file_at(layout.stats_dir(), LOG, Access::Read)? {
+        FileAt::File(f, meta) => (sum(f, meta.len)?, meta.len),
+        FileAt::Missing => return Ok(Totals::default()),
+        FileAt::Other(what) => {
+            tracing::debug!(path = %layout.stats.join(LOG).display(), "{what} is where the statistics log belongs: ignored");
+            return Ok(Totals::default());
         }
+    };
+    if len > COMPACT_AT {
+        compact(layout)?;
     }
+    Ok(totals)
+}
 
-    pub fn hit(&self) {
-        self.record("h\n");
+fn compact(layout: &Layout) -> io::Result<()> {
+    let claimed = format!(
+        "{STATS_TEMP_PREFIX}{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    );
+    let tmp = layout.tmp_dir();
+    match fsat::rename_at(layout.stats_dir(), LOG, tmp, &claimed) {
+        Ok(()) => {}
+        // Another process compacted it first.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
     }
-
-    pub fn miss(&self) {
-        self.record("m\n");
-    }
-
-    pub fn added(&self, bytes: u64) {
-        if bytes > 0 {
-            self.record(&format!("+{bytes}\n"));
-        }
-    }
-
-    pub fn measured(&self, bytes: u64) {
-        self.record(&format!("={bytes}\n"));
-    }
-
-    /// Reads the totals, compacting the log when it has grown large.
-    pub fn read(&self, layout: &Layout) -> io::Result<Totals> {
-        let text = match fs::read(&self.log) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(e),
-        };
-        let totals = parse(&text);
-        if text.len() as u64 > COMPACT_AT {
-            self.compact(layout)?;
-        }
-        Ok(totals)
-    }
-
-    fn compact(&self, layout: &Layout) -> io::Result<()> {
-        let claimed = layout.tmp.join(format!(
-            "stats-log-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos())
-        ));
-        match fs::rename(&self.log, &claimed) {
-            Ok(()) => {}
-            // Another process compacted it first.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(e),
-        }
-        let mut text = Vec::new();
-        fs::File::open(&claimed)?.read_to_end(&mut text)?;
-        let t = parse(&text);
-        self.record(&format!(
-            "H {}\nM {}\n={}\n",
-            t.hits, t.misses, t.size_estimate
-        ));
-        fs::remove_file(&claimed)
-    }
+    let t = match fsat::open_file_at(tmp, &claimed, Access::Read) {
+        Ok(FileAt::File(f, meta)) => sum(f, meta.len),
+        Ok(FileAt::Missing | FileAt::Other(_)) => Ok(Totals::default()),
+        Err(e) => Err(e),
+    };
+    let appended = t.and_then(|t| {
+        append(
+            layout,
+            &format!("H {}\nM {}\n={}\n", t.hits, t.misses, t.size_estimate),
+            false,
+        )
+    });
+    let removed = fsat::remove_at(tmp, &claimed);
+    appended.and(removed.map(drop))
 }
 
 fn parse(text: &[u8]) -> Totals {
@@ -124,11 +159,13 @@ fn parse(text: &[u8]) -> Totals {
         };
         let num = |s: &str| s.trim().parse::<u64>().ok();
         match line.as_bytes().first() {
-            Some(b'h') if line == "h" => t.hits += 1,
-            Some(b'm') if line == "m" => t.misses += 1,
-            Some(b'H') => t.hits += num(&line[1..]).unwrap_or(0),
-            Some(b'M') => t.misses += num(&line[1..]).unwrap_or(0),
-            Some(b'+') => t.size_estimate += num(&line[1..]).unwrap_or(0),
+            Some(b'h') if line == "h" => t.hits = t.hits.saturating_add(1),
+            Some(b'm') if line == "m" => t.misses = t.misses.saturating_add(1),
+            Some(b'H') => t.hits = t.hits.saturating_add(num(&line[1..]).unwrap_or(0)),
+            Some(b'M') => t.misses = t.misses.saturating_add(num(&line[1..]).unwrap_or(0)),
+            Some(b'+') => {
+                t.size_estimate = t.size_estimate.saturating_add(num(&line[1..]).unwrap_or(0));
+            }
             Some(b'=') => {
                 if let Some(n) = num(&line[1..]) {
                     t.size_estimate = n;

@@ -1,6 +1,7 @@
 //! The blocking halves of store and restore: one pass per file, few jobs per batch.
 
-use crate::layout::Layout;
+use crate::fsat::FileAt;
+use crate::layout::{Area, Layout, Temp};
 use cache_core::storage::{BlobSource, copy_hashing, kernel_copy_hashing, open_regular};
 use cache_core::{BackendError, BackendResult, BlobRef, DigestAlgorithm};
 use std::fs::File;
@@ -95,52 +96,47 @@ impl<'a> StoreJob<'a> {
 
     /// Renames a filled temporary file to its digest name, or drops it if that blob is
     /// stored already.
-    fn publish_streamed(
-        &mut self,
-        tmp: tempfile::NamedTempFile,
-        blob: BlobRef,
-    ) -> BackendResult<BlobRef> {
-        let dest = self.layout.blob_path(&blob.digest);
-        if reuse(&dest, blob.size) {
+    fn publish_streamed(&mut self, tmp: Temp<'_>, blob: BlobRef) -> BackendResult<BlobRef> {
+        if reuse(self.layout, &blob) {
             return Ok(blob);
         }
-        self.layout.publish(tmp, &dest)?;
+        self.layout.publish(tmp, Area::Blobs, &blob.digest)?;
         self.written += blob.size;
         Ok(blob)
     }
 
     fn put_bytes(&mut self, bytes: &[u8], origin: Option<&Path>) -> BackendResult<BlobRef> {
         let blob = BlobRef::of(ALGORITHM, bytes);
-        let dest = self.layout.blob_path(&blob.digest);
-        if reuse(&dest, blob.size) {
+        if reuse(self.layout, &blob) {
             return Ok(blob);
         }
         let mut tmp = self.layout.temp()?;
-        tmp.write_all(bytes)
-            .map_err(|e| BackendError::io_with_context("write blob", origin.unwrap_or(&dest), e))?;
-        self.layout.publish(tmp, &dest)?;
+        tmp.write_all(bytes).map_err(|e| {
+            let dest = self.layout.blob_path(&blob.digest);
+            BackendError::io_with_context("write blob", origin.map_or(dest, Path::to_path_buf), e)
+        })?;
+        self.layout.publish(tmp, Area::Blobs, &blob.digest)?;
         self.written += blob.size;
         Ok(blob)
     }
 }
 
-/// Whether the blob at `dest` is stored with the right size; if so its mtime is
+/// Whether `blob` is stored as a regular file of the right size; if so its mtime is
 /// refreshed, so a concurrent GC sees it as young and leaves it (its grace period).
-/// A blob of the wrong size is replaced by the caller (the rename repairs it).
-fn reuse(dest: &Path, size: u64) -> bool {
-    let Ok(f) = File::open(dest) else {
+/// Only a regular file opened without following a link is touched; anything else (a
+/// torn blob, a link, a FIFO) is replaced by the caller (the rename repairs it).
+fn reuse(layout: &Layout, blob: &BlobRef) -> bool {
+    let Ok(FileAt::File(f, meta)) = layout.open_file(Area::Blobs, &blob.digest) else {
         return false;
     };
-    match f.metadata() {
-        Ok(m) if m.is_file() && m.len() == size => {
-            if let Err(e) = f.set_modified(std::time::SystemTime::now()) {
-                // Still usable; only the GC grace is not refreshed.
-                tracing::debug!(path = %dest.display(), error = %e, "could not refresh blob mtime");
-            }
-            true
-        }
-        _ => false,
+    if meta.len != blob.size {
+        return false;
     }
+    if let Err(e) = f.set_modified(std::time::SystemTime::now()) {
+        // Still usable; only the GC grace is not refreshed.
+        tracing::debug!(path = %layout.blob_path(&blob.digest).display(), error = %e, "could not refresh blob mtime");
+    }
+    true
 }
 
 /// Splits `n` items of the given weights into at most `parts` contiguous ranges of

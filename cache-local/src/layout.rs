@@ -9,21 +9,42 @@
 //! <dir>/tmp/                            temporary files of writers (stale ones: GC)
 //! <dir>/stats/log                       append-only hit/miss/size log
 //! ```
+//!
+//! The cache directory is opened, never followed ([`crate::fsat`]): `open` holds
+//! handles on the root and its four directories, and every name below them is resolved
+//! from those handles without following a link. Paths are kept for messages and for
+//! the blob files handed to `cache-core`.
 
+use crate::fsat::{self, Access, DirAt, FileAt, Meta, Node};
 use cache_core::{BackendError, BackendResult, BlobRef, Digest, DigestAlgorithm};
-use std::fs::{self, File};
-use std::io::{self, Write};
+use rustix::fs::{self as rfs, AtFlags, Mode, OFlags};
+use std::fs::File;
+use std::hash::{BuildHasher, RandomState};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
-use tempfile::NamedTempFile;
 
 /// Name of the layout version file.
 pub const LAYOUT_FILE: &str = "LAYOUT";
 /// The layout this code reads and writes.
 pub const LAYOUT_VERSION: u32 = 1;
 const LAYOUT_MAGIC: &str = "taskcache-local-layout";
+/// The most of a layout file that is ever read (it holds one short line).
+const MAX_LAYOUT_BYTES: u64 = 256;
+/// Prefix of the statistics logs claimed for compaction in `tmp/`.
+pub(crate) const STATS_TEMP_PREFIX: &str = "stats-log-";
 
-/// Paths of one cache directory.
+/// Where a digest-named file lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Area {
+    Blobs,
+    Entries,
+}
+
+/// Handles and paths of one cache directory.
 #[derive(Debug)]
 pub(crate) struct Layout {
     pub root: PathBuf,
@@ -32,195 +53,498 @@ pub(crate) struct Layout {
     pub tmp: PathBuf,
     pub stats: PathBuf,
     pub durable: bool,
+    root_fd: OwnedFd,
+    blobs_fd: OwnedFd,
+    entries_fd: OwnedFd,
+    tmp_fd: OwnedFd,
+    stats_fd: OwnedFd,
+    /// `<area>/<algorithm>` handles, opened at first use (see [`Layout::algo_dir`]).
+    algo_dirs: [OnceLock<OwnedFd>; 4],
 }
 
 fn ctx<'a>(operation: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> BackendError + 'a {
     move |e| BackendError::io_with_context(operation, path, e)
 }
 
+fn refuse(file: &Path, msg: String) -> BackendError {
+    BackendError::io_with_context(
+        "open cache directory: layout file",
+        file,
+        io::Error::new(io::ErrorKind::InvalidData, msg),
+    )
+}
+
 impl Layout {
-    /// Creates the directory and its layout if needed; refuses another layout version.
+    /// Creates the directory and its layout if needed; refuses another layout version,
+    /// and a layout file that is not a regular file. A symbolic link or special file
+    /// planted in place of one of the four directories is replaced by a directory.
     pub fn open(dir: &Path, durable: bool) -> BackendResult<Layout> {
-        fs::create_dir_all(dir).map_err(ctx("create cache directory", dir))?;
+        std::fs::create_dir_all(dir).map_err(ctx("create cache directory", dir))?;
+        // The root is the caller's path (which may go through links of their own);
+        // everything below it is resolved from this handle.
+        let root_fd = rfs::open(
+            dir,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| BackendError::io_with_context("open cache directory", dir, e.into()))?;
+        let version_file = dir.join(LAYOUT_FILE);
+        let version = read_version_file(root_fd.as_fd(), &version_file)?;
+        if let Some(text) = &version {
+            check_version(&version_file, text)?;
+        }
+        let sub = |name: &str| ensure_dir(root_fd.as_fd(), name, &dir.join(name), durable);
         let layout = Layout {
+            blobs_fd: sub("blobs")?,
+            entries_fd: sub("entries")?,
+            tmp_fd: sub("tmp")?,
+            stats_fd: sub("stats")?,
             blobs: dir.join("blobs"),
             entries: dir.join("entries"),
             tmp: dir.join("tmp"),
             stats: dir.join("stats"),
             root: dir.to_path_buf(),
+            root_fd,
+            algo_dirs: Default::default(),
             durable,
         };
-        let version_file = dir.join(LAYOUT_FILE);
-        match fs::read_to_string(&version_file) {
-            Ok(text) => check_version(&version_file, &text)?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(BackendError::io_with_context("read", &version_file, e)),
-        }
-        for d in [&layout.blobs, &layout.entries, &layout.tmp, &layout.stats] {
-            match fs::create_dir(d) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(BackendError::io_with_context("create directory", d, e)),
-            }
-        }
-        if !version_file.exists() {
-            let mut tmp = layout.temp()?;
-            writeln!(tmp, "{LAYOUT_MAGIC} {LAYOUT_VERSION}")
-                .map_err(ctx("write", &version_file))?;
-            layout.sync_file(&tmp, &version_file)?;
-            match tmp.persist_noclobber(&version_file) {
-                Ok(_) => layout.sync_dir(dir)?,
-                // Another process created it meanwhile: it must say the same.
-                Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => {
-                    let text =
-                        fs::read_to_string(&version_file).map_err(ctx("read", &version_file))?;
-                    check_version(&version_file, &text)?;
-                }
-                Err(e) => {
-                    return Err(BackendError::io_with_context(
-                        "create",
-                        &version_file,
-                        e.error,
-                    ));
-                }
-            }
+        if version.is_none() {
+            layout.create_version_file(&version_file)?;
         }
         Ok(layout)
     }
 
+    fn create_version_file(&self, version_file: &Path) -> BackendResult<()> {
+        let mut tmp = self.temp()?;
+        writeln!(tmp, "{LAYOUT_MAGIC} {LAYOUT_VERSION}").map_err(ctx("write", version_file))?;
+        self.sync_file(&tmp, version_file)?;
+        // A link never replaces anything: if another process created it meanwhile,
+        // it must say the same.
+        match rfs::linkat(
+            self.tmp_fd.as_fd(),
+            tmp.name.as_str(),
+            self.root_fd.as_fd(),
+            LAYOUT_FILE,
+            AtFlags::empty(),
+        ) {
+            Ok(()) => self.sync_fd(self.root_fd.as_fd(), &self.root),
+            Err(rustix::io::Errno::EXIST) => {
+                match read_version_file(self.root_fd.as_fd(), version_file)? {
+                    Some(text) => check_version(version_file, &text),
+                    None => Err(refuse(
+                        version_file,
+                        "it vanished while being created".into(),
+                    )),
+                }
+            }
+            Err(e) => Err(BackendError::io_with_context(
+                "create",
+                version_file,
+                e.into(),
+            )),
+        }
+    }
+
+    /// Checks that the layout file is still a regular file (health checks).
+    pub fn check_version_file(&self) -> BackendResult<()> {
+        let path = self.root.join(LAYOUT_FILE);
+        match fsat::lstat_at(self.root_fd.as_fd(), LAYOUT_FILE).map_err(ctx("inspect", &path))? {
+            Node::File(_) => Ok(()),
+            Node::Missing => Err(BackendError::io_with_context(
+                "read",
+                &path,
+                io::ErrorKind::NotFound.into(),
+            )),
+            Node::Dir => Err(refuse(&path, not_regular("a directory"))),
+            Node::Other(what) => Err(refuse(&path, not_regular(what))),
+        }
+    }
+
+    fn area(&self, area: Area) -> (BorrowedFd<'_>, &Path) {
+        match area {
+            Area::Blobs => (self.blobs_fd.as_fd(), &self.blobs),
+            Area::Entries => (self.entries_fd.as_fd(), &self.entries),
+        }
+    }
+
+    /// The handle on `<dir>/tmp`.
+    pub fn tmp_dir(&self) -> BorrowedFd<'_> {
+        self.tmp_fd.as_fd()
+    }
+
+    /// The handle on `<dir>/stats`.
+    pub fn stats_dir(&self) -> BorrowedFd<'_> {
+        self.stats_fd.as_fd()
+    }
+
+    /// `<dir>/<area>/<algorithm>/<2 hex>/<64 hex>`.
+    pub fn path(&self, area: Area, d: &Digest) -> PathBuf {
+        let hex = d.hex();
+        let mut p = self.area(area).1.join(d.algorithm().as_str());
+        p.push(&hex[..2]);
+        p.push(hex);
+        p
+    }
+
     /// `<dir>/blobs/<algorithm>/<2 hex>/<64 hex>`.
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
-        fanned(&self.blobs, digest)
+        self.path(Area::Blobs, digest)
     }
 
     /// `<dir>/entries/<algorithm>/<2 hex>/<64 hex>`.
     pub fn entry_path(&self, key: &Digest) -> PathBuf {
-        fanned(&self.entries, key)
+        self.path(Area::Entries, key)
+    }
+
+    /// The fan-out directory of `d`, opened without following a link; `None` if it is
+    /// missing or not a real directory (then nothing of the cache is stored there).
+    fn fan(&self, area: Area, d: &Digest) -> io::Result<Option<OwnedFd>> {
+        let Some(algo) = self.algo_dir(area, d.algorithm(), false)? else {
+            return Ok(None);
+        };
+        match fsat::open_dir_at(algo, &d.hex()[..2])? {
+            DirAt::Dir(fan) => Ok(Some(fan)),
+            _ => Ok(None),
+        }
+    }
+
+    /// The handle on `<area>/<algorithm>`, opened once (without following a link) and
+    /// kept; with `create`, created if missing or replaced if a link or special file
+    /// was planted in its place. `None` if there is none (and not `create`).
+    fn algo_dir(
+        &self,
+        area: Area,
+        algorithm: DigestAlgorithm,
+        create: bool,
+    ) -> io::Result<Option<BorrowedFd<'_>>> {
+        let cell = &self.algo_dirs[match (area, algorithm) {
+            (Area::Blobs, DigestAlgorithm::Blake3) => 0,
+            (Area::Blobs, DigestAlgorithm::Sha256) => 1,
+            (Area::Entries, DigestAlgorithm::Blake3) => 2,
+            (Area::Entries, DigestAlgorithm::Sha256) => 3,
+        }];
+        if let Some(fd) = cell.get() {
+            return Ok(Some(fd.as_fd()));
+        }
+        let (base, base_path) = self.area(area);
+        let name = algorithm.as_str();
+        let path = base_path.join(name);
+        let fd = if create {
+            let (fd, created) = fsat::ensure_dir_at(base, name, &path)?;
+            if created && self.durable {
+                fsat::fsync(base)?;
+            }
+            fd
+        } else {
+            match fsat::open_dir_at(base, name)? {
+                DirAt::Dir(fd) => fd,
+                _ => return Ok(None),
+            }
+        };
+        // A concurrent first use may have set it: either handle is the same directory.
+        let _ = cell.set(fd);
+        Ok(cell.get().map(AsFd::as_fd))
+    }
+
+    /// The fan-out directory of `d`, created if missing and replaced if a link or a
+    /// special file was planted in its place.
+    fn fan_for_write(&self, area: Area, d: &Digest) -> BackendResult<OwnedFd> {
+        let algo_path = self.area(area).1.join(d.algorithm().as_str());
+        let algo = self
+            .algo_dir(area, d.algorithm(), true)
+            .map_err(ctx("create directory", &algo_path))?
+            .expect("created when missing");
+        let hex = d.hex();
+        ensure_dir(algo, &hex[..2], &algo_path.join(&hex[..2]), self.durable)
+    }
+
+    /// What is stored at `d`, without following anything.
+    pub fn lstat(&self, area: Area, d: &Digest) -> io::Result<Node> {
+        match self.fan(area, d)? {
+            Some(fan) => fsat::lstat_at(fan.as_fd(), &d.hex()),
+            None => Ok(Node::Missing),
+        }
+    }
+
+    /// Opens the file stored at `d` for reading if it is a regular file.
+    pub fn open_file(&self, area: Area, d: &Digest) -> io::Result<FileAt> {
+        match self.fan(area, d)? {
+            Some(fan) => fsat::open_file_at(fan.as_fd(), &d.hex(), Access::Read),
+            None => Ok(FileAt::Missing),
+        }
+    }
+
+    /// Removes whatever is at `d` (a link itself, never its target). Gone: `Ok(false)`.
+    pub fn remove(&self, area: Area, d: &Digest) -> io::Result<bool> {
+        match self.fan(area, d)? {
+            Some(fan) => fsat::remove_at(fan.as_fd(), &d.hex()),
+            None => Ok(false),
+        }
+    }
+
+    /// Removes `d` only if it is still the file `opened` (same device and inode), so a
+    /// good copy that a concurrent store renamed into place is not removed by mistake.
+    pub fn remove_if_same(&self, area: Area, d: &Digest, opened: &File) -> io::Result<bool> {
+        use std::os::unix::fs::MetadataExt;
+        let a = opened.metadata()?;
+        let Some(fan) = self.fan(area, d)? else {
+            return Ok(false);
+        };
+        match fsat::lstat_at(fan.as_fd(), &d.hex())? {
+            Node::File(b) if a.dev() == b.dev && a.ino() == b.ino => {
+                fsat::remove_at(fan.as_fd(), &d.hex())
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Sets the modification time of the regular file at `d` to now (recency and GC
+    /// grace), through a handle opened without following. Returns the file's metadata
+    /// from before, or `None` if there is no regular file there (nothing is touched).
+    pub fn touch(&self, area: Area, d: &Digest) -> io::Result<Option<Meta>> {
+        match self.open_file(area, d)? {
+            FileAt::File(f, meta) => f.set_modified(SystemTime::now()).map(|()| Some(meta)),
+            FileAt::Missing | FileAt::Other(_) => Ok(None),
+        }
     }
 
     /// The blobs that are not stored as a regular file of their recorded size (a torn
-    /// or truncated blob counts as missing: its entry is a miss, and the next store
-    /// replaces it).
+    /// or truncated blob, a link or a special file counts as missing: its entry is a
+    /// miss, and the next store replaces it). Nothing is followed or opened.
     pub fn missing_blobs(&self, blobs: impl IntoIterator<Item = BlobRef>) -> Vec<BlobRef> {
-        blobs
-            .into_iter()
-            .filter(|b| {
-                !fs::symlink_metadata(self.blob_path(&b.digest))
-                    .is_ok_and(|m| m.is_file() && m.len() == b.size)
-            })
-            .collect()
+        let blobs: Vec<BlobRef> = blobs.into_iter().collect();
+        // In digest order, so that one open fan-out directory serves its neighbours.
+        let mut order: Vec<usize> = (0..blobs.len()).collect();
+        order.sort_unstable_by_key(|&i| blobs[i].digest);
+        let mut fan: Option<((DigestAlgorithm, String), Option<OwnedFd>)> = None;
+        let mut missing = Vec::new();
+        for i in order {
+            let b = &blobs[i];
+            let hex = b.digest.hex();
+            let at = (b.digest.algorithm(), hex[..2].to_string());
+            if fan.as_ref().is_none_or(|(k, _)| *k != at) {
+                fan = Some((at, self.fan(Area::Blobs, &b.digest).ok().flatten()));
+            }
+            let dir = fan.as_ref().and_then(|(_, fd)| fd.as_ref());
+            let present = dir.is_some_and(|fd| {
+                matches!(fsat::lstat_at(fd.as_fd(), &hex), Ok(Node::File(m)) if m.len == b.size)
+            });
+            if !present {
+                missing.push(i);
+            }
+        }
+        missing.sort_unstable();
+        missing.into_iter().map(|i| blobs[i]).collect()
     }
 
     /// A new temporary file in `<dir>/tmp` (removed on drop unless published).
-    pub fn temp(&self) -> BackendResult<NamedTempFile> {
-        tempfile::Builder::new()
-            .prefix("w")
-            .tempfile_in(&self.tmp)
-            .map_err(|e| {
+    pub fn temp(&self) -> BackendResult<Temp<'_>> {
+        for _ in 0..16 {
+            let name = temp_name();
+            let created = fsat::create_new_at(self.tmp_fd.as_fd(), &name).map_err(|e| {
                 BackendError::io_with_context(
                     "create temporary file in cache directory",
                     &self.tmp,
                     e,
                 )
-            })
+            })?;
+            if let Some(file) = created {
+                return Ok(Temp {
+                    layout: self,
+                    name,
+                    file,
+                    kept: false,
+                });
+            }
+        }
+        Err(BackendError::io_with_context(
+            "create temporary file in cache directory",
+            &self.tmp,
+            io::ErrorKind::AlreadyExists.into(),
+        ))
     }
 
     /// fsyncs a file about to be published when the cache is durable.
-    pub fn sync_file(&self, tmp: &NamedTempFile, dest: &Path) -> BackendResult<()> {
+    pub fn sync_file(&self, tmp: &Temp<'_>, dest: &Path) -> BackendResult<()> {
         if self.durable {
-            tmp.as_file().sync_all().map_err(ctx("fsync", dest))?;
+            tmp.file.sync_all().map_err(ctx("fsync", dest))?;
         }
         Ok(())
     }
 
     /// fsyncs a directory when the cache is durable.
-    pub fn sync_dir(&self, dir: &Path) -> BackendResult<()> {
+    fn sync_fd(&self, dir: BorrowedFd<'_>, path: &Path) -> BackendResult<()> {
         if self.durable {
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(ctx("fsync directory", dir))?;
+            fsat::fsync(dir).map_err(ctx("fsync directory", path))?;
         }
         Ok(())
     }
 
-    /// Renames `tmp` to `dest` (replacing it), creating `dest`'s fan-out directory when
+    /// Renames `tmp` to `d`'s name (replacing what is there: a planted link or special
+    /// file is replaced, never written through), creating its fan-out directory when
     /// missing. With `durable`, the file and the directories it changed are fsynced.
-    pub fn publish(&self, tmp: NamedTempFile, dest: &Path) -> BackendResult<()> {
-        self.sync_file(&tmp, dest)?;
-        let parent = dest.parent().expect("cache paths have a parent");
-        let tmp = match tmp.persist(dest) {
-            Ok(_) => return self.sync_dir(parent),
-            Err(e) if e.error.kind() == io::ErrorKind::NotFound => e.file,
-            Err(e) => return Err(BackendError::io_with_context("rename into", dest, e.error)),
-        };
-        self.create_dirs(parent)?;
-        tmp.persist(dest)
-            .map_err(|e| BackendError::io_with_context("rename into", dest, e.error))?;
-        self.sync_dir(parent)
+    pub fn publish(&self, mut tmp: Temp<'_>, area: Area, d: &Digest) -> BackendResult<()> {
+        let dest = self.path(area, d);
+        self.sync_file(&tmp, &dest)?;
+        let fan = self.fan_for_write(area, d)?;
+        fsat::rename_at(self.tmp_fd.as_fd(), &tmp.name, fan.as_fd(), &d.hex())
+            .map_err(ctx("rename into", &dest))?;
+        tmp.kept = true;
+        self.sync_fd(fan.as_fd(), dest.parent().unwrap_or(&dest))
     }
 
-    /// Writes `bytes` to `dest` through a temporary file and a rename.
-    pub fn write_atomic(&self, dest: &Path, bytes: &[u8]) -> BackendResult<()> {
+    /// Writes `bytes` to `d`'s name through a temporary file and a rename.
+    pub fn write_atomic(&self, area: Area, d: &Digest, bytes: &[u8]) -> BackendResult<()> {
         let mut tmp = self.temp()?;
-        tmp.write_all(bytes).map_err(ctx("write", dest))?;
-        self.publish(tmp, dest)
-    }
-
-    /// Creates `dir` and missing parents below the cache root (fsyncing the parents
-    /// that gained a directory when durable).
-    fn create_dirs(&self, dir: &Path) -> BackendResult<()> {
-        match fs::create_dir(dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound && dir != self.root => {
-                self.create_dirs(dir.parent().expect("below the root"))?;
-                match fs::create_dir(dir) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
-                    Err(e) => {
-                        return Err(BackendError::io_with_context("create directory", dir, e));
-                    }
-                }
-            }
-            Err(e) => return Err(BackendError::io_with_context("create directory", dir, e)),
-        }
-        self.sync_dir(dir.parent().expect("below the root"))
+        tmp.write_all(bytes)
+            .map_err(|e| BackendError::io_with_context("write", self.path(area, d), e))?;
+        self.publish(tmp, area, d)
     }
 }
 
-fn fanned(base: &Path, d: &Digest) -> PathBuf {
-    let hex = d.hex();
-    let mut p = base.join(d.algorithm().as_str());
-    p.push(&hex[..2]);
-    p.push(hex);
-    p
+/// [`fsat::ensure_dir_at`], with the parent fsynced when a directory was created in a
+/// durable cache.
+fn ensure_dir(
+    parent: BorrowedFd<'_>,
+    name: &str,
+    path: &Path,
+    durable: bool,
+) -> BackendResult<OwnedFd> {
+    let (fd, created) =
+        fsat::ensure_dir_at(parent, name, path).map_err(ctx("create directory", path))?;
+    if created && durable {
+        fsat::fsync(parent).map_err(ctx("fsync directory", path.parent().unwrap_or(path)))?;
+    }
+    Ok(fd)
+}
+
+fn not_regular(what: &str) -> String {
+    format!(
+        "it is {what}, not a regular file (taskcache never follows or opens one in a cache \
+         directory); remove it (taskcache writes a new one), or use another cache directory"
+    )
+}
+
+/// Reads the layout file, at most [`MAX_LAYOUT_BYTES`]; `None` if there is none.
+fn read_version_file(root: BorrowedFd<'_>, path: &Path) -> BackendResult<Option<String>> {
+    let file =
+        match fsat::open_file_at(root, LAYOUT_FILE, Access::Read).map_err(ctx("open", path))? {
+            FileAt::File(f, _) => f,
+            FileAt::Missing => return Ok(None),
+            FileAt::Other(what) => return Err(refuse(path, not_regular(what))),
+        };
+    let mut bytes = Vec::new();
+    file.take(MAX_LAYOUT_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(ctx("read", path))?;
+    if bytes.len() as u64 > MAX_LAYOUT_BYTES {
+        return Err(refuse(
+            path,
+            format!(
+                "not a taskcache layout file (it is longer than {MAX_LAYOUT_BYTES} bytes); \
+                 point taskcache at another directory"
+            ),
+        ));
+    }
+    Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
 }
 
 fn check_version(file: &Path, text: &str) -> BackendResult<()> {
-    let refuse = |msg: String| {
-        Err(BackendError::io_with_context(
-            "open cache directory: layout file",
-            file,
-            io::Error::new(io::ErrorKind::InvalidData, msg),
-        ))
-    };
     let Some(rest) = text.trim().strip_prefix(LAYOUT_MAGIC) else {
-        return refuse(format!(
-            "not a taskcache layout file (it says {:?}); point taskcache at another directory",
-            text.chars().take(60).collect::<String>()
+        return Err(refuse(
+            file,
+            format!(
+                "not a taskcache layout file (it says {:?}); point taskcache at another directory",
+                text.chars().take(60).collect::<String>()
+            ),
         ));
     };
     match rest.trim().parse::<u32>() {
         Ok(LAYOUT_VERSION) => Ok(()),
-        Ok(v) => refuse(format!(
-            "the cache uses layout version {v}, but this taskcache understands version {LAYOUT_VERSION} only; \
-             upgrade taskcache, or use (or empty) another cache directory"
+        Ok(v) => Err(refuse(
+            file,
+            format!(
+                "the cache uses layout version {v}, but this taskcache understands version {LAYOUT_VERSION} only; \
+                 upgrade taskcache, or use (or empty) another cache directory"
+            ),
         )),
-        Err(_) => refuse(format!("unreadable layout version {:?}", rest.trim())),
+        Err(_) => Err(refuse(
+            file,
+            format!("unreadable layout version {:?}", rest.trim()),
+        )),
     }
 }
 
-/// A file found under `blobs/` or `entries/`.
+/// A temporary file in `<dir>/tmp`, removed on drop unless it was published.
+pub(crate) struct Temp<'a> {
+    layout: &'a Layout,
+    name: String,
+    file: File,
+    kept: bool,
+}
+
+impl Temp<'_> {
+    pub fn as_file(&self) -> &File {
+        &self.file
+    }
+
+    pub fn as_file_mut(&mut self) -> &mut File {
+        &mut self.file
+    }
+
+    /// Its path (for messages).
+    pub fn path(&self) -> PathBuf {
+        self.layout.tmp.join(&self.name)
+    }
+}
+
+impl Write for Temp<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl Drop for Temp<'_> {
+    fn drop(&mut self) {
+        if !self.kept {
+            let _ = fsat::remove_at(self.layout.tmp_fd.as_fd(), &self.name);
+        }
+    }
+}
+
+/// `w` and ten random letters and digits.
+fn temp_name() -> String {
+    const CHARS: &[u8; 62] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut h = RandomState::new().hash_one((n, std::process::id(), SystemTime::now()));
+    let mut name = String::with_capacity(11);
+    name.push('w');
+    for _ in 0..10 {
+        name.push(char::from(CHARS[usize::try_from(h % 62).unwrap_or(0)]));
+        h /= 62;
+    }
+    name
+}
+
+/// Whether `name` in `<dir>/tmp` is a temporary file of this code: a writer's (`w` and
+/// 6 to 16 letters or digits, as written now or by earlier versions) or a statistics
+/// log claimed for compaction.
+pub(crate) fn is_own_temp(name: &str) -> bool {
+    let writer = name.strip_prefix('w').is_some_and(|r| {
+        (6..=16).contains(&r.len()) && r.bytes().all(|b| b.is_ascii_alphanumeric())
+    });
+    let stats = name
+        .strip_prefix(STATS_TEMP_PREFIX)
+        .is_some_and(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_digit() || b == b'-'));
+    writer || stats
+}
+
+/// A regular file found under `blobs/` or `entries/`.
 #[derive(Debug, Clone)]
 pub(crate) struct Found {
     pub path: PathBuf,
@@ -229,93 +553,126 @@ pub(crate) struct Found {
     pub mtime: SystemTime,
 }
 
-/// Lists the digest-named files under `base` (`blobs` or `entries`). Files that vanish
-/// while listing are skipped; names that are not digests are ignored.
-pub(crate) fn scan(base: &Path) -> BackendResult<Vec<Found>> {
-    let mut out = Vec::new();
-    for algo in read_dir_or_empty(base)? {
-        let algorithm = match algo.file_name().to_str() {
-            Some("blake3") => DigestAlgorithm::Blake3,
-            Some("sha256") => DigestAlgorithm::Sha256,
-            _ => continue,
-        };
-        for fan in read_dir_or_empty(&algo.path())? {
-            for file in read_dir_or_empty(&fan.path())? {
-                let name = file.file_name();
-                let Some(hex) = name.to_str() else { continue };
-                let Ok(digest) = Digest::parse(&format!("{}:{hex}", algorithm.as_str())) else {
+/// What [`Layout::scan`] found.
+#[derive(Debug, Default)]
+pub(crate) struct Scan {
+    pub found: Vec<Found>,
+    /// Symbolic links and special files planted in the layout, removed.
+    pub foreign_removed: u64,
+}
+
+impl Layout {
+    /// Lists the digest-named regular files of `area`, following nothing. Names that
+    /// are not the layout's are ignored; symbolic links and special files where the
+    /// layout has its directories or files are removed when `remove_foreign` (GC and
+    /// verify), else skipped.
+    pub fn scan(&self, area: Area, remove_foreign: bool) -> BackendResult<Scan> {
+        let (base, base_path) = self.area(area);
+        let mut scan = Scan::default();
+        for algorithm in [DigestAlgorithm::Blake3, DigestAlgorithm::Sha256] {
+            let algo_path = base_path.join(algorithm.as_str());
+            let Some(algo) = dir_or_foreign(
+                base,
+                algorithm.as_str(),
+                &algo_path,
+                remove_foreign,
+                &mut scan,
+            )?
+            else {
+                continue;
+            };
+            for fan in fsat::list_at(algo.as_fd()).map_err(ctx("list", &algo_path))? {
+                if fan.len() != 2 || !fan.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+                    continue;
+                }
+                let fan_path = algo_path.join(&fan);
+                let Some(dir) =
+                    dir_or_foreign(algo.as_fd(), &fan, &fan_path, remove_foreign, &mut scan)?
+                else {
                     continue;
                 };
-                let meta = match file.metadata() {
-                    Ok(m) if m.is_file() => m,
-                    Ok(_) => continue,
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(BackendError::io_with_context("inspect", file.path(), e)),
-                };
-                out.push(Found {
-                    path: file.path(),
-                    digest,
-                    len: meta.len(),
-                    mtime: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-                });
+                scan_fan(
+                    dir.as_fd(),
+                    &fan,
+                    &fan_path,
+                    algorithm,
+                    remove_foreign,
+                    &mut scan,
+                )?;
             }
         }
+        Ok(scan)
     }
-    Ok(out)
 }
 
-pub(crate) fn read_dir_or_empty(dir: &Path) -> BackendResult<Vec<fs::DirEntry>> {
-    match fs::read_dir(dir) {
-        Ok(rd) => rd
-            .filter(|e| !matches!(e, Err(e) if e.kind() == io::ErrorKind::NotFound))
-            .collect::<io::Result<Vec<_>>>()
-            .map_err(ctx("list", dir)),
-        Err(e)
-            if e.kind() == io::ErrorKind::NotFound || e.kind() == io::ErrorKind::NotADirectory =>
-        {
-            Ok(Vec::new())
+fn scan_fan(
+    dir: BorrowedFd<'_>,
+    fan: &str,
+    fan_path: &Path,
+    algorithm: DigestAlgorithm,
+    remove_foreign: bool,
+    scan: &mut Scan,
+) -> BackendResult<()> {
+    for name in fsat::list_at(dir).map_err(ctx("list", fan_path))? {
+        if !name.starts_with(fan) {
+            continue;
         }
-        Err(e) => Err(BackendError::io_with_context("list", dir, e)),
-    }
-}
-
-/// Sets a file's modification time to now (recency and GC grace). Missing: `Ok(false)`.
-pub(crate) fn touch(path: &Path) -> io::Result<bool> {
-    match File::open(path) {
-        Ok(f) => f.set_modified(SystemTime::now()).map(|()| true),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
-/// Removes `path` only if it is still the file `opened` (same device and inode), so a
-/// good copy that a concurrent store renamed into place is not removed by mistake.
-pub(crate) fn remove_if_same(path: &Path, opened: &File) -> io::Result<bool> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::MetadataExt;
-        let a = opened.metadata()?;
-        match fs::symlink_metadata(path) {
-            Ok(b) if a.dev() == b.dev() && a.ino() == b.ino() => {}
-            Ok(_) => return Ok(false),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-            Err(e) => return Err(e),
+        let Ok(digest) = Digest::parse(&format!("{}:{name}", algorithm.as_str())) else {
+            continue;
+        };
+        let path = fan_path.join(&name);
+        match fsat::lstat_at(dir, &name).map_err(ctx("inspect", &path))? {
+            Node::File(m) => scan.found.push(Found {
+                path,
+                digest,
+                len: m.len,
+                mtime: m.mtime,
+            }),
+            Node::Other(what) => remove_foreign_at(dir, &name, &path, what, remove_foreign, scan),
+            Node::Dir | Node::Missing => {}
         }
     }
-    #[cfg(not(unix))]
-    let _ = opened;
-    match fs::remove_file(path) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e),
+    Ok(())
+}
+
+/// Opens a directory of the layout; a link or special file in its place is removed
+/// (when `remove`) and `None` returned, as for anything else that is not a directory.
+fn dir_or_foreign(
+    parent: BorrowedFd<'_>,
+    name: &str,
+    path: &Path,
+    remove: bool,
+    scan: &mut Scan,
+) -> BackendResult<Option<OwnedFd>> {
+    match fsat::open_dir_at(parent, name).map_err(ctx("open directory", path))? {
+        DirAt::Dir(fd) => Ok(Some(fd)),
+        DirAt::Missing | DirAt::File => Ok(None),
+        DirAt::Other(what) => {
+            remove_foreign_at(parent, name, path, what, remove, scan);
+            Ok(None)
+        }
     }
 }
 
-/// Removes a file, treating "already gone" as success.
-pub(crate) fn remove_quiet(path: &Path) -> io::Result<bool> {
-    match fs::remove_file(path) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e),
+fn remove_foreign_at(
+    parent: BorrowedFd<'_>,
+    name: &str,
+    path: &Path,
+    what: &str,
+    remove: bool,
+    scan: &mut Scan,
+) {
+    if !remove {
+        return;
+    }
+    match fsat::remove_at(parent, name) {
+        Ok(true) => {
+            scan.foreign_removed += 1;
+            tracing::warn!(path = %path.display(), "removed {what} planted in the cache directory (never followed)");
+        }
+        Ok(false) => {}
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "could not remove {what} planted in the cache directory");
+        }
     }
 }

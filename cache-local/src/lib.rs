@@ -84,8 +84,45 @@
 //!   larger ones are copied into a temporary file while hashing, and from 16 MiB the
 //!   copy is done by the kernel (`copy_file_range`) while a second thread hashes what
 //!   landed in the temporary file. Memory stays at a few MiB whatever the output size.
+//!
+//! ## Hostile cache directories
+//!
+//! Whoever can write the cache directory (it may be restored from an untrusted CI
+//! artifact, or shared between jobs) can plant anything in it. The directory is
+//! opened, never followed:
+//!
+//! * **No link is followed.** [`LocalStorage::open`] holds handles on the directory and
+//!   its `blobs`, `entries`, `tmp` and `stats` directories (a link or special file
+//!   planted in place of one of those is removed and replaced by a directory); every
+//!   name below them is resolved from those handles one component at a time with
+//!   `O_NOFOLLOW`. So nothing outside the directory is written, removed or touched
+//!   through a link, however `tmp`, `stats/log` or a fan-out directory is planted.
+//! * **Only regular files are opened.** A file is opened only when `lstat` says it is
+//!   a regular file (a device is never opened), with `O_NOFOLLOW | O_NONBLOCK |
+//!   O_CLOEXEC` (a FIFO cannot block), and its type is checked again with `fstat` on
+//!   that handle. An entry that is not a regular file is a corrupt entry (a miss,
+//!   removed when the policy writes); a `LAYOUT` that is not a regular file is an
+//!   error naming it and what to do; a `stats/log` that is not one is ignored and
+//!   replaced by the next record.
+//! * **Every read is bounded before it starts.** `LAYOUT`: 256 bytes. An entry:
+//!   [`cache_core::storage::MAX_ENTRY_BYTES`]. The statistics log: 1 MiB (it is
+//!   compacted past 256 KiB), and its counters saturate. Blobs: their recorded size
+//!   when `cache-core` restores them (it opens the blob paths this storage names, with
+//!   `storage::open_regular`, and verifies every byte), and the length of the regular
+//!   file opened when verify re-hashes them (so verify takes time in proportion to what
+//!   is stored, planted sparse files included).
+//! * **A blob is present only as a regular file of its recorded size**, checked
+//!   without following; anything else at its name is missing (the entry is a miss),
+//!   and the next store renames a good copy over it. A store that reuses a blob
+//!   refreshes the mtime of that regular file only.
+//! * **Maintenance removes only what it can prove is the cache's own**: GC and verify
+//!   remove temporary files with this code's names (never anything else in `tmp`), and
+//!   blobs and entries by their digest names; links and special files planted in the
+//!   layout are removed (never followed) and counted in
+//!   [`GcReport::foreign_removed`] / [`VerifyReport::foreign_removed`].
 
 mod counters;
+mod fsat;
 mod io;
 mod layout;
 mod maint;
@@ -94,8 +131,7 @@ pub use layout::{LAYOUT_FILE, LAYOUT_VERSION};
 
 use cache_core::storage::{ActionRecord, BlobSource, Storage, StoredEntry};
 use cache_core::{BackendError, BackendResult, BlobRef, Digest};
-use counters::Counters;
-use layout::Layout;
+use layout::{Area, Layout};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -167,6 +203,9 @@ pub struct GcReport {
     pub blobs_kept_young: u64,
     /// Stale temporary files of crashed writers removed.
     pub temp_files_removed: u64,
+    /// Symbolic links and special files (FIFOs, sockets, devices) planted where the
+    /// layout keeps its own files or directories, removed without being followed.
+    pub foreign_removed: u64,
 }
 
 /// What a [`LocalStorage::verify`] found.
@@ -186,11 +225,13 @@ pub struct VerifyReport {
     pub entries_incomplete_removed: u64,
     /// Stale temporary files of crashed writers removed.
     pub temp_files_removed: u64,
+    /// Symbolic links and special files (FIFOs, sockets, devices) planted where the
+    /// layout keeps its own files or directories, removed without being followed.
+    pub foreign_removed: u64,
 }
 
 struct Inner {
     layout: Layout,
-    counters: Counters,
     opts: LocalOptions,
 }
 
@@ -230,16 +271,16 @@ const BATCH_MIN: usize = 64;
 
 impl LocalStorage {
     /// Opens (creating if needed) the cache in `dir`: creates the directory and its
-    /// layout, and refuses a directory whose layout version this code does not know.
-    /// Blocking (a few `mkdir`s); call it before or outside hot async paths.
+    /// layout, and refuses a directory whose layout version this code does not know, or
+    /// whose `LAYOUT` is not a regular file (a link, a FIFO, a device: the error names
+    /// it and says what to do). A link or special file planted in place of one of the
+    /// layout's directories is replaced by a directory (see "Hostile cache
+    /// directories" in the crate docs). Blocking (a few `mkdir`s); call it before or
+    /// outside hot async paths.
     pub fn open(dir: impl AsRef<Path>, opts: LocalOptions) -> BackendResult<Self> {
         let layout = Layout::open(dir.as_ref(), opts.durable)?;
         Ok(LocalStorage {
-            inner: Arc::new(Inner {
-                counters: Counters::new(&layout),
-                layout,
-                opts,
-            }),
+            inner: Arc::new(Inner { layout, opts }),
             gc: GcOptions::default(),
         })
     }
@@ -259,10 +300,10 @@ impl LocalStorage {
         let recorded = self
             .blocking(move |i| {
                 for _ in 0..hits {
-                    i.counters.hit();
+                    counters::hit(&i.layout);
                 }
                 for _ in 0..misses {
-                    i.counters.miss();
+                    counters::miss(&i.layout);
                 }
                 Ok(())
             })
@@ -308,26 +349,27 @@ impl LocalStorage {
     /// Entries, blobs and bytes (by listing the directory) and the hits and misses
     /// recorded by every process.
     pub async fn stats(&self) -> BackendResult<LocalStats> {
-        self.blocking(|i| maint::stats(&i.layout, &i.counters))
-            .await
+        self.blocking(|i| maint::stats(&i.layout)).await
     }
 
     /// Evicts until the cache holds at most `max_bytes`: first blobs no entry needs,
     /// then least-recently-used entries (stores and restores refresh recency) with the
-    /// blobs only they needed. Also removes corrupt entries and stale temporary files.
-    /// Safe while other processes read and write (see the crate docs).
+    /// blobs only they needed. Also removes corrupt entries, stale temporary files, and
+    /// links and special files planted in the layout (never following them). Safe while
+    /// other processes read and write (see the crate docs).
     pub async fn gc(&self, max_bytes: u64) -> BackendResult<GcReport> {
         self.gc_with(max_bytes, self.gc).await
     }
 
     /// [`LocalStorage::gc`] with explicit [`GcOptions`].
     pub async fn gc_with(&self, max_bytes: u64, opts: GcOptions) -> BackendResult<GcReport> {
-        self.blocking(move |i| maint::gc(&i.layout, &i.counters, max_bytes, opts))
+        self.blocking(move |i| maint::gc(&i.layout, max_bytes, opts))
             .await
     }
 
     /// Re-hashes every blob and decodes every entry; removes corrupt blobs, corrupt
-    /// entries, entries whose blobs are gone, and stale temporary files.
+    /// entries, entries whose blobs are gone, stale temporary files, and links and
+    /// special files planted in the layout (never following them).
     pub async fn verify(&self) -> BackendResult<VerifyReport> {
         self.verify_with(self.gc).await
     }
@@ -350,10 +392,10 @@ impl LocalStorage {
 
 /// Refreshes the recency of the entry for `key` (its mtime, which GC's LRU reads).
 fn touch_entry(layout: &Layout, key: &Digest) -> BackendResult<()> {
-    let path = layout.entry_path(key);
-    layout::touch(&path)
+    layout
+        .touch(Area::Entries, key)
         .map(drop)
-        .map_err(|e| BackendError::io_with_context("refresh recency of", &path, e))
+        .map_err(|e| BackendError::io_with_context("refresh recency of", layout.entry_path(key), e))
 }
 
 async fn join<T>(h: tokio::task::JoinHandle<BackendResult<T>>) -> BackendResult<T> {
@@ -377,7 +419,7 @@ impl Storage for LocalStorage {
         // never decodes on the executor, and a hit's lookup is one trip to the pool.
         let key = *key;
         self.blocking(move |i| {
-            let Some(bytes) = maint::read_entry(&i.layout.entry_path(&key), &key)? else {
+            let Some(bytes) = maint::read_entry(&i.layout, &key)? else {
                 return Ok(None);
             };
             let record = ActionRecord::decode(&key, &bytes)?;
@@ -393,13 +435,13 @@ impl Storage for LocalStorage {
         self.blocking(move |i| {
             let bytes = record.encode()?;
             i.layout
-                .write_atomic(&i.layout.entry_path(&record.key), &bytes)?;
-            i.counters.added(bytes.len() as u64);
+                .write_atomic(Area::Entries, &record.key, &bytes)?;
+            counters::added(&i.layout, bytes.len() as u64);
             // The entry is published: from here on nothing may fail the store.
             if let Some(max) = max {
-                let estimate = i.counters.read(&i.layout).map_or(0, |t| t.size_estimate);
+                let estimate = counters::read(&i.layout).map_or(0, |t| t.size_estimate);
                 if estimate > max {
-                    if let Err(e) = maint::gc(&i.layout, &i.counters, max, gc) {
+                    if let Err(e) = maint::gc(&i.layout, max, gc) {
                         tracing::warn!(dir = %i.layout.root.display(), error = %e, "eviction after a store failed; the cache may stay over its size limit");
                     }
                 }
@@ -412,10 +454,9 @@ impl Storage for LocalStorage {
     async fn remove_entry(&self, key: &Digest) -> BackendResult<()> {
         let key = *key;
         self.blocking(move |i| {
-            let path = i.layout.entry_path(&key);
-            layout::remove_quiet(&path)
-                .map(drop)
-                .map_err(|e| BackendError::io_with_context("remove cache entry", &path, e))
+            i.layout.remove(Area::Entries, &key).map(drop).map_err(|e| {
+                BackendError::io_with_context("remove cache entry", i.layout.entry_path(&key), e)
+            })
         })
         .await
     }
@@ -451,7 +492,7 @@ impl Storage for LocalStorage {
                     .into_iter()
                     .map(|s| job.put(s))
                     .collect::<BackendResult<Vec<_>>>();
-                inner.counters.added(job.written);
+                counters::added(&inner.layout, job.written);
                 refs
             }));
         }
@@ -484,7 +525,9 @@ impl Storage for LocalStorage {
         let blob = *blob;
         self.blocking(move |i| {
             let path = i.layout.blob_path(&blob.digest);
-            let removed = layout::remove_quiet(&path)
+            let removed = i
+                .layout
+                .remove(Area::Blobs, &blob.digest)
                 .map_err(|e| BackendError::io_with_context("remove blob", &path, e))?;
             if removed {
                 tracing::warn!(%blob, path = %path.display(), "removed a blob that failed verification; the next store repairs it");
@@ -501,9 +544,7 @@ impl Storage for LocalStorage {
 
     async fn health_check(&self) -> BackendResult<()> {
         self.blocking(|i| {
-            let version = i.layout.root.join(LAYOUT_FILE);
-            std::fs::metadata(&version)
-                .map_err(|e| BackendError::io_with_context("read", &version, e))?;
+            i.layout.check_version_file()?;
             drop(i.layout.temp()?);
             Ok(())
         })

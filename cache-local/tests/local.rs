@@ -281,6 +281,33 @@ async fn the_counter_log_is_compacted_without_losing_counts() {
 }
 
 #[tokio::test]
+async fn huge_counts_in_the_stats_log_saturate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("c");
+    let cache = open(&dir);
+    // Planted counts that would overflow: sums saturate instead of panicking or wrapping.
+    let max = u64::MAX;
+    std::fs::write(
+        dir.join("stats/log"),
+        format!("H {max}\nh\nM {max}\nM 1\nm\n={max}\n+{max}\n+5\n"),
+    )
+    .unwrap();
+    let s = cache.storage().stats().await.unwrap();
+    assert_eq!((s.hits, s.misses), (max, max), "{s:?}");
+    // The size estimate saturates too (a store with a size limit reads it).
+    let limited = cache_local::open(
+        &dir,
+        LocalOptions {
+            max_size: Some(1 << 30),
+            ..LocalOptions::default()
+        },
+    )
+    .unwrap();
+    store_bytes(&limited, &key(1), &[("a", b"a".to_vec())]).await;
+    assert!(is_hit(&limited, &key(1)).await);
+}
+
+#[tokio::test]
 async fn a_corrupt_blob_is_removed_and_repaired_by_the_next_store() {
     // 5,000 bytes goes through the streaming restore; 17 MiB through the kernel copy
     // (`copy_file_range` into the temp file, then hashing what landed).
