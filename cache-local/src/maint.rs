@@ -135,6 +135,9 @@ fn load_or_remove(
     let bytes = read_bounded(&file, meta.len, path)?;
     match ActionRecord::decode(&found.digest, &bytes) {
         Ok(r) => Ok(Ok(Some((file, r)))),
+        // Written by a newer taskcache sharing this directory: not this version's to
+        // judge, evict or delete.
+        Err(BackendError::NewerEntryFormat { .. }) => Ok(Ok(None)),
         Err(err) => {
             let removed = layout
                 .remove_if_same(Area::Entries, &found.digest, &file)

@@ -667,3 +667,23 @@ async fn concurrent_writers_of_one_key_all_succeed() {
     let v = cache.storage().verify().await.unwrap();
     assert_eq!(v.blobs_removed + v.entries_removed, 0, "{v:?}");
 }
+
+/// Versions sharing a directory: an entry in a newer format is a miss for this
+/// taskcache, and neither a lookup, `verify` nor `gc` deletes it.
+#[tokio::test]
+async fn a_newer_format_entry_survives_lookups_verify_and_gc() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = open(&tmp.path().join("c"));
+    store_bytes(&cache, &key(1), &[("f", content(1, 100))]).await;
+    let k = Digest::parse(&key(1)).unwrap();
+    let path = cache.storage().entry_path(&k);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[4] += 1; // the format version byte
+    std::fs::write(&path, &bytes).unwrap();
+    assert!(!is_hit(&cache, &key(1)).await, "a newer format is a miss");
+    let v = cache.storage().verify().await.unwrap();
+    assert_eq!(v.entries_removed, 0, "{v:?}");
+    let g = cache.storage().gc_with(0, no_grace()).await.unwrap();
+    assert_eq!(g.corrupt_entries_removed, 0, "{g:?}");
+    assert_eq!(std::fs::read(&path).unwrap(), bytes, "left in place, unchanged");
+}
