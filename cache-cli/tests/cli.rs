@@ -462,6 +462,61 @@ fn secrets_never_reach_the_output() {
     assert!(!o.stderr.contains("hunter2"), "{o:?}");
 }
 
+/// Values whose password is `Qz1` + a separator + `Qz2`: neither half may be shown,
+/// whatever the separator and wherever the value comes from, even with `-v`.
+#[test]
+fn url_secrets_are_redacted_in_every_form() {
+    let f = Fixture::new();
+    let values = [
+        "grpc://user:Qz1/Qz2@h:80",
+        "s3://AKIA:Qz1?Qz2@bucket/x",
+        "s3://AKIA:Qz1#Qz2@bucket/x",
+        "s3://AKIA:Qz1@Qz2@bucket/x",
+        "s3://AKIA:Qz1%2FQz2%40@bucket/x",
+        "s3://AKIA:12/Qz1Qz2@bucket/x",
+        "grpcs://h/x?token=Qz1@Qz2",
+        "grpcs://u:p@h/x?token=Qz1@Qz2",
+        "grpcs://h/x#Qz1@Qz2",
+        " s3://AKIA:Qz1/Qz2@bucket/x",
+        "s3:AKIA:Qz1/Qz2@bucket",
+        "s3:/AKIA:Qz1Qz2@bucket",
+        "http:\\\\u:Qz1Qz2@h/x",
+        "file://u:Qz1Qz2@localhost/x",
+        "FILE://u:Qz1/Qz2@/x",
+    ];
+    let task = ["-v", "-o", "out.txt", "--", "sh", "-c", COUNTING];
+    let mut shown = Vec::new();
+    for value in values {
+        let mut runs = Vec::new();
+        for flag in ["--remote", "--cache"] {
+            let mut c = f.cmd();
+            c.args(["run", flag, value]).args(task);
+            runs.push(exec(c));
+        }
+        let mut c = f.cmd();
+        c.env("TASKCACHE_REMOTE", value).arg("run").args(task);
+        runs.push(exec(c));
+        let mut c = f.cmd();
+        c.args(["stats", "--cache", value]);
+        runs.push(exec(c));
+        for o in runs {
+            let all = format!("{}{}", o.stderr, String::from_utf8_lossy(&o.stdout));
+            if all.contains("Qz1") || all.contains("Qz2") {
+                shown.push(format!("{value:?}: {o:?}"));
+            }
+        }
+    }
+    assert!(shown.is_empty(), "secrets shown:\n{}", shown.join("\n"));
+    let leaked: Vec<_> = walk(&f.root)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("Qz"))
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "directories named after a secret: {leaked:?}"
+    );
+}
+
 #[test]
 fn key_prints_the_digest_and_nothing_else() {
     let f = Fixture::new();
