@@ -479,7 +479,7 @@ mod tests {
         };
         let started = std::time::Instant::now();
         let (mut collected, mut stolen) = (0, Vec::new());
-        while started.elapsed() < std::time::Duration::from_secs(3) && stolen.is_empty() {
+        while started.elapsed() < std::time::Duration::from_secs(2) && stolen.is_empty() {
             let Ok(outs) = collect(&root, &rels(&["dist"])) else {
                 continue;
             };
