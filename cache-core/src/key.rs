@@ -463,7 +463,7 @@ impl Inputs<'_> {
         )))
     }
 
-    /// Walks the on_disk directory `real_root` without following links itself, keying
+    /// Walks the real directory `real_root` without following links itself, keying
     /// what it holds under `seen_root` (the path the build uses, maybe through links);
     /// returns whether `glob` matched anything.
     fn walk(
@@ -566,7 +566,7 @@ impl Inputs<'_> {
         Ok(matched)
     }
 
-    /// What the link at `on_disk` (its directories resolved) leads to, and the on_disk
+    /// What the link at `on_disk` (its directories resolved) leads to, and the real
     /// directory to walk when it is one.
     fn resolve(
         &mut self,
