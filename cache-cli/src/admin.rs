@@ -3,13 +3,14 @@
 use crate::Failure;
 use crate::backend;
 use crate::cli::{CacheArgs, GcArgs, StatsArgs};
+use crate::location::RawLocation;
 use crate::size::format_size;
 use cache_local::{LocalOptions, LocalStorage};
 use std::io::Write;
 use std::path::PathBuf;
 
 fn open(args: &CacheArgs) -> Result<(tokio::runtime::Runtime, LocalStorage, PathBuf), Failure> {
-    let dir = backend::cache_dir(args.cache.as_deref())?;
+    let dir = backend::cache_dir(args.cache.as_ref().map(RawLocation::as_str))?;
     let storage = LocalStorage::open(&dir, LocalOptions::default())
         .map_err(|e| Failure::Fatal(format!("cannot open the cache at {}: {e}", dir.display())))?;
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -1,5 +1,6 @@
 //! The command line, as clap parses it. Flag names are the contract of issue 5.
 
+use crate::location::RawLocation;
 use cache_core::{CachePolicy, RelPath};
 use clap::{ArgAction, Args, Parser, Subcommand};
 use std::ffi::OsString;
@@ -54,9 +55,10 @@ pub struct CacheArgs {
         long,
         value_name = "URL|PATH",
         env = "TASKCACHE_CACHE",
-        hide_env_values = true
+        hide_env_values = true,
+        value_parser = RawLocation::from_arg
     )]
-    pub cache: Option<String>,
+    pub cache: Option<RawLocation>,
 }
 
 /// `taskcache stats`.
@@ -108,9 +110,10 @@ pub struct TaskArgs {
         long,
         value_name = "URL",
         env = "TASKCACHE_REMOTE",
-        hide_env_values = true
+        hide_env_values = true,
+        value_parser = RawLocation::from_arg
     )]
-    pub remote: Option<String>,
+    pub remote: Option<RawLocation>,
 
     /// normal | readonly | writeonly | disabled.
     #[arg(
@@ -221,8 +224,14 @@ mod tests {
         assert_eq!(t.inputs, ["src/**/*.rs", "Cargo.lock"]);
         assert_eq!(t.outputs[0].as_str(), "dist");
         assert_eq!(t.env, ["CC"]);
-        assert_eq!(t.cache.cache.as_deref(), Some("/tmp/c"));
-        assert_eq!(t.remote.as_deref(), Some("file:///tmp/r"));
+        assert_eq!(
+            t.cache.cache.as_ref().map(RawLocation::as_str),
+            Some("/tmp/c")
+        );
+        assert_eq!(
+            t.remote.as_ref().map(RawLocation::as_str),
+            Some("file:///tmp/r")
+        );
         assert_eq!(t.policy, CachePolicy::Readonly);
         assert_eq!(t.workspace, Some(PathBuf::from("ws")));
         assert_eq!(t.id.as_deref(), Some("build"));

@@ -8,8 +8,10 @@
 //!   false; a `sh -c '...'` command has its script as an argument);
 //! * each `-e NAME` that is set: the name and the variable's current value (an unset
 //!   variable is absent, which is distinct from empty); no other variable joins the key;
-//! * each `-i GLOB`: the pattern and the contents, executable bits and symlink texts of
-//!   the files it matches;
+//! * each `-i GLOB`: the pattern and the contents and executable bits of the files it
+//!   matches; a symlink with its text and its target (a file's content, or a directory
+//!   inside the workspace walked under the link's path); a FIFO, socket or device by its
+//!   kind only, never opened (the rule is in `cache_core`'s `key` module docs);
 //! * each `-o PATH`: the output's normalized name (its content is what is cached);
 //! * a salt: [`KEY_FORMAT`] plus the operating system and CPU architecture, so that a
 //!   shared remote never hands a Linux binary to a macOS job, and so that a future
@@ -29,6 +31,11 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 /// Version of what the CLI puts in a key. Bump it whenever that changes.
+///
+/// Still `/2` since symlink targets and special files joined the key: inputs that are
+/// regular files are encoded as before, and a symlink or special file is encoded with
+/// tags the earlier encoding never produced, so an earlier key can never be met again
+/// with a different meaning.
 pub const KEY_FORMAT: &str = "taskcache-cli-key/2";
 
 /// What a task is, as far as the key is concerned.

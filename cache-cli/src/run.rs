@@ -43,7 +43,7 @@ use crate::Failure;
 use crate::backend::{self, Opened, Role};
 use crate::cli::TaskArgs;
 use crate::key::{TaskSpec, input_inside_output, task_key};
-use crate::location::Location;
+use crate::location::{Location, RawLocation};
 use crate::size::format_size;
 use cache_core::{
     CacheBackend, CacheEntry, CachePolicy, Task, effective_policy, policy_allows_read,
@@ -81,13 +81,15 @@ fn prepare(args: &TaskArgs) -> Result<Prepared, Failure> {
     let cache = args
         .cache
         .cache
-        .as_deref()
+        .as_ref()
+        .map(RawLocation::as_str)
         .filter(|s| !s.is_empty())
         .map(|raw| backend::parse(raw, Role::Cache))
         .transpose()?;
     let remote = args
         .remote
-        .as_deref()
+        .as_ref()
+        .map(RawLocation::as_str)
         .filter(|s| !s.is_empty())
         .map(|raw| backend::parse(raw, Role::Remote))
         .transpose()?;

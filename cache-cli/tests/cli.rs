@@ -1,114 +1,16 @@
-//! End-to-end tests: the real `taskcache` binary, a temporary workspace and cache.
-//!
-//! Every task under test appends a line to a counter file outside the workspace, so a
-//! test can tell whether the command really ran or came from the cache.
+//! End-to-end tests: the real `taskcache` binary, a temporary workspace and cache
+//! (the fixture is in `support/`).
 
 #![cfg(unix)]
 
-use std::ffi::OsStr;
+mod support;
+
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-
-struct Fixture {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
-    ws: PathBuf,
-    cache: PathBuf,
-}
-
-fn exec(mut c: Command) -> Out {
-    let o = c.output().expect("run taskcache");
-    Out {
-        code: o.status.code().expect("taskcache exited normally"),
-        stdout: o.stdout,
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-    }
-}
-
-struct Out {
-    code: i32,
-    stdout: Vec<u8>,
-    stderr: String,
-}
-
-impl Out {
-    fn stdout_str(&self) -> &str {
-        std::str::from_utf8(&self.stdout).expect("utf-8 stdout")
-    }
-}
-
-impl std::fmt::Debug for Out {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit {}\n--- stdout\n{}\n--- stderr\n{}",
-            self.code,
-            String::from_utf8_lossy(&self.stdout),
-            self.stderr
-        )
-    }
-}
-
-/// A task that counts its runs in `../counter` and writes `out.txt`.
-const COUNTING: &str = "echo ran >> ../counter; printf 'result\\n' > out.txt; echo done";
-
-impl Fixture {
-    fn new() -> Self {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = fs::canonicalize(tmp.path()).unwrap();
-        let ws = root.join("ws");
-        fs::create_dir(&ws).unwrap();
-        let cache = root.join("cache");
-        Fixture {
-            _tmp: tmp,
-            root,
-            ws,
-            cache,
-        }
-    }
-
-    /// The binary with a clean, hermetic environment: the cache from
-    /// `TASKCACHE_CACHE`, HOME and XDG dirs inside the temp dir, no inherited
-    /// taskcache settings.
-    fn cmd(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_taskcache"));
-        c.current_dir(&self.ws)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", self.root.join("home"))
-            .env("XDG_CACHE_HOME", self.root.join("xdg"))
-            .env("TASKCACHE_CACHE", &self.cache)
-            .stdin(Stdio::null());
-        c
-    }
-
-    fn run<S: AsRef<OsStr>>(&self, args: &[S]) -> Out {
-        let mut c = self.cmd();
-        c.args(args);
-        exec(c)
-    }
-
-    /// `taskcache run <opts> -- sh -c <script>`.
-    fn sh(&self, opts: &[&str], script: &str) -> Out {
-        let mut args: Vec<&str> = vec!["run"];
-        args.extend_from_slice(opts);
-        args.extend_from_slice(&["--", "sh", "-c", script]);
-        self.run(&args)
-    }
-
-    fn runs(&self) -> usize {
-        fs::read_to_string(self.root.join("counter")).map_or(0, |s| s.lines().count())
-    }
-
-    fn write(&self, rel: &str, data: &str) {
-        let p = self.ws.join(rel);
-        fs::create_dir_all(p.parent().unwrap()).unwrap();
-        fs::write(p, data).unwrap();
-    }
-}
+use std::path::Path;
+use std::process::Stdio;
+use support::{COUNTING, Fixture, exec, find, walk};
 
 fn mode(p: &Path) -> u32 {
     fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777
@@ -462,6 +364,61 @@ fn secrets_never_reach_the_output() {
     assert!(!o.stderr.contains("hunter2"), "{o:?}");
 }
 
+/// Values whose password is `Qz1` + a separator + `Qz2`: neither half may be shown,
+/// whatever the separator and wherever the value comes from, even with `-v`.
+#[test]
+fn url_secrets_are_redacted_in_every_form() {
+    let f = Fixture::new();
+    let values = [
+        "grpc://user:Qz1/Qz2@h:80",
+        "s3://AKIA:Qz1?Qz2@bucket/x",
+        "s3://AKIA:Qz1#Qz2@bucket/x",
+        "s3://AKIA:Qz1@Qz2@bucket/x",
+        "s3://AKIA:Qz1%2FQz2%40@bucket/x",
+        "s3://AKIA:12/Qz1Qz2@bucket/x",
+        "grpcs://h/x?token=Qz1@Qz2",
+        "grpcs://u:p@h/x?token=Qz1@Qz2",
+        "grpcs://h/x#Qz1@Qz2",
+        " s3://AKIA:Qz1/Qz2@bucket/x",
+        "s3:AKIA:Qz1/Qz2@bucket",
+        "s3:/AKIA:Qz1Qz2@bucket",
+        "http:\\\\u:Qz1Qz2@h/x",
+        "file://u:Qz1Qz2@localhost/x",
+        "FILE://u:Qz1/Qz2@/x",
+    ];
+    let task = ["-v", "-o", "out.txt", "--", "sh", "-c", COUNTING];
+    let mut shown = Vec::new();
+    for value in values {
+        let mut runs = Vec::new();
+        for flag in ["--remote", "--cache"] {
+            let mut c = f.cmd();
+            c.args(["run", flag, value]).args(task);
+            runs.push(exec(c));
+        }
+        let mut c = f.cmd();
+        c.env("TASKCACHE_REMOTE", value).arg("run").args(task);
+        runs.push(exec(c));
+        let mut c = f.cmd();
+        c.args(["stats", "--cache", value]);
+        runs.push(exec(c));
+        for o in runs {
+            let all = format!("{}{}", o.stderr, String::from_utf8_lossy(&o.stdout));
+            if all.contains("Qz1") || all.contains("Qz2") {
+                shown.push(format!("{value:?}: {o:?}"));
+            }
+        }
+    }
+    assert!(shown.is_empty(), "secrets shown:\n{}", shown.join("\n"));
+    let leaked: Vec<_> = walk(&f.root)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("Qz"))
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "directories named after a secret: {leaked:?}"
+    );
+}
+
 #[test]
 fn key_prints_the_digest_and_nothing_else() {
     let f = Fixture::new();
@@ -631,26 +588,6 @@ fn a_corrupt_cached_file_is_never_restored() {
         fs::read_to_string(f.ws.join("out.txt")).unwrap(),
         payload.trim_end()
     );
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(rd) = fs::read_dir(dir) else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else if p.is_file() {
-            out.push(p);
-        }
-    }
-    out
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 #[test]

@@ -16,25 +16,64 @@
 //! 'E' u64(n) (str(name) 0 | str(name) 1 str(value))...   declared env, unset = 0
 //! 'O' u64(n) str(path)...                 declared outputs, normalized
 //! 'G' u64(n) str(pattern)...              input patterns as given
-//! 'I' u64(n) entries...                   every input file found
-//!     file:    str(path) 'f' 0|1(executable) 32 bytes(content digest) u64(size)
-//!     symlink: str(path) 'l' str(link text)
+//! 'I' u64(n) entries...                   every input found
+//!     file:    str(path) 'f' content
+//!     special: str(path) 's' str(kind)    a FIFO, socket or device: never opened
+//!     symlink: str(path) 'L' str(link text) target
+//!       content: 0|1(executable) 32 bytes(content digest) u64(size)
+//!       target:  'f' content              a regular file, wherever it is
+//!              | 's' str(kind)            a FIFO, socket or device: never opened
+//!              | 'd'                      a directory inside the workspace (walked)
+//!              | 'n' str(reason)          not followed: "outside-workspace" | "cycle" | "dangling"
 //! 'T' str(salt)
 //! ```
+//!
+//! `kind` is `"fifo"`, `"socket"`, `"char-device"`, `"block-device"` or `"unknown"`.
+//! Until symlink targets joined the key a symlink was `str(path) 'l' str(link text)`;
+//! that tag is retired, so a key computed with a symlink among the inputs never equals
+//! one computed the old way, and a key without one is unchanged (hence still version 1).
 //!
 //! Paths are relative to the workspace with `/` separators, so the key does not depend
 //! on where the workspace is or on the platform. Patterns are globs (`*` stays within a
 //! directory, `**` crosses directories); a pattern without glob characters naming a
 //! directory means every file below it. A pattern that matches nothing is an error,
 //! because it is almost always a typo that would make the key ignore real inputs.
+//!
+//! # Symlinks and special files
+//!
+//! What a build reads through a path is what joins the key under that path, whether a
+//! glob matched it or it was named literally:
+//!
+//! * A symlink joins with its link text **and** its target, resolved through any chain
+//!   of links: a regular file's content and executable bit (even when the file is
+//!   outside the workspace: reading it is bounded), or a directory inside the workspace,
+//!   which is walked like a real one, its files keyed under the path through the link
+//!   (`src/a.rs` for a link `src -> real`) and filtered by the same glob.
+//! * A directory outside the workspace is never walked. A link to one met by a walk
+//!   joins as `"outside-workspace"` with a warning (the key cannot see its files; name
+//!   them one by one, which reads them, or copy them in). A pattern that names such a
+//!   link, or whose base directory is reached through one (`-i out/*.h` with
+//!   `out -> /usr/include`), is an error: nothing it names could be keyed.
+//! * A link to a directory that contains the link, or contains a link being followed,
+//!   would loop: it joins as `"cycle"` and is not walked again. A link to nothing (or
+//!   to a chain of links that loops) joins as `"dangling"`.
+//! * Links are followed at most 40 deep inside one another, and at most 100,000 entries
+//!   are visited below followed links per key; beyond either the key is an error rather
+//!   than an unbounded walk.
+//! * A FIFO, socket or device (met directly or through a link) is never opened: it joins
+//!   by its kind and path with a warning, so adding or removing one changes the key and
+//!   a socket left by a dev server does not break the build. Regular files are opened
+//!   without following a final symlink and without blocking, and their type is checked
+//!   through the open handle.
 
 use crate::error::truncate;
 use crate::mode::is_executable;
 use crate::{BackendError, BackendResult, BlobRef, Digest, DigestAlgorithm, RelPath, Task};
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
 
-/// One input file as it joined the key.
+/// One input as it joined the key (see the module docs).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InputFile {
     /// A regular file.
@@ -44,8 +83,28 @@ pub enum InputFile {
         /// Executable bit.
         executable: bool,
     },
-    /// A symlink (not followed: its text joins the key).
-    Symlink(String),
+    /// A FIFO, socket or device: never opened; only its kind and path join the key.
+    Special {
+        /// `"fifo"`, `"socket"`, `"char-device"`, `"block-device"` or `"unknown"`.
+        kind: &'static str,
+    },
+    /// A symlink: its text and what it leads to.
+    Symlink {
+        /// The link text.
+        text: String,
+        /// A [`InputFile::File`], [`InputFile::Special`], [`InputFile::Directory`] or
+        /// [`InputFile::Unfollowed`] (chains of links are resolved to their end).
+        target: Box<InputFile>,
+    },
+    /// A symlink's target: a directory inside the workspace, walked (its files are
+    /// inputs of their own, under the link's path).
+    Directory,
+    /// A symlink's target that is not followed.
+    Unfollowed {
+        /// `"outside-workspace"` (a directory outside the workspace), `"cycle"` (a
+        /// directory holding the link or a link being followed) or `"dangling"`.
+        reason: &'static str,
+    },
 }
 
 /// Builds task digests. See the module docs for the exact encoding.
@@ -213,18 +272,7 @@ impl TaskKeyBuilder {
         e.u64(inputs.len() as u64);
         for (path, f) in &inputs {
             e.str(path);
-            match f {
-                InputFile::File { blob, executable } => {
-                    e.raw(b"f");
-                    e.raw(&[u8::from(*executable)]);
-                    e.raw(blob.digest.as_bytes());
-                    e.u64(blob.size);
-                }
-                InputFile::Symlink(t) => {
-                    e.raw(b"l");
-                    e.str(t);
-                }
-            }
+            encode_input(&mut e, f);
         }
         e.tag(b'T');
         e.u64(self.salt.len() as u64);
@@ -233,11 +281,26 @@ impl TaskKeyBuilder {
     }
 
     fn collect_inputs(&self, workspace: &Path) -> BackendResult<BTreeMap<String, InputFile>> {
-        let mut found = BTreeMap::new();
+        if self.patterns.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let real_workspace = std::fs::canonicalize(workspace)
+            .map_err(|e| BackendError::io_with_context("open the workspace", workspace, e))?;
+        let mut inputs = Inputs {
+            workspace,
+            real_workspace,
+            algorithm: self.algorithm,
+            pattern: "",
+            found: BTreeMap::new(),
+            chain: Vec::new(),
+            linked_entries: 0,
+            warned: BTreeSet::new(),
+        };
         for pattern in &self.patterns {
-            let before = found.len();
-            let matched = expand(workspace, pattern, self.algorithm, &mut found)?;
-            if !matched && found.len() == before {
+            inputs.pattern = pattern;
+            let before = inputs.found.len();
+            let matched = inputs.expand()?;
+            if !matched && inputs.found.len() == before {
                 return Err(BackendError::InvalidInput {
                     pattern: truncate(pattern),
                     reason: format!(
@@ -247,8 +310,59 @@ impl TaskKeyBuilder {
                 });
             }
         }
-        Ok(found)
+        Ok(inputs.found)
     }
+}
+
+fn encode_input(e: &mut Enc, f: &InputFile) {
+    match f {
+        InputFile::File { blob, executable } => {
+            e.raw(b"f");
+            e.raw(&[u8::from(*executable)]);
+            e.raw(blob.digest.as_bytes());
+            e.u64(blob.size);
+        }
+        InputFile::Special { kind } => {
+            e.raw(b"s");
+            e.str(kind);
+        }
+        InputFile::Symlink { text, target } => {
+            e.raw(b"L");
+            e.str(text);
+            encode_input(e, target);
+        }
+        InputFile::Directory => e.raw(b"d"),
+        InputFile::Unfollowed { reason } => {
+            e.raw(b"n");
+            e.str(reason);
+        }
+    }
+}
+
+/// Directory symlinks followed inside one another, at most (the kernel's limit for
+/// one path is 40 too).
+const MAX_LINK_DEPTH: usize = 40;
+
+/// Entries visited below followed directory symlinks, at most, per key: links that
+/// each lead to the same tree again multiply it, and a key must not take forever.
+const MAX_LINKED_ENTRIES: usize = 100_000;
+
+/// The input collection of one key: see "Symlinks and special files" in the module docs.
+struct Inputs<'a> {
+    /// The workspace as given: entry paths start with it.
+    workspace: &'a Path,
+    /// The workspace with every symlink resolved.
+    real_workspace: PathBuf,
+    algorithm: DigestAlgorithm,
+    /// The pattern being expanded, for errors.
+    pattern: &'a str,
+    found: BTreeMap<String, InputFile>,
+    /// The real directories holding the directory links being followed, outermost first.
+    chain: Vec<PathBuf>,
+    /// Entries visited below followed directory links so far.
+    linked_entries: usize,
+    /// Paths already warned about (a link may be met by several patterns).
+    warned: BTreeSet<String>,
 }
 
 fn bad_pattern(pattern: &str, reason: &str) -> BackendError {
@@ -262,100 +376,324 @@ fn has_glob_chars(s: &str) -> bool {
     s.contains(['*', '?', '[', '{'])
 }
 
-/// Expands one pattern into `found`; returns whether it matched anything.
-fn expand(
-    workspace: &Path,
-    pattern: &str,
-    algorithm: DigestAlgorithm,
-    found: &mut BTreeMap<String, InputFile>,
-) -> BackendResult<bool> {
-    if pattern.starts_with('/') || pattern.contains('\\') || pattern.contains('\0') {
-        return Err(bad_pattern(
-            pattern,
-            "give a relative pattern with `/` separators",
-        ));
+impl Inputs<'_> {
+    fn invalid(&self, reason: String) -> BackendError {
+        BackendError::InvalidInput {
+            pattern: truncate(self.pattern),
+            reason,
+        }
     }
-    let parts: Vec<&str> = pattern
-        .split('/')
-        .filter(|p| !p.is_empty() && *p != ".")
-        .collect();
-    if parts.contains(&"..") {
-        return Err(bad_pattern(
-            pattern,
-            "`..` is not allowed; inputs must be inside the workspace",
-        ));
-    }
-    let literal: Vec<&str> = parts
-        .iter()
-        .take_while(|p| !has_glob_chars(p))
-        .copied()
-        .collect();
-    let base_rel = literal.join("/");
-    let base = literal
-        .iter()
-        .fold(workspace.to_path_buf(), |p, c| p.join(c));
-    let normalized = parts.join("/");
 
-    let Ok(meta) = std::fs::symlink_metadata(&base) else {
-        return Ok(false);
-    };
-    if literal.len() == parts.len() {
-        // No glob characters: a file, a symlink, or a directory meaning all below it.
-        if !meta.is_dir() {
-            found.insert(base_rel, read_input(&base, &meta, algorithm)?);
+    /// Expands the current pattern into `found`; returns whether it matched anything.
+    fn expand(&mut self) -> BackendResult<bool> {
+        let pattern = self.pattern;
+        if pattern.starts_with('/') || pattern.contains('\\') || pattern.contains('\0') {
+            return Err(bad_pattern(
+                pattern,
+                "give a relative pattern with `/` separators",
+            ));
+        }
+        let parts: Vec<&str> = pattern
+            .split('/')
+            .filter(|p| !p.is_empty() && *p != ".")
+            .collect();
+        if parts.contains(&"..") {
+            return Err(bad_pattern(
+                pattern,
+                "`..` is not allowed; inputs must be inside the workspace",
+            ));
+        }
+        let literal: Vec<&str> = parts
+            .iter()
+            .take_while(|p| !has_glob_chars(p))
+            .copied()
+            .collect();
+        let base_rel = literal.join("/");
+        let base = literal
+            .iter()
+            .fold(self.workspace.to_path_buf(), |p, c| p.join(c));
+
+        let Ok(meta) = std::fs::symlink_metadata(&base) else {
+            return Ok(false);
+        };
+        let is_dir = || std::fs::metadata(&base).is_ok_and(|m| m.is_dir());
+        if literal.len() == parts.len() {
+            // No glob characters: a directory means all below it; anything else (a
+            // file, a symlink, a special file) is one entry, as if a glob matched it.
+            if meta.is_dir() {
+                let real = self.walk_root(&base, &base_rel)?;
+                return self.walk(&base, &real, None);
+            }
+            if meta.is_symlink() && is_dir() {
+                self.walk_root(&base, &base_rel)?;
+            }
+            // A literal that is not a directory has a last component and a parent.
+            let parent = base.parent().unwrap_or(self.workspace);
+            let on_disk = std::fs::canonicalize(parent)
+                .map_err(|e| BackendError::io_with_context("resolve input", &base, e))?
+                .join(base.file_name().unwrap_or_default());
+            self.visit(&base, &on_disk, base_rel, meta.file_type(), None)?;
             return Ok(true);
         }
-        return walk(workspace, &base, None, algorithm, found);
-    }
-    if !meta.is_dir() {
-        return Ok(false);
-    }
-    let glob = globset::GlobBuilder::new(&normalized)
-        .literal_separator(true)
-        .build()
-        .map_err(|e| bad_pattern(pattern, &e.to_string()))?
-        .compile_matcher();
-    walk(workspace, &base, Some(&glob), algorithm, found)
-}
-
-fn walk(
-    workspace: &Path,
-    base: &Path,
-    glob: Option<&globset::GlobMatcher>,
-    algorithm: DigestAlgorithm,
-    found: &mut BTreeMap<String, InputFile>,
-) -> BackendResult<bool> {
-    let mut matched = false;
-    for entry in walkdir::WalkDir::new(base)
-        .follow_links(false)
-        .sort_by_file_name()
-    {
-        let entry = entry.map_err(|e| {
-            let path = e
-                .path()
-                .map_or_else(|| base.to_path_buf(), Path::to_path_buf);
-            BackendError::io_with_context("read input", path, e.into())
-        })?;
-        if entry.file_type().is_dir() {
-            continue;
+        if !is_dir() {
+            return Ok(false);
         }
-        let rel = rel_string(workspace, entry.path())?;
-        if let Some(g) = glob {
-            if !g.is_match(&rel) {
+        let real = self.walk_root(&base, &base_rel)?;
+        let glob = globset::GlobBuilder::new(&parts.join("/"))
+            .literal_separator(true)
+            .build()
+            .map_err(|e| bad_pattern(pattern, &e.to_string()))?
+            .compile_matcher();
+        self.walk(&base, &real, Some(&glob))
+    }
+
+    /// The real path of a pattern's base directory, which must be inside the
+    /// workspace: directories outside it are not walked.
+    fn walk_root(&self, base: &Path, base_rel: &str) -> BackendResult<PathBuf> {
+        let real = std::fs::canonicalize(base)
+            .map_err(|e| BackendError::io_with_context("resolve input directory", base, e))?;
+        if real.starts_with(&self.real_workspace) {
+            return Ok(real);
+        }
+        Err(self.invalid(format!(
+            "the input directory {base_rel:?} leads outside the workspace through a symlink \
+             (to {}); directories outside the workspace are not walked: name the files there \
+             one by one, or copy them into the workspace",
+            real.display()
+        )))
+    }
+
+    /// Walks the real directory `real_root` without following links itself, keying
+    /// what it holds under `seen_root` (the path the build uses, maybe through links);
+    /// returns whether `glob` matched anything.
+    fn walk(
+        &mut self,
+        seen_root: &Path,
+        real_root: &Path,
+        glob: Option<&globset::GlobMatcher>,
+    ) -> BackendResult<bool> {
+        let mut matched = false;
+        for entry in walkdir::WalkDir::new(real_root)
+            .follow_links(false)
+            .sort_by_file_name()
+        {
+            let entry = entry.map_err(|e| {
+                let path = e
+                    .path()
+                    .map_or_else(|| real_root.to_path_buf(), Path::to_path_buf);
+                BackendError::io_with_context("read input", path, e.into())
+            })?;
+            if !self.chain.is_empty() {
+                self.linked_entries += 1;
+                if self.linked_entries > MAX_LINKED_ENTRIES {
+                    return Err(self.invalid(format!(
+                        "more than {MAX_LINKED_ENTRIES} entries are reached through directory \
+                         symlinks (links leading to the same tree again and again?); name the \
+                         on_disk directories as inputs instead"
+                    )));
+                }
+            }
+            if entry.file_type().is_dir() {
                 continue;
             }
+            let on_disk = entry.path();
+            let seen = seen_root.join(on_disk.strip_prefix(real_root).unwrap_or(on_disk));
+            let rel = rel_string(self.workspace, &seen)?;
+            matched |= self.visit(&seen, on_disk, rel, entry.file_type(), glob)?;
         }
-        matched = true;
-        if found.contains_key(&rel) {
-            continue;
-        }
-        let meta = entry
-            .metadata()
-            .map_err(|e| BackendError::io_with_context("inspect input", entry.path(), e.into()))?;
-        let input = read_input(entry.path(), &meta, algorithm)?;
-        found.insert(rel, input);
+        Ok(matched)
     }
-    Ok(matched)
+
+    /// One entry, at `seen` for the build and `on_disk` with its directories resolved: keyed
+    /// if `glob` matches it (or there is none); a symlink to a directory is walked
+    /// whether or not it matches, as a directory would be. Returns whether it matched.
+    fn visit(
+        &mut self,
+        seen: &Path,
+        on_disk: &Path,
+        rel: String,
+        ft: std::fs::FileType,
+        glob: Option<&globset::GlobMatcher>,
+    ) -> BackendResult<bool> {
+        let wanted = glob.is_none_or(|g| g.is_match(&rel));
+        if ft.is_symlink() {
+            return self.link(seen, on_disk, rel, glob, wanted);
+        }
+        if wanted && !self.found.contains_key(&rel) {
+            let input = if ft.is_file() {
+                self.read_file(on_disk, &rel)?
+            } else {
+                self.special(&rel, ft)
+            };
+            self.found.insert(rel, input);
+        }
+        Ok(wanted)
+    }
+
+    fn link(
+        &mut self,
+        seen: &Path,
+        on_disk: &Path,
+        rel: String,
+        glob: Option<&globset::GlobMatcher>,
+        wanted: bool,
+    ) -> BackendResult<bool> {
+        let text = std::fs::read_link(on_disk)
+            .map_err(|e| BackendError::io_with_context("read input symlink", seen, e))?
+            .to_string_lossy()
+            .into_owned();
+        let (target, dir) = self.resolve(on_disk, &rel)?;
+        let mut matched = wanted;
+        if let Some(dir) = dir {
+            if self.chain.len() >= MAX_LINK_DEPTH {
+                return Err(self.invalid(format!(
+                    "{rel}: directory symlinks are nested more than {MAX_LINK_DEPTH} deep; \
+                     name the on_disk directories as inputs instead"
+                )));
+            }
+            self.chain
+                .push(on_disk.parent().unwrap_or(on_disk).to_path_buf());
+            let walked = self.walk(seen, &dir, glob);
+            self.chain.pop();
+            matched |= walked?;
+        }
+        if wanted {
+            let target = Box::new(target);
+            self.found
+                .entry(rel)
+                .or_insert(InputFile::Symlink { text, target });
+        }
+        Ok(matched)
+    }
+
+    /// What the link at `on_disk` (its directories resolved) leads to, and the real
+    /// directory to walk when it is one.
+    fn resolve(
+        &mut self,
+        on_disk: &Path,
+        rel: &str,
+    ) -> BackendResult<(InputFile, Option<PathBuf>)> {
+        let target = match std::fs::canonicalize(on_disk) {
+            Ok(target) => target,
+            Err(e) if is_dangling(&e) => {
+                tracing::debug!("input {rel} is a dangling symlink: only its text joins the key");
+                return Ok((InputFile::Unfollowed { reason: "dangling" }, None));
+            }
+            Err(e) => {
+                return Err(BackendError::io_with_context(
+                    "resolve input symlink",
+                    on_disk,
+                    e,
+                ));
+            }
+        };
+        let meta = std::fs::symlink_metadata(&target)
+            .map_err(|e| BackendError::io_with_context("inspect input", &target, e))?;
+        if meta.is_file() {
+            return Ok((self.read_file(&target, rel)?, None));
+        }
+        if !meta.is_dir() {
+            return Ok((self.special(rel, meta.file_type()), None));
+        }
+        if !target.starts_with(&self.real_workspace) {
+            self.warn_once(rel, || {
+                format!(
+                    "input {rel} is a symlink to a directory outside the workspace ({}); it is \
+                     not walked, so the key cannot see its files (name them one by one, or copy \
+                     them into the workspace)",
+                    target.display()
+                )
+            });
+            let reason = "outside-workspace";
+            return Ok((InputFile::Unfollowed { reason }, None));
+        }
+        let holder = on_disk.parent().unwrap_or(on_disk);
+        if holder.starts_with(&target) || self.chain.iter().any(|h| h.starts_with(&target)) {
+            tracing::debug!(
+                "input {rel} is a symlink back to a directory being walked: not followed"
+            );
+            return Ok((InputFile::Unfollowed { reason: "cycle" }, None));
+        }
+        Ok((InputFile::Directory, Some(target)))
+    }
+
+    fn special(&mut self, rel: &str, ft: std::fs::FileType) -> InputFile {
+        let kind = special_kind(ft);
+        self.warn_once(rel, || {
+            format!(
+                "input {rel} is a {kind}, not a regular file: it is not read; only its kind and \
+                 path join the key"
+            )
+        });
+        InputFile::Special { kind }
+    }
+
+    fn warn_once(&mut self, rel: &str, message: impl FnOnce() -> String) {
+        if self.warned.insert(rel.to_owned()) {
+            tracing::warn!("{}", message());
+        }
+    }
+
+    /// Hashes a regular file through a handle opened without following a final symlink
+    /// and without blocking; a file that is no longer regular there is a special file.
+    fn read_file(&mut self, path: &Path, rel: &str) -> BackendResult<InputFile> {
+        let mut f =
+            open_input(path).map_err(|e| BackendError::io_with_context("read input", path, e))?;
+        let meta = f
+            .metadata()
+            .map_err(|e| BackendError::io_with_context("inspect input", path, e))?;
+        if !meta.is_file() {
+            return Ok(self.special(rel, meta.file_type()));
+        }
+        let blob = crate::digest::hash_reader(&mut f, self.algorithm)
+            .map_err(|e| BackendError::io_with_context("read input", path, e))?;
+        Ok(InputFile::File {
+            blob,
+            executable: is_executable(&meta),
+        })
+    }
+}
+
+#[cfg(unix)]
+fn open_input(path: &Path) -> std::io::Result<std::fs::File> {
+    use rustix::fs::{Mode, OFlags};
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    Ok(rustix::fs::open(path, flags, Mode::empty())?.into())
+}
+
+#[cfg(not(unix))]
+fn open_input(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::File::open(path)
+}
+
+/// A link whose target does not exist, runs through a non-directory, or loops.
+fn is_dangling(e: &std::io::Error) -> bool {
+    #[cfg(unix)]
+    let loops = e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error());
+    #[cfg(not(unix))]
+    let loops = false;
+    loops || matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory)
+}
+
+#[cfg(unix)]
+fn special_kind(ft: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_fifo() {
+        "fifo"
+    } else if ft.is_socket() {
+        "socket"
+    } else if ft.is_char_device() {
+        "char-device"
+    } else if ft.is_block_device() {
+        "block-device"
+    } else {
+        "unknown"
+    }
+}
+
+#[cfg(not(unix))]
+fn special_kind(_ft: std::fs::FileType) -> &'static str {
+    "unknown"
 }
 
 fn rel_string(workspace: &Path, path: &Path) -> BackendResult<String> {
@@ -372,26 +710,6 @@ fn rel_string(workspace: &Path, path: &Path) -> BackendResult<String> {
         parts.push(s);
     }
     Ok(parts.join("/"))
-}
-
-fn read_input(
-    path: &Path,
-    meta: &std::fs::Metadata,
-    algorithm: DigestAlgorithm,
-) -> BackendResult<InputFile> {
-    if meta.file_type().is_symlink() {
-        let target = std::fs::read_link(path)
-            .map_err(|e| BackendError::io_with_context("read input symlink", path, e))?;
-        return Ok(InputFile::Symlink(target.to_string_lossy().into_owned()));
-    }
-    let mut f = std::fs::File::open(path)
-        .map_err(|e| BackendError::io_with_context("read input", path, e))?;
-    let blob = crate::digest::hash_reader(&mut f, algorithm)
-        .map_err(|e| BackendError::io_with_context("read input", path, e))?;
-    Ok(InputFile::File {
-        blob,
-        executable: is_executable(meta),
-    })
 }
 
 struct Enc(crate::Hasher);
