@@ -685,5 +685,9 @@ async fn a_newer_format_entry_survives_lookups_verify_and_gc() {
     assert_eq!(v.entries_removed, 0, "{v:?}");
     let g = cache.storage().gc_with(0, no_grace()).await.unwrap();
     assert_eq!(g.corrupt_entries_removed, 0, "{g:?}");
-    assert_eq!(std::fs::read(&path).unwrap(), bytes, "left in place, unchanged");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        bytes,
+        "left in place, unchanged"
+    );
 }
