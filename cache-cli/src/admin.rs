@@ -72,6 +72,12 @@ pub fn gc(args: &GcArgs) -> Result<u8, Failure> {
         format_size(report.bytes_after),
         format_size(args.max_size)
     ))?;
+    if report.foreign_removed > 0 {
+        print(&format!(
+            "removed {} symlinks or special files planted in the cache directory (never followed)\n",
+            report.foreign_removed
+        ))?;
+    }
     Ok(0)
 }
 
@@ -86,8 +92,14 @@ pub fn verify(args: &CacheArgs) -> Result<u8, Failure> {
         ))
     })?;
     print(&format!(
-        "checked {} blobs and {} entries; removed {} corrupt blobs and {} corrupt entries\n",
-        report.blobs_checked, report.entries_checked, report.blobs_removed, report.entries_removed
+        "checked {} blobs and {} entries; removed {} corrupt blobs, {} corrupt entries and {} planted symlinks or special files\n",
+        report.blobs_checked,
+        report.entries_checked,
+        report.blobs_removed,
+        report.entries_removed,
+        report.foreign_removed
     ))?;
-    Ok(u8::from(report.blobs_removed + report.entries_removed > 0))
+    Ok(u8::from(
+        report.blobs_removed + report.entries_removed + report.foreign_removed > 0,
+    ))
 }

@@ -704,3 +704,29 @@ fn a_hit_never_writes_an_undeclared_path() {
     assert!(!f.ws.join("Makefile").exists(), "a Makefile was written");
     assert!(o.stderr.contains("does not declare"), "{o:?}");
 }
+
+/// `verify` reports links planted in the cache's layout, removes them without
+/// following them, and exits 1 like fsck.
+#[test]
+fn verify_reports_and_removes_planted_links() {
+    let f = Fixture::new();
+    assert_eq!(f.sh(&["-o", "out.txt"], COUNTING).code, 0);
+    let outside = f.root.join("precious.txt");
+    fs::write(&outside, "keep me").unwrap();
+    let blob_dir = walk(&f.cache.join("blobs"))[0]
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let fan = blob_dir.file_name().unwrap().to_str().unwrap().to_owned();
+    let planted = blob_dir.join(format!("{fan}{}", "0".repeat(62)));
+    std::os::unix::fs::symlink(&outside, &planted).unwrap();
+    let v = f.run(&["verify"]);
+    assert_eq!(v.code, 1, "{v:?}");
+    assert!(v.stdout_str().contains("1 planted"), "{v:?}");
+    assert!(
+        fs::symlink_metadata(&planted).is_err(),
+        "the link was removed"
+    );
+    assert_eq!(fs::read_to_string(&outside).unwrap(), "keep me");
+    assert_eq!(f.run(&["verify"]).code, 0, "clean afterwards");
+}
