@@ -103,3 +103,18 @@ pub fn verify(args: &CacheArgs) -> Result<u8, Failure> {
         report.blobs_removed + report.entries_removed + report.foreign_removed > 0,
     ))
 }
+
+/// `taskcache keygen`: a new Ed25519 key pair, as the two variables to set. The
+/// secret goes to stdout only (to pipe into a CI secret store), never to a log.
+pub fn keygen() -> Result<u8, Failure> {
+    let key = cache_core::sign::SigningKey::generate()
+        .map_err(|e| Failure::Fatal(format!("cannot make a key: {e}")))?;
+    print(&format!(
+        "{}={}\n{}={}\n",
+        crate::backend::SIGNING_KEY_VAR,
+        key.expose_secret(),
+        crate::backend::TRUSTED_KEYS_VAR,
+        key.public_key()
+    ))?;
+    Ok(0)
+}

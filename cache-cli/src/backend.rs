@@ -11,6 +11,7 @@
 
 use crate::Failure;
 use crate::location::Location;
+use cache_core::sign::{PublicKey, SigningKey, parse_trusted_keys};
 use cache_core::{CacheBackend, CircuitBreaker, Tiered, TieredStats};
 use cache_local::{LocalCache, LocalOptions, LocalStorage};
 use std::path::PathBuf;
@@ -85,8 +86,65 @@ pub struct Opened {
 ///
 /// A remote that cannot be opened is a warning, not an error: the run goes on with the
 /// local tier only, as it would with a remote that is down.
-pub fn open(dir: &PathBuf, remote: Option<&PathBuf>) -> cache_core::BackendResult<Opened> {
-    let cache = cache_local::open(dir, LocalOptions::default())?;
+/// Signed entries, from the environment: `TASKCACHE_SIGNING_KEY` (a trusted writer's
+/// secret) signs what this run stores; `TASKCACHE_TRUSTED_KEYS` (public keys) makes
+/// every tier accept only entries signed by one of them.
+#[derive(Debug, Clone, Default)]
+pub struct Signing {
+    signer: Option<SigningKey>,
+    trusted: Option<Vec<PublicKey>>,
+}
+
+/// The signing-key variable.
+pub const SIGNING_KEY_VAR: &str = "TASKCACHE_SIGNING_KEY";
+/// The trusted-keys variable.
+pub const TRUSTED_KEYS_VAR: &str = "TASKCACHE_TRUSTED_KEYS";
+
+impl Signing {
+    /// Reads both variables through `var`; a malformed value is a usage error that
+    /// names the variable, never its value.
+    pub fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<Self, Failure> {
+        let nonempty = |k: &str| var(k).filter(|v| !v.trim().is_empty());
+        let signer = nonempty(SIGNING_KEY_VAR)
+            .map(|v| {
+                v.parse::<SigningKey>().map_err(|_| {
+                    Failure::Usage(format!(
+                        "{SIGNING_KEY_VAR} is not a signing key (expected taskcache-sk- and 64 hex \
+                         digits, as `taskcache keygen` prints)"
+                    ))
+                })
+            })
+            .transpose()?;
+        let trusted = nonempty(TRUSTED_KEYS_VAR)
+            .map(|v| {
+                parse_trusted_keys(&v).map_err(|_| {
+                    Failure::Usage(format!(
+                        "{TRUSTED_KEYS_VAR} must list public keys (taskcache-pk- and 64 hex digits), \
+                         separated by commas or spaces"
+                    ))
+                })
+            })
+            .transpose()?;
+        Ok(Signing { signer, trusted })
+    }
+
+    fn apply(&self, mut cache: LocalCache) -> LocalCache {
+        if let Some(key) = &self.signer {
+            cache = cache.with_signer(key.clone());
+        }
+        if let Some(keys) = &self.trusted {
+            cache = cache.with_trusted_keys(keys.clone());
+        }
+        cache
+    }
+}
+
+pub fn open(
+    dir: &PathBuf,
+    remote: Option<&PathBuf>,
+    signing: &Signing,
+) -> cache_core::BackendResult<Opened> {
+    let cache = signing.apply(cache_local::open(dir, LocalOptions::default())?);
     let local: Arc<dyn CacheBackend> = Arc::new(cache.clone());
     let describe = format!("local {}", dir.display());
     let Some(remote) = remote else {
@@ -97,7 +155,7 @@ pub fn open(dir: &PathBuf, remote: Option<&PathBuf>) -> cache_core::BackendResul
             local: Some(cache),
         });
     };
-    match cache_local::open(remote, LocalOptions::default()) {
+    match cache_local::open(remote, LocalOptions::default()).map(|c| signing.apply(c)) {
         Ok(shared) => Ok(Opened {
             local: Some(cache),
             ..tiered(

@@ -12,6 +12,8 @@ Environment:
   TASKCACHE_REMOTE          default for --remote
   TASKCACHE_POLICY          default for --policy
   TASKCACHE_LOG             tracing filter for diagnostics, e.g. debug
+  TASKCACHE_SIGNING_KEY     sign what is stored (a secret; see `taskcache keygen`)
+  TASKCACHE_TRUSTED_KEYS    use only entries signed by these public keys
 
 Exit codes: the command's own (128+N if killed by signal N); on a hit, the cached one.
 2 for bad usage; 126/127 when the command cannot be started.";
@@ -44,6 +46,9 @@ pub enum Command {
     Gc(GcArgs),
     /// Re-hash every stored blob and check every entry; report and remove corrupt ones.
     Verify(CacheArgs),
+    /// Make a key pair for signed entries: the signing key (a secret, for trusted
+    /// writers such as main-branch CI) and the public key every reader trusts.
+    Keygen,
 }
 
 /// Where the (local) cache is.

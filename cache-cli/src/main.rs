@@ -94,6 +94,7 @@ fn main() -> ExitCode {
         cli::Command::Stats(args) => admin::stats(args),
         cli::Command::Gc(args) => admin::gc(args),
         cli::Command::Verify(args) => admin::verify(args),
+        cli::Command::Keygen => admin::keygen(),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -65,6 +65,8 @@ struct Prepared {
     remote: Option<Location>,
     /// The capture limit, which also bounds a replayed log (the size comes from the cache).
     max_log: u64,
+    /// Signed entries (from the environment).
+    signing: backend::Signing,
 }
 
 fn prepare(args: &TaskArgs) -> Result<Prepared, Failure> {
@@ -120,6 +122,7 @@ fn prepare(args: &TaskArgs) -> Result<Prepared, Failure> {
         cache,
         remote,
         max_log: args.max_log_size,
+        signing: backend::Signing::from_env(|k| std::env::var(k).ok())?,
     })
 }
 
@@ -255,7 +258,7 @@ fn open_session(
             return Ok(None);
         }
     };
-    match backend::open(&cache_dir, remote_dir) {
+    match backend::open(&cache_dir, remote_dir, &p.signing) {
         Ok(opened) => Ok(Some(Session { rt, opened })),
         Err(e) => {
             tracing::warn!(
@@ -482,6 +485,7 @@ mod tests {
             cache: None,
             remote: None,
             max_log: 64 << 20,
+            signing: backend::Signing::default(),
         };
         let task = task_of(&p, CachePolicy::Normal);
         let backend = MemoryBackend::new();

@@ -730,3 +730,71 @@ fn verify_reports_and_removes_planted_links() {
     assert_eq!(fs::read_to_string(&outside).unwrap(), "keep me");
     assert_eq!(f.run(&["verify"]).code, 0, "clean afterwards");
 }
+
+/// Signed entries end to end: `keygen`, a trusted writer signs, a reader that trusts
+/// its key hits; an unsigned entry is a miss for that reader (the command runs); a
+/// malformed key is a usage error that does not echo it.
+#[test]
+fn signed_entries_with_keygen_signing_and_trusted_keys() {
+    let f = Fixture::new();
+    let k = f.run(&["keygen"]);
+    assert_eq!(k.code, 0, "{k:?}");
+    let out = k.stdout_str();
+    let var = |name: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("{name} in {out}"))
+            .to_owned()
+    };
+    let (secret, public) = (var("TASKCACHE_SIGNING_KEY"), var("TASKCACHE_TRUSTED_KEYS"));
+    assert!(secret.starts_with("taskcache-sk-") && public.starts_with("taskcache-pk-"));
+
+    let run = |env: &[(&str, &str)], opts: &[&str]| {
+        let mut c = f.cmd();
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.arg("run").args(opts).args(["--", "sh", "-c", COUNTING]);
+        exec(c)
+    };
+    let trusted = [("TASKCACHE_TRUSTED_KEYS", public.as_str())];
+    // Unsigned entry (no key): the trusting reader does not use it.
+    assert_eq!(run(&[], &["-o", "out.txt"]).code, 0);
+    assert_eq!(f.runs(), 1);
+    let o = run(&trusted, &["-o", "out.txt", "-v"]);
+    assert_eq!(o.code, 0, "{o:?}");
+    assert_eq!(
+        f.runs(),
+        2,
+        "an unsigned entry must not be a hit for a trusting reader"
+    );
+    // A trusted writer (it signs, and trusts its own key, so the unsigned entry is a
+    // miss for it too): it runs and stores a signed entry; now the reader hits.
+    let writer = [
+        ("TASKCACHE_SIGNING_KEY", secret.as_str()),
+        ("TASKCACHE_TRUSTED_KEYS", public.as_str()),
+    ];
+    assert_eq!(run(&writer, &["-o", "out.txt"]).code, 0);
+    assert_eq!(f.runs(), 3);
+    fs::remove_file(f.ws.join("out.txt")).unwrap();
+    let o = run(&trusted, &["-o", "out.txt"]);
+    assert_eq!((o.code, f.runs()), (0, 3), "{o:?}");
+    assert_eq!(
+        fs::read_to_string(f.ws.join("out.txt")).unwrap(),
+        "result\n"
+    );
+    // Malformed keys: exit 2, named, never echoed.
+    for (name, value) in [
+        ("TASKCACHE_SIGNING_KEY", format!("{}x", &secret[..40])),
+        ("TASKCACHE_TRUSTED_KEYS", secret.clone()),
+    ] {
+        let o = run(&[(name, value.as_str())], &["-o", "out.txt"]);
+        assert_eq!(o.code, 2, "{name}: {o:?}");
+        assert!(o.stderr.contains(name), "{o:?}");
+        assert!(
+            !o.stderr.contains(&secret[13..40]),
+            "{name} was echoed: {o:?}"
+        );
+    }
+    assert_eq!(f.runs(), 3);
+}

@@ -15,6 +15,7 @@
 use crate::blocking::{self, Job, Spawner};
 use crate::path::OutputKind;
 use crate::record::{ActionRecord, INLINE_LOG_MAX, LogRecord, OutputRecord};
+use crate::sign::{PublicKey, SigningKey};
 use crate::storage::{BlobSource, Storage};
 use crate::{
     BackendError, BackendResult, BlobRef, CacheBackend, CacheEntry, CachePolicy, Digest, Hit,
@@ -22,6 +23,7 @@ use crate::{
 };
 use async_trait::async_trait;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Records with more outputs than this are validated on the blocking pool.
 const VALIDATE_INLINE_MAX: usize = 256;
@@ -38,6 +40,43 @@ const VALIDATE_INLINE_MAX: usize = 256;
 pub struct Cache<S> {
     storage: Arc<S>,
     spawn: Spawner,
+    trust: Arc<Trust>,
+}
+
+/// Who signs what this cache stores, and whose signatures it accepts.
+#[derive(Default)]
+struct Trust {
+    signer: Option<SigningKey>,
+    /// `None`: every entry is accepted; `Some`: only entries signed by one of these.
+    trusted: Option<Vec<PublicKey>>,
+    /// Entries refused for their signature (warned about once).
+    refused: AtomicU64,
+}
+
+impl Trust {
+    /// Checks the record's signature against the trusted keys, if any are set.
+    fn check(&self, record: &ActionRecord) -> BackendResult<()> {
+        let Some(trusted) = &self.trusted else {
+            return Ok(());
+        };
+        let untrusted = |reason| BackendError::UntrustedEntry {
+            key: record.key,
+            reason,
+        };
+        let Some(signature) = &record.signature else {
+            return Err(untrusted("it is unsigned"));
+        };
+        let Some(signer) = trusted.iter().find(|k| k.signed(signature)) else {
+            return Err(untrusted("it is signed by a key that is not trusted"));
+        };
+        if signer.verifies(&record.signed_bytes()?, signature) {
+            Ok(())
+        } else {
+            Err(untrusted(
+                "its signature does not match it (altered or forged)",
+            ))
+        }
+    }
 }
 
 impl<S> Clone for Cache<S> {
@@ -45,6 +84,7 @@ impl<S> Clone for Cache<S> {
         Cache {
             storage: Arc::clone(&self.storage),
             spawn: Arc::clone(&self.spawn),
+            trust: Arc::clone(&self.trust),
         }
     }
 }
@@ -66,7 +106,48 @@ impl<S: Storage> Cache<S> {
         Cache {
             storage: Arc::new(storage),
             spawn: Arc::new(spawn),
+            trust: Arc::default(),
         }
+    }
+
+    /// Signs every entry this cache stores (and copies in) with `key`.
+    #[must_use]
+    pub fn with_signer(self, key: SigningKey) -> Self {
+        self.with_trust(|t| t.signer = Some(key))
+    }
+
+    /// Accepts only entries signed by one of `keys`: an unsigned or wrongly signed
+    /// entry is a miss, counted ([`Cache::untrusted_entries`]) and warned about once.
+    #[must_use]
+    pub fn with_trusted_keys(self, keys: Vec<PublicKey>) -> Self {
+        self.with_trust(|t| t.trusted = Some(keys))
+    }
+
+    fn with_trust(mut self, set: impl FnOnce(&mut Trust)) -> Self {
+        let mut trust = Trust {
+            signer: self.trust.signer.clone(),
+            trusted: self.trust.trusted.clone(),
+            refused: AtomicU64::new(0),
+        };
+        set(&mut trust);
+        self.trust = Arc::new(trust);
+        self
+    }
+
+    /// How many entries were refused for their signature so far.
+    #[must_use]
+    pub fn untrusted_entries(&self) -> u64 {
+        self.trust.refused.load(Ordering::Relaxed)
+    }
+
+    /// Signs `record` if this cache has a signer.
+    fn sign(&self, mut record: ActionRecord) -> BackendResult<ActionRecord> {
+        if let Some(key) = &self.trust.signer {
+            record.signature = None;
+            let signature = key.sign(&record.signed_bytes()?);
+            record.signature = Some(signature);
+        }
+        Ok(record)
     }
 
     /// The storage underneath (for stats, GC, tests).
@@ -96,11 +177,13 @@ impl<S: Storage> Cache<S> {
             ));
         }
         let cheap = record.outputs.len() <= VALIDATE_INLINE_MAX;
+        let trust = Arc::clone(&self.trust);
         let check = move || {
             record
                 .validate()
                 .map_err(|e| BackendError::corrupt(record.key, e.to_string()))?;
             declared.admits(&record)?;
+            trust.check(&record)?;
             Ok(record)
         };
         if cheap {
@@ -176,6 +259,7 @@ impl<S: Storage> Cache<S> {
             stdout,
             stderr,
             outputs,
+            signature: None,
         })
     }
 }
@@ -313,6 +397,15 @@ impl<S: Storage> CacheBackend for Cache<S> {
         };
         let record = match found {
             Ok(record) => record,
+            Err(e @ BackendError::UntrustedEntry { .. }) => {
+                // Left in place: a trusted writer may replace it; counted, warned once.
+                if self.trust.refused.fetch_add(1, Ordering::Relaxed) == 0 {
+                    tracing::warn!(backend = self.storage.name(), %key, error = %e, "refusing cache entries not signed by a trusted key (warned once)");
+                } else {
+                    tracing::debug!(backend = self.storage.name(), %key, error = %e, "refusing an untrusted cache entry");
+                }
+                return Ok(None);
+            }
             Err(e @ BackendError::UndeclaredOutput { .. }) => {
                 // Well-formed, but not this task's to restore: a miss, and the entry
                 // stays (it may be another task's result under a colliding key).
@@ -364,6 +457,7 @@ impl<S: Storage> CacheBackend for Cache<S> {
         // Publish order, step 1: every blob.
         let record = self.put_outputs(key, entry).await?;
         // Publish order, step 2: the entry, last.
+        let record = self.sign(record)?;
         self.storage.put_entry(Arc::new(record)).await
     }
 

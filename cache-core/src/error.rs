@@ -112,6 +112,16 @@ pub enum BackendError {
         reason: String,
     },
 
+    /// Trusted keys are set and the entry is unsigned, signed by another key, or its
+    /// signature does not match it. A miss: only trusted writers' entries are used.
+    #[error("cache entry {key} is not signed by a trusted key: {reason}")]
+    UntrustedEntry {
+        /// The task digest.
+        key: Digest,
+        /// Unsigned, unknown signer, or a bad signature.
+        reason: &'static str,
+    },
+
     /// A cached log is longer than the caller is willing to read into memory.
     #[error(
         "cache entry {key} has a log of {size} bytes, over the {limit}-byte limit for reading it into memory"
@@ -318,6 +328,7 @@ impl BackendError {
             BackendError::NewerEntryFormat { .. } => "newer_entry_format",
             BackendError::UndeclaredOutput { .. } => "undeclared_output",
             BackendError::LogTooLarge { .. } => "log_too_large",
+            BackendError::UntrustedEntry { .. } => "untrusted_entry",
         }
     }
 

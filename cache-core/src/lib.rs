@@ -70,6 +70,7 @@ pub mod mode;
 mod path;
 mod policy;
 mod record;
+pub mod sign;
 pub mod storage;
 mod task;
 mod workspace;

@@ -26,7 +26,10 @@ pub const MAX_ENTRY_BYTES: usize = 64 << 20;
 pub const INLINE_LOG_MAX: usize = 64 << 10;
 
 const MAGIC: &[u8; 4] = b"TCAR";
-const VERSION: u8 = 1;
+/// Unsigned entries (readable by every taskcache since the first).
+const VERSION_UNSIGNED: u8 = 1;
+/// Signed entries: the newest format this taskcache writes and reads.
+const VERSION: u8 = 2;
 const HEADER: usize = 4 + 1 + 32;
 
 /// One captured stream (stdout or stderr).
@@ -95,6 +98,17 @@ pub struct ActionRecord {
     /// most [`MAX_OUTPUTS`].
     #[serde(deserialize_with = "bounded_outputs")]
     pub outputs: Vec<OutputRecord>,
+    /// The writer's signature over [`ActionRecord::signed_bytes`], if it signed.
+    /// Carried beside the record (format version 2), not inside what is signed.
+    #[serde(skip)]
+    pub signature: Option<crate::sign::EntrySignature>,
+}
+
+/// Format version 2: a version-1 payload and the signature over exactly those bytes.
+#[derive(Serialize, Deserialize)]
+struct SignedPayload {
+    record: Vec<u8>,
+    signature: crate::sign::EntrySignature,
 }
 
 /// Most outputs one entry may list. Decoding stops at the first output past it, so a
@@ -150,11 +164,22 @@ impl ActionRecord {
     /// from `Cache`, which built it from checked outputs); [`ActionRecord::decode`]
     /// checks everything on the way back.
     pub fn encode(&self) -> BackendResult<Vec<u8>> {
-        let payload = postcard::to_stdvec(self)
-            .map_err(|e| BackendError::serialization("encode a cache entry", e))?;
+        let record = self.signed_bytes()?;
+        let (version, payload) = match &self.signature {
+            // Unsigned entries keep version 1, so older readers still use them.
+            None => (VERSION_UNSIGNED, record),
+            Some(signature) => (
+                VERSION,
+                postcard::to_stdvec(&SignedPayload {
+                    record,
+                    signature: signature.clone(),
+                })
+                .map_err(|e| BackendError::serialization("encode a cache entry", e))?,
+            ),
+        };
         let mut out = Vec::with_capacity(HEADER + payload.len());
         out.extend_from_slice(MAGIC);
-        out.push(VERSION);
+        out.push(version);
         out.extend_from_slice(blake3::hash(&payload).as_bytes());
         out.extend_from_slice(&payload);
         Ok(out)
@@ -180,9 +205,9 @@ impl ActionRecord {
                 version: bytes[4],
             });
         }
-        if bytes[4] != VERSION {
+        if bytes[4] < VERSION_UNSIGNED {
             return Err(corrupt(format!(
-                "entry format version {} is not understood by this taskcache (it reads version {VERSION})",
+                "entry format version {} is not understood by this taskcache (it reads versions {VERSION_UNSIGNED} to {VERSION})",
                 bytes[4]
             )));
         }
@@ -190,11 +215,39 @@ impl ActionRecord {
         if blake3::hash(payload).as_bytes() != &bytes[5..HEADER] {
             return Err(corrupt("checksum mismatch (torn or altered file)".into()));
         }
-        let (record, rest): (ActionRecord, _) = postcard::take_from_bytes(payload)
+        let (payload, signature) = if bytes[4] == VERSION_UNSIGNED {
+            (payload, None)
+        } else {
+            let (signed, rest): (SignedPayload, _) = postcard::take_from_bytes(payload)
+                .map_err(|e| corrupt(format!("signed payload does not decode: {e}")))?;
+            if !rest.is_empty() {
+                return Err(corrupt("trailing bytes after the payload".into()));
+            }
+            // Decoded below from the very bytes the signature covers.
+            let record = signed.record;
+            return Self::decode_record(key, &record, Some(signed.signature));
+        };
+        Self::decode_record(key, payload, signature)
+    }
+
+    /// The bytes a signature covers: the record's own encoding (version 1 payload).
+    pub fn signed_bytes(&self) -> BackendResult<Vec<u8>> {
+        postcard::to_stdvec(self)
+            .map_err(|e| BackendError::serialization("encode a cache entry", e))
+    }
+
+    fn decode_record(
+        key: &Digest,
+        payload: &[u8],
+        signature: Option<crate::sign::EntrySignature>,
+    ) -> BackendResult<Self> {
+        let corrupt = |reason: String| BackendError::CorruptEntry { key: *key, reason };
+        let (mut record, rest): (ActionRecord, _) = postcard::take_from_bytes(payload)
             .map_err(|e| corrupt(format!("payload does not decode: {e}")))?;
         if !rest.is_empty() {
             return Err(corrupt("trailing bytes after the payload".into()));
         }
+        record.signature = signature;
         if record.key != *key {
             return Err(corrupt(format!("entry belongs to key {}", record.key)));
         }
@@ -247,6 +300,7 @@ mod tests {
                     target: "d/f".into(),
                 },
             ],
+            signature: None,
         }
     }
 

@@ -618,6 +618,7 @@ pub fn empty_record(key: &Digest) -> ActionRecord {
         stdout: LogRecord::Absent,
         stderr: LogRecord::Absent,
         outputs: Vec::new(),
+        signature: None,
     }
 }
 

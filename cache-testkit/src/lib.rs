@@ -219,6 +219,35 @@ pub struct Harness {
     pub capabilities: Capabilities,
     /// Kept alive while the test runs (temporary directories, servers).
     pub guard: Box<dyn std::any::Any + Send + Sync>,
+    /// The same backend over the same storage, signing with a key and/or trusting
+    /// keys (set for backends built on [`cache_core::Cache`]; the signed-entry case
+    /// needs it).
+    pub signing: Option<SigningBackend>,
+}
+
+/// Builds a [`Harness`]'s backend again, over the same storage, with a signer and/or
+/// trusted keys.
+pub type SigningBackend = Arc<
+    dyn Fn(
+            Option<cache_core::sign::SigningKey>,
+            Option<Vec<cache_core::sign::PublicKey>>,
+        ) -> Arc<dyn CacheBackend>
+        + Send
+        + Sync,
+>;
+
+/// The [`SigningBackend`] of a [`Cache`]: clones share its storage.
+pub fn signing_backend<S: Storage>(cache: Cache<S>) -> SigningBackend {
+    Arc::new(move |signer, trusted| {
+        let mut c = cache.clone();
+        if let Some(key) = signer {
+            c = c.with_signer(key);
+        }
+        if let Some(keys) = trusted {
+            c = c.with_trusted_keys(keys);
+        }
+        Arc::new(c) as Arc<dyn CacheBackend>
+    })
 }
 
 impl std::fmt::Debug for Harness {
@@ -240,6 +269,7 @@ impl Harness {
             io,
             capabilities: Capabilities::default(),
             guard: Box::new(()),
+            signing: None,
         }
     }
 
@@ -247,7 +277,9 @@ impl Harness {
     pub fn from_storage<S: Storage>(storage: S, tamper: Arc<dyn Tamper>) -> Self {
         let io = IoCounter::new();
         let backend = Cache::new(CountingStorage::new(storage, io.clone()), spawn_blocking);
-        Harness::new(Arc::new(backend), tamper, io)
+        let mut h = Harness::new(Arc::new(backend.clone()), tamper, io);
+        h.signing = Some(signing_backend(backend));
+        h
     }
 
     /// Sets the declared capabilities.
@@ -349,6 +381,7 @@ macro_rules! conformance_suite {
             hostile_newer_format_entry_is_left_in_place
             hostile_huge_declared_log
             hostile_adversarial_entries
+            hostile_unsigned_and_forged_entries
             concurrent_stores_and_readers
             model_state_machine
             health_check_succeeds

@@ -326,12 +326,14 @@ impl MemoryBackend {
     /// A conformance-suite harness over this backend (sharing its contents).
     #[must_use]
     pub fn harness(&self) -> Harness {
-        Harness::new(
+        let mut h = Harness::new(
             Arc::new(self.clone()),
             Arc::new(self.storage().clone()),
             self.io().clone(),
         )
-        .with_capabilities(Capabilities::default())
+        .with_capabilities(Capabilities::default());
+        h.signing = Some(crate::signing_backend(self.cache.clone()));
+        h
     }
 }
 

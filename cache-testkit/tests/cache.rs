@@ -311,3 +311,120 @@ async fn a_record_lying_about_a_blob_does_not_delete_the_good_blob() {
     );
     assert!(storage.stored_blob_by_digest(&blob.digest).is_none());
 }
+
+mod signed_entries {
+    use super::*;
+    use cache_core::sign::SigningKey;
+
+    fn trusted_reader(storage: &MemoryStorage, keys: &[&SigningKey]) -> Cache<MemoryStorage> {
+        Cache::new(storage.clone(), spawn_blocking)
+            .with_trusted_keys(keys.iter().map(|k| k.public_key()).collect())
+    }
+
+    async fn hit(cache: &Cache<MemoryStorage>, key: &str) -> Option<Hit> {
+        cache
+            .lookup(&task(), &digest(key), CachePolicy::Readonly)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_entries_signed_by_a_trusted_key_are_hits() {
+        let storage = MemoryStorage::new();
+        let main = SigningKey::generate().unwrap();
+        let other = SigningKey::generate().unwrap();
+        let signer = Cache::new(storage.clone(), spawn_blocking).with_signer(main.clone());
+        let stranger = Cache::new(storage.clone(), spawn_blocking).with_signer(other);
+        let unsigned = Cache::new(storage.clone(), spawn_blocking);
+        let reader = trusted_reader(&storage, &[&main]);
+        let p = CachePolicy::Normal;
+
+        let signed_key = fresh_key();
+        signer
+            .store(&task(), &signed_key, &entry("signed", 0), p)
+            .await
+            .unwrap();
+        let got = hit(&reader, &signed_key)
+            .await
+            .expect("signed by a trusted key: a hit");
+        assert_eq!(replay(&got).await.1, "output signed\n");
+        assert!(got.record().signature.is_some());
+
+        for (who, cache) in [("unsigned", &unsigned), ("another key", &stranger)] {
+            let k = fresh_key();
+            cache.store(&task(), &k, &entry(who, 0), p).await.unwrap();
+            assert!(hit(&reader, &k).await.is_none(), "{who}: must miss");
+            // A reader that trusts no particular key still uses it.
+            assert!(hit(&unsigned, &k).await.is_some(), "{who}: left in place");
+        }
+        assert_eq!(reader.untrusted_entries(), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_altered_signed_entry_is_refused() {
+        use cache_testkit::Tamper;
+        let storage = MemoryStorage::new();
+        let main = SigningKey::generate().unwrap();
+        let signer = Cache::new(storage.clone(), spawn_blocking).with_signer(main.clone());
+        let reader = trusted_reader(&storage, &[&main]);
+        let k = fresh_key();
+        signer
+            .store(&task(), &k, &entry("v", 0), CachePolicy::Normal)
+            .await
+            .unwrap();
+        let original = hit(&reader, &k).await.expect("hit").record().clone();
+        // The cache writer changes what the entry says (an exit code, a mode, a path),
+        // keeping the signature.
+        let mut altered = [original.clone(), original.clone(), original.clone()];
+        altered[0].exit_code = 1;
+        if let cache_core::storage::OutputRecord::File { executable, .. } =
+            &mut altered[1].outputs[0]
+        {
+            *executable = true;
+        }
+        altered[2].stdout = cache_core::storage::LogRecord::Inline(b"pwned\n".to_vec());
+        for (i, record) in altered.iter().enumerate() {
+            storage
+                .write_raw_entry(&record.key, record.encode().unwrap())
+                .await
+                .unwrap();
+            assert!(hit(&reader, &k).await.is_none(), "alteration {i} must miss");
+        }
+        // Restored as signed, it is a hit again.
+        storage
+            .write_raw_entry(&original.key, original.encode().unwrap())
+            .await
+            .unwrap();
+        assert!(hit(&reader, &k).await.is_some());
+        assert_eq!(reader.untrusted_entries(), 3);
+    }
+
+    #[test]
+    fn keys_parse_and_never_print_the_secret() {
+        let key = SigningKey::generate().unwrap();
+        let secret = key.expose_secret();
+        assert!(secret.starts_with("taskcache-sk-") && secret.len() == 13 + 64);
+        assert!(!format!("{key:?}").contains(&secret[13..]));
+        let again: SigningKey = secret.parse().unwrap();
+        assert_eq!(again.public_key(), key.public_key());
+        let keys = cache_core::sign::parse_trusted_keys(&format!(
+            "{}, {}",
+            key.public_key(),
+            SigningKey::generate().unwrap().public_key()
+        ))
+        .unwrap();
+        assert_eq!(keys.len(), 2);
+        for bad in [
+            "",
+            "taskcache-pk-00",
+            "taskcache-sk-zz",
+            &secret.replace("sk", "pk")[..10],
+        ] {
+            let e = bad.parse::<SigningKey>().unwrap_err();
+            assert!(!e.to_string().contains(&secret[13..]), "{e}");
+        }
+        // A secret pasted where a public key belongs is refused without echoing it.
+        let e = secret.parse::<cache_core::sign::PublicKey>().unwrap_err();
+        assert!(!e.to_string().contains(&secret[13..]), "{e}");
+    }
+}

@@ -413,6 +413,7 @@ fn mutant_serves_wrong_bytes() {
             "hostile_huge_declared_blob_size",
             "hostile_huge_declared_log",
             "hostile_parent_dir_paths",
+            "hostile_unsigned_and_forged_entries",
             "hostile_symlink_targets_leaving_workspace",
             "keys_algorithms_are_distinct",
             "keys_dedup_is_invisible",

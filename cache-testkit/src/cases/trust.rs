@@ -12,6 +12,7 @@ use cache_core::storage::{LogRecord, MAX_OUTPUTS, OutputRecord};
 use cache_core::{
     BlobRef, CacheEntry, CachePolicy, MAX_LOG_BYTES, MAX_PATH_DEPTH, Task, TaskOutput,
 };
+use std::sync::Arc;
 
 /// A task declaring these outputs.
 fn declaring(outputs: &[&str]) -> Task {
@@ -111,7 +112,7 @@ pub async fn hostile_newer_format_entry_is_left_in_place(h: Harness) {
     let mut bytes = empty_record(&digest(&key))
         .encode()
         .expect("encode a record");
-    bytes[4] = bytes[4].wrapping_add(1);
+    bytes[4] = 200; // a format version from the future
     expect_ok(
         h.tamper.write_raw_entry(&digest(&key), bytes.clone()).await,
         "Tamper::write_raw_entry",
@@ -239,4 +240,83 @@ pub async fn hostile_adversarial_entries(h: Harness) {
     let ws = TempWorkspace::new();
     assert!(try_restore(&h, &key, ws.root()).await.is_err());
     assert!(ws.tree().nodes.is_empty());
+}
+
+/// Signed entries: a backend that trusts a key hits only entries signed by it; an
+/// unsigned entry, one signed by another key, and a signed entry altered by the cache
+/// writer (its exit code, a mode, a log) are misses, left in place. Runs on every
+/// backend built on `Cache` (its harness has [`crate::Harness::signing`]).
+pub async fn hostile_unsigned_and_forged_entries(h: Harness) {
+    use cache_core::sign::SigningKey;
+    let Some(make) = h.signing.clone() else {
+        // A backend not built on `Cache` has no signing to check.
+        return;
+    };
+    let main = SigningKey::generate().expect("a key");
+    let other = SigningKey::generate().expect("a key");
+    let reader = make(None, Some(vec![main.public_key()]));
+    let signer = make(Some(main.clone()), None);
+    let stranger = make(Some(other), None);
+    let hit = |key: String| {
+        let reader = Arc::clone(&reader);
+        async move {
+            expect_ok(
+                reader
+                    .lookup(&task(), &digest(&key), CachePolicy::Readonly)
+                    .await,
+                "lookup with trusted keys",
+            )
+        }
+    };
+    let tree = OutputTree::new().file("out.txt", pattern_bytes(fresh_seed(), 64), false);
+    let good = fresh_key();
+    expect_ok(
+        signer
+            .store(&task(), &good, &tree.entry(), CachePolicy::Normal)
+            .await,
+        "signed store",
+    );
+    let found = hit(good.clone())
+        .await
+        .expect("signed by the trusted key: a hit");
+    let ws = TempWorkspace::new();
+    expect_ok(found.restore(ws.root()).await, "restore a signed hit");
+    ws.tree().assert_same(tree.expected(), "signed hit");
+
+    for (who, cache) in [("unsigned", &h.backend), ("another key", &stranger)] {
+        let key = fresh_key();
+        expect_ok(
+            cache
+                .store(&task(), &key, &tree.entry(), CachePolicy::Normal)
+                .await,
+            who,
+        );
+        assert!(hit(key.clone()).await.is_none(), "{who}: must miss");
+        assert!(
+            check(&h, &key, CachePolicy::Readonly).await.hit,
+            "{who}: left in place"
+        );
+    }
+
+    let original = found.record().clone();
+    let mut altered = [original.clone(), original.clone(), original];
+    altered[0].exit_code = 7;
+    for o in &mut altered[1].outputs {
+        if let OutputRecord::File { executable, .. } = o {
+            *executable = !*executable;
+        }
+    }
+    altered[2].stdout = LogRecord::Inline(b"not what ran\n".to_vec());
+    for (i, record) in altered.iter().enumerate() {
+        expect_ok(
+            h.tamper
+                .write_raw_entry(&record.key, record.encode().expect("encode"))
+                .await,
+            "Tamper::write_raw_entry",
+        );
+        assert!(
+            hit(good.clone()).await.is_none(),
+            "alteration {i}: must miss"
+        );
+    }
 }
