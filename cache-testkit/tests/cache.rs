@@ -428,3 +428,50 @@ mod signed_entries {
         assert!(!e.to_string().contains(&secret[13..]), "{e}");
     }
 }
+
+/// Sizes come from the cache: two outputs recorded at `u64::MAX / 2 + 1` bytes make
+/// a restore fail cleanly, never overflow (a panic in debug builds, a wrap in release).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recorded_sizes_never_overflow() {
+    use cache_testkit::Tamper;
+    let storage = MemoryStorage::new();
+    let cache = Cache::new(ByDigest(storage.clone()), spawn_blocking);
+    let key = fresh_key();
+    let p = CachePolicy::Normal;
+    cache.store(&task(), &key, &entry("x", 0), p).await.unwrap();
+    let good = cache
+        .lookup(&task(), &digest(&key), p)
+        .await
+        .unwrap()
+        .expect("hit");
+    let mut record = good.record().clone();
+    let hostile = fresh_key();
+    record.key = digest(&hostile);
+    let cache_core::storage::OutputRecord::File { blob, .. } = record.outputs[0].clone() else {
+        panic!("a file output")
+    };
+    record.outputs = ["a", "b"]
+        .into_iter()
+        .map(|p| cache_core::storage::OutputRecord::File {
+            path: p.into(),
+            blob: cache_core::BlobRef {
+                size: u64::MAX / 2 + 1,
+                ..blob
+            },
+            executable: false,
+        })
+        .collect();
+    storage
+        .write_raw_entry(&record.key, record.encode().unwrap())
+        .await
+        .unwrap();
+    let hit = cache
+        .lookup(&task(), &record.key, p)
+        .await
+        .unwrap()
+        .expect("this storage does not check sizes at lookup");
+    assert_eq!(hit.bytes(), u64::MAX);
+    let ws = TempWorkspace::new();
+    assert!(hit.restore(ws.root()).await.is_err());
+    assert!(ws.tree().get("a").is_none() && ws.tree().get("b").is_none());
+}
