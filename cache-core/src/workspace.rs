@@ -242,12 +242,20 @@ impl Workspace {
     /// file is then rewritten through the verified path.
     #[cfg(unix)]
     pub fn in_place(&self, rel: &RelPath, expected: BlobRef, executable: bool) -> bool {
+        use rustix::fs::{Mode, OFlags};
         use std::os::unix::fs::MetadataExt;
-        let Ok(Some(parent)) = self.walk_parent(rel, false) else {
+        // Opened relative to its directory opened beneath the root, without following
+        // a final symlink and without blocking: what is inspected, hashed and touched
+        // is the file in the workspace, whatever is swapped around it meanwhile.
+        let Ok(dir) = self.open_parent(rel) else {
             return false;
         };
-        let path = parent.join(rel.file_name());
-        let Ok(meta) = fs::symlink_metadata(&path) else {
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        let Ok(fd) = rustix::fs::openat(&dir, rel.file_name(), flags, Mode::empty()) else {
+            return false;
+        };
+        let file = File::from(fd);
+        let Ok(meta) = file.metadata() else {
             return false;
         };
         let mode = crate::mode::restored_mode(executable);
@@ -256,17 +264,6 @@ impl Workspace {
             || meta.len() != expected.size
             || meta.mode() & 0o7777 != mode
         {
-            return false;
-        }
-        // Never blocks on a FIFO swapped in since the lstat, never follows a link.
-        let Ok(file) = crate::storage::open_nofollow(&path) else {
-            return false;
-        };
-        // The same inode as inspected (the open followed no symlink swapped in meanwhile).
-        let same = file
-            .metadata()
-            .is_ok_and(|m| m.dev() == meta.dev() && m.ino() == meta.ino());
-        if !same {
             return false;
         }
         let mut limited = (&file).take(expected.size.saturating_add(1));
