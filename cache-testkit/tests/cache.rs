@@ -195,6 +195,28 @@ async fn a_streamed_log_is_verified_before_its_end() {
     assert!(err.to_string().contains("mismatch"), "{err}");
 }
 
+/// Stores `entry(version)` under `key` and returns its hit and a copy of its record
+/// under a fresh key, for a test to tamper with.
+async fn hit_and_copy(
+    cache: &Cache<ByDigest>,
+    key: &str,
+    version: &str,
+) -> (Hit, cache_core::storage::ActionRecord) {
+    let p = CachePolicy::Normal;
+    cache
+        .store(&task(), key, &entry(version, 0), p)
+        .await
+        .unwrap();
+    let hit = cache
+        .lookup(&task(), &digest(key), p)
+        .await
+        .unwrap()
+        .expect("hit");
+    let mut record = hit.record().clone();
+    record.key = digest(&fresh_key());
+    (hit, record)
+}
+
 /// A storage that, like a directory, finds blobs by digest alone and does not check
 /// sizes at lookup: the shape in which a record lying about a blob's size reaches a
 /// restore.
@@ -266,19 +288,8 @@ async fn a_record_lying_about_a_blob_does_not_delete_the_good_blob() {
     let cache = Cache::new(ByDigest(storage.clone()), spawn_blocking);
     let key = fresh_key();
     let p = CachePolicy::Normal;
-    cache
-        .store(&task(), &key, &entry("good", 0), p)
-        .await
-        .unwrap();
-    let good = cache
-        .lookup(&task(), &digest(&key), p)
-        .await
-        .unwrap()
-        .expect("hit");
+    let (good, mut record) = hit_and_copy(&cache, &key, "good").await;
     // Another entry names the same blob with a wrong size.
-    let mut record = good.record().clone();
-    let liar = fresh_key();
-    record.key = digest(&liar);
     for o in &mut record.outputs {
         if let cache_core::storage::OutputRecord::File { blob, .. } = o {
             blob.size += 1;
@@ -438,15 +449,7 @@ async fn recorded_sizes_never_overflow() {
     let cache = Cache::new(ByDigest(storage.clone()), spawn_blocking);
     let key = fresh_key();
     let p = CachePolicy::Normal;
-    cache.store(&task(), &key, &entry("x", 0), p).await.unwrap();
-    let good = cache
-        .lookup(&task(), &digest(&key), p)
-        .await
-        .unwrap()
-        .expect("hit");
-    let mut record = good.record().clone();
-    let hostile = fresh_key();
-    record.key = digest(&hostile);
+    let (_, mut record) = hit_and_copy(&cache, &key, "x").await;
     let cache_core::storage::OutputRecord::File { blob, .. } = record.outputs[0].clone() else {
         panic!("a file output")
     };
