@@ -572,6 +572,7 @@ impl Restore {
             ws.check(rel, matches!(o, OutputRecord::Directory { .. }))?;
         }
         let mut links = Vec::new();
+        let all: Vec<RelPath> = self.outputs.iter().map(|(rel, _)| rel.clone()).collect();
         for (rel, o) in self.outputs {
             match o {
                 OutputRecord::Directory { .. } => drop(ws.create_dir(&rel)?),
@@ -593,6 +594,7 @@ impl Restore {
             in_place,
             needed,
             links,
+            all,
         })
     }
 }
@@ -604,6 +606,8 @@ struct Prepared {
     /// The files to write.
     needed: Vec<FileOut>,
     links: Vec<(RelPath, String)>,
+    /// Every output, for the one timestamp set at the end.
+    all: Vec<RelPath>,
 }
 
 impl Prepared {
@@ -620,9 +624,17 @@ impl Prepared {
     }
 
     /// Makes the symlinks, last, so none exists before the files it may point to.
+    /// Then gives every output one modification time, taken after the last write
+    /// (files written or kept, directories, symlinks): build tools that compare times
+    /// (cargo's fingerprints, make, npm's hidden lockfile) see a tree in which nothing
+    /// is newer than anything else, as after a `cp -a`, instead of the order of writes.
     fn finish(self) -> BackendResult<PathBuf> {
         for (rel, target) in &self.links {
             self.ws.create_symlink(rel, target)?;
+        }
+        let now = std::time::SystemTime::now();
+        for rel in &self.all {
+            self.ws.set_mtime(rel, now)?;
         }
         Ok(self.ws.root().to_path_buf())
     }

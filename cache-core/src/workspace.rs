@@ -8,9 +8,16 @@
 //! mode, and renamed into place, so a reader sees the old file or the whole new one and
 //! a corrupt blob never becomes a workspace file.
 //!
+//! Every write is made relative to its parent directory opened beneath the workspace
+//! root (`openat2` with `RESOLVE_BENEATH`), so a process that swaps directories for
+//! symlinks *during* a restore cannot redirect it outside (see
+//! `tests/placement_race.rs`).
+//!
+//! Times: a restore gives every output it wrote or kept (files, directories, symlinks)
+//! one modification time, taken after its last write ([`Workspace::set_mtime`]), so
+//! tools that compare times (cargo, make, npm's hidden lockfile) see a consistent tree.
+//!
 //! All of it is blocking filesystem work: async callers run it on a blocking thread.
-//! (A process that races us by swapping directories for symlinks *during* a restore is
-//! outside the threat model; entries and existing workspace layouts are inside it.)
 
 use crate::digest::check_blob;
 use crate::path::check_symlink_target;
@@ -234,9 +241,9 @@ impl Workspace {
 
     /// Whether file `rel` is already in place: a regular file (not a symlink, not
     /// hard-linked elsewhere) with exactly `expected`'s bytes, checked by hashing it, and
-    /// the mode a restore would give it. If so its modification time is set to now, so
-    /// it looks as freshly restored to build tools as a rewritten file would, and the
-    /// caller can skip rewriting it. Replacing a file costs far more than reading it on
+    /// the mode a restore would give it. If so the caller can skip rewriting it (a
+    /// restore then gives it the same time as every other output, see
+    /// [`Workspace::set_mtime`], so it looks as freshly restored as a rewritten file). Replacing a file costs far more than reading it on
     /// common filesystems (ext4 flushes the new file's data on a rename over an old one),
     /// and a remote backend saves the download. Anything unexpected answers `false`: the
     /// file is then rewritten through the verified path.
@@ -273,12 +280,45 @@ impl Workspace {
             expected.digest.algorithm(),
             &mut crate::digest::buffer_for(expected.size),
         );
-        match hashed {
-            Ok(actual) if actual == expected => {
-                file.set_modified(std::time::SystemTime::now()).is_ok()
-            }
-            _ => false,
-        }
+        // Kept: its time is set with every other output's at the end of the restore.
+        matches!(hashed, Ok(actual) if actual == expected)
+    }
+
+    /// Sets the modification (and access) time of output `rel`, a file, directory or
+    /// symlink (the link itself, never its target), relative to its directory opened
+    /// beneath the root. Used by a restore to give all its outputs one time.
+    #[cfg(unix)]
+    pub fn set_mtime(&self, rel: &RelPath, time: std::time::SystemTime) -> BackendResult<()> {
+        use rustix::fs::{AtFlags, Timespec, Timestamps};
+        let since = time
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let ts = Timespec {
+            tv_sec: i64::try_from(since.as_secs()).unwrap_or(i64::MAX),
+            tv_nsec: i64::from(since.subsec_nanos()),
+        };
+        let dir = self.open_parent(rel)?;
+        rustix::fs::utimensat(
+            &dir,
+            rel.file_name(),
+            &Timestamps {
+                last_access: ts,
+                last_modification: ts,
+            },
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| BackendError::io_with_context("set the time of", rel.to_path(&self.root), e.into()))
+    }
+
+    /// Without Unix calls, by path (following nothing is not available there).
+    #[cfg(not(unix))]
+    pub fn set_mtime(&self, rel: &RelPath, time: std::time::SystemTime) -> BackendResult<()> {
+        let path = rel.to_path(&self.root);
+        File::options()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_modified(time))
+            .map_err(|e| BackendError::io_with_context("set the time of", &path, e))
     }
 
     /// On platforms without Unix modes every file is rewritten.
