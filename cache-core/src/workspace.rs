@@ -307,7 +307,9 @@ impl Workspace {
             },
             AtFlags::SYMLINK_NOFOLLOW,
         )
-        .map_err(|e| BackendError::io_with_context("set the time of", rel.to_path(&self.root), e.into()))
+        .map_err(|e| {
+            BackendError::io_with_context("set the time of", rel.to_path(&self.root), e.into())
+        })
     }
 
     /// Without Unix calls, by path (following nothing is not available there).
