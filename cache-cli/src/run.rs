@@ -369,6 +369,10 @@ fn store_result(
         return;
     }
     for (name, c) in [("stdout", &finished.stdout), ("stderr", &finished.stderr)] {
+        if c.failed {
+            tracing::warn!("not caching {id}: its {name} could not be captured whole");
+            return;
+        }
         if c.overflowed {
             tracing::warn!(
                 "not caching {id}: its {name} ({}) is over the capture limit of {}",

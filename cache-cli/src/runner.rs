@@ -22,6 +22,18 @@ pub struct Captured {
     pub overflowed: bool,
     /// How many bytes the stream carried in all.
     pub total: u64,
+    /// Capturing failed (a read error, or the capture thread died): the bytes are not
+    /// the stream, so the run must not be cached.
+    pub failed: bool,
+}
+
+impl Captured {
+    fn failed() -> Self {
+        Captured {
+            failed: true,
+            ..Captured::default()
+        }
+    }
 }
 
 /// The outcome of running the command.
@@ -84,7 +96,14 @@ pub fn run(command: &[OsString], cwd: &Path, cap: u64) -> Result<Finished, Spawn
     let (stdout, stderr) = std::thread::scope(|s| {
         let o = s.spawn(move || tee(out, io::stdout(), cap));
         let e = s.spawn(move || tee(err, io::stderr(), cap));
-        (o.join().unwrap_or_default(), e.join().unwrap_or_default())
+        // A capture thread that died lost bytes: never stored as if the log were empty.
+        let joined = |h: std::thread::ScopedJoinHandle<'_, Captured>, name: &str| {
+            h.join().unwrap_or_else(|_| {
+                tracing::warn!("capturing the command's {name} failed; not caching this run");
+                Captured::failed()
+            })
+        };
+        (joined(o, "stdout"), joined(e, "stderr"))
     });
     let status = child.wait().map_err(|e| SpawnError {
         exit_code: 1,
@@ -130,7 +149,7 @@ pub fn tee(mut reader: impl Read, mut writer: impl Write, cap: u64) -> Captured 
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 tracing::warn!(error = %e, "reading the command's output failed; not caching this run");
-                captured.overflowed = true;
+                captured.failed = true;
                 captured.bytes = Vec::new();
                 break;
             }
@@ -160,6 +179,25 @@ pub fn tee(mut reader: impl Read, mut writer: impl Write, cap: u64) -> Captured 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_read_error_makes_the_capture_failed_not_empty() {
+        struct Breaks(u8);
+        impl std::io::Read for Breaks {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                self.0 += 1;
+                if self.0 == 1 {
+                    buf[..3].copy_from_slice(b"abc");
+                    Ok(3)
+                } else {
+                    Err(std::io::Error::other("pipe broke"))
+                }
+            }
+        }
+        let c = tee(Breaks(0), std::io::sink(), 1 << 20);
+        assert!(c.failed, "{c:?}");
+        assert!(c.bytes.is_empty());
+    }
 
     #[test]
     fn tee_copies_and_captures() {
