@@ -11,7 +11,9 @@ use std::path::PathBuf;
 
 fn open(args: &CacheArgs) -> Result<(tokio::runtime::Runtime, LocalStorage, PathBuf), Failure> {
     let dir = backend::cache_dir(args.cache.as_ref().map(RawLocation::as_str))?;
-    let storage = LocalStorage::open(&dir, LocalOptions::default())
+    // Housekeeping never creates a cache, nor takes over a directory that is not one.
+    cache_local::check_cache_dir(&dir, false).map_err(|e| Failure::Usage(e.to_string()))?;
+    let storage = LocalStorage::open_existing(&dir, LocalOptions::default())
         .map_err(|e| Failure::Fatal(format!("cannot open the cache at {}: {e}", dir.display())))?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -251,6 +251,12 @@ fn open_session(
         Some(dir) => dir,
         None => backend::cache_dir(None)?,
     };
+    // Someone else's directory is a usage error, not a cache to take over.
+    if let Err(e) = cache_local::check_cache_dir(&cache_dir, true) {
+        if std::fs::metadata(&cache_dir).is_ok_and(|m| m.is_dir()) {
+            return Err(Failure::Usage(e.to_string()));
+        }
+    }
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => {

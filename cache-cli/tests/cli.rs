@@ -798,3 +798,63 @@ fn signed_entries_with_keygen_signing_and_trusted_keys() {
     }
     assert_eq!(f.runs(), 3);
 }
+
+/// No command takes over a directory that is not a cache: housekeeping on a missing
+/// cache says so and creates nothing; every command refuses a non-empty directory
+/// without `LAYOUT` (exit 2) and touches nothing in it; a run may start a cache only in
+/// a new or empty directory.
+#[test]
+fn no_command_takes_over_someone_elses_directory() {
+    let f = Fixture::new();
+    let missing = f.root.join("no-cache-here");
+    for cmd in [&["stats"][..], &["verify"], &["gc", "--max-size", "1MiB"]] {
+        let mut args = cmd.to_vec();
+        args.extend(["--cache", missing.to_str().unwrap()]);
+        let o = f.run(&args);
+        assert_ne!(o.code, 0, "{args:?}: {o:?}");
+        assert!(o.stderr.contains("no cache"), "{args:?}: {o:?}");
+        assert!(!missing.exists(), "{args:?} created a cache");
+    }
+    // Someone's project, with an old file under tmp/.
+    let theirs = f.root.join("project");
+    fs::create_dir_all(theirs.join("tmp")).unwrap();
+    fs::write(theirs.join("tmp/notes.txt"), "two hours of notes").unwrap();
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+    fs::File::options()
+        .write(true)
+        .open(theirs.join("tmp/notes.txt"))
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    let t = theirs.to_str().unwrap();
+    for args in [
+        vec!["stats", "--cache", t],
+        vec!["verify", "--cache", t],
+        vec!["gc", "--max-size", "0", "--cache", t],
+        vec![
+            "run", "--cache", t, "-o", "out.txt", "--", "sh", "-c", COUNTING,
+        ],
+    ] {
+        let o = f.run(&args);
+        assert_eq!(o.code, 2, "{args:?}: {o:?}");
+        assert!(
+            o.stderr.contains("not a taskcache cache"),
+            "{args:?}: {o:?}"
+        );
+    }
+    assert_eq!(f.runs(), 0, "the command ran");
+    assert_eq!(
+        fs::read_to_string(theirs.join("tmp/notes.txt")).unwrap(),
+        "two hours of notes"
+    );
+    assert!(!theirs.join("LAYOUT").exists() && !theirs.join("blobs").exists());
+    // An empty directory may become a cache.
+    let empty = f.root.join("empty");
+    fs::create_dir(&empty).unwrap();
+    let o = f.sh(
+        &["--cache", empty.to_str().unwrap(), "-o", "out.txt"],
+        COUNTING,
+    );
+    assert_eq!(o.code, 0, "{o:?}");
+    assert!(empty.join("LAYOUT").exists());
+}

@@ -74,12 +74,59 @@ fn refuse(file: &Path, msg: String) -> BackendError {
     )
 }
 
+/// Whether `dir` may be opened as a cache: one with a `LAYOUT` file is; with `create`,
+/// so is a directory that does not exist yet (it is created) or is empty. Anything else
+/// is someone else's directory, which a cache must never take over (it would write its
+/// layout there, and maintenance would clean its `tmp/`).
+pub(crate) fn claim(dir: &Path, create: bool) -> BackendResult<()> {
+    let refuse = |reason: &str| {
+        BackendError::io_with_context(
+            "use as a cache",
+            dir,
+            io::Error::new(io::ErrorKind::InvalidInput, reason.to_owned()),
+        )
+    };
+    match std::fs::metadata(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if !create {
+                return Err(refuse(
+                    "there is no cache there (a cached run creates one; check --cache)",
+                ));
+            }
+            std::fs::create_dir_all(dir).map_err(ctx("create cache directory", dir))
+        }
+        Err(e) => Err(BackendError::io_with_context("inspect", dir, e)),
+        Ok(m) if !m.is_dir() => Err(refuse("it is not a directory")),
+        Ok(_) => {
+            if std::fs::symlink_metadata(dir.join(LAYOUT_FILE)).is_ok() {
+                return Ok(());
+            }
+            let empty = std::fs::read_dir(dir)
+                .map_err(ctx("list", dir))?
+                .next()
+                .is_none();
+            if create && empty {
+                Ok(())
+            } else if create {
+                Err(refuse(
+                    "it is not empty and not a taskcache cache (no LAYOUT file); \
+                     pass a new or empty directory",
+                ))
+            } else {
+                Err(refuse(
+                    "it is not a taskcache cache (no LAYOUT file); check --cache",
+                ))
+            }
+        }
+    }
+}
+
 impl Layout {
     /// Creates the directory and its layout if needed; refuses another layout version,
     /// and a layout file that is not a regular file. A symbolic link or special file
     /// planted in place of one of the four directories is replaced by a directory.
-    pub fn open(dir: &Path, durable: bool) -> BackendResult<Layout> {
-        std::fs::create_dir_all(dir).map_err(ctx("create cache directory", dir))?;
+    pub fn open(dir: &Path, durable: bool, create: bool) -> BackendResult<Layout> {
+        claim(dir, create)?;
         // The root is the caller's path (which may go through links of their own);
         // everything below it is resolved from this handle.
         let root_fd = rfs::open(

@@ -261,6 +261,13 @@ pub fn open(dir: impl AsRef<Path>, opts: LocalOptions) -> BackendResult<LocalCac
     LocalStorage::open(dir, opts).map(LocalStorage::into_cache)
 }
 
+/// Whether `dir` may be used as a cache without taking over someone else's directory:
+/// it has a `LAYOUT` file, or (with `create`) it does not exist yet or is empty. The
+/// error says which and what to do. Blocking.
+pub fn check_cache_dir(dir: impl AsRef<Path>, create: bool) -> BackendResult<()> {
+    layout::claim(dir.as_ref(), create)
+}
+
 /// How many blocking jobs a batch is split into.
 fn parallelism() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get().min(4))
@@ -271,14 +278,27 @@ const BATCH_MIN: usize = 64;
 
 impl LocalStorage {
     /// Opens (creating if needed) the cache in `dir`: creates the directory and its
-    /// layout, and refuses a directory whose layout version this code does not know, or
+    /// layout. A directory that exists must already be a cache (it has `LAYOUT`) or be
+    /// empty: someone else's directory is refused, never taken over
+    /// ([`check_cache_dir`]). Also refuses a directory whose layout version this code
+    /// does not know, or
     /// whose `LAYOUT` is not a regular file (a link, a FIFO, a device: the error names
     /// it and says what to do). A link or special file planted in place of one of the
     /// layout's directories is replaced by a directory (see "Hostile cache
     /// directories" in the crate docs). Blocking (a few `mkdir`s); call it before or
     /// outside hot async paths.
     pub fn open(dir: impl AsRef<Path>, opts: LocalOptions) -> BackendResult<Self> {
-        let layout = Layout::open(dir.as_ref(), opts.durable)?;
+        Self::open_with(dir.as_ref(), opts, true)
+    }
+
+    /// Opens an existing cache only: a missing directory, or one without a `LAYOUT`
+    /// file, is an error and nothing is created (for `stats`, `gc`, `verify`).
+    pub fn open_existing(dir: impl AsRef<Path>, opts: LocalOptions) -> BackendResult<Self> {
+        Self::open_with(dir.as_ref(), opts, false)
+    }
+
+    fn open_with(dir: &Path, opts: LocalOptions, create: bool) -> BackendResult<Self> {
+        let layout = Layout::open(dir, opts.durable, create)?;
         Ok(LocalStorage {
             inner: Arc::new(Inner { layout, opts }),
             gc: GcOptions::default(),
