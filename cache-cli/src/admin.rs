@@ -63,8 +63,12 @@ pub fn stats(args: &StatsArgs) -> Result<u8, Failure> {
 /// `taskcache gc --max-size SIZE`.
 pub fn gc(args: &GcArgs) -> Result<u8, Failure> {
     let (rt, storage, dir) = open(&args.cache)?;
+    let opts = cache_local::GcOptions {
+        blob_grace: args.grace,
+        ..cache_local::GcOptions::default()
+    };
     let report = rt
-        .block_on(storage.gc(args.max_size))
+        .block_on(storage.gc_with(args.max_size, opts))
         .map_err(|e| Failure::Fatal(format!("gc of the cache at {} failed: {e}", dir.display())))?;
     print(&format!(
         "removed {} entries and {} blobs; {} -> {} (limit {})\n",
@@ -74,6 +78,15 @@ pub fn gc(args: &GcArgs) -> Result<u8, Failure> {
         format_size(report.bytes_after),
         format_size(args.max_size)
     ))?;
+    if report.blobs_kept_young > 0 {
+        print(&format!(
+            "kept {} blobs ({}) written or used in the last {}s: a store running now may \
+             need them (--grace; 0 when no other writer can be running)\n",
+            report.blobs_kept_young,
+            format_size(report.bytes_kept_young),
+            args.grace.as_secs()
+        ))?;
+    }
     if report.foreign_removed > 0 {
         print(&format!(
             "removed {} symlinks or special files planted in the cache directory (never followed)\n",
@@ -94,15 +107,21 @@ pub fn verify(args: &CacheArgs) -> Result<u8, Failure> {
         ))
     })?;
     print(&format!(
-        "checked {} blobs and {} entries; removed {} corrupt blobs, {} corrupt entries and {} planted symlinks or special files\n",
+        "checked {} blobs and {} entries; removed {} corrupt blobs, {} corrupt entries, \
+         {} entries whose blobs were gone and {} planted symlinks or special files\n",
         report.blobs_checked,
         report.entries_checked,
         report.blobs_removed,
         report.entries_removed,
+        report.entries_incomplete_removed,
         report.foreign_removed
     ))?;
     Ok(u8::from(
-        report.blobs_removed + report.entries_removed + report.foreign_removed > 0,
+        report.blobs_removed
+            + report.entries_removed
+            + report.entries_incomplete_removed
+            + report.foreign_removed
+            > 0,
     ))
 }
 

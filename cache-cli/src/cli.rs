@@ -86,6 +86,29 @@ pub struct GcArgs {
     /// Target size, e.g. 10GiB, 500MB, or a number of bytes.
     #[arg(long, value_name = "SIZE", value_parser = crate::size::parse_size)]
     pub max_size: u64,
+    /// Blobs written or reused within this long are kept even past the size limit: a
+    /// store running at the same time may be about to publish the entry that needs
+    /// them. `0` when no other writer can be running. E.g. 10m, 90s, 1h.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
+    pub grace: std::time::Duration,
+}
+
+/// `90s`, `10m`, `1h`, or a number of seconds.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, ""), |i| s.split_at(i));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration; write e.g. 0, 90s, 10m or 1h"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n.saturating_mul(60),
+        "h" => n.saturating_mul(3600),
+        _ => return Err(format!("{s:?}: the unit must be s, m or h (e.g. 10m)")),
+    };
+    Ok(std::time::Duration::from_secs(secs))
 }
 
 /// Everything that describes a task (`run` and `key`).
@@ -125,6 +148,7 @@ pub struct TaskArgs {
         long,
         value_name = "P",
         env = "TASKCACHE_POLICY",
+        hide_env_values = true,
         default_value = "normal",
         value_parser = parse_policy
     )]

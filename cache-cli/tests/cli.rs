@@ -858,3 +858,41 @@ fn no_command_takes_over_someone_elses_directory() {
     assert_eq!(o.code, 0, "{o:?}");
     assert!(empty.join("LAYOUT").exists());
 }
+
+/// `gc` says what its grace window kept and why; `--grace 0` empties the cache.
+/// `verify` counts an entry whose blob was gone. Help shows no environment values.
+#[test]
+fn gc_reports_its_grace_and_verify_counts_incomplete_entries() {
+    let f = Fixture::new();
+    assert_eq!(f.sh(&["-o", "out.txt"], COUNTING).code, 0);
+    let g = f.run(&["gc", "--max-size", "0"]);
+    assert_eq!(g.code, 0, "{g:?}");
+    assert!(
+        g.stdout_str().contains("kept 1 blobs") && g.stdout_str().contains("--grace"),
+        "{g:?}"
+    );
+    let g = f.run(&["gc", "--max-size", "0", "--grace", "0"]);
+    assert_eq!(g.code, 0, "{g:?}");
+    assert!(g.stdout_str().contains("-> 0 B"), "{g:?}");
+    assert!(f.run(&["gc", "--max-size", "0", "--grace", "ten"]).code == 2);
+
+    assert_eq!(f.sh(&["-o", "out.txt"], COUNTING).code, 0);
+    for blob in walk(&f.cache.join("blobs")) {
+        fs::remove_file(blob).unwrap();
+    }
+    let v = f.run(&["verify"]);
+    assert_eq!(v.code, 1, "{v:?}");
+    assert!(
+        v.stdout_str().contains("1 entries whose blobs were gone"),
+        "{v:?}"
+    );
+
+    let mut c = f.cmd();
+    c.env("TASKCACHE_POLICY", "readonly")
+        .args(["run", "--help"]);
+    let h = exec(c);
+    assert!(
+        !h.stdout_str().contains("TASKCACHE_POLICY=readonly"),
+        "{h:?}"
+    );
+}

@@ -201,6 +201,9 @@ pub struct GcReport {
     pub blobs_removed: u64,
     /// Blobs that could go but were kept because they are younger than the grace period.
     pub blobs_kept_young: u64,
+    /// Bytes of those blobs: why a cache can stay over the limit right after a store
+    /// (lower the grace only when no other writer can be running).
+    pub bytes_kept_young: u64,
     /// Stale temporary files of crashed writers removed.
     pub temp_files_removed: u64,
     /// Symbolic links and special files (FIFOs, sockets, devices) planted where the

@@ -163,6 +163,7 @@ fn remove_blob(
     };
     if age(SystemTime::now(), meta.mtime) < opts.blob_grace {
         report.blobs_kept_young += 1;
+        report.bytes_kept_young = report.bytes_kept_young.saturating_add(found.len);
         *planned = planned.saturating_sub(found.len);
         return;
     }
