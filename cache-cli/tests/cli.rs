@@ -865,23 +865,23 @@ fn no_command_takes_over_someone_elses_directory() {
 fn gc_reports_its_grace_and_verify_counts_incomplete_entries() {
     let f = Fixture::new();
     assert_eq!(f.sh(&["-o", "out.txt"], COUNTING).code, 0);
-    let g = f.run(&["gc", "--max-size", "0"]);
-    assert_eq!(g.code, 0, "{g:?}");
+    let gc = f.run(&["gc", "--max-size", "0"]);
+    assert_eq!(gc.code, 0, "{gc:?}");
     assert!(
-        g.stdout_str().contains("kept 1 blobs") && g.stdout_str().contains("--grace"),
-        "{g:?}"
+        gc.stdout_str().contains("kept 1 blobs") && gc.stdout_str().contains("--grace"),
+        "{gc:?}"
     );
-    let g = f.run(&["gc", "--max-size", "0", "--grace", "0"]);
-    assert_eq!(g.code, 0, "{g:?}");
-    assert!(g.stdout_str().contains("-> 0 B"), "{g:?}");
+    let gc = f.run(&["gc", "--max-size", "0", "--grace", "0"]);
+    assert_eq!(gc.code, 0, "{gc:?}");
+    assert!(gc.stdout_str().contains("-> 0 B"), "{gc:?}");
     assert!(f.run(&["gc", "--max-size", "0", "--grace", "ten"]).code == 2);
 
     assert_eq!(f.sh(&["-o", "out.txt"], COUNTING).code, 0);
     for blob in walk(&f.cache.join("blobs")) {
         fs::remove_file(blob).unwrap();
     }
-    let v = f.run(&["verify"]);
-    assert_eq!(v.code, 1, "{v:?}");
+    let verify = f.run(&["verify"]);
+    assert_eq!(verify.code, 1, "{verify:?}");
     assert!(
         v.stdout_str().contains("1 entries whose blobs were gone"),
         "{v:?}"
@@ -890,7 +890,7 @@ fn gc_reports_its_grace_and_verify_counts_incomplete_entries() {
     let mut c = f.cmd();
     c.env("TASKCACHE_POLICY", "readonly")
         .args(["run", "--help"]);
-    let h = exec(c);
+    let help = exec(c);
     assert!(
         !h.stdout_str().contains("TASKCACHE_POLICY=readonly"),
         "{h:?}"
