@@ -883,8 +883,10 @@ fn gc_reports_its_grace_and_verify_counts_incomplete_entries() {
     let verify = f.run(&["verify"]);
     assert_eq!(verify.code, 1, "{verify:?}");
     assert!(
-        v.stdout_str().contains("1 entries whose blobs were gone"),
-        "{v:?}"
+        verify
+            .stdout_str()
+            .contains("1 entries whose blobs were gone"),
+        "{verify:?}"
     );
 
     let mut c = f.cmd();
@@ -892,7 +894,7 @@ fn gc_reports_its_grace_and_verify_counts_incomplete_entries() {
         .args(["run", "--help"]);
     let help = exec(c);
     assert!(
-        !h.stdout_str().contains("TASKCACHE_POLICY=readonly"),
-        "{h:?}"
+        !help.stdout_str().contains("TASKCACHE_POLICY=readonly"),
+        "{help:?}"
     );
 }
