@@ -366,6 +366,10 @@ fn store_result(
         tracing::info!("not storing {id}: policy {policy}");
         return;
     }
+    if let Some(sig) = finished.forwarded {
+        tracing::warn!("not storing {id}: cancelled by signal {sig} (passed on to the command)");
+        return;
+    }
     if let Some(sig) = finished.signal {
         tracing::info!("not storing {id}: killed by signal {sig}");
         return;

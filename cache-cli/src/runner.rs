@@ -49,6 +49,10 @@ pub struct Finished {
     pub stderr: Captured,
     /// Wall time from spawn to exit.
     pub duration: Duration,
+    /// A signal taskcache received (SIGINT, SIGTERM, SIGHUP, SIGQUIT) and forwarded to
+    /// the command: the run was cancelled, so nothing is stored and taskcache exits
+    /// 128 + that signal, whatever the command did with it.
+    pub forwarded: Option<i32>,
 }
 
 /// Why the command did not start.
@@ -91,6 +95,7 @@ pub fn run(command: &[OsString], cwd: &Path, cap: u64) -> Result<Finished, Spawn
                 },
             }
         })?;
+    let relay = Forwarder::start(child.id());
     let out = child.stdout.take().expect("stdout is piped");
     let err = child.stderr.take().expect("stderr is piped");
     let (stdout, stderr) = std::thread::scope(|s| {
@@ -110,14 +115,81 @@ pub fn run(command: &[OsString], cwd: &Path, cap: u64) -> Result<Finished, Spawn
         message: format!("lost track of the command: {e}"),
     })?;
     let duration = started.elapsed();
+    let forwarded = relay.finish();
     let (exit_code, signal) = exit_code_of(status);
     Ok(Finished {
-        exit_code,
+        exit_code: forwarded.map_or(exit_code, |sig| 128 + sig),
         signal,
         stdout,
         stderr,
         duration,
+        forwarded,
     })
+}
+
+/// While the command runs, the signals a CI runner sends on cancel or timeout
+/// (SIGINT, SIGTERM, SIGHUP, SIGQUIT) are caught and passed on to the command, so it
+/// is never orphaned; taskcache waits for it and then exits 128 + the signal.
+#[cfg(unix)]
+struct Forwarder {
+    handle: Option<signal_hook::iterator::Handle>,
+    thread: Option<std::thread::JoinHandle<Option<i32>>>,
+}
+
+#[cfg(unix)]
+impl Forwarder {
+    fn start(pid: u32) -> Self {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
+        let Ok(mut signals) =
+            signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT])
+        else {
+            tracing::warn!("cannot catch signals; a cancelled run may leave its command running");
+            return Forwarder {
+                handle: None,
+                thread: None,
+            };
+        };
+        let handle = signals.handle();
+        let thread = std::thread::spawn(move || {
+            let mut received = None;
+            for sig in signals.forever() {
+                received.get_or_insert(sig);
+                let target = i32::try_from(pid)
+                    .ok()
+                    .and_then(rustix::process::Pid::from_raw);
+                let signal = rustix::process::Signal::from_named_raw(sig);
+                if let (Some(target), Some(signal)) = (target, signal) {
+                    let _ = rustix::process::kill_process(target, signal);
+                }
+            }
+            received
+        });
+        Forwarder {
+            handle: Some(handle),
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops forwarding (the command has exited) and says which signal came, if any.
+    fn finish(mut self) -> Option<i32> {
+        if let Some(h) = self.handle.take() {
+            h.close();
+        }
+        self.thread.take().and_then(|t| t.join().ok().flatten())
+    }
+}
+
+#[cfg(not(unix))]
+struct Forwarder;
+
+#[cfg(not(unix))]
+impl Forwarder {
+    fn start(_pid: u32) -> Self {
+        Forwarder
+    }
+    fn finish(self) -> Option<i32> {
+        None
+    }
 }
 
 #[cfg(unix)]

@@ -898,3 +898,60 @@ fn gc_reports_its_grace_and_verify_counts_incomplete_entries() {
         "{help:?}"
     );
 }
+
+/// A CI runner cancelling a step signals taskcache alone: the signal is passed on to
+/// the command (which is never orphaned), taskcache waits for it, stores nothing and
+/// exits 128 + the signal.
+#[test]
+fn signals_to_taskcache_reach_the_command_and_nothing_is_stored() {
+    use rustix::process::{Pid, Signal, kill_process};
+    use std::time::{Duration, Instant};
+    let f = Fixture::new();
+    for (signal, number) in [
+        (Signal::TERM, 15),
+        (Signal::INT, 2),
+        (Signal::HUP, 1),
+        (Signal::QUIT, 3),
+    ] {
+        let _ = fs::remove_file(f.root.join("started"));
+        let _ = fs::remove_file(f.root.join("trapped"));
+        // The command traps the signal, notes it, and exits 0 as if it had finished.
+        let script = "trap 'echo got > ../trapped; printf r > out.txt; exit 0' INT TERM HUP QUIT; \
+                      echo up > ../started; while :; do sleep 0.02; done";
+        let mut c = f.cmd();
+        c.args(["run", "-o", "out.txt", "--", "sh", "-c", script])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let mut child = c.spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !f.root.join("started").exists() {
+            assert!(Instant::now() < deadline, "the command never started");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let pid = Pid::from_raw(i32::try_from(child.id()).unwrap()).unwrap();
+        kill_process(pid, signal).unwrap();
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "taskcache did not exit after {signal:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert_eq!(status.code(), Some(128 + number), "{signal:?}");
+        assert!(
+            f.root.join("trapped").exists(),
+            "{signal:?} did not reach the command"
+        );
+    }
+    // The command exited 0 each time, with its output: still nothing was stored.
+    let s = f.run(&["stats", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&s.stdout).expect("stats --json is JSON");
+    assert_eq!(
+        v["entries"].as_u64(),
+        Some(0),
+        "a cancelled run was stored: {s:?}"
+    );
+}
