@@ -363,6 +363,7 @@ macro_rules! conformance_suite {
             miss_unknown_key
             degradation_tiered_with_failing_shared_tier
             degradation_backend_as_shared_tier
+            degradation_executor_runs_the_task_when_the_cache_fails
             hostile_parent_dir_paths
             hostile_absolute_paths
             hostile_symlink_targets_leaving_workspace

@@ -155,3 +155,73 @@ pub async fn degradation_backend_as_shared_tier(h: Harness) {
     restore_and_compare(&h2, &key, &tree, "backfilled copy").await;
     ws.assert_outside_unchanged();
 }
+
+/// An executor following the crate docs' pattern (a lookup, and on a cache fault run
+/// the task uncached; a failed store is a warning) always runs the task and returns
+/// its own exit code when the backend fails every call with an I/O error, a
+/// corruption or unavailability, directly or as the shared tier behind it.
+pub async fn degradation_executor_runs_the_task_when_the_cache_fails(h: Harness) {
+    /// The documented executor loop; `ran` counts runs of the "task" (exit code 3).
+    async fn run_cached(cache: &dyn CacheBackend, key: &str, ran: &mut u32) -> i32 {
+        let digest = cache_core::Digest::parse(key).expect("a valid key");
+        let replayed = async {
+            let Some(hit) = cache.lookup(&task(), &digest, CachePolicy::Normal).await? else {
+                return Ok(None);
+            };
+            hit.logs().await?;
+            Ok::<_, cache_core::BackendError>(Some(hit.exit_code()))
+        };
+        match replayed.await {
+            Ok(Some(code)) => return code,
+            Ok(None) => {}
+            Err(e) => assert!(
+                e.is_cache_fault(),
+                "a caller fault from a failing cache: {e}"
+            ),
+        }
+        *ran += 1;
+        let entry = CacheEntry {
+            exit_code: 3,
+            stdout: Some(b"ran\n".to_vec()),
+            ..CacheEntry::default()
+        };
+        if let Err(e) = cache.store(&task(), key, &entry, CachePolicy::Normal).await {
+            assert!(
+                e.is_cache_fault(),
+                "a caller fault from a failing store: {e}"
+            );
+        }
+        3
+    }
+    for error in [
+        FaultError::Io(std::io::ErrorKind::PermissionDenied),
+        FaultError::CorruptEntry,
+        FaultError::Unavailable,
+    ] {
+        let failing: Arc<dyn CacheBackend> = Arc::new(FaultyBackend::new(
+            Arc::clone(&h.backend),
+            FaultPlan::always(error.clone()),
+        ));
+        let tiered: Arc<dyn CacheBackend> =
+            Arc::new(Tiered::new(Arc::clone(&failing), Arc::clone(&failing)));
+        for (what, cache) in [("the backend", &failing), ("both tiers", &tiered)] {
+            let mut ran = 0;
+            let key = fresh_key();
+            for _ in 0..2 {
+                assert_eq!(
+                    run_cached(cache.as_ref(), &key, &mut ran).await,
+                    3,
+                    "{what}, {error:?}"
+                );
+            }
+            assert_eq!(ran, 2, "{what}, {error:?}: the task must run every time");
+        }
+    }
+    // And with the backend healthy, the same loop hits the second time.
+    let mut ran = 0;
+    let key = fresh_key();
+    for _ in 0..2 {
+        assert_eq!(run_cached(h.backend.as_ref(), &key, &mut ran).await, 3);
+    }
+    assert_eq!(ran, 1, "a healthy backend replays the second run");
+}
