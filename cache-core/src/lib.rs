@@ -63,6 +63,7 @@ mod blocking;
 mod cache;
 mod combinators;
 mod digest;
+mod dirtemp;
 mod error;
 mod hit;
 mod key;
