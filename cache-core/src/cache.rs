@@ -16,7 +16,7 @@ use crate::blocking::{self, Job, Spawner};
 use crate::path::OutputKind;
 use crate::record::{ActionRecord, INLINE_LOG_MAX, LogRecord, OutputRecord};
 use crate::sign::{PublicKey, SigningKey};
-use crate::storage::{BlobSource, Storage};
+use crate::storage::{BlobSource, EntryKey, Storage};
 use crate::{
     BackendError, BackendResult, BlobRef, CacheBackend, CacheEntry, CachePolicy, Digest, Hit,
     OutputContent, RelPath, Task, policy_allows_read, policy_allows_write,
@@ -156,9 +156,9 @@ impl<S: Storage> Cache<S> {
         &self.storage
     }
 
-    fn hit(&self, record: Arc<ActionRecord>) -> Hit {
+    fn hit(&self, key: EntryKey, record: Arc<ActionRecord>) -> Hit {
         let storage: Arc<dyn Storage> = Arc::clone(&self.storage) as Arc<dyn Storage>;
-        Hit::new(record, storage, Arc::clone(&self.spawn))
+        Hit::new(key, record, storage, Arc::clone(&self.spawn))
     }
 
     /// Checks a record a storage returned for `key` (a byte store's
@@ -387,7 +387,8 @@ impl<S: Storage> CacheBackend for Cache<S> {
             return Ok(None);
         }
         let declared = Declared::of(task)?;
-        let (found, known_missing) = match self.storage.get_entry(key).await {
+        let entry_key = EntryKey::new(*key, task);
+        let (found, known_missing) = match self.storage.get_entry(&entry_key).await {
             Ok(Some(entry)) => (
                 self.validated(key, entry.record, declared).await,
                 entry.missing_blobs,
@@ -421,7 +422,7 @@ impl<S: Storage> CacheBackend for Cache<S> {
                 tracing::warn!(backend = self.storage.name(), %key, error = %e, "ignoring corrupt cache entry");
                 if policy_allows_write(policy) {
                     // Removing it lets the next store write a good one.
-                    if let Err(e) = self.storage.remove_entry(key).await {
+                    if let Err(e) = self.storage.remove_entry(&entry_key).await {
                         tracing::debug!(backend = self.storage.name(), %key, error = %e, "could not remove a corrupt entry");
                     }
                 }
@@ -440,12 +441,12 @@ impl<S: Storage> CacheBackend for Cache<S> {
                 return Ok(None);
             }
         }
-        Ok(Some(self.hit(Arc::new(record))))
+        Ok(Some(self.hit(entry_key, Arc::new(record))))
     }
 
     async fn store(
         &self,
-        _task: &Task,
+        task: &Task,
         digest: &str,
         entry: &CacheEntry,
         policy: CachePolicy,
@@ -458,12 +459,14 @@ impl<S: Storage> CacheBackend for Cache<S> {
         let record = self.put_outputs(key, entry).await?;
         // Publish order, step 2: the entry, last.
         let record = self.sign(record)?;
-        self.storage.put_entry(Arc::new(record)).await
+        self.storage
+            .put_entry(&EntryKey::new(key, task), Arc::new(record))
+            .await
     }
 
     async fn import(
         &self,
-        _task: &Task,
+        task: &Task,
         hit: &Hit,
         policy: CachePolicy,
     ) -> BackendResult<Option<Hit>> {
@@ -505,8 +508,9 @@ impl<S: Storage> CacheBackend for Cache<S> {
             }
         }
         let record = Arc::new(record.clone());
-        self.storage.put_entry(Arc::clone(&record)).await?;
-        Ok(Some(self.hit(record)))
+        let key = EntryKey::new(record.key, task);
+        self.storage.put_entry(&key, Arc::clone(&record)).await?;
+        Ok(Some(self.hit(key, record)))
     }
 
     fn name(&self) -> &'static str {

@@ -4,7 +4,7 @@
 
 use crate::blocking::{self, Spawner};
 use crate::record::{ActionRecord, LogRecord, OutputRecord};
-use crate::storage::{BlobSource, Storage, open_regular};
+use crate::storage::{BlobSource, EntryKey, Storage, open_regular};
 use crate::{
     BackendError, BackendResult, BlobRef, CacheOutput, Digest, LogBytes, OutputContent, RelPath,
     Workspace,
@@ -43,6 +43,7 @@ const OPEN_CHUNK_BYTES: u64 = 64 << 20;
 /// record.
 #[derive(Clone)]
 pub struct Hit {
+    entry: EntryKey,
     record: Arc<ActionRecord>,
     storage: Arc<dyn Storage>,
     blocking: Spawner,
@@ -61,11 +62,13 @@ impl std::fmt::Debug for Hit {
 
 impl Hit {
     pub(crate) fn new(
+        entry: EntryKey,
         record: Arc<ActionRecord>,
         storage: Arc<dyn Storage>,
         blocking: Spawner,
     ) -> Self {
         Hit {
+            entry,
             record,
             storage,
             blocking,
@@ -184,7 +187,7 @@ impl Hit {
     /// Refreshes the entry's recency; a failure is logged, not returned (the outputs
     /// are restored either way).
     async fn touch(&self) {
-        if let Err(e) = self.storage.touch(self.key()).await {
+        if let Err(e) = self.storage.touch(&self.entry).await {
             tracing::debug!(backend = self.storage.name(), key = %self.key(), error = %e, "could not record recency");
         }
     }

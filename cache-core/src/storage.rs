@@ -19,8 +19,8 @@
 //! record to and from its own messages.
 //!
 //! ```
-//! use cache_core::storage::{ActionRecord, BlobSource, Storage, StoredEntry};
-//! use cache_core::{BackendResult, BlobRef, Digest};
+//! use cache_core::storage::{ActionRecord, BlobSource, EntryKey, Storage, StoredEntry};
+//! use cache_core::{BackendResult, BlobRef};
 //! use std::sync::Arc;
 //!
 //! struct Nothing;
@@ -28,9 +28,9 @@
 //! #[async_trait::async_trait]
 //! impl Storage for Nothing {
 //!     fn name(&self) -> &'static str { "nothing" }
-//!     async fn get_entry(&self, _: &Digest) -> BackendResult<Option<StoredEntry>> { Ok(None) }
-//!     async fn put_entry(&self, _: Arc<ActionRecord>) -> BackendResult<()> { Ok(()) }
-//!     async fn remove_entry(&self, _: &Digest) -> BackendResult<()> { Ok(()) }
+//!     async fn get_entry(&self, _: &EntryKey) -> BackendResult<Option<StoredEntry>> { Ok(None) }
+//!     async fn put_entry(&self, _: &EntryKey, _: Arc<ActionRecord>) -> BackendResult<()> { Ok(()) }
+//!     async fn remove_entry(&self, _: &EntryKey) -> BackendResult<()> { Ok(()) }
 //!     async fn find_missing_blobs(&self, b: Vec<BlobRef>) -> BackendResult<Vec<BlobRef>> { Ok(b) }
 //!     async fn put_blobs(&self, s: Vec<BlobSource>) -> BackendResult<Vec<BlobRef>> {
 //!         Err(cache_core::BackendError::unavailable("read-only"))
@@ -39,7 +39,7 @@
 //!         Ok(b.iter().map(|_| None).collect())
 //!     }
 //!     async fn remove_blob(&self, _: &BlobRef) -> BackendResult<()> { Ok(()) }
-//!     async fn touch(&self, _: &Digest) -> BackendResult<()> { Ok(()) }
+//!     async fn touch(&self, _: &EntryKey) -> BackendResult<()> { Ok(()) }
 //!     async fn health_check(&self) -> BackendResult<()> { Ok(()) }
 //! }
 //! ```
@@ -59,7 +59,7 @@ pub use crate::record::{
     ActionRecord, INLINE_LOG_MAX, LogRecord, MAX_ENTRY_BYTES, MAX_OUTPUTS, OutputRecord,
 };
 
-use crate::{BackendError, BackendResult, BlobRef, Digest};
+use crate::{BackendError, BackendResult, BlobRef, Digest, Task};
 use async_trait::async_trait;
 use std::io::Read;
 use std::path::PathBuf;
@@ -142,6 +142,80 @@ pub(crate) fn open_nofollow(path: &std::path::Path) -> std::io::Result<std::fs::
     std::fs::File::open(path)
 }
 
+/// Which entry a storage call is about: the task digest, and the task behind it as its
+/// caller described it.
+///
+/// A byte store (a directory, an object store) keys entries by [`EntryKey::digest`]
+/// alone. A protocol store may need more: a REAPI action cache is keyed by the digest of
+/// an `Action` whose `Command` names the work, so it builds that from
+/// [`EntryKey::task`] (with the digest as the action's salt, so the digest still
+/// determines the key). Housekeeping that knows only a digest uses
+/// [`EntryKey::digest_only`]; a storage that cannot find entries that way says so.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryKey {
+    /// The task digest (the record's [`ActionRecord::key`]).
+    pub digest: Digest,
+    /// The task: shared, cheap to clone into a [`crate::Hit`].
+    pub task: Arc<TaskInfo>,
+}
+
+/// What a storage may know about a task: everything in [`Task`] except environment
+/// *values* (a storage may write this description somewhere others can read it, and
+/// declared variables may hold secrets; their values are in the digest already).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TaskInfo {
+    /// Task name.
+    pub id: String,
+    /// The command and its arguments (empty when unknown).
+    pub command: Vec<String>,
+    /// Whether the command runs through a shell.
+    pub shell: bool,
+    /// Names of the declared environment variables, sorted.
+    pub env_names: Vec<String>,
+    /// Declared output paths, relative to the workspace, in the task's order.
+    pub outputs: Vec<String>,
+}
+
+impl TaskInfo {
+    /// The description of `task` (no environment values).
+    #[must_use]
+    pub fn of(task: &Task) -> Self {
+        TaskInfo {
+            id: task.id.clone(),
+            command: task.command.clone(),
+            shell: task.shell,
+            env_names: task.env.keys().cloned().collect(),
+            outputs: task.outputs.iter().map(|o| o.path.clone()).collect(),
+        }
+    }
+}
+
+impl EntryKey {
+    /// The key of `task`'s entry under `digest`.
+    #[must_use]
+    pub fn new(digest: Digest, task: &Task) -> Self {
+        EntryKey {
+            digest,
+            task: Arc::new(TaskInfo::of(task)),
+        }
+    }
+
+    /// A key known only by its digest (housekeeping, tests).
+    #[must_use]
+    pub fn digest_only(digest: Digest) -> Self {
+        EntryKey {
+            digest,
+            task: Arc::new(TaskInfo::default()),
+        }
+    }
+}
+
+impl std::fmt::Display for EntryKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.digest.fmt(f)
+    }
+}
+
 /// What [`Storage::get_entry`] found: the record, and which of its blobs are missing
 /// when the storage learnt that while reading the entry at no extra cost (a local
 /// directory checks its blob files in the same blocking job). `None` there makes
@@ -205,14 +279,15 @@ pub trait Storage: Send + Sync + 'static {
     fn name(&self) -> &'static str;
 
     /// The record stored for `key`, `None` if there is none (see [`StoredEntry`]).
-    async fn get_entry(&self, key: &Digest) -> BackendResult<Option<StoredEntry>>;
+    async fn get_entry(&self, key: &EntryKey) -> BackendResult<Option<StoredEntry>>;
 
-    /// Publishes `record` as the entry for `record.key`, atomically replacing any
-    /// previous one. `Cache` calls it only after every blob it names is stored.
-    async fn put_entry(&self, record: Arc<ActionRecord>) -> BackendResult<()>;
+    /// Publishes `record` as the entry for `key` (`record.key == key.digest`),
+    /// atomically replacing any previous one. `Cache` calls it only after every blob it
+    /// names is stored.
+    async fn put_entry(&self, key: &EntryKey, record: Arc<ActionRecord>) -> BackendResult<()>;
 
     /// Removes the entry for `key` (no error if absent).
-    async fn remove_entry(&self, key: &Digest) -> BackendResult<()>;
+    async fn remove_entry(&self, key: &EntryKey) -> BackendResult<()>;
 
     /// Which of `blobs` are not stored.
     async fn find_missing_blobs(&self, blobs: Vec<BlobRef>) -> BackendResult<Vec<BlobRef>>;
@@ -227,7 +302,7 @@ pub trait Storage: Send + Sync + 'static {
     async fn remove_blob(&self, blob: &BlobRef) -> BackendResult<()>;
 
     /// Records that the entry for `key` was used (recency for eviction).
-    async fn touch(&self, key: &Digest) -> BackendResult<()>;
+    async fn touch(&self, key: &EntryKey) -> BackendResult<()>;
 
     /// Checks that the storage answers.
     async fn health_check(&self) -> BackendResult<()>;

@@ -129,7 +129,7 @@ mod maint;
 
 pub use layout::{LAYOUT_FILE, LAYOUT_VERSION};
 
-use cache_core::storage::{ActionRecord, BlobSource, Storage, StoredEntry};
+use cache_core::storage::{ActionRecord, BlobSource, EntryKey, Storage, StoredEntry};
 use cache_core::{BackendError, BackendResult, BlobRef, Digest};
 use layout::{Area, Layout};
 use serde::Serialize;
@@ -437,10 +437,10 @@ impl Storage for LocalStorage {
         "local"
     }
 
-    async fn get_entry(&self, key: &Digest) -> BackendResult<Option<StoredEntry>> {
+    async fn get_entry(&self, key: &EntryKey) -> BackendResult<Option<StoredEntry>> {
         // Read, decode and check the blob files in one blocking job: a large entry
         // never decodes on the executor, and a hit's lookup is one trip to the pool.
-        let key = *key;
+        let key = key.digest;
         self.blocking(move |i| {
             let Some(bytes) = maint::read_entry(&i.layout, &key)? else {
                 return Ok(None);
@@ -452,7 +452,7 @@ impl Storage for LocalStorage {
         .await
     }
 
-    async fn put_entry(&self, record: Arc<ActionRecord>) -> BackendResult<()> {
+    async fn put_entry(&self, _key: &EntryKey, record: Arc<ActionRecord>) -> BackendResult<()> {
         let max = self.inner.opts.max_size;
         let gc = self.gc;
         self.blocking(move |i| {
@@ -474,8 +474,8 @@ impl Storage for LocalStorage {
         .await
     }
 
-    async fn remove_entry(&self, key: &Digest) -> BackendResult<()> {
-        let key = *key;
+    async fn remove_entry(&self, key: &EntryKey) -> BackendResult<()> {
+        let key = key.digest;
         self.blocking(move |i| {
             i.layout.remove(Area::Entries, &key).map(drop).map_err(|e| {
                 BackendError::io_with_context("remove cache entry", i.layout.entry_path(&key), e)
@@ -560,8 +560,8 @@ impl Storage for LocalStorage {
         .await
     }
 
-    async fn touch(&self, key: &Digest) -> BackendResult<()> {
-        let key = *key;
+    async fn touch(&self, key: &EntryKey) -> BackendResult<()> {
+        let key = key.digest;
         self.blocking(move |i| touch_entry(&i.layout, &key)).await
     }
 

@@ -6,7 +6,7 @@
 //! Every operation that could hang runs under [`run`], which fails the test after
 //! [`PATIENCE`] instead of hanging the suite.
 
-use cache_core::storage::Storage;
+use cache_core::storage::{EntryKey, Storage};
 use cache_core::{BlobRef, CacheBackend, CacheEntry, CacheOutput, CachePolicy, Digest, Task};
 use cache_local::{GcOptions, LocalCache, LocalOptions, LocalStorage};
 use std::os::unix::fs::symlink;
@@ -460,7 +460,11 @@ fn a_fifo_as_entry_file_is_a_miss_and_removed() {
         cache.storage().gc_with(0, no_grace()).await.unwrap();
         assert!(gone(&path), "gc removes a planted FIFO");
         mkfifo(&path);
-        cache.storage().touch(&k).await.unwrap();
+        cache
+            .storage()
+            .touch(&EntryKey::digest_only(k))
+            .await
+            .unwrap();
         cache.storage().verify().await.unwrap();
         assert!(gone(&path), "verify removes a planted FIFO");
     });
@@ -479,7 +483,11 @@ fn an_entry_symlink_is_a_miss_and_is_removed() {
         symlink(&target, &path).unwrap();
         set_old(&target);
         let before = mtime(&target);
-        cache.storage().touch(&digest(&key(1))).await.unwrap();
+        cache
+            .storage()
+            .touch(&EntryKey::digest_only(digest(&key(1))))
+            .await
+            .unwrap();
         assert_eq!(
             mtime(&target),
             before,

@@ -2,7 +2,7 @@
 
 #![allow(clippy::cast_possible_truncation)]
 
-use cache_core::storage::{BlobSource, MAX_ENTRY_BYTES, Storage};
+use cache_core::storage::{BlobSource, EntryKey, MAX_ENTRY_BYTES, Storage};
 use cache_core::{
     BackendError, BlobRef, CacheBackend, CacheEntry, CacheOutput, CachePolicy, Digest,
     DigestAlgorithm, Task,
@@ -404,7 +404,11 @@ async fn corrupt_and_oversized_entries_are_misses() {
         .unwrap()
         .set_len(MAX_ENTRY_BYTES as u64 + 10)
         .unwrap();
-    let err = cache.storage().get_entry(&k2).await.unwrap_err();
+    let err = cache
+        .storage()
+        .get_entry(&EntryKey::digest_only(k2))
+        .await
+        .unwrap_err();
     assert!(matches!(err, BackendError::CorruptEntry { .. }), "{err}");
     assert!(!is_hit(&cache, &key(2)).await);
 }

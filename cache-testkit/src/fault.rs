@@ -2,7 +2,7 @@
 //! a chosen error, or answer slowly.
 
 use async_trait::async_trait;
-use cache_core::storage::{ActionRecord, BlobSource, Storage, StoredEntry};
+use cache_core::storage::{ActionRecord, BlobSource, EntryKey, Storage, StoredEntry};
 use cache_core::{
     BackendError, BackendResult, BlobRef, CacheBackend, CacheEntry, CacheLookupResult, CacheOutput,
     CachePolicy, Digest, DigestAlgorithm, Hit, LogBytes, Task,
@@ -419,17 +419,17 @@ impl<S: Storage> Storage for FaultyStorage<S> {
         self.inner.name()
     }
 
-    async fn get_entry(&self, key: &Digest) -> BackendResult<Option<StoredEntry>> {
+    async fn get_entry(&self, key: &EntryKey) -> BackendResult<Option<StoredEntry>> {
         self.injector.enter(StorageOp::GetEntry).await?;
         self.inner.get_entry(key).await
     }
 
-    async fn put_entry(&self, record: Arc<ActionRecord>) -> BackendResult<()> {
+    async fn put_entry(&self, key: &EntryKey, record: Arc<ActionRecord>) -> BackendResult<()> {
         self.injector.enter(StorageOp::PutEntry).await?;
-        self.inner.put_entry(record).await
+        self.inner.put_entry(key, record).await
     }
 
-    async fn remove_entry(&self, key: &Digest) -> BackendResult<()> {
+    async fn remove_entry(&self, key: &EntryKey) -> BackendResult<()> {
         self.injector.enter(StorageOp::RemoveEntry).await?;
         self.inner.remove_entry(key).await
     }
@@ -454,7 +454,7 @@ impl<S: Storage> Storage for FaultyStorage<S> {
         self.inner.remove_blob(blob).await
     }
 
-    async fn touch(&self, key: &Digest) -> BackendResult<()> {
+    async fn touch(&self, key: &EntryKey) -> BackendResult<()> {
         self.injector.enter(StorageOp::Touch).await?;
         self.inner.touch(key).await
     }

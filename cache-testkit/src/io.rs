@@ -1,8 +1,8 @@
 //! Counting a backend's storage I/O, so the suite can prove that a call did none.
 
 use async_trait::async_trait;
-use cache_core::storage::{ActionRecord, BlobSource, Storage, StoredEntry};
-use cache_core::{BackendResult, BlobRef, Digest};
+use cache_core::storage::{ActionRecord, BlobSource, EntryKey, Storage, StoredEntry};
+use cache_core::{BackendResult, BlobRef};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -129,17 +129,17 @@ impl<S: Storage> Storage for CountingStorage<S> {
         self.inner.name()
     }
 
-    async fn get_entry(&self, key: &Digest) -> BackendResult<Option<StoredEntry>> {
+    async fn get_entry(&self, key: &EntryKey) -> BackendResult<Option<StoredEntry>> {
         self.io.record_read();
         self.inner.get_entry(key).await
     }
 
-    async fn put_entry(&self, record: Arc<ActionRecord>) -> BackendResult<()> {
+    async fn put_entry(&self, key: &EntryKey, record: Arc<ActionRecord>) -> BackendResult<()> {
         self.io.record_write();
-        self.inner.put_entry(record).await
+        self.inner.put_entry(key, record).await
     }
 
-    async fn remove_entry(&self, key: &Digest) -> BackendResult<()> {
+    async fn remove_entry(&self, key: &EntryKey) -> BackendResult<()> {
         self.io.record_write();
         self.inner.remove_entry(key).await
     }
@@ -164,7 +164,7 @@ impl<S: Storage> Storage for CountingStorage<S> {
         self.inner.remove_blob(blob).await
     }
 
-    async fn touch(&self, key: &Digest) -> BackendResult<()> {
+    async fn touch(&self, key: &EntryKey) -> BackendResult<()> {
         self.io.record_other();
         self.inner.touch(key).await
     }

@@ -64,14 +64,14 @@
 //! #[async_trait::async_trait]
 //! impl Storage for WritesItself {
 //! #   fn name(&self) -> &'static str { "x" }
-//! #   async fn get_entry(&self, k: &Digest) -> BackendResult<Option<StoredEntry>> { self.0.get_entry(k).await }
-//! #   async fn put_entry(&self, r: Arc<ActionRecord>) -> BackendResult<()> { self.0.put_entry(r).await }
-//! #   async fn remove_entry(&self, k: &Digest) -> BackendResult<()> { self.0.remove_entry(k).await }
+//! #   async fn get_entry(&self, k: &EntryKey) -> BackendResult<Option<StoredEntry>> { self.0.get_entry(k).await }
+//! #   async fn put_entry(&self, k: &EntryKey, r: Arc<ActionRecord>) -> BackendResult<()> { self.0.put_entry(k, r).await }
+//! #   async fn remove_entry(&self, k: &EntryKey) -> BackendResult<()> { self.0.remove_entry(k).await }
 //! #   async fn find_missing_blobs(&self, b: Vec<BlobRef>) -> BackendResult<Vec<BlobRef>> { self.0.find_missing_blobs(b).await }
 //! #   async fn put_blobs(&self, s: Vec<BlobSource>) -> BackendResult<Vec<BlobRef>> { self.0.put_blobs(s).await }
 //! #   async fn open_blobs(&self, b: Vec<BlobRef>) -> BackendResult<Vec<Option<BlobSource>>> { self.0.open_blobs(b).await }
 //! #   async fn remove_blob(&self, b: &BlobRef) -> BackendResult<()> { self.0.remove_blob(b).await }
-//! #   async fn touch(&self, k: &Digest) -> BackendResult<()> { self.0.touch(k).await }
+//! #   async fn touch(&self, k: &EntryKey) -> BackendResult<()> { self.0.touch(k).await }
 //! #   async fn health_check(&self) -> BackendResult<()> { self.0.health_check().await }
 //!     // error[E0407]: method `restore_files` is not a member of trait `Storage`
 //!     async fn restore_files(&self, workspace: &Path) -> BackendResult<()> {
@@ -90,9 +90,9 @@
 //! #[async_trait::async_trait]
 //! impl<S: Storage> Storage for ForgetsTouch<S> {
 //!     fn name(&self) -> &'static str { self.0.name() }
-//!     async fn get_entry(&self, k: &Digest) -> BackendResult<Option<StoredEntry>> { self.0.get_entry(k).await }
-//!     async fn put_entry(&self, r: Arc<ActionRecord>) -> BackendResult<()> { self.0.put_entry(r).await }
-//!     async fn remove_entry(&self, k: &Digest) -> BackendResult<()> { self.0.remove_entry(k).await }
+//!     async fn get_entry(&self, k: &EntryKey) -> BackendResult<Option<StoredEntry>> { self.0.get_entry(k).await }
+//!     async fn put_entry(&self, k: &EntryKey, r: Arc<ActionRecord>) -> BackendResult<()> { self.0.put_entry(k, r).await }
+//!     async fn remove_entry(&self, k: &EntryKey) -> BackendResult<()> { self.0.remove_entry(k).await }
 //!     async fn find_missing_blobs(&self, b: Vec<BlobRef>) -> BackendResult<Vec<BlobRef>> { self.0.find_missing_blobs(b).await }
 //!     async fn put_blobs(&self, s: Vec<BlobSource>) -> BackendResult<Vec<BlobRef>> { self.0.put_blobs(s).await }
 //!     async fn open_blobs(&self, b: Vec<BlobRef>) -> BackendResult<Vec<Option<BlobSource>>> { self.0.open_blobs(b).await }
@@ -111,14 +111,14 @@
 //! #[async_trait::async_trait]
 //! impl<S: Storage> Storage for ForwardsAll<S> {
 //!     fn name(&self) -> &'static str { self.0.name() }
-//!     async fn get_entry(&self, k: &Digest) -> BackendResult<Option<StoredEntry>> { self.0.get_entry(k).await }
-//!     async fn put_entry(&self, r: Arc<ActionRecord>) -> BackendResult<()> { self.0.put_entry(r).await }
-//!     async fn remove_entry(&self, k: &Digest) -> BackendResult<()> { self.0.remove_entry(k).await }
+//!     async fn get_entry(&self, k: &EntryKey) -> BackendResult<Option<StoredEntry>> { self.0.get_entry(k).await }
+//!     async fn put_entry(&self, k: &EntryKey, r: Arc<ActionRecord>) -> BackendResult<()> { self.0.put_entry(k, r).await }
+//!     async fn remove_entry(&self, k: &EntryKey) -> BackendResult<()> { self.0.remove_entry(k).await }
 //!     async fn find_missing_blobs(&self, b: Vec<BlobRef>) -> BackendResult<Vec<BlobRef>> { self.0.find_missing_blobs(b).await }
 //!     async fn put_blobs(&self, s: Vec<BlobSource>) -> BackendResult<Vec<BlobRef>> { self.0.put_blobs(s).await }
 //!     async fn open_blobs(&self, b: Vec<BlobRef>) -> BackendResult<Vec<Option<BlobSource>>> { self.0.open_blobs(b).await }
 //!     async fn remove_blob(&self, b: &BlobRef) -> BackendResult<()> { self.0.remove_blob(b).await }
-//!     async fn touch(&self, k: &Digest) -> BackendResult<()> { self.0.touch(k).await }
+//!     async fn touch(&self, k: &EntryKey) -> BackendResult<()> { self.0.touch(k).await }
 //!     async fn health_check(&self) -> BackendResult<()> { self.0.health_check().await }
 //! }
 //! let _ = ForwardsAll(cache_testkit::MemoryStorage::new());

@@ -2,7 +2,7 @@
 
 use crate::{Capabilities, CountingStorage, Harness, IoCounter, Tamper};
 use async_trait::async_trait;
-use cache_core::storage::{ActionRecord, BlobSource, Storage, StoredEntry, copy_hashing};
+use cache_core::storage::{ActionRecord, BlobSource, EntryKey, Storage, StoredEntry, copy_hashing};
 use cache_core::{
     BackendError, BackendResult, BlobRef, Cache, CacheBackend, CacheEntry, CachePolicy, Digest,
     DigestAlgorithm, Hit, Task,
@@ -141,11 +141,11 @@ impl Storage for MemoryStorage {
         "memory"
     }
 
-    async fn get_entry(&self, key: &Digest) -> BackendResult<Option<StoredEntry>> {
-        let Some(bytes) = lock(&self.state.entries).get(key).cloned() else {
+    async fn get_entry(&self, key: &EntryKey) -> BackendResult<Option<StoredEntry>> {
+        let key = key.digest;
+        let Some(bytes) = lock(&self.state.entries).get(&key).cloned() else {
             return Ok(None);
         };
-        let key = *key;
         // The missing blobs are left to `find_missing_blobs`, so the suite exercises
         // that path here (cache-local answers them in `get_entry`).
         let inline = bytes.len() <= DECODE_INLINE_MAX;
@@ -156,14 +156,14 @@ impl Storage for MemoryStorage {
         joined(tokio::task::spawn_blocking(decode).await)
     }
 
-    async fn put_entry(&self, record: Arc<ActionRecord>) -> BackendResult<()> {
+    async fn put_entry(&self, _key: &EntryKey, record: Arc<ActionRecord>) -> BackendResult<()> {
         let bytes = record.encode()?;
         lock(&self.state.entries).insert(record.key, Arc::from(bytes));
         Ok(())
     }
 
-    async fn remove_entry(&self, key: &Digest) -> BackendResult<()> {
-        lock(&self.state.entries).remove(key);
+    async fn remove_entry(&self, key: &EntryKey) -> BackendResult<()> {
+        lock(&self.state.entries).remove(&key.digest);
         Ok(())
     }
 
@@ -213,7 +213,7 @@ impl Storage for MemoryStorage {
         Ok(())
     }
 
-    async fn touch(&self, _key: &Digest) -> BackendResult<()> {
+    async fn touch(&self, _key: &EntryKey) -> BackendResult<()> {
         // No eviction, so no recency to keep.
         Ok(())
     }

@@ -2,6 +2,7 @@
 //! from one record however long the caller takes and whatever other writers do; the
 //! three-call form looks up anew each call; a hit reads its entry once.
 
+use cache_core::storage::EntryKey;
 use cache_core::{Cache, CacheBackend, CacheEntry, CacheOutput, CachePolicy, Digest, Hit};
 use cache_testkit::fixtures::{TempWorkspace, fresh_key, task};
 use cache_testkit::{CountingStorage, IoCounter, MemoryStorage, spawn_blocking};
@@ -229,17 +230,18 @@ impl cache_core::storage::Storage for ByDigest {
     }
     async fn get_entry(
         &self,
-        k: &Digest,
+        k: &EntryKey,
     ) -> cache_core::BackendResult<Option<cache_core::storage::StoredEntry>> {
         self.0.get_entry(k).await
     }
     async fn put_entry(
         &self,
+        key: &EntryKey,
         r: std::sync::Arc<cache_core::storage::ActionRecord>,
     ) -> cache_core::BackendResult<()> {
-        self.0.put_entry(r).await
+        self.0.put_entry(key, r).await
     }
-    async fn remove_entry(&self, k: &Digest) -> cache_core::BackendResult<()> {
+    async fn remove_entry(&self, k: &EntryKey) -> cache_core::BackendResult<()> {
         self.0.remove_entry(k).await
     }
     async fn find_missing_blobs(
@@ -273,7 +275,7 @@ impl cache_core::storage::Storage for ByDigest {
             None => Ok(()),
         }
     }
-    async fn touch(&self, k: &Digest) -> cache_core::BackendResult<()> {
+    async fn touch(&self, k: &EntryKey) -> cache_core::BackendResult<()> {
         self.0.touch(k).await
     }
     async fn health_check(&self) -> cache_core::BackendResult<()> {

@@ -1,7 +1,7 @@
 //! MemoryBackend specifics, beyond the conformance suite: dedup, I/O counting, the
 //! tamper hook's own errors, limits, and a SHA-256 addressed store.
 
-use cache_core::storage::{BlobSource, MAX_ENTRY_BYTES, Storage};
+use cache_core::storage::{BlobSource, EntryKey, MAX_ENTRY_BYTES, Storage};
 use cache_core::{BlobRef, CacheBackend, CacheEntry, CachePolicy, Digest, DigestAlgorithm};
 use cache_testkit::fixtures::{OutputTree, TempWorkspace, digest, fresh_key, task};
 use cache_testkit::{Harness, MemoryBackend, MemoryStorage, Tamper, cases};
@@ -105,12 +105,12 @@ async fn oversized_entries_are_not_read() {
     s.write_raw_entry(&key, vec![0; MAX_ENTRY_BYTES + 1])
         .await
         .unwrap();
-    let err = s.get_entry(&key).await.unwrap_err();
+    let err = s.get_entry(&EntryKey::digest_only(key)).await.unwrap_err();
     assert_eq!(err.kind(), "corrupt_entry");
     assert!(err.to_string().contains("limit"), "{err}");
     // Garbage under the limit is corrupt too, for a decoding reason.
     s.write_raw_entry(&key, vec![0; 10]).await.unwrap();
-    let err = s.get_entry(&key).await.unwrap_err();
+    let err = s.get_entry(&EntryKey::digest_only(key)).await.unwrap_err();
     assert_eq!(err.kind(), "corrupt_entry");
     assert!(!err.to_string().contains("limit"), "{err}");
 }

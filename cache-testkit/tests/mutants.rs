@@ -8,7 +8,7 @@
 //! `model_state_machine`; and `round_trip_256mib_file_from_disk`, for time.
 
 use async_trait::async_trait;
-use cache_core::storage::{ActionRecord, BlobSource, OutputRecord, Storage, StoredEntry};
+use cache_core::storage::{ActionRecord, BlobSource, EntryKey, OutputRecord, Storage, StoredEntry};
 use cache_core::{
     BackendError, BackendResult, BlobRef, CacheBackend, CacheEntry, CacheOutput, CachePolicy,
     Digest, Hit, LogBytes, OutputContent, Task, policy_allows_read,
@@ -110,20 +110,20 @@ impl Storage for Broken {
         "broken-memory"
     }
 
-    async fn get_entry(&self, key: &Digest) -> BackendResult<Option<StoredEntry>> {
+    async fn get_entry(&self, key: &EntryKey) -> BackendResult<Option<StoredEntry>> {
         self.inner.get_entry(key).await
     }
 
-    async fn put_entry(&self, record: Arc<ActionRecord>) -> BackendResult<()> {
+    async fn put_entry(&self, key: &EntryKey, record: Arc<ActionRecord>) -> BackendResult<()> {
         if let Break::FirstWriteWins = self.fault {
-            if self.inner.get_entry(&record.key).await?.is_some() {
+            if self.inner.get_entry(key).await?.is_some() {
                 return Ok(());
             }
         }
-        self.inner.put_entry(record).await
+        self.inner.put_entry(key, record).await
     }
 
-    async fn remove_entry(&self, key: &Digest) -> BackendResult<()> {
+    async fn remove_entry(&self, key: &EntryKey) -> BackendResult<()> {
         self.inner.remove_entry(key).await
     }
 
@@ -167,7 +167,7 @@ impl Storage for Broken {
         self.inner.remove_blob(blob).await
     }
 
-    async fn touch(&self, key: &Digest) -> BackendResult<()> {
+    async fn touch(&self, key: &EntryKey) -> BackendResult<()> {
         self.inner.touch(key).await
     }
 
