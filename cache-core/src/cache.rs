@@ -226,7 +226,7 @@ impl<S: Storage> Cache<S> {
         sources.extend(out_src);
         sources.extend(err_src);
         let expected = sources.len();
-        let refs = self.storage.put_blobs(sources).await?;
+        let refs = self.storage.put_blobs(sources, None).await?;
         if refs.len() != expected {
             return Err(BackendError::unavailable(format!(
                 "storage {} returned {} blob refs for {expected} blobs",
@@ -474,11 +474,15 @@ impl<S: Storage> CacheBackend for Cache<S> {
             return Ok(None);
         }
         let record = hit.record();
-        let missing = self
+        let mut missing = self
             .storage
             .find_missing_blobs(record.blobs().collect())
             .await?;
-        for chunk in missing.chunks(256) {
+        // Stored under the record's own refs, whatever this storage would choose.
+        missing.sort_by_key(|b| b.digest.algorithm());
+        let same_algorithm = missing.chunk_by(|a, b| a.digest.algorithm() == b.digest.algorithm());
+        for chunk in same_algorithm.flat_map(|c| c.chunks(256)) {
+            let algorithm = chunk[0].digest.algorithm();
             let sources = hit.open(chunk.to_vec()).await?;
             let sources = chunk
                 .iter()
@@ -492,7 +496,7 @@ impl<S: Storage> CacheBackend for Cache<S> {
                     other => other,
                 })
                 .collect();
-            let stored = self.storage.put_blobs(sources).await?;
+            let stored = self.storage.put_blobs(sources, Some(algorithm)).await?;
             // What this storage hashed while storing must be what the record promised:
             // bytes that do not match never get an entry pointing at them.
             if stored.len() != chunk.len() {

@@ -20,7 +20,7 @@
 //!
 //! ```
 //! use cache_core::storage::{ActionRecord, BlobSource, EntryKey, Storage, StoredEntry};
-//! use cache_core::{BackendResult, BlobRef};
+//! use cache_core::{BackendResult, BlobRef, DigestAlgorithm};
 //! use std::sync::Arc;
 //!
 //! struct Nothing;
@@ -32,7 +32,7 @@
 //!     async fn put_entry(&self, _: &EntryKey, _: Arc<ActionRecord>) -> BackendResult<()> { Ok(()) }
 //!     async fn remove_entry(&self, _: &EntryKey) -> BackendResult<()> { Ok(()) }
 //!     async fn find_missing_blobs(&self, b: Vec<BlobRef>) -> BackendResult<Vec<BlobRef>> { Ok(b) }
-//!     async fn put_blobs(&self, s: Vec<BlobSource>) -> BackendResult<Vec<BlobRef>> {
+//!     async fn put_blobs(&self, s: Vec<BlobSource>, _: Option<DigestAlgorithm>) -> BackendResult<Vec<BlobRef>> {
 //!         Err(cache_core::BackendError::unavailable("read-only"))
 //!     }
 //!     async fn open_blobs(&self, b: Vec<BlobRef>) -> BackendResult<Vec<Option<BlobSource>>> {
@@ -59,7 +59,7 @@ pub use crate::record::{
     ActionRecord, INLINE_LOG_MAX, LogRecord, MAX_ENTRY_BYTES, MAX_OUTPUTS, OutputRecord,
 };
 
-use crate::{BackendError, BackendResult, BlobRef, Digest, Task};
+use crate::{BackendError, BackendResult, BlobRef, Digest, DigestAlgorithm, Task};
 use async_trait::async_trait;
 use std::io::Read;
 use std::path::PathBuf;
@@ -292,8 +292,14 @@ pub trait Storage: Send + Sync + 'static {
     /// Which of `blobs` are not stored.
     async fn find_missing_blobs(&self, blobs: Vec<BlobRef>) -> BackendResult<Vec<BlobRef>>;
 
-    /// Stores each source as a blob and returns their refs, in order.
-    async fn put_blobs(&self, sources: Vec<BlobSource>) -> BackendResult<Vec<BlobRef>>;
+    /// Stores each source as a blob and returns their refs, in order, hashed with
+    /// `algorithm` (`None`: the storage's own choice). `Cache` names one when it imports
+    /// a record from another storage, whose refs must stay valid here.
+    async fn put_blobs(
+        &self,
+        sources: Vec<BlobSource>,
+        algorithm: Option<DigestAlgorithm>,
+    ) -> BackendResult<Vec<BlobRef>>;
 
     /// A source for each blob's bytes, in order; `None` for a blob not stored.
     async fn open_blobs(&self, blobs: Vec<BlobRef>) -> BackendResult<Vec<Option<BlobSource>>>;

@@ -8,7 +8,8 @@ use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::path::Path;
 
-/// Blobs are addressed by BLAKE3.
+/// Blobs are addressed by BLAKE3 unless the caller asks for another algorithm (a
+/// record imported from a SHA-256 store keeps its refs).
 pub(crate) const ALGORITHM: DigestAlgorithm = DigestAlgorithm::Blake3;
 
 /// Files up to this size are read into memory, hashed, and written only if their blob
@@ -23,15 +24,17 @@ pub(crate) const PIPELINE_MIN: u64 = 16 << 20;
 /// Reusable state of one store job.
 pub(crate) struct StoreJob<'a> {
     pub layout: &'a Layout,
+    algorithm: DigestAlgorithm,
     buf: Vec<u8>,
     /// Bytes of blobs this job wrote (not the ones it found stored).
     pub written: u64,
 }
 
 impl<'a> StoreJob<'a> {
-    pub fn new(layout: &'a Layout) -> Self {
+    pub fn new(layout: &'a Layout, algorithm: DigestAlgorithm) -> Self {
         StoreJob {
             layout,
+            algorithm,
             buf: Vec::new(),
             written: 0,
         }
@@ -44,9 +47,10 @@ impl<'a> StoreJob<'a> {
             BlobSource::File(path) => self.put_file(&path),
             BlobSource::Reader(mut r) => {
                 let mut tmp = self.layout.temp()?;
-                let blob = copy_hashing(&mut r, tmp.as_file_mut(), ALGORITHM).map_err(|e| {
-                    BackendError::io_with_context("copy a blob into", tmp.path(), e)
-                })?;
+                let blob =
+                    copy_hashing(&mut r, tmp.as_file_mut(), self.algorithm).map_err(|e| {
+                        BackendError::io_with_context("copy a blob into", tmp.path(), e)
+                    })?;
                 self.publish_streamed(tmp, blob)
             }
         }
@@ -85,9 +89,9 @@ impl<'a> StoreJob<'a> {
         let mut tmp = self.layout.temp()?;
         let large = file.metadata().is_ok_and(|m| m.len() >= PIPELINE_MIN);
         let copied = if large {
-            kernel_copy_hashing(file, tmp.as_file(), u64::MAX, ALGORITHM)
+            kernel_copy_hashing(file, tmp.as_file(), u64::MAX, self.algorithm)
         } else {
-            copy_hashing(file, tmp.as_file_mut(), ALGORITHM)
+            copy_hashing(file, tmp.as_file_mut(), self.algorithm)
         };
         let blob = copied
             .map_err(|e| BackendError::io_with_context("copy output into the cache", path, e))?;
@@ -106,7 +110,7 @@ impl<'a> StoreJob<'a> {
     }
 
     fn put_bytes(&mut self, bytes: &[u8], origin: Option<&Path>) -> BackendResult<BlobRef> {
-        let blob = BlobRef::of(ALGORITHM, bytes);
+        let blob = BlobRef::of(self.algorithm, bytes);
         if reuse(self.layout, &blob) {
             return Ok(blob);
         }

@@ -130,7 +130,7 @@ mod maint;
 pub use layout::{LAYOUT_FILE, LAYOUT_VERSION};
 
 use cache_core::storage::{ActionRecord, BlobSource, EntryKey, Storage, StoredEntry};
-use cache_core::{BackendError, BackendResult, BlobRef, Digest};
+use cache_core::{BackendError, BackendResult, BlobRef, Digest, DigestAlgorithm};
 use layout::{Area, Layout};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -489,7 +489,12 @@ impl Storage for LocalStorage {
             .await
     }
 
-    async fn put_blobs(&self, sources: Vec<BlobSource>) -> BackendResult<Vec<BlobRef>> {
+    async fn put_blobs(
+        &self,
+        sources: Vec<BlobSource>,
+        algorithm: Option<DigestAlgorithm>,
+    ) -> BackendResult<Vec<BlobRef>> {
+        let algorithm = algorithm.unwrap_or(io::ALGORITHM);
         let n = sources.len();
         let streamed = sources.iter().any(|s| !matches!(s, BlobSource::Bytes(_)));
         let parts = if n >= BATCH_MIN || (streamed && n >= 2) {
@@ -510,7 +515,7 @@ impl Storage for LocalStorage {
             let inner = Arc::clone(&self.inner);
             let part: Vec<BlobSource> = sources.by_ref().take(range.len()).collect();
             jobs.push(tokio::task::spawn_blocking(move || {
-                let mut job = io::StoreJob::new(&inner.layout);
+                let mut job = io::StoreJob::new(&inner.layout, algorithm);
                 let refs = part
                     .into_iter()
                     .map(|s| job.put(s))

@@ -484,10 +484,13 @@ async fn gc_keeps_young_blobs_and_removes_unreferenced_old_ones() {
     let young = content(1, 1000);
     let old = content(2, 1000);
     storage
-        .put_blobs(vec![
-            BlobSource::Bytes(young.clone().into()),
-            BlobSource::Bytes(old.clone().into()),
-        ])
+        .put_blobs(
+            vec![
+                BlobSource::Bytes(young.clone().into()),
+                BlobSource::Bytes(old.clone().into()),
+            ],
+            None,
+        )
         .await
         .unwrap();
     let old_path = storage.blob_path(&blob_of(&old).digest);

@@ -439,9 +439,13 @@ impl<S: Storage> Storage for FaultyStorage<S> {
         self.inner.find_missing_blobs(blobs).await
     }
 
-    async fn put_blobs(&self, sources: Vec<BlobSource>) -> BackendResult<Vec<BlobRef>> {
+    async fn put_blobs(
+        &self,
+        sources: Vec<BlobSource>,
+        a: Option<DigestAlgorithm>,
+    ) -> BackendResult<Vec<BlobRef>> {
         self.injector.enter(StorageOp::PutBlobs).await?;
-        self.inner.put_blobs(sources).await
+        self.inner.put_blobs(sources, a).await
     }
 
     async fn open_blobs(&self, blobs: Vec<BlobRef>) -> BackendResult<Vec<Option<BlobSource>>> {

@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 use cache_core::storage::{ActionRecord, BlobSource, EntryKey, Storage, StoredEntry};
-use cache_core::{BackendResult, BlobRef};
+use cache_core::{BackendResult, BlobRef, DigestAlgorithm};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -149,9 +149,13 @@ impl<S: Storage> Storage for CountingStorage<S> {
         self.inner.find_missing_blobs(blobs).await
     }
 
-    async fn put_blobs(&self, sources: Vec<BlobSource>) -> BackendResult<Vec<BlobRef>> {
+    async fn put_blobs(
+        &self,
+        sources: Vec<BlobSource>,
+        a: Option<DigestAlgorithm>,
+    ) -> BackendResult<Vec<BlobRef>> {
         self.io.record_write();
-        self.inner.put_blobs(sources).await
+        self.inner.put_blobs(sources, a).await
     }
 
     async fn open_blobs(&self, blobs: Vec<BlobRef>) -> BackendResult<Vec<Option<BlobSource>>> {

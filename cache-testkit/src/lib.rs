@@ -68,7 +68,7 @@
 //! #   async fn put_entry(&self, k: &EntryKey, r: Arc<ActionRecord>) -> BackendResult<()> { self.0.put_entry(k, r).await }
 //! #   async fn remove_entry(&self, k: &EntryKey) -> BackendResult<()> { self.0.remove_entry(k).await }
 //! #   async fn find_missing_blobs(&self, b: Vec<BlobRef>) -> BackendResult<Vec<BlobRef>> { self.0.find_missing_blobs(b).await }
-//! #   async fn put_blobs(&self, s: Vec<BlobSource>) -> BackendResult<Vec<BlobRef>> { self.0.put_blobs(s).await }
+//! #   async fn put_blobs(&self, s: Vec<BlobSource>, a: Option<DigestAlgorithm>) -> BackendResult<Vec<BlobRef>> { self.0.put_blobs(s, a).await }
 //! #   async fn open_blobs(&self, b: Vec<BlobRef>) -> BackendResult<Vec<Option<BlobSource>>> { self.0.open_blobs(b).await }
 //! #   async fn remove_blob(&self, b: &BlobRef) -> BackendResult<()> { self.0.remove_blob(b).await }
 //! #   async fn touch(&self, k: &EntryKey) -> BackendResult<()> { self.0.touch(k).await }
@@ -94,7 +94,7 @@
 //!     async fn put_entry(&self, k: &EntryKey, r: Arc<ActionRecord>) -> BackendResult<()> { self.0.put_entry(k, r).await }
 //!     async fn remove_entry(&self, k: &EntryKey) -> BackendResult<()> { self.0.remove_entry(k).await }
 //!     async fn find_missing_blobs(&self, b: Vec<BlobRef>) -> BackendResult<Vec<BlobRef>> { self.0.find_missing_blobs(b).await }
-//!     async fn put_blobs(&self, s: Vec<BlobSource>) -> BackendResult<Vec<BlobRef>> { self.0.put_blobs(s).await }
+//!     async fn put_blobs(&self, s: Vec<BlobSource>, a: Option<DigestAlgorithm>) -> BackendResult<Vec<BlobRef>> { self.0.put_blobs(s, a).await }
 //!     async fn open_blobs(&self, b: Vec<BlobRef>) -> BackendResult<Vec<Option<BlobSource>>> { self.0.open_blobs(b).await }
 //!     async fn remove_blob(&self, b: &BlobRef) -> BackendResult<()> { self.0.remove_blob(b).await }
 //!     // error[E0046]: not all trait items implemented, missing: `touch`
@@ -115,7 +115,7 @@
 //!     async fn put_entry(&self, k: &EntryKey, r: Arc<ActionRecord>) -> BackendResult<()> { self.0.put_entry(k, r).await }
 //!     async fn remove_entry(&self, k: &EntryKey) -> BackendResult<()> { self.0.remove_entry(k).await }
 //!     async fn find_missing_blobs(&self, b: Vec<BlobRef>) -> BackendResult<Vec<BlobRef>> { self.0.find_missing_blobs(b).await }
-//!     async fn put_blobs(&self, s: Vec<BlobSource>) -> BackendResult<Vec<BlobRef>> { self.0.put_blobs(s).await }
+//!     async fn put_blobs(&self, s: Vec<BlobSource>, a: Option<DigestAlgorithm>) -> BackendResult<Vec<BlobRef>> { self.0.put_blobs(s, a).await }
 //!     async fn open_blobs(&self, b: Vec<BlobRef>) -> BackendResult<Vec<Option<BlobSource>>> { self.0.open_blobs(b).await }
 //!     async fn remove_blob(&self, b: &BlobRef) -> BackendResult<()> { self.0.remove_blob(b).await }
 //!     async fn touch(&self, k: &EntryKey) -> BackendResult<()> { self.0.touch(k).await }

@@ -175,8 +175,12 @@ impl Storage for MemoryStorage {
             .collect())
     }
 
-    async fn put_blobs(&self, sources: Vec<BlobSource>) -> BackendResult<Vec<BlobRef>> {
-        let algorithm = self.algorithm;
+    async fn put_blobs(
+        &self,
+        sources: Vec<BlobSource>,
+        algorithm: Option<DigestAlgorithm>,
+    ) -> BackendResult<Vec<BlobRef>> {
+        let algorithm = algorithm.unwrap_or(self.algorithm);
         let loaded = joined(
             tokio::task::spawn_blocking(move || {
                 sources

@@ -253,8 +253,9 @@ impl cache_core::storage::Storage for ByDigest {
     async fn put_blobs(
         &self,
         s: Vec<cache_core::storage::BlobSource>,
+        a: Option<cache_core::DigestAlgorithm>,
     ) -> cache_core::BackendResult<Vec<cache_core::BlobRef>> {
-        self.0.put_blobs(s).await
+        self.0.put_blobs(s, a).await
     }
     async fn open_blobs(
         &self,

@@ -40,8 +40,12 @@ impl Storage for Recording {
     async fn find_missing_blobs(&self, b: Vec<BlobRef>) -> BackendResult<Vec<BlobRef>> {
         self.0.find_missing_blobs(b).await
     }
-    async fn put_blobs(&self, s: Vec<BlobSource>) -> BackendResult<Vec<BlobRef>> {
-        self.0.put_blobs(s).await
+    async fn put_blobs(
+        &self,
+        s: Vec<BlobSource>,
+        a: Option<cache_core::DigestAlgorithm>,
+    ) -> BackendResult<Vec<BlobRef>> {
+        self.0.put_blobs(s, a).await
     }
     async fn open_blobs(&self, b: Vec<BlobRef>) -> BackendResult<Vec<Option<BlobSource>>> {
         self.0.open_blobs(b).await
@@ -99,4 +103,57 @@ async fn every_entry_call_names_the_task_without_environment_values() {
             "{call}: an environment value reached the storage"
         );
     }
+}
+
+/// A shared tier that addresses blobs by SHA-256 (as REAPI servers do) in front of a
+/// fast tier that chooses BLAKE3: the import keeps the record's refs, so the fast tier
+/// serves the same record afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_keeps_the_records_digest_algorithm() {
+    use cache_core::{DigestAlgorithm, Tiered};
+    let fast_storage = MemoryStorage::with_algorithm(DigestAlgorithm::Blake3);
+    let fast = Arc::new(Cache::new(fast_storage.clone(), spawn_blocking));
+    let shared = Arc::new(Cache::new(
+        MemoryStorage::with_algorithm(DigestAlgorithm::Sha256),
+        spawn_blocking,
+    ));
+    let t = task();
+    let key = fresh_key();
+    let big = vec![7u8; 200_000]; // a log over the inline limit becomes a blob too
+    let entry = CacheEntry {
+        stdout: Some(big.clone()),
+        outputs: vec![CacheOutput::bytes("a.txt", b"alpha".to_vec(), true)],
+        ..CacheEntry::default()
+    };
+    shared
+        .store(&t, &key, &entry, CachePolicy::Normal)
+        .await
+        .unwrap();
+    let tiered = Tiered::new(fast.clone(), shared);
+    let d = Digest::parse(&key).unwrap();
+    assert!(
+        tiered
+            .lookup(&t, &d, CachePolicy::Normal)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        fast_storage.blob_count() >= 2,
+        "the import stored the blobs"
+    );
+    let hit = fast
+        .lookup(&t, &d, CachePolicy::Readonly)
+        .await
+        .unwrap()
+        .expect("the fast tier serves the imported record");
+    assert!(
+        hit.record()
+            .blobs()
+            .all(|b| b.digest.algorithm() == DigestAlgorithm::Sha256)
+    );
+    let ws = TempWorkspace::new();
+    hit.restore(ws.root()).await.unwrap();
+    assert_eq!(std::fs::read(ws.root().join("a.txt")).unwrap(), b"alpha");
+    assert_eq!(hit.logs().await.unwrap().0.unwrap(), big);
 }

@@ -89,7 +89,7 @@ async fn tamper_reports_what_it_cannot_do() {
         "blob_not_found"
     );
     let empty = s
-        .put_blobs(vec![BlobSource::Bytes(Vec::new().into())])
+        .put_blobs(vec![BlobSource::Bytes(Vec::new().into())], None)
         .await
         .unwrap();
     assert_eq!(

@@ -134,8 +134,12 @@ impl Storage for Broken {
         self.inner.find_missing_blobs(blobs).await
     }
 
-    async fn put_blobs(&self, sources: Vec<BlobSource>) -> BackendResult<Vec<BlobRef>> {
-        let mut refs = self.inner.put_blobs(sources).await?;
+    async fn put_blobs(
+        &self,
+        sources: Vec<BlobSource>,
+        a: Option<cache_core::DigestAlgorithm>,
+    ) -> BackendResult<Vec<BlobRef>> {
+        let mut refs = self.inner.put_blobs(sources, a).await?;
         if let Break::ReversesRefs = self.fault {
             refs.reverse();
         }
