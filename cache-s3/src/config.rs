@@ -188,7 +188,10 @@ fn open_s3(
     if bucket.is_empty() {
         return Err(refuse(url, "no bucket (s3://BUCKET/PREFIX)"));
     }
-    let mut builder = AmazonS3Builder::new();
+    // Client options first: the environment's AWS_ALLOW_HTTP is one of them.
+    let mut builder = AmazonS3Builder::new()
+        .with_client_options(options.client.clone())
+        .with_retry(options.retry.clone());
     let mut secrets = Secrets::default();
     // The variables the AWS tools read, and nothing else from the environment: a
     // stray AWS_* variable of another tool does not change where the cache goes.
@@ -234,8 +237,6 @@ fn open_s3(
     let store = builder
         .with_bucket_name(&bucket)
         .with_region(region)
-        .with_client_options(options.client.clone())
-        .with_retry(options.retry.clone())
         .build()
         .map_err(|e| refuse(url, secrets.scrub(&e.to_string())))?;
     Ok(Opened {
