@@ -88,7 +88,7 @@ fn missing_bucket(place: &Where, here: &str) -> BackendError {
     ))
 }
 
-fn is_missing_bucket(detail: &str) -> bool {
+pub(crate) fn is_missing_bucket(detail: &str) -> bool {
     detail.contains("NoSuchBucket") || detail.contains("ContainerNotFound")
 }
 

@@ -221,7 +221,7 @@ impl S3Storage {
     async fn head_size(&self, path: &Path) -> BackendResult<Option<u64>> {
         match self.inner.store.head(path).await {
             Ok(meta) => Ok(Some(meta.size)),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) if is_absent(&e) => Ok(None),
             Err(e) => Err(self.err("HEAD", path, &e)),
         }
     }
@@ -325,7 +325,7 @@ impl S3Storage {
         };
         let got = match self.inner.store.get_opts(&path, options).await {
             Ok(got) => got,
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) if is_absent(&e) => return Ok(None),
             Err(e) => return Err(self.err("GET", &path, &e)),
         };
         if got.meta.size != blob.size {
@@ -349,7 +349,8 @@ impl S3Storage {
 
     async fn delete(&self, path: &Path) -> BackendResult<()> {
         match self.inner.store.delete(path).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Ok(()) => Ok(()),
+            Err(e) if is_absent(&e) => Ok(()),
             Err(e) => Err(self.err("DELETE", path, &e)),
         }
     }
@@ -368,7 +369,7 @@ impl S3Storage {
                 .await
                 .map(Some)
                 .map_err(|e| self.err("GET", &path, &e)),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) if is_absent(&e) => Ok(None),
             Err(e) => Err(self.err("GET", &path, &e)),
         }
     }
@@ -435,6 +436,11 @@ fn prepare(
     }
 }
 
+/// A missing object (a miss), as opposed to a missing bucket, which is an error.
+fn is_absent(e: &object_store::Error) -> bool {
+    matches!(e, object_store::Error::NotFound { .. }) && !error::is_missing_bucket(&e.to_string())
+}
+
 async fn blocking<T: Send + 'static>(
     job: impl FnOnce() -> BackendResult<T> + Send + 'static,
 ) -> BackendResult<T> {
@@ -458,7 +464,7 @@ impl Storage for S3Storage {
         let path = self.entry_path(&digest);
         let got = match self.inner.store.get(&path).await {
             Ok(got) => got,
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) if is_absent(&e) => return Ok(None),
             Err(e) => return Err(self.err("GET", &path, &e)),
         };
         if got.meta.size > MAX_ENTRY_BYTES as u64 {

@@ -22,7 +22,9 @@ fn main() -> ExitCode {
         Some("drill") => drill::run(&args[1..]),
         Some("peers") => peers::run(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <ci | bench [local|cli|s3|all] | drill ... | peers up|down|env [NAME...]>");
+            eprintln!(
+                "usage: cargo xtask <ci | bench [local|cli|s3|all] | drill ... | peers up|down|env [NAME...]>"
+            );
             return ExitCode::from(2);
         }
     };

@@ -50,7 +50,10 @@ pub fn run(args: &[String]) -> Result<(), String> {
         Some("up") => up(&args[1..]).map(drop),
         Some("down") => down(&args[1..]),
         Some("env") => {
-            print!("{}", std::fs::read_to_string(root().join("env")).unwrap_or_default());
+            print!(
+                "{}",
+                std::fs::read_to_string(root().join("env")).unwrap_or_default()
+            );
             Ok(())
         }
         _ => Err("usage: cargo xtask peers up|down|env [NAME...]".into()),

@@ -18,14 +18,19 @@ fn python() -> String {
 pub fn install(dir: &Path) -> Result<(), String> {
     let venv = dir.join("venv");
     let py = venv.join("bin/python");
-    let check = format!(
-        "import moto, flask, sys; sys.exit(moto.__version__ != '{VERSION}')"
-    );
+    let check = format!("import moto, flask, sys; sys.exit(moto.__version__ != '{VERSION}')");
     if net::quiet(Command::new(&py).args(["-c", &check])).is_ok() {
         return Ok(());
     }
-    eprintln!("xtask: peers: installing moto {VERSION} into {} (once)", venv.display());
-    net::quiet(Command::new(python()).args(["-m", "venv", "--clear"]).arg(&venv))?;
+    eprintln!(
+        "xtask: peers: installing moto {VERSION} into {} (once)",
+        venv.display()
+    );
+    net::quiet(
+        Command::new(python())
+            .args(["-m", "venv", "--clear"])
+            .arg(&venv),
+    )?;
     net::quiet(Command::new(venv.join("bin/pip")).args([
         "install",
         "-q",
@@ -40,7 +45,11 @@ pub fn up(dir: &Path) -> Result<Vec<(&'static str, String)>, String> {
     let pid_file = dir.join("moto.pid");
     let port_file = dir.join("moto.port");
     let existing = net::running(&pid_file).and_then(|_| {
-        let port: u16 = std::fs::read_to_string(&port_file).ok()?.trim().parse().ok()?;
+        let port: u16 = std::fs::read_to_string(&port_file)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
         net::http(port, "GET", "/").is_ok().then_some(port)
     });
     let port = if let Some(port) = existing {
@@ -74,7 +83,10 @@ pub fn up(dir: &Path) -> Result<Vec<(&'static str, String)>, String> {
         code => return Err(format!("creating bucket {BUCKET}: HTTP {code}")),
     }
     Ok(vec![
-        ("TASKCACHE_TEST_S3_ENDPOINT", format!("http://127.0.0.1:{port}")),
+        (
+            "TASKCACHE_TEST_S3_ENDPOINT",
+            format!("http://127.0.0.1:{port}"),
+        ),
         ("TASKCACHE_TEST_S3_BUCKET", BUCKET.into()),
     ])
 }

@@ -17,7 +17,8 @@ pub fn free_port() -> Result<u16, String> {
 pub fn http(port: u16, method: &str, path: &str) -> Result<u16, String> {
     let mut s = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(1))
         .map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
     write!(
         s,
         "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
@@ -48,8 +49,13 @@ pub fn wait_until(pid: u32, limit: Duration, ready: impl Fn() -> bool) -> Result
 
 /// Whether process `pid` is running (and not a zombie).
 pub fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        !s.rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
 }
 
 /// Runs `cmd` quietly; on failure returns its output.
@@ -119,6 +125,10 @@ pub fn stop(pid_file: &Path) -> Result<(), String> {
 
 /// The pid in `pid_file` if that process still runs.
 pub fn running(pid_file: &Path) -> Option<u32> {
-    let pid = std::fs::read_to_string(pid_file).ok()?.trim().parse().ok()?;
+    let pid = std::fs::read_to_string(pid_file)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
     alive(pid).then_some(pid)
 }

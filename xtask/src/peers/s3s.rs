@@ -26,10 +26,18 @@ pub fn install(dir: &Path) -> Result<(), String> {
     if ok {
         return Ok(());
     }
-    eprintln!("xtask: peers: building s3s-fs {VERSION} into {} (once, minutes)", dir.display());
+    eprintln!(
+        "xtask: peers: building s3s-fs {VERSION} into {} (once, minutes)",
+        dir.display()
+    );
     net::quiet(
         Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["install", "--quiet", "--locked", &format!("s3s-fs@{VERSION}")])
+            .args([
+                "install",
+                "--quiet",
+                "--locked",
+                &format!("s3s-fs@{VERSION}"),
+            ])
             .args(["--features", "binary", "--root"])
             .arg(dir.join("cargo"))
             // Its own target directory, not the workspace's.
@@ -56,9 +64,14 @@ pub fn up(dir: &Path) -> Result<Vec<(&'static str, String)>, String> {
         &dir.join("s3s.log"),
         &pid_file,
     )?;
-    net::wait_until(pid, Duration::from_secs(30), || net::http(port, "GET", "/").is_ok())?;
+    net::wait_until(pid, Duration::from_secs(30), || {
+        net::http(port, "GET", "/").is_ok()
+    })?;
     Ok(vec![
-        ("TASKCACHE_BENCH_S3S_ENDPOINT", format!("http://127.0.0.1:{port}")),
+        (
+            "TASKCACHE_BENCH_S3S_ENDPOINT",
+            format!("http://127.0.0.1:{port}"),
+        ),
         ("TASKCACHE_BENCH_S3S_BUCKET", BUCKET.into()),
     ])
 }
