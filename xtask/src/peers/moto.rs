@@ -88,6 +88,11 @@ pub fn up(dir: &Path) -> Result<Vec<(&'static str, String)>, String> {
             format!("http://127.0.0.1:{port}"),
         ),
         ("TASKCACHE_TEST_S3_BUCKET", BUCKET.into()),
+        // For tests that need a server of their own (to stop it mid-run).
+        (
+            "TASKCACHE_TEST_MOTO_SERVER",
+            dir.join("venv/bin/moto_server").display().to_string(),
+        ),
     ])
 }
 
