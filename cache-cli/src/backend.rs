@@ -79,7 +79,7 @@ pub enum Tier {
         /// The URL as shown.
         shown: String,
         /// Client options (timeouts) from the environment.
-        options: S3Options,
+        options: Box<S3Options>,
     },
 }
 
@@ -98,7 +98,7 @@ pub fn require_supported(loc: Location, role: Role) -> Result<Tier, Failure> {
         Location::ObjectStore { url, shown } => Ok(Tier::Object {
             url,
             shown,
-            options: s3_options(|k| std::env::var(k).ok())?,
+            options: Box::new(s3_options(|k| std::env::var(k).ok())?),
         }),
         other => require_local(other, role).map(Tier::Local),
     }

@@ -15,20 +15,16 @@ use support::{COUNTING, Fixture, exec, exec_within};
 /// The shared server: endpoint and bucket, or `None` (skipped, said why).
 fn peer(test: &str) -> Option<(String, String)> {
     let get = |k| std::env::var(k).ok().filter(|v: &String| !v.is_empty());
-    match (
-        get("TASKCACHE_TEST_S3_ENDPOINT"),
-        get("TASKCACHE_TEST_S3_BUCKET"),
-    ) {
-        (Some(e), Some(b)) => Some((e, b)),
-        _ => {
-            assert!(
-                std::env::var("TASKCACHE_REQUIRE_PEERS").as_deref() != Ok("1"),
-                "{test}: TASKCACHE_REQUIRE_PEERS=1 but no S3 server is configured"
-            );
-            eprintln!("skipped {test}: no S3 server (run `cargo xtask peers up`)");
-            None
-        }
+    let endpoint = get("TASKCACHE_TEST_S3_ENDPOINT");
+    if let (Some(e), Some(b)) = (endpoint, get("TASKCACHE_TEST_S3_BUCKET")) {
+        return Some((e, b));
     }
+    assert!(
+        std::env::var("TASKCACHE_REQUIRE_PEERS").as_deref() != Ok("1"),
+        "{test}: TASKCACHE_REQUIRE_PEERS=1 but no S3 server is configured"
+    );
+    eprintln!("skipped {test}: no S3 server (run `cargo xtask peers up`)");
+    None
 }
 
 fn unique(test: &str) -> String {

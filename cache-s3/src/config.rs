@@ -5,6 +5,7 @@ use cache_core::{BackendError, BackendResult};
 use object_store::ObjectStore;
 use object_store::path::Path;
 use std::sync::Arc;
+#[cfg(any(feature = "aws", feature = "gcp", feature = "azure"))]
 use std::time::Duration;
 use url::Url;
 
@@ -165,9 +166,9 @@ pub(crate) fn open(
                 place: place(dir.display().to_string(), "none".into(), Secrets::default()),
             })
         }
-        "s3" | "s3a" => open_s3(url, options, var, bucket.clone(), prefix, place),
-        "gs" => open_gcs(url, options, bucket.clone(), prefix, place),
-        "az" | "azure" => open_azure(url, options, bucket.clone(), prefix, place),
+        "s3" | "s3a" => open_s3(url, options, var, &bucket, prefix, place),
+        "gs" => open_gcs(url, options, &bucket, prefix, place),
+        "az" | "azure" => open_azure(url, options, &bucket, prefix, place),
         other => Err(refuse(
             url,
             format!("the scheme {other:?} is not an object store (s3, gs, az, file, memory)"),
@@ -180,7 +181,7 @@ fn open_s3(
     url: &Url,
     options: &S3Options,
     var: &dyn Fn(&str) -> Option<String>,
-    bucket: String,
+    bucket: &str,
     prefix: Path,
     place: impl Fn(String, String, Secrets) -> Arc<Where>,
 ) -> BackendResult<Opened> {
@@ -235,7 +236,7 @@ fn open_s3(
         .clone()
         .unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
     let store = builder
-        .with_bucket_name(&bucket)
+        .with_bucket_name(bucket)
         .with_region(region)
         .build()
         .map_err(|e| refuse(url, secrets.scrub(&e.to_string())))?;
@@ -272,7 +273,7 @@ fn open_s3(
     url: &Url,
     _: &S3Options,
     _: &dyn Fn(&str) -> Option<String>,
-    _: String,
+    _: &str,
     _: Path,
     _: impl Fn(String, String, Secrets) -> Arc<Where>,
 ) -> BackendResult<Opened> {
@@ -283,12 +284,12 @@ fn open_s3(
 fn open_gcs(
     url: &Url,
     options: &S3Options,
-    bucket: String,
+    bucket: &str,
     prefix: Path,
     place: impl Fn(String, String, Secrets) -> Arc<Where>,
 ) -> BackendResult<Opened> {
     let store = object_store::gcp::GoogleCloudStorageBuilder::from_env()
-        .with_bucket_name(&bucket)
+        .with_bucket_name(bucket)
         .with_client_options(options.client.clone())
         .with_retry(options.retry.clone())
         .build()
@@ -308,7 +309,7 @@ fn open_gcs(
 fn open_gcs(
     url: &Url,
     _: &S3Options,
-    _: String,
+    _: &str,
     _: Path,
     _: impl Fn(String, String, Secrets) -> Arc<Where>,
 ) -> BackendResult<Opened> {
@@ -319,12 +320,12 @@ fn open_gcs(
 fn open_azure(
     url: &Url,
     options: &S3Options,
-    container: String,
+    container: &str,
     prefix: Path,
     place: impl Fn(String, String, Secrets) -> Arc<Where>,
 ) -> BackendResult<Opened> {
     let store = object_store::azure::MicrosoftAzureBuilder::from_env()
-        .with_container_name(&container)
+        .with_container_name(container)
         .with_client_options(options.client.clone())
         .with_retry(options.retry.clone())
         .build()
@@ -344,7 +345,7 @@ fn open_azure(
 fn open_azure(
     url: &Url,
     _: &S3Options,
-    _: String,
+    _: &str,
     _: Path,
     _: impl Fn(String, String, Secrets) -> Arc<Where>,
 ) -> BackendResult<Opened> {

@@ -10,6 +10,7 @@ use std::fmt;
 pub(crate) struct Secrets(Vec<String>);
 
 impl Secrets {
+    #[cfg_attr(not(feature = "aws"), allow(dead_code))]
     pub(crate) fn add(&mut self, value: &str) {
         // Short values would cut innocent text; real secrets are long.
         if value.len() >= 8 {
@@ -67,8 +68,9 @@ impl Where {
                     ),
                 ))
             }
-            E::NotFound { .. } if is_missing_bucket(&detail) => missing_bucket(self, &here),
-            E::Generic { .. } if is_missing_bucket(&detail) => missing_bucket(self, &here),
+            E::NotFound { .. } | E::Generic { .. } if is_missing_bucket(&detail) => {
+                missing_bucket(self, &here)
+            }
             E::Generic { .. } if is_transport(e) => {
                 BackendError::Connection(Detail::new(format!("{here}: {detail}")))
             }

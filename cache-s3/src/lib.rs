@@ -288,9 +288,9 @@ impl S3Storage {
         };
         let payload = PutPayload::from(bytes);
         match self.inner.store.put_opts(path, payload.clone(), opts).await {
-            Ok(_) => Ok(()),
-            // Someone stored it first: the same bytes, by content address.
-            Err(
+            // Stored, or someone stored it first: the same bytes, by content address.
+            Ok(_)
+            | Err(
                 object_store::Error::AlreadyExists { .. }
                 | object_store::Error::Precondition { .. },
             ) => Ok(()),

@@ -91,6 +91,24 @@ fn ci() -> Result<(), String> {
         "-D",
         "warnings",
     ]))?;
+    // The object store providers that are off by default, and the build without any.
+    run(cargo().args([
+        "clippy",
+        "-p",
+        "cache-s3",
+        "--all-features",
+        "--quiet",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run(cargo().args([
+        "check",
+        "-p",
+        "cache-s3",
+        "--no-default-features",
+        "--quiet",
+    ]))?;
     if !has_nextest() {
         eprintln!("xtask: installing cargo-nextest (once)");
         run(cargo().args(["install", "--locked", "--quiet", "cargo-nextest"]))?;

@@ -67,19 +67,17 @@ pub fn s3_peer(test: &str) -> Option<(String, String)> {
     let bucket = std::env::var("TASKCACHE_TEST_S3_BUCKET")
         .ok()
         .filter(|v| !v.is_empty());
-    match (endpoint, bucket) {
-        (Some(e), Some(b)) => Some((e, b)),
-        _ => {
-            assert!(
-                std::env::var("TASKCACHE_REQUIRE_PEERS").as_deref() != Ok("1"),
-                "{test}: TASKCACHE_REQUIRE_PEERS=1 but TASKCACHE_TEST_S3_ENDPOINT/TASKCACHE_TEST_S3_BUCKET are unset"
-            );
-            eprintln!(
-                "skipped {test}: no S3 server (run `cargo xtask peers up` and source target/peers/env)"
-            );
-            None
-        }
+    if let (Some(e), Some(b)) = (endpoint, bucket) {
+        return Some((e, b));
     }
+    assert!(
+        std::env::var("TASKCACHE_REQUIRE_PEERS").as_deref() != Ok("1"),
+        "{test}: TASKCACHE_REQUIRE_PEERS=1 but TASKCACHE_TEST_S3_ENDPOINT/TASKCACHE_TEST_S3_BUCKET are unset"
+    );
+    eprintln!(
+        "skipped {test}: no S3 server (run `cargo xtask peers up` and source target/peers/env)"
+    );
+    None
 }
 
 /// A prefix no other test uses.

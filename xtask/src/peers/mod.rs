@@ -10,6 +10,7 @@ mod moto;
 pub mod net;
 pub mod s3s;
 
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 type Up = fn(&Path) -> Result<Vec<(&'static str, String)>, String>;
@@ -70,7 +71,10 @@ pub fn up(names: &[String]) -> Result<Vec<(&'static str, String)>, String> {
         eprintln!("xtask: peers: starting {name}");
         vars.extend(up(&dir).map_err(|e| format!("{name}: {e}"))?);
     }
-    let env: String = vars.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+    let env = vars.iter().fold(String::new(), |mut s, (k, v)| {
+        let _ = writeln!(s, "{k}={v}");
+        s
+    });
     let file = root().join("env");
     std::fs::write(&file, env).map_err(|e| format!("write {}: {e}", file.display()))?;
     for (k, v) in &vars {

@@ -95,16 +95,16 @@ pub fn spawn(cmd: &mut Command, log: &Path, pid_file: &Path) -> Result<u32, Stri
 }
 
 /// Stops the process in `pid_file` (TERM, then KILL after 5 s) and removes the file.
-pub fn stop(pid_file: &Path) -> Result<(), String> {
+pub fn stop(pid_file: &Path) {
     let Ok(text) = std::fs::read_to_string(pid_file) else {
-        return Ok(());
+        return;
     };
     let _ = std::fs::remove_file(pid_file);
     let Ok(pid) = text.trim().parse::<u32>() else {
-        return Ok(());
+        return;
     };
     if !alive(pid) {
-        return Ok(());
+        return;
     }
     let signal = |sig: &str| {
         let _ = Command::new("kill")
@@ -120,7 +120,6 @@ pub fn stop(pid_file: &Path) -> Result<(), String> {
     if alive(pid) {
         signal("-KILL");
     }
-    Ok(())
 }
 
 /// The pid in `pid_file` if that process still runs.
