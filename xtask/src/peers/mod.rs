@@ -6,7 +6,7 @@
 //! until it answers, write a pid file, return the variables tests read) and
 //! `down(dir)`. `up` writes every variable to `target/peers/env` (KEY=VALUE lines).
 
-mod moto;
+pub mod moto;
 pub mod net;
 pub mod s3s;
 
@@ -71,11 +71,20 @@ pub fn up(names: &[String]) -> Result<Vec<(&'static str, String)>, String> {
         eprintln!("xtask: peers: starting {name}");
         vars.extend(up(&dir).map_err(|e| format!("{name}: {e}"))?);
     }
-    let env = vars.iter().fold(String::new(), |mut s, (k, v)| {
+    // Other servers' lines stay (`peers up s3s` while moto runs).
+    let file = root().join("env");
+    let kept = std::fs::read_to_string(&file).unwrap_or_default();
+    let kept = kept
+        .lines()
+        .filter(|l| !vars.iter().any(|(k, _)| l.split('=').next() == Some(*k)))
+        .fold(String::new(), |mut s, l| {
+            let _ = writeln!(s, "{l}");
+            s
+        });
+    let env = vars.iter().fold(kept, |mut s, (k, v)| {
         let _ = writeln!(s, "{k}={v}");
         s
     });
-    let file = root().join("env");
     std::fs::write(&file, env).map_err(|e| format!("write {}: {e}", file.display()))?;
     for (k, v) in &vars {
         eprintln!("xtask: peers: {k}={v}");
@@ -96,6 +105,8 @@ pub fn down(names: &[String]) -> Result<(), String> {
             first_err.get_or_insert(format!("{name}: {e}"));
         }
     }
-    let _ = std::fs::remove_file(root().join("env"));
+    if names.is_empty() {
+        let _ = std::fs::remove_file(root().join("env"));
+    }
     first_err.map_or(Ok(()), Err)
 }

@@ -39,6 +39,27 @@ pub fn install(dir: &Path) -> Result<(), String> {
     ]))
 }
 
+/// The AWS CLI (the benchmark's reference client) in the same venv, installed once;
+/// returns the `aws` program.
+pub fn install_awscli(dir: &Path) -> Result<std::path::PathBuf, String> {
+    install(dir)?;
+    let aws = dir.join("venv/bin/aws");
+    if net::quiet(Command::new(&aws).arg("--version")).is_ok() {
+        return Ok(aws);
+    }
+    eprintln!(
+        "xtask: peers: installing the AWS CLI into {} (once)",
+        dir.display()
+    );
+    net::quiet(Command::new(dir.join("venv/bin/pip")).args([
+        "install",
+        "-q",
+        "--disable-pip-version-check",
+        "awscli<2",
+    ]))?;
+    Ok(aws)
+}
+
 /// Starts moto (or finds it running) and creates the test bucket.
 pub fn up(dir: &Path) -> Result<Vec<(&'static str, String)>, String> {
     install(dir)?;
