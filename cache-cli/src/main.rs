@@ -31,7 +31,6 @@ mod cli;
 mod key;
 mod location;
 mod logging;
-mod outputs;
 mod run;
 mod runner;
 mod size;

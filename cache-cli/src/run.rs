@@ -418,7 +418,7 @@ fn store_result(
             return;
         }
     }
-    let outputs = match crate::outputs::collect(&p.workspace, &p.spec.outputs) {
+    let outputs = match cache_core::collect_outputs(&p.workspace, &p.spec.outputs) {
         Ok(o) => o,
         Err(msg) => {
             tracing::warn!("not caching {id}: {msg}");
