@@ -31,6 +31,7 @@ mod cli;
 mod key;
 mod location;
 mod logging;
+mod progress;
 mod run;
 mod runner;
 mod size;

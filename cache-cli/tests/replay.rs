@@ -40,3 +40,32 @@ fn a_hit_replays_stdout_and_stderr_interleaved_as_written() {
     assert_eq!(f.runs(), 1, "the second run is a hit");
     assert_eq!(hit, miss, "the hit's log reads like the run's");
 }
+
+/// A store and a hit that take over a second (when a terminal would show a spinner)
+/// write nothing of taskcache's own into a captured log: the command's bytes only.
+#[test]
+fn long_transfers_leave_no_progress_output_in_a_captured_log() {
+    let f = Fixture::new();
+    let script = "echo ran >> ../counter; head -c 200000000 /dev/zero > big; echo made";
+    for round in 0..2 {
+        if round == 1 {
+            fs::remove_file(f.ws.join("big")).unwrap();
+        }
+        let (code, log) = {
+            let path = f.root.join(format!("log{round}"));
+            let file = fs::File::create(&path).unwrap();
+            let status = f
+                .cmd()
+                .args(["run", "-o", "big", "--", "sh", "-c", script])
+                .stdout(Stdio::from(file.try_clone().unwrap()))
+                .stderr(Stdio::from(file))
+                .status()
+                .unwrap();
+            (status.code(), fs::read_to_string(&path).unwrap())
+        };
+        assert_eq!(code, Some(0));
+        assert_eq!(log, "made\n", "round {round}: only the command's output");
+    }
+    assert_eq!(f.runs(), 1, "the second round was a hit");
+    assert_eq!(fs::metadata(f.ws.join("big")).unwrap().len(), 200_000_000);
+}
