@@ -61,11 +61,29 @@ pub struct LogChunk {
 /// stdout is replayed, then stderr).
 pub type LogOrder = Vec<LogChunk>;
 
+/// A symlink output whose target is an absolute path, kept only for tasks that opt in
+/// ([`crate::Task::allow_absolute_symlinks`]); restored as its text, never followed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AbsoluteSymlink {
+    /// Relative path of the link.
+    pub path: String,
+    /// The absolute target.
+    pub target: String,
+}
+
 /// What follows the record in versions 3 and 4.
 #[derive(Serialize, Deserialize)]
 struct Extras {
     #[serde(deserialize_with = "bounded_chunks")]
     log_order: LogOrder,
+    #[serde(deserialize_with = "bounded_links")]
+    absolute_symlinks: Vec<AbsoluteSymlink>,
+}
+
+fn bounded_links<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<AbsoluteSymlink>, D::Error> {
+    d.deserialize_seq(Bounded::<AbsoluteSymlink, MAX_OUTPUTS>(
+        std::marker::PhantomData,
+    ))
 }
 
 fn bounded_chunks<'de, D: serde::Deserializer<'de>>(d: D) -> Result<LogOrder, D::Error> {
@@ -168,6 +186,11 @@ pub struct ActionRecord {
     /// after the record (format versions 3 and 4) and covered by its signature.
     #[serde(skip)]
     pub log_order: LogOrder,
+    /// Symlink outputs with absolute targets (only for a task that opted in; `Cache`
+    /// refuses a record that has any for a task that did not). Kept after the record,
+    /// like the log order, and signed with it.
+    #[serde(skip)]
+    pub absolute_symlinks: Vec<AbsoluteSymlink>,
     /// The writer's signature over [`ActionRecord::signed_bytes`], if it signed.
     /// Carried beside the record (format version 2), not inside what is signed.
     #[serde(skip)]
@@ -214,11 +237,7 @@ impl ActionRecord {
     /// checks everything on the way back.
     pub fn encode(&self) -> BackendResult<Vec<u8>> {
         let record = self.signed_bytes()?;
-        let extras = if self.log_order.is_empty() {
-            0
-        } else {
-            WITH_EXTRAS
-        };
+        let extras = if self.has_extras() { WITH_EXTRAS } else { 0 };
         let (version, payload) = match &self.signature {
             // Unsigned entries without extras keep version 1, so older readers use them.
             None => (VERSION_UNSIGNED + extras, record),
@@ -287,9 +306,10 @@ impl ActionRecord {
     pub fn signed_bytes(&self) -> BackendResult<Vec<u8>> {
         let encode = |e| BackendError::serialization("encode a cache entry", e);
         let mut bytes = postcard::to_stdvec(self).map_err(encode)?;
-        if !self.log_order.is_empty() {
+        if self.has_extras() {
             let extras = Extras {
                 log_order: self.log_order.clone(),
+                absolute_symlinks: self.absolute_symlinks.clone(),
             };
             bytes.extend(postcard::to_stdvec(&extras).map_err(encode)?);
         }
@@ -308,12 +328,13 @@ impl ActionRecord {
         if extras {
             let (x, after): (Extras, _) = postcard::take_from_bytes(rest)
                 .map_err(|e| corrupt(format!("extras do not decode: {e}")))?;
-            if x.log_order.is_empty() {
+            if x.log_order.is_empty() && x.absolute_symlinks.is_empty() {
                 return Err(corrupt(
                     "empty extras (the writer would have left them out)".into(),
                 ));
             }
             record.log_order = x.log_order;
+            record.absolute_symlinks = x.absolute_symlinks;
             rest = after;
         }
         if !rest.is_empty() {
@@ -327,13 +348,36 @@ impl ActionRecord {
         Ok(record)
     }
 
-    /// Checks the output layout ([`crate::check_layout`]) and inline log sizes.
+    fn has_extras(&self) -> bool {
+        !self.log_order.is_empty() || !self.absolute_symlinks.is_empty()
+    }
+
+    /// Checks the output layout ([`crate::check_layout`], absolute symlinks included as
+    /// leaves, their targets by [`crate::check_absolute_symlink_target`]), inline log
+    /// sizes and the log order.
     pub fn validate(&self) -> BackendResult<()> {
-        check_layout(self.outputs.iter().map(|o| match o {
-            OutputRecord::File { path, .. } => (path.as_str(), OutputKind::File),
-            OutputRecord::Directory { path } => (path.as_str(), OutputKind::Directory),
-            OutputRecord::Symlink { path, target } => (path.as_str(), OutputKind::Symlink(target)),
-        }))?;
+        let absolute = self
+            .absolute_symlinks
+            .iter()
+            .map(|l| (l.path.as_str(), OutputKind::File));
+        let rels = check_layout(
+            self.outputs
+                .iter()
+                .map(|o| match o {
+                    OutputRecord::File { path, .. } => (path.as_str(), OutputKind::File),
+                    OutputRecord::Directory { path } => (path.as_str(), OutputKind::Directory),
+                    OutputRecord::Symlink { path, target } => {
+                        (path.as_str(), OutputKind::Symlink(target))
+                    }
+                })
+                .chain(absolute),
+        )?;
+        for (rel, l) in rels[self.outputs.len()..]
+            .iter()
+            .zip(&self.absolute_symlinks)
+        {
+            crate::path::check_absolute_symlink_target(rel, &l.target)?;
+        }
         for log in [&self.stdout, &self.stderr] {
             if let LogRecord::Inline(b) = log {
                 if b.len() > INLINE_LOG_MAX {
@@ -418,6 +462,7 @@ mod tests {
                 },
             ],
             log_order: Vec::new(),
+            absolute_symlinks: Vec::new(),
             signature: None,
         }
     }

@@ -619,6 +619,7 @@ pub fn empty_record(key: &Digest) -> ActionRecord {
         stderr: LogRecord::Absent,
         outputs: Vec::new(),
         log_order: Vec::new(),
+        absolute_symlinks: Vec::new(),
         signature: None,
     }
 }

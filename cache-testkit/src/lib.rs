@@ -390,6 +390,7 @@ macro_rules! conformance_suite {
             hostile_huge_declared_log
             hostile_adversarial_entries
             hostile_unsigned_and_forged_entries
+            trust_absolute_symlinks_only_when_opted_in
             concurrent_stores_and_readers
             model_state_machine
             health_check_succeeds

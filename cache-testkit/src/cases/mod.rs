@@ -69,7 +69,7 @@ pub use round_trip::{
 pub use trust::{
     hostile_adversarial_entries, hostile_huge_declared_log,
     hostile_newer_format_entry_is_left_in_place, hostile_undeclared_outputs,
-    hostile_unsigned_and_forged_entries,
+    hostile_unsigned_and_forged_entries, trust_absolute_symlinks_only_when_opted_in,
 };
 
 use crate::Harness;
