@@ -12,7 +12,7 @@
 use crate::Failure;
 use crate::location::Location;
 use cache_core::sign::{PublicKey, SigningKey, parse_trusted_keys};
-use cache_core::{CacheBackend, CircuitBreaker, Tiered, TieredStats};
+use cache_core::{CacheBackend, CircuitBreaker, Deadline, Deadlines, Tiered, TieredStats};
 use cache_local::{LocalCache, LocalOptions, LocalStorage};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -143,9 +143,11 @@ pub fn open(
     dir: &PathBuf,
     remote: Option<&PathBuf>,
     signing: &Signing,
+    deadlines: Deadlines,
 ) -> cache_core::BackendResult<Opened> {
     let cache = signing.apply(cache_local::open(dir, LocalOptions::default())?);
-    let local: Arc<dyn CacheBackend> = Arc::new(cache.clone());
+    // Even the local directory may hang (a network filesystem): every tier is bounded.
+    let local = bounded(Arc::new(cache.clone()), deadlines);
     let describe = format!("local {}", dir.display());
     let Some(remote) = remote else {
         return Ok(Opened {
@@ -162,6 +164,7 @@ pub fn open(
                 local,
                 Arc::new(shared),
                 format!("{describe} + remote {}", remote.display()),
+                deadlines,
             )
         }),
         Err(e) => {
@@ -179,13 +182,27 @@ pub fn open(
     }
 }
 
-/// `local` in front of `shared`, the shared tier behind a [`CircuitBreaker`].
+/// `backend` with a deadline on every call (tokio's timer).
+pub fn bounded(backend: Arc<dyn CacheBackend>, deadlines: Deadlines) -> Arc<dyn CacheBackend> {
+    Arc::new(Deadline::new(
+        backend,
+        deadlines,
+        Arc::new(|d| Box::pin(tokio::time::sleep(d))),
+    ))
+}
+
+/// `local` in front of `shared`, the shared tier bounded by `deadlines` and behind a
+/// [`CircuitBreaker`] (timeouts count), so a dead remote costs one deadline per run.
 pub fn tiered(
     local: Arc<dyn CacheBackend>,
     shared: Arc<dyn CacheBackend>,
     describe: String,
+    deadlines: Deadlines,
 ) -> Opened {
-    let shared: Arc<dyn CacheBackend> = Arc::new(CircuitBreaker::new(shared, BREAKER_THRESHOLD));
+    let shared: Arc<dyn CacheBackend> = Arc::new(CircuitBreaker::new(
+        bounded(shared, deadlines),
+        BREAKER_THRESHOLD,
+    ));
     let tiered = Tiered::new(local, shared);
     let stats = tiered.stats();
     Opened {

@@ -11,6 +11,7 @@ Environment:
   TASKCACHE_CACHE           default for --cache
   TASKCACHE_REMOTE          default for --remote
   TASKCACHE_POLICY          default for --policy
+  TASKCACHE_CACHE_TIMEOUT   default for --cache-timeout
   TASKCACHE_LOG             tracing filter for diagnostics, e.g. debug
   TASKCACHE_SIGNING_KEY     sign what is stored (a secret; see `taskcache keygen`)
   TASKCACHE_TRUSTED_KEYS    use only entries signed by these public keys
@@ -170,8 +171,8 @@ pub struct GcArgs {
     pub grace: std::time::Duration,
 }
 
-/// `90s`, `10m`, `1h`, or a number of seconds.
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+/// `500ms`, `90s`, `10m`, `1h`, or a number of seconds.
+pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let s = s.trim();
     let (num, unit) = s
         .find(|c: char| !c.is_ascii_digit())
@@ -180,10 +181,11 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         .parse()
         .map_err(|_| format!("{s:?} is not a duration; write e.g. 0, 90s, 10m or 1h"))?;
     let secs = match unit {
+        "ms" => return Ok(std::time::Duration::from_millis(n)),
         "" | "s" => n,
         "m" => n.saturating_mul(60),
         "h" => n.saturating_mul(3600),
-        _ => return Err(format!("{s:?}: the unit must be s, m or h (e.g. 10m)")),
+        _ => return Err(format!("{s:?}: the unit must be ms, s, m or h (e.g. 10m)")),
     };
     Ok(std::time::Duration::from_secs(secs))
 }
@@ -230,6 +232,17 @@ pub struct TaskArgs {
         value_parser = parse_policy
     )]
     pub policy: CachePolicy,
+
+    /// Longest a cache call may take before the command runs uncached: lookups get this
+    /// long, transfers this long plus 1 s per 8 MiB. E.g. 500ms, 10s, 1m.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        env = "TASKCACHE_CACHE_TIMEOUT",
+        default_value = "10s",
+        value_parser = parse_duration
+    )]
+    pub cache_timeout: std::time::Duration,
 
     /// The workspace: inputs and outputs are relative to it, and the command runs in it
     /// [default: the current directory].

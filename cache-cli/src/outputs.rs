@@ -370,7 +370,7 @@ mod tests {
             ]
         );
         match &outs[1].content {
-            OutputContent::File { path, blob } => {
+            OutputContent::File { path, blob, .. } => {
                 assert_eq!(path, &root.join("dist/a.txt"));
                 assert!(blob.is_none());
             }

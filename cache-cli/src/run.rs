@@ -71,6 +71,8 @@ struct Prepared {
     max_log: u64,
     /// Signed entries (from the environment).
     signing: backend::Signing,
+    /// How long cache calls may take.
+    deadlines: cache_core::Deadlines,
 }
 
 fn prepare(args: &TaskArgs) -> Result<Prepared, Failure> {
@@ -128,6 +130,7 @@ fn prepare(args: &TaskArgs) -> Result<Prepared, Failure> {
         remote,
         max_log: args.max_log_size,
         signing: backend::Signing::from_env(|k| std::env::var(k).ok())?,
+        deadlines: cache_core::Deadlines::new(args.cache_timeout),
     })
 }
 
@@ -185,12 +188,35 @@ fn task_of(p: &Prepared, policy: CachePolicy) -> Task {
     task
 }
 
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+fn runtime() -> std::io::Result<Runtime> {
     // One task at a time: a current-thread runtime (plus tokio's blocking pool, which
     // the local storage uses) is all a single run needs, and it starts fastest.
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
+        .map(|rt| Runtime(Some(rt)))
+}
+
+/// The runtime, shut down without waiting for blocking jobs: a cache call that timed
+/// out may still be stuck in one (a hung network filesystem), and the step must not
+/// wait for it on the way out.
+struct Runtime(Option<tokio::runtime::Runtime>);
+
+impl std::ops::Deref for Runtime {
+    type Target = tokio::runtime::Runtime;
+    fn deref(&self) -> &tokio::runtime::Runtime {
+        self.0
+            .as_ref()
+            .expect("the runtime lives until the session is dropped")
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 /// What a hit replays.
@@ -255,7 +281,7 @@ fn seconds(d: Duration) -> String {
 
 /// An opened cache and the runtime its calls run on.
 struct Session {
-    rt: tokio::runtime::Runtime,
+    rt: Runtime,
     opened: Opened,
 }
 
@@ -288,7 +314,7 @@ fn open_session(
             return Ok(None);
         }
     };
-    match backend::open(&cache_dir, remote_dir, &p.signing) {
+    match backend::open(&cache_dir, remote_dir, &p.signing, p.deadlines) {
         Ok(opened) => Ok(Some(Session { rt, opened })),
         Err(e) => {
             tracing::warn!(
@@ -552,6 +578,7 @@ mod tests {
             remote: None,
             max_log: 64 << 20,
             signing: backend::Signing::default(),
+            deadlines: cache_core::Deadlines::default(),
         };
         let task = task_of(&p, CachePolicy::Normal);
         let backend = MemoryBackend::new();
@@ -668,7 +695,12 @@ mod tests {
             FaultPlan::always(FaultError::Unavailable),
         ));
         let local: Arc<dyn CacheBackend> = Arc::new(MemoryBackend::new());
-        let opened = crate::backend::tiered(local, down.clone(), "test".into());
+        let opened = crate::backend::tiered(
+            local,
+            down.clone(),
+            "test".into(),
+            cache_core::Deadlines::default(),
+        );
         let session = Session {
             rt: runtime().unwrap(),
             opened,

@@ -44,6 +44,8 @@ const OPEN_CHUNK_BYTES: u64 = 64 << 20;
 #[derive(Clone)]
 pub struct Hit {
     entry: EntryKey,
+    /// Deadlines for restoring and reading logs, when a [`crate::Deadline`] made it.
+    limits: Option<crate::deadline::Limits>,
     record: Arc<ActionRecord>,
     storage: Arc<dyn Storage>,
     blocking: Spawner,
@@ -69,6 +71,7 @@ impl Hit {
     ) -> Self {
         Hit {
             entry,
+            limits: None,
             record,
             storage,
             blocking,
@@ -150,6 +153,23 @@ impl Hit {
     /// [`OutputContent::File`] naming the restored file, with its verified blob), then
     /// symlinks, under the canonical workspace root.
     pub async fn restore(&self, workspace: &Path) -> BackendResult<Vec<CacheOutput>> {
+        match &self.limits {
+            Some(l) => {
+                let limit = l.deadlines.for_bytes(self.file_bytes());
+                l.within("restore", limit, self.restore_unbounded(workspace))
+                    .await
+            }
+            None => self.restore_unbounded(workspace).await,
+        }
+    }
+
+    /// The same hit, its restores and log reads bounded by `limits`.
+    pub(crate) fn with_limits(mut self, limits: crate::deadline::Limits) -> Self {
+        self.limits = Some(limits);
+        self
+    }
+
+    async fn restore_unbounded(&self, workspace: &Path) -> BackendResult<Vec<CacheOutput>> {
         let restore = Restore::new(workspace.to_path_buf(), &self.record.outputs)?;
         let small = restore.files.len() < SMALL_FILES && self.file_bytes() < SMALL_BYTES;
         let root = if small {
@@ -291,6 +311,19 @@ impl Hit {
     /// cache, so it is checked before it can choose how much memory is used). Use
     /// [`Hit::log_reader`] to stream logs of any size.
     pub async fn logs_up_to(&self, limit: u64) -> BackendResult<LogBytes> {
+        match &self.limits {
+            Some(l) => {
+                let deadline = l
+                    .deadlines
+                    .for_bytes(self.bytes().saturating_sub(self.file_bytes()));
+                l.within("read logs", deadline, self.logs_unbounded(limit))
+                    .await
+            }
+            None => self.logs_unbounded(limit).await,
+        }
+    }
+
+    async fn logs_unbounded(&self, limit: u64) -> BackendResult<LogBytes> {
         for log in [&self.record.stdout, &self.record.stderr] {
             if let LogRecord::Blob(b) = log {
                 if b.size > limit {
@@ -660,6 +693,7 @@ fn outputs_under(record: &ActionRecord, root: &Path) -> BackendResult<Vec<CacheO
                 content: OutputContent::File {
                     path: rel.to_path(root),
                     blob: Some(*blob),
+                    size: Some(blob.size),
                 },
                 is_executable: *executable,
             }),

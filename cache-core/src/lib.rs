@@ -62,6 +62,7 @@ mod backend;
 mod blocking;
 mod cache;
 mod combinators;
+mod deadline;
 mod digest;
 mod dirtemp;
 mod error;
@@ -82,6 +83,7 @@ pub use backend::{
 pub use blocking::{Job, Spawner, thread_per_job};
 pub use cache::Cache;
 pub use combinators::{CircuitBreaker, Instrumented, Metrics, Tiered, TieredStats};
+pub use deadline::{Deadline, Deadlines, Sleep};
 pub use digest::{BlobRef, Digest, DigestAlgorithm, Hasher};
 pub use error::{BackendError, BackendResult, BoxError, Detail, Fault};
 pub use hit::{Hit, LogStream, MAX_LOG_BYTES};

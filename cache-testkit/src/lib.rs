@@ -153,6 +153,11 @@ pub fn spawn_blocking(job: cache_core::Job) {
     tokio::task::spawn_blocking(job);
 }
 
+/// tokio's timer as a [`cache_core::Sleep`], for [`cache_core::Deadline`].
+pub fn tokio_sleep() -> cache_core::Sleep {
+    Arc::new(|d| Box::pin(tokio::time::sleep(d)))
+}
+
 /// Test-only access to a backend's stored bytes, so the suite can plant hostile and
 /// corrupt data. Each backend implements it in its own tests.
 #[async_trait]
@@ -364,6 +369,7 @@ macro_rules! conformance_suite {
             degradation_tiered_with_failing_shared_tier
             degradation_backend_as_shared_tier
             degradation_executor_runs_the_task_when_the_cache_fails
+            degradation_hung_backend_costs_one_deadline
             hostile_parent_dir_paths
             hostile_absolute_paths
             hostile_symlink_targets_leaving_workspace

@@ -293,6 +293,7 @@ impl Wrapped {
                         content: OutputContent::File {
                             path: path.clone(),
                             blob: Some(*blob),
+                            size: Some(blob.size),
                         },
                         is_executable: *executable,
                     });

@@ -50,7 +50,8 @@ pub use keys::{
 pub use misc::{health_check_succeeds, name_is_stable};
 pub use misses::{
     degradation_backend_as_shared_tier, degradation_executor_runs_the_task_when_the_cache_fails,
-    degradation_tiered_with_failing_shared_tier, miss_unknown_key,
+    degradation_hung_backend_costs_one_deadline, degradation_tiered_with_failing_shared_tier,
+    miss_unknown_key,
 };
 pub use model::model_state_machine;
 pub use policy::{policy_disabled, policy_normal, policy_readonly, policy_writeonly};

@@ -150,7 +150,7 @@ pub async fn round_trip_returned_outputs(h: Harness) {
             .find(|o| o.path == stored.path)
             .unwrap_or_else(|| panic!("{:?} is not among the returned outputs", stored.path));
         match (&stored.content, &got.content) {
-            (OutputContent::Bytes(bytes), OutputContent::File { path, blob }) => {
+            (OutputContent::Bytes(bytes), OutputContent::File { path, blob, .. }) => {
                 assert_eq!(
                     got.is_executable, stored.is_executable,
                     "{}: exec bit",
