@@ -239,6 +239,7 @@ pub struct TaskArgs {
         long,
         value_name = "DURATION",
         env = "TASKCACHE_CACHE_TIMEOUT",
+        hide_env_values = true,
         default_value = "10s",
         value_parser = parse_duration
     )]

@@ -376,11 +376,12 @@ impl Changes {
                 .take(SUMMARY_NAMES)
                 .map(String::as_str)
                 .collect();
-            let mut s = format!("{what}: {}", shown.join(", "));
-            if list.len() > SUMMARY_NAMES {
-                s.push_str(&format!(" and {} more", list.len() - SUMMARY_NAMES));
+            let more = list.len().saturating_sub(SUMMARY_NAMES);
+            if more > 0 {
+                format!("{what}: {} and {more} more", shown.join(", "))
+            } else {
+                format!("{what}: {}", shown.join(", "))
             }
-            s
         };
         let mut parts = Vec::new();
         for (what, list) in [
@@ -664,6 +665,23 @@ mod tests {
         let unset = manifest(&[("a.c", "1"), ("b.c", "2")], None);
         assert_eq!(Changes::between(&last, &unset).env, ["CC (now unset)"]);
         assert!(Changes::between(&last, &last).is_empty());
+    }
+
+    #[test]
+    fn the_summary_names_a_few_files_and_counts_the_rest() {
+        let mut last = manifest(&[("a.c", "1")], None);
+        let mut now = last.clone();
+        for i in 0..7 {
+            last.files.insert(format!("f{i}.c"), "old".into());
+            now.files.insert(format!("f{i}.c"), "new".into());
+        }
+        now.outputs = vec!["b.out".into()];
+        let summary = Changes::between(&last, &now).summary();
+        assert!(
+            summary
+                .starts_with("changed: f0.c, f1.c, f2.c, f3.c, f4.c and 2 more; outputs changed"),
+            "{summary}"
+        );
     }
 
     #[test]

@@ -374,6 +374,7 @@ fn help_reads_true() {
         c.env("TASKCACHE_POLICY", "readonly")
             .env("TASKCACHE_REMOTE", "file:///Qremote-dir")
             .env("TASKCACHE_CACHE", f.root.join("Qcache-dir"))
+            .env("TASKCACHE_CACHE_TIMEOUT", "17s")
             .args(args);
         exec(c)
     };
@@ -388,7 +389,14 @@ fn help_reads_true() {
         let o = help(&[sub, "--help"]);
         assert_eq!(o.code, 0, "{sub}: {o:?}");
         let text = o.stdout_str();
-        for value in ["Qremote", "Qcache", "TASKCACHE_POLICY=", "=readonly"] {
+        for value in [
+            "Qremote",
+            "Qcache",
+            "=readonly",
+            "17s",
+            "TASKCACHE_POLICY=",
+            "_TIMEOUT=",
+        ] {
             assert!(!text.contains(value), "{sub} --help shows {value}:\n{text}");
         }
         let usage = text.lines().find(|l| l.starts_with("Usage:")).unwrap();
