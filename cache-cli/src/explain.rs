@@ -522,41 +522,54 @@ fn open_no_follow(path: &Path) -> io::Result<std::fs::File> {
     std::fs::File::open(path)
 }
 
+/// The manifest of the last entry stored under an id, and what changed since.
+type Last = Option<(Manifest, Changes)>;
+
 /// One key's explanation, for one `run` or `key`: its manifest, and where the last
 /// stored entry's manifest for an explicit `--id` is.
 pub struct Why {
-    now: Manifest,
+    /// What went into the key; only worked out when something will use it (listing
+    /// every input costs time on large trees).
+    now: Option<Manifest>,
     /// The explicit `--id` and the local cache directory, when both are known.
     id_in: Option<(String, PathBuf)>,
 }
 
 impl Why {
-    /// Explains `key`; logs what went into it at debug level (`-vv`).
+    /// Explains `key` (always when `report` is wanted, else only for an `--id` or at
+    /// debug level); logs what went into it at debug level (`-vv`).
     pub fn new(
         spec: &TaskSpec,
         key: &str,
         inputs: &BTreeMap<String, InputFile>,
         id: Option<&str>,
         cache_dir: Option<PathBuf>,
+        report: bool,
     ) -> Why {
-        let now = Manifest::new(spec, key, inputs, |n| std::env::var_os(n));
-        if tracing::enabled!(tracing::Level::DEBUG) {
+        let id_in = id.zip(cache_dir).map(|(id, dir)| (id.to_owned(), dir));
+        let debug = tracing::enabled!(tracing::Level::DEBUG);
+        let now = (report || debug || id_in.is_some())
+            .then(|| Manifest::new(spec, key, inputs, |n| std::env::var_os(n)));
+        if let Some(now) = now.as_ref().filter(|_| debug) {
             tracing::debug!("key {key} is made of:");
             for line in now.detail_lines() {
                 tracing::debug!("  {line}");
             }
         }
-        let id_in = id.zip(cache_dir).map(|(id, dir)| (id.to_owned(), dir));
         Why { now, id_in }
     }
 
-    fn changes(&self) -> Option<(&str, Option<(Manifest, Changes)>)> {
+    /// The `--id`, this key's manifest, and the last stored entry's with the changes
+    /// since (if there is a valid one); `None` without an `--id`.
+    fn changes(&self) -> Option<(&str, &Manifest, Last)> {
         let (id, dir) = self.id_in.as_ref()?;
+        let now = self.now.as_ref()?;
         let last = load(dir, id);
         Some((
             id,
+            now,
             last.map(|l| {
-                let c = Changes::between(&l, &self.now);
+                let c = Changes::between(&l, now);
                 (l, c)
             }),
         ))
@@ -569,19 +582,19 @@ impl Why {
         }
         match self.changes() {
             None => {}
-            Some((id, None)) => {
+            Some((id, _, None)) => {
                 tracing::debug!("{id}: no manifest of an earlier stored entry to compare with");
             }
-            Some((id, Some((last, c)))) if c.is_empty() => tracing::info!(
+            Some((id, now, Some((last, c)))) if c.is_empty() => tracing::info!(
                 "{id}: no input changed since its last stored entry (key {}{})",
                 last.key,
-                if last.key == self.now.key {
+                if last.key == now.key {
                     ", the same key: the entry may have been evicted or not be readable"
                 } else {
                     ""
                 }
             ),
-            Some((id, Some((last, c)))) => tracing::info!(
+            Some((id, _, Some((last, c)))) => tracing::info!(
                 "{id}: changed since its last stored entry (key {}): {}",
                 last.key,
                 c.summary()
@@ -592,14 +605,17 @@ impl Why {
     /// The full report of `key --explain`: what went into the key, what changed since
     /// the `--id`'s last stored entry, and the key last.
     pub fn report(&self) -> String {
-        let mut lines = self.now.detail_lines();
+        let Some(now) = &self.now else {
+            return String::new();
+        };
+        let mut lines = now.detail_lines();
         match self.changes() {
             None => {}
-            Some((id, None)) => lines.push(format!(
+            Some((id, _, None)) => lines.push(format!(
                 "since the last entry stored under --id {id:?}: unknown (no manifest: one is \
                  kept when a run with this --id stores an entry)"
             )),
-            Some((id, Some((last, c)))) => {
+            Some((id, _, Some((last, c)))) => {
                 let changed = c.lines();
                 if changed.is_empty() {
                     lines.push(format!(
@@ -615,7 +631,7 @@ impl Why {
                 }
             }
         }
-        lines.push(format!("key: {}", self.now.key));
+        lines.push(format!("key: {}", now.key));
         let mut out = lines.join("\n");
         out.push('\n');
         out
@@ -623,8 +639,8 @@ impl Why {
 
     /// After a stored run: keeps this key's manifest for its `--id`.
     pub fn save(&self) {
-        if let Some((id, dir)) = &self.id_in {
-            save(dir, id, &self.now);
+        if let (Some((id, dir)), Some(now)) = (&self.id_in, &self.now) {
+            save(dir, id, now);
         }
     }
 }
