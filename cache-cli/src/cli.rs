@@ -19,6 +19,11 @@ Environment:
 Exit codes: the command's own (128+N if killed by signal N); on a hit, the cached one.
 2 for bad usage; 126/127 when the command cannot be started.";
 
+const KEY_AFTER_HELP: &str = "\
+`key` takes the same flags as `run`, so one command line serves both. Only -i, -o, -e
+and -C change the key; --id (and --cache, where the id's manifest is) change what
+--explain and -v say about it. It never runs the command and never writes to the cache.";
+
 /// taskcache: put any CI step behind a cache of its outputs and logs.
 #[derive(Debug, Parser)]
 #[command(name = "taskcache", version, after_help = AFTER_HELP, propagate_version = true)]
@@ -44,7 +49,10 @@ pub enum Command {
     )]
     Run(RunArgs),
     /// Print the task digest (the cache key); with --explain, everything that went into it.
-    #[command(override_usage = "taskcache key [OPTIONS] [--explain] -- <COMMAND>...")]
+    #[command(
+        after_help = KEY_AFTER_HELP,
+        override_usage = "taskcache key [OPTIONS] [--explain] -- <COMMAND>..."
+    )]
     Key(KeyArgs),
     /// Show entries, blobs, bytes, hits and misses of the local cache.
     #[command(override_usage = "taskcache stats [OPTIONS] [--json]")]
@@ -130,8 +138,8 @@ pub struct VerifyArgs {
     /// The cache.
     #[command(flatten)]
     pub cache: CacheArgs,
-    /// -v: notes of the local cache on stderr (e.g. stale temporary files it removed);
-    /// -vv: debug logs.
+    /// -v: notes of the local cache on stderr (stale temporary files of crashed writers
+    /// it removed); -vv: debug logs.
     #[arg(short, long, action = ArgAction::Count)]
     pub verbose: u8,
 }
@@ -142,8 +150,7 @@ pub struct StatsArgs {
     /// The cache.
     #[command(flatten)]
     pub cache: CacheArgs,
-    /// -v: notes of the local cache on stderr (e.g. stale temporary files it removed);
-    /// -vv: debug logs.
+    /// -vv: debug logs on stderr (-v adds nothing here: the statistics are the output).
     #[arg(short, long, action = ArgAction::Count)]
     pub verbose: u8,
     /// Print JSON instead of text.
@@ -157,8 +164,8 @@ pub struct GcArgs {
     /// The cache.
     #[command(flatten)]
     pub cache: CacheArgs,
-    /// -v: notes of the local cache on stderr (what GC removed, stale temporary files);
-    /// -vv: debug logs.
+    /// -v: notes of the local cache on stderr (what GC removed, stale temporary files of
+    /// crashed writers); -vv: debug logs.
     #[arg(short, long, action = ArgAction::Count)]
     pub verbose: u8,
     /// Target size, e.g. 10GiB, 500MB, or a number of bytes.
