@@ -19,6 +19,7 @@
 use crate::key::{KEY_FORMAT, TaskSpec, key_text, salt};
 use cache_core::{BlobRef, DigestAlgorithm, InputFile};
 use serde_json::{Value, json};
+use std::cell::OnceCell;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::io::{self, Read, Write};
@@ -527,43 +528,54 @@ type Last = Option<(Manifest, Changes)>;
 
 /// One key's explanation, for one `run` or `key`: its manifest, and where the last
 /// stored entry's manifest for an explicit `--id` is.
-pub struct Why {
-    /// What went into the key; only worked out when something will use it (listing
-    /// every input costs time on large trees).
-    now: Option<Manifest>,
+pub struct Why<'a> {
+    spec: &'a TaskSpec,
+    key: &'a str,
+    inputs: &'a BTreeMap<String, InputFile>,
+    /// What went into the key, worked out on first use: a hit never needs it, and
+    /// listing every input costs time on large trees.
+    now: OnceCell<Manifest>,
     /// The explicit `--id` and the local cache directory, when both are known.
     id_in: Option<(String, PathBuf)>,
 }
 
-impl Why {
-    /// Explains `key` (always when `report` is wanted, else only for an `--id` or at
-    /// debug level); logs what went into it at debug level (`-vv`).
+impl<'a> Why<'a> {
+    /// Explains `key`; logs what went into it at debug level (`-vv`).
     pub fn new(
-        spec: &TaskSpec,
-        key: &str,
-        inputs: &BTreeMap<String, InputFile>,
+        spec: &'a TaskSpec,
+        key: &'a str,
+        inputs: &'a BTreeMap<String, InputFile>,
         id: Option<&str>,
         cache_dir: Option<PathBuf>,
-        report: bool,
-    ) -> Why {
+    ) -> Why<'a> {
         let id_in = id.zip(cache_dir).map(|(id, dir)| (id.to_owned(), dir));
-        let debug = tracing::enabled!(tracing::Level::DEBUG);
-        let now = (report || debug || id_in.is_some())
-            .then(|| Manifest::new(spec, key, inputs, |n| std::env::var_os(n)));
-        if let Some(now) = now.as_ref().filter(|_| debug) {
+        let why = Why {
+            spec,
+            key,
+            inputs,
+            now: OnceCell::new(),
+            id_in,
+        };
+        if tracing::enabled!(tracing::Level::DEBUG) {
             tracing::debug!("key {key} is made of:");
-            for line in now.detail_lines() {
+            for line in why.now().detail_lines() {
                 tracing::debug!("  {line}");
             }
         }
-        Why { now, id_in }
+        why
+    }
+
+    fn now(&self) -> &Manifest {
+        self.now.get_or_init(|| {
+            Manifest::new(self.spec, self.key, self.inputs, |n| std::env::var_os(n))
+        })
     }
 
     /// The `--id`, this key's manifest, and the last stored entry's with the changes
     /// since (if there is a valid one); `None` without an `--id`.
     fn changes(&self) -> Option<(&str, &Manifest, Last)> {
         let (id, dir) = self.id_in.as_ref()?;
-        let now = self.now.as_ref()?;
+        let now = self.now();
         let last = load(dir, id);
         Some((
             id,
@@ -605,9 +617,7 @@ impl Why {
     /// The full report of `key --explain`: what went into the key, what changed since
     /// the `--id`'s last stored entry, and the key last.
     pub fn report(&self) -> String {
-        let Some(now) = &self.now else {
-            return String::new();
-        };
+        let now = self.now();
         let mut lines = now.detail_lines();
         match self.changes() {
             None => {}
@@ -639,8 +649,8 @@ impl Why {
 
     /// After a stored run: keeps this key's manifest for its `--id`.
     pub fn save(&self) {
-        if let (Some((id, dir)), Some(now)) = (&self.id_in, &self.now) {
-            save(dir, id, now);
+        if let Some((id, dir)) = &self.id_in {
+            save(dir, id, self.now());
         }
     }
 }

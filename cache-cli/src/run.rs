@@ -136,9 +136,9 @@ fn prepare(args: &TaskArgs) -> Result<Prepared, Failure> {
 
 /// Explains the key of `p` (see [`crate::explain`]); the manifests of `--id` are in
 /// the local cache: `cache_dir` if given, else the default one.
-fn why(p: &Prepared, args: &TaskArgs, cache_dir: Option<PathBuf>, report: bool) -> Why {
+fn why<'a>(p: &'a Prepared, args: &TaskArgs, cache_dir: Option<PathBuf>) -> Why<'a> {
     let dir = cache_dir.or_else(|| backend::cache_dir(None).ok());
-    Why::new(&p.spec, &p.key, &p.inputs, args.id.as_deref(), dir, report)
+    Why::new(&p.spec, &p.key, &p.inputs, args.id.as_deref(), dir)
 }
 
 /// `taskcache key`: prints the digest and nothing else; with `explain`, everything that
@@ -149,7 +149,7 @@ pub fn key(args: &TaskArgs, explain: bool) -> Result<u8, Failure> {
         .cache
         .clone()
         .and_then(|loc| backend::require_local(loc, Role::Cache).ok());
-    let why = why(&p, args, cache_dir, explain);
+    let why = why(&p, args, cache_dir);
     let text = if explain {
         why.report()
     } else {
@@ -501,7 +501,7 @@ pub fn run(args: &TaskArgs) -> Result<u8, Failure> {
     let task = task_of(&p, CachePolicy::Normal);
     let policy = effective_policy(&task, Some(args.policy));
     let session = open_session(&p, policy, cache_dir.clone(), remote_dir.as_ref())?;
-    let why = why(&p, args, cache_dir, false);
+    let why = why(&p, args, cache_dir);
 
     let mut looked = ("uncached", String::new());
     if let Some(s) = &session {
