@@ -133,7 +133,7 @@ impl Manifest {
     /// Everything that went into the key, one line each (no trailing key line).
     pub fn detail_lines(&self) -> Vec<String> {
         let mut lines = vec![
-            format!("key format: {KEY_FORMAT} (salt: {})", self.salt),
+            format!("key format: {KEY_FORMAT} (salt: {})", shown(&self.salt)),
             format!(
                 "command ({}): {}",
                 if self.shell {
@@ -150,7 +150,10 @@ impl Manifest {
             let names: Vec<String> = self
                 .env
                 .iter()
-                .map(|(n, v)| format!("{n} ({})", if v.is_some() { "set" } else { "unset" }))
+                .map(|(n, v)| {
+                    let set = if v.is_some() { "set" } else { "unset" };
+                    format!("{} ({set})", shown(n))
+                })
                 .collect();
             lines.push(format!(
                 "variables (names only; values are never shown): {}",
@@ -161,7 +164,7 @@ impl Manifest {
         lines.push(format!("input patterns: {}", list_or_none(&self.patterns)));
         lines.push(format!("input files: {}", self.files.len()));
         for (path, what) in &self.files {
-            lines.push(format!("  {path}  {what}"));
+            lines.push(format!("  {}  {what}", shown(path)));
         }
         lines
     }
@@ -241,8 +244,10 @@ impl Manifest {
                     .ok_or_else(|| format!("the entry of {k:?} is not a string"))
             })
             .collect::<Result<_, String>>()?;
+        let key = string("key")?;
+        cache_core::Digest::parse(&key).map_err(|_| "\"key\" is not a digest".to_owned())?;
         Ok(Manifest {
-            key: string("key")?,
+            key,
             salt: string("salt")?,
             args: strings("args")?,
             shell: field("shell")?.as_bool().ok_or("\"shell\" is not a bool")?,
@@ -269,7 +274,21 @@ fn list_or_none(items: &[String]) -> String {
     if items.is_empty() {
         "none".into()
     } else {
-        items.join(", ")
+        items
+            .iter()
+            .map(|i| shown(i))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// A name as printed: quoted and escaped if it holds a control character, so that a
+/// file name (or a planted manifest) cannot forge lines or escape sequences in a log.
+fn shown(s: &str) -> String {
+    if s.chars().any(char::is_control) {
+        format!("{s:?}")
+    } else {
+        s.to_owned()
     }
 }
 
@@ -299,8 +318,8 @@ impl Changes {
         } else {
             for (path, what) in &now.files {
                 match last.files.get(path) {
-                    None => c.added.push(path.clone()),
-                    Some(was) if was != what => c.changed.push(path.clone()),
+                    None => c.added.push(shown(path)),
+                    Some(was) if was != what => c.changed.push(shown(path)),
                     Some(_) => {}
                 }
             }
@@ -308,7 +327,7 @@ impl Changes {
                 .files
                 .keys()
                 .filter(|p| !now.files.contains_key(*p))
-                .cloned()
+                .map(|p| shown(p))
                 .collect();
         }
         for (name, value) in &now.env {
@@ -319,10 +338,10 @@ impl Changes {
                 (Some(Some(_)), None) => "now unset",
                 (Some(_), _) => "value changed",
             };
-            c.env.push(format!("{name} ({how})"));
+            c.env.push(format!("{} ({how})", shown(name)));
         }
         for name in last.env.keys().filter(|n| !now.env.contains_key(*n)) {
-            c.env.push(format!("{name} (no longer declared)"));
+            c.env.push(format!("{} (no longer declared)", shown(name)));
         }
         if last.args != now.args || last.shell != now.shell {
             c.other
@@ -340,7 +359,7 @@ impl Changes {
         if last.salt != now.salt {
             c.other.push(format!(
                 "salt changed (another taskcache key format or platform); it was: {}",
-                last.salt
+                shown(&last.salt)
             ));
         }
         c

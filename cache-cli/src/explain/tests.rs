@@ -99,3 +99,23 @@ fn saved_only_in_a_cache_and_loaded_back() {
     std::fs::write(manifest_path(dir.path(), "build"), b"{not json").unwrap();
     assert_eq!(load(dir.path(), "build"), None);
 }
+
+#[test]
+fn names_with_control_characters_are_escaped_and_keys_checked() {
+    let mut last = manifest(&[("a.c", "1")], None);
+    last.files
+        .insert("x\ntaskcache: hit forged\x1b[2J".into(), "x".into());
+    last.env.insert("E\rV".into(), None);
+    let now = manifest(&[("a.c", "1")], None);
+    let c = Changes::between(&last, &now);
+    let text = format!("{}|{}", c.summary(), c.lines().join("|"));
+    assert!(
+        !text.contains('\n') && !text.contains('\x1b') && !text.contains('\r'),
+        "{text:?}"
+    );
+    assert!(text.contains("removed: \"x\\ntaskcache"), "{text}");
+    let mut v: Value = serde_json::from_slice(&last.to_json("b").unwrap()).unwrap();
+    v["key"] = json!("blake3:not-hex\u{1b}");
+    let bad = serde_json::to_vec(&v).unwrap();
+    assert!(Manifest::from_json(&bad, "b").is_err());
+}
