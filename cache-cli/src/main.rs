@@ -33,7 +33,6 @@ mod explain;
 mod key;
 mod location;
 mod logging;
-mod outputs;
 mod run;
 mod runner;
 mod size;

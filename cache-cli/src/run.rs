@@ -223,6 +223,7 @@ impl Drop for Runtime {
 struct Replay {
     stdout: Option<Vec<u8>>,
     stderr: Option<Vec<u8>>,
+    order: cache_core::storage::LogOrder,
     exit_code: i32,
     cached: Duration,
 }
@@ -258,17 +259,10 @@ async fn look_up(
     Ok(Lookup::Hit(Replay {
         stdout,
         stderr,
+        order: hit.log_order().to_vec(),
         exit_code,
         cached: Duration::from_millis(hit.duration_ms()),
     }))
-}
-
-fn write_all_ignoring_broken_pipe(mut w: impl Write, bytes: &[u8], what: &str) {
-    if let Err(e) = w.write_all(bytes).and_then(|()| w.flush()) {
-        if e.kind() != std::io::ErrorKind::BrokenPipe {
-            tracing::warn!("could not replay the cached {what}: {e}");
-        }
-    }
 }
 
 fn exit_byte(code: i32) -> u8 {
@@ -363,15 +357,10 @@ fn try_hit(
     }
     match looked {
         Ok(Lookup::Hit(replay)) => {
-            write_all_ignoring_broken_pipe(
-                std::io::stdout().lock(),
+            crate::runner::replay(
                 replay.stdout.as_deref().unwrap_or_default(),
-                "stdout",
-            );
-            write_all_ignoring_broken_pipe(
-                std::io::stderr().lock(),
                 replay.stderr.as_deref().unwrap_or_default(),
-                "stderr",
+                &replay.order,
             );
             let from = match &s.opened.tiered {
                 Some(t) if t.shared_hits.load(Ordering::Relaxed) > 0 => " (remote tier)",
@@ -451,7 +440,7 @@ fn store_result(
             return Err(format!("its {name} is over the capture limit"));
         }
     }
-    let outputs = match crate::outputs::collect(&p.workspace, &p.spec.outputs) {
+    let outputs = match cache_core::collect_outputs(&p.workspace, &p.spec.outputs) {
         Ok(o) => o,
         Err(msg) => {
             tracing::warn!("not caching {id}: {msg}");
@@ -465,6 +454,7 @@ fn store_result(
         exit_code: code,
         duration_ms: u64::try_from(finished.duration.as_millis()).unwrap_or(u64::MAX),
         outputs,
+        log_order: finished.log_order,
     };
     let stored_at = Instant::now();
     match s

@@ -196,6 +196,12 @@ impl<S: Storage> Cache<S> {
     /// Writes the blobs of `entry` and returns the record to publish (not yet published).
     async fn put_outputs(&self, key: Digest, entry: &CacheEntry) -> BackendResult<ActionRecord> {
         let planned = plan_outputs(&entry.outputs)?;
+        let len = |l: &Option<Vec<u8>>| l.as_ref().map_or(0, |b| b.len() as u64);
+        crate::record::check_log_order(&entry.log_order, len(&entry.stdout), len(&entry.stderr))
+            .map_err(|reason| BackendError::InvalidOutput {
+                path: "(log order)".into(),
+                reason,
+            })?;
         let (stdout, out_src) = log_source(entry.stdout.as_ref());
         let (stderr, err_src) = log_source(entry.stderr.as_ref());
         let mut sources = Vec::new();
@@ -259,6 +265,7 @@ impl<S: Storage> Cache<S> {
             stdout,
             stderr,
             outputs,
+            log_order: entry.log_order.clone(),
             signature: None,
         })
     }

@@ -96,6 +96,14 @@ impl Hit {
         self.record.duration_ms
     }
 
+    /// The order the task wrote its stdout and stderr in: replay [`Hit::logs`] chunk
+    /// by chunk to interleave them as they were (empty: not recorded; replay stdout,
+    /// then stderr).
+    #[must_use]
+    pub fn log_order(&self) -> &[crate::storage::LogChunk] {
+        &self.record.log_order
+    }
+
     /// The whole record.
     #[must_use]
     pub fn record(&self) -> &ActionRecord {
@@ -394,7 +402,7 @@ impl Hit {
 }
 
 /// Which captured stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum LogStream {
     /// Standard output.
     Stdout,

@@ -618,6 +618,7 @@ pub fn empty_record(key: &Digest) -> ActionRecord {
         stdout: LogRecord::Absent,
         stderr: LogRecord::Absent,
         outputs: Vec::new(),
+        log_order: Vec::new(),
         signature: None,
     }
 }

@@ -351,6 +351,7 @@ macro_rules! conformance_suite {
             round_trip_logs_absent_and_empty
             round_trip_logs_multiline_and_binary
             round_trip_logs_8mib
+            round_trip_log_order
             round_trip_every_output_kind
             round_trip_returned_outputs
             round_trip_1000_small_files

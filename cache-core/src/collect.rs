@@ -1,4 +1,6 @@
-//! Turns the declared `-o` paths into the outputs handed to `store`, after the command ran.
+//! Output collection: turns a task's declared output paths into the outputs handed to
+//! [`crate::CacheBackend::store`], after the command ran. The one implementation every
+//! executor (and the `taskcache` command) uses.
 //!
 //! * A file becomes [`CacheOutput::file`]: the storage streams it from disk; it is never
 //!   read into memory here. Its executable bit is kept. The path handed on is the
@@ -22,18 +24,40 @@
 //! entered (the walk fails, or sees the link and keeps it as a link); a tree that
 //! changes under the walk is an error, never a walk outside the workspace.
 
-use cache_core::{CacheOutput, RelPath, check_symlink_target};
+use crate::{BackendError, BackendResult, CacheOutput, RelPath, check_symlink_target};
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-/// Collects the outputs under `workspace` (canonical). The error says which output
-/// and why.
-pub fn collect(workspace: &Path, declared: &[RelPath]) -> Result<Vec<CacheOutput>, String> {
+/// Collects the outputs declared as `declared` under `workspace` (see the module docs),
+/// sorted by path, ready for [`crate::CacheBackend::store`]. Files are named, never read:
+/// the storage streams them.
+///
+/// Blocking filesystem work: call it on a blocking thread from async code. An error is
+/// [`BackendError::InvalidOutput`] naming the declared output and what is wrong with it
+/// (the caller's fault: the task did not produce what it declares).
+///
+/// ```
+/// use cache_core::{collect_outputs, OutputContent, RelPath};
+/// let ws = tempfile::tempdir()?;
+/// let ws = ws.path().canonicalize()?;
+/// std::fs::create_dir_all(ws.join("dist/empty"))?;
+/// std::fs::write(ws.join("dist/app.js"), b"console.log(1)")?;
+/// let outs = collect_outputs(&ws, &[RelPath::parse("dist")?])?;
+/// let paths: Vec<&str> = outs.iter().map(|o| o.path.as_str()).collect();
+/// assert_eq!(paths, ["dist", "dist/app.js", "dist/empty"]);
+/// assert!(matches!(outs[1].content, OutputContent::File { size: Some(14), .. }));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn collect_outputs(workspace: &Path, declared: &[RelPath]) -> BackendResult<Vec<CacheOutput>> {
     let mut found: BTreeMap<String, CacheOutput> = BTreeMap::new();
     for rel in declared {
-        let real_parent = real_parent(workspace, rel)?;
-        walk::collect_one(workspace, rel, &real_parent, &mut found)?;
+        let invalid = |reason: String| BackendError::InvalidOutput {
+            path: rel.to_string(),
+            reason,
+        };
+        let real_parent = real_parent(workspace, rel).map_err(invalid)?;
+        walk::collect_one(workspace, rel, &real_parent, &mut found).map_err(invalid)?;
     }
     Ok(found.into_values().collect())
 }
@@ -86,7 +110,7 @@ mod walk {
     //! The walk through directory handles (see the module docs).
 
     use super::{not_produced, special_file, symlink_output};
-    use cache_core::{CacheOutput, RelPath};
+    use crate::{CacheOutput, RelPath};
     use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, Stat};
     use std::collections::BTreeMap;
     use std::ffi::{OsStr, OsString};
@@ -221,7 +245,12 @@ mod walk {
             return Ok(());
         }
         let out = match FileType::from_raw_mode(st.st_mode) {
-            FileType::RegularFile => CacheOutput::file(rel, on_disk, st.st_mode & 0o111 != 0),
+            FileType::RegularFile => CacheOutput::file_with_size(
+                rel,
+                on_disk,
+                u64::try_from(st.st_size).unwrap_or(0),
+                st.st_mode & 0o111 != 0,
+            ),
             FileType::Symlink => {
                 let target = rustix::fs::readlinkat(dir, name, Vec::new())
                     .map_err(|e| format!("cannot read symlink {rel}: {e}"))?;
@@ -243,8 +272,8 @@ mod walk {
     //! Without Unix handles: a path-based walk that does not follow links.
 
     use super::{not_produced, special_file, symlink_output};
-    use cache_core::mode::is_executable;
-    use cache_core::{CacheOutput, RelPath};
+    use crate::mode::is_executable;
+    use crate::{CacheOutput, RelPath};
     use std::collections::BTreeMap;
     use std::fs;
     use std::path::Path;
@@ -300,7 +329,7 @@ mod walk {
             return Ok(());
         }
         let out = if meta.is_file() {
-            CacheOutput::file(rel, abs, is_executable(meta))
+            CacheOutput::file_with_size(rel, abs, meta.len(), is_executable(meta))
         } else if meta.file_type().is_symlink() {
             let target =
                 fs::read_link(abs).map_err(|e| format!("cannot read symlink {rel}: {e}"))?;
@@ -316,11 +345,18 @@ mod walk {
 #[cfg(all(test, unix))]
 mod tests {
     use super::*;
-    use cache_core::OutputContent;
+    use crate::OutputContent;
     use std::os::unix::fs::{PermissionsExt, symlink};
 
     fn rels(v: &[&str]) -> Vec<RelPath> {
         v.iter().map(|p| RelPath::parse(p).unwrap()).collect()
+    }
+
+    fn collect(root: &Path, declared: &[RelPath]) -> Result<Vec<CacheOutput>, String> {
+        collect_outputs(root, declared).map_err(|e| {
+            assert_eq!(e.kind(), "invalid_output", "{e}");
+            e.to_string()
+        })
     }
 
     fn ws() -> (tempfile::TempDir, std::path::PathBuf) {
