@@ -483,7 +483,43 @@ fn try_save(cache_dir: &Path, path: &Path, id: &str, m: &Manifest) -> io::Result
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
-    written
+    written?;
+    remove_stale_temps(&ids);
+    Ok(())
+}
+
+/// A temporary manifest older than this was left by a writer that died mid-write.
+const STALE_TEMP: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Entries of `ids/` looked at per sweep, at most: the sweep runs after every save.
+const MAX_SWEEP: usize = 10_000;
+
+/// Removes temporary manifests (`.*.tmp` regular files) left over an hour ago by
+/// writers that died before their rename; nothing else in `ids/` is touched.
+fn remove_stale_temps(ids: &Path) {
+    let Ok(entries) = std::fs::read_dir(ids) else {
+        return;
+    };
+    let now = std::time::SystemTime::now();
+    for entry in entries.take(MAX_SWEEP).flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if !(name.starts_with('.') && name.ends_with(".tmp")) {
+            continue;
+        }
+        // `DirEntry::metadata` does not follow a symlink: only real files go.
+        let old = entry
+            .metadata()
+            .ok()
+            .filter(std::fs::Metadata::is_file)
+            .and_then(|m| {
+                let age = now.duration_since(m.modified().ok()?).ok()?;
+                Some(age > STALE_TEMP)
+            });
+        if old == Some(true) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// `id`'s manifest in the cache at `cache_dir`, if there is a valid one.

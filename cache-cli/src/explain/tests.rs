@@ -119,3 +119,30 @@ fn names_with_control_characters_are_escaped_and_keys_checked() {
     let bad = serde_json::to_vec(&v).unwrap();
     assert!(Manifest::from_json(&bad, "b").is_err());
 }
+
+#[test]
+fn stale_temporary_manifests_are_swept_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(cache_local::LAYOUT_FILE), "x").unwrap();
+    let ids = dir.path().join(IDS_DIR);
+    std::fs::create_dir(&ids).unwrap();
+    let old = std::time::SystemTime::now() - 2 * STALE_TEMP;
+    let age = |name: &str| {
+        let f = std::fs::File::create(ids.join(name)).unwrap();
+        f.set_modified(old).unwrap();
+    };
+    age(".dead.json.1.2.tmp");
+    age("someone-elses.txt");
+    std::fs::write(ids.join(".fresh.json.3.4.tmp"), "x").unwrap();
+    save(dir.path(), "build", &manifest(&[("a.c", "1")], None));
+    let mut names: Vec<String> = std::fs::read_dir(&ids)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 3, "{names:?}");
+    assert_eq!(names[0], ".fresh.json.3.4.tmp");
+    let manifest_name = manifest_path(dir.path(), "build");
+    let manifest_name = manifest_name.file_name().unwrap().to_string_lossy();
+    assert_eq!(names[1..], [&*manifest_name, "someone-elses.txt"]);
+}
