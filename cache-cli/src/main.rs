@@ -33,6 +33,7 @@ mod explain;
 mod key;
 mod location;
 mod logging;
+mod progress;
 mod run;
 mod runner;
 mod size;

@@ -337,14 +337,17 @@ fn try_hit(
         tracing::debug!("skip lookup {id}: key {key}, backend {describe}, policy {policy}");
         return Err(("no lookup", format!(" (policy {policy})")));
     }
-    let looked = s.rt.block_on(look_up(
-        s.opened.backend.as_ref(),
-        task,
-        key,
-        policy,
-        &p.workspace,
-        accept_failures,
-        p.max_log,
+    let looked = s.rt.block_on(crate::progress::shown(
+        "looking up and restoring from the cache",
+        look_up(
+            s.opened.backend.as_ref(),
+            task,
+            key,
+            policy,
+            &p.workspace,
+            accept_failures,
+            p.max_log,
+        ),
     ));
     // What this run was, for `taskcache stats`: a hit if it is replayed, else a miss.
     if let Some(local) = &s.opened.local {
@@ -457,10 +460,10 @@ fn store_result(
         log_order: finished.log_order,
     };
     let stored_at = Instant::now();
-    match s
-        .rt
-        .block_on(s.opened.backend.store(task, &p.key, &entry, policy))
-    {
+    match s.rt.block_on(crate::progress::shown(
+        &format!("storing {n_outputs} output(s) in the cache"),
+        s.opened.backend.store(task, &p.key, &entry, policy),
+    )) {
         Ok(()) => Ok(format!(
             "stored {n_outputs} output(s) and exit {code} in {} ({id}, in {})",
             format_duration(stored_at.elapsed()),

@@ -69,29 +69,32 @@ struct Extras {
 }
 
 fn bounded_chunks<'de, D: serde::Deserializer<'de>>(d: D) -> Result<LogOrder, D::Error> {
-    struct Bounded;
-    impl<'de> serde::de::Visitor<'de> for Bounded {
-        type Value = LogOrder;
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            write!(f, "at most {MAX_LOG_CHUNKS} log chunks")
-        }
-        fn visit_seq<A: serde::de::SeqAccess<'de>>(
-            self,
-            mut seq: A,
-        ) -> Result<Self::Value, A::Error> {
-            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
-            while let Some(c) = seq.next_element()? {
-                if out.len() == MAX_LOG_CHUNKS {
-                    return Err(serde::de::Error::custom(format!(
-                        "more than {MAX_LOG_CHUNKS} log chunks"
-                    )));
-                }
-                out.push(c);
-            }
-            Ok(out)
-        }
+    d.deserialize_seq(Bounded::<LogChunk, MAX_LOG_CHUNKS>(
+        std::marker::PhantomData,
+    ))
+}
+
+/// A sequence of at most `MAX` elements. The declared length is the cache writer's:
+/// never allocate from it, and stop at the first element past the bound.
+struct Bounded<T, const MAX: usize>(std::marker::PhantomData<T>);
+
+impl<'de, T: Deserialize<'de>, const MAX: usize> serde::de::Visitor<'de> for Bounded<T, MAX> {
+    type Value = Vec<T>;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "at most {MAX} elements")
     }
-    d.deserialize_seq(Bounded)
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
+        while let Some(x) = seq.next_element()? {
+            if out.len() == MAX {
+                return Err(serde::de::Error::custom(format!(
+                    "more than {MAX} elements"
+                )));
+            }
+            out.push(x);
+        }
+        Ok(out)
+    }
 }
 const HEADER: usize = 4 + 1 + 32;
 
@@ -184,30 +187,9 @@ struct SignedPayload {
 pub const MAX_OUTPUTS: usize = 1_000_000;
 
 fn bounded_outputs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<OutputRecord>, D::Error> {
-    struct Bounded;
-    impl<'de> serde::de::Visitor<'de> for Bounded {
-        type Value = Vec<OutputRecord>;
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            write!(f, "at most {MAX_OUTPUTS} outputs")
-        }
-        fn visit_seq<A: serde::de::SeqAccess<'de>>(
-            self,
-            mut seq: A,
-        ) -> Result<Self::Value, A::Error> {
-            // The declared length is the cache writer's: never allocate from it.
-            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
-            while let Some(o) = seq.next_element()? {
-                if out.len() == MAX_OUTPUTS {
-                    return Err(serde::de::Error::custom(format!(
-                        "more than {MAX_OUTPUTS} outputs"
-                    )));
-                }
-                out.push(o);
-            }
-            Ok(out)
-        }
-    }
-    d.deserialize_seq(Bounded)
+    d.deserialize_seq(Bounded::<OutputRecord, MAX_OUTPUTS>(
+        std::marker::PhantomData,
+    ))
 }
 
 impl ActionRecord {
