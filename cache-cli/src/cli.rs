@@ -210,6 +210,12 @@ pub struct TaskArgs {
     #[arg(short = 'o', long = "output", value_name = "PATH", value_parser = parse_output)]
     pub outputs: Vec<RelPath>,
 
+    /// Cache symlink outputs whose target is an absolute path (a Python .venv), as link
+    /// text, never followed. Without it such a link is an error; with it the task has
+    /// keys of its own.
+    #[arg(long)]
+    pub allow_absolute_symlinks: bool,
+
     /// Environment variable whose value joins the key (repeatable); other variables do not.
     #[arg(short = 'e', long = "env", value_name = "NAME", value_parser = parse_env_name)]
     pub env: Vec<String>,

@@ -106,6 +106,7 @@ fn prepare(args: &TaskArgs) -> Result<Prepared, Failure> {
         env: args.env.clone(),
         inputs: args.inputs.clone(),
         outputs: args.outputs.clone(),
+        absolute_symlinks: args.allow_absolute_symlinks,
     };
     let (key, inputs) = task_key(&spec, &workspace, |n| std::env::var_os(n))
         .map_err(|e| Failure::Usage(format!("cannot compute the task key: {e}")))?;
@@ -443,7 +444,11 @@ fn store_result(
             return Err(format!("its {name} is over the capture limit"));
         }
     }
-    let outputs = match cache_core::collect_outputs(&p.workspace, &p.spec.outputs) {
+    let outputs = match cache_core::collect_outputs_with(
+        &p.workspace,
+        &p.spec.outputs,
+        p.spec.absolute_symlinks,
+    ) {
         Ok(o) => o,
         Err(msg) => {
             tracing::warn!("not caching {id}: {msg}");
@@ -558,6 +563,7 @@ mod tests {
             env: Vec::new(),
             inputs: Vec::new(),
             outputs: vec![RelPath::parse("out.txt").unwrap()],
+            absolute_symlinks: false,
         };
         let (key, inputs) = task_key(&spec, &workspace, |_| None).unwrap();
         let key = key.to_string();

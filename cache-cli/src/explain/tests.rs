@@ -13,6 +13,7 @@ fn manifest(files: &[(&str, &str)], cc: Option<&str>) -> Manifest {
         env: vec!["CC".into()],
         inputs: vec!["*.c".into()],
         outputs: vec![RelPath::parse("a.out").unwrap()],
+        absolute_symlinks: false,
     };
     let var = |n: &str| (n == "CC").then(|| cc.map(OsString::from)).flatten();
     let (key, inputs) = crate::key::task_key(&spec, dir.path(), var).unwrap();
