@@ -17,7 +17,7 @@ use crate::Failure;
 use crate::location::Location;
 use cache_core::sign::{PublicKey, SigningKey, parse_trusted_keys};
 use cache_core::storage::Storage;
-use cache_core::{Cache, CacheBackend, CircuitBreaker, Tiered, TieredStats};
+use cache_core::{Cache, CacheBackend, CircuitBreaker, Deadline, Deadlines, Tiered, TieredStats};
 use cache_local::{LocalCache, LocalOptions, LocalStorage};
 use cache_s3::{S3Options, S3Storage};
 use std::path::PathBuf;
@@ -227,14 +227,19 @@ pub fn open(
     front: &Tier,
     remote: Option<&Tier>,
     signing: &Signing,
+    deadlines: Deadlines,
 ) -> cache_core::BackendResult<Opened> {
     let describe = front.to_string();
+    // Every tier is bounded, even a local directory (a network filesystem may hang).
     let (front, cache): (Arc<dyn CacheBackend>, Option<LocalCache>) = match front {
         Tier::Local(dir) => {
             let cache = signing.apply(cache_local::open(dir, LocalOptions::default())?);
-            (Arc::new(cache.clone()), Some(cache))
+            (bounded(Arc::new(cache.clone()), deadlines), Some(cache))
         }
-        Tier::Object { url, options, .. } => (Arc::new(open_object(url, options, signing)?), None),
+        Tier::Object { url, options, .. } => (
+            bounded(Arc::new(open_object(url, options, signing)?), deadlines),
+            None,
+        ),
     };
     let Some(remote) = remote else {
         return Ok(Opened {
@@ -254,7 +259,12 @@ pub fn open(
     match shared {
         Ok(shared) => Ok(Opened {
             local: cache,
-            ..tiered(front, shared, format!("{describe} + remote {remote}"))
+            ..tiered(
+                front,
+                shared,
+                format!("{describe} + remote {remote}"),
+                deadlines,
+            )
         }),
         Err(e) => {
             tracing::warn!(
@@ -270,13 +280,27 @@ pub fn open(
     }
 }
 
-/// `local` in front of `shared`, the shared tier behind a [`CircuitBreaker`].
+/// `backend` with a deadline on every call (tokio's timer).
+pub fn bounded(backend: Arc<dyn CacheBackend>, deadlines: Deadlines) -> Arc<dyn CacheBackend> {
+    Arc::new(Deadline::new(
+        backend,
+        deadlines,
+        Arc::new(|d| Box::pin(tokio::time::sleep(d))),
+    ))
+}
+
+/// `local` in front of `shared`, the shared tier bounded by `deadlines` and behind a
+/// [`CircuitBreaker`] (timeouts count), so a dead remote costs one deadline per run.
 pub fn tiered(
     local: Arc<dyn CacheBackend>,
     shared: Arc<dyn CacheBackend>,
     describe: String,
+    deadlines: Deadlines,
 ) -> Opened {
-    let shared: Arc<dyn CacheBackend> = Arc::new(CircuitBreaker::new(shared, BREAKER_THRESHOLD));
+    let shared: Arc<dyn CacheBackend> = Arc::new(CircuitBreaker::new(
+        bounded(shared, deadlines),
+        BREAKER_THRESHOLD,
+    ));
     let tiered = Tiered::new(local, shared);
     let stats = tiered.stats();
     Opened {

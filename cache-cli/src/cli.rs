@@ -11,6 +11,7 @@ Environment:
   TASKCACHE_CACHE           default for --cache
   TASKCACHE_REMOTE          default for --remote
   TASKCACHE_POLICY          default for --policy
+  TASKCACHE_CACHE_TIMEOUT   default for --cache-timeout
   TASKCACHE_LOG             tracing filter for diagnostics, e.g. debug
   TASKCACHE_SIGNING_KEY     sign what is stored (a secret; see `taskcache keygen`)
   TASKCACHE_TRUSTED_KEYS    use only entries signed by these public keys
@@ -22,12 +23,18 @@ Environment:
 Exit codes: the command's own (128+N if killed by signal N); on a hit, the cached one.
 2 for bad usage; 126/127 when the command cannot be started.";
 
+const KEY_AFTER_HELP: &str = "\
+`key` takes the same flags as `run`, so one command line serves both. Only -i, -o, -e
+and -C change the key; --id (and --cache, where the id's manifest is) change what
+--explain and -v say about it. It never runs the command and never writes to the cache.";
+
 /// taskcache: put any CI step behind a cache of its outputs and logs.
 #[derive(Debug, Parser)]
 #[command(name = "taskcache", version, after_help = AFTER_HELP, propagate_version = true)]
 pub struct Cli {
-    /// Print one line per cache decision (hit/miss, key, backend, time saved); -vv for debug logs.
-    #[arg(short, long, action = ArgAction::Count, global = true)]
+    /// Say more on stderr (also accepted after the subcommand, whose --help says what
+    /// -v and -vv show there).
+    #[arg(short, long, action = ArgAction::Count)]
     pub verbose: u8,
 
     /// What to do.
@@ -40,21 +47,48 @@ pub struct Cli {
 pub enum Command {
     /// Run COMMAND through the cache: on a hit restore its outputs and replay its logs
     /// and exit code without running it; on a miss run it and store the result.
-    #[command(after_help = AFTER_HELP)]
-    Run(TaskArgs),
-    /// Print the task digest (the cache key) and nothing else.
-    Key(TaskArgs),
+    #[command(
+        after_help = AFTER_HELP,
+        override_usage = "taskcache run [OPTIONS] -- <COMMAND>..."
+    )]
+    Run(RunArgs),
+    /// Print the task digest (the cache key); with --explain, everything that went into it.
+    #[command(
+        after_help = KEY_AFTER_HELP,
+        override_usage = "taskcache key [OPTIONS] [--explain] -- <COMMAND>..."
+    )]
+    Key(KeyArgs),
     /// Show entries, blobs, bytes, hits and misses of the local cache (of an object
     /// store: entries, blobs and bytes, by listing).
+    #[command(override_usage = "taskcache stats [OPTIONS] [--json]")]
     Stats(StatsArgs),
     /// Evict least recently used entries until the local cache is under --max-size (an
     /// object store evicts with a lifecycle rule instead; gc says which).
+    // The usage is spelled out: clap's own lists an option set from the environment
+    // (TASKCACHE_CACHE) as if it were required.
+    #[command(override_usage = "taskcache gc [OPTIONS] --max-size <SIZE>")]
     Gc(GcArgs),
     /// Re-hash every stored blob and check every entry; report and remove corrupt ones.
-    Verify(CacheArgs),
+    #[command(override_usage = "taskcache verify [OPTIONS]")]
+    Verify(VerifyArgs),
     /// Make a key pair for signed entries: the signing key (a secret, for trusted
     /// writers such as main-branch CI) and the public key every reader trusts.
     Keygen,
+}
+
+impl Cli {
+    /// How many `-v` were given, before and after the subcommand.
+    pub fn verbosity(&self) -> u8 {
+        let sub = match &self.command {
+            Command::Run(a) => a.verbose,
+            Command::Key(a) => a.verbose,
+            Command::Stats(a) => a.verbose,
+            Command::Gc(a) => a.verbose,
+            Command::Verify(a) => a.verbose,
+            Command::Keygen => 0,
+        };
+        self.verbose.saturating_add(sub)
+    }
 }
 
 /// Where the (local) cache is.
@@ -73,12 +107,59 @@ pub struct CacheArgs {
     pub cache: Option<RawLocation>,
 }
 
+/// `taskcache run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The task.
+    #[command(flatten)]
+    pub task: TaskArgs,
+    /// -v: one line on stderr saying whether it was a hit (and the time saved) or a miss
+    /// (and whether the result was stored), plus which inputs changed since the last
+    /// entry stored under --id; -vv: also everything that went into the key (input
+    /// digests, variable names, arguments) and debug logs.
+    #[arg(short, long, action = ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// `taskcache key`.
+#[derive(Debug, Args)]
+pub struct KeyArgs {
+    /// The task.
+    #[command(flatten)]
+    pub task: TaskArgs,
+    /// Print everything that went into the key instead of the key alone: every input
+    /// file with its digest, the names (never the values) of the declared variables,
+    /// the arguments, outputs and salt, then the key; with --id, also what changed
+    /// since the last entry stored under that id.
+    #[arg(long)]
+    pub explain: bool,
+    /// -v: on stderr, which inputs changed since the last entry stored under --id;
+    /// -vv: also debug logs (and everything that went into the key).
+    #[arg(short, long, action = ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// `taskcache verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The cache.
+    #[command(flatten)]
+    pub cache: CacheArgs,
+    /// -v: notes of the local cache on stderr (stale temporary files of crashed writers
+    /// it removed); -vv: debug logs.
+    #[arg(short, long, action = ArgAction::Count)]
+    pub verbose: u8,
+}
+
 /// `taskcache stats`.
 #[derive(Debug, Args)]
 pub struct StatsArgs {
     /// The cache.
     #[command(flatten)]
     pub cache: CacheArgs,
+    /// -vv: debug logs on stderr (-v adds nothing here: the statistics are the output).
+    #[arg(short, long, action = ArgAction::Count)]
+    pub verbose: u8,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -90,6 +171,10 @@ pub struct GcArgs {
     /// The cache.
     #[command(flatten)]
     pub cache: CacheArgs,
+    /// -v: notes of the local cache on stderr (what GC removed, stale temporary files of
+    /// crashed writers); -vv: debug logs.
+    #[arg(short, long, action = ArgAction::Count)]
+    pub verbose: u8,
     /// Target size, e.g. 10GiB, 500MB, or a number of bytes.
     #[arg(long, value_name = "SIZE", value_parser = crate::size::parse_size)]
     pub max_size: u64,
@@ -100,8 +185,8 @@ pub struct GcArgs {
     pub grace: std::time::Duration,
 }
 
-/// `90s`, `10m`, `1h`, or a number of seconds.
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+/// `500ms`, `90s`, `10m`, `1h`, or a number of seconds.
+pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let s = s.trim();
     let (num, unit) = s
         .find(|c: char| !c.is_ascii_digit())
@@ -110,10 +195,11 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         .parse()
         .map_err(|_| format!("{s:?} is not a duration; write e.g. 0, 90s, 10m or 1h"))?;
     let secs = match unit {
+        "ms" => return Ok(std::time::Duration::from_millis(n)),
         "" | "s" => n,
         "m" => n.saturating_mul(60),
         "h" => n.saturating_mul(3600),
-        _ => return Err(format!("{s:?}: the unit must be s, m or h (e.g. 10m)")),
+        _ => return Err(format!("{s:?}: the unit must be ms, s, m or h (e.g. 10m)")),
     };
     Ok(std::time::Duration::from_secs(secs))
 }
@@ -130,6 +216,12 @@ pub struct TaskArgs {
     /// not in the cache are left alone.
     #[arg(short = 'o', long = "output", value_name = "PATH", value_parser = parse_output)]
     pub outputs: Vec<RelPath>,
+
+    /// Cache symlink outputs whose target is an absolute path (a Python .venv), as link
+    /// text, never followed. Without it such a link is an error; with it the task has
+    /// keys of its own.
+    #[arg(long)]
+    pub allow_absolute_symlinks: bool,
 
     /// Environment variable whose value joins the key (repeatable); other variables do not.
     #[arg(short = 'e', long = "env", value_name = "NAME", value_parser = parse_env_name)]
@@ -162,12 +254,25 @@ pub struct TaskArgs {
     )]
     pub policy: CachePolicy,
 
+    /// Longest a cache call may take before the command runs uncached: lookups get this
+    /// long, transfers this long plus 1 s per 8 MiB. E.g. 500ms, 10s, 1m.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        env = "TASKCACHE_CACHE_TIMEOUT",
+        hide_env_values = true,
+        default_value = "10s",
+        value_parser = parse_duration
+    )]
+    pub cache_timeout: std::time::Duration,
+
     /// The workspace: inputs and outputs are relative to it, and the command runs in it
     /// [default: the current directory].
     #[arg(short = 'C', long, value_name = "DIR")]
     pub workspace: Option<PathBuf>,
 
-    /// Task name for logs [default: the command line].
+    /// Task name for logs [default: the command line]. With --id, a stored run also
+    /// keeps a small manifest of its key's inputs, so a later miss can say what changed.
     #[arg(long, value_name = "NAME")]
     pub id: Option<String>,
 
@@ -254,8 +359,8 @@ mod tests {
             "4",
         ])
         .unwrap();
-        assert_eq!(cli.verbose, 1);
-        let Command::Run(t) = cli.command else {
+        assert_eq!(cli.verbosity(), 1);
+        let Command::Run(RunArgs { task: t, .. }) = cli.command else {
             panic!("not run")
         };
         assert_eq!(t.inputs, ["src/**/*.rs", "Cargo.lock"]);
@@ -280,7 +385,7 @@ mod tests {
     #[test]
     fn flags_after_dashdash_belong_to_the_command() {
         let cli = parse(&["key", "--", "ls", "-o", "--policy"]).unwrap();
-        let Command::Key(t) = cli.command else {
+        let Command::Key(KeyArgs { task: t, .. }) = cli.command else {
             panic!("not key")
         };
         assert_eq!(t.command, ["ls", "-o", "--policy"]);

@@ -55,8 +55,10 @@ fn miss_then_hit(f: &Fixture, opts: &[&str], output: &str, command: &[&str]) {
 #[test]
 fn cargo_sees_a_restored_target_as_fresh() {
     let f = Fixture::new();
-    // A chain of crates, each depending on the previous one: enough files in
-    // `target` that a restore spans several ticks of the filesystem's clock.
+    // A chain of crates, each depending on the next one, so that a dependency's files
+    // sort after its dependents' and a restore in path order writes them later: without
+    // one time for the whole tree, cargo sees every dependency as rebuilt after the
+    // crates that use it.
     let crates: Vec<String> = (0..12).map(|i| format!("k{i:02}")).collect();
     let members: Vec<String> = crates.iter().map(|c| format!("\"{c}\"")).collect();
     f.write(
@@ -67,7 +69,8 @@ fn cargo_sees_a_restored_target_as_fresh() {
         ),
     );
     for (i, name) in crates.iter().enumerate() {
-        let (deps, body) = match i.checked_sub(1) {
+        let next = Some(i + 1).filter(|n| *n < crates.len());
+        let (deps, body) = match next {
             None => (String::new(), "pub fn v() -> u32 { 1 }\n".to_owned()),
             Some(p) => (
                 format!("{0} = {{ path = \"../{0}\" }}\n", crates[p]),

@@ -60,6 +60,9 @@ pub enum OutputContent {
         path: PathBuf,
         /// Digest and size, when known.
         blob: Option<BlobRef>,
+        /// The file's size when the caller knows it (from the metadata it walked):
+        /// sizes deadlines and metrics, never trusted as the stored size.
+        size: Option<u64>,
     },
     /// A directory (cached even when empty; its files are separate outputs).
     Directory,
@@ -100,9 +103,26 @@ impl CacheOutput {
             content: OutputContent::File {
                 path: source.into(),
                 blob: None,
+                size: None,
             },
             is_executable,
         }
+    }
+
+    /// A file output streamed from `source`, whose size the caller knows (it scales
+    /// the store's deadline and counts as bytes up in [`crate::Instrumented`]).
+    #[must_use]
+    pub fn file_with_size(
+        path: impl Into<String>,
+        source: impl Into<PathBuf>,
+        size: u64,
+        is_executable: bool,
+    ) -> Self {
+        let mut out = CacheOutput::file(path, source, is_executable);
+        if let OutputContent::File { size: s, .. } = &mut out.content {
+            *s = Some(size);
+        }
+        out
     }
 
     /// A directory output.
@@ -144,6 +164,28 @@ pub struct CacheEntry {
     pub duration_ms: u64,
     /// Output artifacts.
     pub outputs: Vec<CacheOutput>,
+    /// The order the task wrote stdout and stderr in, so a hit replays them
+    /// interleaved ([`crate::Hit::log_order`]); empty when not recorded. Its chunks must
+    /// add up to the two logs' lengths.
+    pub log_order: crate::storage::LogOrder,
+}
+
+impl CacheEntry {
+    /// Bytes a store of this entry moves, as far as known without touching the disk:
+    /// logs, in-memory outputs, and file outputs whose size the caller gave.
+    #[must_use]
+    pub fn known_bytes(&self) -> u64 {
+        let logs = [&self.stdout, &self.stderr]
+            .into_iter()
+            .flatten()
+            .map(|l| l.len() as u64);
+        let outputs = self.outputs.iter().map(|o| match &o.content {
+            OutputContent::Bytes(b) => b.len() as u64,
+            OutputContent::File { blob, size, .. } => blob.map(|b| b.size).or(*size).unwrap_or(0),
+            OutputContent::Directory | OutputContent::Symlink { .. } => 0,
+        });
+        logs.chain(outputs).fold(0, u64::saturating_add)
+    }
 }
 
 /// Cached stdout and stderr, as bytes.

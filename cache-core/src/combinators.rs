@@ -358,23 +358,6 @@ fn log_len(l: &LogBytes) -> u64 {
     l.0.as_ref().map_or(0, Vec::len) as u64 + l.1.as_ref().map_or(0, Vec::len) as u64
 }
 
-fn entry_len(entry: &CacheEntry) -> u64 {
-    let logs = [&entry.stdout, &entry.stderr]
-        .into_iter()
-        .map(|l| l.as_ref().map_or(0, Vec::len) as u64)
-        .fold(0u64, u64::saturating_add);
-    let outputs = entry
-        .outputs
-        .iter()
-        .map(|o| match &o.content {
-            OutputContent::Bytes(b) => b.len() as u64,
-            OutputContent::File { blob: Some(b), .. } => b.size,
-            _ => 0,
-        })
-        .fold(0u64, u64::saturating_add);
-    logs.saturating_add(outputs)
-}
-
 #[async_trait]
 impl CacheBackend for Instrumented {
     async fn lookup(
@@ -417,7 +400,7 @@ impl CacheBackend for Instrumented {
         if r.is_ok() && crate::policy_allows_write(policy) {
             self.metrics
                 .bytes_up
-                .fetch_add(entry_len(entry), Ordering::Relaxed);
+                .fetch_add(entry.known_bytes(), Ordering::Relaxed);
         }
         self.done("store", t, r)
     }

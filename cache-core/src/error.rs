@@ -159,6 +159,17 @@ pub enum BackendError {
         version: u8,
     },
 
+    /// A cache call did not finish within its deadline ([`crate::Deadline`]).
+    #[error("cache {backend} did not finish {operation} within {after:?}")]
+    Timeout {
+        /// The backend's name.
+        backend: &'static str,
+        /// What it was doing.
+        operation: &'static str,
+        /// The deadline.
+        after: std::time::Duration,
+    },
+
     /// A stored entry failed its checksum, did not decode, or describes unsafe outputs.
     #[error("cache entry {key} is corrupt or hostile: {reason}")]
     CorruptEntry {
@@ -263,6 +274,7 @@ impl BackendError {
             self,
             BackendError::Unavailable(_)
                 | BackendError::Connection(_)
+                | BackendError::Timeout { .. }
                 | BackendError::ActionNotFound { .. }
         )
     }
@@ -325,6 +337,7 @@ impl BackendError {
             BackendError::InvalidOutput { .. } => "invalid_output",
             BackendError::InvalidInput { .. } => "invalid_input",
             BackendError::CorruptEntry { .. } => "corrupt_entry",
+            BackendError::Timeout { .. } => "timeout",
             BackendError::NewerEntryFormat { .. } => "newer_entry_format",
             BackendError::UndeclaredOutput { .. } => "undeclared_output",
             BackendError::LogTooLarge { .. } => "log_too_large",

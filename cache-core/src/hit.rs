@@ -44,6 +44,8 @@ const OPEN_CHUNK_BYTES: u64 = 64 << 20;
 #[derive(Clone)]
 pub struct Hit {
     entry: EntryKey,
+    /// Deadlines for restoring and reading logs, when a [`crate::Deadline`] made it.
+    limits: Option<crate::deadline::Limits>,
     record: Arc<ActionRecord>,
     storage: Arc<dyn Storage>,
     blocking: Spawner,
@@ -69,6 +71,7 @@ impl Hit {
     ) -> Self {
         Hit {
             entry,
+            limits: None,
             record,
             storage,
             blocking,
@@ -91,6 +94,14 @@ impl Hit {
     #[must_use]
     pub fn duration_ms(&self) -> u64 {
         self.record.duration_ms
+    }
+
+    /// The order the task wrote its stdout and stderr in: replay [`Hit::logs`] chunk
+    /// by chunk to interleave them as they were (empty: not recorded; replay stdout,
+    /// then stderr).
+    #[must_use]
+    pub fn log_order(&self) -> &[crate::storage::LogChunk] {
+        &self.record.log_order
     }
 
     /// The whole record.
@@ -150,7 +161,24 @@ impl Hit {
     /// [`OutputContent::File`] naming the restored file, with its verified blob), then
     /// symlinks, under the canonical workspace root.
     pub async fn restore(&self, workspace: &Path) -> BackendResult<Vec<CacheOutput>> {
-        let restore = Restore::new(workspace.to_path_buf(), &self.record.outputs)?;
+        match &self.limits {
+            Some(l) => {
+                let limit = l.deadlines.for_bytes(self.file_bytes());
+                l.within("restore", limit, self.restore_unbounded(workspace))
+                    .await
+            }
+            None => self.restore_unbounded(workspace).await,
+        }
+    }
+
+    /// The same hit, its restores and log reads bounded by `limits`.
+    pub(crate) fn with_limits(mut self, limits: crate::deadline::Limits) -> Self {
+        self.limits = Some(limits);
+        self
+    }
+
+    async fn restore_unbounded(&self, workspace: &Path) -> BackendResult<Vec<CacheOutput>> {
+        let restore = Restore::new(workspace.to_path_buf(), &self.record)?;
         let small = restore.files.len() < SMALL_FILES && self.file_bytes() < SMALL_BYTES;
         let root = if small {
             // The common hit: one storage call for the sources, one blocking job.
@@ -291,6 +319,19 @@ impl Hit {
     /// cache, so it is checked before it can choose how much memory is used). Use
     /// [`Hit::log_reader`] to stream logs of any size.
     pub async fn logs_up_to(&self, limit: u64) -> BackendResult<LogBytes> {
+        match &self.limits {
+            Some(l) => {
+                let deadline = l
+                    .deadlines
+                    .for_bytes(self.bytes().saturating_sub(self.file_bytes()));
+                l.within("read logs", deadline, self.logs_unbounded(limit))
+                    .await
+            }
+            None => self.logs_unbounded(limit).await,
+        }
+    }
+
+    async fn logs_unbounded(&self, limit: u64) -> BackendResult<LogBytes> {
         for log in [&self.record.stdout, &self.record.stderr] {
             if let LogRecord::Blob(b) = log {
                 if b.size > limit {
@@ -361,7 +402,7 @@ impl Hit {
 }
 
 /// Which captured stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum LogStream {
     /// Standard output.
     Stdout,
@@ -537,13 +578,21 @@ struct Restore {
     root: PathBuf,
     outputs: Vec<(RelPath, OutputRecord)>,
     files: Vec<FileOut>,
+    /// Symlinks with absolute targets (a task that opted in; `Cache` checked that).
+    absolute_links: Vec<(RelPath, String)>,
 }
 
 impl Restore {
-    fn new(root: PathBuf, outputs: &[OutputRecord]) -> BackendResult<Self> {
-        let outputs: Vec<(RelPath, OutputRecord)> = outputs
+    fn new(root: PathBuf, record: &ActionRecord) -> BackendResult<Self> {
+        let outputs: Vec<(RelPath, OutputRecord)> = record
+            .outputs
             .iter()
             .map(|o| Ok((RelPath::parse(o.path())?, o.clone())))
+            .collect::<BackendResult<_>>()?;
+        let absolute_links = record
+            .absolute_symlinks
+            .iter()
+            .map(|l| Ok((RelPath::parse(&l.path)?, l.target.clone())))
             .collect::<BackendResult<_>>()?;
         let files = outputs
             .iter()
@@ -562,6 +611,7 @@ impl Restore {
             root,
             outputs,
             files,
+            absolute_links,
         })
     }
 
@@ -574,8 +624,16 @@ impl Restore {
         for (rel, o) in &self.outputs {
             ws.check(rel, matches!(o, OutputRecord::Directory { .. }))?;
         }
+        for (rel, _) in &self.absolute_links {
+            ws.check(rel, false)?;
+        }
         let mut links = Vec::new();
-        let all: Vec<RelPath> = self.outputs.iter().map(|(rel, _)| rel.clone()).collect();
+        let all: Vec<RelPath> = self
+            .outputs
+            .iter()
+            .map(|(rel, _)| rel.clone())
+            .chain(self.absolute_links.iter().map(|(rel, _)| rel.clone()))
+            .collect();
         for (rel, o) in self.outputs {
             match o {
                 OutputRecord::Directory { .. } => drop(ws.create_dir(&rel)?),
@@ -597,6 +655,7 @@ impl Restore {
             in_place,
             needed,
             links,
+            absolute_links: self.absolute_links,
             all,
         })
     }
@@ -609,6 +668,7 @@ struct Prepared {
     /// The files to write.
     needed: Vec<FileOut>,
     links: Vec<(RelPath, String)>,
+    absolute_links: Vec<(RelPath, String)>,
     /// Every output, for the one timestamp set at the end.
     all: Vec<RelPath>,
 }
@@ -635,6 +695,9 @@ impl Prepared {
         for (rel, target) in &self.links {
             self.ws.create_symlink(rel, target)?;
         }
+        for (rel, target) in &self.absolute_links {
+            self.ws.create_absolute_symlink(rel, target)?;
+        }
         let now = std::time::SystemTime::now();
         for rel in &self.all {
             self.ws.set_mtime(rel, now)?;
@@ -660,6 +723,7 @@ fn outputs_under(record: &ActionRecord, root: &Path) -> BackendResult<Vec<CacheO
                 content: OutputContent::File {
                     path: rel.to_path(root),
                     blob: Some(*blob),
+                    size: Some(blob.size),
                 },
                 is_executable: *executable,
             }),
@@ -667,6 +731,10 @@ fn outputs_under(record: &ActionRecord, root: &Path) -> BackendResult<Vec<CacheO
                 links.push(CacheOutput::symlink(rel.as_str(), target.clone()));
             }
         }
+    }
+    for l in &record.absolute_symlinks {
+        let rel = RelPath::parse(&l.path)?;
+        links.push(CacheOutput::symlink(rel.as_str(), l.target.clone()));
     }
     dirs.extend(files);
     dirs.extend(links);

@@ -19,6 +19,11 @@
 //!   uncached (the cache's fault) or the caller fixes something.
 //! * Combinators: [`Tiered`], [`Instrumented`], [`CircuitBreaker`].
 //!
+//! * [`collect_outputs`]: the one walk from a task's declared output paths to the
+//!   outputs handed to `store` (directories, files streamed from disk, safe symlinks;
+//!   escapes, special files and missing outputs refused by name).
+//! * [`Deadline`]: every cache call bounded, so a hung cache costs one timeout.
+//!
 //! It depends on no async runtime and no network crate.
 //!
 //! The crate root is for executors; [`storage`] is for backend authors.
@@ -57,11 +62,40 @@
 //!     Ok(0)
 //! }
 //! ```
+//!
+//! On a miss, collect the declared outputs with [`collect_outputs`] (blocking: run it
+//! on a blocking thread) and put them in the [`CacheEntry`]. A failed `store` is a
+//! warning, never the task's failure, whoever is at fault: the task already ran.
+//!
+//! ## Stacking combinators
+//!
+//! The usual stack, as the `taskcache` command builds it: a fast local tier in front of
+//! a shared one ([`Tiered`]); every tier bounded by [`Deadline`]; the shared tier behind
+//! a [`CircuitBreaker`] that skips it after repeated faults (timeouts included), so a
+//! dead remote costs one deadline, not one per task; [`Instrumented`] outermost to
+//! count hits, misses, bytes and errors of the whole.
+//!
+//! ```
+//! use cache_core::{CacheBackend, CircuitBreaker, Deadline, Deadlines, Instrumented, Sleep, Tiered};
+//! use std::{sync::Arc, time::Duration};
+//!
+//! // `sleep` is the executor's timer, e.g. with tokio:
+//! // `Arc::new(|d| Box::pin(tokio::time::sleep(d)))`.
+//! fn stack(fast: Arc<dyn CacheBackend>, shared: Arc<dyn CacheBackend>, sleep: Sleep) -> Instrumented {
+//!     let limits = Deadlines::new(Duration::from_secs(10));
+//!     let fast = Arc::new(Deadline::new(fast, limits, sleep.clone()));
+//!     let shared = Arc::new(Deadline::new(shared, limits, sleep));
+//!     let shared = Arc::new(CircuitBreaker::new(shared, 3));
+//!     Instrumented::new(Arc::new(Tiered::new(fast, shared)))
+//! }
+//! ```
 
 mod backend;
 mod blocking;
 mod cache;
+mod collect;
 mod combinators;
+mod deadline;
 mod digest;
 mod dirtemp;
 mod error;
@@ -81,13 +115,16 @@ pub use backend::{
 };
 pub use blocking::{Job, Spawner, thread_per_job};
 pub use cache::Cache;
+pub use collect::{collect_outputs, collect_outputs_with};
 pub use combinators::{CircuitBreaker, Instrumented, Metrics, Tiered, TieredStats};
+pub use deadline::{Deadline, Deadlines, Sleep};
 pub use digest::{BlobRef, Digest, DigestAlgorithm, Hasher};
 pub use error::{BackendError, BackendResult, BoxError, Detail, Fault};
 pub use hit::{Hit, LogStream, MAX_LOG_BYTES};
 pub use key::{InputFile, TaskKeyBuilder};
 pub use path::{
-    MAX_PATH_BYTES, MAX_PATH_DEPTH, OutputKind, RelPath, check_layout, check_symlink_target,
+    MAX_PATH_BYTES, MAX_PATH_DEPTH, OutputKind, RelPath, check_absolute_symlink_target,
+    check_layout, check_symlink_target,
 };
 pub use policy::{CachePolicy, effective_policy, policy_allows_read, policy_allows_write};
 pub use task::{OutputType, Task, TaskOutput};

@@ -153,6 +153,11 @@ pub fn spawn_blocking(job: cache_core::Job) {
     tokio::task::spawn_blocking(job);
 }
 
+/// tokio's timer as a [`cache_core::Sleep`], for [`cache_core::Deadline`].
+pub fn tokio_sleep() -> cache_core::Sleep {
+    Arc::new(|d| Box::pin(tokio::time::sleep(d)))
+}
+
 /// Test-only access to a backend's stored bytes, so the suite can plant hostile and
 /// corrupt data. Each backend implements it in its own tests.
 #[async_trait]
@@ -346,6 +351,7 @@ macro_rules! conformance_suite {
             round_trip_logs_absent_and_empty
             round_trip_logs_multiline_and_binary
             round_trip_logs_8mib
+            round_trip_log_order
             round_trip_every_output_kind
             round_trip_returned_outputs
             round_trip_1000_small_files
@@ -364,6 +370,7 @@ macro_rules! conformance_suite {
             degradation_tiered_with_failing_shared_tier
             degradation_backend_as_shared_tier
             degradation_executor_runs_the_task_when_the_cache_fails
+            degradation_hung_backend_costs_one_deadline
             hostile_parent_dir_paths
             hostile_absolute_paths
             hostile_symlink_targets_leaving_workspace
@@ -383,6 +390,7 @@ macro_rules! conformance_suite {
             hostile_huge_declared_log
             hostile_adversarial_entries
             hostile_unsigned_and_forged_entries
+            trust_absolute_symlinks_only_when_opted_in
             concurrent_stores_and_readers
             model_state_machine
             health_check_succeeds

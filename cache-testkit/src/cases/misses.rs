@@ -5,9 +5,13 @@ use crate::fixtures::{
     OutputTree, TempWorkspace, expect_err, expect_ok, fresh_key, fresh_key_with, fresh_seed, task,
 };
 use crate::{FaultError, FaultPlan, FaultyBackend, Harness, MemoryBackend};
-use cache_core::{CacheBackend, CacheEntry, CachePolicy, DigestAlgorithm, Tiered};
+use cache_core::{
+    CacheBackend, CacheEntry, CachePolicy, CircuitBreaker, Deadline, Deadlines, DigestAlgorithm,
+    Tiered,
+};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 /// An unknown key: `check` is a miss, `restore_outputs` and `get_logs` are
 /// `ActionNotFound` (degradable), and the workspace is untouched.
@@ -156,43 +160,44 @@ pub async fn degradation_backend_as_shared_tier(h: Harness) {
     ws.assert_outside_unchanged();
 }
 
+/// The documented executor loop; `ran` counts runs of the "task" (exit code 3).
+async fn run_cached(cache: &dyn CacheBackend, key: &str, ran: &mut u32) -> i32 {
+    let digest = cache_core::Digest::parse(key).expect("a valid key");
+    let replayed = async {
+        let Some(hit) = cache.lookup(&task(), &digest, CachePolicy::Normal).await? else {
+            return Ok(None);
+        };
+        hit.logs().await?;
+        Ok::<_, cache_core::BackendError>(Some(hit.exit_code()))
+    };
+    match replayed.await {
+        Ok(Some(code)) => return code,
+        Ok(None) => {}
+        Err(e) => assert!(
+            e.is_cache_fault(),
+            "a caller fault from a failing cache: {e}"
+        ),
+    }
+    *ran += 1;
+    let entry = CacheEntry {
+        exit_code: 3,
+        stdout: Some(b"ran\n".to_vec()),
+        ..CacheEntry::default()
+    };
+    if let Err(e) = cache.store(&task(), key, &entry, CachePolicy::Normal).await {
+        assert!(
+            e.is_cache_fault(),
+            "a caller fault from a failing store: {e}"
+        );
+    }
+    3
+}
+
 /// An executor following the crate docs' pattern (a lookup, and on a cache fault run
 /// the task uncached; a failed store is a warning) always runs the task and returns
 /// its own exit code when the backend fails every call with an I/O error, a
 /// corruption or unavailability, directly or as the shared tier behind it.
 pub async fn degradation_executor_runs_the_task_when_the_cache_fails(h: Harness) {
-    /// The documented executor loop; `ran` counts runs of the "task" (exit code 3).
-    async fn run_cached(cache: &dyn CacheBackend, key: &str, ran: &mut u32) -> i32 {
-        let digest = cache_core::Digest::parse(key).expect("a valid key");
-        let replayed = async {
-            let Some(hit) = cache.lookup(&task(), &digest, CachePolicy::Normal).await? else {
-                return Ok(None);
-            };
-            hit.logs().await?;
-            Ok::<_, cache_core::BackendError>(Some(hit.exit_code()))
-        };
-        match replayed.await {
-            Ok(Some(code)) => return code,
-            Ok(None) => {}
-            Err(e) => assert!(
-                e.is_cache_fault(),
-                "a caller fault from a failing cache: {e}"
-            ),
-        }
-        *ran += 1;
-        let entry = CacheEntry {
-            exit_code: 3,
-            stdout: Some(b"ran\n".to_vec()),
-            ..CacheEntry::default()
-        };
-        if let Err(e) = cache.store(&task(), key, &entry, CachePolicy::Normal).await {
-            assert!(
-                e.is_cache_fault(),
-                "a caller fault from a failing store: {e}"
-            );
-        }
-        3
-    }
     for error in [
         FaultError::Io(std::io::ErrorKind::PermissionDenied),
         FaultError::CorruptEntry,
@@ -224,4 +229,35 @@ pub async fn degradation_executor_runs_the_task_when_the_cache_fails(h: Harness)
         assert_eq!(run_cached(h.backend.as_ref(), &key, &mut ran).await, 3);
     }
     assert_eq!(ran, 1, "a healthy backend replays the second run");
+}
+
+/// A backend that never answers, behind [`Deadline`] and a [`CircuitBreaker`] as the
+/// crate docs stack them: each call costs at most its deadline, the breaker opens after
+/// repeated timeouts, and the documented executor loop runs the task every time.
+pub async fn degradation_hung_backend_costs_one_deadline(h: Harness) {
+    let hung: Arc<dyn CacheBackend> = Arc::new(FaultyBackend::new(
+        Arc::clone(&h.backend),
+        FaultPlan::healthy().with_latency(Duration::from_secs(3600)),
+    ));
+    let limit = Duration::from_millis(200);
+    let bounded: Arc<dyn CacheBackend> = Arc::new(Deadline::new(
+        hung,
+        Deadlines::new(limit),
+        crate::tokio_sleep(),
+    ));
+    let breaker = CircuitBreaker::new(bounded, 2);
+    let started = Instant::now();
+    let mut ran = 0;
+    for _ in 0..6 {
+        assert_eq!(run_cached(&breaker, &fresh_key(), &mut ran).await, 3);
+    }
+    assert_eq!(ran, 6, "the task runs every time");
+    assert!(breaker.is_open(), "repeated timeouts open the breaker");
+    // Without deadlines this loop would wait an hour per call; with them, two
+    // timeouts open the breaker and the rest skip the cache. The bound is generous.
+    let took = started.elapsed();
+    assert!(
+        took < limit * 2 + Duration::from_secs(20),
+        "a hung cache held the executor for {took:?}"
+    );
 }

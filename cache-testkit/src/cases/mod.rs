@@ -50,7 +50,8 @@ pub use keys::{
 pub use misc::{health_check_succeeds, name_is_stable};
 pub use misses::{
     degradation_backend_as_shared_tier, degradation_executor_runs_the_task_when_the_cache_fails,
-    degradation_tiered_with_failing_shared_tier, miss_unknown_key,
+    degradation_hung_backend_costs_one_deadline, degradation_tiered_with_failing_shared_tier,
+    miss_unknown_key,
 };
 pub use model::model_state_machine;
 pub use policy::{policy_disabled, policy_normal, policy_readonly, policy_writeonly};
@@ -61,13 +62,14 @@ pub use restore::{
 };
 pub use round_trip::{
     round_trip_256mib_file_from_disk, round_trip_1000_small_files, round_trip_every_output_kind,
-    round_trip_exit_code_and_duration, round_trip_logs_8mib, round_trip_logs_absent_and_empty,
-    round_trip_logs_multiline_and_binary, round_trip_returned_outputs,
+    round_trip_exit_code_and_duration, round_trip_log_order, round_trip_logs_8mib,
+    round_trip_logs_absent_and_empty, round_trip_logs_multiline_and_binary,
+    round_trip_returned_outputs,
 };
 pub use trust::{
     hostile_adversarial_entries, hostile_huge_declared_log,
     hostile_newer_format_entry_is_left_in_place, hostile_undeclared_outputs,
-    hostile_unsigned_and_forged_entries,
+    hostile_unsigned_and_forged_entries, trust_absolute_symlinks_only_when_opted_in,
 };
 
 use crate::Harness;

@@ -1,4 +1,6 @@
-//! Turns the declared `-o` paths into the outputs handed to `store`, after the command ran.
+//! Output collection: turns a task's declared output paths into the outputs handed to
+//! [`crate::CacheBackend::store`], after the command ran. The one implementation every
+//! executor (and the `taskcache` command) uses.
 //!
 //! * A file becomes [`CacheOutput::file`]: the storage streams it from disk; it is never
 //!   read into memory here. Its executable bit is kept. The path handed on is the
@@ -22,20 +24,80 @@
 //! entered (the walk fails, or sees the link and keeps it as a link); a tree that
 //! changes under the walk is an error, never a walk outside the workspace.
 
-use cache_core::{CacheOutput, RelPath, check_symlink_target};
+use crate::{BackendError, BackendResult, CacheOutput, RelPath, check_symlink_target};
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-/// Collects the outputs under `workspace` (canonical). The error says which output
-/// and why.
-pub fn collect(workspace: &Path, declared: &[RelPath]) -> Result<Vec<CacheOutput>, String> {
+/// Collects the outputs declared as `declared` under `workspace` (see the module docs),
+/// sorted by path, ready for [`crate::CacheBackend::store`]. Files are named, never read:
+/// the storage streams them.
+///
+/// Blocking filesystem work: call it on a blocking thread from async code. An error is
+/// [`BackendError::InvalidOutput`] naming the declared output and what is wrong with it
+/// (the caller's fault: the task did not produce what it declares).
+///
+/// ```
+/// use cache_core::{collect_outputs, OutputContent, RelPath};
+/// let ws = tempfile::tempdir()?;
+/// let ws = ws.path().canonicalize()?;
+/// std::fs::create_dir_all(ws.join("dist/empty"))?;
+/// std::fs::write(ws.join("dist/app.js"), b"console.log(1)")?;
+/// let outs = collect_outputs(&ws, &[RelPath::parse("dist")?])?;
+/// let paths: Vec<&str> = outs.iter().map(|o| o.path.as_str()).collect();
+/// assert_eq!(paths, ["dist", "dist/app.js", "dist/empty"]);
+/// assert!(matches!(outs[1].content, OutputContent::File { size: Some(14), .. }));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn collect_outputs(workspace: &Path, declared: &[RelPath]) -> BackendResult<Vec<CacheOutput>> {
+    collect_outputs_with(workspace, declared, false)
+}
+
+/// [`collect_outputs`], keeping symlinks with absolute targets when
+/// `absolute_symlinks` (a task that opted in: [`crate::Task::allow_absolute_symlinks`]),
+/// as link text, never followed.
+pub fn collect_outputs_with(
+    workspace: &Path,
+    declared: &[RelPath],
+    absolute_symlinks: bool,
+) -> BackendResult<Vec<CacheOutput>> {
     let mut found: BTreeMap<String, CacheOutput> = BTreeMap::new();
     for rel in declared {
-        let real_parent = real_parent(workspace, rel)?;
-        walk::collect_one(workspace, rel, &real_parent, &mut found)?;
+        let invalid = |reason: String| BackendError::InvalidOutput {
+            path: rel.to_string(),
+            reason,
+        };
+        let real_parent = real_parent(workspace, rel).map_err(invalid)?;
+        walk::collect_one(workspace, rel, &real_parent, &mut found).map_err(invalid)?;
+        // The walk keeps absolute links as found; only an opted-in task may store them.
+        let below = format!("{rel}/");
+        let this_root = found
+            .range(rel.to_string()..)
+            .take_while(|(p, _)| *p == rel.as_str() || p.starts_with(&below));
+        for (path, out) in this_root {
+            if let crate::OutputContent::Symlink { target } = &out.content {
+                if target.starts_with('/') {
+                    absolute_link(path, target, absolute_symlinks).map_err(invalid)?;
+                }
+            }
+        }
     }
     Ok(found.into_values().collect())
+}
+
+fn absolute_link(path: &str, target: &str, allowed: bool) -> Result<(), String> {
+    let link = RelPath::parse(path).map_err(|e| e.to_string())?;
+    if allowed {
+        return crate::path::check_absolute_symlink_target(&link, target)
+            .map_err(|e| e.to_string());
+    }
+    let e = check_symlink_target(&link, target)
+        .err()
+        .map_or_else(String::new, |e| e.to_string());
+    Err(format!(
+        "{e}; make the link relative and inside the workspace, do not declare it, or opt in \
+         to absolute symlinks (--allow-absolute-symlinks)"
+    ))
 }
 
 fn not_produced(rel: &RelPath) -> String {
@@ -67,6 +129,10 @@ fn symlink_output(rel: &str, target: &Path) -> Result<CacheOutput, String> {
     let target = target
         .to_str()
         .ok_or_else(|| format!("symlink {rel} has a target that is not UTF-8"))?;
+    if target.starts_with('/') {
+        // Judged by the caller, who knows whether the task opted in.
+        return Ok(CacheOutput::symlink(rel, target));
+    }
     let link = RelPath::parse(rel).map_err(|e| e.to_string())?;
     check_symlink_target(&link, target).map_err(|e| {
         format!("{e}; make the link relative and inside the workspace, or do not declare it")
@@ -86,7 +152,7 @@ mod walk {
     //! The walk through directory handles (see the module docs).
 
     use super::{not_produced, special_file, symlink_output};
-    use cache_core::{CacheOutput, RelPath};
+    use crate::{CacheOutput, RelPath};
     use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, Stat};
     use std::collections::BTreeMap;
     use std::ffi::{OsStr, OsString};
@@ -221,7 +287,12 @@ mod walk {
             return Ok(());
         }
         let out = match FileType::from_raw_mode(st.st_mode) {
-            FileType::RegularFile => CacheOutput::file(rel, on_disk, st.st_mode & 0o111 != 0),
+            FileType::RegularFile => CacheOutput::file_with_size(
+                rel,
+                on_disk,
+                u64::try_from(st.st_size).unwrap_or(0),
+                st.st_mode & 0o111 != 0,
+            ),
             FileType::Symlink => {
                 let target = rustix::fs::readlinkat(dir, name, Vec::new())
                     .map_err(|e| format!("cannot read symlink {rel}: {e}"))?;
@@ -243,8 +314,8 @@ mod walk {
     //! Without Unix handles: a path-based walk that does not follow links.
 
     use super::{not_produced, special_file, symlink_output};
-    use cache_core::mode::is_executable;
-    use cache_core::{CacheOutput, RelPath};
+    use crate::mode::is_executable;
+    use crate::{CacheOutput, RelPath};
     use std::collections::BTreeMap;
     use std::fs;
     use std::path::Path;
@@ -300,7 +371,7 @@ mod walk {
             return Ok(());
         }
         let out = if meta.is_file() {
-            CacheOutput::file(rel, abs, is_executable(meta))
+            CacheOutput::file_with_size(rel, abs, meta.len(), is_executable(meta))
         } else if meta.file_type().is_symlink() {
             let target =
                 fs::read_link(abs).map_err(|e| format!("cannot read symlink {rel}: {e}"))?;
@@ -316,11 +387,18 @@ mod walk {
 #[cfg(all(test, unix))]
 mod tests {
     use super::*;
-    use cache_core::OutputContent;
+    use crate::OutputContent;
     use std::os::unix::fs::{PermissionsExt, symlink};
 
     fn rels(v: &[&str]) -> Vec<RelPath> {
         v.iter().map(|p| RelPath::parse(p).unwrap()).collect()
+    }
+
+    fn collect(root: &Path, declared: &[RelPath]) -> Result<Vec<CacheOutput>, String> {
+        collect_outputs(root, declared).map_err(|e| {
+            assert_eq!(e.kind(), "invalid_output", "{e}");
+            e.to_string()
+        })
     }
 
     fn ws() -> (tempfile::TempDir, std::path::PathBuf) {
@@ -370,7 +448,7 @@ mod tests {
             ]
         );
         match &outs[1].content {
-            OutputContent::File { path, blob } => {
+            OutputContent::File { path, blob, .. } => {
                 assert_eq!(path, &root.join("dist/a.txt"));
                 assert!(blob.is_none());
             }

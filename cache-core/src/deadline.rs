@@ -1,0 +1,198 @@
+//! Deadlines on every cache call, so a cache that hangs costs one timeout, not a CI step.
+//!
+//! cache-core has no async runtime, so the timer is the caller's: a [`Sleep`] function
+//! (tokio: `Arc::new(|d| Box::pin(tokio::time::sleep(d)))`). [`Deadline`] wraps any
+//! [`CacheBackend`]; a call that does not finish in time is
+//! [`BackendError::Timeout`], a cache fault (the task runs uncached, and a
+//! [`crate::CircuitBreaker`] counts it). Hits it returns carry the same deadlines, so
+//! restoring and reading logs are bounded too.
+//!
+//! Work already running on a blocking thread (a hung network filesystem) is not
+//! cancelled — nothing can cancel a blocked system call — but the caller stops waiting.
+
+use crate::Task;
+use crate::{BackendError, BackendResult, CacheBackend, CacheEntry, CachePolicy, Digest, Hit};
+use async_trait::async_trait;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+/// A timer: a future that completes after the given duration.
+pub type Sleep = Arc<dyn Fn(Duration) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+/// How long cache calls may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadlines {
+    /// A call that moves no bulk data (a lookup, a health check), and the base of every
+    /// transfer's deadline.
+    pub call: Duration,
+    /// Transfers get `call` plus their size at this rate (bytes per second): the
+    /// slowest a working cache is expected to move data.
+    pub min_rate: u64,
+}
+
+impl Default for Deadlines {
+    /// 10 s per call, transfers at no less than 8 MiB/s: a healthy cache answers a
+    /// lookup in milliseconds, and a CI step should never wait minutes for a cache.
+    fn default() -> Self {
+        Deadlines {
+            call: Duration::from_secs(10),
+            min_rate: 8 << 20,
+        }
+    }
+}
+
+impl Deadlines {
+    /// One deadline for calls and transfers' base, at the default rate.
+    #[must_use]
+    pub fn new(call: Duration) -> Self {
+        Deadlines {
+            call,
+            ..Deadlines::default()
+        }
+    }
+
+    /// The deadline of a transfer of `bytes`.
+    #[must_use]
+    pub fn for_bytes(&self, bytes: u64) -> Duration {
+        let rate = self.min_rate.max(1);
+        let extra = Duration::from_secs(bytes / rate)
+            + Duration::from_nanos((bytes % rate).saturating_mul(1_000_000_000) / rate);
+        self.call.saturating_add(extra)
+    }
+}
+
+/// The timer and the limits, shared by a [`Deadline`] and the hits it returns.
+#[derive(Clone)]
+pub(crate) struct Limits {
+    pub(crate) backend: &'static str,
+    pub(crate) sleep: Sleep,
+    pub(crate) deadlines: Deadlines,
+}
+
+impl Limits {
+    /// `work`, or [`BackendError::Timeout`] if it is not done within `limit`.
+    pub(crate) async fn within<T>(
+        &self,
+        operation: &'static str,
+        limit: Duration,
+        work: impl Future<Output = BackendResult<T>>,
+    ) -> BackendResult<T> {
+        let mut work = std::pin::pin!(work);
+        let mut timer = (self.sleep)(limit);
+        let backend = self.backend;
+        std::future::poll_fn(move |cx| {
+            if let Poll::Ready(r) = work.as_mut().poll(cx) {
+                return Poll::Ready(r);
+            }
+            if timer.as_mut().poll(cx).is_ready() {
+                tracing::warn!(backend, operation, ?limit, "cache call timed out");
+                return Poll::Ready(Err(BackendError::Timeout {
+                    backend,
+                    operation,
+                    after: limit,
+                }));
+            }
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+/// A [`CacheBackend`] whose every call has a deadline (see the module docs).
+///
+/// ```
+/// use cache_core::{CacheBackend, Deadline, Deadlines, Sleep};
+/// use std::{sync::Arc, time::Duration};
+///
+/// // With tokio: `let sleep: Sleep = Arc::new(|d| Box::pin(tokio::time::sleep(d)));`
+/// fn bounded(inner: Arc<dyn CacheBackend>, sleep: Sleep) -> Deadline {
+///     Deadline::new(inner, Deadlines::new(Duration::from_secs(5)), sleep)
+/// }
+/// ```
+pub struct Deadline {
+    inner: Arc<dyn CacheBackend>,
+    limits: Limits,
+}
+
+impl Deadline {
+    /// Wraps `inner`; `sleep` is the caller's timer.
+    pub fn new(inner: Arc<dyn CacheBackend>, deadlines: Deadlines, sleep: Sleep) -> Self {
+        let backend = inner.name();
+        Deadline {
+            inner,
+            limits: Limits {
+                backend,
+                sleep,
+                deadlines,
+            },
+        }
+    }
+}
+
+#[async_trait]
+impl CacheBackend for Deadline {
+    async fn lookup(
+        &self,
+        task: &Task,
+        key: &Digest,
+        policy: CachePolicy,
+    ) -> BackendResult<Option<Hit>> {
+        let found = self
+            .limits
+            .within(
+                "lookup",
+                self.limits.deadlines.call,
+                self.inner.lookup(task, key, policy),
+            )
+            .await?;
+        Ok(found.map(|hit| hit.with_limits(self.limits.clone())))
+    }
+
+    async fn store(
+        &self,
+        task: &Task,
+        digest: &str,
+        entry: &CacheEntry,
+        policy: CachePolicy,
+    ) -> BackendResult<()> {
+        let limit = self.limits.deadlines.for_bytes(entry.known_bytes());
+        self.limits
+            .within(
+                "store",
+                limit,
+                self.inner.store(task, digest, entry, policy),
+            )
+            .await
+    }
+
+    async fn import(
+        &self,
+        task: &Task,
+        hit: &Hit,
+        policy: CachePolicy,
+    ) -> BackendResult<Option<Hit>> {
+        let limit = self.limits.deadlines.for_bytes(hit.bytes());
+        let imported = self
+            .limits
+            .within("import", limit, self.inner.import(task, hit, policy))
+            .await?;
+        Ok(imported.map(|hit| hit.with_limits(self.limits.clone())))
+    }
+
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    async fn health_check(&self) -> BackendResult<()> {
+        self.limits
+            .within(
+                "health check",
+                self.limits.deadlines.call,
+                self.inner.health_check(),
+            )
+            .await
+    }
+}
