@@ -22,7 +22,8 @@
 //!   credentials. [`size`]: `10GiB`-style sizes.
 //! * [`key`]: what joins the digest. [`explain`]: what went into it, and what changed
 //!   since the last entry stored under a task id. [`runner`]: running the command and teeing its
-//!   output. [`outputs`]: declared outputs to cache entries.
+//!   output; [`progress`]: the spinner on a terminal. Declared outputs are collected by
+//!   `cache_core::collect_outputs`.
 //! * [`run`]: the hit/miss loop and its error policy. [`backend`]: opening the local
 //!   cache and a tiered remote. [`admin`]: stats, gc, verify.
 

@@ -37,7 +37,7 @@
 //! The command runs in the workspace (see [`crate::runner`]). The result is stored
 //! when the policy allows writes, the exit code is 0 (or `--cache-failures`), the
 //! command was not killed by a signal, both logs fit the capture cap, and every
-//! declared output exists (see [`crate::outputs`]).
+//! declared output exists (see [`cache_core::collect_outputs`]).
 
 use crate::Failure;
 use crate::backend::{self, Opened, Role, Tier};

@@ -79,6 +79,7 @@ pub fn run(command: &[OsString], cwd: &Path, cap: u64) -> Result<Finished, Spawn
         message: "no command given after `--`".into(),
     })?;
     let started = Instant::now();
+    let caught = Caught::catch();
     let mut child = Command::new(program)
         .args(args)
         .current_dir(cwd)
@@ -103,7 +104,7 @@ pub fn run(command: &[OsString], cwd: &Path, cap: u64) -> Result<Finished, Spawn
                 },
             }
         })?;
-    let relay = Forwarder::start(child.id());
+    let relay = Forwarder::start(caught, child.id());
     let out = child.stdout.take().expect("stdout is piped");
     let err = child.stderr.take().expect("stderr is piped");
     let order = Mutex::new(Order::default());
@@ -217,14 +218,27 @@ struct Forwarder {
     thread: Option<std::thread::JoinHandle<Option<i32>>>,
 }
 
+/// The signals caught, from before the command starts (so one that comes the moment
+/// it starts is queued, not taskcache's death) until it is forwarded.
+#[cfg(unix)]
+struct Caught(Option<signal_hook::iterator::Signals>);
+
+#[cfg(unix)]
+impl Caught {
+    fn catch() -> Self {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
+        let signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT]);
+        if signals.is_err() {
+            tracing::warn!("cannot catch signals; a cancelled run may leave its command running");
+        }
+        Caught(signals.ok())
+    }
+}
+
 #[cfg(unix)]
 impl Forwarder {
-    fn start(pid: u32) -> Self {
-        use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
-        let Ok(mut signals) =
-            signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT])
-        else {
-            tracing::warn!("cannot catch signals; a cancelled run may leave its command running");
+    fn start(caught: Caught, pid: u32) -> Self {
+        let Some(mut signals) = caught.0 else {
             return Forwarder {
                 handle: None,
                 thread: None,
@@ -264,8 +278,18 @@ impl Forwarder {
 struct Forwarder;
 
 #[cfg(not(unix))]
+struct Caught;
+
+#[cfg(not(unix))]
+impl Caught {
+    fn catch() -> Self {
+        Caught
+    }
+}
+
+#[cfg(not(unix))]
 impl Forwarder {
-    fn start(_pid: u32) -> Self {
+    fn start(_caught: Caught, _pid: u32) -> Self {
         Forwarder
     }
     fn finish(self) -> Option<i32> {

@@ -230,7 +230,7 @@ fn build_within(
     std::thread::spawn(move || {
         let _ = tx.send(b.build_with_inputs(&ws));
     });
-    rx.recv_timeout(std::time::Duration::from_secs(10))
+    rx.recv_timeout(std::time::Duration::from_secs(60))
         .expect("the key computation hung")
 }
 
