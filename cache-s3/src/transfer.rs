@@ -213,3 +213,32 @@ impl Read for RangeReader {
         Ok(n)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::memory::InMemory;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_file_whose_bytes_are_not_the_ones_hashed_is_never_published() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("big");
+        std::fs::write(&file, vec![7u8; 6 << 20]).unwrap();
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let at = Path::from("blobs/x");
+        // As if the file changed after it was hashed: the digest does not match.
+        let stale = BlobRef::of(DigestAlgorithm::Blake3, b"what it held before");
+        let e = upload_file(&store, &at, file.clone(), stale, 5 << 20, 2).await;
+        assert!(matches!(e, Err(UploadError::Changed)), "{e:?}");
+        assert!(
+            store.head(&at).await.is_err(),
+            "published under the wrong address"
+        );
+        // The right digest goes through, in two parts.
+        let right = BlobRef::of(DigestAlgorithm::Blake3, &std::fs::read(&file).unwrap());
+        upload_file(&store, &at, file, right, 5 << 20, 2)
+            .await
+            .unwrap();
+        assert_eq!(store.head(&at).await.unwrap().size, 6 << 20);
+    }
+}

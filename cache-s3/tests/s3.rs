@@ -291,3 +291,79 @@ async fn two_runners_storing_one_blob_at_once_both_succeed_on_a_real_server() {
         b"same bytes"
     );
 }
+
+/// A loopback HTTP server that answers every request with `status` and `body`, for
+/// the answers a real server gives only when misconfigured or overloaded.
+fn answering(status: &'static str, body: &'static str) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(64) {
+            let Ok(mut s) = stream else { continue };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut buf = [0u8; 8192];
+            let _ = s.read(&mut buf);
+            let _ = write!(
+                s,
+                "HTTP/1.1 {status}\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    format!("http://127.0.0.1:{port}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_credentials_name_bucket_endpoint_and_source_but_no_secret() {
+    let endpoint = answering(
+        "403 Forbidden",
+        "<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>",
+    );
+    let url = url::Url::parse("s3://team-cache/ci").unwrap();
+    let options = S3Options::default().with_timeout(Duration::from_secs(2));
+    let storage =
+        S3Storage::open_with_env(&url, options, &env_with_secrets(endpoint.clone())).unwrap();
+    let e = cache(storage)
+        .lookup(
+            &task(),
+            &Digest::parse(&fresh_key()).unwrap(),
+            CachePolicy::Normal,
+        )
+        .await
+        .unwrap_err();
+    let text = e.to_string();
+    assert_no_secret(&format!("{text} {e:?}"));
+    for part in [
+        "access denied",
+        "team-cache",
+        endpoint.as_str(),
+        "AWS_SESSION_TOKEN from the environment",
+    ] {
+        assert!(text.contains(part), "{part:?} missing: {text}");
+    }
+    // Still the cache's fault: the task runs uncached.
+    assert!(e.is_cache_fault(), "{e:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_after_retries_is_a_degradable_fault() {
+    let endpoint = answering(
+        "503 Service Unavailable",
+        "<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>",
+    );
+    let url = url::Url::parse("s3://team-cache/ci").unwrap();
+    let options = S3Options::default().with_timeout(Duration::from_secs(2));
+    let storage = S3Storage::open_with_env(&url, options, &env_with_secrets(endpoint)).unwrap();
+    let e = cache(storage)
+        .lookup(
+            &task(),
+            &Digest::parse(&fresh_key()).unwrap(),
+            CachePolicy::Normal,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, BackendError::Unavailable(_)), "{e:?}");
+    assert!(e.is_gracefully_degradable() && e.is_cache_fault(), "{e:?}");
+    assert_no_secret(&format!("{e} {e:?}"));
+}
