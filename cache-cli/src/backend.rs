@@ -7,9 +7,8 @@
 //!   is skipped for the rest of the run instead of costing a timeout per call.
 //! * An object store (`s3://`, `gs://`, `az://`, [`cache_s3`]) may be the cache itself
 //!   (`--cache s3://...`: no local tier) or the shared tier behind the local one
-//!   (`--remote s3://...`), configured by the environment (`AWS_*`, and
-//!   `TASKCACHE_S3_TIMEOUT` for how long a call may take before the run goes on
-//!   uncached).
+//!   (`--remote s3://...`), configured by the environment (`AWS_*`); its client's
+//!   request timeout and retry budget are the `--cache-timeout` every tier has.
 //! * `grpc(s)://` is recognised and refused: its backend is being added. Refusing beats
 //!   silently running uncached, which would look like a working remote.
 
@@ -22,7 +21,6 @@ use cache_local::{LocalCache, LocalOptions, LocalStorage};
 use cache_s3::{S3Options, S3Storage};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Consecutive transport failures after which the remote is skipped for the run.
 pub const BREAKER_THRESHOLD: u32 = 3;
@@ -78,8 +76,6 @@ pub enum Tier {
         url: url::Url,
         /// The URL as shown.
         shown: String,
-        /// Client options (timeouts) from the environment.
-        options: Box<S3Options>,
     },
 }
 
@@ -95,36 +91,15 @@ impl std::fmt::Display for Tier {
 /// The tier for `role`, refusing kinds this build has no backend for.
 pub fn require_supported(loc: Location, role: Role) -> Result<Tier, Failure> {
     match loc {
-        Location::ObjectStore { url, shown } => Ok(Tier::Object {
-            url,
-            shown,
-            options: Box::new(s3_options(|k| std::env::var(k).ok())?),
-        }),
+        Location::ObjectStore { url, shown } => Ok(Tier::Object { url, shown }),
         other => require_local(other, role).map(Tier::Local),
     }
 }
 
-/// Seconds an object store call may take, retries included, before the run goes on
-/// uncached (default 30).
-pub const S3_TIMEOUT_VAR: &str = "TASKCACHE_S3_TIMEOUT";
-
-/// Object store options from the environment ([`S3_TIMEOUT_VAR`]).
-pub fn s3_options(var: impl Fn(&str) -> Option<String>) -> Result<S3Options, Failure> {
-    let timeout = match var(S3_TIMEOUT_VAR).filter(|v| !v.trim().is_empty()) {
-        None => Duration::from_secs(30),
-        Some(v) => v
-            .trim()
-            .parse::<f64>()
-            .ok()
-            .filter(|s| s.is_finite() && *s > 0.0 && *s <= 86_400.0)
-            .map(Duration::from_secs_f64)
-            .ok_or_else(|| {
-                Failure::Usage(format!(
-                    "{S3_TIMEOUT_VAR} must be a number of seconds (for example 30), not {v:?}"
-                ))
-            })?,
-    };
-    Ok(S3Options::default().with_timeout(timeout))
+/// Object store client options for calls bounded by `deadlines`: each request, with
+/// its retries, gives up within the same time the tier's deadline allows.
+pub fn s3_options(deadlines: Deadlines) -> S3Options {
+    S3Options::default().with_timeout(deadlines.call)
 }
 
 /// Opens the object store `url` as a cache (no local tier), its blocking work on
@@ -236,8 +211,11 @@ pub fn open(
             let cache = signing.apply(cache_local::open(dir, LocalOptions::default())?);
             (bounded(Arc::new(cache.clone()), deadlines), Some(cache))
         }
-        Tier::Object { url, options, .. } => (
-            bounded(Arc::new(open_object(url, options, signing)?), deadlines),
+        Tier::Object { url, .. } => (
+            bounded(
+                Arc::new(open_object(url, &s3_options(deadlines), signing)?),
+                deadlines,
+            ),
             None,
         ),
     };
@@ -252,9 +230,8 @@ pub fn open(
     let shared: cache_core::BackendResult<Arc<dyn CacheBackend>> = match remote {
         Tier::Local(dir) => cache_local::open(dir, LocalOptions::default())
             .map(|c| Arc::new(signing.apply(c)) as Arc<dyn CacheBackend>),
-        Tier::Object { url, options, .. } => {
-            open_object(url, options, signing).map(|c| Arc::new(c) as Arc<dyn CacheBackend>)
-        }
+        Tier::Object { url, .. } => open_object(url, &s3_options(deadlines), signing)
+            .map(|c| Arc::new(c) as Arc<dyn CacheBackend>),
     };
     match shared {
         Ok(shared) => Ok(Opened {
@@ -347,16 +324,10 @@ mod tests {
     }
 
     #[test]
-    fn the_object_store_timeout_is_read_and_checked() {
-        let bad = |v: &'static str| move |_: &str| Some(v.to_owned());
-        assert!(s3_options(|_| None).is_ok());
-        assert!(s3_options(bad("2.5")).is_ok());
-        for v in ["0", "-1", "soon", "NaN"] {
-            let Err(Failure::Usage(msg)) = s3_options(bad(v)) else {
-                panic!("{v} accepted")
-            };
-            assert!(msg.contains(S3_TIMEOUT_VAR), "{msg}");
-        }
+    fn the_object_store_client_gives_up_within_the_cache_timeout() {
+        use std::time::Duration;
+        let o = s3_options(Deadlines::new(Duration::from_secs(3)));
+        assert_eq!(o.retry.retry_timeout, Duration::from_secs(3));
     }
 
     #[test]

@@ -15,7 +15,6 @@ Environment:
   TASKCACHE_LOG             tracing filter for diagnostics, e.g. debug
   TASKCACHE_SIGNING_KEY     sign what is stored (a secret; see `taskcache keygen`)
   TASKCACHE_TRUSTED_KEYS    use only entries signed by these public keys
-  TASKCACHE_S3_TIMEOUT      seconds an object store call may take, retries included (30)
   AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION,
   AWS_ENDPOINT_URL, AWS_ALLOW_HTTP
                             s3:// credentials and endpoint, as the AWS tools read them

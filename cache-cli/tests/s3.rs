@@ -255,17 +255,18 @@ fn server_stops_mid_run(test: &str, signal: &str) {
     let script = format!("kill -{signal} {pid}; {COUNTING}");
     let timeout_s = 3;
     let mut c = cmd(&f, &server.endpoint, "local");
-    c.env("TASKCACHE_S3_TIMEOUT", timeout_s.to_string()).args([
-        "run",
-        "--remote",
-        "s3://own/ci",
-        "-o",
-        "out.txt",
-        "--",
-        "sh",
-        "-c",
-        &script,
-    ]);
+    c.env("TASKCACHE_CACHE_TIMEOUT", format!("{timeout_s}s"))
+        .args([
+            "run",
+            "--remote",
+            "s3://own/ci",
+            "-o",
+            "out.txt",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ]);
     let started = Instant::now();
     let o = exec_within(c, Duration::from_secs(120));
     let took = started.elapsed();
