@@ -4,9 +4,12 @@
 //!   (nextest, then doctests), docs with `-D warnings`.
 //! * `cargo xtask bench [local|cli|all]`: benchmarks; results go in `BENCHMARKS.md`.
 //! * `cargo xtask drill ...`: reliability drills (kill -9 during stores, ...).
+//! * `cargo xtask peers up|down|env [NAME...]`: real servers for the tests (BuildGrid),
+//!   installed under `target/peers` and started on 127.0.0.1.
 
 mod bench;
 mod drill;
+mod peers;
 
 use std::process::{Command, ExitCode};
 
@@ -16,8 +19,9 @@ fn main() -> ExitCode {
         Some("ci") => ci(),
         Some("bench") => bench::run(&args[1..]),
         Some("drill") => drill::run(&args[1..]),
+        Some("peers") => peers::run(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <ci | bench [local|cli|all] | drill ...>");
+            eprintln!("usage: cargo xtask <ci | bench [local|cli|all] | drill ... | peers up|down|env [NAME...]>");
             return ExitCode::from(2);
         }
     };
