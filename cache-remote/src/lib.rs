@@ -364,7 +364,12 @@ impl Storage for RemoteStorage {
                 continue;
             }
             if caps.algorithms.contains(&algorithm) {
-                missing.extend(self.client.find_missing(algorithm, &these).await?);
+                let mut lacking = self.client.find_missing(algorithm, &these).await?;
+                // A blob found corrupt counts as missing until a store sends it again.
+                let suspect = self.suspect.lock().expect("suspect set");
+                let known: HashSet<BlobRef> = lacking.iter().copied().collect();
+                lacking.extend(these.iter().filter(|b| suspect.contains(b) && !known.contains(b)));
+                missing.extend(lacking);
             } else {
                 missing.extend(these);
             }

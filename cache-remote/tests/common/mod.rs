@@ -2,6 +2,8 @@
 //! entries as `ActionResult`s.
 #![allow(dead_code, missing_docs)]
 
+pub mod fake;
+
 use async_trait::async_trait;
 use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
 use cache_core::storage::{ActionRecord, EntryKey, LogRecord};
