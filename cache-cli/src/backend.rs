@@ -5,14 +5,17 @@
 //! * A remote (`--remote`) that is a local directory becomes the shared tier of a
 //!   [`Tiered`] cache, behind a [`CircuitBreaker`] so that a remote that keeps failing
 //!   is skipped for the rest of the run instead of costing a timeout per call.
-//! * `s3://`, `gs://`, `az://` and `grpc(s)://` are recognised and refused: their
-//!   backends are being added. Refusing beats silently running uncached, which would
-//!   look like a working remote.
+//! * A remote that is `grpc://` or `grpcs://` is a REAPI v2 cache (`cache-remote`),
+//!   the shared tier the same way, with headers, CA and client certificate from
+//!   `--remote-header` and the `TASKCACHE_REMOTE_*` variables ([`ReapiSettings`]).
+//! * `s3://`, `gs://` and `az://` are recognised and refused: their backends are being
+//!   added. Refusing beats silently running uncached, which would look like a working
+//!   remote.
 
 use crate::Failure;
 use crate::location::Location;
 use cache_core::sign::{PublicKey, SigningKey, parse_trusted_keys};
-use cache_core::{CacheBackend, CircuitBreaker, Tiered, TieredStats};
+use cache_core::{Cache, CacheBackend, CircuitBreaker, Tiered, TieredStats};
 use cache_local::{LocalCache, LocalOptions, LocalStorage};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -47,12 +50,136 @@ pub fn parse(raw: &str, role: Role) -> Result<Location, Failure> {
 pub fn require_local(loc: Location, role: Role) -> Result<PathBuf, Failure> {
     match loc {
         Location::Local(p) => Ok(p),
+        Location::Reapi(url) => Err(Failure::Usage(format!(
+            "{} {url}: a REAPI server can only be the shared tier (--remote); \
+             the local cache is a directory",
+            role.flag()
+        ))),
         other @ Location::Planned { .. } => Err(Failure::Usage(format!(
             "{} {other}: {} caches are not yet supported in this build; \
              use a local directory or a file:// URL for now",
             role.flag(),
             other.kind()
         ))),
+    }
+}
+
+/// A shared tier: a directory, or a REAPI server.
+#[derive(Debug, Clone)]
+pub enum Remote {
+    /// A cache directory.
+    Dir(PathBuf),
+    /// A `grpc://` / `grpcs://` URL (checked, credential-free).
+    Reapi(String),
+}
+
+impl std::fmt::Display for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Remote::Dir(p) => write!(f, "{}", p.display()),
+            Remote::Reapi(url) => f.write_str(url),
+        }
+    }
+}
+
+/// The `--remote` location, refusing kinds this build has no backend for.
+pub fn require_remote(loc: Location) -> Result<Remote, Failure> {
+    match loc {
+        Location::Reapi(url) => Ok(Remote::Reapi(url)),
+        other => require_local(other, Role::Remote).map(Remote::Dir),
+    }
+}
+
+/// How to reach a REAPI remote beyond its URL: headers (`--remote-header NAME:VALUE`,
+/// `TASKCACHE_REMOTE_HEADERS`), a CA (`TASKCACHE_REMOTE_CA`), a client certificate and
+/// key for mutual TLS (`TASKCACHE_REMOTE_CERT`, `TASKCACHE_REMOTE_KEY`: PEM files) and
+/// the per-call deadline in seconds (`TASKCACHE_REMOTE_TIMEOUT`, default 10). Header
+/// values and the key are secrets: never in `Debug`, errors or logs.
+#[derive(Clone, Default)]
+pub struct ReapiSettings {
+    headers: Vec<String>,
+    env: Vec<(&'static str, String)>,
+}
+
+impl std::fmt::Debug for ReapiSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReapiSettings")
+            .field("headers", &self.headers.len())
+            .field("env", &self.env.iter().map(|(k, _)| *k).collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// The variables [`ReapiSettings`] reads.
+pub const REAPI_VARS: &[&str] = &[
+    "TASKCACHE_REMOTE_HEADERS",
+    "TASKCACHE_REMOTE_CA",
+    "TASKCACHE_REMOTE_CERT",
+    "TASKCACHE_REMOTE_KEY",
+    "TASKCACHE_REMOTE_TIMEOUT",
+];
+
+impl ReapiSettings {
+    /// `headers` from the flag; the variables through `var`.
+    pub fn new(headers: Vec<String>, var: impl Fn(&str) -> Option<String>) -> Self {
+        let env = REAPI_VARS
+            .iter()
+            .filter_map(|k| var(k).filter(|v| !v.trim().is_empty()).map(|v| (*k, v)))
+            .collect();
+        ReapiSettings { headers, env }
+    }
+
+    fn var(&self, k: &str) -> Option<&str> {
+        self.env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.as_str())
+    }
+
+    /// The configuration for `url`. Errors name the flag or variable, never a value.
+    pub fn config(&self, url: &str) -> Result<cache_remote::RemoteConfig, String> {
+        let mut c = cache_remote::RemoteConfig::from_url(url)?;
+        c.connect_timeout = std::time::Duration::from_secs(3);
+        c.call_timeout = std::time::Duration::from_secs(10);
+        if let Some(t) = self.var("TASKCACHE_REMOTE_TIMEOUT") {
+            let secs: f64 = t
+                .trim()
+                .parse()
+                .ok()
+                .filter(|s: &f64| s.is_finite() && *s > 0.0)
+                .ok_or("TASKCACHE_REMOTE_TIMEOUT must be a number of seconds")?;
+            c.call_timeout = std::time::Duration::from_secs_f64(secs);
+            c.connect_timeout = c.connect_timeout.min(c.call_timeout);
+        }
+        if let Some(list) = self.var("TASKCACHE_REMOTE_HEADERS") {
+            c = c
+                .headers_from_list(list)
+                .map_err(|e| format!("TASKCACHE_REMOTE_HEADERS: {e}"))?;
+        }
+        for h in &self.headers {
+            c = c
+                .headers_from_list(h)
+                .map_err(|e| format!("--remote-header: {e}"))?;
+        }
+        let read = |k: &str| -> Result<Option<Vec<u8>>, String> {
+            self.var(k)
+                .map(|p| std::fs::read(p).map_err(|e| format!("{k}: cannot read the file: {e}")))
+                .transpose()
+        };
+        let (ca, cert, key) = (
+            read("TASKCACHE_REMOTE_CA")?,
+            read("TASKCACHE_REMOTE_CERT")?,
+            read("TASKCACHE_REMOTE_KEY")?,
+        );
+        if ca.is_some() || cert.is_some() || key.is_some() {
+            let Some(tls) = c.tls.as_mut() else {
+                return Err("TASKCACHE_REMOTE_CA/CERT/KEY need a grpcs:// remote".into());
+            };
+            tls.ca_pem = ca;
+            tls.cert_pem = cert;
+            tls.key_pem = key
+                .map(|k| String::from_utf8(k).map(cache_remote::Secret::new))
+                .transpose()
+                .map_err(|_| "TASKCACHE_REMOTE_KEY is not a PEM file")?;
+        }
+        Ok(c)
     }
 }
 
@@ -128,7 +255,7 @@ impl Signing {
         Ok(Signing { signer, trusted })
     }
 
-    fn apply(&self, mut cache: LocalCache) -> LocalCache {
+    fn apply<S: cache_core::storage::Storage>(&self, mut cache: Cache<S>) -> Cache<S> {
         if let Some(key) = &self.signer {
             cache = cache.with_signer(key.clone());
         }
@@ -141,8 +268,9 @@ impl Signing {
 
 pub fn open(
     dir: &PathBuf,
-    remote: Option<&PathBuf>,
+    remote: Option<&Remote>,
     signing: &Signing,
+    reapi: &ReapiSettings,
 ) -> cache_core::BackendResult<Opened> {
     let cache = signing.apply(cache_local::open(dir, LocalOptions::default())?);
     let local: Arc<dyn CacheBackend> = Arc::new(cache.clone());
@@ -155,19 +283,30 @@ pub fn open(
             local: Some(cache),
         });
     };
-    match cache_local::open(remote, LocalOptions::default()).map(|c| signing.apply(c)) {
+    let shared: Result<Arc<dyn CacheBackend>, String> = match remote {
+        Remote::Dir(p) => cache_local::open(p, LocalOptions::default())
+            .map(|c| Arc::new(signing.apply(c)) as Arc<dyn CacheBackend>)
+            .map_err(|e| e.to_string()),
+        Remote::Reapi(url) => reapi.config(url).and_then(|config| {
+            // Needs the runtime (the channel connects lazily on it): callers enter it.
+            cache_remote::RemoteStorage::open(config)
+                .map(|s| {
+                    let c = Cache::new(s, |job| {
+                        tokio::task::spawn_blocking(job);
+                    });
+                    Arc::new(signing.apply(c)) as Arc<dyn CacheBackend>
+                })
+                .map_err(|e| e.to_string())
+        }),
+    };
+    match shared {
         Ok(shared) => Ok(Opened {
             local: Some(cache),
-            ..tiered(
-                local,
-                Arc::new(shared),
-                format!("{describe} + remote {}", remote.display()),
-            )
+            ..tiered(local, shared, format!("{describe} + remote {remote}"))
         }),
         Err(e) => {
             tracing::warn!(
-                "remote cache {} cannot be opened, continuing with the local cache only: {e}",
-                remote.display()
+                "remote cache {remote} cannot be opened, continuing with the local cache only: {e}"
             );
             Ok(Opened {
                 backend: local,
@@ -202,11 +341,7 @@ mod tests {
 
     #[test]
     fn unsupported_kinds_are_refused_with_a_usage_error() {
-        for raw in [
-            "s3://my-bucket/ci",
-            "grpc://cache.internal:8980/main",
-            "grpcs://h",
-        ] {
+        for raw in ["s3://my-bucket/ci", "gs://b/p"] {
             let loc = Location::parse(raw).unwrap();
             let Err(Failure::Usage(msg)) = require_local(loc, Role::Remote) else {
                 panic!("{raw} accepted")

@@ -3,7 +3,8 @@
 //! | form | meaning | this build |
 //! |---|---|---|
 //! | `PATH`, `file:///abs/path` | a local cache directory | supported |
-//! | `s3://...`, `gs://...`, `az://...`, `grpc://...`, `grpcs://...` | object stores, REAPI servers | recognised and refused (their backends are the next crates) |
+//! | `grpc://host:port[/instance]`, `grpcs://host[:port][/instance]` | a REAPI v2 cache (`cache-remote`) | supported as `--remote` |
+//! | `s3://...`, `gs://...`, `az://...` | object stores | recognised and refused (their backends are the next crates) |
 //!
 //! A value that starts with a URL scheme of two letters or more (`s3:`, `http:`, after
 //! any leading spaces) is a URL, whether or not `//` follows; anything else is a path
@@ -26,6 +27,10 @@ use url::Url;
 pub enum Location {
     /// A local cache directory.
     Local(PathBuf),
+    /// A Bazel Remote Execution API v2 cache, as `grpc://` or `grpcs://` URL. Checked
+    /// by [`cache_remote::RemoteConfig::from_url`], so it holds no credentials (they go
+    /// in headers) and may be shown.
+    Reapi(String),
     /// A kind of cache this build has no backend for yet.
     Planned {
         /// `s3`, `grpc`, ...
@@ -39,6 +44,7 @@ impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Location::Local(p) => write!(f, "{}", p.display()),
+            Location::Reapi(url) => f.write_str(url),
             Location::Planned { shown, .. } => f.write_str(shown),
         }
     }
@@ -71,8 +77,8 @@ impl fmt::Debug for RawLocation {
 
 const FORMS: &str = "use a directory path or file:///abs/path";
 
-/// URL schemes of the shared caches that are being added (object stores, REAPI).
-const PLANNED: &[&str] = &["s3", "gs", "az", "grpc", "grpcs"];
+/// URL schemes of the shared caches that are being added (object stores).
+const PLANNED: &[&str] = &["s3", "gs", "az"];
 
 impl Location {
     /// Parses a location. Errors name the problem and the accepted forms, and show
@@ -98,6 +104,12 @@ impl Location {
         if scheme == "file" {
             return parse_file(raw, &shown);
         }
+        if scheme == "grpc" || scheme == "grpcs" {
+            // Its errors never echo the value.
+            return cache_remote::RemoteConfig::from_url(raw)
+                .map(|_| Location::Reapi(raw.trim().to_owned()))
+                .map_err(|e| format!("{shown:?}: {e}"));
+        }
         match PLANNED.iter().find(|p| **p == scheme) {
             Some(kind) => Ok(Location::Planned { kind, shown }),
             None => Err(format!(
@@ -111,6 +123,10 @@ impl Location {
     pub fn kind(&self) -> &'static str {
         match self {
             Location::Local(_) => "local",
+            Location::Reapi(url) if url.get(..6).is_some_and(|s| s.eq_ignore_ascii_case("grpcs:")) => {
+                "grpcs"
+            }
+            Location::Reapi(_) => "grpc",
             Location::Planned { kind, .. } => kind,
         }
     }
@@ -297,6 +313,8 @@ mod tests {
             ("az://c/p", "az"),
             ("grpc://cache.internal:8980/main", "grpc"),
             ("grpcs://h", "grpcs"),
+            ("GRPC://h:1", "grpc"),
+            ("GRPCS://h:1", "grpcs"),
         ] {
             assert_eq!(ok(raw).kind(), kind, "{raw}");
         }

@@ -67,6 +67,8 @@ struct Prepared {
     max_log: u64,
     /// Signed entries (from the environment).
     signing: backend::Signing,
+    /// Headers, TLS files and deadline for a REAPI remote.
+    reapi: backend::ReapiSettings,
 }
 
 fn prepare(args: &TaskArgs) -> Result<Prepared, Failure> {
@@ -123,6 +125,10 @@ fn prepare(args: &TaskArgs) -> Result<Prepared, Failure> {
         remote,
         max_log: args.max_log_size,
         signing: backend::Signing::from_env(|k| std::env::var(k).ok())?,
+        reapi: backend::ReapiSettings::new(
+            args.remote_headers.iter().map(|h| h.0.clone()).collect(),
+            |k| std::env::var(k).ok(),
+        ),
     })
 }
 
@@ -241,7 +247,7 @@ fn open_session(
     p: &Prepared,
     policy: CachePolicy,
     cache_dir: Option<PathBuf>,
-    remote_dir: Option<&PathBuf>,
+    remote: Option<&backend::Remote>,
 ) -> Result<Option<Session>, Failure> {
     if policy == CachePolicy::Disabled {
         tracing::info!("uncached {}: key {}, policy {policy}", p.id, p.key);
@@ -264,7 +270,11 @@ fn open_session(
             return Ok(None);
         }
     };
-    match backend::open(&cache_dir, remote_dir, &p.signing) {
+    // A REAPI remote's channel is made on the runtime.
+    let entered = rt.enter();
+    let opened = backend::open(&cache_dir, remote, &p.signing, &p.reapi);
+    drop(entered);
+    match opened {
         Ok(opened) => Ok(Some(Session { rt, opened })),
         Err(e) => {
             tracing::warn!(
@@ -433,14 +443,14 @@ pub fn run(args: &TaskArgs) -> Result<u8, Failure> {
         .clone()
         .map(|loc| backend::require_local(loc, Role::Cache))
         .transpose()?;
-    let remote_dir = p
+    let remote = p
         .remote
         .clone()
-        .map(|loc| backend::require_local(loc, Role::Remote))
+        .map(backend::require_remote)
         .transpose()?;
     let task = task_of(&p, CachePolicy::Normal);
     let policy = effective_policy(&task, Some(args.policy));
-    let session = open_session(&p, policy, cache_dir, remote_dir.as_ref())?;
+    let session = open_session(&p, policy, cache_dir, remote.as_ref())?;
 
     if let Some(s) = &session {
         if let Some(code) = try_hit(&p, &task, policy, s, args.cache_failures, started) {
