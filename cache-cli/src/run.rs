@@ -510,6 +510,7 @@ mod tests {
             remote: None,
             max_log: 64 << 20,
             signing: backend::Signing::default(),
+            reapi: backend::ReapiSettings::default(),
         };
         let task = task_of(&p, CachePolicy::Normal);
         let backend = MemoryBackend::new();
