@@ -15,42 +15,109 @@ use cache_core::{BackendError, BlobRef, Digest, DigestAlgorithm, MAX_PATH_DEPTH}
 use prost::Message;
 use std::collections::{BTreeMap, HashMap};
 
-/// The `type_url` of taskcache's extension in `auxiliary_metadata`.
-pub const EXTENSION_TYPE: &str = "type.taskcache.dev/taskcache.remote.v1.Entry";
+/// The `type_url` of taskcache's extension in `auxiliary_metadata`: a REAPI
+/// `Platform` (name/value pairs), a type every REAPI tool knows, so tools that print
+/// results as JSON (`bgd actioncache get --json`) can show it. A private message type
+/// there makes such tools fail.
+pub const EXTENSION_TYPE: &str = "type.googleapis.com/build.bazel.remote.execution.v2.Platform";
 /// The extension format this build writes and the newest it reads.
 pub const FORMAT: u32 = 1;
 
 const LOG_ABSENT: u32 = 0;
 const LOG_INLINE: u32 = 1;
 const LOG_BLOB: u32 = 2;
+const LOG_WORDS: [&str; 3] = ["absent", "inline", "blob"];
+
+const P_FORMAT: &str = "taskcache.format";
+const P_KEY: &str = "taskcache.key";
+const P_STDOUT: &str = "taskcache.stdout";
+const P_STDERR: &str = "taskcache.stderr";
+const P_OUTPUT: &str = "taskcache.output";
+const P_SIGNER: &str = "taskcache.signer";
+const P_SIGNATURE: &str = "taskcache.signature";
+const P_REMOVED: &str = "taskcache.removed";
 
 /// What REAPI has no field for.
-#[derive(Clone, PartialEq, Message)]
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
 pub struct Extension {
     /// Format version ([`FORMAT`]).
-    #[prost(uint32, tag = "1")]
     pub format: u32,
     /// The task digest (`blake3:...`), guarding against misplaced results.
-    #[prost(string, tag = "2")]
     pub key: String,
     /// stdout: absent, inline or blob.
-    #[prost(uint32, tag = "3")]
     pub stdout: u32,
     /// stderr: absent, inline or blob.
-    #[prost(uint32, tag = "4")]
     pub stderr: u32,
     /// The record's output paths in record order.
-    #[prost(string, repeated, tag = "5")]
     pub order: Vec<String>,
     /// The signer's public key, when signed.
-    #[prost(bytes = "vec", tag = "6")]
     pub signer: Vec<u8>,
     /// The signature, when signed.
-    #[prost(bytes = "vec", tag = "7")]
     pub signature: Vec<u8>,
     /// A tombstone: REAPI cannot delete a result, so removal overwrites it with one.
-    #[prost(bool, tag = "8")]
     pub removed: bool,
+}
+
+impl Extension {
+    fn to_platform(&self) -> re::Platform {
+        let p = |name: &str, value: String| re::platform::Property {
+            name: name.into(),
+            value,
+        };
+        let mut props = vec![
+            p(P_FORMAT, self.format.to_string()),
+            p(P_KEY, self.key.clone()),
+            p(P_STDOUT, log_word(self.stdout)),
+            p(P_STDERR, log_word(self.stderr)),
+        ];
+        props.extend(self.order.iter().map(|o| p(P_OUTPUT, o.clone())));
+        if !self.signer.is_empty() {
+            props.push(p(P_SIGNER, hex::encode(&self.signer)));
+            props.push(p(P_SIGNATURE, hex::encode(&self.signature)));
+        }
+        if self.removed {
+            props.push(p(P_REMOVED, "true".into()));
+        }
+        re::Platform { properties: props }
+    }
+
+    fn from_platform(platform: &re::Platform) -> Result<Self, String> {
+        let mut ext = Extension::default();
+        let log = |v: &str| {
+            LOG_WORDS
+                .iter()
+                .position(|w| *w == v)
+                .and_then(|i| u32::try_from(i).ok())
+                .ok_or_else(|| format!("unknown log kind {:?}", truncate(v)))
+        };
+        let bytes = |v: &str| hex::decode(v).map_err(|_| "a malformed signature".to_owned());
+        for prop in &platform.properties {
+            let v = prop.value.as_str();
+            match prop.name.as_str() {
+                P_FORMAT => {
+                    ext.format = v
+                        .parse()
+                        .map_err(|_| format!("format {:?} is not a number", truncate(v)))?;
+                }
+                P_KEY => ext.key = v.to_owned(),
+                P_STDOUT => ext.stdout = log(v)?,
+                P_STDERR => ext.stderr = log(v)?,
+                P_OUTPUT => ext.order.push(v.to_owned()),
+                P_SIGNER => ext.signer = bytes(v)?,
+                P_SIGNATURE => ext.signature = bytes(v)?,
+                P_REMOVED => ext.removed = v == "true",
+                // Names of a newer format are judged by its version, not here.
+                _ => {}
+            }
+        }
+        Ok(ext)
+    }
+}
+
+fn log_word(kind: u32) -> String {
+    LOG_WORDS
+        .get(usize::try_from(kind).unwrap_or(usize::MAX))
+        .map_or_else(|| kind.to_string(), |w| (*w).to_owned())
 }
 
 /// A REAPI digest of `blob`.
@@ -382,7 +449,7 @@ pub fn encode_record(record: &ActionRecord, algorithm: DigestAlgorithm) -> Encod
 pub fn extension_any(ext: &Extension) -> Any {
     Any {
         type_url: EXTENSION_TYPE.into(),
-        value: ext.encode_to_vec(),
+        value: ext.to_platform().encode_to_vec(),
     }
 }
 
@@ -436,21 +503,24 @@ pub fn needed_blobs(
     Ok(out)
 }
 
-/// The taskcache extension of `result`, if it has one.
+/// The taskcache extension of `result`, if it has one: the `Platform` in
+/// `auxiliary_metadata` that names a taskcache format.
 pub fn extension(result: &re::ActionResult) -> Result<Option<Extension>, String> {
     let Some(meta) = &result.execution_metadata else {
         return Ok(None);
     };
-    let Some(any) = meta
+    for any in meta
         .auxiliary_metadata
         .iter()
-        .find(|a| a.type_url == EXTENSION_TYPE)
-    else {
-        return Ok(None);
-    };
-    Extension::decode(any.value.as_slice())
-        .map(Some)
-        .map_err(|e| format!("the taskcache extension does not decode: {e}"))
+        .filter(|a| a.type_url == EXTENSION_TYPE)
+    {
+        let platform = re::Platform::decode(any.value.as_slice())
+            .map_err(|e| format!("auxiliary metadata does not decode: {e}"))?;
+        if platform.properties.iter().any(|p| p.name == P_FORMAT) {
+            return Extension::from_platform(&platform).map(Some);
+        }
+    }
+    Ok(None)
 }
 
 fn millis_between(start: Option<&Timestamp>, end: Option<&Timestamp>) -> u64 {
