@@ -130,7 +130,10 @@ impl ReapiSettings {
     }
 
     fn var(&self, k: &str) -> Option<&str> {
-        self.env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.as_str())
+        self.env
+            .iter()
+            .find(|(n, _)| *n == k)
+            .map(|(_, v)| v.as_str())
     }
 
     /// The configuration for `url`. Errors name the flag or variable, never a value.

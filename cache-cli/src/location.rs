@@ -123,7 +123,11 @@ impl Location {
     pub fn kind(&self) -> &'static str {
         match self {
             Location::Local(_) => "local",
-            Location::Reapi(url) if url.get(..6).is_some_and(|s| s.eq_ignore_ascii_case("grpcs:")) => {
+            Location::Reapi(url)
+                if url
+                    .get(..6)
+                    .is_some_and(|s| s.eq_ignore_ascii_case("grpcs:")) =>
+            {
                 "grpcs"
             }
             Location::Reapi(_) => "grpc",

@@ -443,11 +443,7 @@ pub fn run(args: &TaskArgs) -> Result<u8, Failure> {
         .clone()
         .map(|loc| backend::require_local(loc, Role::Cache))
         .transpose()?;
-    let remote = p
-        .remote
-        .clone()
-        .map(backend::require_remote)
-        .transpose()?;
+    let remote = p.remote.clone().map(backend::require_remote).transpose()?;
     let task = task_of(&p, CachePolicy::Normal);
     let policy = effective_policy(&task, Some(args.policy));
     let session = open_session(&p, policy, cache_dir, remote.as_ref())?;

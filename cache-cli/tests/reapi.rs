@@ -81,7 +81,10 @@ fn header_values_never_appear_in_the_output() {
     let o = exec_within(c, Duration::from_secs(120));
     assert_eq!(o.code, 0, "{o:?}");
     let all = format!("{}{}", o.stderr, o.stdout_str());
-    assert!(all.contains("GetActionResult") || all.contains("stored"), "{all}");
+    assert!(
+        all.contains("GetActionResult") || all.contains("stored"),
+        "{all}"
+    );
     for secret in ["ENVSECRET-1", "FLAGSECRET-2"] {
         assert!(!all.contains(secret), "{all}");
     }
@@ -143,7 +146,10 @@ fn own_buildgrid(bgd: &Path) -> OwnServer {
             cache_remote::RemoteConfig::from_url(&format!("grpc://127.0.0.1:{port}")).unwrap();
         let storage = cache_remote::RemoteStorage::open(config).unwrap();
         while started.elapsed() < Duration::from_secs(90) {
-            if cache_core::storage::Storage::health_check(&storage).await.is_ok() {
+            if cache_core::storage::Storage::health_check(&storage)
+                .await
+                .is_ok()
+            {
                 return true;
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
@@ -169,8 +175,9 @@ fn a_server_stopped_mid_run_costs_one_deadline_and_the_step_succeeds() {
         server.child.id()
     );
     let mut c = f.cmd();
-    c.env("TASKCACHE_REMOTE_TIMEOUT", "2")
-        .args(["run", "--remote", &url, "-o", "out.txt", "--", "sh", "-c", &script]);
+    c.env("TASKCACHE_REMOTE_TIMEOUT", "2").args([
+        "run", "--remote", &url, "-o", "out.txt", "--", "sh", "-c", &script,
+    ]);
     let started = Instant::now();
     let o = exec_within(c, Duration::from_secs(120));
     let took = started.elapsed();

@@ -110,7 +110,14 @@ fn upload_id() -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h = hex::encode(b);
-    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
 }
 
 fn io_err(client: &Client, what: &str, e: &dyn std::fmt::Display) -> BackendError {
@@ -146,7 +153,8 @@ impl Client {
         }
         let mut first = None;
         while let Some(r) = running.join_next().await {
-            let r = r.unwrap_or_else(|e| Err(BackendError::unavailable(format!("upload task: {e}"))));
+            let r =
+                r.unwrap_or_else(|e| Err(BackendError::unavailable(format!("upload task: {e}"))));
             if let Err(e) = r {
                 first.get_or_insert(e);
             }
@@ -179,7 +187,7 @@ impl Client {
         })
         .await
         .map_err(|e| BackendError::unavailable(format!("{describe}: read task: {e}")))?
-        .map_err(|e| BackendError::Io(e))?;
+        .map_err(BackendError::Io)?;
         let req = re::BatchUpdateBlobsRequest {
             instance_name: self.instance().to_owned(),
             requests,
@@ -206,7 +214,11 @@ impl Client {
                     Code::from_i32(code),
                     r.status.map(|s| s.message).unwrap_or_default(),
                 );
-                let hash = r.digest.as_ref().map(|d| d.hash.clone()).unwrap_or_default();
+                let hash = r
+                    .digest
+                    .as_ref()
+                    .map(|d| d.hash.clone())
+                    .unwrap_or_default();
                 if retryable(&status) && attempt < self.config.max_attempts {
                     if let Some(req) = pending
                         .requests
@@ -238,7 +250,11 @@ impl Client {
     ) -> BackendResult<()> {
         let resource = with_instance(
             self.instance(),
-            &format!("uploads/{}/{}", upload_id(), resource_blob(algorithm, &blob)),
+            &format!(
+                "uploads/{}/{}",
+                upload_id(),
+                resource_blob(algorithm, &blob)
+            ),
         );
         let size = i64::try_from(blob.size).unwrap_or(i64::MAX);
         let mut offset = 0u64;
@@ -366,7 +382,8 @@ impl Client {
             .map(|b| (*b, Some(Vec::new())))
             .collect();
         while let Some(r) = running.join_next().await {
-            let r = r.unwrap_or_else(|e| Err(BackendError::unavailable(format!("read task: {e}"))))?;
+            let r =
+                r.unwrap_or_else(|e| Err(BackendError::unavailable(format!("read task: {e}"))))?;
             out.extend(r);
         }
         Ok(out)
@@ -394,10 +411,9 @@ impl Client {
         let mut out = Vec::with_capacity(batch.len());
         for r in resp.responses {
             let Some(d) = r.digest.as_ref() else { continue };
-            let Some(blob) = batch
-                .iter()
-                .find(|b| b.digest.hex() == d.hash && i64::try_from(b.size).ok() == Some(d.size_bytes))
-            else {
+            let Some(blob) = batch.iter().find(|b| {
+                b.digest.hex() == d.hash && i64::try_from(b.size).ok() == Some(d.size_bytes)
+            }) else {
                 continue;
             };
             let code = r.status.as_ref().map_or(0, |s| s.code);
@@ -416,7 +432,11 @@ impl Client {
         }
         for b in &batch {
             if !out.iter().any(|(x, _)| x == b) {
-                return Err(io_err(self, "BatchReadBlobs", &format!("no answer for {b}")));
+                return Err(io_err(
+                    self,
+                    "BatchReadBlobs",
+                    &format!("no answer for {b}"),
+                ));
             }
         }
         Ok(out)
@@ -557,7 +577,11 @@ mod tests {
                     .collect(),
                 digest_function: 0,
             };
-            assert!(req.encoded_len() <= limit, "{} > {limit}", req.encoded_len());
+            assert!(
+                req.encoded_len() <= limit,
+                "{} > {limit}",
+                req.encoded_len()
+            );
         }
         assert_eq!(batches.iter().map(Vec::len).sum::<usize>(), 1000);
         assert!(!fits_batch(

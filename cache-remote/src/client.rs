@@ -72,9 +72,7 @@ impl Caps {
                 self.algorithms
             ))),
             None => self.algorithms.first().copied().ok_or_else(|| {
-                BackendError::unavailable(format!(
-                    "{server} supports neither SHA-256 nor BLAKE3"
-                ))
+                BackendError::unavailable(format!("{server} supports neither SHA-256 nor BLAKE3"))
             }),
         }
     }
@@ -161,10 +159,10 @@ impl Client {
         }
         let mut headers = Vec::new();
         for (k, v) in &config.headers {
-            let key = MetadataKey::from_bytes(k.as_bytes())
-                .map_err(|_| bad("bad header name", &k))?;
-            let mut value = MetadataValue::try_from(v.expose())
-                .map_err(|_| bad("bad header value for", &k))?;
+            let key =
+                MetadataKey::from_bytes(k.as_bytes()).map_err(|_| bad("bad header name", &k))?;
+            let mut value =
+                MetadataValue::try_from(v.expose()).map_err(|_| bad("bad header value for", &k))?;
             value.set_sensitive(true);
             headers.push((key, value));
         }

@@ -89,7 +89,11 @@ impl fmt::Debug for RemoteConfig {
             .field("instance", &self.instance)
             .field(
                 "headers",
-                &self.headers.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+                &self
+                    .headers
+                    .iter()
+                    .map(|(k, _)| k.as_str())
+                    .collect::<Vec<_>>(),
             )
             .field("tls", &self.tls)
             .field("connect_timeout", &self.connect_timeout)
@@ -165,11 +169,12 @@ impl RemoteConfig {
         if name.ends_with("-bin") {
             return Err(format!("binary header {name:?} is not supported"));
         }
-        if tonic::metadata::MetadataValue::<tonic::metadata::Ascii>::try_from(value.trim())
-            .is_err()
+        if tonic::metadata::MetadataValue::<tonic::metadata::Ascii>::try_from(value.trim()).is_err()
         {
             // Never echo the value: it is a credential.
-            return Err(format!("the value of header {name:?} is not valid ASCII text"));
+            return Err(format!(
+                "the value of header {name:?} is not valid ASCII text"
+            ));
         }
         self.headers.push((name, Secret::new(value.trim())));
         Ok(self)
@@ -178,7 +183,11 @@ impl RemoteConfig {
     /// Parses `NAME:VALUE` (one header) or a comma/newline separated list of them
     /// (`TASKCACHE_REMOTE_HEADERS`) and adds each.
     pub fn headers_from_list(mut self, list: &str) -> Result<Self, String> {
-        for item in list.split([',', '\n']).map(str::trim).filter(|s| !s.is_empty()) {
+        for item in list
+            .split([',', '\n'])
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
             let (name, value) = item
                 .split_once(':')
                 .ok_or("a header is written NAME:VALUE")?;
@@ -216,7 +225,12 @@ mod tests {
         let c = RemoteConfig::from_url("grpcs://cache.example").unwrap();
         assert_eq!(c.endpoint, "https://cache.example:443");
         assert!(c.tls.is_some());
-        for bad in ["http://x", "grpc://user:pw@h:1", "grpc://h:1?token=x", "grpc://"] {
+        for bad in [
+            "http://x",
+            "grpc://user:pw@h:1",
+            "grpc://h:1?token=x",
+            "grpc://",
+        ] {
             let e = RemoteConfig::from_url(bad).unwrap_err();
             assert!(!e.contains("pw") && !e.contains("token=x"), "{e}");
         }

@@ -117,8 +117,15 @@ impl RemoteStorage {
         let action = mapping::action_for(key, algorithm);
         let mut blobs = action.blobs;
         blobs.extend(extra_blobs);
-        self.upload_missing(algorithm, &caps, blobs.into_iter().map(|(b, v)| (b, Payload::Bytes(v.into()))).collect())
-            .await?;
+        self.upload_missing(
+            algorithm,
+            &caps,
+            blobs
+                .into_iter()
+                .map(|(b, v)| (b, Payload::Bytes(v.into())))
+                .collect(),
+        )
+        .await?;
         self.client
             .update_action_result(algorithm, &action.action, result)
             .await
@@ -212,12 +219,12 @@ impl RemoteStorage {
     }
 }
 
+/// Hashed sources, and the spool files that back some of them.
+type Hashed = (Vec<(BlobRef, Payload)>, Vec<tempfile::TempPath>);
+
 /// Hashes the sources (files and readers on a blocking thread; readers are spooled
 /// to temporary files, kept alive by the returned guard).
-fn hash_sources(
-    sources: Vec<BlobSource>,
-    algorithm: DigestAlgorithm,
-) -> BackendResult<(Vec<(BlobRef, Payload)>, Vec<tempfile::TempPath>)> {
+fn hash_sources(sources: Vec<BlobSource>, algorithm: DigestAlgorithm) -> BackendResult<Hashed> {
     let mut out = Vec::with_capacity(sources.len());
     let mut spools = Vec::new();
     for s in sources {
@@ -231,8 +238,9 @@ fn hash_sources(
             }
             BlobSource::Reader(mut reader) => {
                 let mut spool = tempfile::NamedTempFile::new().map_err(BackendError::Io)?;
-                let r = cache_core::storage::copy_hashing(&mut reader, spool.as_file_mut(), algorithm)
-                    .map_err(BackendError::Io)?;
+                let r =
+                    cache_core::storage::copy_hashing(&mut reader, spool.as_file_mut(), algorithm)
+                        .map_err(BackendError::Io)?;
                 let path = spool.into_temp_path();
                 out.push((r, Payload::File(path.to_path_buf())));
                 spools.push(path);
@@ -317,7 +325,10 @@ impl Storage for RemoteStorage {
             .collect();
         for log in [&record.stdout, &record.stderr] {
             if let cache_core::storage::LogRecord::Inline(b) = log {
-                blobs.push((BlobRef::of(algorithm, b), Payload::Bytes(b.as_slice().into())));
+                blobs.push((
+                    BlobRef::of(algorithm, b),
+                    Payload::Bytes(b.as_slice().into()),
+                ));
             }
         }
         self.upload_missing(algorithm, &caps, blobs).await?;
@@ -368,7 +379,11 @@ impl Storage for RemoteStorage {
                 // A blob found corrupt counts as missing until a store sends it again.
                 let suspect = self.suspect.lock().expect("suspect set");
                 let known: HashSet<BlobRef> = lacking.iter().copied().collect();
-                lacking.extend(these.iter().filter(|b| suspect.contains(b) && !known.contains(b)));
+                lacking.extend(
+                    these
+                        .iter()
+                        .filter(|b| suspect.contains(b) && !known.contains(b)),
+                );
                 missing.extend(lacking);
             } else {
                 missing.extend(these);
@@ -384,9 +399,10 @@ impl Storage for RemoteStorage {
     ) -> BackendResult<Vec<BlobRef>> {
         let caps = self.client.caps().await?.clone();
         let algorithm = caps.algorithm(algorithm, self.describe())?;
-        let (hashed, spools) = tokio::task::spawn_blocking(move || hash_sources(sources, algorithm))
-            .await
-            .map_err(|e| join_error(&e))??;
+        let (hashed, spools) =
+            tokio::task::spawn_blocking(move || hash_sources(sources, algorithm))
+                .await
+                .map_err(|e| join_error(&e))??;
         let refs: Vec<BlobRef> = hashed.iter().map(|(b, _)| *b).collect();
         self.upload_missing(algorithm, &caps, hashed).await?;
         drop(spools);

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 const VAR: &str = "TASKCACHE_TEST_REAPI";
 
+#[allow(clippy::unused_async)] // `run_case` takes an async maker
 async fn harness(url: String) -> Harness {
     let open = || RemoteStorage::open(RemoteConfig::from_url(&url).unwrap()).unwrap();
     let tamper = common::ServerTamper::new(open());

@@ -116,7 +116,11 @@ fn a_read_stream_dropped_midway_resumes_at_the_offset_reached() {
         state.faults.lock().unwrap().drop_read_after = Some((3 << 20, 1));
         let reads = state.calls("Read");
         assert!(restore_bytes(&c, &key, "big.bin").await == big);
-        assert_eq!(state.calls("Read") - reads, 2, "one broken stream, one resumed");
+        assert_eq!(
+            state.calls("Read") - reads,
+            2,
+            "one broken stream, one resumed"
+        );
     });
 }
 
@@ -170,9 +174,15 @@ fn per_blob_statuses_are_checked_and_retried_only_when_retryable() {
             )
             .await
             .unwrap_err();
-        assert!(e.is_cache_fault() && e.to_string().contains("InvalidArgument"), "{e}");
+        assert!(
+            e.is_cache_fault() && e.to_string().contains("InvalidArgument"),
+            "{e}"
+        );
         let found = c.lookup(&task(), &digest(&key), CachePolicy::Normal).await;
-        assert!(found.unwrap().is_none(), "no result is written after a failed blob");
+        assert!(
+            found.unwrap().is_none(),
+            "no result is written after a failed blob"
+        );
     });
 }
 
@@ -182,7 +192,12 @@ fn wrong_bytes_are_a_digest_mismatch_and_nothing_is_placed() {
         let (url, state) = fake::start().await;
         let c = cache(open(&url, |_| {}));
         let key = fresh_key();
-        store(&c, &key, &entry(vec![file("out/a.txt", pattern_bytes(3, 1000))])).await;
+        store(
+            &c,
+            &key,
+            &entry(vec![file("out/a.txt", pattern_bytes(3, 1000))]),
+        )
+        .await;
         state.faults.lock().unwrap().wrong_bytes = true;
         let ws = TempWorkspace::new();
         let e = c
@@ -280,11 +295,7 @@ fn a_read_only_action_cache_refuses_stores_and_still_serves_hits() {
         let writer = cache(open(&url, |_| {}));
         let key = fresh_key();
         store(&writer, &key, &entry(vec![file("a.txt", b"a".to_vec())])).await;
-        state
-            .caps
-            .lock()
-            .unwrap()
-            .action_cache_update_capabilities = Some(
+        state.caps.lock().unwrap().action_cache_update_capabilities = Some(
             bazel_remote_apis::build::bazel::remote::execution::v2::ActionCacheUpdateCapabilities {
                 update_enabled: false,
             },
@@ -294,8 +305,15 @@ fn a_read_only_action_cache_refuses_stores_and_still_serves_hits() {
             .store(&task(), &fresh_key(), &entry(vec![]), CachePolicy::Normal)
             .await
             .unwrap_err();
-        assert!(e.is_cache_fault() && e.to_string().contains("read-only"), "{e}");
-        assert_eq!(state.calls("UpdateActionResult"), 1, "only the first writer's");
+        assert!(
+            e.is_cache_fault() && e.to_string().contains("read-only"),
+            "{e}"
+        );
+        assert_eq!(
+            state.calls("UpdateActionResult"),
+            1,
+            "only the first writer's"
+        );
         assert_eq!(restore_bytes(&reader, &key, "a.txt").await, b"a");
     });
 }
@@ -325,7 +343,10 @@ fn a_result_whose_tree_or_files_are_gone_is_a_miss() {
             .unwrap()
             .unwrap();
         let tree = result.output_directories[0].tree_digest.clone().unwrap();
-        assert!(result.output_files.is_empty(), "the file is inside the tree");
+        assert!(
+            result.output_files.is_empty(),
+            "the file is inside the tree"
+        );
         state.cas.lock().unwrap().remove(&tree.hash);
         let found = c.lookup(&task(), &digest(&key), CachePolicy::Normal).await;
         assert!(found.unwrap().is_none());
@@ -336,14 +357,18 @@ fn a_result_whose_tree_or_files_are_gone_is_a_miss() {
 fn zstd_advertised_still_round_trips_with_identity() {
     rt().block_on(async {
         let (url, state) = fake::start().await;
-        state.caps.lock().unwrap().supported_compressors =
-            vec![bazel_remote_apis::build::bazel::remote::execution::v2::compressor::Value::Zstd as i32];
+        state.caps.lock().unwrap().supported_compressors = vec![
+            bazel_remote_apis::build::bazel::remote::execution::v2::compressor::Value::Zstd as i32,
+        ];
         let s = open(&url, |_| {});
         assert!(s.capabilities().await.unwrap().zstd);
         let c = cache(s);
         let key = fresh_key();
         store(&c, &key, &entry(vec![file("z", pattern_bytes(7, 100_000))])).await;
-        assert_eq!(restore_bytes(&c, &key, "z").await, pattern_bytes(7, 100_000));
+        assert_eq!(
+            restore_bytes(&c, &key, "z").await,
+            pattern_bytes(7, 100_000)
+        );
     });
 }
 
@@ -361,7 +386,8 @@ fn blake3_is_used_only_where_the_server_lists_it() {
             .unwrap_err();
         assert!(e.to_string().contains("does not support the blake3"), "{e}");
         state.caps.lock().unwrap().digest_functions.push(
-            bazel_remote_apis::build::bazel::remote::execution::v2::digest_function::Value::Blake3 as i32,
+            bazel_remote_apis::build::bazel::remote::execution::v2::digest_function::Value::Blake3
+                as i32,
         );
         let s = open(&url, |_| {});
         let data = pattern_bytes(8, 3 << 20);
@@ -383,11 +409,13 @@ fn blake3_is_used_only_where_the_server_lists_it() {
         for o in opened {
             let mut r = o.unwrap().into_reader().unwrap();
             let mut v = Vec::new();
-            tokio::task::spawn_blocking(move || std::io::Read::read_to_end(&mut r, &mut v).map(|_| v))
-                .await
-                .unwrap()
-                .map(|v| back.push(v))
-                .unwrap();
+            tokio::task::spawn_blocking(move || {
+                std::io::Read::read_to_end(&mut r, &mut v).map(|_| v)
+            })
+            .await
+            .unwrap()
+            .map(|v| back.push(v))
+            .unwrap();
         }
         assert!(back[0] == data && back[1] == big);
     });
@@ -403,25 +431,51 @@ fn the_breaker_opens_after_repeated_faults_and_a_success_resets_it() {
         breaker.health_check().await.unwrap();
         state.faults.lock().unwrap().unavailable = 2;
         for _ in 0..2 {
-            assert!(breaker.lookup(&task(), &key, CachePolicy::Normal).await.is_err());
+            assert!(
+                breaker
+                    .lookup(&task(), &key, CachePolicy::Normal)
+                    .await
+                    .is_err()
+            );
         }
         // A success before the threshold: the count starts again.
-        assert!(breaker.lookup(&task(), &key, CachePolicy::Normal).await.unwrap().is_none());
+        assert!(
+            breaker
+                .lookup(&task(), &key, CachePolicy::Normal)
+                .await
+                .unwrap()
+                .is_none()
+        );
         assert!(!breaker.is_open());
         state.faults.lock().unwrap().unavailable = 100;
         for _ in 0..3 {
-            assert!(breaker.lookup(&task(), &key, CachePolicy::Normal).await.is_err());
+            assert!(
+                breaker
+                    .lookup(&task(), &key, CachePolicy::Normal)
+                    .await
+                    .is_err()
+            );
         }
         assert!(breaker.is_open());
         let before = state.total_calls();
         for _ in 0..10 {
-            assert!(breaker.lookup(&task(), &key, CachePolicy::Normal).await.is_err());
+            assert!(
+                breaker
+                    .lookup(&task(), &key, CachePolicy::Normal)
+                    .await
+                    .is_err()
+            );
         }
         assert_eq!(state.total_calls(), before, "an open breaker calls nothing");
         // A fresh run (a new breaker) reaches the recovered server again.
         state.faults.lock().unwrap().unavailable = 0;
         let next = CircuitBreaker::new(inner, 3);
-        assert!(next.lookup(&task(), &key, CachePolicy::Normal).await.unwrap().is_none());
+        assert!(
+            next.lookup(&task(), &key, CachePolicy::Normal)
+                .await
+                .unwrap()
+                .is_none()
+        );
     });
 }
 
@@ -462,7 +516,10 @@ fn header_values_reach_the_server_but_never_debug_errors_or_logs() {
                 .all(|v| v == "Bearer HEADER-SECRET-1")
         );
         state.faults.lock().unwrap().unavailable = 10;
-        let e = c.lookup(&task(), &digest(&key), CachePolicy::Normal).await.unwrap_err();
+        let e = c
+            .lookup(&task(), &digest(&key), CachePolicy::Normal)
+            .await
+            .unwrap_err();
         let text = format!("{shown} {e} {e:?}");
         let logged = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
         assert!(!logged.is_empty(), "the trace subscriber saw the calls");

@@ -4,7 +4,10 @@
 mod common;
 
 use cache_core::storage::{EntryKey, Storage};
-use cache_core::{BlobRef, Cache, CacheBackend, CacheEntry, CacheOutput, CachePolicy, DigestAlgorithm, OutputContent, Task};
+use cache_core::{
+    BlobRef, Cache, CacheBackend, CacheEntry, CacheOutput, CachePolicy, DigestAlgorithm,
+    OutputContent, Task,
+};
 use cache_remote::{RemoteConfig, RemoteStorage};
 use std::process::Command;
 
@@ -77,7 +80,9 @@ fn bgd_reads_the_action_result_and_blobs_this_backend_stores() {
             .unwrap();
         let digest = format!("{}/{}", action.digest.hex(), action.size);
         let shown = bgd(&tool, &url, &["actioncache", "get", "--json", &digest]);
-        let json_start = shown.find('{').unwrap_or_else(|| panic!("no JSON: {shown}"));
+        let json_start = shown
+            .find('{')
+            .unwrap_or_else(|| panic!("no JSON: {shown}"));
         let result: serde_json::Value = serde_json::from_str(&shown[json_start..]).unwrap();
         assert_eq!(result["exitCode"], 3, "{result}");
         let file = &result["outputFiles"][0];
@@ -113,13 +118,26 @@ fn blobs_uploaded_by_bgd_are_found_and_not_sent_again() {
     let dir = tempfile::tempdir().unwrap();
     let bytes = unique("uploaded by bgd");
     std::fs::write(dir.path().join("f.txt"), &bytes).unwrap();
-    bgd(&tool, &url, &["cas", "upload-dir", dir.path().to_str().unwrap()]);
+    bgd(
+        &tool,
+        &url,
+        &["cas", "upload-dir", dir.path().to_str().unwrap()],
+    );
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let storage = RemoteStorage::open(RemoteConfig::from_url(&url).unwrap()).unwrap();
         let blob = BlobRef::of(DigestAlgorithm::Sha256, &bytes);
-        assert!(storage.find_missing_blobs(vec![blob]).await.unwrap().is_empty());
+        assert!(
+            storage
+                .find_missing_blobs(vec![blob])
+                .await
+                .unwrap()
+                .is_empty()
+        );
         let unknown = BlobRef::of(DigestAlgorithm::Sha256, &unique("never uploaded"));
-        assert_eq!(storage.find_missing_blobs(vec![unknown]).await.unwrap(), [unknown]);
+        assert_eq!(
+            storage.find_missing_blobs(vec![unknown]).await.unwrap(),
+            [unknown]
+        );
     });
 }

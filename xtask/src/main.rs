@@ -21,7 +21,9 @@ fn main() -> ExitCode {
         Some("drill") => drill::run(&args[1..]),
         Some("peers") => peers::run(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <ci | bench [local|cli|all] | drill ... | peers up|down|env [NAME...]>");
+            eprintln!(
+                "usage: cargo xtask <ci | bench [local|cli|all] | drill ... | peers up|down|env [NAME...]>"
+            );
             return ExitCode::from(2);
         }
     };

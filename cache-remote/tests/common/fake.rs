@@ -110,16 +110,16 @@ fn is_blake3(digest_function: i32) -> bool {
     digest_function == re::digest_function::Value::Blake3 as i32
 }
 
-fn ok() -> Option<rpc::Status> {
-    Some(rpc::Status::default())
+fn ok() -> rpc::Status {
+    rpc::Status::default()
 }
 
-fn status(code: Code, message: &str) -> Option<rpc::Status> {
-    Some(rpc::Status {
+fn status(code: Code, message: &str) -> rpc::Status {
+    rpc::Status {
         code: code as i32,
         message: message.into(),
         details: Vec::new(),
-    })
+    }
 }
 
 /// The fake server.
@@ -239,7 +239,8 @@ impl ContentAddressableStorage for Fake {
     ) -> Result<Response<re::BatchUpdateBlobsResponse>, Status> {
         self.0.enter("BatchUpdateBlobs", &req).await?;
         let r = req.into_inner();
-        let limit = usize::try_from(self.0.caps.lock().unwrap().max_batch_total_size_bytes).unwrap();
+        let limit =
+            usize::try_from(self.0.caps.lock().unwrap().max_batch_total_size_bytes).unwrap();
         if r.encoded_len() > limit {
             return Err(Status::invalid_argument(format!(
                 "batch of {} bytes is over the {limit}-byte limit",
@@ -272,7 +273,7 @@ impl ContentAddressableStorage for Fake {
             };
             responses.push(re::batch_update_blobs_response::Response {
                 digest: Some(d),
-                status: st,
+                status: Some(st),
             });
         }
         Ok(Response::new(re::BatchUpdateBlobsResponse { responses }))
@@ -291,13 +292,13 @@ impl ContentAddressableStorage for Fake {
                     digest: Some(d),
                     data: self.0.serve_bytes(data),
                     compressor: 0,
-                    status: ok(),
+                    status: Some(ok()),
                 },
                 None => re::batch_read_blobs_response::Response {
                     digest: Some(d),
                     data: Vec::new(),
                     compressor: 0,
-                    status: status(Code::NotFound, "no such blob"),
+                    status: Some(status(Code::NotFound, "no such blob")),
                 },
             });
         }
@@ -399,7 +400,9 @@ impl bs::byte_stream_server::ByteStream for Fake {
             let mut at = start;
             for chunk in data[start..].chunks(64 << 10) {
                 if drop_after.is_some_and(|d| at as u64 >= d) {
-                    let _ = tx.send(Err(Status::unavailable("injected: stream dropped"))).await;
+                    let _ = tx
+                        .send(Err(Status::unavailable("injected: stream dropped")))
+                        .await;
                     return;
                 }
                 if tx
@@ -438,7 +441,7 @@ impl bs::byte_stream_server::ByteStream for Fake {
         let mut name = String::new();
         while let Some(m) = stream.message().await? {
             if name.is_empty() {
-                name = m.resource_name.clone();
+                name.clone_from(&m.resource_name);
             }
             let mut uploads = self.0.uploads.lock().unwrap();
             let buf = uploads.entry(name.clone()).or_default();
@@ -465,7 +468,9 @@ impl bs::byte_stream_server::ByteStream for Fake {
                 }));
             }
         }
-        Err(Status::invalid_argument("the stream ended before finish_write"))
+        Err(Status::invalid_argument(
+            "the stream ended before finish_write",
+        ))
     }
 
     async fn query_write_status(

@@ -149,10 +149,7 @@ impl cache_testkit::Tamper for ServerTamper {
         self.storage
             .put_raw_result(&suite_key(key), result.clone(), blobs)
             .await?;
-        self.planted
-            .lock()
-            .unwrap()
-            .insert(*key, (bytes, result));
+        self.planted.lock().unwrap().insert(*key, (bytes, result));
         Ok(())
     }
 
@@ -177,6 +174,8 @@ impl cache_testkit::Tamper for ServerTamper {
     }
 
     async fn delete_blob(&self, _blob: &BlobRef) -> BackendResult<()> {
-        Err(BackendError::unavailable("REAPI has no way to delete a CAS blob"))
+        Err(BackendError::unavailable(
+            "REAPI has no way to delete a CAS blob",
+        ))
     }
 }

@@ -52,7 +52,10 @@ fn pick_python() -> PathBuf {
 
 fn buildgrid_version(python: &Path) -> Result<&'static str, String> {
     let out = Command::new(python)
-        .args(["-c", "import sys; print(sys.version_info[0], sys.version_info[1])"])
+        .args([
+            "-c",
+            "import sys; print(sys.version_info[0], sys.version_info[1])",
+        ])
         .output()
         .map_err(|e| format!("run {}: {e}", python.display()))?;
     let v = String::from_utf8_lossy(&out.stdout);
@@ -71,7 +74,10 @@ fn install(dir: &Path) -> Result<PathBuf, String> {
     let python = pick_python();
     let version = buildgrid_version(&python)?;
     let have = Command::new(&vpython)
-        .args(["-c", "import importlib.metadata as m; print(m.version('buildgrid'))"])
+        .args([
+            "-c",
+            "import importlib.metadata as m; print(m.version('buildgrid'))",
+        ])
         .output()
         .ok()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
@@ -80,7 +86,11 @@ fn install(dir: &Path) -> Result<PathBuf, String> {
             "xtask: peers: installing BuildGrid {version} with {} (once)",
             python.display()
         );
-        crate::run(Command::new(&python).args(["-m", "venv", "--clear"]).arg(&venv))?;
+        crate::run(
+            Command::new(&python)
+                .args(["-m", "venv", "--clear"])
+                .arg(&venv),
+        )?;
         crate::run(
             Command::new(venv.join("bin/pip"))
                 .args(["install", "-q", "--disable-pip-version-check"])

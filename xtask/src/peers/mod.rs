@@ -45,7 +45,10 @@ pub fn run(args: &[String]) -> Result<(), String> {
         Some("up") => up(&args[1..]).map(drop),
         Some("down") => down(&args[1..]),
         Some("env") => {
-            print!("{}", std::fs::read_to_string(root().join("env")).unwrap_or_default());
+            print!(
+                "{}",
+                std::fs::read_to_string(root().join("env")).unwrap_or_default()
+            );
             Ok(())
         }
         _ => Err("usage: cargo xtask peers up|down|env [NAME...]".into()),
@@ -62,7 +65,13 @@ pub fn up(names: &[String]) -> Result<Vec<(&'static str, String)>, String> {
         eprintln!("xtask: peers: starting {name}");
         vars.extend(up(&dir).map_err(|e| format!("{name}: {e}"))?);
     }
-    let env: String = vars.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+    let mut env = String::new();
+    for (k, v) in &vars {
+        env.push_str(k);
+        env.push('=');
+        env.push_str(v);
+        env.push('\n');
+    }
     let file = root().join("env");
     std::fs::write(&file, env).map_err(|e| format!("write {}: {e}", file.display()))?;
     for (k, v) in &vars {
@@ -110,7 +119,9 @@ pub fn stop_pid_file(pid_file: &Path, grace: std::time::Duration) -> Result<(), 
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     if alive(&pid) {
-        let _ = std::process::Command::new("kill").args(["-9", &pid]).status();
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &pid])
+            .status();
     }
     std::fs::remove_file(pid_file).map_err(|e| format!("remove {}: {e}", pid_file.display()))
 }
