@@ -1,7 +1,8 @@
 //! `cargo xtask`: every chore of this repository, so the README commands stay short.
 //!
 //! * `cargo xtask ci`: format check, clippy with `-D warnings`, the whole test suite
-//!   (nextest, then doctests), docs with `-D warnings`.
+//!   (nextest, with the real servers of `peers up` running and required, then
+//!   doctests), docs with `-D warnings`.
 //! * `cargo xtask bench [local|cli|all]`: benchmarks; results go in `BENCHMARKS.md`.
 //! * `cargo xtask drill ...`: reliability drills (kill -9 during stores, ...).
 //! * `cargo xtask peers up|down|env [NAME...]`: real servers for the tests (BuildGrid),
@@ -94,7 +95,15 @@ fn ci() -> Result<(), String> {
         eprintln!("xtask: installing cargo-nextest (once)");
         run(cargo().args(["install", "--locked", "--quiet", "cargo-nextest"]))?;
     }
-    run(cargo().args(["nextest", "run", "--workspace", "--profile", "ci"]))?;
+    // Real servers for the tests that need them; always stopped, also on failure.
+    let vars = peers::up(&[])?;
+    let tested = run(cargo()
+        .args(["nextest", "run", "--workspace", "--profile", "ci"])
+        .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("TASKCACHE_REQUIRE_PEERS", "1"));
+    let stopped = peers::down(&[]);
+    tested?;
+    stopped?;
     run(cargo().args(["test", "--workspace", "--doc", "--quiet"]))?;
     run(cargo()
         .args(["doc", "--workspace", "--no-deps", "--quiet"])
