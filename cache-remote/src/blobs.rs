@@ -142,14 +142,26 @@ impl Client {
         let payloads: std::collections::HashMap<BlobRef, Payload> = small.into_iter().collect();
         let refs: Vec<BlobRef> = payloads.keys().copied().collect();
         let payloads = Arc::new(payloads);
+        // Bounds memory: a batch's bytes are read only once it may be sent.
+        let gate = Arc::new(tokio::sync::Semaphore::new(
+            self.config.concurrency.clamp(1, 8),
+        ));
         for batch in pack(&refs, limit, &instance) {
             let me = Arc::clone(self);
             let payloads = Arc::clone(&payloads);
-            running.spawn(async move { me.batch_update(algorithm, batch, &payloads).await });
+            let gate = Arc::clone(&gate);
+            running.spawn(async move {
+                let _turn = gate.acquire_owned().await;
+                me.batch_update(algorithm, batch, &payloads).await
+            });
         }
         for (blob, payload) in large {
             let me = Arc::clone(self);
-            running.spawn(async move { me.write_stream(algorithm, blob, payload).await });
+            let gate = Arc::clone(&gate);
+            running.spawn(async move {
+                let _turn = gate.acquire_owned().await;
+                me.write_stream(algorithm, blob, payload).await
+            });
         }
         let mut first = None;
         while let Some(r) = running.join_next().await {
@@ -372,9 +384,16 @@ impl Client {
             v.dedup();
             v
         };
+        let gate = Arc::new(tokio::sync::Semaphore::new(
+            self.config.concurrency.clamp(1, 8),
+        ));
         for batch in pack(&wanted, limit, self.instance()) {
             let me = Arc::clone(self);
-            running.spawn(async move { me.batch_read_one(algorithm, batch).await });
+            let gate = Arc::clone(&gate);
+            running.spawn(async move {
+                let _turn = gate.acquire_owned().await;
+                me.batch_read_one(algorithm, batch).await
+            });
         }
         let mut out: std::collections::HashMap<BlobRef, Option<Vec<u8>>> = blobs
             .iter()
