@@ -200,6 +200,9 @@ impl Client {
         .await
         .map_err(|e| BackendError::unavailable(format!("{describe}: read task: {e}")))?
         .map_err(BackendError::Io)?;
+        let sent: usize = requests.iter().map(|r| r.data.len()).sum();
+        self.bytes_sent
+            .fetch_add(sent as u64, std::sync::atomic::Ordering::Relaxed);
         let req = re::BatchUpdateBlobsRequest {
             instance_name: self.instance().to_owned(),
             requests,
@@ -307,6 +310,9 @@ impl Client {
             // The deadline grows with the blob (1 s per MiB on top of the call deadline).
             let deadline = self.config.call_timeout
                 + std::time::Duration::from_millis((blob.size >> 20).saturating_mul(1000));
+            self.count("ByteStream.Write");
+            self.bytes_sent
+                .fetch_add(blob.size - offset, std::sync::atomic::Ordering::Relaxed);
             let permit = self.limit_permit().await;
             let mut c = self.bytestream();
             let outcome = tokio::time::timeout(
@@ -352,6 +358,7 @@ impl Client {
 
     /// Where a broken upload may resume: the committed size, or 0 when unknown.
     async fn resume_offset(&self, resource: &str, size: u64) -> u64 {
+        self.count("ByteStream.QueryWriteStatus");
         let req = QueryWriteStatusRequest {
             resource_name: resource.to_owned(),
         };
@@ -492,6 +499,7 @@ impl Client {
                 read_offset: i64::try_from(received).unwrap_or(i64::MAX),
                 read_limit: 0,
             };
+            self.count("ByteStream.Read");
             let permit = self.limit_permit().await;
             let mut c = self.bytestream();
             let status = match tokio::time::timeout(self.config.call_timeout, c.read(req)).await {

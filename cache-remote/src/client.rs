@@ -97,6 +97,10 @@ pub struct Client {
     channel: Chan,
     caps: tokio::sync::OnceCell<Caps>,
     pub(crate) limit: Arc<tokio::sync::Semaphore>,
+    /// Calls made, by RPC (attempts, retries included).
+    pub(crate) rpcs: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+    /// Blob bytes sent (batches and ByteStream writes).
+    pub(crate) bytes_sent: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Client {
@@ -174,6 +178,8 @@ impl Client {
             channel,
             caps: tokio::sync::OnceCell::new(),
             limit,
+            rpcs: std::sync::Mutex::new(std::collections::BTreeMap::new()),
+            bytes_sent: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -216,6 +222,7 @@ impl Client {
         let mut backoff = self.config.backoff;
         let mut attempt = 1;
         loop {
+            self.count(what);
             let permit = self.limit.acquire().await.ok();
             let outcome = tokio::time::timeout(self.config.call_timeout, f()).await;
             drop(permit);
@@ -240,6 +247,16 @@ impl Client {
             backoff = (backoff * 2).min(Duration::from_secs(5));
             attempt += 1;
         }
+    }
+
+    /// Counts one call of `rpc`.
+    pub(crate) fn count(&self, rpc: &str) {
+        *self
+            .rpcs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(rpc.to_owned())
+            .or_default() += 1;
     }
 
     /// The server's capabilities, asked once and kept.

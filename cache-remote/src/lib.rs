@@ -56,6 +56,27 @@ use client::Client;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
+/// What a [`RemoteStorage`] did: see [`RemoteStorage::stats`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RemoteStats {
+    /// Calls by RPC name (every attempt).
+    pub rpcs: std::collections::BTreeMap<String, u64>,
+    /// Blob bytes sent.
+    pub blob_bytes_sent: u64,
+}
+
+impl RemoteStats {
+    /// All calls but `GetCapabilities` (asked once per storage).
+    #[must_use]
+    pub fn calls(&self) -> u64 {
+        self.rpcs
+            .iter()
+            .filter(|(k, _)| k.as_str() != "GetCapabilities")
+            .map(|(_, v)| v)
+            .sum()
+    }
+}
+
 /// A REAPI v2 cache as a [`Storage`].
 pub struct RemoteStorage {
     client: Arc<Client>,
@@ -90,6 +111,24 @@ impl RemoteStorage {
     #[must_use]
     pub fn describe(&self) -> &str {
         &self.client.describe
+    }
+
+    /// Calls made so far, by RPC (every attempt), and blob bytes sent: what a
+    /// benchmark or a test reports (a warm store sends no blob bytes).
+    #[must_use]
+    pub fn stats(&self) -> RemoteStats {
+        RemoteStats {
+            rpcs: self
+                .client
+                .rpcs
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone(),
+            blob_bytes_sent: self
+                .client
+                .bytes_sent
+                .load(std::sync::atomic::Ordering::Relaxed),
+        }
     }
 
     /// The server's capabilities (asked once).

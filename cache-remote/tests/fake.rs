@@ -541,3 +541,34 @@ impl std::io::Write for Writer {
         Ok(())
     }
 }
+
+#[test]
+fn a_warm_store_sends_no_blob_bytes_and_a_small_hit_takes_three_calls() {
+    rt().block_on(async {
+        let (url, _state) = fake::start().await;
+        let c = cache(open(&url, |_| {}));
+        let files: Vec<CacheOutput> = (0..20)
+            .map(|i| file(&format!("f{i}"), pattern_bytes(300 + i, 8 << 10)))
+            .collect();
+        let e = CacheEntry {
+            stdout: Some(b"log\n".to_vec()),
+            ..entry(files)
+        };
+        let key = fresh_key();
+        store(&c, &key, &e).await;
+        let cold = c.storage().stats();
+        assert!(cold.blob_bytes_sent >= 20 * (8 << 10));
+        store(&c, &fresh_key(), &e).await;
+        let warm = c.storage().stats();
+        assert_eq!(warm.blob_bytes_sent, cold.blob_bytes_sent, "{warm:?}");
+        let before = c.storage().stats().calls();
+        let ws = TempWorkspace::new();
+        c.restore_outputs(&task(), &key, ws.root()).await.unwrap();
+        let hit = c.storage().stats().calls() - before;
+        assert!(
+            hit <= 3,
+            "a hit took {hit} calls: {:?}",
+            c.storage().stats()
+        );
+    });
+}

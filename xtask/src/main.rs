@@ -3,7 +3,7 @@
 //! * `cargo xtask ci`: format check, clippy with `-D warnings`, the whole test suite
 //!   (nextest, with the real servers of `peers up` running and required, then
 //!   doctests), docs with `-D warnings`.
-//! * `cargo xtask bench [local|cli|all]`: benchmarks; results go in `BENCHMARKS.md`.
+//! * `cargo xtask bench [local|cli|remote|all]`: benchmarks; results go in `BENCHMARKS.md`.
 //! * `cargo xtask drill ...`: reliability drills (kill -9 during stores, ...).
 //! * `cargo xtask peers up|down|env [NAME...]`: real servers for the tests (BuildGrid),
 //!   installed under `target/peers` and started on 127.0.0.1.
@@ -23,7 +23,7 @@ fn main() -> ExitCode {
         Some("peers") => peers::run(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci | bench [local|cli|all] | drill ... | peers up|down|env [NAME...]>"
+                "usage: cargo xtask <ci | bench [local|cli|remote|all] | drill ... | peers up|down|env [NAME...]>"
             );
             return ExitCode::from(2);
         }

@@ -1,4 +1,5 @@
-//! `cargo xtask bench [local|cli|all]`.
+//! `cargo xtask bench [local|cli|remote|all]` (`remote` is not part of `all`: it needs
+//! BuildGrid, which it installs and starts itself).
 //!
 //! Every figure is printed as a ratio against a reference measured in the same run,
 //! with peak RSS, and the medians go in `BENCHMARKS.md` with the machine they ran on.
@@ -6,17 +7,19 @@
 mod cli;
 mod local;
 mod local_child;
+mod remote;
 
 pub fn run(args: &[String]) -> Result<(), String> {
     match args.first().map_or("all", String::as_str) {
         "local" => local::run(&args[1..]),
         "cli" => cli::run(&args[1..]),
+        "remote" => remote::run(&args[1..]),
         "all" => {
             local::run(&[])?;
             cli::run(&[])
         }
         other => Err(format!(
-            "unknown benchmark {other:?}: use local, cli or all"
+            "unknown benchmark {other:?}: use local, cli, remote or all"
         )),
     }
 }

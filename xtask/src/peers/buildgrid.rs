@@ -3,9 +3,9 @@
 //!
 //! A Python >= 3.13 (on PATH, or under the pyenv root) gets BuildGrid 0.9.1; 3.12 gets
 //! 0.8.16; otherwise `python3` (3.11) gets 0.4.4. ByteStream's `stream-blob` mode is
-//! off: in 0.4.4 it fails reads whose `read_limit` is under 1 MiB. Set
-//! `BGD_MAX_RECV_MSG` (bytes) to raise the server's gRPC receive limit (BuildGrid's own
-//! CLI overruns 4 MiB batches; the benchmark needs it).
+//! off: in 0.4.4 it fails reads whose `read_limit` is under 1 MiB. The benchmark starts
+//! its own server with a 16 MiB receive limit ([`start`]): BuildGrid's own CLI packs
+//! batches by data alone and overruns gRPC's 4 MiB.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -68,7 +68,8 @@ fn buildgrid_version(python: &Path) -> Result<&'static str, String> {
     })
 }
 
-fn install(dir: &Path) -> Result<PathBuf, String> {
+/// Installs BuildGrid (once) into `dir/venv`; returns the venv.
+pub fn install(dir: &Path) -> Result<PathBuf, String> {
     let venv = dir.join("venv");
     let vpython = venv.join("bin/python");
     let python = pick_python();
@@ -100,11 +101,10 @@ fn install(dir: &Path) -> Result<PathBuf, String> {
     Ok(venv)
 }
 
-fn config(port: u16) -> String {
-    let grpc = std::env::var("BGD_MAX_RECV_MSG").map_or_else(
-        |_| String::new(),
-        |n| format!("grpc-server-options:\n  grpc.max_receive_message_length: {n}\n"),
-    );
+fn config(port: u16, max_recv: Option<u64>) -> String {
+    let grpc = max_recv.map_or_else(String::new, |n| {
+        format!("grpc-server-options:\n  grpc.max_receive_message_length: {n}\n")
+    });
     format!(
         "{grpc}server:
   - !channel
@@ -167,6 +167,17 @@ fn vars(venv: &Path, port: u16) -> Vec<(&'static str, String)> {
 /// Installs (once) and starts BuildGrid on a free port.
 pub fn up(dir: &Path) -> Result<Vec<(&'static str, String)>, String> {
     let venv = install(dir)?;
+    start(dir, &venv, None)
+}
+
+/// Starts BuildGrid from `venv` with its files in `dir` (reusing one already running
+/// there), with gRPC's receive limit raised to `max_recv` bytes if given.
+pub fn start(
+    dir: &Path,
+    venv: &Path,
+    max_recv: Option<u64>,
+) -> Result<Vec<(&'static str, String)>, String> {
+    let venv = venv.to_path_buf();
     let pid_file = dir.join("pid");
     let port_file = dir.join("port");
     if let (Ok(pid), Ok(port)) = (
@@ -186,7 +197,8 @@ pub fn up(dir: &Path) -> Result<Vec<(&'static str, String)>, String> {
     }
     let port = super::free_port()?;
     let conf = dir.join("bgd.yml");
-    std::fs::write(&conf, config(port)).map_err(|e| format!("write {}: {e}", conf.display()))?;
+    std::fs::write(&conf, config(port, max_recv))
+        .map_err(|e| format!("write {}: {e}", conf.display()))?;
     let log = std::fs::File::create(dir.join("bgd.log")).map_err(|e| format!("log: {e}"))?;
     let err = log.try_clone().map_err(|e| format!("log: {e}"))?;
     let mut child = Command::new(venv.join("bin/bgd"))
