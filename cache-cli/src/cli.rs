@@ -138,8 +138,9 @@ pub struct TaskArgs {
     pub cache: CacheArgs,
 
     /// A shared tier behind the local one: a directory or file:// URL, or a Bazel Remote
-    /// Execution API v2 cache as grpc://host:port[/instance] or grpcs://host[:port][/instance];
-    /// s3://bucket/prefix is recognised but not yet supported in this build.
+    /// Execution API v2 cache as grpc://host:port/instance or grpcs://host:port/instance
+    /// (the port and instance are optional); s3://bucket/prefix is recognised but not yet
+    /// supported in this build.
     #[arg(
         long,
         value_name = "URL",

@@ -558,9 +558,14 @@ fn a_warm_store_sends_no_blob_bytes_and_a_small_hit_takes_three_calls() {
         store(&c, &key, &e).await;
         let cold = c.storage().stats();
         assert!(cold.blob_bytes_sent >= 20 * (8 << 10));
-        store(&c, &fresh_key(), &e).await;
+        // The same result again: nothing is sent but the result itself.
+        store(&c, &key, &e).await;
         let warm = c.storage().stats();
         assert_eq!(warm.blob_bytes_sent, cold.blob_bytes_sent, "{warm:?}");
+        // Under another key only that key's new `Action` (a few hundred bytes) is sent.
+        store(&c, &fresh_key(), &e).await;
+        let other = c.storage().stats().blob_bytes_sent - warm.blob_bytes_sent;
+        assert!(other > 0 && other < 512, "{other} bytes");
         let before = c.storage().stats().calls();
         let ws = TempWorkspace::new();
         c.restore_outputs(&task(), &key, ws.root()).await.unwrap();
