@@ -9,8 +9,10 @@
 //!   (`--cache s3://...`: no local tier) or the shared tier behind the local one
 //!   (`--remote s3://...`), configured by the environment (`AWS_*`); its client's
 //!   request timeout and retry budget are the `--cache-timeout` every tier has.
-//! * `grpc(s)://` is recognised and refused: its backend is being added. Refusing beats
-//!   silently running uncached, which would look like a working remote.
+//! * A remote that is `grpc://` or `grpcs://` is a REAPI v2 cache (`cache-remote`),
+//!   the shared tier the same way, with headers, CA and client certificate from
+//!   `--remote-header` and the `TASKCACHE_REMOTE_*` variables ([`ReapiSettings`]); its
+//!   per-call deadline is `--cache-timeout` too.
 
 use crate::Failure;
 use crate::location::Location;
@@ -56,6 +58,11 @@ pub fn require_local(loc: Location, role: Role) -> Result<PathBuf, Failure> {
             "{} {shown}: this command works on a local cache directory only",
             role.flag()
         ))),
+        Location::Reapi(url) => Err(Failure::Usage(format!(
+            "{} {url}: a REAPI server can only be the shared tier (--remote), \
+             behind a local cache directory",
+            role.flag()
+        ))),
         other @ Location::Planned { .. } => Err(Failure::Usage(format!(
             "{} {other}: {} caches are not yet supported in this build; \
              use a local directory or a file:// URL for now",
@@ -77,6 +84,8 @@ pub enum Tier {
         /// The URL as shown.
         shown: String,
     },
+    /// A REAPI v2 server (`--remote` only): a checked, credential-free `grpc(s)://` URL.
+    Reapi(String),
 }
 
 impl std::fmt::Display for Tier {
@@ -84,6 +93,7 @@ impl std::fmt::Display for Tier {
         match self {
             Tier::Local(p) => write!(f, "local {}", p.display()),
             Tier::Object { shown, .. } => write!(f, "object store {shown}"),
+            Tier::Reapi(url) => write!(f, "REAPI {url}"),
         }
     }
 }
@@ -92,6 +102,7 @@ impl std::fmt::Display for Tier {
 pub fn require_supported(loc: Location, role: Role) -> Result<Tier, Failure> {
     match loc {
         Location::ObjectStore { url, shown } => Ok(Tier::Object { url, shown }),
+        Location::Reapi(url) if matches!(role, Role::Remote) => Ok(Tier::Reapi(url)),
         other => require_local(other, role).map(Tier::Local),
     }
 }
@@ -113,6 +124,106 @@ pub fn open_object(
     Ok(signing.apply(Cache::new(storage, |job| {
         tokio::task::spawn_blocking(job);
     })))
+}
+
+/// How to reach a REAPI remote beyond its URL: headers (`--remote-header NAME:VALUE`,
+/// `TASKCACHE_REMOTE_HEADERS`), a CA (`TASKCACHE_REMOTE_CA`), a client certificate and
+/// key for mutual TLS (`TASKCACHE_REMOTE_CERT`, `TASKCACHE_REMOTE_KEY`: PEM files) and
+/// the per-call deadline in seconds (`TASKCACHE_REMOTE_TIMEOUT`, default: `--cache-timeout`). Header
+/// values and the key are secrets: never in `Debug`, errors or logs.
+#[derive(Clone, Default)]
+pub struct ReapiSettings {
+    headers: Vec<String>,
+    env: Vec<(&'static str, String)>,
+}
+
+impl std::fmt::Debug for ReapiSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReapiSettings")
+            .field("headers", &self.headers.len())
+            .field("env", &self.env.iter().map(|(k, _)| *k).collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// The variables [`ReapiSettings`] reads.
+pub const REAPI_VARS: &[&str] = &[
+    "TASKCACHE_REMOTE_HEADERS",
+    "TASKCACHE_REMOTE_CA",
+    "TASKCACHE_REMOTE_CERT",
+    "TASKCACHE_REMOTE_KEY",
+    "TASKCACHE_REMOTE_TIMEOUT",
+];
+
+impl ReapiSettings {
+    /// `headers` from the flag; the variables through `var`.
+    pub fn new(headers: Vec<String>, var: impl Fn(&str) -> Option<String>) -> Self {
+        let env = REAPI_VARS
+            .iter()
+            .filter_map(|k| var(k).filter(|v| !v.trim().is_empty()).map(|v| (*k, v)))
+            .collect();
+        ReapiSettings { headers, env }
+    }
+
+    fn var(&self, k: &str) -> Option<&str> {
+        self.env
+            .iter()
+            .find(|(n, _)| *n == k)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The configuration for `url`. Errors name the flag or variable, never a value.
+    pub fn config(
+        &self,
+        url: &str,
+        deadlines: Deadlines,
+    ) -> Result<cache_remote::RemoteConfig, String> {
+        let mut c = cache_remote::RemoteConfig::from_url(url)?;
+        c.call_timeout = deadlines.call;
+        c.connect_timeout = std::time::Duration::from_secs(3).min(c.call_timeout);
+        if let Some(t) = self.var("TASKCACHE_REMOTE_TIMEOUT") {
+            let secs: f64 = t
+                .trim()
+                .parse()
+                .ok()
+                .filter(|s: &f64| s.is_finite() && *s > 0.0)
+                .ok_or("TASKCACHE_REMOTE_TIMEOUT must be a number of seconds")?;
+            c.call_timeout = std::time::Duration::from_secs_f64(secs);
+            c.connect_timeout = c.connect_timeout.min(c.call_timeout);
+        }
+        if let Some(list) = self.var("TASKCACHE_REMOTE_HEADERS") {
+            c = c
+                .headers_from_list(list)
+                .map_err(|e| format!("TASKCACHE_REMOTE_HEADERS: {e}"))?;
+        }
+        for h in &self.headers {
+            c = c
+                .headers_from_list(h)
+                .map_err(|e| format!("--remote-header: {e}"))?;
+        }
+        let read = |k: &str| -> Result<Option<Vec<u8>>, String> {
+            self.var(k)
+                .map(|p| std::fs::read(p).map_err(|e| format!("{k}: cannot read the file: {e}")))
+                .transpose()
+        };
+        let (ca, cert, key) = (
+            read("TASKCACHE_REMOTE_CA")?,
+            read("TASKCACHE_REMOTE_CERT")?,
+            read("TASKCACHE_REMOTE_KEY")?,
+        );
+        if ca.is_some() || cert.is_some() || key.is_some() {
+            let Some(tls) = c.tls.as_mut() else {
+                return Err("TASKCACHE_REMOTE_CA/CERT/KEY need a grpcs:// remote".into());
+            };
+            tls.ca_pem = ca;
+            tls.cert_pem = cert;
+            tls.key_pem = key
+                .map(|k| String::from_utf8(k).map(cache_remote::Secret::new))
+                .transpose()
+                .map_err(|_| "TASKCACHE_REMOTE_KEY is not a PEM file")?;
+        }
+        Ok(c)
+    }
 }
 
 /// The cache directory: `--cache`/`$TASKCACHE_CACHE` if given, else the platform default.
@@ -203,6 +314,7 @@ pub fn open(
     remote: Option<&Tier>,
     signing: &Signing,
     deadlines: Deadlines,
+    reapi: &ReapiSettings,
 ) -> cache_core::BackendResult<Opened> {
     let describe = front.to_string();
     // Every tier is bounded, even a local directory (a network filesystem may hang).
@@ -218,6 +330,11 @@ pub fn open(
             ),
             None,
         ),
+        Tier::Reapi(url) => {
+            return Err(cache_core::BackendError::unavailable(format!(
+                "{url}: a REAPI server can only be the shared tier (--remote)"
+            )));
+        }
     };
     let Some(remote) = remote else {
         return Ok(Opened {
@@ -227,11 +344,24 @@ pub fn open(
             local: cache,
         });
     };
-    let shared: cache_core::BackendResult<Arc<dyn CacheBackend>> = match remote {
+    let shared: Result<Arc<dyn CacheBackend>, String> = match remote {
         Tier::Local(dir) => cache_local::open(dir, LocalOptions::default())
-            .map(|c| Arc::new(signing.apply(c)) as Arc<dyn CacheBackend>),
+            .map(|c| Arc::new(signing.apply(c)) as Arc<dyn CacheBackend>)
+            .map_err(|e| e.to_string()),
         Tier::Object { url, .. } => open_object(url, &s3_options(deadlines), signing)
-            .map(|c| Arc::new(c) as Arc<dyn CacheBackend>),
+            .map(|c| Arc::new(c) as Arc<dyn CacheBackend>)
+            .map_err(|e| e.to_string()),
+        Tier::Reapi(url) => reapi.config(url, deadlines).and_then(|config| {
+            // Needs the runtime (the channel connects lazily on it): callers enter it.
+            cache_remote::RemoteStorage::open(config)
+                .map(|s| {
+                    let c = Cache::new(s, |job| {
+                        tokio::task::spawn_blocking(job);
+                    });
+                    Arc::new(signing.apply(c)) as Arc<dyn CacheBackend>
+                })
+                .map_err(|e| e.to_string())
+        }),
     };
     match shared {
         Ok(shared) => Ok(Opened {
@@ -296,13 +426,14 @@ mod tests {
     fn unsupported_kinds_are_refused_with_a_usage_error() {
         for raw in ["grpc://cache.internal:8980/main", "grpcs://h"] {
             let loc = Location::parse(raw).unwrap();
-            let Err(Failure::Usage(msg)) = require_local(loc, Role::Remote) else {
-                panic!("{raw} accepted")
+            let Err(Failure::Usage(msg)) = require_supported(loc.clone(), Role::Cache) else {
+                panic!("{raw} accepted as the cache")
             };
-            assert!(
-                msg.contains("not yet supported") && msg.contains("--remote"),
-                "{msg}"
-            );
+            assert!(msg.contains("shared tier (--remote)"), "{msg}");
+            assert!(matches!(
+                require_supported(loc, Role::Remote),
+                Ok(Tier::Reapi(_))
+            ));
         }
         assert_eq!(
             require_local(Location::Local("/x".into()), Role::Cache).ok(),

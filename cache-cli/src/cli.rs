@@ -10,6 +10,11 @@ const AFTER_HELP: &str = "\
 Environment:
   TASKCACHE_CACHE           default for --cache
   TASKCACHE_REMOTE          default for --remote
+  TASKCACHE_REMOTE_HEADERS  headers for a grpc(s):// remote, NAME:VALUE,... (secret)
+  TASKCACHE_REMOTE_CA       PEM file of the CA a grpcs:// remote's certificate chains to
+  TASKCACHE_REMOTE_CERT     client certificate (PEM file) for mutual TLS
+  TASKCACHE_REMOTE_KEY      client private key (PEM file) for mutual TLS
+  TASKCACHE_REMOTE_TIMEOUT  per-call deadline of a grpc(s):// remote, seconds (default: --cache-timeout)
   TASKCACHE_POLICY          default for --policy
   TASKCACHE_CACHE_TIMEOUT   default for --cache-timeout
   TASKCACHE_LOG             tracing filter for diagnostics, e.g. debug
@@ -230,9 +235,10 @@ pub struct TaskArgs {
     #[command(flatten)]
     pub cache: CacheArgs,
 
-    /// A shared tier behind the local one: a directory or file:// URL, or an object store
-    /// (s3://bucket/prefix, gs://bucket/prefix, az://container/prefix); grpc://host:port[/instance]
-    /// and grpcs:// are recognised but not yet supported in this build.
+    /// A shared tier behind the local one: a directory or file:// URL, an object store
+    /// (s3://bucket/prefix, gs://bucket/prefix, az://container/prefix), or a Bazel Remote
+    /// Execution API v2 cache as grpc://host:port/instance or grpcs://host:port/instance
+    /// (the port and instance are optional).
     #[arg(
         long,
         value_name = "URL",
@@ -241,6 +247,11 @@ pub struct TaskArgs {
         value_parser = RawLocation::from_arg
     )]
     pub remote: Option<RawLocation>,
+
+    /// Header sent to a grpc(s):// remote, e.g. "authorization: Bearer TOKEN" (repeatable;
+    /// the value is a secret and never shown).
+    #[arg(long = "remote-header", value_name = "NAME:VALUE", value_parser = SecretArg::from_arg)]
+    pub remote_headers: Vec<SecretArg>,
 
     /// normal | readonly | writeonly | disabled.
     #[arg(
@@ -287,6 +298,26 @@ pub struct TaskArgs {
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,
+}
+
+/// A flag value that is a secret: its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretArg(pub String);
+
+impl SecretArg {
+    /// For clap: takes any value (a refusal would make clap echo it).
+    #[allow(clippy::unnecessary_wraps)]
+    pub fn from_arg(raw: &str) -> Result<SecretArg, std::convert::Infallible> {
+        Ok(SecretArg(raw.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for SecretArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The header name is not secret; its value is.
+        let name = self.0.split_once(':').map_or("?", |(n, _)| n.trim());
+        write!(f, "SecretArg({name}:***)")
+    }
 }
 
 fn parse_output(raw: &str) -> Result<RelPath, String> {

@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | `PATH`, `file:///abs/path` | a local cache directory | supported |
 //! | `s3://bucket/prefix`, `gs://bucket/prefix`, `az://container/prefix` | an object store (`cache-s3`), configured by the environment (`AWS_*`) | supported |
-//! | `grpc://...`, `grpcs://...` | REAPI servers | recognised and refused (their backend is the next crate) |
+//! | `grpc://host:port[/instance]`, `grpcs://host[:port][/instance]` | a REAPI v2 cache (`cache-remote`) | supported as `--remote` |
 //!
 //! A value that starts with a URL scheme of two letters or more (`s3:`, `http:`, after
 //! any leading spaces) is a URL, whether or not `//` follows; anything else is a path
@@ -34,6 +34,10 @@ pub enum Location {
         /// The value as it may be shown ([`redact`]ed).
         shown: String,
     },
+    /// A Bazel Remote Execution API v2 cache, as `grpc://` or `grpcs://` URL. Checked
+    /// by [`cache_remote::RemoteConfig::from_url`], so it holds no credentials (they go
+    /// in headers) and may be shown.
+    Reapi(String),
     /// A kind of cache this build has no backend for yet.
     Planned {
         /// `s3`, `grpc`, ...
@@ -50,6 +54,7 @@ impl fmt::Display for Location {
             Location::Planned { shown, .. } | Location::ObjectStore { shown, .. } => {
                 f.write_str(shown)
             }
+            Location::Reapi(url) => f.write_str(url),
         }
     }
 }
@@ -81,8 +86,8 @@ impl fmt::Debug for RawLocation {
 
 const FORMS: &str = "use a directory path or file:///abs/path";
 
-/// URL schemes of the shared caches that are being added (REAPI).
-const PLANNED: &[&str] = &["grpc", "grpcs"];
+/// URL schemes recognised but without a backend in this build (none today).
+const PLANNED: &[&str] = &[];
 
 /// Object store URL schemes (`cache-s3`).
 const OBJECT_STORES: &[&str] = &["s3", "gs", "az"];
@@ -114,6 +119,12 @@ impl Location {
         if OBJECT_STORES.contains(&scheme.as_str()) {
             return parse_object_store(raw, shown);
         }
+        if scheme == "grpc" || scheme == "grpcs" {
+            // Its errors never echo the value.
+            return cache_remote::RemoteConfig::from_url(raw)
+                .map(|_| Location::Reapi(raw.trim().to_owned()))
+                .map_err(|e| format!("{shown:?}: {e}"));
+        }
         match PLANNED.iter().find(|p| **p == scheme) {
             Some(kind) => Ok(Location::Planned { kind, shown }),
             None => Err(format!(
@@ -127,6 +138,14 @@ impl Location {
     pub fn kind(&self) -> &'static str {
         match self {
             Location::Local(_) => "local",
+            Location::Reapi(url)
+                if url
+                    .get(..6)
+                    .is_some_and(|s| s.eq_ignore_ascii_case("grpcs:")) =>
+            {
+                "grpcs"
+            }
+            Location::Reapi(_) => "grpc",
             Location::Planned { kind, .. } => kind,
             Location::ObjectStore { url, .. } => match url.scheme() {
                 "gs" => "gs",
@@ -351,6 +370,8 @@ mod tests {
         for (raw, kind) in [
             ("grpc://cache.internal:8980/main", "grpc"),
             ("grpcs://h", "grpcs"),
+            ("GRPC://h:1", "grpc"),
+            ("GRPCS://h:1", "grpcs"),
         ] {
             assert_eq!(ok(raw).kind(), kind, "{raw}");
         }

@@ -73,6 +73,8 @@ struct Prepared {
     signing: backend::Signing,
     /// How long cache calls may take.
     deadlines: cache_core::Deadlines,
+    /// Headers, TLS files and deadline for a REAPI remote.
+    reapi: backend::ReapiSettings,
 }
 
 fn prepare(args: &TaskArgs) -> Result<Prepared, Failure> {
@@ -132,6 +134,10 @@ fn prepare(args: &TaskArgs) -> Result<Prepared, Failure> {
         max_log: args.max_log_size,
         signing: backend::Signing::from_env(|k| std::env::var(k).ok())?,
         deadlines: cache_core::Deadlines::new(args.cache_timeout),
+        reapi: backend::ReapiSettings::new(
+            args.remote_headers.iter().map(|h| h.0.clone()).collect(),
+            |k| std::env::var(k).ok(),
+        ),
     })
 }
 
@@ -314,7 +320,7 @@ fn open_session(
     // Opened inside the runtime: an object store's client needs one.
     let opened = {
         let _in_runtime = rt.enter();
-        backend::open(&cache, remote, &p.signing, p.deadlines)
+        backend::open(&cache, remote, &p.signing, p.deadlines, &p.reapi)
     };
     match opened {
         Ok(opened) => Ok(Some(Session { rt, opened })),
@@ -507,7 +513,10 @@ pub fn run(args: &TaskArgs) -> Result<u8, Failure> {
     let session = open_session(&p, policy, cache.clone(), remote.as_ref())?;
     // Manifests for --id live in a local cache directory; a bucket alone keeps none.
     let why = match cache {
-        Some(Tier::Object { .. }) => Why::new(&p.spec, &p.key, &p.inputs, args.id.as_deref(), None),
+        // (A REAPI server is never the cache itself: refused above.)
+        Some(Tier::Object { .. } | Tier::Reapi(_)) => {
+            Why::new(&p.spec, &p.key, &p.inputs, args.id.as_deref(), None)
+        }
         Some(Tier::Local(dir)) => why(&p, args, Some(dir)),
         None => why(&p, args, None),
     };
@@ -589,6 +598,7 @@ mod tests {
             max_log: 64 << 20,
             signing: backend::Signing::default(),
             deadlines: cache_core::Deadlines::default(),
+            reapi: backend::ReapiSettings::default(),
         };
         let task = task_of(&p, CachePolicy::Normal);
         let backend = MemoryBackend::new();

@@ -313,15 +313,15 @@ fn bad_input_exits_2_with_a_message_that_says_what_to_do() {
             &[
                 "run",
                 "--remote",
-                "grpcs://cache.internal/main",
+                "grpcs://user:pw@cache.internal/main",
                 "--",
                 "true",
             ],
-            "not yet supported",
+            "--remote-header",
         ),
         (
             &["run", "--cache", "grpc://h:1", "--", "true"],
-            "not yet supported",
+            "only be the shared tier",
         ),
         (&["run", "-C", "no-such-dir", "--", "true"], "-C"),
         (&["key", "-o", "..", "--", "true"], "`..`"),

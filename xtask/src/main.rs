@@ -1,8 +1,9 @@
 //! `cargo xtask`: every chore of this repository, so the README commands stay short.
 //!
 //! * `cargo xtask ci`: format check, clippy with `-D warnings`, the whole test suite
-//!   (nextest, then doctests), docs with `-D warnings`.
-//! * `cargo xtask bench [local|cli|all]`: benchmarks; results go in `BENCHMARKS.md`.
+//!   (nextest, with the real servers of `peers up` running and required, then
+//!   doctests), docs with `-D warnings`.
+//! * `cargo xtask bench [local|cli|s3|remote|all]`: benchmarks; results go in `BENCHMARKS.md`.
 //! * `cargo xtask drill ...`: reliability drills (kill -9 during stores, ...).
 //! * `cargo xtask peers up|down|env [NAME...]`: the real servers tests run against
 //!   (see [`peers`]); `ci` starts them, runs the tests with their variables and
@@ -23,7 +24,7 @@ fn main() -> ExitCode {
         Some("peers") => peers::run(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci | bench [local|cli|s3|all] | drill ... | peers up|down|env [NAME...]>"
+                "usage: cargo xtask <ci | bench [local|cli|s3|remote|all] | drill ... | peers up|down|env [NAME...]>"
             );
             return ExitCode::from(2);
         }

@@ -1,5 +1,5 @@
-//! `cargo xtask bench [local|cli|s3|all]` (`all` is local and cli; s3 needs its server,
-//! started by the bench itself).
+//! `cargo xtask bench [local|cli|s3|remote|all]` (`all` is local and cli; s3 and remote
+//! need their servers, which each bench installs and starts itself).
 //!
 //! Every figure is printed as a ratio against a reference measured in the same run,
 //! with peak RSS, and the medians go in `BENCHMARKS.md` with the machine they ran on.
@@ -7,6 +7,7 @@
 mod cli;
 mod local;
 mod local_child;
+mod remote;
 mod s3;
 
 pub fn run(args: &[String]) -> Result<(), String> {
@@ -14,12 +15,13 @@ pub fn run(args: &[String]) -> Result<(), String> {
         "local" => local::run(&args[1..]),
         "cli" => cli::run(&args[1..]),
         "s3" => s3::run(&args[1..]),
+        "remote" => remote::run(&args[1..]),
         "all" => {
             local::run(&[])?;
             cli::run(&[])
         }
         other => Err(format!(
-            "unknown benchmark {other:?}: use local, cli, s3 or all"
+            "unknown benchmark {other:?}: use local, cli, s3, remote or all"
         )),
     }
 }

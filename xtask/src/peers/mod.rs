@@ -6,6 +6,7 @@
 //! until it answers, write a pid file, return the variables tests read) and
 //! `down(dir)`. `up` writes every variable to `target/peers/env` (KEY=VALUE lines).
 
+pub mod buildgrid;
 pub mod moto;
 pub mod net;
 pub mod s3s;
@@ -18,7 +19,10 @@ type Down = fn(&Path) -> Result<(), String>;
 
 /// The servers `peers up` starts when none is named (s3s is for benchmarks only and
 /// is started by name).
-const DEFAULT: &[(&str, Up, Down)] = &[("moto", moto::up, moto::down)];
+const DEFAULT: &[(&str, Up, Down)] = &[
+    ("moto", moto::up, moto::down),
+    ("buildgrid", buildgrid::up, buildgrid::down),
+];
 const OPTIONAL: &[(&str, Up, Down)] = &[("s3s", s3s::up, s3s::down)];
 
 /// `target/peers`.

@@ -1,0 +1,154 @@
+//! Round trips and refusals of the mapping.
+
+use super::*;
+use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
+use cache_core::storage::{ActionRecord, EntryKey, LogRecord, OutputRecord};
+use cache_core::{BackendError, BlobRef, DigestAlgorithm};
+use prost::Message;
+use std::collections::HashMap;
+
+fn blob(b: &[u8]) -> BlobRef {
+    BlobRef::of(DigestAlgorithm::Sha256, b)
+}
+
+fn sample() -> ActionRecord {
+    ActionRecord {
+        key: DigestAlgorithm::Blake3.digest(b"k"),
+        exit_code: 3,
+        duration_ms: 1234,
+        stdout: LogRecord::Inline(b"out".to_vec()),
+        stderr: LogRecord::Absent,
+        outputs: vec![
+            OutputRecord::Directory { path: "d".into() },
+            OutputRecord::Directory {
+                path: "d/empty".into(),
+            },
+            OutputRecord::Directory { path: "e".into() },
+            OutputRecord::File {
+                path: "d/sub/f".into(),
+                blob: blob(b"f"),
+                executable: true,
+            },
+            OutputRecord::File {
+                path: "top.txt".into(),
+                blob: blob(b"t"),
+                executable: false,
+            },
+            OutputRecord::Symlink {
+                path: "d/l".into(),
+                target: "sub/f".into(),
+            },
+            OutputRecord::Symlink {
+                path: "l2".into(),
+                target: "top.txt".into(),
+            },
+        ],
+        log_order: Vec::new(),
+        absolute_symlinks: Vec::new(),
+        signature: None,
+    }
+}
+
+fn round_trip(r: &ActionRecord) -> ActionRecord {
+    let alg = DigestAlgorithm::Sha256;
+    let enc = encode_record(r, alg);
+    let blobs: HashMap<BlobRef, Vec<u8>> = enc.trees.into_iter().collect();
+    let bytes = enc.result.encode_to_vec();
+    let back = re::ActionResult::decode(bytes.as_slice()).unwrap();
+    decode_result(&r.key, &back, &blobs, alg).unwrap().unwrap()
+}
+
+#[test]
+fn records_round_trip_exactly_through_trees() {
+    let r = sample();
+    let enc = encode_record(&r, DigestAlgorithm::Sha256);
+    // `d` (with its subtree, the empty directory included) and `e` are trees.
+    assert_eq!(enc.result.output_directories.len(), 2);
+    assert_eq!(enc.result.output_files.len(), 1);
+    assert_eq!(enc.result.output_symlinks.len(), 1);
+    let tree = re::Tree::decode(enc.trees[0].1.as_slice()).unwrap();
+    assert_eq!(tree.children.len(), 2, "d/empty and d/sub");
+    assert_eq!(round_trip(&r), r);
+}
+
+#[test]
+fn log_order_and_absolute_symlinks_round_trip() {
+    use cache_core::LogStream::{Stderr, Stdout};
+    use cache_core::storage::{AbsoluteSymlink, LogChunk};
+    let mut r = sample();
+    r.stderr = LogRecord::Inline(b"err".to_vec());
+    r.log_order = vec![
+        LogChunk {
+            stream: Stdout,
+            len: 1,
+        },
+        LogChunk {
+            stream: Stderr,
+            len: 3,
+        },
+        LogChunk {
+            stream: Stdout,
+            len: 2,
+        },
+    ];
+    r.absolute_symlinks = vec![AbsoluteSymlink {
+        path: "venv/python".into(),
+        target: "/usr/bin/python3".into(),
+    }];
+    assert_eq!(round_trip(&r), r);
+}
+
+#[test]
+fn hostile_paths_keep_their_bytes() {
+    let mut r = sample();
+    r.outputs.push(OutputRecord::Directory {
+        path: "../up".into(),
+    });
+    r.outputs.push(OutputRecord::File {
+        path: "d/../../x".into(),
+        blob: blob(b"x"),
+        executable: false,
+    });
+    r.outputs.push(OutputRecord::Directory {
+        path: String::new(),
+    });
+    assert_eq!(round_trip(&r), r);
+}
+
+#[test]
+fn unmappable_results_are_corrupt_and_newer_formats_are_named() {
+    let r = sample();
+    let alg = DigestAlgorithm::Sha256;
+    let enc = encode_record(&r, alg);
+    let mut res = enc.result.clone();
+    res.output_files[0].path = "other".into();
+    let blobs: HashMap<BlobRef, Vec<u8>> = enc.trees.into_iter().collect();
+    let e = decode_result(&r.key, &res, &blobs, alg).unwrap_err();
+    assert!(matches!(e, BackendError::CorruptEntry { .. }), "{e}");
+    let e = decode_result(&r.key, &enc.result, &HashMap::new(), alg).unwrap_err();
+    assert!(e.to_string().contains("was not read"), "{e}");
+    let mut res = enc.result.clone();
+    let mut ext = extension(&res).unwrap().unwrap();
+    ext.format = 9;
+    res.execution_metadata.as_mut().unwrap().auxiliary_metadata = vec![extension_any(&ext)];
+    let e = decode_result(&r.key, &res, &blobs, alg).unwrap_err();
+    assert!(matches!(
+        e,
+        BackendError::NewerEntryFormat { version: 9, .. }
+    ));
+}
+
+#[test]
+fn the_task_digest_determines_the_action_key() {
+    let task = cache_core::Task::new("t", ["echo", "hi"]);
+    let k1 = EntryKey::new(DigestAlgorithm::Blake3.digest(b"1"), &task);
+    let k2 = EntryKey::new(DigestAlgorithm::Blake3.digest(b"2"), &task);
+    let a1 = action_for(&k1, DigestAlgorithm::Sha256);
+    assert_eq!(a1.action, action_for(&k1, DigestAlgorithm::Sha256).action);
+    assert_ne!(a1.action, action_for(&k2, DigestAlgorithm::Sha256).action);
+    assert!(a1.action.size > 0);
+    let action = re::Action::decode(a1.blobs[2].1.as_slice()).unwrap();
+    assert_eq!(action.salt, k1.digest.to_string().into_bytes());
+    let command = re::Command::decode(a1.blobs[0].1.as_slice()).unwrap();
+    assert_eq!(command.arguments, ["echo", "hi"]);
+}
