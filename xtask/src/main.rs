@@ -1,9 +1,9 @@
 //! `cargo xtask`: every chore of this repository, so the README commands stay short.
 //!
 //! * `cargo xtask ci`: format check, clippy with `-D warnings`, the whole test suite
-//!   (nextest, then doctests), docs with `-D warnings`.
+//!   (nextest, then doctests), docs with `-D warnings`, the CI-sized drills.
 //! * `cargo xtask bench [local|cli|all]`: benchmarks; results go in `BENCHMARKS.md`.
-//! * `cargo xtask drill ...`: reliability drills (kill -9 during stores, ...).
+//! * `cargo xtask drill [NAME|all] [--trials N]`: reliability drills (`RELIABILITY.md`).
 
 mod bench;
 mod drill;
@@ -17,7 +17,7 @@ fn main() -> ExitCode {
         Some("bench") => bench::run(&args[1..]),
         Some("drill") => drill::run(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <ci | bench [local|cli|all] | drill ...>");
+            eprintln!("usage: cargo xtask <ci | bench [local|cli|all] | drill [NAME|all] [--trials N]>");
             return ExitCode::from(2);
         }
     };
@@ -90,6 +90,9 @@ fn ci() -> Result<(), String> {
     }
     run(cargo().args(["nextest", "run", "--workspace", "--profile", "ci"]))?;
     run(cargo().args(["test", "--workspace", "--doc", "--quiet"]))?;
+    // The reliability drills, CI-sized (the full ones: `cargo xtask drill all`).
+    eprintln!("xtask: $ cargo xtask drill all --ci");
+    drill::ci()?;
     run(cargo()
         .args(["doc", "--workspace", "--no-deps", "--quiet"])
         .env("RUSTDOCFLAGS", "-D warnings"))?;
