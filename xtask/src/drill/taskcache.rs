@@ -132,7 +132,13 @@ impl Tc {
                 String::from_utf8_lossy(&out.stderr).trim()
             ));
         }
-        let v = Verify::parse(&text).ok_or_else(|| format!("cannot read verify's report: {text:?}"))?;
+        let v = Verify::parse(&text).ok_or_else(|| {
+            format!(
+                "taskcache verify exited {} without a report: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )
+        })?;
         if (code == Some(1)) != v.removed_any() {
             return Err(format!("verify exited {} but reported {text:?}", out.status));
         }
