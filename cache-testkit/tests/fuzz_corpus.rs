@@ -6,7 +6,9 @@ use cache_testkit::fuzz;
 use std::path::Path;
 
 fn corpus(target: &str) -> Vec<std::path::PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(target);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/corpus")
+        .join(target);
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.unwrap().path())
@@ -18,13 +20,18 @@ fn corpus(target: &str) -> Vec<std::path::PathBuf> {
 fn replay(target: &str) {
     let files = corpus(target);
     // Seeds alone are more than this; an empty or lost corpus must not pass.
-    assert!(files.len() >= 8, "{target}: only {} corpus files", files.len());
+    assert!(
+        files.len() >= 8,
+        "{target}: only {} corpus files",
+        files.len()
+    );
     for f in &files {
         let data = std::fs::read(f).unwrap();
         let name = f.display().to_string();
-        if std::panic::catch_unwind(|| fuzz::run(target, &data)).is_err() {
-            panic!("{target}: corpus file {name} fails its check");
-        }
+        assert!(
+            std::panic::catch_unwind(|| fuzz::run(target, &data)).is_ok(),
+            "{target}: corpus file {name} fails its check"
+        );
     }
 }
 
@@ -52,7 +59,12 @@ fn seeds_are_in_the_corpus() {
             .join(format!("seed-{name}"));
         let stored = std::fs::read(&path)
             .unwrap_or_else(|e| panic!("{}: {e} (run `cargo xtask drill seeds`)", path.display()));
-        assert_eq!(stored, bytes, "{} is stale (run `cargo xtask drill seeds`)", path.display());
+        assert_eq!(
+            stored,
+            bytes,
+            "{} is stale (run `cargo xtask drill seeds`)",
+            path.display()
+        );
     }
 }
 

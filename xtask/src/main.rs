@@ -17,7 +17,9 @@ fn main() -> ExitCode {
         Some("bench") => bench::run(&args[1..]),
         Some("drill") => drill::run(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <ci | bench [local|cli|all] | drill [NAME|all] [--trials N]>");
+            eprintln!(
+                "usage: cargo xtask <ci | bench [local|cli|all] | drill [NAME|all] [--trials N]>"
+            );
             return ExitCode::from(2);
         }
     };

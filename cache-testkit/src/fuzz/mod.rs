@@ -35,7 +35,11 @@ use cache_core::{BackendError, Digest, DigestAlgorithm};
 /// The targets, by the names of their corpus directories.
 pub const TARGETS: [&str; 3] = ["decode_record", "place", "key_inputs"];
 
-/// Runs target `name` on `data` (panics on a failed property or an unknown name).
+/// Runs target `name` on `data`.
+///
+/// # Panics
+///
+/// On a failed property, or an unknown target name.
 pub fn run(name: &str, data: &[u8]) {
     match name {
         "decode_record" => decode_record(data),
@@ -53,6 +57,10 @@ pub fn fuzz_key() -> Digest {
 /// Input: one mode byte, then either the entry bytes as stored (mode 0) or a payload
 /// put behind a valid header of format `1 + mode % 2` (so the checksum never stops
 /// the fuzzer before the decoder).
+///
+/// # Panics
+///
+/// When a property fails (see the [module docs](self)).
 pub fn decode_record(data: &[u8]) {
     let Some((&mode, rest)) = data.split_first() else {
         return;
@@ -66,7 +74,9 @@ pub fn decode_record(data: &[u8]) {
     match ActionRecord::decode(&key, &bytes) {
         Ok(record) => {
             assert_eq!(record.key, key, "decode accepted a record of another key");
-            record.validate().expect("decode accepted a record that does not validate");
+            record
+                .validate()
+                .expect("decode accepted a record that does not validate");
             let again = record.encode().expect("a decoded record encodes");
             let back = ActionRecord::decode(&key, &again).expect("a re-encoded record decodes");
             assert_eq!(back, record, "encode and decode do not round-trip");
@@ -87,6 +97,27 @@ pub fn with_header(version: u8, payload: &[u8]) -> Vec<u8> {
     out.extend_from_slice(DigestAlgorithm::Blake3.digest(payload).as_bytes());
     out.extend_from_slice(payload);
     out
+}
+
+/// For planting `at` (which must not exist yet) below the canonical `ws`: creates its
+/// parent directories if every existing ancestor resolves inside `ws`, so the setup
+/// itself never writes through a planted link to outside.
+pub(crate) fn make_parent(ws: &std::path::Path, at: &std::path::Path) -> bool {
+    if std::fs::symlink_metadata(at).is_ok() {
+        return false;
+    }
+    let Some(parent) = at.parent() else {
+        return false;
+    };
+    let mut existing = parent;
+    while std::fs::symlink_metadata(existing).is_err() {
+        match existing.parent() {
+            Some(p) => existing = p,
+            None => return false,
+        }
+    }
+    let inside = |p: &std::path::Path| std::fs::canonicalize(p).is_ok_and(|c| c.starts_with(ws));
+    inside(existing) && std::fs::create_dir_all(parent).is_ok() && inside(parent)
 }
 
 /// Reads fuzz input a byte at a time; past the end everything is zero.

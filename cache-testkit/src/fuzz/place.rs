@@ -62,7 +62,9 @@ pub fn place(data: &[u8]) {
     let mut input = Input::new(data);
     let sandbox = tempfile::tempdir().expect("a sandbox");
     let outside = sandbox.path().join("outside");
-    let ws = sandbox.path().join("workspace-1c9e");
+    let ws = std::fs::canonicalize(sandbox.path())
+        .expect("the sandbox")
+        .join("workspace-1c9e");
     std::fs::create_dir_all(outside.join("dir")).expect("outside");
     std::fs::write(outside.join("secret"), b"keep").expect("outside");
     std::fs::create_dir_all(ws.join("dir")).expect("ws");
@@ -73,7 +75,35 @@ pub fn place(data: &[u8]) {
     link(Path::new("../outside"), "out_link");
     link(Path::new("dir"), "in_link");
     link(&outside, "abs_link");
-    // Crafted layout: files, directories and links (some out of the workspace).
+    let planted = plant(&mut input, &ws, &outside);
+    let outs = outputs(&mut input, &outside);
+    let declare = input.below(3);
+    let before = snapshot(&outside);
+    let listing: BTreeSet<_> = std::fs::read_dir(sandbox.path())
+        .expect("sandbox")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    RUNTIME.with(|rt| rt.block_on(restore(&ws, &outs, declare, &planted)));
+    assert_eq!(
+        snapshot(&outside),
+        before,
+        "a restore changed something outside the workspace"
+    );
+    let after: BTreeSet<_> = std::fs::read_dir(sandbox.path())
+        .expect("sandbox")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(
+        after, listing,
+        "a restore created something beside the workspace"
+    );
+}
+
+/// Crafted layout: files, directories and links (some out of the workspace); returns
+/// the contents of the files planted.
+fn plant(input: &mut Input<'_>, ws: &Path, outside: &Path) -> Vec<Vec<u8>> {
     let mut planted = vec![b"f".to_vec(), b"keep".to_vec()];
     for _ in 0..input.below(6) {
         let p = input.path();
@@ -81,14 +111,8 @@ pub fn place(data: &[u8]) {
             continue;
         };
         let at = ws.join(rel.to_string());
-        if let Some(parent) = at.parent() {
-            if !parent.starts_with(&ws) || std::fs::symlink_metadata(parent).is_err() && std::fs::create_dir_all(parent).is_err() {
-                continue;
-            }
-            // Never let the setup itself step out through a planted link.
-            if std::fs::canonicalize(parent).map_or(true, |c| !c.starts_with(&ws)) {
-                continue;
-            }
+        if !super::make_parent(ws, &at) {
+            continue;
         }
         match input.below(4) {
             0 => {
@@ -100,7 +124,7 @@ pub fn place(data: &[u8]) {
                 let _ = std::fs::create_dir(&at);
             }
             2 => {
-                let _ = std::os::unix::fs::symlink(&outside, &at);
+                let _ = std::os::unix::fs::symlink(outside, &at);
             }
             _ => {
                 let t = input.path();
@@ -110,8 +134,12 @@ pub fn place(data: &[u8]) {
             }
         }
     }
-    // The record: outputs in restore order (directories, files, links) unless the
-    // input asks for a raw order.
+    planted
+}
+
+/// The record's outputs: in restore order (directories, files, links) unless the
+/// input asks for a raw order.
+fn outputs(input: &mut Input<'_>, outside: &Path) -> Vec<Out> {
     let mut outs = Vec::new();
     for _ in 0..input.below(8) {
         outs.push(match input.below(4) {
@@ -140,21 +168,7 @@ pub fn place(data: &[u8]) {
             Out::Link(..) => 2,
         });
     }
-    let declare = input.below(3);
-    let before = snapshot(&outside);
-    let listing: BTreeSet<_> = std::fs::read_dir(sandbox.path())
-        .expect("sandbox")
-        .flatten()
-        .map(|e| e.file_name())
-        .collect();
-    RUNTIME.with(|rt| rt.block_on(restore(&ws, &outs, declare, &planted)));
-    assert_eq!(snapshot(&outside), before, "a restore changed something outside the workspace");
-    let after: BTreeSet<_> = std::fs::read_dir(sandbox.path())
-        .expect("sandbox")
-        .flatten()
-        .map(|e| e.file_name())
-        .collect();
-    assert_eq!(after, listing, "a restore created something beside the workspace");
+    outs
 }
 
 async fn restore(ws: &Path, outs: &[Out], declare: u8, planted: &[Vec<u8>]) {
@@ -182,7 +196,10 @@ async fn restore(ws: &Path, outs: &[Out], declare: u8, planted: &[Vec<u8>]) {
                     bad[mid] ^= 0xff;
                     tampered.push((blob, bad));
                 }
-                expected.entry(path.clone()).or_default().push(content.clone());
+                expected
+                    .entry(path.clone())
+                    .or_default()
+                    .push(content.clone());
                 OutputRecord::File {
                     path: path.clone(),
                     blob,
@@ -196,8 +213,6 @@ async fn restore(ws: &Path, outs: &[Out], declare: u8, planted: &[Vec<u8>]) {
             },
         });
     }
-    // A blob both tampered and needed untampered elsewhere is tampered everywhere.
-    let bad_blobs: BTreeSet<BlobRef> = tampered.iter().map(|(b, _)| *b).collect();
     let key = fuzz_key();
     let record = ActionRecord {
         key,
@@ -211,7 +226,10 @@ async fn restore(ws: &Path, outs: &[Out], declare: u8, planted: &[Vec<u8>]) {
     let Ok(bytes) = record.encode() else {
         return;
     };
-    storage.write_raw_entry(&key, bytes).await.expect("a memory store");
+    storage
+        .write_raw_entry(&key, bytes)
+        .await
+        .expect("a memory store");
     let mut task = Task::new("fuzz", ["place"]);
     if declare > 0 {
         for (n, o) in record.outputs.iter().enumerate() {
@@ -229,7 +247,20 @@ async fn restore(ws: &Path, outs: &[Out], declare: u8, planted: &[Vec<u8>]) {
         return;
     };
     let restored = hit.restore(ws).await;
-    // Never a tampered byte, restored or not.
+    check_restored(ws, &record, restored.is_ok(), &expected, &tampered, planted);
+}
+
+/// Never a tampered byte, restored or not; after a restore that succeeded, every
+/// file holds its bytes.
+fn check_restored(
+    ws: &Path,
+    record: &ActionRecord,
+    restored: bool,
+    expected: &BTreeMap<String, Vec<Vec<u8>>>,
+    tampered: &[(BlobRef, Vec<u8>)],
+    planted: &[Vec<u8>],
+) {
+    let bad_blobs: BTreeSet<BlobRef> = tampered.iter().map(|(b, _)| *b).collect();
     let tampered_bytes: Vec<&Vec<u8>> = tampered
         .iter()
         .map(|(_, b)| b)
@@ -238,24 +269,32 @@ async fn restore(ws: &Path, outs: &[Out], declare: u8, planted: &[Vec<u8>]) {
     for (path, what) in snapshot(ws) {
         if let Some(content) = what.strip_prefix("file ") {
             for bad in &tampered_bytes {
-                assert_ne!(content, format!("{:?}", Some(bad)), "{} holds a tampered blob's bytes", path.display());
+                assert_ne!(
+                    content,
+                    format!("{:?}", Some(bad)),
+                    "{} holds a tampered blob's bytes",
+                    path.display()
+                );
             }
         }
     }
-    if restored.is_err() {
+    if !restored {
         return;
     }
     // A restore that succeeded put every file's bytes in place (two outputs that are
     // one file through a workspace link: either one's bytes).
     for o in &record.outputs {
         if let OutputRecord::File { path, blob, .. } = o {
-            let got = std::fs::read(ws.join(path)).unwrap_or_else(|e| panic!("restored {path}: {e}"));
+            let got =
+                std::fs::read(ws.join(path)).unwrap_or_else(|e| panic!("restored {path}: {e}"));
             let canon = std::fs::canonicalize(ws.join(path)).expect("restored file");
             let aliases: Vec<&Vec<u8>> = record
                 .outputs
                 .iter()
                 .filter_map(|other| match other {
-                    OutputRecord::File { path: p, .. } if std::fs::canonicalize(ws.join(p)).ok().as_ref() == Some(&canon) => {
+                    OutputRecord::File { path: p, .. }
+                        if std::fs::canonicalize(ws.join(p)).ok().as_ref() == Some(&canon) =>
+                    {
                         expected.get(p)
                     }
                     _ => None,

@@ -21,8 +21,12 @@ fn records() -> Vec<ActionRecord> {
     full.stdout = LogRecord::Inline(b"built 3 targets\n".to_vec());
     full.stderr = LogRecord::Blob(blob(b"a long log"));
     full.outputs = vec![
-        OutputRecord::Directory { path: "dist".into() },
-        OutputRecord::Directory { path: "dist/empty".into() },
+        OutputRecord::Directory {
+            path: "dist".into(),
+        },
+        OutputRecord::Directory {
+            path: "dist/empty".into(),
+        },
         OutputRecord::File {
             path: "dist/app".into(),
             blob: blob(b"\x7fELF"),
@@ -46,7 +50,9 @@ fn records() -> Vec<ActionRecord> {
     }];
     let mut deep = base.clone();
     deep.outputs = vec![
-        OutputRecord::Directory { path: "a/b/c".into() },
+        OutputRecord::Directory {
+            path: "a/b/c".into(),
+        },
         OutputRecord::Symlink {
             path: "a/b/c/up".into(),
             target: "../../x".into(),
@@ -56,6 +62,10 @@ fn records() -> Vec<ActionRecord> {
 }
 
 /// `(target, name, bytes)` for every seed.
+///
+/// # Panics
+///
+/// If a seed record does not encode (a bug in the seeds).
 pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     let mut out = Vec::new();
     for (n, r) in records().iter().enumerate() {
@@ -81,7 +91,15 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         }
     }
     // Hand-made placement inputs: (planted items, outputs, ...) per the reader's grammar.
-    out.push(("place", "file-through-in-link".into(), vec![0, 1, 0, 1, 1, 0, 2, 3, b'a', b'b', b'c', 1, 0, 1, 0]));
-    out.push(("place", "link-out".into(), vec![1, 2, 0, 1, 1, 3, 0, 0, 1, 1, 0]));
+    out.push((
+        "place",
+        "file-through-in-link".into(),
+        vec![0, 1, 0, 1, 1, 0, 2, 3, b'a', b'b', b'c', 1, 0, 1, 0],
+    ));
+    out.push((
+        "place",
+        "link-out".into(),
+        vec![1, 2, 0, 1, 1, 3, 0, 0, 1, 1, 0],
+    ));
     out
 }

@@ -33,7 +33,13 @@ enum Damage {
 }
 
 /// `sample`: one damage per file, chosen at random (the CI-sized drill), instead of all four.
-pub fn run(tc: &Tc, backend: &mut dyn Backend, rounds: u32, sample: bool, rng: &mut Rng) -> Result<Outcome, String> {
+pub fn run(
+    tc: &Tc,
+    backend: &mut dyn Backend,
+    rounds: u32,
+    sample: bool,
+    rng: &mut Rng,
+) -> Result<Outcome, String> {
     let started = Instant::now();
     let scratch = tempfile::tempdir().map_err(|e| e.to_string())?;
     backend.fresh()?;
@@ -75,7 +81,10 @@ pub fn run(tc: &Tc, backend: &mut dyn Backend, rounds: u32, sample: bool, rng: &
                 if let Err(e) = result {
                     out.failures += 1;
                     eprintln!("drill corrupt: {what}: FAILURE: {e}");
-                    keep_evidence(backend, &format!("corrupt-{}-{damage:?}-{round}", name.replace('/', "_")));
+                    keep_evidence(
+                        backend,
+                        &format!("corrupt-{}-{damage:?}-{round}", name.replace('/', "_")),
+                    );
                 }
             }
         }
@@ -84,7 +93,11 @@ pub fn run(tc: &Tc, backend: &mut dyn Backend, rounds: u32, sample: bool, rng: &
         "{} files x {} x {rounds} rounds ({unchanged} no-op damages skipped; \
          {refused} where the cache refused to open, saying why)",
         objects.len(),
-        if sample { "1 random damage" } else { "4 damages" }
+        if sample {
+            "1 random damage"
+        } else {
+            "4 damages"
+        }
     );
     out.time = started.elapsed();
     Ok(out)
@@ -102,7 +115,9 @@ fn damaged(bytes: &[u8], damage: Damage, rng: &mut Rng) -> Option<Option<Vec<u8>
             b[at] ^= 1 << rng.range(0, 8);
             b
         }
-        Damage::Truncate if len > 0 => bytes[..usize::try_from(rng.range(0, len)).unwrap_or(0)].to_vec(),
+        Damage::Truncate if len > 0 => {
+            bytes[..usize::try_from(rng.range(0, len)).unwrap_or(0)].to_vec()
+        }
         Damage::Zero => vec![0; bytes.len()],
         _ => return None,
     };
@@ -121,7 +136,11 @@ fn apply(backend: &dyn Backend, name: &str, after: Option<&[u8]>) -> Result<(), 
 /// `LAYOUT` damaged a directory is no longer known to be a cache, so it is never
 /// taken over or rewritten; every run must then say so, as a warning while the step
 /// runs uncached, or (with `LAYOUT` gone from a non-empty directory) as a usage error.
-fn runs_then_repaired(tc: &Tc, backend: &dyn Backend, scratch: &std::path::Path) -> Result<bool, String> {
+fn runs_then_repaired(
+    tc: &Tc,
+    backend: &dyn Backend,
+    scratch: &std::path::Path,
+) -> Result<bool, String> {
     let mut refused = 0;
     for &(i, class) in &ENTRIES {
         let ws = tempfile::tempdir_in(scratch).map_err(|e| e.to_string())?;
@@ -138,25 +157,37 @@ fn runs_then_repaired(tc: &Tc, backend: &dyn Backend, scratch: &std::path::Path)
             if stderr.contains("cannot be opened") && stderr.contains("uncached") {
                 refused += 1;
             }
-        } else if out.status.code() == Some(2) && stderr.contains("not a taskcache cache") && out.stdout.is_empty() {
+        } else if out.status.code() == Some(2)
+            && stderr.contains("not a taskcache cache")
+            && out.stdout.is_empty()
+        {
             // A usage error that names the problem, before anything ran.
             if ws.path().join("out").exists() {
                 return Err(format!("entry {i}: refused, but wrote outputs: {stderr}"));
             }
             refused += 1;
         } else {
-            return Err(format!("entry {i}: taskcache exited {} ({})", out.status, stderr.trim()));
+            return Err(format!(
+                "entry {i}: taskcache exited {} ({})",
+                out.status,
+                stderr.trim()
+            ));
         }
     }
     if refused == ENTRIES.len() {
         return Ok(true);
     }
     if refused > 0 {
-        return Err(format!("the cache was refused by {refused} of {} runs only", ENTRIES.len()));
+        return Err(format!(
+            "the cache was refused by {refused} of {} runs only",
+            ENTRIES.len()
+        ));
     }
     for &(i, class) in &ENTRIES {
         if tc.check_entry(backend, i, class)? != Checked::Hit {
-            return Err(format!("entry {i}: still a miss after a run stored it (not repaired)"));
+            return Err(format!(
+                "entry {i}: still a miss after a run stored it (not repaired)"
+            ));
         }
     }
     Ok(false)
@@ -164,7 +195,12 @@ fn runs_then_repaired(tc: &Tc, backend: &dyn Backend, scratch: &std::path::Path)
 
 /// `verify` on the damaged cache: the damaged object is gone (with what needed it),
 /// every key is a miss or a correct hit, and a second `verify` finds nothing.
-fn verify_removes(tc: &Tc, backend: &dyn Backend, name: &str, damage: Damage) -> Result<(), String> {
+fn verify_removes(
+    tc: &Tc,
+    backend: &dyn Backend,
+    name: &str,
+    damage: Damage,
+) -> Result<(), String> {
     let refusable = !(name.starts_with("blobs/") || name.starts_with("entries/"));
     let v = match tc.verify(backend) {
         Ok(v) => v,
@@ -180,13 +216,19 @@ fn verify_removes(tc: &Tc, backend: &dyn Backend, name: &str, damage: Damage) ->
     };
     let gone = !backend.objects()?.iter().any(|o| o == name);
     match (name.split('/').next(), damage) {
-        (Some("blobs"), Damage::Delete) if v.incomplete_removed == 0 => {
-            return Err(format!("verify kept the entries that need the deleted blob: {v:?}"));
+        (Some("blobs"), Damage::Delete) if v.incomplete_entries == 0 => {
+            return Err(format!(
+                "verify kept the entries that need the deleted blob: {v:?}"
+            ));
         }
-        (Some("blobs"), Damage::Flip | Damage::Truncate | Damage::Zero) if v.blobs_removed == 0 || !gone => {
+        (Some("blobs"), Damage::Flip | Damage::Truncate | Damage::Zero)
+            if v.corrupt_blobs == 0 || !gone =>
+        {
             return Err(format!("verify did not remove the damaged blob: {v:?}"));
         }
-        (Some("entries"), Damage::Flip | Damage::Truncate | Damage::Zero) if v.entries_removed == 0 || !gone => {
+        (Some("entries"), Damage::Flip | Damage::Truncate | Damage::Zero)
+            if v.corrupt_entries == 0 || !gone =>
+        {
             return Err(format!("verify did not remove the damaged entry: {v:?}"));
         }
         _ => {}

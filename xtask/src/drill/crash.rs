@@ -12,20 +12,31 @@ use std::time::{Duration, Instant};
 
 const PER_CACHE: u32 = 20;
 
-pub fn run(tc: &Tc, backend: &mut dyn Backend, trials: u32, rng: &mut Rng) -> Result<Outcome, String> {
+pub fn run(
+    tc: &Tc,
+    backend: &mut dyn Backend,
+    trials: u32,
+    rng: &mut Rng,
+) -> Result<Outcome, String> {
     let started = Instant::now();
     let scratch = tempfile::tempdir().map_err(|e| e.to_string())?;
     // How long a whole run of each class takes here, stored without a kill (which
     // also proves the happy path): kills are spread over that time.
     backend.fresh()?;
     let mut took = Vec::new();
-    for (n, class) in [Class::Small, Class::Medium, Class::Large].into_iter().enumerate() {
+    for (n, class) in [Class::Small, Class::Medium, Class::Large]
+        .into_iter()
+        .enumerate()
+    {
         let ws = tempfile::tempdir_in(scratch.path()).map_err(|e| e.to_string())?;
         let t = Instant::now();
         tc.run_step(backend, ws.path(), 1_000_000 + n as u64, class)?;
         took.push(t.elapsed());
         if tc.check_entry(backend, 1_000_000 + n as u64, class)? != Checked::Hit {
-            return Err(format!("crash: a {} entry stored without a kill does not hit", class.as_str()));
+            return Err(format!(
+                "crash: a {} entry stored without a kill does not hit",
+                class.as_str()
+            ));
         }
     }
     eprintln!(
@@ -66,7 +77,10 @@ pub fn run(tc: &Tc, backend: &mut dyn Backend, trials: u32, rng: &mut Rng) -> Re
             }
             Err(e) => {
                 out.failures += 1;
-                eprintln!("drill crash: trial {n} (entry {i}, {}): FAILURE: {e}", class.as_str());
+                eprintln!(
+                    "drill crash: trial {n} (entry {i}, {}): FAILURE: {e}",
+                    class.as_str()
+                );
                 keep_evidence(backend, &format!("crash-{n}"));
             }
         }
@@ -92,11 +106,12 @@ pub fn run(tc: &Tc, backend: &mut dyn Backend, trials: u32, rng: &mut Rng) -> Re
         }
     }
     if killed_running == 0 && trials > 0 {
-        return Err("crash: no kill landed while taskcache was running; the drill proved nothing".into());
+        return Err(
+            "crash: no kill landed while taskcache was running; the drill proved nothing".into(),
+        );
     }
-    out.note = format!(
-        "{killed_running} kills landed mid-run; afterwards {hits} hits, {misses} misses"
-    );
+    out.note =
+        format!("{killed_running} kills landed mid-run; afterwards {hits} hits, {misses} misses");
     out.time = started.elapsed();
     Ok(out)
 }
@@ -112,7 +127,11 @@ fn trial(
     delay: Duration,
 ) -> Result<(bool, Checked), String> {
     let ws = tempfile::tempdir_in(scratch).map_err(|e| e.to_string())?;
-    let opts: &[&str] = if overwrite { &["--policy", "writeonly"] } else { &[] };
+    let opts: &[&str] = if overwrite {
+        &["--policy", "writeonly"]
+    } else {
+        &[]
+    };
     let mut cmd = tc.run_cmd_with(backend, ws.path(), i, class, opts);
     // Its own process group: the kill takes the step with it, as a runner's would.
     cmd.process_group(0)

@@ -60,11 +60,19 @@ impl Drop for Mount {
     }
 }
 
-pub fn run(tc: &Tc, backend: &mut dyn Backend, trials: u32, rng: &mut Rng) -> Result<Outcome, String> {
+pub fn run(
+    tc: &Tc,
+    backend: &mut dyn Backend,
+    trials: u32,
+    rng: &mut Rng,
+) -> Result<Outcome, String> {
     let started = Instant::now();
     if backend.name() != "local" {
         return Ok(Outcome {
-            skipped: Some(format!("a full disk is a local-tier fault; backend {} has none", backend.name())),
+            skipped: Some(format!(
+                "a full disk is a local-tier fault; backend {} has none",
+                backend.name()
+            )),
             ..Outcome::default()
         });
     }
@@ -87,7 +95,15 @@ pub fn run(tc: &Tc, backend: &mut dyn Backend, trials: u32, rng: &mut Rng) -> Re
             + rng.range(0, 4096);
         let code = if rng.range(0, 2) == 0 { 0 } else { 3 };
         out.trials += 1;
-        match trial(tc, &local, &mount.0, scratch.path(), u64::from(n) * 10, free, code) {
+        match trial(
+            tc,
+            &local,
+            &mount.0,
+            scratch.path(),
+            u64::from(n) * 10,
+            free,
+            code,
+        ) {
             Ok(true) => stored += 1,
             Ok(false) => refused += 1,
             Err(e) => {
@@ -107,14 +123,26 @@ pub fn run(tc: &Tc, backend: &mut dyn Backend, trials: u32, rng: &mut Rng) -> Re
 }
 
 /// One trial; `Ok(stored)`: whether the big store fitted before space was freed.
-fn trial(tc: &Tc, local: &Local, fs: &Path, scratch: &Path, base: u64, free: u64, code: i32) -> Result<bool, String> {
+fn trial(
+    tc: &Tc,
+    local: &Local,
+    fs: &Path,
+    scratch: &Path,
+    base: u64,
+    free: u64,
+    code: i32,
+) -> Result<bool, String> {
     for i in base..base + 3 {
         let ws = tempfile::tempdir_in(scratch).map_err(|e| e.to_string())?;
         tc.run_step(local, ws.path(), i, Class::Small)?;
     }
     fill(fs, free)?;
     let big = base + 3;
-    let opts: &[&str] = if code == 0 { &[] } else { &["--cache-failures"] };
+    let opts: &[&str] = if code == 0 {
+        &[]
+    } else {
+        &["--cache-failures"]
+    };
     let ws = tempfile::tempdir_in(scratch).map_err(|e| e.to_string())?;
     let run = tc
         .run_cmd_with(local, ws.path(), big, Class::Medium, opts)
@@ -123,14 +151,19 @@ fn trial(tc: &Tc, local: &Local, fs: &Path, scratch: &Path, base: u64, free: u64
         .map_err(|e| format!("start taskcache: {e}"))?;
     let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
     if run.status.code() != Some(code) {
-        return Err(format!("the step exits {code}, taskcache exited {}: {stderr}", run.status));
+        return Err(format!(
+            "the step exits {code}, taskcache exited {}: {stderr}",
+            run.status
+        ));
     }
     workload::check(ws.path(), big, Class::Medium)?;
     let fitted = match tc.check_entry_exit(local, big, Class::Medium, code)? {
         Checked::Hit => true,
         Checked::Miss => {
             if !(stderr.contains("could not store") && stderr.contains("No space left")) {
-                return Err(format!("the store failed without a clear message: {stderr:?}"));
+                return Err(format!(
+                    "the store failed without a clear message: {stderr:?}"
+                ));
             }
             false
         }
@@ -139,12 +172,17 @@ fn trial(tc: &Tc, local: &Local, fs: &Path, scratch: &Path, base: u64, free: u64
         .map_err(|e| format!("tmp: {e}"))?
         .collect();
     if !temps.is_empty() {
-        return Err(format!("{} temporary files left in tmp/ after the store", temps.len()));
+        return Err(format!(
+            "{} temporary files left in tmp/ after the store",
+            temps.len()
+        ));
     }
     // Still full: the earlier entries are served.
     for i in base..base + 3 {
         if tc.check_entry(local, i, Class::Small)? != Checked::Hit {
-            return Err(format!("entry {i}, stored before the disk filled, no longer hits"));
+            return Err(format!(
+                "entry {i}, stored before the disk filled, no longer hits"
+            ));
         }
     }
     let v = tc.verify(local)?;
@@ -160,7 +198,10 @@ fn trial(tc: &Tc, local: &Local, fs: &Path, scratch: &Path, base: u64, free: u64
         .output()
         .map_err(|e| format!("start taskcache: {e}"))?;
     if again.status.code() != Some(code) {
-        return Err(format!("after freeing space the run exited {}", again.status));
+        return Err(format!(
+            "after freeing space the run exited {}",
+            again.status
+        ));
     }
     if tc.check_entry_exit(local, big, Class::Medium, code)? != Checked::Hit {
         return Err(format!(

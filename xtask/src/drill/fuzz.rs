@@ -31,7 +31,8 @@ pub fn run(executions: u64, ci: bool) -> Result<Outcome, String> {
     if !quiet(rustup_cargo().args(["+nightly", "--version"])) {
         return Ok(Outcome {
             skipped: Some(
-                "no nightly toolchain (cargo-fuzz needs one: `rustup toolchain install nightly`)".into(),
+                "no nightly toolchain (cargo-fuzz needs one: `rustup toolchain install nightly`)"
+                    .into(),
             ),
             ..Outcome::default()
         });
@@ -41,7 +42,8 @@ pub fn run(executions: u64, ci: bool) -> Result<Outcome, String> {
         crate::run(crate::cargo().args(["install", "--locked", "--quiet", "cargo-fuzz"]))?;
     }
     let root = crate::workspace_root();
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let target_dir =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
     let mut out = Outcome::default();
     let mut notes = Vec::new();
     for t in TARGETS {
@@ -49,7 +51,14 @@ pub fn run(executions: u64, ci: bool) -> Result<Outcome, String> {
         std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
         let mut cmd = rustup_cargo();
         cmd.current_dir(&root)
-            .args(["+nightly", "fuzz", "run", "--sanitizer", "none", "--target-dir"])
+            .args([
+                "+nightly",
+                "fuzz",
+                "run",
+                "--sanitizer",
+                "none",
+                "--target-dir",
+            ])
             .arg(target_dir.join("fuzz"))
             .arg(t)
             .arg(&work)
@@ -91,7 +100,13 @@ pub fn run(executions: u64, ci: bool) -> Result<Outcome, String> {
 /// variables that `cargo run` set for this program.
 fn rustup_cargo() -> Command {
     let mut c = Command::new("cargo");
-    for v in ["RUSTUP_TOOLCHAIN", "CARGO", "RUSTC", "RUSTDOC", "RUSTC_WRAPPER"] {
+    for v in [
+        "RUSTUP_TOOLCHAIN",
+        "CARGO",
+        "RUSTC",
+        "RUSTDOC",
+        "RUSTC_WRAPPER",
+    ] {
         c.env_remove(v);
     }
     c

@@ -45,7 +45,9 @@ pub fn run(trials: u64, rng: &mut Rng) -> Result<Outcome, String> {
         }
     }
     if killed_running == 0 && trials > 0 {
-        return Err("kill: no kill landed while the child was storing; the drill proved nothing".into());
+        return Err(
+            "kill: no kill landed while the child was storing; the drill proved nothing".into(),
+        );
     }
     out.note = format!("{killed_running} kills landed while storing, {entries} entries checked");
     Ok(out)

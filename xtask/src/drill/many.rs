@@ -16,7 +16,11 @@ use std::time::Instant;
 const KEYS: u64 = 40;
 
 fn class_of(i: u64) -> Class {
-    if i % 10 == 3 { Class::Medium } else { Class::Small }
+    if i % 10 == 3 {
+        Class::Medium
+    } else {
+        Class::Small
+    }
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -29,9 +33,19 @@ struct Tally {
     verifies: u64,
 }
 
-pub fn run(tc: &Tc, backend: &mut dyn Backend, ci: bool, ops: Option<u64>, rng: &mut Rng) -> Result<Outcome, String> {
+pub fn run(
+    tc: &Tc,
+    backend: &mut dyn Backend,
+    ci: bool,
+    ops: Option<u64>,
+    rng: &mut Rng,
+) -> Result<Outcome, String> {
     let started = Instant::now();
-    let (workers, ops) = if ci { (4, ops.unwrap_or(40)) } else { (8, ops.unwrap_or(500)) };
+    let (workers, ops) = if ci {
+        (4, ops.unwrap_or(40))
+    } else {
+        (8, ops.unwrap_or(500))
+    };
     backend.fresh()?;
     let scratch = tempfile::tempdir().map_err(|e| e.to_string())?;
     let total = Mutex::new(Tally::default());
@@ -43,7 +57,9 @@ pub fn run(tc: &Tc, backend: &mut dyn Backend, ci: bool, ops: Option<u64>, rng: 
             let (total, scratch) = (&total, scratch.path());
             s.spawn(move || {
                 let t = worker_loop(tc, shared, w, ops, *seed, scratch);
-                let mut all = total.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut all = total
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 all.ops += t.ops;
                 all.failures += t.failures;
                 all.hits += t.hits;
@@ -53,7 +69,9 @@ pub fn run(tc: &Tc, backend: &mut dyn Backend, ci: bool, ops: Option<u64>, rng: 
             });
         }
     });
-    let t = total.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let t = total
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut out = Outcome {
         trials: t.ops,
         failures: t.failures,
@@ -73,7 +91,14 @@ pub fn run(tc: &Tc, backend: &mut dyn Backend, ci: bool, ops: Option<u64>, rng: 
     Ok(out)
 }
 
-fn worker_loop(tc: &Tc, backend: &dyn Backend, w: usize, ops: u64, seed: u64, scratch: &Path) -> Tally {
+fn worker_loop(
+    tc: &Tc,
+    backend: &dyn Backend,
+    w: usize,
+    ops: u64,
+    seed: u64,
+    scratch: &Path,
+) -> Tally {
     let mut rng = Rng::from_seed(seed);
     let mut t = Tally::default();
     for n in 0..ops {
@@ -86,7 +111,13 @@ fn worker_loop(tc: &Tc, backend: &dyn Backend, w: usize, ops: u64, seed: u64, sc
     t
 }
 
-fn op(tc: &Tc, backend: &dyn Backend, rng: &mut Rng, scratch: &Path, t: &mut Tally) -> Result<(), String> {
+fn op(
+    tc: &Tc,
+    backend: &dyn Backend,
+    rng: &mut Rng,
+    scratch: &Path,
+    t: &mut Tally,
+) -> Result<(), String> {
     let roll = rng.range(0, 100);
     let i = rng.range(0, KEYS);
     match roll {
@@ -95,7 +126,11 @@ fn op(tc: &Tc, backend: &dyn Backend, rng: &mut Rng, scratch: &Path, t: &mut Tal
             let out = tc.admin(backend, &["gc", "--max-size", &max, "--grace", "2s"])?;
             t.gcs += 1;
             if !out.status.success() {
-                return Err(format!("gc exited {}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim()));
+                return Err(format!(
+                    "gc exited {}: {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
             }
         }
         4..8 => {
@@ -124,7 +159,10 @@ fn op(tc: &Tc, backend: &dyn Backend, rng: &mut Rng, scratch: &Path, t: &mut Tal
             }
             // A hit replays the step's stderr, and says nothing of its own.
             if !mark.exists() && out.stderr != format!("entry {i} produced\n").as_bytes() {
-                return Err(format!("a hit of entry {i} warned: {}", String::from_utf8_lossy(&out.stderr).trim()));
+                return Err(format!(
+                    "a hit of entry {i} warned: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
             }
             if out.stdout != super::workload::stdout(i) {
                 return Err(format!("run of entry {i}: wrong stdout"));
@@ -147,7 +185,12 @@ fn settle(tc: &Tc, backend: &dyn Backend, t: Tally) -> Result<(), String> {
     }
     let stats: serde_json::Value =
         serde_json::from_slice(&out.stdout).map_err(|e| format!("stats --json: {e}"))?;
-    let get = |k: &str| stats.get(k).and_then(serde_json::Value::as_u64).unwrap_or(u64::MAX);
+    let get = |k: &str| {
+        stats
+            .get(k)
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(u64::MAX)
+    };
     if (get("hits"), get("misses")) != (t.hits, t.misses) {
         return Err(format!(
             "stats counts {} hits and {} misses, the runs had {} and {}",

@@ -82,7 +82,9 @@ pub fn run(args: &[String]) -> Result<(), String> {
                         .ok_or("--trials needs a positive number")?,
                 );
             }
-            "--backend" => opts.backend = it.next().ok_or("--backend needs a name")?.clone(),
+            "--backend" => opts
+                .backend
+                .clone_from(it.next().ok_or("--backend needs a name")?),
             "--ci" => opts.ci = true,
             other => return Err(format!("unknown argument {other:?}; {usage}")),
         }
@@ -130,7 +132,10 @@ fn run_drills(names: &[&str], opts: &Options) -> Result<Vec<(String, Outcome)>, 
     for &name in names {
         let started = Instant::now();
         let mut outcome = match name {
-            "kill" => kill::run(opts.trials.unwrap_or(if opts.ci { 20 } else { 200 }), &mut rng)?,
+            "kill" => kill::run(
+                opts.trials.unwrap_or(if opts.ci { 20 } else { 200 }),
+                &mut rng,
+            )?,
             "fuzz" => fuzz::run(opts.trials.unwrap_or(1_000_000), opts.ci)?,
             "disk" | "crash" | "corrupt" | "many" => {
                 if tc.is_none() {
@@ -184,8 +189,9 @@ fn write_seeds() -> Result<(), String> {
 }
 
 fn trials(opts: &Options, ci: u32, full: u32) -> u32 {
-    opts.trials
-        .map_or(if opts.ci { ci } else { full }, |n| u32::try_from(n).unwrap_or(u32::MAX))
+    opts.trials.map_or(if opts.ci { ci } else { full }, |n| {
+        u32::try_from(n).unwrap_or(u32::MAX)
+    })
 }
 
 fn print_table(rows: &[(String, Outcome)], opts: &Options) {
@@ -197,7 +203,10 @@ fn print_table(rows: &[(String, Outcome)], opts: &Options) {
     println!("|---|---:|---:|---:|---|");
     for (name, o) in rows {
         match &o.skipped {
-            Some(why) => println!("| {name} | – | – | {:.1}s | skipped: {why} |", o.time.as_secs_f64()),
+            Some(why) => println!(
+                "| {name} | – | – | {:.1}s | skipped: {why} |",
+                o.time.as_secs_f64()
+            ),
             None => println!(
                 "| {name} | {} | {} | {:.1}s | {} |",
                 o.trials,

@@ -36,14 +36,27 @@ impl Tc {
     }
 
     /// [`Tc::run_cmd`] with more `taskcache run` options (`--policy P`, ...).
-    pub fn run_cmd_with(&self, backend: &dyn Backend, ws: &Path, i: u64, class: Class, opts: &[&str]) -> Command {
+    pub fn run_cmd_with(
+        &self,
+        backend: &dyn Backend,
+        ws: &Path,
+        i: u64,
+        class: Class,
+        opts: &[&str],
+    ) -> Command {
         let mut c = Command::new(&self.bin);
         c.arg("run")
             .arg("-C")
             .arg(ws)
             .args(backend.run_args())
             .args(opts)
-            .args(["-o", &format!("out/{i}"), "--id", &format!("drill-{i}"), "--"])
+            .args([
+                "-o",
+                &format!("out/{i}"),
+                "--id",
+                &format!("drill-{i}"),
+                "--",
+            ])
             .arg(&self.xtask)
             .args(["drill", "produce", &i.to_string(), class.as_str()])
             .env_remove(CHECK_ENV)
@@ -55,7 +68,13 @@ impl Tc {
 
     /// Runs entry `i` as a CI step would (a miss runs and stores it); the outputs in
     /// `ws` must then be exactly the entry's, whether restored or produced.
-    pub fn run_step(&self, backend: &dyn Backend, ws: &Path, i: u64, class: Class) -> Result<Output, String> {
+    pub fn run_step(
+        &self,
+        backend: &dyn Backend,
+        ws: &Path,
+        i: u64,
+        class: Class,
+    ) -> Result<Output, String> {
         let out = self
             .run_cmd(backend, ws, i, class)
             .output()
@@ -77,12 +96,23 @@ impl Tc {
     /// Looks entry `i` up read-only in a fresh workspace, without ever producing it: a
     /// miss, or a hit that restored exactly the entry's bytes and stdout. Anything else
     /// (a wrong byte, an error exit) is an `Err`.
-    pub fn check_entry(&self, backend: &dyn Backend, i: u64, class: Class) -> Result<Checked, String> {
+    pub fn check_entry(
+        &self,
+        backend: &dyn Backend,
+        i: u64,
+        class: Class,
+    ) -> Result<Checked, String> {
         self.check_entry_exit(backend, i, class, 0)
     }
 
     /// [`Tc::check_entry`] of an entry stored with `--cache-failures` and exit `code`.
-    pub fn check_entry_exit(&self, backend: &dyn Backend, i: u64, class: Class, code: i32) -> Result<Checked, String> {
+    pub fn check_entry_exit(
+        &self,
+        backend: &dyn Backend,
+        i: u64,
+        class: Class,
+        code: i32,
+    ) -> Result<Checked, String> {
         let ws = tempfile::tempdir().map_err(|e| e.to_string())?;
         let opts: &[&str] = if code == 0 {
             &["--policy", "readonly"]
@@ -140,7 +170,10 @@ impl Tc {
             )
         })?;
         if (code == Some(1)) != v.removed_any() {
-            return Err(format!("verify exited {} but reported {text:?}", out.status));
+            return Err(format!(
+                "verify exited {} but reported {text:?}",
+                out.status
+            ));
         }
         Ok(v)
     }
@@ -153,35 +186,46 @@ pub enum Checked {
     Miss,
 }
 
-/// `taskcache verify`'s report.
+/// What `taskcache verify` removed: corrupt blobs, corrupt entries, entries whose
+/// blobs were gone, planted links or special files.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Verify {
-    pub blobs_removed: u64,
-    pub entries_removed: u64,
-    pub incomplete_removed: u64,
-    pub foreign_removed: u64,
+    pub corrupt_blobs: u64,
+    pub corrupt_entries: u64,
+    pub incomplete_entries: u64,
+    pub planted: u64,
 }
 
 impl Verify {
     /// "checked B blobs and E entries; removed X corrupt blobs, Y corrupt entries, Z
     /// entries whose blobs were gone and W planted ...".
     fn parse(text: &str) -> Option<Self> {
-        let n: Vec<u64> = text
+        let numbers: Vec<u64> = text
             .split(|c: char| !c.is_ascii_digit())
             .filter(|s| !s.is_empty())
             .filter_map(|s| s.parse().ok())
             .collect();
-        let [_blobs_checked, _entries_checked, c, d, e, f] = n.get(..6)? else { return None };
+        let &[
+            _blobs,
+            _entries,
+            corrupt_blobs,
+            corrupt_entries,
+            incomplete_entries,
+            planted,
+        ] = numbers.get(..6)?
+        else {
+            return None;
+        };
         Some(Verify {
-            blobs_removed: *c,
-            entries_removed: *d,
-            incomplete_removed: *e,
-            foreign_removed: *f,
+            corrupt_blobs,
+            corrupt_entries,
+            incomplete_entries,
+            planted,
         })
     }
 
     pub fn removed_any(&self) -> bool {
-        self.blobs_removed + self.entries_removed + self.incomplete_removed + self.foreign_removed > 0
+        self.corrupt_blobs + self.corrupt_entries + self.incomplete_entries + self.planted > 0
     }
 }
 
@@ -338,8 +382,12 @@ pub fn backends(name: &str, root: &Path) -> Result<Vec<Box<dyn Backend>>, String
 
 /// Copies a failing cache directory to `target/drill-failures/<what>` for inspection.
 pub fn keep_evidence(backend: &dyn Backend, what: &str) {
-    let Some(dir) = backend.evidence() else { return };
-    let dest = crate::workspace_root().join("target/drill-failures").join(what);
+    let Some(dir) = backend.evidence() else {
+        return;
+    };
+    let dest = crate::workspace_root()
+        .join("target/drill-failures")
+        .join(what);
     let _ = std::fs::create_dir_all(dest.parent().unwrap_or(&dest));
     let status = Command::new("cp").arg("-a").arg(dir).arg(&dest).status();
     if status.is_ok_and(|s| s.success()) {

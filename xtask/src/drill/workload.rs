@@ -165,7 +165,8 @@ pub fn produce(args: &[String]) -> Result<(), String> {
         return Err("usage: xtask drill produce I small|medium|large".into());
     };
     if let Some(mark) = std::env::var_os(MARK_ENV) {
-        std::fs::write(&mark, b"ran").map_err(|e| format!("mark {}: {e}", Path::new(&mark).display()))?;
+        std::fs::write(&mark, b"ran")
+            .map_err(|e| format!("mark {}: {e}", Path::new(&mark).display()))?;
     }
     if std::env::var_os(CHECK_ENV).is_some() {
         std::process::exit(CHECK_EXIT);
@@ -196,7 +197,8 @@ fn write_file(path: &Path, seed: &str, len: u64, executable: bool) -> Result<(),
     let mut f = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut bytes = Bytes::new(seed, len);
     while let Some(c) = bytes.next_chunk() {
-        f.write_all(&c).map_err(|e| format!("{}: {e}", path.display()))?;
+        f.write_all(&c)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
     }
     let mode = if executable { 0o755 } else { 0o644 };
     f.set_permissions(std::fs::Permissions::from_mode(mode))
@@ -210,7 +212,8 @@ pub fn check(ws: &Path, i: u64, class: Class) -> Result<(), String> {
     let specs = files(i, class);
     for f in &specs {
         let p = ws.join(&f.path);
-        let meta = std::fs::symlink_metadata(&p).map_err(|e| format!("entry {i}: {}: {e}", f.path))?;
+        let meta =
+            std::fs::symlink_metadata(&p).map_err(|e| format!("entry {i}: {}: {e}", f.path))?;
         if !meta.is_file() {
             return Err(format!("entry {i}: {} is not a regular file", f.path));
         }
@@ -223,7 +226,10 @@ pub fn check(ws: &Path, i: u64, class: Class) -> Result<(), String> {
             ));
         }
         if (meta.permissions().mode() & 0o111 != 0) != f.executable {
-            return Err(format!("entry {i}: {} has the wrong executable bit", f.path));
+            return Err(format!(
+                "entry {i}: {} has the wrong executable bit",
+                f.path
+            ));
         }
         compare(&p, &seed(i, &f.path), f.len).map_err(|e| format!("entry {i}: {}: {e}", f.path))?;
     }
@@ -247,7 +253,9 @@ pub fn check(ws: &Path, i: u64, class: Class) -> Result<(), String> {
     expected.sort();
     found.sort();
     if found != expected {
-        return Err(format!("entry {i}: the output tree is {found:?}, expected {expected:?}"));
+        return Err(format!(
+            "entry {i}: the output tree is {found:?}, expected {expected:?}"
+        ));
     }
     Ok(())
 }
