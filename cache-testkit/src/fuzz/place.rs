@@ -283,17 +283,19 @@ fn check_restored(
     }
     // A restore that succeeded put every file's bytes in place (two outputs that are
     // one file through a workspace link: either one's bytes).
+    // Stored paths are read the way the restore read them ("b/" is the file "b").
+    let at =
+        |p: &str| ws.join(cache_core::RelPath::parse(p).map_or(p.to_owned(), |r| r.to_string()));
     for o in &record.outputs {
         if let OutputRecord::File { path, blob, .. } = o {
-            let got =
-                std::fs::read(ws.join(path)).unwrap_or_else(|e| panic!("restored {path}: {e}"));
-            let canon = std::fs::canonicalize(ws.join(path)).expect("restored file");
+            let got = std::fs::read(at(path)).unwrap_or_else(|e| panic!("restored {path}: {e}"));
+            let canon = std::fs::canonicalize(at(path)).expect("restored file");
             let aliases: Vec<&Vec<u8>> = record
                 .outputs
                 .iter()
                 .filter_map(|other| match other {
                     OutputRecord::File { path: p, .. }
-                        if std::fs::canonicalize(ws.join(p)).ok().as_ref() == Some(&canon) =>
+                        if std::fs::canonicalize(at(p)).ok().as_ref() == Some(&canon) =>
                     {
                         expected.get(p)
                     }

@@ -80,10 +80,17 @@ pub fn run(executions: u64, ci: bool) -> Result<Outcome, String> {
             notes.push(format!("{t} {done} ({per_sec}/s)"));
         } else {
             out.failures += 1;
-            let tail: Vec<&str> = stderr.lines().rev().take(30).collect();
+            // The panic and its message, then libFuzzer's word on the input.
+            let panic: Vec<&str> = stderr
+                .lines()
+                .skip_while(|l| !l.contains("panicked at") && !l.contains("==ERROR"))
+                .take(3)
+                .collect();
+            let tail: Vec<&str> = stderr.lines().rev().take(20).collect();
             eprintln!(
-                "drill fuzz: {t}: FAILURE ({}, {done} executions):\n{}",
+                "drill fuzz: {t}: FAILURE ({}, {done} executions):\n{}\n...\n{}",
                 output.status,
+                panic.join("\n"),
                 tail.into_iter().rev().collect::<Vec<_>>().join("\n")
             );
             notes.push(format!("{t} FAILED"));

@@ -133,7 +133,7 @@ fn run_drills(names: &[&str], opts: &Options) -> Result<Vec<(String, Outcome)>, 
         let started = Instant::now();
         let mut outcome = match name {
             "kill" => kill::run(
-                opts.trials.unwrap_or(if opts.ci { 20 } else { 200 }),
+                opts.trials.unwrap_or(if opts.ci { 5 } else { 200 }),
                 &mut rng,
             )?,
             "fuzz" => fuzz::run(opts.trials.unwrap_or(1_000_000), opts.ci)?,
