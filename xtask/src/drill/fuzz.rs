@@ -1,6 +1,6 @@
 //! `drill fuzz`: the cargo-fuzz targets under `fuzz/` (`decode_record`, `place`,
 //! `key_inputs`; their checks are `cache_testkit::fuzz`), each for N executions
-//! (default 1,000,000) on the nightly toolchain, with libFuzzer's memory limits
+//! (default 1,000,000) on the nightly toolchain, the three side by side, with libFuzzer's memory limits
 //! (`-rss_limit_mb`, `-malloc_limit_mb`): no panic, bounded allocation, no write
 //! outside the workspace. cargo-fuzz is installed from the crate registry into the
 //! user's cargo if missing. New inputs go to `target/fuzz-corpus/`, the repository's
@@ -11,7 +11,7 @@
 
 use super::Outcome;
 use cache_testkit::fuzz::TARGETS;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 /// Bounds for one target process: resident memory and any single allocation.
@@ -44,39 +44,36 @@ pub fn run(executions: u64, ci: bool) -> Result<Outcome, String> {
     let root = crate::workspace_root();
     let target_dir =
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
-    let mut out = Outcome::default();
-    let mut notes = Vec::new();
-    for t in TARGETS {
-        let work = target_dir.join("fuzz-corpus").join(t);
-        std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
-        let mut cmd = rustup_cargo();
-        cmd.current_dir(&root)
+    // Built once, then the targets run side by side (one process each).
+    crate::run(
+        rustup_cargo()
             .args([
                 "+nightly",
                 "fuzz",
-                "run",
+                "build",
                 "--sanitizer",
                 "none",
                 "--target-dir",
             ])
-            .arg(target_dir.join("fuzz"))
-            .arg(t)
-            .arg(&work)
-            .arg(root.join("fuzz/corpus").join(t))
-            .arg("--")
-            .arg(format!("-runs={executions}"))
-            .arg(format!("-rss_limit_mb={RSS_LIMIT_MB}"))
-            .arg(format!("-malloc_limit_mb={MALLOC_LIMIT_MB}"))
-            .args(["-max_len=4096", "-timeout=20", "-print_final_stats=1"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        // The targets build a sandbox directory per execution: in memory where there is
-        // a shared-memory filesystem, so a million of them do not wait on the disk.
-        if std::fs::metadata("/dev/shm").is_ok_and(|m| m.is_dir()) {
-            cmd.env("TMPDIR", "/dev/shm");
-        }
+            .arg(target_dir.join("fuzz")),
+    )?;
+    let mut running = Vec::new();
+    for t in TARGETS {
+        let work = target_dir.join("fuzz-corpus").join(t);
+        std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
+        let mut cmd = fuzz_run(&root, &target_dir, t, &work, executions);
         eprintln!("drill fuzz: {t}: {executions} executions");
-        let output = cmd.output().map_err(|e| format!("start cargo fuzz: {e}"))?;
+        running.push((
+            t,
+            cmd.spawn().map_err(|e| format!("start cargo fuzz: {e}"))?,
+        ));
+    }
+    let mut out = Outcome::default();
+    let mut notes = Vec::new();
+    for (t, child) in running {
+        let output = child
+            .wait_with_output()
+            .map_err(|e| format!("wait for cargo fuzz: {e}"))?;
         let stderr = String::from_utf8_lossy(&output.stderr);
         let done = stat(&stderr, "stat::number_of_executed_units:").unwrap_or(0);
         out.trials += done;
@@ -106,6 +103,37 @@ pub fn run(executions: u64, ci: bool) -> Result<Outcome, String> {
         notes.join(", ")
     );
     Ok(out)
+}
+
+/// `cargo +nightly fuzz run` of target `t` for `executions`, within the memory bounds.
+fn fuzz_run(root: &Path, target_dir: &Path, t: &str, work: &Path, executions: u64) -> Command {
+    let mut cmd = rustup_cargo();
+    cmd.current_dir(root)
+        .args([
+            "+nightly",
+            "fuzz",
+            "run",
+            "--sanitizer",
+            "none",
+            "--target-dir",
+        ])
+        .arg(target_dir.join("fuzz"))
+        .arg(t)
+        .arg(work)
+        .arg(root.join("fuzz/corpus").join(t))
+        .arg("--")
+        .arg(format!("-runs={executions}"))
+        .arg(format!("-rss_limit_mb={RSS_LIMIT_MB}"))
+        .arg(format!("-malloc_limit_mb={MALLOC_LIMIT_MB}"))
+        .args(["-max_len=4096", "-timeout=20", "-print_final_stats=1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    // The targets build a sandbox directory per execution: in memory where there is
+    // a shared-memory filesystem, so a million of them do not wait on the disk.
+    if std::fs::metadata("/dev/shm").is_ok_and(|m| m.is_dir()) {
+        cmd.env("TMPDIR", "/dev/shm");
+    }
+    cmd
 }
 
 /// `cargo` through rustup (so `+nightly` works), without the stable toolchain's
