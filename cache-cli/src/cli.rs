@@ -19,12 +19,18 @@ Environment:
 Exit codes: the command's own (128+N if killed by signal N); on a hit, the cached one.
 2 for bad usage; 126/127 when the command cannot be started.";
 
+const KEY_AFTER_HELP: &str = "\
+`key` takes the same flags as `run`, so one command line serves both. Only -i, -o, -e
+and -C change the key; --id (and --cache, where the id's manifest is) change what
+--explain and -v say about it. It never runs the command and never writes to the cache.";
+
 /// taskcache: put any CI step behind a cache of its outputs and logs.
 #[derive(Debug, Parser)]
 #[command(name = "taskcache", version, after_help = AFTER_HELP, propagate_version = true)]
 pub struct Cli {
-    /// Print one line per cache decision (hit/miss, key, backend, time saved); -vv for debug logs.
-    #[arg(short, long, action = ArgAction::Count, global = true)]
+    /// Say more on stderr (also accepted after the subcommand, whose --help says what
+    /// -v and -vv show there).
+    #[arg(short, long, action = ArgAction::Count)]
     pub verbose: u8,
 
     /// What to do.
@@ -37,19 +43,46 @@ pub struct Cli {
 pub enum Command {
     /// Run COMMAND through the cache: on a hit restore its outputs and replay its logs
     /// and exit code without running it; on a miss run it and store the result.
-    #[command(after_help = AFTER_HELP)]
-    Run(TaskArgs),
-    /// Print the task digest (the cache key) and nothing else.
-    Key(TaskArgs),
+    #[command(
+        after_help = AFTER_HELP,
+        override_usage = "taskcache run [OPTIONS] -- <COMMAND>..."
+    )]
+    Run(RunArgs),
+    /// Print the task digest (the cache key); with --explain, everything that went into it.
+    #[command(
+        after_help = KEY_AFTER_HELP,
+        override_usage = "taskcache key [OPTIONS] [--explain] -- <COMMAND>..."
+    )]
+    Key(KeyArgs),
     /// Show entries, blobs, bytes, hits and misses of the local cache.
+    #[command(override_usage = "taskcache stats [OPTIONS] [--json]")]
     Stats(StatsArgs),
     /// Evict least recently used entries until the local cache is under --max-size.
+    // The usage is spelled out: clap's own lists an option set from the environment
+    // (TASKCACHE_CACHE) as if it were required.
+    #[command(override_usage = "taskcache gc [OPTIONS] --max-size <SIZE>")]
     Gc(GcArgs),
     /// Re-hash every stored blob and check every entry; report and remove corrupt ones.
-    Verify(CacheArgs),
+    #[command(override_usage = "taskcache verify [OPTIONS]")]
+    Verify(VerifyArgs),
     /// Make a key pair for signed entries: the signing key (a secret, for trusted
     /// writers such as main-branch CI) and the public key every reader trusts.
     Keygen,
+}
+
+impl Cli {
+    /// How many `-v` were given, before and after the subcommand.
+    pub fn verbosity(&self) -> u8 {
+        let sub = match &self.command {
+            Command::Run(a) => a.verbose,
+            Command::Key(a) => a.verbose,
+            Command::Stats(a) => a.verbose,
+            Command::Gc(a) => a.verbose,
+            Command::Verify(a) => a.verbose,
+            Command::Keygen => 0,
+        };
+        self.verbose.saturating_add(sub)
+    }
 }
 
 /// Where the (local) cache is.
@@ -67,12 +100,59 @@ pub struct CacheArgs {
     pub cache: Option<RawLocation>,
 }
 
+/// `taskcache run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The task.
+    #[command(flatten)]
+    pub task: TaskArgs,
+    /// -v: one line on stderr saying whether it was a hit (and the time saved) or a miss
+    /// (and whether the result was stored), plus which inputs changed since the last
+    /// entry stored under --id; -vv: also everything that went into the key (input
+    /// digests, variable names, arguments) and debug logs.
+    #[arg(short, long, action = ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// `taskcache key`.
+#[derive(Debug, Args)]
+pub struct KeyArgs {
+    /// The task.
+    #[command(flatten)]
+    pub task: TaskArgs,
+    /// Print everything that went into the key instead of the key alone: every input
+    /// file with its digest, the names (never the values) of the declared variables,
+    /// the arguments, outputs and salt, then the key; with --id, also what changed
+    /// since the last entry stored under that id.
+    #[arg(long)]
+    pub explain: bool,
+    /// -v: on stderr, which inputs changed since the last entry stored under --id;
+    /// -vv: also debug logs (and everything that went into the key).
+    #[arg(short, long, action = ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// `taskcache verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The cache.
+    #[command(flatten)]
+    pub cache: CacheArgs,
+    /// -v: notes of the local cache on stderr (stale temporary files of crashed writers
+    /// it removed); -vv: debug logs.
+    #[arg(short, long, action = ArgAction::Count)]
+    pub verbose: u8,
+}
+
 /// `taskcache stats`.
 #[derive(Debug, Args)]
 pub struct StatsArgs {
     /// The cache.
     #[command(flatten)]
     pub cache: CacheArgs,
+    /// -vv: debug logs on stderr (-v adds nothing here: the statistics are the output).
+    #[arg(short, long, action = ArgAction::Count)]
+    pub verbose: u8,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -84,6 +164,10 @@ pub struct GcArgs {
     /// The cache.
     #[command(flatten)]
     pub cache: CacheArgs,
+    /// -v: notes of the local cache on stderr (what GC removed, stale temporary files of
+    /// crashed writers); -vv: debug logs.
+    #[arg(short, long, action = ArgAction::Count)]
+    pub verbose: u8,
     /// Target size, e.g. 10GiB, 500MB, or a number of bytes.
     #[arg(long, value_name = "SIZE", value_parser = crate::size::parse_size)]
     pub max_size: u64,
@@ -126,6 +210,12 @@ pub struct TaskArgs {
     #[arg(short = 'o', long = "output", value_name = "PATH", value_parser = parse_output)]
     pub outputs: Vec<RelPath>,
 
+    /// Cache symlink outputs whose target is an absolute path (a Python .venv), as link
+    /// text, never followed. Without it such a link is an error; with it the task has
+    /// keys of its own.
+    #[arg(long)]
+    pub allow_absolute_symlinks: bool,
+
     /// Environment variable whose value joins the key (repeatable); other variables do not.
     #[arg(short = 'e', long = "env", value_name = "NAME", value_parser = parse_env_name)]
     pub env: Vec<String>,
@@ -162,6 +252,7 @@ pub struct TaskArgs {
         long,
         value_name = "DURATION",
         env = "TASKCACHE_CACHE_TIMEOUT",
+        hide_env_values = true,
         default_value = "10s",
         value_parser = parse_duration
     )]
@@ -172,7 +263,8 @@ pub struct TaskArgs {
     #[arg(short = 'C', long, value_name = "DIR")]
     pub workspace: Option<PathBuf>,
 
-    /// Task name for logs [default: the command line].
+    /// Task name for logs [default: the command line]. With --id, a stored run also
+    /// keeps a small manifest of its key's inputs, so a later miss can say what changed.
     #[arg(long, value_name = "NAME")]
     pub id: Option<String>,
 
@@ -259,8 +351,8 @@ mod tests {
             "4",
         ])
         .unwrap();
-        assert_eq!(cli.verbose, 1);
-        let Command::Run(t) = cli.command else {
+        assert_eq!(cli.verbosity(), 1);
+        let Command::Run(RunArgs { task: t, .. }) = cli.command else {
             panic!("not run")
         };
         assert_eq!(t.inputs, ["src/**/*.rs", "Cargo.lock"]);
@@ -285,7 +377,7 @@ mod tests {
     #[test]
     fn flags_after_dashdash_belong_to_the_command() {
         let cli = parse(&["key", "--", "ls", "-o", "--policy"]).unwrap();
-        let Command::Key(t) = cli.command else {
+        let Command::Key(KeyArgs { task: t, .. }) = cli.command else {
             panic!("not key")
         };
         assert_eq!(t.command, ["ls", "-o", "--policy"]);

@@ -13,6 +13,7 @@
 //!   inside the workspace walked under the link's path); a FIFO, socket or device by its
 //!   kind only, never opened (the rule is in `cache_core`'s `key` module docs);
 //! * each `-o PATH`: the output's normalized name (its content is what is cached);
+//! * `--allow-absolute-symlinks`, when given (such a task has keys of its own);
 //! * a salt: [`KEY_FORMAT`] plus the operating system and CPU architecture, so that a
 //!   shared remote never hands a Linux binary to a macOS job, and so that a future
 //!   change of what the CLI puts in the key changes every key at once.
@@ -49,6 +50,8 @@ pub struct TaskSpec {
     pub inputs: Vec<String>,
     /// Declared outputs.
     pub outputs: Vec<RelPath>,
+    /// Symlink outputs may have absolute targets (`--allow-absolute-symlinks`).
+    pub absolute_symlinks: bool,
 }
 
 impl TaskSpec {
@@ -72,6 +75,7 @@ impl TaskSpec {
                 kind: OutputType::Cas,
             })
             .collect();
+        task.allow_absolute_symlinks = self.absolute_symlinks;
         task
     }
 }
@@ -150,6 +154,7 @@ mod tests {
             env: vec!["CC".into()],
             inputs: vec!["*.c".into()],
             outputs: vec![RelPath::parse("a.out").unwrap()],
+            absolute_symlinks: false,
         }
     }
 
@@ -207,6 +212,7 @@ mod tests {
             env: Vec::new(),
             inputs: inputs.iter().map(|s| (*s).to_owned()).collect(),
             outputs: outputs.iter().map(|o| RelPath::parse(o).unwrap()).collect(),
+            absolute_symlinks: false,
         };
         let check = |s: &TaskSpec| {
             let (_, inputs) = task_key(s, dir.path(), |_| None).unwrap();

@@ -1,8 +1,9 @@
 //! Diagnostics on stderr through `tracing`.
 //!
 //! Quiet by default: warnings and errors only. `-v` adds taskcache's own decision lines
-//! (info level), `-vv` debug logs from every crate. `TASKCACHE_LOG` takes a full
-//! `tracing` filter (e.g. `debug`, `cache_core=trace`) and overrides both.
+//! (info level; for `stats`, `gc` and `verify`, the local cache's notes), `-vv` debug
+//! logs from every crate, which include everything that went into a key. `TASKCACHE_LOG`
+//! takes a full `tracing` filter (e.g. `debug`, `cache_core=trace`) and overrides both.
 //!
 //! Lines read `taskcache: warning: ...`, `taskcache: hit ...`: no timestamps or colours,
 //! since CI logs add their own.
@@ -20,8 +21,9 @@ use tracing_subscriber::util::SubscriberInitExt;
 /// The environment variable holding a `tracing` filter.
 pub const LOG_VAR: &str = "TASKCACHE_LOG";
 
-/// Installs the stderr subscriber for verbosity `verbose` (the count of `-v`).
-pub fn init(verbose: u8) {
+/// Installs the stderr subscriber for verbosity `verbose` (the count of `-v`); `admin`:
+/// for a housekeeping command, whose `-v` shows the local cache's notes.
+pub fn init(verbose: u8, admin: bool) {
     let base = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(false)
@@ -39,13 +41,17 @@ pub fn init(verbose: u8) {
     // `try_init` fails only if a subscriber is already installed: nothing to do then.
     let _ = match filter {
         Some(f) => base.with(f).try_init(),
-        None => base.with(default_targets(verbose)).try_init(),
+        None => base.with(default_targets(verbose, admin)).try_init(),
     };
 }
 
-fn default_targets(verbose: u8) -> Targets {
+fn default_targets(verbose: u8, admin: bool) -> Targets {
     match verbose {
         0 => Targets::new().with_default(LevelFilter::WARN),
+        1 if admin => Targets::new()
+            .with_default(LevelFilter::WARN)
+            .with_target("taskcache", LevelFilter::INFO)
+            .with_target("cache_local", LevelFilter::INFO),
         1 => Targets::new()
             .with_default(LevelFilter::WARN)
             .with_target("taskcache", LevelFilter::INFO),

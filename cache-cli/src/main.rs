@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! taskcache run [OPTIONS] -- COMMAND [ARGS...]
-//! taskcache key [OPTIONS] -- COMMAND [ARGS...]
+//! taskcache key [OPTIONS] [--explain] -- COMMAND [ARGS...]
 //! taskcache stats [--json] | gc --max-size SIZE | verify
 //! ```
 //!
@@ -20,17 +20,21 @@
 //!
 //! * [`cli`]: the flags (clap). [`location`]: `--cache`/`--remote` values and
 //!   credentials. [`size`]: `10GiB`-style sizes.
-//! * [`key`]: what joins the digest. [`runner`]: running the command and teeing its
-//!   output. [`outputs`]: declared outputs to cache entries.
+//! * [`key`]: what joins the digest. [`explain`]: what went into it, and what changed
+//!   since the last entry stored under a task id. [`runner`]: running the command and teeing its
+//!   output; [`progress`]: the spinner on a terminal. Declared outputs are collected by
+//!   `cache_core::collect_outputs`.
 //! * [`run`]: the hit/miss loop and its error policy. [`backend`]: opening the local
 //!   cache and a tiered remote. [`admin`]: stats, gc, verify.
 
 mod admin;
 mod backend;
 mod cli;
+mod explain;
 mod key;
 mod location;
 mod logging;
+mod progress;
 mod run;
 mod runner;
 mod size;
@@ -86,13 +90,17 @@ fn main() -> ExitCode {
             e.exit()
         }
     };
-    logging::init(cli.verbose);
+    let admin = matches!(
+        cli.command,
+        cli::Command::Stats(_) | cli::Command::Gc(_) | cli::Command::Verify(_)
+    );
+    logging::init(cli.verbosity(), admin);
     let result = match &cli.command {
-        cli::Command::Run(args) => run::run(args),
-        cli::Command::Key(args) => run::key(args),
+        cli::Command::Run(args) => run::run(&args.task),
+        cli::Command::Key(args) => run::key(&args.task, args.explain),
         cli::Command::Stats(args) => admin::stats(args),
         cli::Command::Gc(args) => admin::gc(args),
-        cli::Command::Verify(args) => admin::verify(args),
+        cli::Command::Verify(args) => admin::verify(&args.cache),
         cli::Command::Keygen => admin::keygen(),
     };
     match result {

@@ -37,18 +37,20 @@
 //! The command runs in the workspace (see [`crate::runner`]). The result is stored
 //! when the policy allows writes, the exit code is 0 (or `--cache-failures`), the
 //! command was not killed by a signal, both logs fit the capture cap, and every
-//! declared output exists (see [`crate::outputs`]).
+//! declared output exists (see [`cache_core::collect_outputs`]).
 
 use crate::Failure;
 use crate::backend::{self, Opened, Role};
 use crate::cli::TaskArgs;
+use crate::explain::Why;
 use crate::key::{TaskSpec, input_inside_output, task_key};
 use crate::location::{Location, RawLocation};
-use crate::size::format_size;
+use crate::size::{format_duration, format_size};
 use cache_core::{
-    CacheBackend, CacheEntry, CachePolicy, Task, effective_policy, policy_allows_read,
+    CacheBackend, CacheEntry, CachePolicy, InputFile, Task, effective_policy, policy_allows_read,
     policy_allows_write,
 };
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::io::Write;
 use std::path::PathBuf;
@@ -60,6 +62,8 @@ struct Prepared {
     workspace: PathBuf,
     spec: TaskSpec,
     key: String,
+    /// The input files that joined the key.
+    inputs: BTreeMap<String, InputFile>,
     id: String,
     cache: Option<Location>,
     remote: Option<Location>,
@@ -102,6 +106,7 @@ fn prepare(args: &TaskArgs) -> Result<Prepared, Failure> {
         env: args.env.clone(),
         inputs: args.inputs.clone(),
         outputs: args.outputs.clone(),
+        absolute_symlinks: args.allow_absolute_symlinks,
     };
     let (key, inputs) = task_key(&spec, &workspace, |n| std::env::var_os(n))
         .map_err(|e| Failure::Usage(format!("cannot compute the task key: {e}")))?;
@@ -120,6 +125,7 @@ fn prepare(args: &TaskArgs) -> Result<Prepared, Failure> {
         workspace,
         spec,
         key,
+        inputs,
         id,
         cache,
         remote,
@@ -129,11 +135,30 @@ fn prepare(args: &TaskArgs) -> Result<Prepared, Failure> {
     })
 }
 
-/// `taskcache key`: prints the digest and nothing else.
-pub fn key(args: &TaskArgs) -> Result<u8, Failure> {
+/// Explains the key of `p` (see [`crate::explain`]); the manifests of `--id` are in
+/// the local cache: `cache_dir` if given, else the default one.
+fn why<'a>(p: &'a Prepared, args: &TaskArgs, cache_dir: Option<PathBuf>) -> Why<'a> {
+    let dir = cache_dir.or_else(|| backend::cache_dir(None).ok());
+    Why::new(&p.spec, &p.key, &p.inputs, args.id.as_deref(), dir)
+}
+
+/// `taskcache key`: prints the digest and nothing else; with `explain`, everything that
+/// went into it first.
+pub fn key(args: &TaskArgs, explain: bool) -> Result<u8, Failure> {
     let p = prepare(args)?;
+    let cache_dir = p
+        .cache
+        .clone()
+        .and_then(|loc| backend::require_local(loc, Role::Cache).ok());
+    let why = why(&p, args, cache_dir);
+    let text = if explain {
+        why.report()
+    } else {
+        why.log_changes();
+        format!("{}\n", p.key)
+    };
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{}", p.key)
+    out.write_all(text.as_bytes())
         .and_then(|()| out.flush())
         .map_err(|e| Failure::Fatal(format!("cannot write the key: {e}")))?;
     Ok(0)
@@ -199,6 +224,7 @@ impl Drop for Runtime {
 struct Replay {
     stdout: Option<Vec<u8>>,
     stderr: Option<Vec<u8>>,
+    order: cache_core::storage::LogOrder,
     exit_code: i32,
     cached: Duration,
 }
@@ -234,17 +260,10 @@ async fn look_up(
     Ok(Lookup::Hit(Replay {
         stdout,
         stderr,
+        order: hit.log_order().to_vec(),
         exit_code,
         cached: Duration::from_millis(hit.duration_ms()),
     }))
-}
-
-fn write_all_ignoring_broken_pipe(mut w: impl Write, bytes: &[u8], what: &str) {
-    if let Err(e) = w.write_all(bytes).and_then(|()| w.flush()) {
-        if e.kind() != std::io::ErrorKind::BrokenPipe {
-            tracing::warn!("could not replay the cached {what}: {e}");
-        }
-    }
 }
 
 fn exit_byte(code: i32) -> u8 {
@@ -304,7 +323,8 @@ fn open_session(
 }
 
 /// Looks the task up and, on a hit, restores and replays it; returns the exit code
-/// then. `None`: run the command (a miss, or a cache error, which is logged here).
+/// then. `Err`: run the command (a miss, or a cache error, which is logged here); it
+/// says which (a word and a note), for the `-v` line after the run.
 fn try_hit(
     p: &Prepared,
     task: &Task,
@@ -312,20 +332,23 @@ fn try_hit(
     s: &Session,
     accept_failures: bool,
     started: Instant,
-) -> Option<u8> {
+) -> Result<u8, (&'static str, String)> {
     let (id, key, describe) = (&p.id, &p.key, &s.opened.describe);
     if !policy_allows_read(policy) {
-        tracing::info!("skip lookup {id}: key {key}, backend {describe}, policy {policy}");
-        return None;
+        tracing::debug!("skip lookup {id}: key {key}, backend {describe}, policy {policy}");
+        return Err(("no lookup", format!(" (policy {policy})")));
     }
-    let looked = s.rt.block_on(look_up(
-        s.opened.backend.as_ref(),
-        task,
-        key,
-        policy,
-        &p.workspace,
-        accept_failures,
-        p.max_log,
+    let looked = s.rt.block_on(crate::progress::shown(
+        "looking up and restoring from the cache",
+        look_up(
+            s.opened.backend.as_ref(),
+            task,
+            key,
+            policy,
+            &p.workspace,
+            accept_failures,
+            p.max_log,
+        ),
     ));
     // What this run was, for `taskcache stats`: a hit if it is replayed, else a miss.
     if let Some(local) = &s.opened.local {
@@ -338,46 +361,50 @@ fn try_hit(
     }
     match looked {
         Ok(Lookup::Hit(replay)) => {
-            write_all_ignoring_broken_pipe(
-                std::io::stdout().lock(),
+            crate::runner::replay(
                 replay.stdout.as_deref().unwrap_or_default(),
-                "stdout",
-            );
-            write_all_ignoring_broken_pipe(
-                std::io::stderr().lock(),
                 replay.stderr.as_deref().unwrap_or_default(),
-                "stderr",
+                &replay.order,
             );
             let from = match &s.opened.tiered {
                 Some(t) if t.shared_hits.load(Ordering::Relaxed) > 0 => " (remote tier)",
                 _ => "",
             };
             let took = started.elapsed();
+            // Saved: the stored run's duration (the hit's own time is at debug level).
             tracing::info!(
-                "hit {id}: key {key}, backend {describe}{from}, exit {}, saved {} (the run took {}, the hit {})",
+                "hit {key}, saved {} ({id}, from {describe}{from})",
+                format_duration(replay.cached)
+            );
+            tracing::debug!(
+                "hit {id}: exit {}, the run took {}, the hit {}",
                 replay.exit_code,
-                seconds(replay.cached.saturating_sub(took)),
                 seconds(replay.cached),
                 seconds(took),
             );
-            return Some(exit_byte(replay.exit_code));
+            return Ok(exit_byte(replay.exit_code));
         }
         Ok(Lookup::Miss) => {
-            tracing::info!("miss {id}: key {key}, backend {describe}, policy {policy}");
+            tracing::debug!("miss {id}: key {key}, backend {describe}, policy {policy}");
+            return Err(("miss", String::new()));
         }
-        Ok(Lookup::CachedFailure(code)) => tracing::info!(
-            "miss {id}: key {key}, backend {describe}: the cached run failed (exit {code}) \
-             and --cache-failures is not set, running it"
-        ),
+        Ok(Lookup::CachedFailure(code)) => {
+            return Err((
+                "miss",
+                format!(" (the cached run failed with exit {code}; --cache-failures is not set)"),
+            ));
+        }
         Err(e) if e.is_cache_fault() => {
             tracing::warn!("cache trouble, running {id} uncached: {e}");
         }
         Err(e) => tracing::warn!("cache lookup for {id} failed, running the command instead: {e}"),
     }
-    None
+    Err(("lookup failed", " (see the warning)".into()))
 }
 
 /// Stores a finished run if the policy and the outcome allow it (see the module docs).
+/// Says what it did (`Ok`) or why it stored nothing (`Err`), for the `-v` line; what a
+/// user must see anyway is a warning here.
 fn store_result(
     p: &Prepared,
     task: &Task,
@@ -385,29 +412,28 @@ fn store_result(
     s: &Session,
     args: &TaskArgs,
     finished: crate::runner::Finished,
-) {
+) -> Result<String, String> {
     let id = &p.id;
     let code = finished.exit_code;
     if !policy_allows_write(policy) {
-        tracing::info!("not storing {id}: policy {policy}");
-        return;
+        return Err(format!("policy {policy}"));
     }
     if let Some(sig) = finished.forwarded {
         tracing::warn!("not storing {id}: cancelled by signal {sig} (passed on to the command)");
-        return;
+        return Err(format!("cancelled by signal {sig}"));
     }
     if let Some(sig) = finished.signal {
-        tracing::info!("not storing {id}: killed by signal {sig}");
-        return;
+        return Err(format!("killed by signal {sig}"));
     }
     if code != 0 && !args.cache_failures {
-        tracing::info!("not storing {id}: exit {code} (pass --cache-failures to cache failures)");
-        return;
+        return Err(format!(
+            "exit {code} (pass --cache-failures to cache failures)"
+        ));
     }
     for (name, c) in [("stdout", &finished.stdout), ("stderr", &finished.stderr)] {
         if c.failed {
             tracing::warn!("not caching {id}: its {name} could not be captured whole");
-            return;
+            return Err(format!("its {name} could not be captured whole"));
         }
         if c.overflowed {
             tracing::warn!(
@@ -415,14 +441,18 @@ fn store_result(
                 format_size(c.total),
                 format_size(args.max_log_size)
             );
-            return;
+            return Err(format!("its {name} is over the capture limit"));
         }
     }
-    let outputs = match cache_core::collect_outputs(&p.workspace, &p.spec.outputs) {
+    let outputs = match cache_core::collect_outputs_with(
+        &p.workspace,
+        &p.spec.outputs,
+        p.spec.absolute_symlinks,
+    ) {
         Ok(o) => o,
         Err(msg) => {
             tracing::warn!("not caching {id}: {msg}");
-            return;
+            return Err("an output could not be cached (see the warning)".into());
         }
     };
     let n_outputs = outputs.len();
@@ -432,20 +462,22 @@ fn store_result(
         exit_code: code,
         duration_ms: u64::try_from(finished.duration.as_millis()).unwrap_or(u64::MAX),
         outputs,
+        log_order: finished.log_order,
     };
     let stored_at = Instant::now();
-    match s
-        .rt
-        .block_on(s.opened.backend.store(task, &p.key, &entry, policy))
-    {
-        Ok(()) => tracing::info!(
-            "stored {id}: key {}, backend {}, {n_outputs} output(s), exit {code}, ran {}, stored in {}",
-            p.key,
+    match s.rt.block_on(crate::progress::shown(
+        &format!("storing {n_outputs} output(s) in the cache"),
+        s.opened.backend.store(task, &p.key, &entry, policy),
+    )) {
+        Ok(()) => Ok(format!(
+            "stored {n_outputs} output(s) and exit {code} in {} ({id}, in {})",
+            format_duration(stored_at.elapsed()),
             s.opened.describe,
-            seconds(finished.duration),
-            seconds(stored_at.elapsed()),
-        ),
-        Err(e) => tracing::warn!("could not store the result of {id} in the cache: {e}"),
+        )),
+        Err(e) => {
+            tracing::warn!("could not store the result of {id} in the cache: {e}");
+            Err("the cache refused it (see the warning)".into())
+        }
     }
 }
 
@@ -466,13 +498,17 @@ pub fn run(args: &TaskArgs) -> Result<u8, Failure> {
         .transpose()?;
     let task = task_of(&p, CachePolicy::Normal);
     let policy = effective_policy(&task, Some(args.policy));
-    let session = open_session(&p, policy, cache_dir, remote_dir.as_ref())?;
+    let session = open_session(&p, policy, cache_dir.clone(), remote_dir.as_ref())?;
+    let why = why(&p, args, cache_dir);
 
+    let mut looked = ("uncached", String::new());
     if let Some(s) = &session {
-        if let Some(code) = try_hit(&p, &task, policy, s, args.cache_failures, started) {
-            return Ok(code);
+        match try_hit(&p, &task, policy, s, args.cache_failures, started) {
+            Ok(code) => return Ok(code),
+            Err(what) => looked = what,
         }
     }
+    why.log_changes();
     let finished = match crate::runner::run(&args.command, &p.workspace, args.max_log_size) {
         Ok(f) => f,
         Err(e) => {
@@ -482,7 +518,19 @@ pub fn run(args: &TaskArgs) -> Result<u8, Failure> {
     };
     let code = exit_byte(finished.exit_code);
     if let Some(s) = &session {
-        store_result(&p, &task, policy, s, args, finished);
+        let (what, note) = looked;
+        let ran = format!(
+            "{what} {}{note}, ran {}",
+            p.key,
+            format_duration(finished.duration)
+        );
+        match store_result(&p, &task, policy, s, args, finished) {
+            Ok(stored) => {
+                tracing::info!("{ran}, {stored}");
+                why.save();
+            }
+            Err(why_not) => tracing::info!("{ran}, not stored: {why_not}"),
+        }
     }
     Ok(code)
 }
@@ -515,12 +563,15 @@ mod tests {
             env: Vec::new(),
             inputs: Vec::new(),
             outputs: vec![RelPath::parse("out.txt").unwrap()],
+            absolute_symlinks: false,
         };
-        let key = task_key(&spec, &workspace, |_| None).unwrap().0.to_string();
+        let (key, inputs) = task_key(&spec, &workspace, |_| None).unwrap();
+        let key = key.to_string();
         let p = Prepared {
             workspace,
             spec,
             key,
+            inputs,
             id: "make".into(),
             cache: None,
             remote: None,
@@ -576,6 +627,7 @@ mod tests {
             false,
             Instant::now(),
         )
+        .ok()
     }
 
     #[test]
@@ -690,7 +742,8 @@ mod tests {
                 &session,
                 true,
                 Instant::now()
-            ),
+            )
+            .ok(),
             Some(4)
         );
     }

@@ -2,15 +2,20 @@
 //! streamed live to ours and captured for the cache, within a bound.
 //!
 //! Each stream is copied by its own thread in chunks, flushed as they come (so
-//! progress output without newlines still shows). Capture stops at the cap: the
+//! progress output without newlines still shows). The two threads write under one lock
+//! and note each chunk's stream and length as they write it: the log order a hit
+//! replays, so stdout and stderr interleave as they did on this run's terminal. Capture stops at the cap: the
 //! stream keeps flowing to the terminal, the captured bytes are dropped, and the run
 //! is marked as not cacheable, because an entry with a truncated log would replay
 //! something the command did not print.
 
+use cache_core::LogStream;
+use cache_core::storage::{LogChunk, LogOrder, MAX_LOG_CHUNKS};
 use std::ffi::OsString;
 use std::io::{self, Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// What one output stream produced.
@@ -49,6 +54,9 @@ pub struct Finished {
     pub stderr: Captured,
     /// Wall time from spawn to exit.
     pub duration: Duration,
+    /// The order stdout and stderr chunks were written in (empty if there were more
+    /// than [`MAX_LOG_CHUNKS`] alternations: a hit then replays stdout, then stderr).
+    pub log_order: LogOrder,
     /// A signal taskcache received (SIGINT, SIGTERM, SIGHUP, SIGQUIT) and forwarded to
     /// the command: the run was cancelled, so nothing is stored and taskcache exits
     /// 128 + that signal, whatever the command did with it.
@@ -71,6 +79,7 @@ pub fn run(command: &[OsString], cwd: &Path, cap: u64) -> Result<Finished, Spawn
         message: "no command given after `--`".into(),
     })?;
     let started = Instant::now();
+    let caught = Caught::catch();
     let mut child = Command::new(program)
         .args(args)
         .current_dir(cwd)
@@ -95,12 +104,14 @@ pub fn run(command: &[OsString], cwd: &Path, cap: u64) -> Result<Finished, Spawn
                 },
             }
         })?;
-    let relay = Forwarder::start(child.id());
+    let relay = Forwarder::start(caught, child.id());
     let out = child.stdout.take().expect("stdout is piped");
     let err = child.stderr.take().expect("stderr is piped");
+    let order = Mutex::new(Order::default());
     let (stdout, stderr) = std::thread::scope(|s| {
-        let o = s.spawn(move || tee(out, io::stdout(), cap));
-        let e = s.spawn(move || tee(err, io::stderr(), cap));
+        let order = &order;
+        let o = s.spawn(move || tee(out, io::stdout(), cap, order, LogStream::Stdout));
+        let e = s.spawn(move || tee(err, io::stderr(), cap, order, LogStream::Stderr));
         // A capture thread that died lost bytes: never stored as if the log were empty.
         let joined = |h: std::thread::ScopedJoinHandle<'_, Captured>, name: &str| {
             h.join().unwrap_or_else(|_| {
@@ -123,8 +134,79 @@ pub fn run(command: &[OsString], cwd: &Path, cap: u64) -> Result<Finished, Spawn
         stdout,
         stderr,
         duration,
+        log_order: order
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner)
+            .finish(),
         forwarded,
     })
+}
+
+/// The chunks both streams wrote, in order (adjacent chunks of one stream merged).
+#[derive(Debug, Default)]
+pub struct Order {
+    chunks: LogOrder,
+    lost: bool,
+}
+
+impl Order {
+    fn push(&mut self, stream: LogStream, n: usize) {
+        if self.lost {
+            return;
+        }
+        if let Some(last) = self.chunks.last_mut().filter(|l| l.stream == stream) {
+            last.len += n as u64;
+        } else if self.chunks.len() == MAX_LOG_CHUNKS {
+            // Too chatty to keep: replayed one stream after the other instead.
+            self.lost = true;
+            self.chunks = Vec::new();
+        } else {
+            self.chunks.push(LogChunk {
+                stream,
+                len: n as u64,
+            });
+        }
+    }
+
+    fn finish(self) -> LogOrder {
+        if self.lost { Vec::new() } else { self.chunks }
+    }
+}
+
+/// Writes cached logs as the task wrote them: chunk by chunk in `order`, or stdout
+/// then stderr when no order was recorded. A closed stdout or stderr (`| head`) is not
+/// an error; anything else is a warning.
+pub fn replay(stdout: &[u8], stderr: &[u8], order: &[LogChunk]) {
+    let mut pos = [0usize; 2];
+    let mut out = io::stdout().lock();
+    let mut err = io::stderr().lock();
+    let mut failed = [false; 2];
+    let mut write = |i: usize, bytes: &[u8]| {
+        if failed[i] {
+            return;
+        }
+        let w: &mut dyn Write = if i == 0 { &mut out } else { &mut err };
+        if let Err(e) = w.write_all(bytes).and_then(|()| w.flush()) {
+            failed[i] = true;
+            if e.kind() != io::ErrorKind::BrokenPipe {
+                let what = ["stdout", "stderr"][i];
+                tracing::warn!("could not replay the cached {what}: {e}");
+            }
+        }
+    };
+    let logs = [stdout, stderr];
+    for c in order {
+        let i = usize::from(c.stream == LogStream::Stderr);
+        let end = pos[i]
+            .saturating_add(usize::try_from(c.len).unwrap_or(usize::MAX))
+            .min(logs[i].len());
+        write(i, &logs[i][pos[i]..end]);
+        pos[i] = end;
+    }
+    // Whatever the order did not cover (none, for a valid record).
+    for i in 0..2 {
+        write(i, &logs[i][pos[i]..]);
+    }
 }
 
 /// While the command runs, the signals a CI runner sends on cancel or timeout
@@ -136,14 +218,27 @@ struct Forwarder {
     thread: Option<std::thread::JoinHandle<Option<i32>>>,
 }
 
+/// The signals caught, from before the command starts (so one that comes the moment
+/// it starts is queued, not taskcache's death) until it is forwarded.
+#[cfg(unix)]
+struct Caught(Option<signal_hook::iterator::Signals>);
+
+#[cfg(unix)]
+impl Caught {
+    fn catch() -> Self {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
+        let signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT]);
+        if signals.is_err() {
+            tracing::warn!("cannot catch signals; a cancelled run may leave its command running");
+        }
+        Caught(signals.ok())
+    }
+}
+
 #[cfg(unix)]
 impl Forwarder {
-    fn start(pid: u32) -> Self {
-        use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
-        let Ok(mut signals) =
-            signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT])
-        else {
-            tracing::warn!("cannot catch signals; a cancelled run may leave its command running");
+    fn start(caught: Caught, pid: u32) -> Self {
+        let Some(mut signals) = caught.0 else {
             return Forwarder {
                 handle: None,
                 thread: None,
@@ -183,8 +278,18 @@ impl Forwarder {
 struct Forwarder;
 
 #[cfg(not(unix))]
+struct Caught;
+
+#[cfg(not(unix))]
+impl Caught {
+    fn catch() -> Self {
+        Caught
+    }
+}
+
+#[cfg(not(unix))]
 impl Forwarder {
-    fn start(_pid: u32) -> Self {
+    fn start(_caught: Caught, _pid: u32) -> Self {
         Forwarder
     }
     fn finish(self) -> Option<i32> {
@@ -208,9 +313,16 @@ fn exit_code_of(status: std::process::ExitStatus) -> (i32, Option<i32>) {
 }
 
 /// Copies `reader` to `writer` chunk by chunk (flushing each), capturing up to `cap`
-/// bytes. If `writer` fails (e.g. the terminal went away) the stream is still drained
-/// and captured, so the command never blocks on a full pipe.
-pub fn tee(mut reader: impl Read, mut writer: impl Write, cap: u64) -> Captured {
+/// bytes and noting each chunk in `order` as `stream` under the same lock as the write.
+/// If `writer` fails (e.g. the terminal went away) the stream is still drained and
+/// captured, so the command never blocks on a full pipe.
+pub fn tee(
+    mut reader: impl Read,
+    mut writer: impl Write,
+    cap: u64,
+    order: &Mutex<Order>,
+    stream: LogStream,
+) -> Captured {
     let mut captured = Captured::default();
     let mut buf = vec![0u8; 64 * 1024];
     let mut writer_ok = true;
@@ -227,13 +339,17 @@ pub fn tee(mut reader: impl Read, mut writer: impl Write, cap: u64) -> Captured 
             }
         };
         let chunk = &buf[..n];
-        if writer_ok
-            && writer
-                .write_all(chunk)
-                .and_then(|()| writer.flush())
-                .is_err()
         {
-            writer_ok = false;
+            let mut order = order.lock().unwrap_or_else(PoisonError::into_inner);
+            if writer_ok
+                && writer
+                    .write_all(chunk)
+                    .and_then(|()| writer.flush())
+                    .is_err()
+            {
+                writer_ok = false;
+            }
+            order.push(stream, n);
         }
         captured.total += n as u64;
         if !captured.overflowed {
@@ -266,7 +382,13 @@ mod tests {
                 }
             }
         }
-        let c = tee(Breaks(0), std::io::sink(), 1 << 20);
+        let c = tee(
+            Breaks(0),
+            std::io::sink(),
+            1 << 20,
+            &Order::default().into(),
+            LogStream::Stdout,
+        );
         assert!(c.failed, "{c:?}");
         assert!(c.bytes.is_empty());
     }
@@ -274,7 +396,13 @@ mod tests {
     #[test]
     fn tee_copies_and_captures() {
         let mut out = Vec::new();
-        let c = tee(&b"hello\nworld"[..], &mut out, 100);
+        let c = tee(
+            &b"hello\nworld"[..],
+            &mut out,
+            100,
+            &Order::default().into(),
+            LogStream::Stdout,
+        );
         assert_eq!(out, b"hello\nworld");
         assert_eq!(c.bytes, b"hello\nworld");
         assert!(!c.overflowed);
@@ -285,12 +413,24 @@ mod tests {
     fn tee_stops_capturing_at_the_cap_but_keeps_streaming() {
         let data = vec![7u8; 200_000];
         let mut out = Vec::new();
-        let c = tee(&data[..], &mut out, 100_000);
+        let c = tee(
+            &data[..],
+            &mut out,
+            100_000,
+            &Order::default().into(),
+            LogStream::Stdout,
+        );
         assert_eq!(out, data);
         assert!(c.overflowed);
         assert!(c.bytes.is_empty());
         assert_eq!(c.total, 200_000);
-        let exact = tee(&data[..100_000], io::sink(), 100_000);
+        let exact = tee(
+            &data[..100_000],
+            io::sink(),
+            100_000,
+            &Order::default().into(),
+            LogStream::Stdout,
+        );
         assert!(!exact.overflowed);
         assert_eq!(exact.bytes.len(), 100_000);
     }
@@ -308,7 +448,13 @@ mod tests {
     #[test]
     fn tee_drains_when_the_writer_breaks() {
         let data = vec![1u8; 300_000];
-        let c = tee(&data[..], Broken, u64::MAX);
+        let c = tee(
+            &data[..],
+            Broken,
+            u64::MAX,
+            &Order::default().into(),
+            LogStream::Stdout,
+        );
         assert_eq!(c.bytes, data);
     }
 

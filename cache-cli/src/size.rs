@@ -78,6 +78,23 @@ pub fn format_size(bytes: u64) -> String {
     format!("{}.{} {}", scaled / 10, scaled % 10, UNITS[unit])
 }
 
+/// Formats a duration for people: `340ms`, `4.2s`, `1m 13s`, `2h 05m`.
+pub fn format_duration(d: std::time::Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    if ms < 60_000 {
+        // Tenths, truncated: 59.99s stays under a minute.
+        return format!("{}.{}s", ms / 1000, ms % 1000 / 100);
+    }
+    let s = d.as_secs();
+    if s < 3600 {
+        return format!("{}m {}s", s / 60, s % 60);
+    }
+    format!("{}h {:02}m", s / 3600, s % 3600 / 60)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,5 +149,17 @@ mod tests {
         assert_eq!(format_size(1536), "1.5 KiB");
         assert_eq!(format_size(10 << 30), "10.0 GiB");
         assert_eq!(format_size(u64::MAX), "16383.9 PiB");
+    }
+
+    #[test]
+    fn durations_for_people() {
+        use std::time::Duration;
+        assert_eq!(format_duration(Duration::from_millis(0)), "0ms");
+        assert_eq!(format_duration(Duration::from_millis(340)), "340ms");
+        assert_eq!(format_duration(Duration::from_millis(4_250)), "4.2s");
+        assert_eq!(format_duration(Duration::from_millis(59_999)), "59.9s");
+        assert_eq!(format_duration(Duration::from_secs(73)), "1m 13s");
+        assert_eq!(format_duration(Duration::from_secs(3599)), "59m 59s");
+        assert_eq!(format_duration(Duration::from_secs(7500)), "2h 05m");
     }
 }

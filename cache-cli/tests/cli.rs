@@ -531,17 +531,22 @@ fn verbose_prints_one_line_per_decision_on_stderr_only() {
     let f = Fixture::new();
     let miss = f.sh(&["-v", "--id", "build", "-o", "out.txt"], COUNTING);
     assert_eq!(miss.stdout_str(), "done\n");
+    let lines: Vec<&str> = miss.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{miss:?}");
     assert!(
-        miss.stderr.contains("miss build") && miss.stderr.contains("blake3:"),
+        lines[0].starts_with("taskcache: miss blake3:")
+            && lines[0].contains(", stored ")
+            && lines[0].contains("(build, "),
         "{miss:?}"
     );
-    assert!(miss.stderr.contains("stored build"), "{miss:?}");
     let hit = f.sh(&["-v", "--id", "build", "-o", "out.txt"], COUNTING);
     assert_eq!(hit.stdout_str(), "done\n");
     let lines: Vec<&str> = hit.stderr.lines().collect();
     assert_eq!(lines.len(), 1, "{hit:?}");
     assert!(
-        lines[0].contains("hit build") && lines[0].contains("saved"),
+        lines[0].starts_with("taskcache: hit blake3:")
+            && lines[0].contains(", saved ")
+            && lines[0].contains("(build, "),
         "{hit:?}"
     );
     assert!(lines[0].contains(&f.cache.display().to_string()), "{hit:?}");

@@ -164,6 +164,10 @@ pub struct CacheEntry {
     pub duration_ms: u64,
     /// Output artifacts.
     pub outputs: Vec<CacheOutput>,
+    /// The order the task wrote stdout and stderr in, so a hit replays them
+    /// interleaved ([`crate::Hit::log_order`]); empty when not recorded. Its chunks must
+    /// add up to the two logs' lengths.
+    pub log_order: crate::storage::LogOrder,
 }
 
 impl CacheEntry {

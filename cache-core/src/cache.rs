@@ -194,14 +194,26 @@ impl<S: Storage> Cache<S> {
     }
 
     /// Writes the blobs of `entry` and returns the record to publish (not yet published).
-    async fn put_outputs(&self, key: Digest, entry: &CacheEntry) -> BackendResult<ActionRecord> {
-        let planned = plan_outputs(&entry.outputs)?;
+    async fn put_outputs(
+        &self,
+        key: Digest,
+        entry: &CacheEntry,
+        absolute_symlinks: bool,
+    ) -> BackendResult<ActionRecord> {
+        let planned = plan_outputs(&entry.outputs, absolute_symlinks)?;
+        let len = |l: &Option<Vec<u8>>| l.as_ref().map_or(0, |b| b.len() as u64);
+        crate::record::check_log_order(&entry.log_order, len(&entry.stdout), len(&entry.stderr))
+            .map_err(|reason| BackendError::InvalidOutput {
+                path: "(log order)".into(),
+                reason,
+            })?;
         let (stdout, out_src) = log_source(entry.stdout.as_ref());
         let (stderr, err_src) = log_source(entry.stderr.as_ref());
         let mut sources = Vec::new();
         let mut files = Vec::new();
         let mut dirs = Vec::new();
         let mut links = Vec::new();
+        let mut absolute_links = Vec::new();
         for p in planned {
             match p {
                 Planned::File {
@@ -219,6 +231,12 @@ impl<S: Storage> Cache<S> {
                     path: rel.to_string(),
                     target,
                 }),
+                Planned::AbsoluteSymlink(rel, target) => {
+                    absolute_links.push(crate::storage::AbsoluteSymlink {
+                        path: rel.to_string(),
+                        target,
+                    });
+                }
             }
         }
         let n_files = sources.len();
@@ -259,6 +277,8 @@ impl<S: Storage> Cache<S> {
             stdout,
             stderr,
             outputs,
+            log_order: entry.log_order.clone(),
+            absolute_symlinks: absolute_links,
             signature: None,
         })
     }
@@ -273,6 +293,8 @@ struct Declared {
     roots: std::collections::BTreeSet<String>,
     /// Every proper ancestor directory of a declared path.
     parents: std::collections::BTreeSet<String>,
+    /// The task opted in to absolute symlink outputs.
+    absolute_symlinks: bool,
 }
 
 impl Declared {
@@ -291,7 +313,11 @@ impl Declared {
             }
             roots.insert(rel.to_string());
         }
-        Ok(Declared { roots, parents })
+        Ok(Declared {
+            roots,
+            parents,
+            absolute_symlinks: task.allow_absolute_symlinks,
+        })
     }
 
     /// Whether a directory (`is_dir`) or another output at `path` may be written.
@@ -305,20 +331,35 @@ impl Declared {
     }
 
     /// Refuses a record with any output outside the declared ones.
+    /// Refuses a record with absolute symlinks for a task that did not opt in to them.
     fn admits(&self, record: &ActionRecord) -> BackendResult<()> {
+        let refuse = |path: &str| BackendError::UndeclaredOutput {
+            key: record.key,
+            path: crate::error::truncate(path),
+        };
+        if let Some(l) = record.absolute_symlinks.first() {
+            if !self.absolute_symlinks {
+                return Err(refuse(&l.path));
+            }
+        }
         if self.roots.is_empty() {
             return Ok(());
         }
-        for o in &record.outputs {
+        let outputs = record.outputs.iter().map(|o| {
             let is_dir = matches!(o, OutputRecord::Directory { .. });
-            if !self.covers(o.path(), is_dir) {
-                return Err(BackendError::UndeclaredOutput {
-                    key: record.key,
-                    path: crate::error::truncate(o.path()),
-                });
-            }
+            (o.path(), is_dir)
+        });
+        let links = record
+            .absolute_symlinks
+            .iter()
+            .map(|l| (l.path.as_str(), false));
+        match outputs
+            .chain(links)
+            .find(|(p, is_dir)| !self.covers(p, *is_dir))
+        {
+            Some((path, _)) => Err(refuse(path)),
+            None => Ok(()),
         }
-        Ok(())
     }
 }
 
@@ -331,36 +372,56 @@ enum Planned {
     },
     Directory(RelPath),
     Symlink(RelPath, String),
+    AbsoluteSymlink(RelPath, String),
 }
 
-fn plan_outputs(outputs: &[crate::CacheOutput]) -> BackendResult<Vec<Planned>> {
+/// Validates a store's outputs; `absolute_symlinks`: the task opted in to symlinks with
+/// absolute targets (laid out as leaves, their targets checked on their own).
+fn plan_outputs(
+    outputs: &[crate::CacheOutput],
+    absolute_symlinks: bool,
+) -> BackendResult<Vec<Planned>> {
+    let absolute = |t: &str| absolute_symlinks && t.starts_with('/');
     let rels = crate::path::check_layout(outputs.iter().map(|o| {
         let kind = match &o.content {
             OutputContent::Bytes(_) | OutputContent::File { .. } => OutputKind::File,
             OutputContent::Directory => OutputKind::Directory,
+            OutputContent::Symlink { target } if absolute(target) => OutputKind::File,
             OutputContent::Symlink { target } => OutputKind::Symlink(target),
         };
         (o.path.as_str(), kind)
     }))?;
-    Ok(outputs
+    outputs
         .iter()
         .zip(rels)
-        .map(|(out, rel)| match &out.content {
-            // The one copy of in-memory bytes: shared from here on.
-            OutputContent::Bytes(b) => Planned::File {
-                rel,
-                source: BlobSource::Bytes(Arc::from(b.as_slice())),
-                executable: out.is_executable,
-            },
-            OutputContent::File { path, .. } => Planned::File {
-                rel,
-                source: BlobSource::File(path.clone()),
-                executable: out.is_executable,
-            },
-            OutputContent::Directory => Planned::Directory(rel),
-            OutputContent::Symlink { target } => Planned::Symlink(rel, target.clone()),
+        .map(|(out, rel)| {
+            if let OutputContent::Symlink { target } = &out.content {
+                if absolute(target) {
+                    crate::path::check_absolute_symlink_target(&rel, target)?;
+                    return Ok(Planned::AbsoluteSymlink(rel, target.clone()));
+                }
+            }
+            Ok(planned(out, rel))
         })
-        .collect())
+        .collect()
+}
+
+fn planned(out: &crate::CacheOutput, rel: RelPath) -> Planned {
+    match &out.content {
+        // The one copy of in-memory bytes: shared from here on.
+        OutputContent::Bytes(b) => Planned::File {
+            rel,
+            source: BlobSource::Bytes(Arc::from(b.as_slice())),
+            executable: out.is_executable,
+        },
+        OutputContent::File { path, .. } => Planned::File {
+            rel,
+            source: BlobSource::File(path.clone()),
+            executable: out.is_executable,
+        },
+        OutputContent::Directory => Planned::Directory(rel),
+        OutputContent::Symlink { target } => Planned::Symlink(rel, target.clone()),
+    }
 }
 
 /// A log kept inline, or (when large) the placeholder and the source of its blob.
@@ -456,7 +517,9 @@ impl<S: Storage> CacheBackend for Cache<S> {
             return Ok(());
         }
         // Publish order, step 1: every blob.
-        let record = self.put_outputs(key, entry).await?;
+        let record = self
+            .put_outputs(key, entry, task.allow_absolute_symlinks)
+            .await?;
         // Publish order, step 2: the entry, last.
         let record = self.sign(record)?;
         self.storage

@@ -50,6 +50,17 @@ use std::path::{Path, PathBuf};
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn collect_outputs(workspace: &Path, declared: &[RelPath]) -> BackendResult<Vec<CacheOutput>> {
+    collect_outputs_with(workspace, declared, false)
+}
+
+/// [`collect_outputs`], keeping symlinks with absolute targets when
+/// `absolute_symlinks` (a task that opted in: [`crate::Task::allow_absolute_symlinks`]),
+/// as link text, never followed.
+pub fn collect_outputs_with(
+    workspace: &Path,
+    declared: &[RelPath],
+    absolute_symlinks: bool,
+) -> BackendResult<Vec<CacheOutput>> {
     let mut found: BTreeMap<String, CacheOutput> = BTreeMap::new();
     for rel in declared {
         let invalid = |reason: String| BackendError::InvalidOutput {
@@ -58,8 +69,35 @@ pub fn collect_outputs(workspace: &Path, declared: &[RelPath]) -> BackendResult<
         };
         let real_parent = real_parent(workspace, rel).map_err(invalid)?;
         walk::collect_one(workspace, rel, &real_parent, &mut found).map_err(invalid)?;
+        // The walk keeps absolute links as found; only an opted-in task may store them.
+        let below = format!("{rel}/");
+        let this_root = found
+            .range(rel.to_string()..)
+            .take_while(|(p, _)| *p == rel.as_str() || p.starts_with(&below));
+        for (path, out) in this_root {
+            if let crate::OutputContent::Symlink { target } = &out.content {
+                if target.starts_with('/') {
+                    absolute_link(path, target, absolute_symlinks).map_err(invalid)?;
+                }
+            }
+        }
     }
     Ok(found.into_values().collect())
+}
+
+fn absolute_link(path: &str, target: &str, allowed: bool) -> Result<(), String> {
+    let link = RelPath::parse(path).map_err(|e| e.to_string())?;
+    if allowed {
+        return crate::path::check_absolute_symlink_target(&link, target)
+            .map_err(|e| e.to_string());
+    }
+    let e = check_symlink_target(&link, target)
+        .err()
+        .map_or_else(String::new, |e| e.to_string());
+    Err(format!(
+        "{e}; make the link relative and inside the workspace, do not declare it, or opt in \
+         to absolute symlinks (--allow-absolute-symlinks)"
+    ))
 }
 
 fn not_produced(rel: &RelPath) -> String {
@@ -91,6 +129,10 @@ fn symlink_output(rel: &str, target: &Path) -> Result<CacheOutput, String> {
     let target = target
         .to_str()
         .ok_or_else(|| format!("symlink {rel} has a target that is not UTF-8"))?;
+    if target.starts_with('/') {
+        // Judged by the caller, who knows whether the task opted in.
+        return Ok(CacheOutput::symlink(rel, target));
+    }
     let link = RelPath::parse(rel).map_err(|e| e.to_string())?;
     check_symlink_target(&link, target).map_err(|e| {
         format!("{e}; make the link relative and inside the workspace, or do not declare it")

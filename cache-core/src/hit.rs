@@ -96,6 +96,14 @@ impl Hit {
         self.record.duration_ms
     }
 
+    /// The order the task wrote its stdout and stderr in: replay [`Hit::logs`] chunk
+    /// by chunk to interleave them as they were (empty: not recorded; replay stdout,
+    /// then stderr).
+    #[must_use]
+    pub fn log_order(&self) -> &[crate::storage::LogChunk] {
+        &self.record.log_order
+    }
+
     /// The whole record.
     #[must_use]
     pub fn record(&self) -> &ActionRecord {
@@ -170,7 +178,7 @@ impl Hit {
     }
 
     async fn restore_unbounded(&self, workspace: &Path) -> BackendResult<Vec<CacheOutput>> {
-        let restore = Restore::new(workspace.to_path_buf(), &self.record.outputs)?;
+        let restore = Restore::new(workspace.to_path_buf(), &self.record)?;
         let small = restore.files.len() < SMALL_FILES && self.file_bytes() < SMALL_BYTES;
         let root = if small {
             // The common hit: one storage call for the sources, one blocking job.
@@ -394,7 +402,7 @@ impl Hit {
 }
 
 /// Which captured stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum LogStream {
     /// Standard output.
     Stdout,
@@ -570,13 +578,21 @@ struct Restore {
     root: PathBuf,
     outputs: Vec<(RelPath, OutputRecord)>,
     files: Vec<FileOut>,
+    /// Symlinks with absolute targets (a task that opted in; `Cache` checked that).
+    absolute_links: Vec<(RelPath, String)>,
 }
 
 impl Restore {
-    fn new(root: PathBuf, outputs: &[OutputRecord]) -> BackendResult<Self> {
-        let outputs: Vec<(RelPath, OutputRecord)> = outputs
+    fn new(root: PathBuf, record: &ActionRecord) -> BackendResult<Self> {
+        let outputs: Vec<(RelPath, OutputRecord)> = record
+            .outputs
             .iter()
             .map(|o| Ok((RelPath::parse(o.path())?, o.clone())))
+            .collect::<BackendResult<_>>()?;
+        let absolute_links = record
+            .absolute_symlinks
+            .iter()
+            .map(|l| Ok((RelPath::parse(&l.path)?, l.target.clone())))
             .collect::<BackendResult<_>>()?;
         let files = outputs
             .iter()
@@ -595,6 +611,7 @@ impl Restore {
             root,
             outputs,
             files,
+            absolute_links,
         })
     }
 
@@ -607,8 +624,16 @@ impl Restore {
         for (rel, o) in &self.outputs {
             ws.check(rel, matches!(o, OutputRecord::Directory { .. }))?;
         }
+        for (rel, _) in &self.absolute_links {
+            ws.check(rel, false)?;
+        }
         let mut links = Vec::new();
-        let all: Vec<RelPath> = self.outputs.iter().map(|(rel, _)| rel.clone()).collect();
+        let all: Vec<RelPath> = self
+            .outputs
+            .iter()
+            .map(|(rel, _)| rel.clone())
+            .chain(self.absolute_links.iter().map(|(rel, _)| rel.clone()))
+            .collect();
         for (rel, o) in self.outputs {
             match o {
                 OutputRecord::Directory { .. } => drop(ws.create_dir(&rel)?),
@@ -630,6 +655,7 @@ impl Restore {
             in_place,
             needed,
             links,
+            absolute_links: self.absolute_links,
             all,
         })
     }
@@ -642,6 +668,7 @@ struct Prepared {
     /// The files to write.
     needed: Vec<FileOut>,
     links: Vec<(RelPath, String)>,
+    absolute_links: Vec<(RelPath, String)>,
     /// Every output, for the one timestamp set at the end.
     all: Vec<RelPath>,
 }
@@ -667,6 +694,9 @@ impl Prepared {
     fn finish(self) -> BackendResult<PathBuf> {
         for (rel, target) in &self.links {
             self.ws.create_symlink(rel, target)?;
+        }
+        for (rel, target) in &self.absolute_links {
+            self.ws.create_absolute_symlink(rel, target)?;
         }
         let now = std::time::SystemTime::now();
         for rel in &self.all {
@@ -701,6 +731,10 @@ fn outputs_under(record: &ActionRecord, root: &Path) -> BackendResult<Vec<CacheO
                 links.push(CacheOutput::symlink(rel.as_str(), target.clone()));
             }
         }
+    }
+    for l in &record.absolute_symlinks {
+        let rel = RelPath::parse(&l.path)?;
+        links.push(CacheOutput::symlink(rel.as_str(), l.target.clone()));
     }
     dirs.extend(files);
     dirs.extend(links);

@@ -26,6 +26,7 @@
 //!              | 'd'                      a directory inside the workspace (walked)
 //!              | 'n' str(reason)          not followed: "outside-workspace" | "cycle" | "dangling"
 //! 'T' str(salt)
+//! 'Y'                                     only when the task allows absolute symlink outputs
 //! ```
 //!
 //! `kind` is `"fifo"`, `"socket"`, `"char-device"`, `"block-device"` or `"unknown"`.
@@ -130,6 +131,7 @@ pub struct TaskKeyBuilder {
     patterns: BTreeSet<String>,
     outputs: BTreeSet<String>,
     salt: Vec<u8>,
+    absolute_symlinks: bool,
 }
 
 impl Default for TaskKeyBuilder {
@@ -150,6 +152,7 @@ impl TaskKeyBuilder {
             patterns: BTreeSet::new(),
             outputs: BTreeSet::new(),
             salt: Vec::new(),
+            absolute_symlinks: false,
         }
     }
 
@@ -169,7 +172,15 @@ impl TaskKeyBuilder {
         for o in &task.outputs {
             b = b.output(&o.path);
         }
-        b
+        b.absolute_symlinks(task.allow_absolute_symlinks)
+    }
+
+    /// Whether the task may cache symlinks with absolute targets
+    /// ([`Task::allow_absolute_symlinks`]): such a task has a key of its own.
+    #[must_use]
+    pub fn absolute_symlinks(mut self, allow: bool) -> Self {
+        self.absolute_symlinks = allow;
+        self
     }
 
     /// Sets the command and its arguments.
@@ -277,6 +288,9 @@ impl TaskKeyBuilder {
         e.tag(b'T');
         e.u64(self.salt.len() as u64);
         e.raw(&self.salt);
+        if self.absolute_symlinks {
+            e.tag(b'Y');
+        }
         Ok((e.0.finalize(), inputs))
     }
 

@@ -115,7 +115,7 @@ pub use backend::{
 };
 pub use blocking::{Job, Spawner, thread_per_job};
 pub use cache::Cache;
-pub use collect::collect_outputs;
+pub use collect::{collect_outputs, collect_outputs_with};
 pub use combinators::{CircuitBreaker, Instrumented, Metrics, Tiered, TieredStats};
 pub use deadline::{Deadline, Deadlines, Sleep};
 pub use digest::{BlobRef, Digest, DigestAlgorithm, Hasher};
@@ -123,7 +123,8 @@ pub use error::{BackendError, BackendResult, BoxError, Detail, Fault};
 pub use hit::{Hit, LogStream, MAX_LOG_BYTES};
 pub use key::{InputFile, TaskKeyBuilder};
 pub use path::{
-    MAX_PATH_BYTES, MAX_PATH_DEPTH, OutputKind, RelPath, check_layout, check_symlink_target,
+    MAX_PATH_BYTES, MAX_PATH_DEPTH, OutputKind, RelPath, check_absolute_symlink_target,
+    check_layout, check_symlink_target,
 };
 pub use policy::{CachePolicy, effective_policy, policy_allows_read, policy_allows_write};
 pub use task::{OutputType, Task, TaskOutput};

@@ -180,6 +180,27 @@ pub fn check_symlink_target(link: &RelPath, target: &str) -> BackendResult<()> {
     Ok(())
 }
 
+/// Checks the target of a symlink output that a task opted in to keep absolute
+/// ([`crate::Task::allow_absolute_symlinks`]): an absolute Unix path, without NUL or
+/// backslash, at most [`MAX_PATH_BYTES`]. Such a link is stored and restored as its
+/// text; nothing ever follows it.
+pub fn check_absolute_symlink_target(link: &RelPath, target: &str) -> BackendResult<()> {
+    let refuse = |reason: &str| Err(BackendError::unsafe_path(link.as_str(), reason));
+    if !cfg!(unix) {
+        return refuse("absolute symlinks are restored on Unix only");
+    }
+    if !target.starts_with('/') {
+        return refuse("an absolute symlink's target must start with /");
+    }
+    if target.contains('\0') || target.contains('\\') {
+        return refuse("the symlink target contains a NUL byte or a backslash");
+    }
+    if target.len() > MAX_PATH_BYTES {
+        return refuse("the symlink target is too long");
+    }
+    Ok(())
+}
+
 /// What kind of output a path names, for [`check_layout`].
 #[derive(Debug, Clone, Copy)]
 pub enum OutputKind<'a> {

@@ -1,19 +1,27 @@
 //! The stored form of an entry (the action result) and its self-checking encoding.
 //!
-//! Wire format, version 1 (what local and object-store backends write):
+//! Wire format (what local and object-store backends write):
 //!
 //! ```text
 //! magic   4 bytes  "TCAR"
-//! version 1 byte   1
+//! version 1 byte   1..=4
 //! check  32 bytes  BLAKE3 of the payload
-//! payload          postcard 1.x encoding of `ActionRecord`
+//! payload          version 1: the record (postcard 1.x encoding of `ActionRecord`)
+//!                  version 2: postcard of { record bytes, signature }
+//!                  version 3: the record, then postcard of the extras (the log order)
+//!                  version 4: version 3's bytes, signed as in version 2
 //! ```
+//!
+//! A record without extras is written as version 1 or 2, so every taskcache that reads
+//! those still reads it; only a record that carries the order its logs were written in
+//! needs version 3 or 4 (older readers leave those alone as a newer format).
 //!
 //! [`ActionRecord::decode`] refuses anything over [`MAX_ENTRY_BYTES`], a wrong magic,
 //! an unknown version, a failed checksum, a payload that does not decode, a record
 //! stored under another key, and any record that names an unsafe path. Decoding reads
 //! from a bounded slice, so no declared length can make it allocate more than the slice.
 
+use crate::hit::LogStream;
 use crate::path::{OutputKind, check_layout};
 use crate::{BackendError, BackendResult, BlobRef, Digest};
 use serde::{Deserialize, Serialize};
@@ -28,8 +36,84 @@ pub const INLINE_LOG_MAX: usize = 64 << 10;
 const MAGIC: &[u8; 4] = b"TCAR";
 /// Unsigned entries (readable by every taskcache since the first).
 const VERSION_UNSIGNED: u8 = 1;
-/// Signed entries: the newest format this taskcache writes and reads.
-const VERSION: u8 = 2;
+/// Signed entries.
+const VERSION_SIGNED: u8 = 2;
+/// Added to the version when the record carries extras (the log order).
+const WITH_EXTRAS: u8 = 2;
+/// The newest format this taskcache writes and reads: signed, with extras.
+const VERSION: u8 = VERSION_SIGNED + WITH_EXTRAS;
+
+/// Most chunks a log order may have: a task that alternates streams more often than
+/// this is replayed stdout first, then stderr.
+pub const MAX_LOG_CHUNKS: usize = 100_000;
+
+/// A run of bytes one stream carried: a [`LogOrder`] lists them in the order the task
+/// wrote them, so a hit replays stdout and stderr interleaved as they were.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogChunk {
+    /// Which stream.
+    pub stream: LogStream,
+    /// How many of its bytes, in order.
+    pub len: u64,
+}
+
+/// The order of a task's output across stdout and stderr (empty: not recorded, so
+/// stdout is replayed, then stderr).
+pub type LogOrder = Vec<LogChunk>;
+
+/// A symlink output whose target is an absolute path, kept only for tasks that opt in
+/// ([`crate::Task::allow_absolute_symlinks`]); restored as its text, never followed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AbsoluteSymlink {
+    /// Relative path of the link.
+    pub path: String,
+    /// The absolute target.
+    pub target: String,
+}
+
+/// What follows the record in versions 3 and 4.
+#[derive(Serialize, Deserialize)]
+struct Extras {
+    #[serde(deserialize_with = "bounded_chunks")]
+    log_order: LogOrder,
+    #[serde(deserialize_with = "bounded_links")]
+    absolute_symlinks: Vec<AbsoluteSymlink>,
+}
+
+fn bounded_links<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<AbsoluteSymlink>, D::Error> {
+    d.deserialize_seq(Bounded::<AbsoluteSymlink, MAX_OUTPUTS>(
+        std::marker::PhantomData,
+    ))
+}
+
+fn bounded_chunks<'de, D: serde::Deserializer<'de>>(d: D) -> Result<LogOrder, D::Error> {
+    d.deserialize_seq(Bounded::<LogChunk, MAX_LOG_CHUNKS>(
+        std::marker::PhantomData,
+    ))
+}
+
+/// A sequence of at most `MAX` elements. The declared length is the cache writer's:
+/// never allocate from it, and stop at the first element past the bound.
+struct Bounded<T, const MAX: usize>(std::marker::PhantomData<T>);
+
+impl<'de, T: Deserialize<'de>, const MAX: usize> serde::de::Visitor<'de> for Bounded<T, MAX> {
+    type Value = Vec<T>;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "at most {MAX} elements")
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
+        while let Some(x) = seq.next_element()? {
+            if out.len() == MAX {
+                return Err(serde::de::Error::custom(format!(
+                    "more than {MAX} elements"
+                )));
+            }
+            out.push(x);
+        }
+        Ok(out)
+    }
+}
 const HEADER: usize = 4 + 1 + 32;
 
 /// One captured stream (stdout or stderr).
@@ -98,6 +182,15 @@ pub struct ActionRecord {
     /// most [`MAX_OUTPUTS`].
     #[serde(deserialize_with = "bounded_outputs")]
     pub outputs: Vec<OutputRecord>,
+    /// The order the task wrote its stdout and stderr in (empty: not recorded). Kept
+    /// after the record (format versions 3 and 4) and covered by its signature.
+    #[serde(skip)]
+    pub log_order: LogOrder,
+    /// Symlink outputs with absolute targets (only for a task that opted in; `Cache`
+    /// refuses a record that has any for a task that did not). Kept after the record,
+    /// like the log order, and signed with it.
+    #[serde(skip)]
+    pub absolute_symlinks: Vec<AbsoluteSymlink>,
     /// The writer's signature over [`ActionRecord::signed_bytes`], if it signed.
     /// Carried beside the record (format version 2), not inside what is signed.
     #[serde(skip)]
@@ -117,30 +210,9 @@ struct SignedPayload {
 pub const MAX_OUTPUTS: usize = 1_000_000;
 
 fn bounded_outputs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<OutputRecord>, D::Error> {
-    struct Bounded;
-    impl<'de> serde::de::Visitor<'de> for Bounded {
-        type Value = Vec<OutputRecord>;
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            write!(f, "at most {MAX_OUTPUTS} outputs")
-        }
-        fn visit_seq<A: serde::de::SeqAccess<'de>>(
-            self,
-            mut seq: A,
-        ) -> Result<Self::Value, A::Error> {
-            // The declared length is the cache writer's: never allocate from it.
-            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
-            while let Some(o) = seq.next_element()? {
-                if out.len() == MAX_OUTPUTS {
-                    return Err(serde::de::Error::custom(format!(
-                        "more than {MAX_OUTPUTS} outputs"
-                    )));
-                }
-                out.push(o);
-            }
-            Ok(out)
-        }
-    }
-    d.deserialize_seq(Bounded)
+    d.deserialize_seq(Bounded::<OutputRecord, MAX_OUTPUTS>(
+        std::marker::PhantomData,
+    ))
 }
 
 impl ActionRecord {
@@ -165,11 +237,12 @@ impl ActionRecord {
     /// checks everything on the way back.
     pub fn encode(&self) -> BackendResult<Vec<u8>> {
         let record = self.signed_bytes()?;
+        let extras = if self.has_extras() { WITH_EXTRAS } else { 0 };
         let (version, payload) = match &self.signature {
-            // Unsigned entries keep version 1, so older readers still use them.
-            None => (VERSION_UNSIGNED, record),
+            // Unsigned entries without extras keep version 1, so older readers use them.
+            None => (VERSION_UNSIGNED + extras, record),
             Some(signature) => (
-                VERSION,
+                VERSION_SIGNED + extras,
                 postcard::to_stdvec(&SignedPayload {
                     record,
                     signature: signature.clone(),
@@ -215,35 +288,55 @@ impl ActionRecord {
         if blake3::hash(payload).as_bytes() != &bytes[5..HEADER] {
             return Err(corrupt("checksum mismatch (torn or altered file)".into()));
         }
-        let (payload, signature) = if bytes[4] == VERSION_UNSIGNED {
-            (payload, None)
-        } else {
-            let (signed, rest): (SignedPayload, _) = postcard::take_from_bytes(payload)
-                .map_err(|e| corrupt(format!("signed payload does not decode: {e}")))?;
-            if !rest.is_empty() {
-                return Err(corrupt("trailing bytes after the payload".into()));
-            }
-            // Decoded below from the very bytes the signature covers.
-            let record = signed.record;
-            return Self::decode_record(key, &record, Some(signed.signature));
-        };
-        Self::decode_record(key, payload, signature)
+        let extras = bytes[4] > VERSION_SIGNED;
+        if bytes[4] % 2 == VERSION_UNSIGNED % 2 {
+            return Self::decode_record(key, payload, None, extras);
+        }
+        let (signed, rest): (SignedPayload, _) = postcard::take_from_bytes(payload)
+            .map_err(|e| corrupt(format!("signed payload does not decode: {e}")))?;
+        if !rest.is_empty() {
+            return Err(corrupt("trailing bytes after the payload".into()));
+        }
+        // Decoded from the very bytes the signature covers.
+        Self::decode_record(key, &signed.record, Some(signed.signature), extras)
     }
 
-    /// The bytes a signature covers: the record's own encoding (version 1 payload).
+    /// The bytes a signature covers: the record's own encoding, then its extras (the
+    /// log order) if it has any.
     pub fn signed_bytes(&self) -> BackendResult<Vec<u8>> {
-        postcard::to_stdvec(self)
-            .map_err(|e| BackendError::serialization("encode a cache entry", e))
+        let encode = |e| BackendError::serialization("encode a cache entry", e);
+        let mut bytes = postcard::to_stdvec(self).map_err(encode)?;
+        if self.has_extras() {
+            let extras = Extras {
+                log_order: self.log_order.clone(),
+                absolute_symlinks: self.absolute_symlinks.clone(),
+            };
+            bytes.extend(postcard::to_stdvec(&extras).map_err(encode)?);
+        }
+        Ok(bytes)
     }
 
     fn decode_record(
         key: &Digest,
         payload: &[u8],
         signature: Option<crate::sign::EntrySignature>,
+        extras: bool,
     ) -> BackendResult<Self> {
         let corrupt = |reason: String| BackendError::CorruptEntry { key: *key, reason };
-        let (mut record, rest): (ActionRecord, _) = postcard::take_from_bytes(payload)
+        let (mut record, mut rest): (ActionRecord, _) = postcard::take_from_bytes(payload)
             .map_err(|e| corrupt(format!("payload does not decode: {e}")))?;
+        if extras {
+            let (x, after): (Extras, _) = postcard::take_from_bytes(rest)
+                .map_err(|e| corrupt(format!("extras do not decode: {e}")))?;
+            if x.log_order.is_empty() && x.absolute_symlinks.is_empty() {
+                return Err(corrupt(
+                    "empty extras (the writer would have left them out)".into(),
+                ));
+            }
+            record.log_order = x.log_order;
+            record.absolute_symlinks = x.absolute_symlinks;
+            rest = after;
+        }
         if !rest.is_empty() {
             return Err(corrupt("trailing bytes after the payload".into()));
         }
@@ -255,13 +348,36 @@ impl ActionRecord {
         Ok(record)
     }
 
-    /// Checks the output layout ([`crate::check_layout`]) and inline log sizes.
+    fn has_extras(&self) -> bool {
+        !self.log_order.is_empty() || !self.absolute_symlinks.is_empty()
+    }
+
+    /// Checks the output layout ([`crate::check_layout`], absolute symlinks included as
+    /// leaves, their targets by [`crate::check_absolute_symlink_target`]), inline log
+    /// sizes and the log order.
     pub fn validate(&self) -> BackendResult<()> {
-        check_layout(self.outputs.iter().map(|o| match o {
-            OutputRecord::File { path, .. } => (path.as_str(), OutputKind::File),
-            OutputRecord::Directory { path } => (path.as_str(), OutputKind::Directory),
-            OutputRecord::Symlink { path, target } => (path.as_str(), OutputKind::Symlink(target)),
-        }))?;
+        let absolute = self
+            .absolute_symlinks
+            .iter()
+            .map(|l| (l.path.as_str(), OutputKind::File));
+        let rels = check_layout(
+            self.outputs
+                .iter()
+                .map(|o| match o {
+                    OutputRecord::File { path, .. } => (path.as_str(), OutputKind::File),
+                    OutputRecord::Directory { path } => (path.as_str(), OutputKind::Directory),
+                    OutputRecord::Symlink { path, target } => {
+                        (path.as_str(), OutputKind::Symlink(target))
+                    }
+                })
+                .chain(absolute),
+        )?;
+        for (rel, l) in rels[self.outputs.len()..]
+            .iter()
+            .zip(&self.absolute_symlinks)
+        {
+            crate::path::check_absolute_symlink_target(rel, &l.target)?;
+        }
         for log in [&self.stdout, &self.stderr] {
             if let LogRecord::Inline(b) = log {
                 if b.len() > INLINE_LOG_MAX {
@@ -271,7 +387,52 @@ impl ActionRecord {
                 }
             }
         }
+        check_log_order(&self.log_order, self.stdout.len(), self.stderr.len())
+            .map_err(|e| BackendError::Serialization(e.into()))
+    }
+}
+
+impl LogRecord {
+    /// The stream's length in bytes (0 when absent).
+    #[must_use]
+    pub fn len(&self) -> u64 {
+        match self {
+            LogRecord::Absent => 0,
+            LogRecord::Inline(b) => b.len() as u64,
+            LogRecord::Blob(b) => b.size,
+        }
+    }
+
+    /// Whether the stream is absent or empty.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A log order must account for every byte of both streams, in at most
+/// [`MAX_LOG_CHUNKS`] chunks (an empty order: none recorded).
+pub(crate) fn check_log_order(order: &[LogChunk], stdout: u64, stderr: u64) -> Result<(), String> {
+    if order.is_empty() {
+        return Ok(());
+    }
+    if order.len() > MAX_LOG_CHUNKS {
+        return Err(format!("log order has more than {MAX_LOG_CHUNKS} chunks"));
+    }
+    let (mut out, mut err) = (0u64, 0u64);
+    for c in order {
+        let n = match c.stream {
+            LogStream::Stdout => &mut out,
+            LogStream::Stderr => &mut err,
+        };
+        *n = n.saturating_add(c.len);
+    }
+    if (out, err) == (stdout, stderr) {
         Ok(())
+    } else {
+        Err(format!(
+            "log order covers {out} stdout and {err} stderr bytes, the logs have {stdout} and {stderr}"
+        ))
     }
 }
 
@@ -300,8 +461,49 @@ mod tests {
                     target: "d/f".into(),
                 },
             ],
+            log_order: Vec::new(),
+            absolute_symlinks: Vec::new(),
             signature: None,
         }
+    }
+
+    fn chunk(stream: LogStream, len: u64) -> LogChunk {
+        LogChunk { stream, len }
+    }
+
+    #[test]
+    fn log_order_round_trips_in_version_3_and_leaves_version_1_alone() {
+        let plain = sample();
+        assert_eq!(plain.encode().unwrap()[4], 1, "no order: still version 1");
+        let mut r = sample();
+        r.stderr = LogRecord::Inline(b"err\n".to_vec());
+        r.log_order = vec![
+            chunk(LogStream::Stdout, 2),
+            chunk(LogStream::Stderr, 4),
+            chunk(LogStream::Stdout, 2),
+        ];
+        let bytes = r.encode().unwrap();
+        assert_eq!(bytes[4], 3);
+        assert_eq!(ActionRecord::decode(&r.key, &bytes).unwrap(), r);
+    }
+
+    #[test]
+    fn a_log_order_that_misdescribes_the_logs_is_corrupt() {
+        let mut r = sample();
+        r.log_order = vec![chunk(LogStream::Stdout, 3)]; // stdout has 4 bytes
+        let err = ActionRecord::decode(&r.key, &r.encode().unwrap()).unwrap_err();
+        assert_eq!(err.kind(), "corrupt_entry", "{err}");
+        assert!(err.to_string().contains("log order"), "{err}");
+        r.log_order = vec![chunk(LogStream::Stdout, 4), chunk(LogStream::Stderr, 1)];
+        assert!(ActionRecord::decode(&r.key, &r.encode().unwrap()).is_err());
+    }
+
+    #[test]
+    fn versions_past_4_are_newer_formats() {
+        let mut bytes = sample().encode().unwrap();
+        bytes[4] = 5;
+        let err = ActionRecord::decode(&sample().key, &bytes).unwrap_err();
+        assert_eq!(err.kind(), "newer_entry_format", "{err}");
     }
 
     #[test]

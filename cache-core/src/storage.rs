@@ -56,7 +56,8 @@
 pub use crate::digest::kernel_copy_hashing;
 pub use crate::digest::{COPY_BUFFER, copy_hashing, hash_reader};
 pub use crate::record::{
-    ActionRecord, INLINE_LOG_MAX, LogRecord, MAX_ENTRY_BYTES, MAX_OUTPUTS, OutputRecord,
+    AbsoluteSymlink, ActionRecord, INLINE_LOG_MAX, LogChunk, LogOrder, LogRecord, MAX_ENTRY_BYTES,
+    MAX_LOG_CHUNKS, MAX_OUTPUTS, OutputRecord,
 };
 
 use crate::{BackendError, BackendResult, BlobRef, Digest, DigestAlgorithm, Task};

@@ -60,6 +60,11 @@ pub struct Task {
     /// A deployment task is never cached (see [`crate::effective_policy`]).
     #[serde(default)]
     pub deployment: bool,
+    /// Opt-in: symlink outputs with absolute targets (a Python `.venv`) are cached and
+    /// restored as link text, never followed. Off by default, and part of the key, so
+    /// a task that does not opt in never restores such a link.
+    #[serde(default)]
+    pub allow_absolute_symlinks: bool,
 }
 
 impl Task {
@@ -78,6 +83,7 @@ impl Task {
             outputs: Vec::new(),
             cache_policy: CachePolicy::Normal,
             deployment: false,
+            allow_absolute_symlinks: false,
         }
     }
 }

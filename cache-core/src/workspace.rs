@@ -208,6 +208,18 @@ impl Workspace {
     /// which must stay inside the workspace.
     pub fn create_symlink(&self, rel: &RelPath, target: &str) -> BackendResult<PathBuf> {
         check_symlink_target(rel, target)?;
+        self.place_symlink(rel, target, true)
+    }
+
+    /// Creates (or atomically replaces) symlink `rel` with an absolute `target`, for a
+    /// task that opted in ([`crate::Task::allow_absolute_symlinks`]). The link is made
+    /// beneath the workspace like any output and never followed.
+    pub fn create_absolute_symlink(&self, rel: &RelPath, target: &str) -> BackendResult<PathBuf> {
+        crate::path::check_absolute_symlink_target(rel, target)?;
+        self.place_symlink(rel, target, false)
+    }
+
+    fn place_symlink(&self, rel: &RelPath, target: &str, relative: bool) -> BackendResult<PathBuf> {
         let parent = self.parent_dir(rel)?;
         // The link's real directory may be shallower than `rel` says (`rel` = `a/l` with
         // `a -> .`): check the target's `..` against where the link really goes.
@@ -225,7 +237,9 @@ impl Workspace {
                     "the link's directory is outside the workspace",
                 )
             })?;
-        check_symlink_target(&real_link, target)?;
+        if relative {
+            check_symlink_target(&real_link, target)?;
+        }
         let path = parent.join(rel.file_name());
         if let Last::Dir = self.check_last(rel, &path, false)? {
             return Err(BackendError::unsafe_path(

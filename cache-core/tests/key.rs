@@ -230,7 +230,7 @@ fn build_within(
     std::thread::spawn(move || {
         let _ = tx.send(b.build_with_inputs(&ws));
     });
-    rx.recv_timeout(std::time::Duration::from_secs(10))
+    rx.recv_timeout(std::time::Duration::from_secs(60))
         .expect("the key computation hung")
 }
 
@@ -509,4 +509,18 @@ fn symlink_and_special_file_encoding_is_pinned() {
         key.to_string(),
         format!("blake3:{}", blake3::hash(&m).to_hex())
     );
+}
+
+#[test]
+fn opting_in_to_absolute_symlinks_gives_the_task_a_key_of_its_own() {
+    let ws = tempfile::tempdir().unwrap();
+    let mut task = Task::new("venv", ["python3", "-m", "venv", ".venv"]);
+    let plain = TaskKeyBuilder::from_task(&task, DigestAlgorithm::Blake3)
+        .build(ws.path())
+        .unwrap();
+    task.allow_absolute_symlinks = true;
+    let opted = TaskKeyBuilder::from_task(&task, DigestAlgorithm::Blake3)
+        .build(ws.path())
+        .unwrap();
+    assert_ne!(plain, opted);
 }

@@ -140,6 +140,7 @@ async fn round_trip_files_from_disk_and_memory() {
             CacheOutput::bytes("zero", Vec::new(), false),
             CacheOutput::symlink("link", "bin/big"),
         ],
+        log_order: Vec::new(),
     };
     let k = key(1);
     cache

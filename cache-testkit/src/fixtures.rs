@@ -618,6 +618,8 @@ pub fn empty_record(key: &Digest) -> ActionRecord {
         stdout: LogRecord::Absent,
         stderr: LogRecord::Absent,
         outputs: Vec::new(),
+        log_order: Vec::new(),
+        absolute_symlinks: Vec::new(),
         signature: None,
     }
 }

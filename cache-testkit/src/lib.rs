@@ -352,6 +352,7 @@ macro_rules! conformance_suite {
             round_trip_logs_absent_and_empty
             round_trip_logs_multiline_and_binary
             round_trip_logs_8mib
+            round_trip_log_order
             round_trip_every_output_kind
             round_trip_returned_outputs
             round_trip_1000_small_files
@@ -390,6 +391,7 @@ macro_rules! conformance_suite {
             hostile_huge_declared_log
             hostile_adversarial_entries
             hostile_unsigned_and_forged_entries
+            trust_absolute_symlinks_only_when_opted_in
             concurrent_stores_and_readers
             model_state_machine
             health_check_succeeds

@@ -435,6 +435,7 @@ fn mutant_serves_wrong_bytes() {
             "restore_twice_is_idempotent",
             "round_trip_1000_small_files",
             "round_trip_every_output_kind",
+            "round_trip_log_order",
             "round_trip_logs_8mib",
             "round_trip_logs_multiline_and_binary",
             "round_trip_returned_outputs",

@@ -117,6 +117,7 @@ pub fn child_main(dir: &Path, start: u64) -> ! {
                 exit_code: i32::try_from(i % 1_000_000).expect("small"),
                 duration_ms: i,
                 outputs,
+                log_order: Vec::new(),
             };
             cache
                 .store(&task(), &key(i).to_string(), &entry, CachePolicy::Normal)

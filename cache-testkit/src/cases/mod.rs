@@ -62,13 +62,14 @@ pub use restore::{
 };
 pub use round_trip::{
     round_trip_256mib_file_from_disk, round_trip_1000_small_files, round_trip_every_output_kind,
-    round_trip_exit_code_and_duration, round_trip_logs_8mib, round_trip_logs_absent_and_empty,
-    round_trip_logs_multiline_and_binary, round_trip_returned_outputs,
+    round_trip_exit_code_and_duration, round_trip_log_order, round_trip_logs_8mib,
+    round_trip_logs_absent_and_empty, round_trip_logs_multiline_and_binary,
+    round_trip_returned_outputs,
 };
 pub use trust::{
     hostile_adversarial_entries, hostile_huge_declared_log,
     hostile_newer_format_entry_is_left_in_place, hostile_undeclared_outputs,
-    hostile_unsigned_and_forged_entries,
+    hostile_unsigned_and_forged_entries, trust_absolute_symlinks_only_when_opted_in,
 };
 
 use crate::Harness;

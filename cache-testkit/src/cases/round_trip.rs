@@ -225,3 +225,59 @@ pub async fn round_trip_256mib_file_from_disk(h: Harness) {
         "returned blob of the big file"
     );
 }
+
+/// The order stdout and stderr were written in comes back with the hit (inline logs
+/// and blob logs alike); an order that does not add up to the logs is the caller's
+/// error and stores nothing.
+pub async fn round_trip_log_order(h: Harness) {
+    use cache_core::LogStream::{Stderr, Stdout};
+    use cache_core::storage::LogChunk;
+    let chunk = |stream, len| LogChunk { stream, len };
+    let big = pattern_bytes(fresh_seed(), INLINE_LOG_MAX + 10);
+    for (out, err) in [
+        (b"one\nthree\n".to_vec(), b"two\n".to_vec()),
+        (big.clone(), b"warning\n".to_vec()),
+    ] {
+        let key = fresh_key();
+        let half = (out.len() / 2) as u64;
+        let order = vec![
+            chunk(Stdout, half),
+            chunk(Stderr, err.len() as u64),
+            chunk(Stdout, out.len() as u64 - half),
+        ];
+        let entry = CacheEntry {
+            stdout: Some(out.clone()),
+            stderr: Some(err.clone()),
+            log_order: order.clone(),
+            ..CacheEntry::default()
+        };
+        store(&h, &key, &entry).await;
+        let digest = cache_core::Digest::parse(&key).expect("key");
+        let hit = expect_ok(
+            h.backend
+                .lookup(&task(), &digest, CachePolicy::Normal)
+                .await,
+            "lookup",
+        )
+        .expect("a hit");
+        assert_eq!(hit.log_order(), &order[..], "the log order");
+        let (o, e) = expect_ok(hit.logs().await, "logs");
+        assert_eq!((o, e), (Some(out), Some(err)));
+    }
+    let key = fresh_key();
+    let wrong = CacheEntry {
+        stdout: Some(b"abc".to_vec()),
+        log_order: vec![chunk(Stdout, 2)],
+        ..CacheEntry::default()
+    };
+    let e = h
+        .backend
+        .store(&task(), &key, &wrong, CachePolicy::Normal)
+        .await
+        .expect_err("an order that misdescribes the logs");
+    assert!(!e.is_cache_fault(), "the caller's fault: {e}");
+    assert!(
+        !check(&h, &key, CachePolicy::Normal).await.hit,
+        "nothing stored"
+    );
+}

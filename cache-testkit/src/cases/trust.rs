@@ -320,3 +320,63 @@ pub async fn hostile_unsigned_and_forged_entries(h: Harness) {
         );
     }
 }
+
+/// Symlinks with absolute targets are stored and restored as link text, never
+/// followed, only for a task that opted in; a task that did not cannot store one (the
+/// caller's error) and never restores one (a miss, the entry left in place).
+pub async fn trust_absolute_symlinks_only_when_opted_in(h: Harness) {
+    if !h.capabilities.symlinks {
+        return;
+    }
+    let mut venv = declaring(&["venv"]);
+    venv.allow_absolute_symlinks = true;
+    let ws = TempWorkspace::new();
+    let outside = ws.outside().join("sentinel.txt").display().to_string();
+    let entry = CacheEntry {
+        outputs: vec![
+            cache_core::CacheOutput::directory("venv"),
+            cache_core::CacheOutput::directory("venv/bin"),
+            cache_core::CacheOutput::symlink("venv/bin/python", "/usr/bin/python3"),
+            cache_core::CacheOutput::symlink("venv/bin/out", outside.clone()),
+            cache_core::CacheOutput::symlink("venv/bin/pip", "python"),
+        ],
+        ..CacheEntry::default()
+    };
+    let key = fresh_key();
+    expect_ok(
+        h.backend
+            .store(&venv, &key, &entry, CachePolicy::Normal)
+            .await,
+        "store with absolute symlinks (opted in)",
+    );
+    let plain = declaring(&["venv"]);
+    let d = digest(&key);
+    // The same key for a task that did not opt in: a miss, and the entry stays.
+    let r = h.backend.lookup(&plain, &d, CachePolicy::Normal).await;
+    assert!(
+        matches!(r, Ok(None)),
+        "a task that did not opt in restores no absolute symlink: {r:?}"
+    );
+    let hit = expect_ok(
+        h.backend.lookup(&venv, &d, CachePolicy::Normal).await,
+        "lookup (opted in)",
+    )
+    .expect("the entry is still there for the task that opted in");
+    expect_ok(hit.restore(ws.root()).await, "restore");
+    let link = |p: &str| std::fs::read_link(ws.root().join(p)).expect("a symlink");
+    assert_eq!(link("venv/bin/python").to_str(), Some("/usr/bin/python3"));
+    assert_eq!(link("venv/bin/out").to_str(), Some(outside.as_str()));
+    assert_eq!(link("venv/bin/pip").to_str(), Some("python"));
+    // Restoring again over the links writes through none of them.
+    expect_ok(hit.restore(ws.root()).await, "restore again");
+    ws.assert_outside_unchanged();
+    // Without the opt-in, storing one is refused before anything is written.
+    let key = fresh_key();
+    let e = h
+        .backend
+        .store(&plain, &key, &entry, CachePolicy::Normal)
+        .await
+        .expect_err("an absolute symlink without the opt-in");
+    assert!(!e.is_cache_fault(), "the caller's fault: {e}");
+    assert!(!check(&h, &key, CachePolicy::Normal).await.hit);
+}
