@@ -55,8 +55,9 @@ pub fn fuzz_key() -> Digest {
 }
 
 /// Input: one mode byte, then either the entry bytes as stored (mode 0) or a payload
-/// put behind a valid header of format `1 + mode % 2` (so the checksum never stops
-/// the fuzzer before the decoder).
+/// put behind a valid header of format `1 + mode % 4` (1 unsigned, 2 signed, 3 and 4
+/// the same with the parts kept after the record), so the checksum never stops the
+/// fuzzer before the decoder.
 ///
 /// # Panics
 ///
@@ -69,7 +70,7 @@ pub fn decode_record(data: &[u8]) {
     let bytes = if mode == 0 {
         rest.to_vec()
     } else {
-        with_header(1 + mode % 2, rest)
+        with_header(1 + mode % 4, rest)
     };
     match ActionRecord::decode(&key, &bytes) {
         Ok(record) => {

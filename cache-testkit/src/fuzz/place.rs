@@ -221,6 +221,8 @@ async fn restore(ws: &Path, outs: &[Out], declare: u8, planted: &[Vec<u8>]) {
         stdout: LogRecord::Absent,
         stderr: LogRecord::Absent,
         outputs: records,
+        log_order: Vec::new(),
+        absolute_symlinks: Vec::new(),
         signature: None,
     };
     let Ok(bytes) = record.encode() else {

@@ -2,7 +2,8 @@
 //! real encoded records for the decoder, and inputs for the other targets.
 
 use super::fuzz_key;
-use cache_core::storage::{ActionRecord, LogRecord, OutputRecord};
+use cache_core::LogStream;
+use cache_core::storage::{AbsoluteSymlink, ActionRecord, LogChunk, LogRecord, OutputRecord};
 use cache_core::{BlobRef, DigestAlgorithm};
 
 fn records() -> Vec<ActionRecord> {
@@ -14,6 +15,8 @@ fn records() -> Vec<ActionRecord> {
         stdout: LogRecord::Absent,
         stderr: LogRecord::Absent,
         outputs: Vec::new(),
+        log_order: Vec::new(),
+        absolute_symlinks: Vec::new(),
         signature: None,
     };
     let mut full = base.clone();
@@ -58,7 +61,27 @@ fn records() -> Vec<ActionRecord> {
             target: "../../x".into(),
         },
     ];
-    vec![base, full, sha, deep]
+    // The parts kept after the record (format 3): log order, absolute symlinks.
+    let mut extras = full.clone();
+    extras.log_order = vec![
+        LogChunk {
+            stream: LogStream::Stdout,
+            len: 5,
+        },
+        LogChunk {
+            stream: LogStream::Stderr,
+            len: 10,
+        },
+        LogChunk {
+            stream: LogStream::Stdout,
+            len: 11,
+        },
+    ];
+    extras.absolute_symlinks = vec![AbsoluteSymlink {
+        path: "venv/bin/python".into(),
+        target: "/usr/bin/python3".into(),
+    }];
+    vec![base, full, sha, deep, extras]
 }
 
 /// `(target, name, bytes)` for every seed.
@@ -73,8 +96,9 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         let mut raw = vec![0u8];
         raw.extend_from_slice(&encoded);
         out.push(("decode_record", format!("record-{n}"), raw));
-        // The payload alone, behind a header the target makes (format 1).
-        let mut payload = vec![1u8];
+        // The payload alone, behind a header the target makes (its format byte).
+        // (mode 0 is raw bytes; mode m puts a header of format 1 + m % 4)
+        let mut payload = vec![if encoded[4] == 1 { 4 } else { encoded[4] - 1 }];
         payload.extend_from_slice(&encoded[37..]);
         out.push(("decode_record", format!("payload-{n}"), payload));
     }
