@@ -42,7 +42,7 @@ pub fn run(
 ) -> Result<Outcome, String> {
     let started = Instant::now();
     let (workers, ops) = if ci {
-        (4, ops.unwrap_or(40))
+        (4, ops.unwrap_or(100))
     } else {
         (8, ops.unwrap_or(500))
     };

@@ -146,7 +146,7 @@ fn run_drills(names: &[&str], opts: &Options) -> Result<Vec<(String, Outcome)>, 
                 for mut backend in taskcache::backends(&opts.backend, root.path())? {
                     let b = &mut *backend;
                     let o = match name {
-                        "crash" => crash::run(tc, b, trials(opts, 40, 1000), &mut rng)?,
+                        "crash" => crash::run(tc, b, trials(opts, 100, 1000), &mut rng)?,
                         "corrupt" => corrupt::run(tc, b, trials(opts, 1, 3), opts.ci, &mut rng)?,
                         "many" => many::run(tc, b, opts.ci, opts.trials, &mut rng)?,
                         _ => disk::run(tc, b, trials(opts, 4, 20), &mut rng)?,
