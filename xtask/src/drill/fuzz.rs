@@ -62,22 +62,28 @@ pub fn run(executions: u64, ci: bool) -> Result<Outcome, String> {
         let work = target_dir.join("fuzz-corpus").join(t);
         std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
         let mut cmd = fuzz_run(&root, &target_dir, t, &work, executions);
+        // To a file, not a pipe: three children writing to pipes read one after the
+        // other would block on a full pipe while the first is waited for.
+        let log_path = target_dir.join("fuzz-logs").join(format!("{t}.log"));
+        std::fs::create_dir_all(log_path.parent().unwrap_or(&target_dir))
+            .map_err(|e| e.to_string())?;
+        let log =
+            std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
+        cmd.stderr(log);
         eprintln!("drill fuzz: {t}: {executions} executions");
-        running.push((
-            t,
-            cmd.spawn().map_err(|e| format!("start cargo fuzz: {e}"))?,
-        ));
+        let child = cmd.spawn().map_err(|e| format!("start cargo fuzz: {e}"))?;
+        running.push((t, log_path, child));
     }
     let mut out = Outcome::default();
     let mut notes = Vec::new();
-    for (t, child) in running {
-        let output = child
-            .wait_with_output()
+    for (t, log_path, mut child) in running {
+        let status = child
+            .wait()
             .map_err(|e| format!("wait for cargo fuzz: {e}"))?;
-        let stderr = String::from_utf8_lossy(&output.stderr);
+        let stderr = std::fs::read_to_string(&log_path).unwrap_or_default();
         let done = stat(&stderr, "stat::number_of_executed_units:").unwrap_or(0);
         out.trials += done;
-        if output.status.success() && done >= executions {
+        if status.success() && done >= executions {
             let per_sec = stat(&stderr, "stat::average_exec_per_sec:").unwrap_or(0);
             notes.push(format!("{t} {done} ({per_sec}/s)"));
         } else {
@@ -91,7 +97,7 @@ pub fn run(executions: u64, ci: bool) -> Result<Outcome, String> {
             let tail: Vec<&str> = stderr.lines().rev().take(20).collect();
             eprintln!(
                 "drill fuzz: {t}: FAILURE ({}, {done} executions):\n{}\n...\n{}",
-                output.status,
+                status,
                 panic.join("\n"),
                 tail.into_iter().rev().collect::<Vec<_>>().join("\n")
             );
@@ -126,8 +132,7 @@ fn fuzz_run(root: &Path, target_dir: &Path, t: &str, work: &Path, executions: u6
         .arg(format!("-rss_limit_mb={RSS_LIMIT_MB}"))
         .arg(format!("-malloc_limit_mb={MALLOC_LIMIT_MB}"))
         .args(["-max_len=4096", "-timeout=20", "-print_final_stats=1"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        .stdout(Stdio::null());
     // The targets build a sandbox directory per execution: in memory where there is
     // a shared-memory filesystem, so a million of them do not wait on the disk.
     if std::fs::metadata("/dev/shm").is_ok_and(|m| m.is_dir()) {
