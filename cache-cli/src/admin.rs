@@ -1,9 +1,10 @@
-//! `taskcache stats`, `gc` and `verify`: housekeeping of the local cache.
+//! `taskcache stats`, `gc` and `verify`: housekeeping of the local cache. On an object
+//! store, `stats` counts by listing and `gc` explains the lifecycle rule to set instead.
 
 use crate::Failure;
 use crate::backend;
 use crate::cli::{CacheArgs, GcArgs, StatsArgs};
-use crate::location::RawLocation;
+use crate::location::{Location, RawLocation};
 use crate::size::format_size;
 use cache_local::{LocalOptions, LocalStorage};
 use std::io::Write;
@@ -29,8 +30,69 @@ fn print(text: &str) -> Result<(), Failure> {
         .map_err(|e| Failure::Fatal(format!("cannot write to stdout: {e}")))
 }
 
+/// The object store `--cache` names, if it names one.
+fn object_store(args: &CacheArgs) -> Result<Option<(url::Url, String)>, Failure> {
+    let raw = args
+        .cache
+        .as_ref()
+        .map(RawLocation::as_str)
+        .filter(|s| !s.is_empty());
+    match raw
+        .map(|r| backend::parse(r, backend::Role::Cache))
+        .transpose()?
+    {
+        Some(Location::ObjectStore { url, shown }) => Ok(Some((url, shown))),
+        _ => Ok(None),
+    }
+}
+
+/// What `gc` says about an object store: evict with the bucket's lifecycle rule.
+fn lifecycle_advice(shown: &str) -> String {
+    format!(
+        "gc does not run on an object store ({shown}): object stores evict with lifecycle \
+         rules. Set one on the bucket that expires objects under the cache's prefix \
+         (blobs/ and entries/) some days after they were written, e.g. 30; an entry whose \
+         blob expired first is a miss, and the next run stores it again. See README \
+         (\"Shared cache on S3\")."
+    )
+}
+
+fn object_stats(url: &url::Url, shown: &str, json: bool) -> Result<u8, Failure> {
+    let options = cache_s3::S3Options::default();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Fatal(format!("cannot start the async runtime: {e}")))?;
+    let stats = rt
+        .block_on(async { cache_s3::S3Storage::open(url, options)?.stats().await })
+        .map_err(|e| Failure::Fatal(format!("cannot read the cache at {shown}: {e}")))?;
+    let bytes = stats.entry_bytes + stats.blob_bytes;
+    if json {
+        let value = serde_json::json!({
+            "cache": shown,
+            "entries": stats.entries,
+            "blobs": stats.blobs,
+            "bytes": bytes,
+            "entry_bytes": stats.entry_bytes,
+            "blob_bytes": stats.blob_bytes,
+        });
+        print(&format!("{value}\n"))?;
+    } else {
+        print(&format!(
+            "cache:   {shown}\nentries: {}\nblobs:   {}\nsize:    {} ({bytes} bytes)\n",
+            stats.entries,
+            stats.blobs,
+            format_size(bytes),
+        ))?;
+    }
+    Ok(0)
+}
+
 /// `taskcache stats [--json]`.
 pub fn stats(args: &StatsArgs) -> Result<u8, Failure> {
+    if let Some((url, shown)) = object_store(&args.cache)? {
+        return object_stats(&url, &shown, args.json);
+    }
     let (rt, storage, dir) = open(&args.cache)?;
     let stats = rt
         .block_on(storage.stats())
@@ -62,6 +124,9 @@ pub fn stats(args: &StatsArgs) -> Result<u8, Failure> {
 
 /// `taskcache gc --max-size SIZE`.
 pub fn gc(args: &GcArgs) -> Result<u8, Failure> {
+    if let Some((_, shown)) = object_store(&args.cache)? {
+        return Err(Failure::Usage(lifecycle_advice(&shown)));
+    }
     let (rt, storage, dir) = open(&args.cache)?;
     let opts = cache_local::GcOptions {
         blob_grace: args.grace,
@@ -99,6 +164,13 @@ pub fn gc(args: &GcArgs) -> Result<u8, Failure> {
 /// `taskcache verify`. Exits 1 when it found (and removed) corrupt data, like `fsck`,
 /// so that a script notices; the cache is consistent again afterwards either way.
 pub fn verify(args: &CacheArgs) -> Result<u8, Failure> {
+    if let Some((_, shown)) = object_store(args)? {
+        return Err(Failure::Usage(format!(
+            "verify runs on a local cache directory only; on an object store ({shown}) every \
+             byte read is verified against its digest, and a corrupt object is removed when \
+             it is found"
+        )));
+    }
     let (rt, storage, dir) = open(args)?;
     let report = rt.block_on(storage.verify()).map_err(|e| {
         Failure::Fatal(format!(

@@ -5,15 +5,20 @@
 //! * A remote (`--remote`) that is a local directory becomes the shared tier of a
 //!   [`Tiered`] cache, behind a [`CircuitBreaker`] so that a remote that keeps failing
 //!   is skipped for the rest of the run instead of costing a timeout per call.
-//! * `s3://`, `gs://`, `az://` and `grpc(s)://` are recognised and refused: their
-//!   backends are being added. Refusing beats silently running uncached, which would
-//!   look like a working remote.
+//! * An object store (`s3://`, `gs://`, `az://`, [`cache_s3`]) may be the cache itself
+//!   (`--cache s3://...`: no local tier) or the shared tier behind the local one
+//!   (`--remote s3://...`), configured by the environment (`AWS_*`); its client's
+//!   request timeout and retry budget are the `--cache-timeout` every tier has.
+//! * `grpc(s)://` is recognised and refused: its backend is being added. Refusing beats
+//!   silently running uncached, which would look like a working remote.
 
 use crate::Failure;
 use crate::location::Location;
 use cache_core::sign::{PublicKey, SigningKey, parse_trusted_keys};
-use cache_core::{CacheBackend, CircuitBreaker, Deadline, Deadlines, Tiered, TieredStats};
+use cache_core::storage::Storage;
+use cache_core::{Cache, CacheBackend, CircuitBreaker, Deadline, Deadlines, Tiered, TieredStats};
 use cache_local::{LocalCache, LocalOptions, LocalStorage};
+use cache_s3::{S3Options, S3Storage};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -47,6 +52,10 @@ pub fn parse(raw: &str, role: Role) -> Result<Location, Failure> {
 pub fn require_local(loc: Location, role: Role) -> Result<PathBuf, Failure> {
     match loc {
         Location::Local(p) => Ok(p),
+        Location::ObjectStore { shown, .. } => Err(Failure::Usage(format!(
+            "{} {shown}: this command works on a local cache directory only",
+            role.flag()
+        ))),
         other @ Location::Planned { .. } => Err(Failure::Usage(format!(
             "{} {other}: {} caches are not yet supported in this build; \
              use a local directory or a file:// URL for now",
@@ -54,6 +63,56 @@ pub fn require_local(loc: Location, role: Role) -> Result<PathBuf, Failure> {
             other.kind()
         ))),
     }
+}
+
+/// A cache tier this build can open.
+#[derive(Debug, Clone)]
+pub enum Tier {
+    /// A local cache directory.
+    Local(PathBuf),
+    /// An object store bucket and prefix.
+    Object {
+        /// The URL (no credentials: those come from the environment).
+        url: url::Url,
+        /// The URL as shown.
+        shown: String,
+    },
+}
+
+impl std::fmt::Display for Tier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Tier::Local(p) => write!(f, "local {}", p.display()),
+            Tier::Object { shown, .. } => write!(f, "object store {shown}"),
+        }
+    }
+}
+
+/// The tier for `role`, refusing kinds this build has no backend for.
+pub fn require_supported(loc: Location, role: Role) -> Result<Tier, Failure> {
+    match loc {
+        Location::ObjectStore { url, shown } => Ok(Tier::Object { url, shown }),
+        other => require_local(other, role).map(Tier::Local),
+    }
+}
+
+/// Object store client options for calls bounded by `deadlines`: each request, with
+/// its retries, gives up within the same time the tier's deadline allows.
+pub fn s3_options(deadlines: Deadlines) -> S3Options {
+    S3Options::default().with_timeout(deadlines.call)
+}
+
+/// Opens the object store `url` as a cache (no local tier), its blocking work on
+/// tokio's pool.
+pub fn open_object(
+    url: &url::Url,
+    options: &S3Options,
+    signing: &Signing,
+) -> cache_core::BackendResult<Cache<S3Storage>> {
+    let storage = S3Storage::open(url, options.clone())?;
+    Ok(signing.apply(Cache::new(storage, |job| {
+        tokio::task::spawn_blocking(job);
+    })))
 }
 
 /// The cache directory: `--cache`/`$TASKCACHE_CACHE` if given, else the platform default.
@@ -128,7 +187,7 @@ impl Signing {
         Ok(Signing { signer, trusted })
     }
 
-    fn apply(&self, mut cache: LocalCache) -> LocalCache {
+    fn apply<S: Storage>(&self, mut cache: Cache<S>) -> Cache<S> {
         if let Some(key) = &self.signer {
             cache = cache.with_signer(key.clone());
         }
@@ -140,43 +199,59 @@ impl Signing {
 }
 
 pub fn open(
-    dir: &PathBuf,
-    remote: Option<&PathBuf>,
+    front: &Tier,
+    remote: Option<&Tier>,
     signing: &Signing,
     deadlines: Deadlines,
 ) -> cache_core::BackendResult<Opened> {
-    let cache = signing.apply(cache_local::open(dir, LocalOptions::default())?);
-    // Even the local directory may hang (a network filesystem): every tier is bounded.
-    let local = bounded(Arc::new(cache.clone()), deadlines);
-    let describe = format!("local {}", dir.display());
+    let describe = front.to_string();
+    // Every tier is bounded, even a local directory (a network filesystem may hang).
+    let (front, cache): (Arc<dyn CacheBackend>, Option<LocalCache>) = match front {
+        Tier::Local(dir) => {
+            let cache = signing.apply(cache_local::open(dir, LocalOptions::default())?);
+            (bounded(Arc::new(cache.clone()), deadlines), Some(cache))
+        }
+        Tier::Object { url, .. } => (
+            bounded(
+                Arc::new(open_object(url, &s3_options(deadlines), signing)?),
+                deadlines,
+            ),
+            None,
+        ),
+    };
     let Some(remote) = remote else {
         return Ok(Opened {
-            backend: local,
+            backend: front,
             describe,
             tiered: None,
-            local: Some(cache),
+            local: cache,
         });
     };
-    match cache_local::open(remote, LocalOptions::default()).map(|c| signing.apply(c)) {
+    let shared: cache_core::BackendResult<Arc<dyn CacheBackend>> = match remote {
+        Tier::Local(dir) => cache_local::open(dir, LocalOptions::default())
+            .map(|c| Arc::new(signing.apply(c)) as Arc<dyn CacheBackend>),
+        Tier::Object { url, .. } => open_object(url, &s3_options(deadlines), signing)
+            .map(|c| Arc::new(c) as Arc<dyn CacheBackend>),
+    };
+    match shared {
         Ok(shared) => Ok(Opened {
-            local: Some(cache),
+            local: cache,
             ..tiered(
-                local,
-                Arc::new(shared),
-                format!("{describe} + remote {}", remote.display()),
+                front,
+                shared,
+                format!("{describe} + remote {remote}"),
                 deadlines,
             )
         }),
         Err(e) => {
             tracing::warn!(
-                "remote cache {} cannot be opened, continuing with the local cache only: {e}",
-                remote.display()
+                "remote cache {remote} cannot be opened, continuing with the local cache only: {e}"
             );
             Ok(Opened {
-                backend: local,
+                backend: front,
                 describe,
                 tiered: None,
-                local: Some(cache),
+                local: cache,
             })
         }
     }
@@ -219,11 +294,7 @@ mod tests {
 
     #[test]
     fn unsupported_kinds_are_refused_with_a_usage_error() {
-        for raw in [
-            "s3://my-bucket/ci",
-            "grpc://cache.internal:8980/main",
-            "grpcs://h",
-        ] {
+        for raw in ["grpc://cache.internal:8980/main", "grpcs://h"] {
             let loc = Location::parse(raw).unwrap();
             let Err(Failure::Usage(msg)) = require_local(loc, Role::Remote) else {
                 panic!("{raw} accepted")
@@ -237,6 +308,26 @@ mod tests {
             require_local(Location::Local("/x".into()), Role::Cache).ok(),
             Some(PathBuf::from("/x"))
         );
+    }
+
+    #[test]
+    fn object_stores_are_tiers_but_not_local_directories() {
+        let loc = Location::parse("s3://my-bucket/ci").unwrap();
+        assert!(matches!(
+            require_supported(loc.clone(), Role::Remote),
+            Ok(Tier::Object { .. })
+        ));
+        let Err(Failure::Usage(msg)) = require_local(loc, Role::Cache) else {
+            panic!("an object store taken for a directory")
+        };
+        assert!(msg.contains("local cache directory only"), "{msg}");
+    }
+
+    #[test]
+    fn the_object_store_client_gives_up_within_the_cache_timeout() {
+        use std::time::Duration;
+        let o = s3_options(Deadlines::new(Duration::from_secs(3)));
+        assert_eq!(o.retry.retry_timeout, Duration::from_secs(3));
     }
 
     #[test]

@@ -15,6 +15,9 @@ Environment:
   TASKCACHE_LOG             tracing filter for diagnostics, e.g. debug
   TASKCACHE_SIGNING_KEY     sign what is stored (a secret; see `taskcache keygen`)
   TASKCACHE_TRUSTED_KEYS    use only entries signed by these public keys
+  AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION,
+  AWS_ENDPOINT_URL, AWS_ALLOW_HTTP
+                            s3:// credentials and endpoint, as the AWS tools read them
 
 Exit codes: the command's own (128+N if killed by signal N); on a hit, the cached one.
 2 for bad usage; 126/127 when the command cannot be started.";
@@ -54,10 +57,12 @@ pub enum Command {
         override_usage = "taskcache key [OPTIONS] [--explain] -- <COMMAND>..."
     )]
     Key(KeyArgs),
-    /// Show entries, blobs, bytes, hits and misses of the local cache.
+    /// Show entries, blobs, bytes, hits and misses of the local cache (of an object
+    /// store: entries, blobs and bytes, by listing).
     #[command(override_usage = "taskcache stats [OPTIONS] [--json]")]
     Stats(StatsArgs),
-    /// Evict least recently used entries until the local cache is under --max-size.
+    /// Evict least recently used entries until the local cache is under --max-size (an
+    /// object store evicts with a lifecycle rule instead; gc says which).
     // The usage is spelled out: clap's own lists an option set from the environment
     // (TASKCACHE_CACHE) as if it were required.
     #[command(override_usage = "taskcache gc [OPTIONS] --max-size <SIZE>")]
@@ -88,8 +93,9 @@ impl Cli {
 /// Where the (local) cache is.
 #[derive(Debug, Args)]
 pub struct CacheArgs {
-    /// Where the cache lives: a directory or file:// URL [default: $TASKCACHE_CACHE,
-    /// else $XDG_CACHE_HOME/taskcache, else ~/.cache/taskcache].
+    /// Where the cache lives: a directory or file:// URL, or an object store
+    /// (s3://bucket/prefix, gs://, az://) [default: $TASKCACHE_CACHE, else
+    /// $XDG_CACHE_HOME/taskcache, else ~/.cache/taskcache].
     #[arg(
         long,
         value_name = "URL|PATH",
@@ -224,8 +230,9 @@ pub struct TaskArgs {
     #[command(flatten)]
     pub cache: CacheArgs,
 
-    /// A shared tier behind the local one: a directory or file:// URL; s3://bucket/prefix,
-    /// grpc://host:port[/instance] and grpcs:// are recognised but not yet supported in this build.
+    /// A shared tier behind the local one: a directory or file:// URL, or an object store
+    /// (s3://bucket/prefix, gs://bucket/prefix, az://container/prefix); grpc://host:port[/instance]
+    /// and grpcs:// are recognised but not yet supported in this build.
     #[arg(
         long,
         value_name = "URL",

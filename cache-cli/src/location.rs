@@ -3,7 +3,8 @@
 //! | form | meaning | this build |
 //! |---|---|---|
 //! | `PATH`, `file:///abs/path` | a local cache directory | supported |
-//! | `s3://...`, `gs://...`, `az://...`, `grpc://...`, `grpcs://...` | object stores, REAPI servers | recognised and refused (their backends are the next crates) |
+//! | `s3://bucket/prefix`, `gs://bucket/prefix`, `az://container/prefix` | an object store (`cache-s3`), configured by the environment (`AWS_*`) | supported |
+//! | `grpc://...`, `grpcs://...` | REAPI servers | recognised and refused (their backend is the next crate) |
 //!
 //! A value that starts with a URL scheme of two letters or more (`s3:`, `http:`, after
 //! any leading spaces) is a URL, whether or not `//` follows; anything else is a path
@@ -26,6 +27,13 @@ use url::Url;
 pub enum Location {
     /// A local cache directory.
     Local(PathBuf),
+    /// An object store bucket (and prefix): `s3://`, `gs://`, `az://`.
+    ObjectStore {
+        /// The URL (without user info, query or fragment: they are refused).
+        url: Url,
+        /// The value as it may be shown ([`redact`]ed).
+        shown: String,
+    },
     /// A kind of cache this build has no backend for yet.
     Planned {
         /// `s3`, `grpc`, ...
@@ -39,7 +47,9 @@ impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Location::Local(p) => write!(f, "{}", p.display()),
-            Location::Planned { shown, .. } => f.write_str(shown),
+            Location::Planned { shown, .. } | Location::ObjectStore { shown, .. } => {
+                f.write_str(shown)
+            }
         }
     }
 }
@@ -71,8 +81,11 @@ impl fmt::Debug for RawLocation {
 
 const FORMS: &str = "use a directory path or file:///abs/path";
 
-/// URL schemes of the shared caches that are being added (object stores, REAPI).
-const PLANNED: &[&str] = &["s3", "gs", "az", "grpc", "grpcs"];
+/// URL schemes of the shared caches that are being added (REAPI).
+const PLANNED: &[&str] = &["grpc", "grpcs"];
+
+/// Object store URL schemes (`cache-s3`).
+const OBJECT_STORES: &[&str] = &["s3", "gs", "az"];
 
 impl Location {
     /// Parses a location. Errors name the problem and the accepted forms, and show
@@ -98,6 +111,9 @@ impl Location {
         if scheme == "file" {
             return parse_file(raw, &shown);
         }
+        if OBJECT_STORES.contains(&scheme.as_str()) {
+            return parse_object_store(raw, shown);
+        }
         match PLANNED.iter().find(|p| **p == scheme) {
             Some(kind) => Ok(Location::Planned { kind, shown }),
             None => Err(format!(
@@ -112,6 +128,11 @@ impl Location {
         match self {
             Location::Local(_) => "local",
             Location::Planned { kind, .. } => kind,
+            Location::ObjectStore { url, .. } => match url.scheme() {
+                "gs" => "gs",
+                "az" => "az",
+                _ => "s3",
+            },
         }
     }
 }
@@ -199,6 +220,43 @@ fn redact_unparsed(raw: &str) -> String {
     let cut = rest.find(['?', '#']).unwrap_or(rest.len());
     let tail = if cut < rest.len() { "?***" } else { "" };
     format!("{}://{userinfo}{}{tail}", before.trim(), &rest[..cut])
+}
+
+/// `s3://bucket/prefix` and its kin. Credentials come from the environment only: a
+/// URL carrying user info, a query or a fragment is refused (and never echoed).
+fn parse_object_store(raw: &str, shown: String) -> Result<Location, String> {
+    let url = Url::parse(raw.trim()).map_err(|e| format!("{shown:?}: not a valid URL: {e}"))?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!(
+            "{shown:?}: credentials do not belong in the URL; set AWS_ACCESS_KEY_ID and \
+             AWS_SECRET_ACCESS_KEY (or the provider's variables) in the environment"
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!(
+            "{shown:?}: query strings and fragments are not understood here; remove them"
+        ));
+    }
+    if url.path().contains('@') {
+        // A stray `@`: most likely credentials pasted raw, which the parser split.
+        return Err(format!(
+            "{shown:?}: an `@` in the path looks like credentials; they do not belong in the \
+             URL (set them in the environment)"
+        ));
+    }
+    if url.port().is_some() {
+        return Err(format!(
+            "{shown:?}: an object store URL names a bucket, not a server; give the server in \
+             AWS_ENDPOINT_URL"
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(format!(
+            "{shown:?}: no bucket (write {}://BUCKET/PREFIX)",
+            url.scheme()
+        ));
+    }
+    Ok(Location::ObjectStore { url, shown })
 }
 
 /// `file:///abs/path`, `file:/abs/path` or `file://localhost/abs/path`; nothing else
@@ -291,14 +349,34 @@ mod tests {
     #[test]
     fn planned_kinds_are_recognised() {
         for (raw, kind) in [
-            ("s3://my-bucket/ci", "s3"),
-            ("S3://b", "s3"),
-            ("gs://b/p", "gs"),
-            ("az://c/p", "az"),
             ("grpc://cache.internal:8980/main", "grpc"),
             ("grpcs://h", "grpcs"),
         ] {
             assert_eq!(ok(raw).kind(), kind, "{raw}");
+        }
+    }
+
+    #[test]
+    fn object_store_urls_are_parsed_and_credentials_refused() {
+        for (raw, kind) in [
+            ("s3://my-bucket/ci", "s3"),
+            ("S3://b", "s3"),
+            ("gs://b/p", "gs"),
+            ("az://c/p", "az"),
+        ] {
+            let loc = ok(raw);
+            assert!(matches!(loc, Location::ObjectStore { .. }), "{raw}");
+            assert_eq!(loc.kind(), kind, "{raw}");
+        }
+        for bad in [
+            "s3://K:hunter2@b/p",
+            "s3://b/p?x=hunter2",
+            "s3:///p",
+            "s3://b/p#hunter2",
+            "s3://AKIA:12/hunter2@b/p",
+        ] {
+            let e = Location::parse(bad).unwrap_err();
+            assert!(!e.contains("hunter2"), "{e}");
         }
     }
 

@@ -40,7 +40,7 @@
 //! declared output exists (see [`cache_core::collect_outputs`]).
 
 use crate::Failure;
-use crate::backend::{self, Opened, Role};
+use crate::backend::{self, Opened, Role, Tier};
 use crate::cli::TaskArgs;
 use crate::explain::Why;
 use crate::key::{TaskSpec, input_inside_output, task_key};
@@ -285,21 +285,23 @@ struct Session {
 fn open_session(
     p: &Prepared,
     policy: CachePolicy,
-    cache_dir: Option<PathBuf>,
-    remote_dir: Option<&PathBuf>,
+    cache: Option<Tier>,
+    remote: Option<&Tier>,
 ) -> Result<Option<Session>, Failure> {
     if policy == CachePolicy::Disabled {
         tracing::info!("uncached {}: key {}, policy {policy}", p.id, p.key);
         return Ok(None);
     }
-    let cache_dir = match cache_dir {
-        Some(dir) => dir,
-        None => backend::cache_dir(None)?,
+    let cache = match cache {
+        Some(tier) => tier,
+        None => Tier::Local(backend::cache_dir(None)?),
     };
     // Someone else's directory is a usage error, not a cache to take over.
-    if let Err(e) = cache_local::check_cache_dir(&cache_dir, true) {
-        if std::fs::metadata(&cache_dir).is_ok_and(|m| m.is_dir()) {
-            return Err(Failure::Usage(e.to_string()));
+    if let Tier::Local(cache_dir) = &cache {
+        if let Err(e) = cache_local::check_cache_dir(cache_dir, true) {
+            if std::fs::metadata(cache_dir).is_ok_and(|m| m.is_dir()) {
+                return Err(Failure::Usage(e.to_string()));
+            }
         }
     }
     let rt = match runtime() {
@@ -309,12 +311,16 @@ fn open_session(
             return Ok(None);
         }
     };
-    match backend::open(&cache_dir, remote_dir, &p.signing, p.deadlines) {
+    // Opened inside the runtime: an object store's client needs one.
+    let opened = {
+        let _in_runtime = rt.enter();
+        backend::open(&cache, remote, &p.signing, p.deadlines)
+    };
+    match opened {
         Ok(opened) => Ok(Some(Session { rt, opened })),
         Err(e) => {
             tracing::warn!(
-                "cache {} cannot be opened, running {} uncached: {e}",
-                cache_dir.display(),
+                "cache {cache} cannot be opened, running {} uncached: {e}",
                 p.id
             );
             Ok(None)
@@ -486,20 +492,25 @@ pub fn run(args: &TaskArgs) -> Result<u8, Failure> {
     let started = Instant::now();
     let p = prepare(args)?;
     // Explicit locations are checked even when the policy would not use them.
-    let cache_dir = p
+    let cache = p
         .cache
         .clone()
-        .map(|loc| backend::require_local(loc, Role::Cache))
+        .map(|loc| backend::require_supported(loc, Role::Cache))
         .transpose()?;
-    let remote_dir = p
+    let remote = p
         .remote
         .clone()
-        .map(|loc| backend::require_local(loc, Role::Remote))
+        .map(|loc| backend::require_supported(loc, Role::Remote))
         .transpose()?;
     let task = task_of(&p, CachePolicy::Normal);
     let policy = effective_policy(&task, Some(args.policy));
-    let session = open_session(&p, policy, cache_dir.clone(), remote_dir.as_ref())?;
-    let why = why(&p, args, cache_dir);
+    let session = open_session(&p, policy, cache.clone(), remote.as_ref())?;
+    // Manifests for --id live in a local cache directory; a bucket alone keeps none.
+    let why = match cache {
+        Some(Tier::Object { .. }) => Why::new(&p.spec, &p.key, &p.inputs, args.id.as_deref(), None),
+        Some(Tier::Local(dir)) => why(&p, args, Some(dir)),
+        None => why(&p, args, None),
+    };
 
     let mut looked = ("uncached", String::new());
     if let Some(s) = &session {

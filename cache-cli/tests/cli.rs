@@ -300,8 +300,14 @@ fn bad_input_exits_2_with_a_message_that_says_what_to_do() {
             "file:///",
         ),
         (
-            &["run", "--remote", "s3://my-bucket/ci", "--", "true"],
-            "not yet supported",
+            &[
+                "run",
+                "--remote",
+                "s3://AKIA:hunter2@my-bucket/ci",
+                "--",
+                "true",
+            ],
+            "do not belong in the URL",
         ),
         (
             &[
@@ -322,8 +328,12 @@ fn bad_input_exits_2_with_a_message_that_says_what_to_do() {
         (&["gc", "--max-size", "lots"], "10GiB"),
         (&["gc", "--max-size", "5 parsecs"], "unit"),
         (
-            &["stats", "--cache", "s3://bucket-name"],
-            "not yet supported",
+            &["verify", "--cache", "s3://bucket-name"],
+            "local cache directory only",
+        ),
+        (
+            &["gc", "--cache", "s3://bucket-name/ci", "--max-size", "1GiB"],
+            "lifecycle",
         ),
     ];
     for (args, hint) in cases {

@@ -1,7 +1,550 @@
-//! `cache-s3` will be the taskcache backend for S3 and every other object store the
-//! `object_store` crate speaks (GCS, Azure, local filesystem, in-memory).
+//! # cache-s3: the shared taskcache on any object store
 //!
-//! It is not written yet: this crate exists so the workspace layout matches
-//! `ARCHITECTURE.md`. It exports nothing. Its design (a `cache_core::storage::Storage`
-//! implementation, so publish order, digest checks and path safety come from
-//! `cache-core`) is described in `ARCHITECTURE.md`.
+//! [`S3Storage`] is a [`cache_core::storage::Storage`] on the `object_store` crate, so
+//! S3 and S3-compatible servers (MinIO, Ceph, R2), Google Cloud Storage, Azure Blob
+//! Storage, a local directory and memory all work through one implementation, chosen
+//! by URL: `s3://bucket/prefix`, `gs://bucket/prefix`, `az://container/prefix`,
+//! `file:///abs/dir`, `memory://`. Wrapped in a [`cache_core::Cache`] it is a full
+//! backend: publish order, digest checks and path safety are `Cache`'s.
+//!
+//! ## Layout
+//!
+//! Under the URL's prefix:
+//!
+//! * `blobs/<algorithm>/<hex>`: file contents and large logs, by content digest;
+//! * `entries/<algorithm>/<hex>`: one record per task digest, the bytes of
+//!   [`ActionRecord::encode`], read back with [`ActionRecord::decode`].
+//!
+//! A blob already stored transfers no bytes (a HEAD asks first), and a new one is
+//! written with a create-only put (`If-None-Match: *`), so two runners storing the
+//! same output both succeed and the object is written once. An entry is overwritten
+//! (last writer wins). Large blobs go up as parallel multipart uploads read from their
+//! file and come down as parallel ranged GETs, so memory does not grow with the size of
+//! an output.
+//!
+//! ## Configuration
+//!
+//! S3 reads the variables the AWS tools read: `AWS_ACCESS_KEY_ID`,
+//! `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_REGION`, `AWS_ENDPOINT_URL` (an
+//! S3-compatible server; path-style requests) and `AWS_ALLOW_HTTP=true` (plain HTTP, for
+//! a server on the loopback). Cloud providers are cargo features: `aws` (default),
+//! `gcp`, `azure`.
+//!
+//! Throttling, server errors after retries, timeouts and connection failures are
+//! [`cache_core::Fault::Cache`] faults that degrade (the task runs uncached); a missing
+//! bucket or refused credentials are errors naming the bucket, the endpoint and the
+//! credential source, never a secret.
+//!
+//! Object stores evict with lifecycle rules, not with `gc`: expire `blobs/` and
+//! `entries/` under the prefix after N days (see the README). An entry whose blob
+//! expired first is a miss, and the next store uploads the blob again.
+//!
+//! ```
+//! use cache_core::Cache;
+//! use cache_s3::{S3Options, S3Storage};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let url = url::Url::parse("memory://").unwrap();
+//! let storage = S3Storage::open(&url, S3Options::default()).unwrap();
+//! let cache = Cache::new(storage, |job| { tokio::task::spawn_blocking(job); });
+//! # let _ = cache;
+//! # }
+//! ```
+
+mod config;
+mod counting;
+mod error;
+mod stats;
+mod transfer;
+
+pub use config::S3Options;
+#[cfg(any(feature = "aws", feature = "gcp", feature = "azure"))]
+pub use config::retry_config;
+pub use counting::{CountingStore, RequestCounts};
+pub use object_store;
+pub use stats::BucketStats;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use cache_core::storage::{
+    ActionRecord, BlobSource, EntryKey, MAX_ENTRY_BYTES, Storage, StoredEntry, copy_hashing,
+    hash_reader, open_regular,
+};
+use cache_core::{BackendError, BackendResult, BlobRef, Digest, DigestAlgorithm};
+use error::Where;
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{
+    GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
+};
+use std::io::Read;
+use std::sync::Arc;
+use url::Url;
+
+/// Blobs up to this size are fetched whole by `open_blobs`, in parallel; larger ones
+/// come as lazy readers.
+const EAGER_MAX: u64 = 1 << 20;
+
+/// Entries and blobs of one cache in an object store. Clones share the client.
+#[derive(Clone)]
+pub struct S3Storage {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn ObjectStore>,
+    prefix: Path,
+    place: Arc<Where>,
+    options: S3Options,
+    /// One large transfer at a time per storage: each holds up to
+    /// `part_size * (parallel_parts + 2)` bytes.
+    large: tokio::sync::Semaphore,
+}
+
+impl std::fmt::Debug for S3Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The client is not shown: its configuration holds the credentials.
+        f.debug_struct("S3Storage")
+            .field("url", &self.inner.place.url)
+            .field("endpoint", &self.inner.place.endpoint)
+            .field("credentials", &self.inner.place.credentials)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a source became before it is stored: small bytes, or a file to upload in
+/// parts (and the temporary file that holds a spooled reader, kept until then).
+enum Prepared {
+    Small(Bytes),
+    Large(std::path::PathBuf, Option<tempfile::TempPath>),
+}
+
+impl S3Storage {
+    /// Opens the store `url` names, configured from the process environment.
+    pub fn open(url: &Url, options: S3Options) -> BackendResult<S3Storage> {
+        Self::open_with_env(url, options, &|k| std::env::var(k).ok())
+    }
+
+    /// [`S3Storage::open`] with the environment read through `var`.
+    pub fn open_with_env(
+        url: &Url,
+        options: S3Options,
+        var: &dyn Fn(&str) -> Option<String>,
+    ) -> BackendResult<S3Storage> {
+        let opened = config::open(url, &options, var)?;
+        Ok(Self::build(
+            opened.store,
+            opened.prefix,
+            opened.place,
+            options,
+        ))
+    }
+
+    /// A storage over an existing store (a wrapper such as [`CountingStore`], a test
+    /// double), under `prefix`; `describe` names it in messages.
+    pub fn from_store(
+        store: Arc<dyn ObjectStore>,
+        prefix: &str,
+        describe: &str,
+        options: S3Options,
+    ) -> S3Storage {
+        let place = Arc::new(Where {
+            url: describe.to_owned(),
+            bucket: describe.to_owned(),
+            endpoint: store.to_string(),
+            credentials: "the store's own".into(),
+            secrets: error::Secrets::default(),
+        });
+        Self::build(store, Path::from(prefix), place, options)
+    }
+
+    fn build(
+        store: Arc<dyn ObjectStore>,
+        prefix: Path,
+        place: Arc<Where>,
+        options: S3Options,
+    ) -> S3Storage {
+        S3Storage {
+            inner: Arc::new(Inner {
+                store,
+                prefix,
+                place,
+                options,
+                large: tokio::sync::Semaphore::new(1),
+            }),
+        }
+    }
+
+    /// The store underneath (shared).
+    #[must_use]
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.inner.store
+    }
+
+    /// The object holding `key`'s entry.
+    #[must_use]
+    pub fn entry_path(&self, key: &Digest) -> Path {
+        self.object("entries", key)
+    }
+
+    /// The object holding the blob with `digest`.
+    #[must_use]
+    pub fn blob_path(&self, digest: &Digest) -> Path {
+        self.object("blobs", digest)
+    }
+
+    fn object(&self, kind: &str, digest: &Digest) -> Path {
+        let mut parts: Vec<_> = self.inner.prefix.parts().collect();
+        parts.push(kind.into());
+        parts.push(digest.algorithm().as_str().into());
+        parts.push(digest.hex().into());
+        Path::from_iter(parts)
+    }
+
+    /// The prefix everything lives under.
+    #[must_use]
+    pub fn prefix(&self) -> &Path {
+        &self.inner.prefix
+    }
+
+    /// The URL as shown in messages.
+    #[must_use]
+    pub fn describe(&self) -> &str {
+        &self.inner.place.url
+    }
+
+    pub(crate) fn err(&self, op: &str, path: &Path, e: &object_store::Error) -> BackendError {
+        self.inner.place.error(op, path.as_ref(), e)
+    }
+
+    /// The stored size of the object at `path`, `None` if there is none.
+    async fn head_size(&self, path: &Path) -> BackendResult<Option<u64>> {
+        match self.inner.store.head(path).await {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(e) if is_absent(&e) => Ok(None),
+            Err(e) => Err(self.err("HEAD", path, &e)),
+        }
+    }
+
+    async fn put_one(
+        &self,
+        source: BlobSource,
+        algorithm: DigestAlgorithm,
+    ) -> BackendResult<BlobRef> {
+        let threshold = self.inner.options.multipart_threshold;
+        let (blob, prepared) = match source {
+            BlobSource::Bytes(b) if (b.len() as u64) < 64 << 10 => (
+                BlobRef::of(algorithm, &b),
+                Prepared::Small(Bytes::from_owner(b)),
+            ),
+            source => blocking(move || prepare(source, algorithm, threshold)).await?,
+        };
+        let path = self.blob_path(&blob.digest);
+        let stored = self.head_size(&path).await?;
+        if stored == Some(blob.size) {
+            return Ok(blob);
+        }
+        // A stored object of another size is not this blob (truncated, tampered):
+        // it is replaced; otherwise the put is create-only, the race guard.
+        let mode = if stored.is_some() {
+            PutMode::Overwrite
+        } else {
+            PutMode::Create
+        };
+        match prepared {
+            Prepared::Small(bytes) => self.put_small(&path, bytes, mode).await?,
+            Prepared::Large(file, _spooled) => {
+                let _permit = self.inner.large.acquire().await;
+                let o = &self.inner.options;
+                transfer::upload_file(
+                    &self.inner.store,
+                    &path,
+                    file.clone(),
+                    blob,
+                    o.part_size,
+                    o.parallel_parts,
+                )
+                .await
+                .map_err(|e| match e {
+                    transfer::UploadError::Store(e) => self.err("multipart upload", &path, &e),
+                    transfer::UploadError::Read(e) => {
+                        BackendError::io_with_context("read for upload", &file, e)
+                    }
+                    transfer::UploadError::Changed => BackendError::io_with_context(
+                        "upload",
+                        &file,
+                        std::io::Error::other("the file changed while it was being stored"),
+                    ),
+                })?;
+            }
+        }
+        Ok(blob)
+    }
+
+    async fn put_small(&self, path: &Path, bytes: Bytes, mode: PutMode) -> BackendResult<()> {
+        let opts = PutOptions {
+            mode: mode.clone(),
+            ..PutOptions::default()
+        };
+        let payload = PutPayload::from(bytes);
+        match self.inner.store.put_opts(path, payload.clone(), opts).await {
+            // Stored, or someone stored it first: the same bytes, by content address.
+            Ok(_)
+            | Err(
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. },
+            ) => Ok(()),
+            // A store without create-only puts: overwriting with the same bytes is safe.
+            Err(
+                object_store::Error::NotImplemented { .. }
+                | object_store::Error::NotSupported { .. },
+            ) if matches!(mode, PutMode::Create) => self
+                .inner
+                .store
+                .put(path, payload)
+                .await
+                .map(drop)
+                .map_err(|e| self.err("PUT", path, &e)),
+            Err(e) => Err(self.err("PUT", path, &e)),
+        }
+    }
+
+    async fn open_one(&self, blob: BlobRef) -> BackendResult<Option<BlobSource>> {
+        let path = self.blob_path(&blob.digest);
+        let o = &self.inner.options;
+        // Small blobs whole; large ones start with their first range, which also says
+        // whether the blob is there, and continue lazily.
+        let first = if blob.size <= EAGER_MAX {
+            None
+        } else {
+            Some(GetRange::Bounded(0..(o.part_size as u64).min(blob.size)))
+        };
+        let options = GetOptions {
+            range: first.clone(),
+            ..GetOptions::default()
+        };
+        let got = match self.inner.store.get_opts(&path, options).await {
+            Ok(got) => got,
+            Err(e) if is_absent(&e) => return Ok(None),
+            Err(e) => return Err(self.err("GET", &path, &e)),
+        };
+        if got.meta.size != blob.size {
+            // Not this blob: a miss, and Cache's check would refuse it anyway.
+            return Ok(None);
+        }
+        let bytes = got.bytes().await.map_err(|e| self.err("GET", &path, &e))?;
+        if first.is_none() {
+            return Ok(Some(BlobSource::Bytes(Arc::from(&bytes[..]))));
+        }
+        let reader = transfer::RangeReader::new(
+            Arc::clone(&self.inner.store),
+            path,
+            bytes,
+            blob.size,
+            o.part_size as u64,
+            o.parallel_parts,
+        );
+        Ok(Some(BlobSource::Reader(Box::new(reader))))
+    }
+
+    async fn delete(&self, path: &Path) -> BackendResult<()> {
+        match self.inner.store.delete(path).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_absent(&e) => Ok(()),
+            Err(e) => Err(self.err("DELETE", path, &e)),
+        }
+    }
+
+    /// Counts entries, blobs and bytes under the prefix by listing them.
+    pub async fn stats(&self) -> BackendResult<BucketStats> {
+        stats::collect(self).await
+    }
+
+    /// The stored bytes of the entry for `key` (tests, tools), `None` if there is none.
+    pub async fn raw_entry(&self, key: &Digest) -> BackendResult<Option<Bytes>> {
+        let path = self.entry_path(key);
+        match self.inner.store.get(&path).await {
+            Ok(got) => got
+                .bytes()
+                .await
+                .map(Some)
+                .map_err(|e| self.err("GET", &path, &e)),
+            Err(e) if is_absent(&e) => Ok(None),
+            Err(e) => Err(self.err("GET", &path, &e)),
+        }
+    }
+
+    /// Stores `bytes` verbatim as the entry for `key` (tests, tools).
+    pub async fn write_raw_entry(&self, key: &Digest, bytes: Vec<u8>) -> BackendResult<()> {
+        let path = self.entry_path(key);
+        self.inner
+            .store
+            .put(&path, PutPayload::from(bytes))
+            .await
+            .map(drop)
+            .map_err(|e| self.err("PUT", &path, &e))
+    }
+}
+
+/// Hashes a source and decides how it goes up (on a blocking thread: it reads files).
+fn prepare(
+    source: BlobSource,
+    algorithm: DigestAlgorithm,
+    threshold: u64,
+) -> BackendResult<(BlobRef, Prepared)> {
+    match source {
+        BlobSource::Bytes(b) => Ok((
+            BlobRef::of(algorithm, &b),
+            Prepared::Small(Bytes::from_owner(b)),
+        )),
+        BlobSource::File(path) => {
+            let mut file = open_regular(&path)?;
+            let ctx = |e| BackendError::io_with_context("read", &path, e);
+            let len = file.metadata().map_err(ctx)?.len();
+            if len < threshold {
+                // Read once: the bytes hashed are the bytes sent.
+                let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+                let blob = copy_hashing(&mut (&mut file).take(threshold), &mut bytes, algorithm)
+                    .map_err(ctx)?;
+                return Ok((blob, Prepared::Small(Bytes::from(bytes))));
+            }
+            let blob = hash_reader(&mut file, algorithm).map_err(ctx)?;
+            Ok((blob, Prepared::Large(path, None)))
+        }
+        BlobSource::Reader(reader) => {
+            // Unknown length: keep it in memory while it is small, else spool it to a
+            // temporary file and upload that in parts.
+            let mut head = Vec::new();
+            let mut reader = reader;
+            (&mut reader)
+                .take(threshold)
+                .read_to_end(&mut head)
+                .map_err(BackendError::Io)?;
+            if (head.len() as u64) < threshold {
+                return Ok((
+                    BlobRef::of(algorithm, &head),
+                    Prepared::Small(Bytes::from(head)),
+                ));
+            }
+            let mut spool = tempfile::NamedTempFile::new().map_err(BackendError::Io)?;
+            let mut chained = std::io::Cursor::new(head).chain(reader);
+            let blob = copy_hashing(&mut chained, spool.as_file_mut(), algorithm)
+                .map_err(BackendError::Io)?;
+            let path = spool.into_temp_path();
+            Ok((blob, Prepared::Large(path.to_path_buf(), Some(path))))
+        }
+    }
+}
+
+/// A missing object (a miss), as opposed to a missing bucket, which is an error.
+fn is_absent(e: &object_store::Error) -> bool {
+    matches!(e, object_store::Error::NotFound { .. }) && !error::is_missing_bucket(&e.to_string())
+}
+
+async fn blocking<T: Send + 'static>(
+    job: impl FnOnce() -> BackendResult<T> + Send + 'static,
+) -> BackendResult<T> {
+    match tokio::task::spawn_blocking(job).await {
+        Ok(r) => r,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(BackendError::unavailable(format!(
+            "object store: blocking job did not finish: {e}"
+        ))),
+    }
+}
+
+#[async_trait]
+impl Storage for S3Storage {
+    fn name(&self) -> &'static str {
+        "s3"
+    }
+
+    async fn get_entry(&self, key: &EntryKey) -> BackendResult<Option<StoredEntry>> {
+        let digest = key.digest;
+        let path = self.entry_path(&digest);
+        let got = match self.inner.store.get(&path).await {
+            Ok(got) => got,
+            Err(e) if is_absent(&e) => return Ok(None),
+            Err(e) => return Err(self.err("GET", &path, &e)),
+        };
+        if got.meta.size > MAX_ENTRY_BYTES as u64 {
+            return Err(BackendError::CorruptEntry {
+                key: digest,
+                reason: format!(
+                    "the stored entry is {} bytes, over the {MAX_ENTRY_BYTES}-byte limit",
+                    got.meta.size
+                ),
+            });
+        }
+        let bytes = got.bytes().await.map_err(|e| self.err("GET", &path, &e))?;
+        let decode =
+            move || ActionRecord::decode(&digest, &bytes).map(|r| Some(StoredEntry::new(r)));
+        blocking(decode).await
+    }
+
+    async fn put_entry(&self, key: &EntryKey, record: Arc<ActionRecord>) -> BackendResult<()> {
+        let bytes = record.encode()?;
+        let path = self.entry_path(&key.digest);
+        self.inner
+            .store
+            .put(&path, PutPayload::from(bytes))
+            .await
+            .map(drop)
+            .map_err(|e| self.err("PUT", &path, &e))
+    }
+
+    async fn remove_entry(&self, key: &EntryKey) -> BackendResult<()> {
+        self.delete(&self.entry_path(&key.digest)).await
+    }
+
+    async fn find_missing_blobs(&self, blobs: Vec<BlobRef>) -> BackendResult<Vec<BlobRef>> {
+        let found: Vec<Option<BlobRef>> = futures::stream::iter(blobs)
+            .map(|blob| async move {
+                let size = self.head_size(&self.blob_path(&blob.digest)).await?;
+                // A stored object of another size is not this blob.
+                Ok::<_, BackendError>((size != Some(blob.size)).then_some(blob))
+            })
+            .buffered(self.inner.options.concurrency)
+            .try_collect()
+            .await?;
+        Ok(found.into_iter().flatten().collect())
+    }
+
+    async fn put_blobs(
+        &self,
+        sources: Vec<BlobSource>,
+        algorithm: Option<DigestAlgorithm>,
+    ) -> BackendResult<Vec<BlobRef>> {
+        let algorithm = algorithm.unwrap_or(DigestAlgorithm::Blake3);
+        futures::stream::iter(sources)
+            .map(|source| self.put_one(source, algorithm))
+            .buffered(self.inner.options.concurrency)
+            .try_collect()
+            .await
+    }
+
+    async fn open_blobs(&self, blobs: Vec<BlobRef>) -> BackendResult<Vec<Option<BlobSource>>> {
+        futures::stream::iter(blobs)
+            .map(|blob| self.open_one(blob))
+            .buffered(self.inner.options.concurrency)
+            .try_collect()
+            .await
+    }
+
+    async fn remove_blob(&self, blob: &BlobRef) -> BackendResult<()> {
+        self.delete(&self.blob_path(&blob.digest)).await
+    }
+
+    async fn touch(&self, _key: &EntryKey) -> BackendResult<()> {
+        // Recency is the bucket's lifecycle rule's business (objects expire by age).
+        Ok(())
+    }
+
+    async fn health_check(&self) -> BackendResult<()> {
+        let prefix = self.inner.prefix.clone();
+        match self.inner.store.list_with_delimiter(Some(&prefix)).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.err("LIST", &prefix, &e)),
+        }
+    }
+}

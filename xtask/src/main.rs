@@ -4,9 +4,13 @@
 //!   (nextest, then doctests), docs with `-D warnings`, the CI-sized drills.
 //! * `cargo xtask bench [local|cli|all]`: benchmarks; results go in `BENCHMARKS.md`.
 //! * `cargo xtask drill [NAME|all] [--trials N]`: reliability drills (`RELIABILITY.md`).
+//! * `cargo xtask peers up|down|env [NAME...]`: the real servers tests run against
+//!   (see [`peers`]); `ci` starts them, runs the tests with their variables and
+//!   `TASKCACHE_REQUIRE_PEERS=1`, and always stops them.
 
 mod bench;
 mod drill;
+mod peers;
 
 use std::process::{Command, ExitCode};
 
@@ -16,9 +20,10 @@ fn main() -> ExitCode {
         Some("ci") => ci(),
         Some("bench") => bench::run(&args[1..]),
         Some("drill") => drill::run(&args[1..]),
+        Some("peers") => peers::run(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci | bench [local|cli|all] | drill [NAME|all] [--trials N]>"
+                "usage: cargo xtask <ci | bench [local|cli|s3|all] | drill [NAME|all] [--trials N] | peers up|down|env [NAME...]>"
             );
             return ExitCode::from(2);
         }
@@ -86,11 +91,39 @@ fn ci() -> Result<(), String> {
         "-D",
         "warnings",
     ]))?;
+    // The object store providers that are off by default, and the build without any.
+    run(cargo().args([
+        "clippy",
+        "-p",
+        "cache-s3",
+        "--all-features",
+        "--quiet",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run(cargo().args([
+        "check",
+        "-p",
+        "cache-s3",
+        "--no-default-features",
+        "--quiet",
+    ]))?;
     if !has_nextest() {
         eprintln!("xtask: installing cargo-nextest (once)");
         run(cargo().args(["install", "--locked", "--quiet", "cargo-nextest"]))?;
     }
-    run(cargo().args(["nextest", "run", "--workspace", "--profile", "ci"]))?;
+    // The real servers for the whole test run, stopped whatever happens.
+    let tests = peers::up(&[]).and_then(|vars| {
+        let mut cmd = cargo();
+        cmd.args(["nextest", "run", "--workspace", "--profile", "ci"])
+            .env("TASKCACHE_REQUIRE_PEERS", "1")
+            .envs(vars);
+        run(&mut cmd)
+    });
+    let stopped = peers::down(&[]);
+    tests?;
+    stopped?;
     run(cargo().args(["test", "--workspace", "--doc", "--quiet"]))?;
     // The reliability drills, CI-sized (the full ones: `cargo xtask drill all`).
     eprintln!("xtask: $ cargo xtask drill all --ci");

@@ -1,0 +1,16 @@
+//! The full cache-testkit suite on object_store's in-memory store.
+
+mod common;
+
+use cache_s3::{S3Options, S3Storage};
+use cache_testkit::Harness;
+use std::sync::Arc;
+
+async fn harness() -> Harness {
+    let store = Arc::new(cache_s3::object_store::memory::InMemory::new());
+    let storage = S3Storage::from_store(store, "ci/cache", "memory", S3Options::default());
+    let tamper = common::S3Tamper(storage.clone());
+    Harness::from_storage(storage, Arc::new(tamper))
+}
+
+cache_testkit::conformance_suite!(harness);

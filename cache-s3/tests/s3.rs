@@ -1,0 +1,369 @@
+//! What only an object store does: request counts, error messages and secrets,
+//! degradation when the server is gone. Behaviour shared by every backend is in the
+//! conformance suites.
+
+mod common;
+
+use cache_core::{BackendError, Cache, CacheBackend, CacheEntry, CacheOutput, CachePolicy, Digest};
+use cache_s3::{CountingStore, S3Options, S3Storage};
+use cache_testkit::fixtures::{fresh_key, task};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn cache(storage: S3Storage) -> Cache<S3Storage> {
+    Cache::new(storage, cache_testkit::spawn_blocking)
+}
+
+fn counting_storage() -> (CountingStore, S3Storage) {
+    let memory = Arc::new(cache_s3::object_store::memory::InMemory::new());
+    let counting = CountingStore::new(memory);
+    let storage = S3Storage::from_store(
+        Arc::new(counting.clone()),
+        "ci",
+        "memory",
+        S3Options::default(),
+    );
+    (counting, storage)
+}
+
+fn entry_with(outputs: Vec<CacheOutput>) -> CacheEntry {
+    CacheEntry {
+        stdout: Some(b"built\n".to_vec()),
+        exit_code: 0,
+        duration_ms: 5,
+        outputs,
+        ..CacheEntry::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hit_of_one_small_output_takes_at_most_three_requests() {
+    let (counting, storage) = counting_storage();
+    let key = fresh_key();
+    let t = task();
+    let c = cache(storage);
+    let entry = entry_with(vec![CacheOutput::bytes(
+        "out/a.txt",
+        b"hello".to_vec(),
+        false,
+    )]);
+    c.store(&t, &key, &entry, CachePolicy::Normal)
+        .await
+        .unwrap();
+    let before = counting.counts();
+    let ws = tempfile::tempdir().unwrap();
+    let hit = c
+        .lookup(&t, &Digest::parse(&key).unwrap(), CachePolicy::Normal)
+        .await
+        .unwrap()
+        .expect("a hit");
+    hit.restore(ws.path()).await.unwrap();
+    assert_eq!(
+        std::fs::read(ws.path().join("out/a.txt")).unwrap(),
+        b"hello"
+    );
+    let used = counting.counts().total() - before.total();
+    assert!(
+        used <= 3,
+        "a hit took {used} requests: {}",
+        counting.counts()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_store_sends_no_blob_bytes() {
+    let (counting, storage) = counting_storage();
+    let src = tempfile::tempdir().unwrap();
+    let big = src.path().join("big.bin");
+    // Over the multipart threshold, so the large path is the one proven idle.
+    let bytes: Vec<u8> = (0..20u32 << 20).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&big, &bytes).unwrap();
+    let outputs = vec![
+        CacheOutput::bytes("out/small.txt", b"small".to_vec(), false),
+        CacheOutput::file("out/big.bin", &big, false),
+    ];
+    let c = cache(storage.clone());
+    let t = task();
+    c.store(
+        &t,
+        &fresh_key(),
+        &entry_with(outputs.clone()),
+        CachePolicy::Normal,
+    )
+    .await
+    .unwrap();
+    let cold = counting.counts();
+    assert!(cold.bytes_sent >= bytes.len() as u64, "{cold}");
+    let key = fresh_key();
+    c.store(&t, &key, &entry_with(outputs), CachePolicy::Normal)
+        .await
+        .unwrap();
+    let warm = counting.counts();
+    let sent = warm.bytes_sent - cold.bytes_sent;
+    let entry_bytes = storage
+        .raw_entry(&Digest::parse(&key).unwrap())
+        .await
+        .unwrap()
+        .unwrap()
+        .len() as u64;
+    // One PUT, of the entry; every blob was asked about and found.
+    assert_eq!(warm.puts - cold.puts, 1, "{warm}");
+    assert_eq!(sent, entry_bytes, "a warm store sent blob bytes: {warm}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_count_entries_blobs_and_bytes() {
+    let (_, storage) = counting_storage();
+    let c = cache(storage.clone());
+    let outputs = vec![
+        CacheOutput::bytes("a", b"12345".to_vec(), false),
+        CacheOutput::bytes("b", b"678".to_vec(), false),
+    ];
+    c.store(
+        &task(),
+        &fresh_key(),
+        &entry_with(outputs),
+        CachePolicy::Normal,
+    )
+    .await
+    .unwrap();
+    let stats = storage.stats().await.unwrap();
+    assert_eq!(
+        (stats.entries, stats.blobs, stats.blob_bytes),
+        (1, 2, 8),
+        "{stats:?}"
+    );
+    assert!(stats.entry_bytes > 0);
+}
+
+const SECRET: &str = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzzSECRETzz";
+const TOKEN: &str = "FwoGZXIvYXdzEXAMPLESESSIONTOKENzzTOKENzz";
+
+fn env_with_secrets(endpoint: String) -> impl Fn(&str) -> Option<String> {
+    move |k: &str| match k {
+        "AWS_ACCESS_KEY_ID" => Some("AKIAEXAMPLEKEYID".into()),
+        "AWS_SECRET_ACCESS_KEY" => Some(SECRET.into()),
+        "AWS_SESSION_TOKEN" => Some(TOKEN.into()),
+        "AWS_REGION" => Some("us-east-1".into()),
+        "AWS_ENDPOINT_URL" => Some(endpoint.clone()),
+        "AWS_ALLOW_HTTP" => Some("true".into()),
+        _ => None,
+    }
+}
+
+fn assert_no_secret(text: &str) {
+    assert!(
+        !text.contains(SECRET) && !text.contains(TOKEN),
+        "a secret leaked: {text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_is_gone_is_a_degradable_fault_named_without_secrets() {
+    // A port nobody listens on: connections are refused at once.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = url::Url::parse("s3://some-bucket/ci").unwrap();
+    let options = S3Options::default().with_timeout(Duration::from_secs(2));
+    let storage = S3Storage::open_with_env(
+        &url,
+        options,
+        &env_with_secrets(format!("http://127.0.0.1:{port}")),
+    )
+    .unwrap();
+    assert_no_secret(&format!("{storage:?}"));
+    let c = cache(storage.clone());
+    let start = std::time::Instant::now();
+    let e = c
+        .lookup(
+            &task(),
+            &Digest::parse(&fresh_key()).unwrap(),
+            CachePolicy::Normal,
+        )
+        .await
+        .unwrap_err();
+    let elapsed = start.elapsed();
+    assert!(e.is_cache_fault() && e.is_gracefully_degradable(), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            BackendError::Connection(_) | BackendError::Unavailable(_)
+        ),
+        "{e:?}"
+    );
+    let text = format!("{e} {e:?}");
+    assert_no_secret(&text);
+    assert!(
+        text.contains("some-bucket") && text.contains(&format!("127.0.0.1:{port}")),
+        "{text}"
+    );
+    // Bounded by the configured timeout (generous margin: this asserts a bound, not speed).
+    assert!(elapsed < Duration::from_secs(30), "took {elapsed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_in_the_url_are_refused_without_echoing_them() {
+    let url = url::Url::parse(&format!("s3://AKIA:{}@bucket/p", "topsecretvalue1")).unwrap();
+    let e = S3Storage::open_with_env(&url, S3Options::default(), &|_| None).unwrap_err();
+    assert!(!e.to_string().contains("topsecretvalue1"), "{e}");
+    assert!(e.to_string().contains("environment"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_bucket_names_bucket_endpoint_and_credential_source() {
+    let Some((endpoint, _)) =
+        common::s3_peer("a_missing_bucket_names_bucket_endpoint_and_credential_source")
+    else {
+        return;
+    };
+    let url = url::Url::parse("s3://no-such-bucket-taskcache/ci").unwrap();
+    let storage = S3Storage::open_with_env(
+        &url,
+        S3Options::default(),
+        &env_with_secrets(endpoint.clone()),
+    )
+    .unwrap();
+    let e = cache_core::storage::Storage::health_check(&storage)
+        .await
+        .unwrap_err();
+    let text = e.to_string();
+    assert_no_secret(&format!("{text} {e:?}"));
+    assert!(
+        text.contains("no-such-bucket-taskcache") && text.contains(&endpoint),
+        "{text}"
+    );
+    assert!(
+        text.contains("does not exist") && text.contains("AWS_ACCESS_KEY_ID"),
+        "{text}"
+    );
+    // A lookup says the same, rather than calling it a miss.
+    let e = cache(storage)
+        .lookup(
+            &task(),
+            &Digest::parse(&fresh_key()).unwrap(),
+            CachePolicy::Normal,
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("does not exist"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_runners_storing_one_blob_at_once_both_succeed_on_a_real_server() {
+    let Some((endpoint, bucket)) =
+        common::s3_peer("two_runners_storing_one_blob_at_once_both_succeed_on_a_real_server")
+    else {
+        return;
+    };
+    let url = url::Url::parse(&format!("s3://{bucket}/{}", common::unique_prefix("race"))).unwrap();
+    let env = common::s3_env(&endpoint);
+    let outputs = vec![CacheOutput::bytes(
+        "out/same.txt",
+        b"same bytes".to_vec(),
+        false,
+    )];
+    let key = fresh_key();
+    let mut runners = Vec::new();
+    for _ in 0..8 {
+        let c = cache(S3Storage::open_with_env(&url, S3Options::default(), &env).unwrap());
+        let (key, entry) = (key.clone(), entry_with(outputs.clone()));
+        runners.push(tokio::spawn(async move {
+            c.store(&task(), &key, &entry, CachePolicy::Normal).await
+        }));
+    }
+    for r in runners {
+        r.await.unwrap().unwrap();
+    }
+    let c = cache(S3Storage::open_with_env(&url, S3Options::default(), &env).unwrap());
+    let ws = tempfile::tempdir().unwrap();
+    c.lookup(&task(), &Digest::parse(&key).unwrap(), CachePolicy::Normal)
+        .await
+        .unwrap()
+        .expect("a hit")
+        .restore(ws.path())
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read(ws.path().join("out/same.txt")).unwrap(),
+        b"same bytes"
+    );
+}
+
+/// A loopback HTTP server that answers every request with `status` and `body`, for
+/// the answers a real server gives only when misconfigured or overloaded.
+fn answering(status: &'static str, body: &'static str) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(64) {
+            let Ok(mut s) = stream else { continue };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut buf = [0u8; 8192];
+            let _ = s.read(&mut buf);
+            let _ = write!(
+                s,
+                "HTTP/1.1 {status}\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    format!("http://127.0.0.1:{port}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_credentials_name_bucket_endpoint_and_source_but_no_secret() {
+    let endpoint = answering(
+        "403 Forbidden",
+        "<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>",
+    );
+    let url = url::Url::parse("s3://team-cache/ci").unwrap();
+    let options = S3Options::default().with_timeout(Duration::from_secs(2));
+    let storage =
+        S3Storage::open_with_env(&url, options, &env_with_secrets(endpoint.clone())).unwrap();
+    let e = cache(storage)
+        .lookup(
+            &task(),
+            &Digest::parse(&fresh_key()).unwrap(),
+            CachePolicy::Normal,
+        )
+        .await
+        .unwrap_err();
+    let text = e.to_string();
+    assert_no_secret(&format!("{text} {e:?}"));
+    for part in [
+        "access denied",
+        "team-cache",
+        endpoint.as_str(),
+        "AWS_SESSION_TOKEN from the environment",
+    ] {
+        assert!(text.contains(part), "{part:?} missing: {text}");
+    }
+    // Still the cache's fault: the task runs uncached.
+    assert!(e.is_cache_fault(), "{e:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_after_retries_is_a_degradable_fault() {
+    let endpoint = answering(
+        "503 Service Unavailable",
+        "<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>",
+    );
+    let url = url::Url::parse("s3://team-cache/ci").unwrap();
+    let options = S3Options::default().with_timeout(Duration::from_secs(2));
+    let storage = S3Storage::open_with_env(&url, options, &env_with_secrets(endpoint)).unwrap();
+    let e = cache(storage)
+        .lookup(
+            &task(),
+            &Digest::parse(&fresh_key()).unwrap(),
+            CachePolicy::Normal,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, BackendError::Unavailable(_)), "{e:?}");
+    assert!(e.is_gracefully_degradable() && e.is_cache_fault(), "{e:?}");
+    assert_no_secret(&format!("{e} {e:?}"));
+}
