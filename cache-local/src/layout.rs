@@ -75,7 +75,8 @@ fn refuse(file: &Path, msg: String) -> BackendError {
 }
 
 /// Whether `dir` may be opened as a cache: one with a `LAYOUT` file is; with `create`,
-/// so is a directory that does not exist yet (it is created) or is empty. Anything else
+/// so is a directory that does not exist yet (it is created), is empty, or holds an
+/// unfinished layout of this code ([`unfinished`]). Anything else
 /// is someone else's directory, which a cache must never take over (it would write its
 /// layout there, and maintenance would clean its `tmp/`).
 pub(crate) fn claim(dir: &Path, create: bool) -> BackendResult<()> {
@@ -105,7 +106,10 @@ pub(crate) fn claim(dir: &Path, create: bool) -> BackendResult<()> {
                 .map_err(ctx("list", dir))?
                 .next()
                 .is_none();
-            if create && empty {
+            if create && (empty || unfinished(dir)) {
+                Ok(())
+            } else if create && std::fs::symlink_metadata(dir.join(LAYOUT_FILE)).is_ok() {
+                // Another writer finished the layout while this one looked.
                 Ok(())
             } else if create {
                 Err(refuse(
@@ -119,6 +123,41 @@ pub(crate) fn claim(dir: &Path, create: bool) -> BackendResult<()> {
             }
         }
     }
+}
+
+/// Whether `dir` holds nothing but what [`Layout::open`] creates before it writes
+/// `LAYOUT`: some of the four layout directories, as real directories, all empty but
+/// for temporary files of this code in `tmp/`. That is a cache whose first writer was
+/// killed (or is still creating it) before `LAYOUT` existed; refusing it would leave the
+/// directory unusable for ever, and the first of two writers starting on a new cache
+/// would make the second fail.
+fn unfinished(dir: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    entries.into_iter().all(|e| {
+        let Ok(e) = e else { return false };
+        let name = e.file_name();
+        let Some(name) = name.to_str() else {
+            return false;
+        };
+        if !e.file_type().is_ok_and(|t| t.is_dir()) {
+            return false;
+        }
+        let Ok(inside) = std::fs::read_dir(e.path()) else {
+            return false;
+        };
+        match name {
+            "blobs" | "entries" | "stats" => inside.into_iter().next().is_none(),
+            "tmp" => inside.into_iter().all(|t| {
+                t.is_ok_and(|t| {
+                    t.file_type().is_ok_and(|k| k.is_file())
+                        && t.file_name().to_str().is_some_and(is_own_temp)
+                })
+            }),
+            _ => false,
+        }
+    })
 }
 
 impl Layout {

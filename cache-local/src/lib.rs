@@ -265,7 +265,8 @@ pub fn open(dir: impl AsRef<Path>, opts: LocalOptions) -> BackendResult<LocalCac
 }
 
 /// Whether `dir` may be used as a cache without taking over someone else's directory:
-/// it has a `LAYOUT` file, or (with `create`) it does not exist yet or is empty. The
+/// it has a `LAYOUT` file, or (with `create`) it does not exist yet, is empty, or holds
+/// only the empty layout directories a killed first writer left before `LAYOUT`. The
 /// error says which and what to do. Blocking.
 pub fn check_cache_dir(dir: impl AsRef<Path>, create: bool) -> BackendResult<()> {
     layout::claim(dir.as_ref(), create)

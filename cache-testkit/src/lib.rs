@@ -137,6 +137,7 @@ use std::sync::Arc;
 pub mod cases;
 mod fault;
 pub mod fixtures;
+pub mod fuzz;
 mod io;
 mod memory;
 

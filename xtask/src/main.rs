@@ -2,9 +2,9 @@
 //!
 //! * `cargo xtask ci`: format check, clippy with `-D warnings`, the whole test suite
 //!   (nextest, with the real servers of `peers up` running and required, then
-//!   doctests), docs with `-D warnings`.
+//!   doctests), docs with `-D warnings`, the CI-sized drills.
 //! * `cargo xtask bench [local|cli|s3|remote|all]`: benchmarks; results go in `BENCHMARKS.md`.
-//! * `cargo xtask drill ...`: reliability drills (kill -9 during stores, ...).
+//! * `cargo xtask drill [NAME|all] [--trials N]`: reliability drills (`RELIABILITY.md`).
 //! * `cargo xtask peers up|down|env [NAME...]`: the real servers tests run against
 //!   (see [`peers`]); `ci` starts them, runs the tests with their variables and
 //!   `TASKCACHE_REQUIRE_PEERS=1`, and always stops them.
@@ -24,7 +24,7 @@ fn main() -> ExitCode {
         Some("peers") => peers::run(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci | bench [local|cli|s3|remote|all] | drill ... | peers up|down|env [NAME...]>"
+                "usage: cargo xtask <ci | bench [local|cli|s3|remote|all] | drill [NAME|all] [--trials N] | peers up|down|env [NAME...]>"
             );
             return ExitCode::from(2);
         }
@@ -126,6 +126,9 @@ fn ci() -> Result<(), String> {
     tests?;
     stopped?;
     run(cargo().args(["test", "--workspace", "--doc", "--quiet"]))?;
+    // The reliability drills, CI-sized (the full ones: `cargo xtask drill all`).
+    eprintln!("xtask: $ cargo xtask drill all --ci");
+    drill::ci()?;
     run(cargo()
         .args(["doc", "--workspace", "--no-deps", "--quiet"])
         .env("RUSTDOCFLAGS", "-D warnings"))?;

@@ -308,6 +308,11 @@ impl Rng {
         Rng(seed | 1)
     }
 
+    /// A generator with a given seed (e.g. one drawn from another generator).
+    pub fn from_seed(seed: u64) -> Self {
+        Rng(seed | 1)
+    }
+
     /// The next number.
     pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 << 13;

@@ -1,0 +1,219 @@
+//! `cargo xtask drill [NAME|all] [--trials N] [--backend local] [--ci]`: reliability
+//! drills. Each prints trials, failures and time; `all` ends with a table of them.
+//! `RELIABILITY.md` says what each proves and holds the numbers of a full run.
+//!
+//! * `kill`: the library stores in a loop and is SIGKILLed (`cache-local`'s harness).
+//! * `crash`: the real `taskcache run` is SIGKILLed mid-store (small, 20 MiB, 100 MiB).
+//! * `corrupt`: every file of a cache flipped, truncated, zeroed or deleted in turn.
+//! * `fuzz`: cargo-fuzz targets under `fuzz/` on the nightly toolchain.
+//! * `many`: 8 processes × 500 mixed runs, `gc` and `verify` on one cache.
+//! * `disk`: stores onto a small filesystem that fills up.
+//! * remote faults (servers killed, answers delayed) come when the S3 and REAPI
+//!   backends land: they plug in as a [`taskcache::Backend`] and a drill of their own.
+//!
+//! `--ci` runs the CI-sized version (what `cargo xtask ci` runs). Failures keep their
+//! cache directory under `target/drill-failures/`; `TASKCACHE_DRILL_SEED` replays the
+//! random choices of an earlier run.
+
+mod corrupt;
+mod crash;
+mod disk;
+mod fuzz;
+mod kill;
+mod many;
+mod taskcache;
+mod workload;
+
+// The kill harness is test code of cache-local, not part of its library.
+#[path = "../../../cache-local/tests/support/drill.rs"]
+mod harness;
+
+pub use harness::Rng;
+use std::time::{Duration, Instant};
+
+/// What a drill did.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub trials: u64,
+    pub failures: u64,
+    pub time: Duration,
+    /// One line of what the trials covered.
+    pub note: String,
+    /// Why it did not run, if it did not.
+    pub skipped: Option<String>,
+}
+
+const DRILLS: [&str; 6] = ["kill", "crash", "corrupt", "fuzz", "many", "disk"];
+
+struct Options {
+    trials: Option<u64>,
+    backend: String,
+    ci: bool,
+}
+
+pub fn run(args: &[String]) -> Result<(), String> {
+    // A re-executed child of `drill kill`: store until killed.
+    harness::child_if_requested();
+    let usage = "usage: cargo xtask drill [kill|crash|corrupt|fuzz|many|disk|all] \
+                 [--trials N] [--backend local] [--ci]";
+    let Some(name) = args.first().map(String::as_str) else {
+        return Err(usage.into());
+    };
+    match name {
+        // The step the drills cache, run by `taskcache run`.
+        "produce" => return workload::produce(&args[1..]),
+        // Writes the seeds of the fuzz corpus (`fuzz/corpus/<target>/seed-*`).
+        "seeds" => return write_seeds(),
+        _ => {}
+    }
+    let mut opts = Options {
+        trials: None,
+        backend: "local".into(),
+        ci: false,
+    };
+    let mut it = args[1..].iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--trials" => {
+                opts.trials = Some(
+                    it.next()
+                        .and_then(|n| n.parse().ok())
+                        .filter(|&n| n > 0)
+                        .ok_or("--trials needs a positive number")?,
+                );
+            }
+            "--backend" => opts
+                .backend
+                .clone_from(it.next().ok_or("--backend needs a name")?),
+            "--ci" => opts.ci = true,
+            other => return Err(format!("unknown argument {other:?}; {usage}")),
+        }
+    }
+    let names: Vec<&str> = match name {
+        "all" => DRILLS.to_vec(),
+        n if DRILLS.contains(&n) => vec![n],
+        other => return Err(format!("unknown drill {other:?}; {usage}")),
+    };
+    let rows = run_drills(&names, &opts)?;
+    if names.len() > 1 {
+        print_table(&rows, &opts);
+    }
+    let failed: u64 = rows.iter().map(|(_, o)| o.failures).sum();
+    if failed > 0 {
+        return Err(format!("{failed} drill trials failed"));
+    }
+    Ok(())
+}
+
+/// The CI-sized drills, as `cargo xtask ci` runs them.
+pub fn ci() -> Result<(), String> {
+    let opts = Options {
+        trials: None,
+        backend: "local".into(),
+        ci: true,
+    };
+    let rows = run_drills(&DRILLS, &opts)?;
+    print_table(&rows, &opts);
+    let failed: u64 = rows.iter().map(|(_, o)| o.failures).sum();
+    if failed > 0 {
+        return Err(format!("{failed} drill trials failed"));
+    }
+    Ok(())
+}
+
+fn run_drills(names: &[&str], opts: &Options) -> Result<Vec<(String, Outcome)>, String> {
+    let root = tempfile::Builder::new()
+        .prefix("taskcache-drill-")
+        .tempdir()
+        .map_err(|e| format!("a scratch directory: {e}"))?;
+    let mut rng = Rng::from_env_or_time("drill");
+    let mut tc = None;
+    let mut rows = Vec::new();
+    for &name in names {
+        let started = Instant::now();
+        let mut outcome = match name {
+            "kill" => kill::run(
+                opts.trials.unwrap_or(if opts.ci { 5 } else { 200 }),
+                &mut rng,
+            )?,
+            "fuzz" => fuzz::run(opts.trials.unwrap_or(1_000_000), opts.ci)?,
+            "disk" | "crash" | "corrupt" | "many" => {
+                if tc.is_none() {
+                    tc = Some(taskcache::Tc::build()?);
+                }
+                let tc = tc.as_ref().ok_or("no taskcache")?;
+                let mut outcome = Outcome::default();
+                for mut backend in taskcache::backends(&opts.backend, root.path())? {
+                    let b = &mut *backend;
+                    let o = match name {
+                        "crash" => crash::run(tc, b, trials(opts, 100, 1000), &mut rng)?,
+                        "corrupt" => corrupt::run(tc, b, trials(opts, 1, 3), opts.ci, &mut rng)?,
+                        "many" => many::run(tc, b, opts.ci, opts.trials, &mut rng)?,
+                        _ => disk::run(tc, b, trials(opts, 4, 20), &mut rng)?,
+                    };
+                    outcome.trials += o.trials;
+                    outcome.failures += o.failures;
+                    outcome.note = o.note;
+                    outcome.skipped = o.skipped;
+                }
+                outcome
+            }
+            _ => return Err(format!("unknown drill {name:?}")),
+        };
+        outcome.time = started.elapsed();
+        match &outcome.skipped {
+            Some(why) => println!("drill {name}: skipped: {why}"),
+            None => println!(
+                "drill {name}: {} trials, {} failures, {:.1}s ({})",
+                outcome.trials,
+                outcome.failures,
+                outcome.time.as_secs_f64(),
+                outcome.note
+            ),
+        }
+        rows.push((name.to_owned(), outcome));
+    }
+    Ok(rows)
+}
+
+fn write_seeds() -> Result<(), String> {
+    let root = crate::workspace_root().join("fuzz/corpus");
+    let seeds = cache_testkit::fuzz::seeds();
+    for (target, name, bytes) in &seeds {
+        let dir = root.join(target);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        std::fs::write(dir.join(format!("seed-{name}")), bytes).map_err(|e| e.to_string())?;
+    }
+    println!("wrote {} seeds under {}", seeds.len(), root.display());
+    Ok(())
+}
+
+fn trials(opts: &Options, ci: u32, full: u32) -> u32 {
+    opts.trials.map_or(if opts.ci { ci } else { full }, |n| {
+        u32::try_from(n).unwrap_or(u32::MAX)
+    })
+}
+
+fn print_table(rows: &[(String, Outcome)], opts: &Options) {
+    println!();
+    println!(
+        "| drill | trials | failures | time | {} |",
+        if opts.ci { "CI-sized" } else { "what ran" }
+    );
+    println!("|---|---:|---:|---:|---|");
+    for (name, o) in rows {
+        match &o.skipped {
+            Some(why) => println!(
+                "| {name} | – | – | {:.1}s | skipped: {why} |",
+                o.time.as_secs_f64()
+            ),
+            None => println!(
+                "| {name} | {} | {} | {:.1}s | {} |",
+                o.trials,
+                o.failures,
+                o.time.as_secs_f64(),
+                o.note
+            ),
+        }
+    }
+}
