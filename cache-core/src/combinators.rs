@@ -470,11 +470,16 @@ impl CacheBackend for Instrumented {
 /// (still a cache fault), instead of paying a timeout per task. A success, or a caller
 /// fault, resets the count. The breaker stays open for the life of the wrapper (one CI
 /// run).
+///
+/// [`CircuitBreaker::open_on_outage`] opens it at the first call that found the
+/// backend unreachable or silent, for callers that make too few calls for a count to
+/// matter (one `taskcache run` makes two: a lookup and a store).
 pub struct CircuitBreaker {
     inner: Arc<dyn CacheBackend>,
     threshold: u32,
     consecutive: AtomicU32,
     open: AtomicBool,
+    on_outage: bool,
 }
 
 impl std::fmt::Debug for CircuitBreaker {
@@ -495,7 +500,19 @@ impl CircuitBreaker {
             threshold: threshold.max(1),
             consecutive: AtomicU32::new(0),
             open: AtomicBool::new(false),
+            on_outage: false,
         }
+    }
+
+    /// Also opens at the first outage: a call that timed out ([`BackendError::Timeout`])
+    /// or found the backend unreachable (`Unavailable`, `Connection`). A server that
+    /// did not answer one call will not answer the next one a moment later, so a run
+    /// pays one deadline for it, not one per call. Other cache faults (a corrupt
+    /// entry, a local I/O error) still count towards the threshold.
+    #[must_use]
+    pub fn open_on_outage(mut self) -> Self {
+        self.on_outage = true;
+        self
     }
 
     /// Whether calls are being short-circuited.
@@ -519,7 +536,14 @@ impl CircuitBreaker {
         match &r {
             Err(e) if e.is_cache_fault() => {
                 let n = self.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
-                if n >= self.threshold && !self.open.swap(true, Ordering::Relaxed) {
+                let outage = self.on_outage
+                    && matches!(
+                        e,
+                        BackendError::Timeout { .. }
+                            | BackendError::Unavailable(_)
+                            | BackendError::Connection(_)
+                    );
+                if (n >= self.threshold || outage) && !self.open.swap(true, Ordering::Relaxed) {
                     tracing::warn!(
                         backend = self.inner.name(),
                         failures = n,
@@ -576,3 +600,7 @@ impl CacheBackend for CircuitBreaker {
         self.observe(self.inner.health_check().await)
     }
 }
+
+#[cfg(test)]
+#[path = "combinators_tests.rs"]
+mod tests;

@@ -8,8 +8,8 @@
 //! * `fuzz`: cargo-fuzz targets under `fuzz/` on the nightly toolchain.
 //! * `many`: 8 processes × 500 mixed runs, `gc` and `verify` on one cache.
 //! * `disk`: stores onto a small filesystem that fills up.
-//! * remote faults (servers killed, answers delayed) come when the S3 and REAPI
-//!   backends land: they plug in as a [`taskcache::Backend`] and a drill of their own.
+//! * `remote`: the S3 and REAPI servers behind a local tier killed and restarted,
+//!   frozen, or down, mid-store and mid-restore; and the breaker.
 //!
 //! `--ci` runs the CI-sized version (what `cargo xtask ci` runs). Failures keep their
 //! cache directory under `target/drill-failures/`; `TASKCACHE_DRILL_SEED` replays the
@@ -21,6 +21,7 @@ mod disk;
 mod fuzz;
 mod kill;
 mod many;
+mod remote;
 mod taskcache;
 mod workload;
 
@@ -43,7 +44,9 @@ pub struct Outcome {
     pub skipped: Option<String>,
 }
 
-const DRILLS: [&str; 6] = ["kill", "crash", "corrupt", "fuzz", "many", "disk"];
+const DRILLS: [&str; 7] = [
+    "kill", "crash", "corrupt", "fuzz", "many", "disk", "remote",
+];
 
 struct Options {
     trials: Option<u64>,
@@ -54,7 +57,7 @@ struct Options {
 pub fn run(args: &[String]) -> Result<(), String> {
     // A re-executed child of `drill kill`: store until killed.
     harness::child_if_requested();
-    let usage = "usage: cargo xtask drill [kill|crash|corrupt|fuzz|many|disk|all] \
+    let usage = "usage: cargo xtask drill [kill|crash|corrupt|fuzz|many|disk|remote|all] \
                  [--trials N] [--backend local] [--ci]";
     let Some(name) = args.first().map(String::as_str) else {
         return Err(usage.into());
@@ -137,6 +140,14 @@ fn run_drills(names: &[&str], opts: &Options) -> Result<Vec<(String, Outcome)>, 
                 &mut rng,
             )?,
             "fuzz" => fuzz::run(opts.trials.unwrap_or(1_000_000), opts.ci)?,
+            // Its own servers (S3 and REAPI), whatever --backend says.
+            "remote" => {
+                if tc.is_none() {
+                    tc = Some(taskcache::Tc::build()?);
+                }
+                let tc = tc.as_ref().ok_or("no taskcache")?;
+                remote::run(tc, trials(opts, 4, 300), opts.ci, &mut rng)?
+            }
             "disk" | "crash" | "corrupt" | "many" => {
                 if tc.is_none() {
                     tc = Some(taskcache::Tc::build()?);

@@ -101,10 +101,28 @@ pub fn install(dir: &Path) -> Result<PathBuf, String> {
     Ok(venv)
 }
 
-fn config(port: u16, max_recv: Option<u64>) -> String {
-    let grpc = max_recv.map_or_else(String::new, |n| {
+/// How [`start`] runs a server of its own (the defaults are what `peers up` runs).
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// gRPC's receive limit in bytes (default: gRPC's 4 MiB).
+    pub max_recv: Option<u64>,
+    /// Keep the CAS in this directory (default: in memory). The action cache stays in
+    /// memory either way (BuildGrid keeps it on disk only in Redis or S3), so a
+    /// restarted server keeps its blobs but forgets every entry.
+    pub disk: Option<PathBuf>,
+    /// This port of 127.0.0.1 (default: a free one), so a restart answers where the
+    /// clients already point.
+    pub port: Option<u16>,
+}
+
+fn config(port: u16, options: &Options) -> String {
+    let grpc = options.max_recv.map_or_else(String::new, |n| {
         format!("grpc-server-options:\n  grpc.max_receive_message_length: {n}\n")
     });
+    let storage = options.disk.as_ref().map_or_else(
+        || "!lru-storage &cas\n    size: 2GB".to_owned(),
+        |d| format!("!disk-storage &cas\n    path: {:?}", d.display().to_string()),
+    );
     format!(
         "{grpc}server:
   - !channel
@@ -115,8 +133,7 @@ authorization:
 monitoring:
   enabled: false
 storages:
-  - !lru-storage &cas
-    size: 2GB
+  - {storage}
 caches:
   - !lru-action-cache &ac
     storage: *cas
@@ -167,15 +184,15 @@ fn vars(venv: &Path, port: u16) -> Vec<(&'static str, String)> {
 /// Installs (once) and starts BuildGrid on a free port.
 pub fn up(dir: &Path) -> Result<Vec<(&'static str, String)>, String> {
     let venv = install(dir)?;
-    start(dir, &venv, None)
+    start(dir, &venv, &Options::default())
 }
 
 /// Starts BuildGrid from `venv` with its files in `dir` (reusing one already running
-/// there), with gRPC's receive limit raised to `max_recv` bytes if given.
+/// there), as `options` say.
 pub fn start(
     dir: &Path,
     venv: &Path,
-    max_recv: Option<u64>,
+    options: &Options,
 ) -> Result<Vec<(&'static str, String)>, String> {
     let venv = venv.to_path_buf();
     let pid_file = dir.join("pid");
@@ -195,9 +212,15 @@ pub fn start(
         }
         super::net::stop(&pid_file);
     }
-    let port = super::net::free_port()?;
+    let port = match options.port {
+        Some(p) => p,
+        None => super::net::free_port()?,
+    };
+    if let Some(d) = &options.disk {
+        std::fs::create_dir_all(d).map_err(|e| format!("create {}: {e}", d.display()))?;
+    }
     let conf = dir.join("bgd.yml");
-    std::fs::write(&conf, config(port, max_recv))
+    std::fs::write(&conf, config(port, options))
         .map_err(|e| format!("write {}: {e}", conf.display()))?;
     let log = std::fs::File::create(dir.join("bgd.log")).map_err(|e| format!("log: {e}"))?;
     let err = log.try_clone().map_err(|e| format!("log: {e}"))?;
