@@ -44,9 +44,7 @@ pub struct Outcome {
     pub skipped: Option<String>,
 }
 
-const DRILLS: [&str; 7] = [
-    "kill", "crash", "corrupt", "fuzz", "many", "disk", "remote",
-];
+const DRILLS: [&str; 7] = ["kill", "crash", "corrupt", "fuzz", "many", "disk", "remote"];
 
 struct Options {
     trials: Option<u64>,

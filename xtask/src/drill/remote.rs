@@ -96,6 +96,8 @@ pub struct Ctx<'a> {
     /// How long an undisturbed miss and remote hit of each class take here.
     miss_time: [Duration; 3],
     hit_time: [Duration; 3],
+    /// When the drill started, for progress lines.
+    started: Instant,
     pub max_over: Duration,
     pub max_over_what: String,
     pub hits: u64,
@@ -117,6 +119,7 @@ impl<'a> Ctx<'a> {
             stored: Vec::new(),
             miss_time: [Duration::ZERO; 3],
             hit_time: [Duration::ZERO; 3],
+            started: Instant::now(),
             max_over: Duration::ZERO,
             max_over_what: String::new(),
             hits: 0,
@@ -152,7 +155,13 @@ impl<'a> Ctx<'a> {
             .arg("--cache-timeout")
             .arg(format!("{}ms", self.timeout.as_millis()))
             .args(opts)
-            .args(["-o", &format!("out/{i}"), "--id", &format!("drill-{i}"), "--"])
+            .args([
+                "-o",
+                &format!("out/{i}"),
+                "--id",
+                &format!("drill-{i}"),
+                "--",
+            ])
             .arg(&self.tc.xtask)
             .args(["drill", "produce", &i.to_string(), class.as_str()])
             .env_remove(CHECK_ENV)
@@ -373,6 +382,69 @@ fn verbose() -> bool {
     std::env::var_os("TASKCACHE_DRILL_VERBOSE").is_some()
 }
 
+/// `trials` faults of random kinds against `ctx`'s server; how many of each.
+fn faults(
+    ctx: &mut Ctx,
+    trials: u32,
+    ci: bool,
+    rng: &mut Rng,
+    out: &mut Outcome,
+) -> Result<[u32; 5], String> {
+    let kind = ctx.server.kind;
+    let mut faults = [0u32; 5];
+    for n in 0..trials {
+        let roll = rng.range(0, 100);
+        let fault = match roll {
+            0..25 => Fault::KillStore,
+            25..45 => Fault::KillRestore,
+            45..65 => Fault::FreezeStore,
+            65..85 => Fault::FreezeRestore,
+            _ => Fault::Down,
+        };
+        let class = match (ci, rng.range(0, 100)) {
+            (false, 0..3) => Class::Large,
+            (false, 3..25) => Class::Medium,
+            _ => Class::Small,
+        };
+        faults[fault as usize] += 1;
+        out.trials += 1;
+        let t = Instant::now();
+        let result = ctx.trial(fault, class, rng);
+        if verbose() {
+            eprintln!(
+                "drill remote: {} trial {n}: {}, {}: {:.1?}",
+                kind.as_str(),
+                fault.as_str(),
+                class.as_str(),
+                t.elapsed()
+            );
+        }
+        if let Err(e) = result {
+            out.failures += 1;
+            eprintln!(
+                "drill remote: {} trial {n} ({}, {}): FAILURE: {e}\nthe server's log ends:\n{}",
+                kind.as_str(),
+                fault.as_str(),
+                class.as_str(),
+                ctx.server.log_tail()
+            );
+            if !ctx.server.running() {
+                ctx.server.start()?;
+            }
+        }
+        if (n + 1) % 25 == 0 {
+            eprintln!(
+                "drill remote: {}: {} trials, {} failures ({:.0?})",
+                kind.as_str(),
+                n + 1,
+                out.failures,
+                ctx.started.elapsed()
+            );
+        }
+    }
+    Ok(faults)
+}
+
 /// The remote-fault drill: `trials` faults against each server, then the breaker.
 pub fn run(tc: &Tc, trials: u32, ci: bool, rng: &mut Rng) -> Result<Outcome, String> {
     let started = Instant::now();
@@ -396,57 +468,7 @@ pub fn run(tc: &Tc, trials: u32, ci: bool, rng: &mut Rng) -> Result<Outcome, Str
             ctx.miss_time[0],
             ctx.hit_time[0]
         );
-        let mut faults = [0u32; 5];
-        for n in 0..trials {
-            let roll = rng.range(0, 100);
-            let fault = match roll {
-                0..25 => Fault::KillStore,
-                25..45 => Fault::KillRestore,
-                45..65 => Fault::FreezeStore,
-                65..85 => Fault::FreezeRestore,
-                _ => Fault::Down,
-            };
-            let class = match (ci, rng.range(0, 100)) {
-                (false, 0..3) => Class::Large,
-                (false, 3..25) => Class::Medium,
-                _ => Class::Small,
-            };
-            faults[fault as usize] += 1;
-            out.trials += 1;
-            let t = Instant::now();
-            let result = ctx.trial(fault, class, rng);
-            if verbose() {
-                eprintln!(
-                    "drill remote: {} trial {n}: {}, {}: {:.1?}",
-                    kind.as_str(),
-                    fault.as_str(),
-                    class.as_str(),
-                    t.elapsed()
-                );
-            }
-            if let Err(e) = result {
-                out.failures += 1;
-                eprintln!(
-                    "drill remote: {} trial {n} ({}, {}): FAILURE: {e}\nthe server's log ends:\n{}",
-                    kind.as_str(),
-                    fault.as_str(),
-                    class.as_str(),
-                    ctx.server.log_tail()
-                );
-                if !ctx.server.running() {
-                    ctx.server.start()?;
-                }
-            }
-            if (n + 1) % 25 == 0 {
-                eprintln!(
-                    "drill remote: {}: {} trials, {} failures ({:.0?})",
-                    kind.as_str(),
-                    n + 1,
-                    out.failures,
-                    started.elapsed()
-                );
-            }
-        }
+        let faults = faults(&mut ctx, trials, ci, rng, &mut out)?;
         // Every key stored since the last restart, from the server alone.
         for (i, class) in ctx.stored.clone() {
             if let Err(e) = ctx.check(i, class) {

@@ -121,7 +121,12 @@ fn config(port: u16, options: &Options) -> String {
     });
     let storage = options.disk.as_ref().map_or_else(
         || "!lru-storage &cas\n    size: 2GB".to_owned(),
-        |d| format!("!disk-storage &cas\n    path: {:?}", d.display().to_string()),
+        |d| {
+            format!(
+                "!disk-storage &cas\n    path: {:?}",
+                d.display().to_string()
+            )
+        },
     );
     format!(
         "{grpc}server:

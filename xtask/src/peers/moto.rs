@@ -101,7 +101,12 @@ pub fn up(dir: &Path) -> Result<Vec<(&'static str, String)>, String> {
 pub fn start(dir: &Path, venv: &Path, port: u16) -> Result<u32, String> {
     let pid_file = dir.join("moto.pid");
     let pid = net::spawn(
-        Command::new(venv.join("bin/moto_server")).args(["-H", "127.0.0.1", "-p", &port.to_string()]),
+        Command::new(venv.join("bin/moto_server")).args([
+            "-H",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ]),
         &dir.join("moto.log"),
         &pid_file,
     )?;

@@ -27,7 +27,9 @@ impl Kind {
     pub fn restart_keeps(self) -> &'static str {
         match self {
             Kind::S3 => "nothing (moto is in memory)",
-            Kind::Reapi => "the CAS blobs on disk, no action-cache entry (BuildGrid's is in memory)",
+            Kind::Reapi => {
+                "the CAS blobs on disk, no action-cache entry (BuildGrid's is in memory)"
+            }
         }
     }
 }
@@ -117,7 +119,11 @@ impl Server {
     /// SIGKILL, then reaps it (both servers are children of this process).
     pub fn kill(&mut self) {
         self.signal(Signal::KILL);
-        if let Some(pid) = self.pid.take().and_then(|p| Pid::from_raw(i32::try_from(p).ok()?)) {
+        if let Some(pid) = self
+            .pid
+            .take()
+            .and_then(|p| Pid::from_raw(i32::try_from(p).ok()?))
+        {
             let _ = rustix::process::waitpid(Some(pid), WaitOptions::empty());
         }
         self.frozen = false;
@@ -153,10 +159,17 @@ impl Server {
             cmd.env("AWS_ACCESS_KEY_ID", "drill")
                 .env("AWS_SECRET_ACCESS_KEY", SECRET)
                 .env("AWS_REGION", "us-east-1")
-                .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{}", self.port))
+                .env(
+                    "AWS_ENDPOINT_URL",
+                    format!("http://127.0.0.1:{}", self.port),
+                )
                 .env("AWS_ALLOW_HTTP", "true");
         }
-        for k in ["TASKCACHE_REMOTE_TIMEOUT", "TASKCACHE_CACHE_TIMEOUT", "TASKCACHE_LOG"] {
+        for k in [
+            "TASKCACHE_REMOTE_TIMEOUT",
+            "TASKCACHE_CACHE_TIMEOUT",
+            "TASKCACHE_LOG",
+        ] {
             cmd.env_remove(k);
         }
     }
