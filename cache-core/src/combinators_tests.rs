@@ -7,16 +7,21 @@ use std::sync::atomic::AtomicU64;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-/// Fails every call with the error `make` builds, counting calls.
+/// Fails every call with the error `make` builds (a lookup misses once `healthy`),
+/// counting calls.
 struct Failing {
     calls: AtomicU64,
     make: fn() -> BackendError,
+    healthy: AtomicBool,
 }
 
 #[async_trait]
 impl CacheBackend for Failing {
     async fn lookup(&self, _: &Task, _: &Digest, _: CachePolicy) -> BackendResult<Option<Hit>> {
         self.calls.fetch_add(1, Ordering::Relaxed);
+        if self.healthy.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
         Err((self.make)())
     }
 
@@ -57,6 +62,7 @@ fn failing(make: fn() -> BackendError) -> Arc<Failing> {
     Arc::new(Failing {
         calls: AtomicU64::new(0),
         make,
+        healthy: AtomicBool::new(false),
     })
 }
 
@@ -98,4 +104,48 @@ fn without_the_outage_rule_only_the_threshold_opens_it() {
     one_run(&b);
     assert!(!b.is_open());
     assert_eq!(inner.calls.load(Ordering::Relaxed), 2);
+}
+
+#[test]
+fn after_its_cool_down_one_call_goes_through_and_a_success_closes_it() {
+    let inner = failing(|| BackendError::unavailable("down"));
+    let cooldown = Duration::from_millis(50);
+    let b = CircuitBreaker::new(inner.clone(), 3)
+        .open_on_outage()
+        .with_cooldown(cooldown);
+    let task = Task::new("t", ["true"]);
+    let key = Digest::parse(&format!("blake3:{}", "cd".repeat(32))).unwrap();
+    let lookup = || now(b.lookup(&task, &key, CachePolicy::Normal));
+    let calls = || inner.calls.load(Ordering::Relaxed);
+    assert!(lookup().is_err());
+    assert!(b.is_open());
+    assert!(lookup().is_err());
+    assert_eq!(calls(), 1, "open: skipped");
+    // Half-open: one call tries the backend, which still fails: open again.
+    std::thread::sleep(cooldown);
+    assert!(lookup().is_err());
+    assert_eq!(calls(), 2);
+    assert!(b.is_open());
+    assert!(lookup().is_err());
+    assert_eq!(calls(), 2, "a failed trial starts another cool-down");
+    // Back: the next trial succeeds and closes it; later calls go through.
+    inner.healthy.store(true, Ordering::Relaxed);
+    std::thread::sleep(cooldown);
+    assert!(matches!(lookup(), Ok(None)));
+    assert!(!b.is_open());
+    assert!(matches!(lookup(), Ok(None)));
+    assert_eq!(calls(), 4);
+}
+
+#[test]
+fn without_a_cool_down_it_stays_open() {
+    let inner = failing(|| BackendError::unavailable("down"));
+    let b = CircuitBreaker::new(inner.clone(), 1);
+    one_run(&b);
+    inner.healthy.store(true, Ordering::Relaxed);
+    std::thread::sleep(Duration::from_millis(20));
+    let task = Task::new("t", ["true"]);
+    let key = Digest::parse(&format!("blake3:{}", "ef".repeat(32))).unwrap();
+    assert!(now(b.lookup(&task, &key, CachePolicy::Normal)).is_err());
+    assert_eq!(inner.calls.load(Ordering::Relaxed), 1);
 }
