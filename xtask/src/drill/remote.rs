@@ -10,6 +10,7 @@
 
 mod breaker;
 mod server;
+mod stack;
 
 use super::taskcache::Tc;
 use super::workload::{self, CHECK_ENV, CHECK_EXIT, Class, MARK_ENV};
@@ -477,12 +478,25 @@ pub fn run(tc: &Tc, trials: u32, ci: bool, rng: &mut Rng) -> Result<Outcome, Str
             }
         }
         let b = breaker::run(&mut ctx)?;
+        out.trials += 1;
+        let local = ctx.dir("stack")?;
+        let in_process = stack::run(&mut ctx.server, &local).unwrap_or_else(|e| {
+            out.failures += 1;
+            eprintln!(
+                "drill remote: {}: in one process: FAILURE: {e}",
+                kind.as_str()
+            );
+            if !ctx.server.running() {
+                let _ = ctx.server.start();
+            }
+            format!("in one process: FAILED ({e})")
+        });
         out.trials += b.trials;
         out.failures += b.failures;
         notes.push(format!(
             "{}: {} kill/{} freeze/{} down ({} landed mid-run), {} restarts keeping {} ({:.1}s each), \
              afterwards {} hits {} misses; at most {:.1}s over an undisturbed run ({}), \
-             {} runs had more than one failed call to the server; {}",
+             {} runs had more than one failed call to the server; {}; {}",
             kind.as_str(),
             faults[0] + faults[1],
             faults[2] + faults[3],
@@ -496,7 +510,8 @@ pub fn run(tc: &Tc, trials: u32, ci: bool, rng: &mut Rng) -> Result<Outcome, Str
             ctx.max_over.as_secs_f64(),
             ctx.max_over_what,
             ctx.multi_deadline_runs,
-            b.note
+            b.note,
+            in_process
         ));
     }
     out.note = notes.join("; ");

@@ -153,18 +153,26 @@ impl Server {
         }
     }
 
+    /// The variables an S3 client reads to find this server (none for REAPI).
+    pub fn vars(&self) -> Vec<(&'static str, String)> {
+        if self.kind != Kind::S3 {
+            return Vec::new();
+        }
+        vec![
+            ("AWS_ACCESS_KEY_ID", "drill".into()),
+            ("AWS_SECRET_ACCESS_KEY", SECRET.into()),
+            ("AWS_REGION", "us-east-1".into()),
+            (
+                "AWS_ENDPOINT_URL",
+                format!("http://127.0.0.1:{}", self.port),
+            ),
+            ("AWS_ALLOW_HTTP", "true".into()),
+        ]
+    }
+
     /// What the client needs in its environment.
     pub fn env(&self, cmd: &mut Command) {
-        if self.kind == Kind::S3 {
-            cmd.env("AWS_ACCESS_KEY_ID", "drill")
-                .env("AWS_SECRET_ACCESS_KEY", SECRET)
-                .env("AWS_REGION", "us-east-1")
-                .env(
-                    "AWS_ENDPOINT_URL",
-                    format!("http://127.0.0.1:{}", self.port),
-                )
-                .env("AWS_ALLOW_HTTP", "true");
-        }
+        cmd.envs(self.vars());
         for k in [
             "TASKCACHE_REMOTE_TIMEOUT",
             "TASKCACHE_CACHE_TIMEOUT",
