@@ -6,7 +6,8 @@
 //! and stdout (a hit, or run uncached) within the deadline bound plus [`MARGIN`];
 //! afterwards its key, looked up with an empty local tier, is a miss or restores every
 //! byte. Then the breaker ([`breaker`]): a frozen or dead server costs a run one
-//! deadline, and the runs after it is back store and hit through it again.
+//! deadline, and the runs after it is back store and hit through it again; and in
+//! this process ([`stack`]): trip, skip, half-open, closed.
 
 mod breaker;
 mod server;
