@@ -333,7 +333,11 @@ impl<'a> Ctx<'a> {
             .spawn()
             .map_err(|e| format!("start taskcache: {e}"))?;
         // Its pipes are read on a thread while the fault happens here.
-        let reader = std::thread::spawn(move || child.wait_with_output());
+        // The wall time ends when the run does, not when the drill thaws the server.
+        let reader = std::thread::spawn(move || {
+            let out = child.wait_with_output();
+            (out, t.elapsed())
+        });
         std::thread::sleep(delay);
         let running = !reader.is_finished();
         self.landed += u64::from(running);
@@ -360,11 +364,8 @@ impl<'a> Ctx<'a> {
             std::thread::sleep(rest);
             self.server.thaw();
         }
-        let out = reader
-            .join()
-            .map_err(|_| "the reader thread panicked")?
-            .map_err(|e| format!("wait for taskcache: {e}"))?;
-        let wall = t.elapsed();
+        let (out, wall) = reader.join().map_err(|_| "the reader thread panicked")?;
+        let out = out.map_err(|e| format!("wait for taskcache: {e}"))?;
         self.judge(&out, wall, &ws, i, class, what)?;
         if frozen_for.is_none() {
             self.server.start()?;
