@@ -41,7 +41,14 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let venv = crate::peers::buildgrid::install(&crate::peers::root().join("buildgrid"))?;
     let server_dir = crate::peers::root().join("buildgrid-bench");
     std::fs::create_dir_all(&server_dir).map_err(|e| e.to_string())?;
-    let vars = crate::peers::buildgrid::start(&server_dir, &venv, Some(16 << 20))?;
+    let vars = crate::peers::buildgrid::start(
+        &server_dir,
+        &venv,
+        &crate::peers::buildgrid::Options {
+            max_recv: Some(16 << 20),
+            ..Default::default()
+        },
+    )?;
     let url = vars
         .iter()
         .find(|(k, _)| *k == "TASKCACHE_TEST_REAPI")

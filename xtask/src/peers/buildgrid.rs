@@ -101,10 +101,26 @@ pub fn install(dir: &Path) -> Result<PathBuf, String> {
     Ok(venv)
 }
 
-fn config(port: u16, max_recv: Option<u64>) -> String {
-    let grpc = max_recv.map_or_else(String::new, |n| {
+/// How [`start`] configures a server beyond the defaults.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// gRPC's receive limit in bytes (default: gRPC's 4 MiB).
+    pub max_recv: Option<u64>,
+    /// Keep the CAS in this directory (BuildGrid's disk storage, one file per blob)
+    /// instead of memory, so a drill can damage blobs behind the server's back.
+    pub disk: Option<PathBuf>,
+    /// Listen on this port instead of a free one.
+    pub port: Option<u16>,
+}
+
+fn config(port: u16, opts: &Options) -> String {
+    let grpc = opts.max_recv.map_or_else(String::new, |n| {
         format!("grpc-server-options:\n  grpc.max_receive_message_length: {n}\n")
     });
+    let storage = opts.disk.as_ref().map_or_else(
+        || "!lru-storage &cas\n    size: 2GB".to_owned(),
+        |dir| format!("!disk-storage &cas\n    path: \"{}\"", dir.display()),
+    );
     format!(
         "{grpc}server:
   - !channel
@@ -115,8 +131,7 @@ authorization:
 monitoring:
   enabled: false
 storages:
-  - !lru-storage &cas
-    size: 2GB
+  - {storage}
 caches:
   - !lru-action-cache &ac
     storage: *cas
@@ -167,15 +182,15 @@ fn vars(venv: &Path, port: u16) -> Vec<(&'static str, String)> {
 /// Installs (once) and starts BuildGrid on a free port.
 pub fn up(dir: &Path) -> Result<Vec<(&'static str, String)>, String> {
     let venv = install(dir)?;
-    start(dir, &venv, None)
+    start(dir, &venv, &Options::default())
 }
 
 /// Starts BuildGrid from `venv` with its files in `dir` (reusing one already running
-/// there), with gRPC's receive limit raised to `max_recv` bytes if given.
+/// there), configured by `opts`.
 pub fn start(
     dir: &Path,
     venv: &Path,
-    max_recv: Option<u64>,
+    opts: &Options,
 ) -> Result<Vec<(&'static str, String)>, String> {
     let venv = venv.to_path_buf();
     let pid_file = dir.join("pid");
@@ -195,9 +210,15 @@ pub fn start(
         }
         super::net::stop(&pid_file);
     }
-    let port = super::net::free_port()?;
+    let port = match opts.port {
+        Some(p) => p,
+        None => super::net::free_port()?,
+    };
+    if let Some(disk) = &opts.disk {
+        std::fs::create_dir_all(disk).map_err(|e| format!("create {}: {e}", disk.display()))?;
+    }
     let conf = dir.join("bgd.yml");
-    std::fs::write(&conf, config(port, max_recv))
+    std::fs::write(&conf, config(port, opts))
         .map_err(|e| format!("write {}: {e}", conf.display()))?;
     let log = std::fs::File::create(dir.join("bgd.log")).map_err(|e| format!("log: {e}"))?;
     let err = log.try_clone().map_err(|e| format!("log: {e}"))?;
