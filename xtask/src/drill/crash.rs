@@ -26,29 +26,7 @@ pub fn run(
 ) -> Result<Outcome, String> {
     let started = Instant::now();
     let scratch = tempfile::tempdir().map_err(|e| e.to_string())?;
-    // How long a whole run of each class takes here, stored without a kill (which
-    // also proves the happy path): kills are spread over that time.
-    backend.fresh()?;
-    let mut took = Vec::new();
-    for (n, class) in [Class::Small, Class::Medium, Class::Large]
-        .into_iter()
-        .enumerate()
-    {
-        let ws = tempfile::tempdir_in(scratch.path()).map_err(|e| e.to_string())?;
-        let t = Instant::now();
-        tc.run_step(backend, ws.path(), 1_000_000 + n as u64, class)?;
-        took.push(t.elapsed());
-        if tc.check_entry(backend, 1_000_000 + n as u64, class)? != Checked::Hit {
-            return Err(format!(
-                "crash: a {} entry stored without a kill does not hit",
-                class.as_str()
-            ));
-        }
-    }
-    eprintln!(
-        "drill crash: a whole run takes {:.0?} (small), {:.0?} (20 MiB), {:.0?} (100 MiB)",
-        took[0], took[1], took[2]
-    );
+    let took = measure(tc, backend, scratch.path())?;
     let per_cache = if backend.verifies() {
         PER_CACHE
     } else {
@@ -88,13 +66,9 @@ pub fn run(
                 if !backend.verifies() {
                     // No verify: every other key of the cache must still be a miss or
                     // a byte-exact hit after this kill.
-                    for &(k, class) in in_cache.iter().filter(|(k, _)| *k != i) {
-                        if let Err(e) = tc.check_entry(backend, k, class) {
-                            out.failures += 1;
-                            eprintln!("drill crash: after trial {n}: FAILURE: {e}");
-                            keep_evidence(backend, &format!("crash-{n}-others"));
-                        }
-                    }
+                    let others: Vec<_> =
+                        in_cache.iter().filter(|(k, _)| *k != i).copied().collect();
+                    out.failures += check_all(tc, backend, &others, &format!("{n}-others"));
                 }
             }
             Err(e) => {
@@ -108,13 +82,7 @@ pub fn run(
         }
         if (n + 1) % per_cache == 0 || n + 1 == trials {
             // The whole cache: every key ever stored into it.
-            for &(i, class) in &in_cache {
-                if let Err(e) = tc.check_entry(backend, i, class) {
-                    out.failures += 1;
-                    eprintln!("drill crash: after trial {n}: FAILURE: {e}");
-                    keep_evidence(backend, &format!("crash-{n}-whole"));
-                }
-            }
+            out.failures += check_all(tc, backend, &in_cache, &format!("{n}-whole"));
             in_cache.clear();
             backend.fresh()?;
         }
@@ -142,6 +110,50 @@ pub fn run(
     );
     out.time = started.elapsed();
     Ok(out)
+}
+
+/// How long a whole run of each class takes here, stored without a kill (which also
+/// proves the happy path): kills are spread over that time.
+fn measure(
+    tc: &Tc,
+    backend: &mut dyn Backend,
+    scratch: &std::path::Path,
+) -> Result<Vec<Duration>, String> {
+    backend.fresh()?;
+    let mut took = Vec::new();
+    for (n, class) in [Class::Small, Class::Medium, Class::Large]
+        .into_iter()
+        .enumerate()
+    {
+        let ws = tempfile::tempdir_in(scratch).map_err(|e| e.to_string())?;
+        let t = Instant::now();
+        tc.run_step(backend, ws.path(), 1_000_000 + n as u64, class)?;
+        took.push(t.elapsed());
+        if tc.check_entry(backend, 1_000_000 + n as u64, class)? != Checked::Hit {
+            return Err(format!(
+                "crash: a {} entry stored without a kill does not hit",
+                class.as_str()
+            ));
+        }
+    }
+    eprintln!(
+        "drill crash: a whole run takes {:.0?} (small), {:.0?} (20 MiB), {:.0?} (100 MiB)",
+        took[0], took[1], took[2]
+    );
+    Ok(took)
+}
+
+/// Checks each of `keys` (a miss or a byte-exact hit); returns how many failed.
+fn check_all(tc: &Tc, backend: &dyn Backend, keys: &[(u64, Class)], what: &str) -> u64 {
+    let mut failures = 0;
+    for &(i, class) in keys {
+        if let Err(e) = tc.check_entry(backend, i, class) {
+            failures += 1;
+            eprintln!("drill crash: after trial {what}: FAILURE: {e}");
+            keep_evidence(backend, &format!("crash-{what}"));
+        }
+    }
+    failures
 }
 
 /// One store killed after `delay`; then the key is checked and `verify` run.

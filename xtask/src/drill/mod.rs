@@ -189,12 +189,12 @@ fn run_drills(
                         tc = Some(taskcache::Tc::build()?);
                     }
                     let tc = tc.as_ref().ok_or("no taskcache")?;
-                    let at = match opened.iter().position(|b| b.name() == backend_name) {
-                        Some(at) => at,
-                        None => {
-                            opened.push(taskcache::open(backend_name, root.path())?);
-                            opened.len() - 1
-                        }
+                    let at = if let Some(at) = opened.iter().position(|b| b.name() == backend_name)
+                    {
+                        at
+                    } else {
+                        opened.push(taskcache::open(backend_name, root.path())?);
+                        opened.len() - 1
                     };
                     let b = &mut *opened[at];
                     let local = backend_name == "local";
@@ -213,10 +213,10 @@ fn run_drills(
                 _ => return Err(format!("unknown drill {name:?}")),
             };
             outcome.time = started.elapsed();
-            let row = if matches!(name, "crash" | "corrupt") {
-                format!("{name} ({backend_name})")
-            } else {
-                name.to_owned()
+            let row = match name {
+                "crash" | "corrupt" => format!("{name} ({backend_name})"),
+                "many" | "disk" => format!("{name} (local only)"),
+                _ => name.to_owned(),
             };
             match &outcome.skipped {
                 Some(why) => println!("drill {row}: skipped: {why}"),
