@@ -275,3 +275,33 @@ fn print_table(rows: &[(String, Outcome)], opts: &Options) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Options;
+
+    fn opts(backend: Option<&str>) -> Options {
+        Options {
+            trials: None,
+            backend: backend.map(str::to_owned),
+            ci: false,
+        }
+    }
+
+    #[test]
+    fn crash_and_corrupt_run_on_every_backend_for_all_and_on_local_alone_by_default() {
+        assert_eq!(
+            opts(None).backends(true).unwrap(),
+            ["local", "s3", "remote"]
+        );
+        assert_eq!(opts(None).backends(false).unwrap(), ["local"]);
+        assert_eq!(
+            opts(Some("all")).backends(false).unwrap(),
+            ["local", "s3", "remote"]
+        );
+        assert_eq!(opts(Some("s3")).backends(true).unwrap(), ["s3"]);
+        assert_eq!(opts(Some("remote")).backends(false).unwrap(), ["remote"]);
+        let e = opts(Some("gcs")).backends(true).unwrap_err();
+        assert!(e.contains("unknown backend") && e.contains("remote"), "{e}");
+    }
+}

@@ -260,3 +260,37 @@ pub fn down(dir: &Path) -> Result<(), String> {
     let _ = std::fs::remove_file(dir.join("port"));
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{Options, config};
+    use std::path::PathBuf;
+
+    #[test]
+    fn the_cas_is_in_memory_unless_a_disk_directory_is_given() {
+        let memory = config(4000, &Options::default());
+        assert!(
+            memory.contains("- !lru-storage &cas\n    size: 2GB\n"),
+            "{memory}"
+        );
+        assert!(!memory.contains("grpc-server-options"), "{memory}");
+        let disk = config(
+            4001,
+            &Options {
+                disk: Some(PathBuf::from("/tmp/bgd cas")),
+                max_recv: Some(1 << 24),
+                port: None,
+            },
+        );
+        assert!(
+            disk.contains("- !disk-storage &cas\n    path: \"/tmp/bgd cas\"\n"),
+            "{disk}"
+        );
+        assert!(!disk.contains("lru-storage"), "{disk}");
+        assert!(
+            disk.contains("grpc.max_receive_message_length: 16777216"),
+            "{disk}"
+        );
+        assert!(disk.contains("address: \"127.0.0.1:4001\""), "{disk}");
+    }
+}
