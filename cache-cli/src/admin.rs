@@ -162,7 +162,8 @@ pub fn gc(args: &GcArgs) -> Result<u8, Failure> {
 }
 
 /// `taskcache verify`. Exits 1 when it found (and removed) corrupt data, like `fsck`,
-/// so that a script notices; the cache is consistent again afterwards either way.
+/// so that a script notices; the cache is consistent again afterwards either way. A
+/// cache it could not check at all is exit 3, so 1 always means "repaired".
 pub fn verify(args: &CacheArgs) -> Result<u8, Failure> {
     if let Some((_, shown)) = object_store(args)? {
         return Err(Failure::Usage(format!(
@@ -171,9 +172,14 @@ pub fn verify(args: &CacheArgs) -> Result<u8, Failure> {
              it is found"
         )));
     }
-    let (rt, storage, dir) = open(args)?;
+    // Exit 1 says "damage was removed": a cache that could not be checked at all is 3.
+    let unchecked = |f: Failure| match f {
+        Failure::Fatal(msg) => Failure::Unchecked(format!("{msg}; nothing was checked or removed")),
+        other => other,
+    };
+    let (rt, storage, dir) = open(args).map_err(unchecked)?;
     let report = rt.block_on(storage.verify()).map_err(|e| {
-        Failure::Fatal(format!(
+        Failure::Unchecked(format!(
             "verify of the cache at {} failed: {e}",
             dir.display()
         ))

@@ -73,6 +73,9 @@ pub enum Command {
     #[command(override_usage = "taskcache gc [OPTIONS] --max-size <SIZE>")]
     Gc(GcArgs),
     /// Re-hash every stored blob and check every entry; report and remove corrupt ones.
+    /// Exit 0: nothing was wrong; 1: damage was found and removed; 2: bad usage (no
+    /// cache there); 3: the cache could not be checked (unreadable, or not this
+    /// version's): nothing was removed.
     #[command(override_usage = "taskcache verify [OPTIONS]")]
     Verify(VerifyArgs),
     /// Make a key pair for signed entries: the signing key (a secret, for trusted

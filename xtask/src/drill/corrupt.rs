@@ -5,12 +5,14 @@
 //! * every `taskcache run` of every entry exits 0 with exactly the entry's bytes and
 //!   stdout (a miss runs the step; a hit restores it; a wrong byte never lands), or
 //!   fails with a clear error (a message, exit 2, nothing written);
-//! * afterwards every entry hits again (the runs' stores repaired the cache), unless
-//!   the cache refused to open at all (then it must say so, and so must every run).
+//! * afterwards every entry hits again (the runs' stores repaired the cache; a damaged
+//!   or deleted `LAYOUT` is written again), unless the damaged `LAYOUT` reads as a
+//!   newer layout version: then every run must say so and run the step uncached.
 //!
 //! And on another copy `taskcache verify` must remove the damaged blob or entry (and
-//! the entries that needed a deleted blob), after which every key is a miss or a
-//! byte-identical hit and a second `verify` finds nothing.
+//! the entries that needed a deleted blob) or repair `LAYOUT` (exit 3, naming the
+//! version, for a newer one), after which every key is a miss or a byte-identical hit
+//! and a second `verify` finds nothing.
 
 use super::taskcache::{Backend, Checked, Tc, keep_evidence};
 use super::workload::Class;
@@ -70,13 +72,14 @@ pub fn run(
                 };
                 let what = format!("{name} {damage:?} (round {round})");
                 out.trials += 1;
+                let newer = name == LAYOUT && after.as_deref().is_some_and(reads_as_newer);
                 let result = apply(backend, name, after.as_deref())
-                    .and_then(|()| runs_then_repaired(tc, backend, scratch.path()))
-                    .and_then(|r| {
-                        refused += u32::from(r);
+                    .and_then(|()| runs_then_repaired(tc, backend, scratch.path(), name, newer))
+                    .and_then(|()| {
+                        refused += u32::from(newer);
                         backend.load(&pristine)?;
                         apply(backend, name, after.as_deref())?;
-                        verify_removes(tc, backend, name, damage)
+                        verify_removes(tc, backend, name, damage, newer)
                     });
                 if let Err(e) = result {
                     out.failures += 1;
@@ -91,7 +94,7 @@ pub fn run(
     }
     out.note = format!(
         "{} files x {} x {rounds} rounds ({unchanged} no-op damages skipped; \
-         {refused} where the cache refused to open, saying why)",
+         {refused} where a damaged LAYOUT read as a newer version and was refused, saying so)",
         objects.len(),
         if sample {
             "1 random damage"
@@ -131,16 +134,35 @@ fn apply(backend: &dyn Backend, name: &str, after: Option<&[u8]>) -> Result<(), 
     }
 }
 
-/// Every entry run as a step (must give exactly its bytes, or fail clearly), then
-/// every entry must hit. Returns whether the cache refused to open (clearly): with its
-/// `LAYOUT` damaged a directory is no longer known to be a cache, so it is never
-/// taken over or rewritten; every run must then say so, as a warning while the step
-/// runs uncached, or (with `LAYOUT` gone from a non-empty directory) as a usage error.
+const LAYOUT: &str = "LAYOUT";
+const GOOD_LAYOUT: &[u8] = b"taskcache-local-layout 1\n";
+
+/// Whether damaged `LAYOUT` bytes read as a newer layout version (a flip of the
+/// version digit): a newer taskcache's cache, which is never rewritten.
+fn reads_as_newer(bytes: &[u8]) -> bool {
+    std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|s| {
+            s.strip_suffix('\n')
+                .unwrap_or(s)
+                .strip_prefix("taskcache-local-layout ")
+        })
+        .filter(|d| !d.starts_with('0') && d.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|d| d.parse::<u32>().ok())
+        .is_some_and(|v| v > 1)
+}
+
+/// Every entry run as a step (must give exactly its bytes), then every entry must hit
+/// and a damaged `LAYOUT` must have been written again. When the damaged `LAYOUT`
+/// reads as a newer version (`newer`), every run must instead say so and run the step
+/// uncached, and `LAYOUT` must be left as it is.
 fn runs_then_repaired(
     tc: &Tc,
     backend: &dyn Backend,
     scratch: &std::path::Path,
-) -> Result<bool, String> {
+    name: &str,
+    newer: bool,
+) -> Result<(), String> {
     let mut refused = 0;
     for &(i, class) in &ENTRIES {
         let ws = tempfile::tempdir_in(scratch).map_err(|e| e.to_string())?;
@@ -155,17 +177,11 @@ fn runs_then_repaired(
             }
             super::workload::check(ws.path(), i, class)?;
             if stderr.contains("cannot be opened") && stderr.contains("uncached") {
+                if !stderr.contains("layout version") {
+                    return Err(format!("entry {i}: the cache was refused: {stderr}"));
+                }
                 refused += 1;
             }
-        } else if out.status.code() == Some(2)
-            && stderr.contains("not a taskcache cache")
-            && out.stdout.is_empty()
-        {
-            // A usage error that names the problem, before anything ran.
-            if ws.path().join("out").exists() {
-                return Err(format!("entry {i}: refused, but wrote outputs: {stderr}"));
-            }
-            refused += 1;
         } else {
             return Err(format!(
                 "entry {i}: taskcache exited {} ({})",
@@ -174,14 +190,18 @@ fn runs_then_repaired(
             ));
         }
     }
-    if refused == ENTRIES.len() {
-        return Ok(true);
+    if newer {
+        return if refused == ENTRIES.len() {
+            Ok(())
+        } else {
+            Err(format!(
+                "LAYOUT reads as a newer version, but only {refused} of {} runs said so",
+                ENTRIES.len()
+            ))
+        };
     }
     if refused > 0 {
-        return Err(format!(
-            "the cache was refused by {refused} of {} runs only",
-            ENTRIES.len()
-        ));
+        return Err(format!("the cache was refused by {refused} runs"));
     }
     for &(i, class) in &ENTRIES {
         if tc.check_entry(backend, i, class)? != Checked::Hit {
@@ -190,7 +210,10 @@ fn runs_then_repaired(
             ));
         }
     }
-    Ok(false)
+    if name == LAYOUT && backend.read_object(LAYOUT)? != GOOD_LAYOUT {
+        return Err("LAYOUT was not written again".into());
+    }
+    Ok(())
 }
 
 /// `verify` on the damaged cache: the damaged object is gone (with what needed it),
@@ -200,20 +223,20 @@ fn verify_removes(
     backend: &dyn Backend,
     name: &str,
     damage: Damage,
+    newer: bool,
 ) -> Result<(), String> {
-    let refusable = !(name.starts_with("blobs/") || name.starts_with("entries/"));
-    let v = match tc.verify(backend) {
-        Ok(v) => v,
-        Err(e) if refusable => {
-            // LAYOUT damaged: verify must refuse clearly, not guess.
-            return if e.contains("LAYOUT") || e.contains("layout") {
-                Ok(())
-            } else {
-                Err(format!("verify failed without naming the layout: {e}"))
-            };
-        }
-        Err(e) => return Err(e),
-    };
+    if newer {
+        // A newer version's cache: verify must say it could not check it (exit 3).
+        return match tc.verify(backend) {
+            Err(e) if e.contains("exit status: 3") && e.contains("layout version") => Ok(()),
+            Err(e) => Err(format!("verify of a newer layout: {e}")),
+            Ok(v) => Err(format!("verify checked a newer layout: {v:?}")),
+        };
+    }
+    let v = tc.verify(backend)?;
+    if name == LAYOUT && backend.read_object(LAYOUT)? != GOOD_LAYOUT {
+        return Err("verify did not write LAYOUT again".into());
+    }
     let gone = !backend.objects()?.iter().any(|o| o == name);
     match (name.split('/').next(), damage) {
         (Some("blobs"), Damage::Delete) if v.incomplete_entries == 0 => {
