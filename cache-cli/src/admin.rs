@@ -127,13 +127,20 @@ pub fn gc(args: &GcArgs) -> Result<u8, Failure> {
     if let Some((_, shown)) = object_store(&args.cache)? {
         return Err(Failure::Usage(lifecycle_advice(&shown)));
     }
+    let Some(max_size) = args.max_size else {
+        return Err(Failure::Usage(
+            "gc needs --max-size SIZE for a local cache (e.g. --max-size 10GiB): it evicts \
+             least recently used entries until the cache is under it"
+                .into(),
+        ));
+    };
     let (rt, storage, dir) = open(&args.cache)?;
     let opts = cache_local::GcOptions {
         blob_grace: args.grace,
         ..cache_local::GcOptions::default()
     };
     let report = rt
-        .block_on(storage.gc_with(args.max_size, opts))
+        .block_on(storage.gc_with(max_size, opts))
         .map_err(|e| Failure::Fatal(format!("gc of the cache at {} failed: {e}", dir.display())))?;
     print(&format!(
         "removed {} entries and {} blobs; {} -> {} (limit {})\n",
@@ -141,7 +148,7 @@ pub fn gc(args: &GcArgs) -> Result<u8, Failure> {
         report.blobs_removed,
         format_size(report.bytes_before),
         format_size(report.bytes_after),
-        format_size(args.max_size)
+        format_size(max_size)
     ))?;
     if report.blobs_kept_young > 0 {
         print(&format!(

@@ -182,9 +182,10 @@ pub struct GcArgs {
     /// crashed writers); -vv: debug logs.
     #[arg(short, long, action = ArgAction::Count)]
     pub verbose: u8,
-    /// Target size, e.g. 10GiB, 500MB, or a number of bytes.
+    /// Target size, e.g. 10GiB, 500MB, or a number of bytes. Required for a local cache
+    /// (an object store evicts by a lifecycle rule; gc says which).
     #[arg(long, value_name = "SIZE", value_parser = crate::size::parse_size)]
-    pub max_size: u64,
+    pub max_size: Option<u64>,
     /// Blobs written or reused within this long are kept even past the size limit: a
     /// store running at the same time may be about to publish the entry that needs
     /// them. `0` when no other writer can be running. E.g. 10m, 90s, 1h.
@@ -468,6 +469,6 @@ mod tests {
         let Command::Gc(g) = cli.command else {
             panic!("not gc")
         };
-        assert_eq!(g.max_size, 10 << 30);
+        assert_eq!(g.max_size, Some(10 << 30));
     }
 }
