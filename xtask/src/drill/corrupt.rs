@@ -125,9 +125,15 @@ pub fn run(
     } else {
         format!(" (of {all_objects})")
     };
+    let layout = if backend.name() == "local" {
+        format!(
+            "; {refused} where a damaged LAYOUT read as a newer version and was refused, saying so"
+        )
+    } else {
+        String::new()
+    };
     out.note = format!(
-        "{} objects{of} x {} x {rounds} rounds ({unchanged} no-op damages skipped; \
-         {refused} where a damaged LAYOUT read as a newer version and was refused, saying so{kept})",
+        "{} objects{of} x {} x {rounds} rounds ({unchanged} no-op damages skipped{layout}{kept})",
         objects.len(),
         if sample {
             "1 random damage"
