@@ -4,7 +4,9 @@
 //! REAPI server only as `--remote` behind a local tier, so every `taskcache` process
 //! gets a NEW empty local `--cache` directory: every hit really comes from the server.
 //!
-//! The action cache lives in BuildGrid's memory and cannot be emptied, so a fresh
+//! BuildGrid's action cache keeps each `ActionResult` as a CAS blob (so the drill
+//! damages results too); the map from action to result lives in its memory and cannot
+//! be emptied, so a fresh
 //! cache is a new salt: a variable the key sees (`-e TASKCACHE_DRILL_SALT`), so keys of
 //! earlier caches are never looked up again; their blobs are deleted from the disk.
 //!
