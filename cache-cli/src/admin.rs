@@ -127,13 +127,20 @@ pub fn gc(args: &GcArgs) -> Result<u8, Failure> {
     if let Some((_, shown)) = object_store(&args.cache)? {
         return Err(Failure::Usage(lifecycle_advice(&shown)));
     }
+    let Some(max_size) = args.max_size else {
+        return Err(Failure::Usage(
+            "gc needs --max-size SIZE for a local cache (e.g. --max-size 10GiB): it evicts \
+             least recently used entries until the cache is under it"
+                .into(),
+        ));
+    };
     let (rt, storage, dir) = open(&args.cache)?;
     let opts = cache_local::GcOptions {
         blob_grace: args.grace,
         ..cache_local::GcOptions::default()
     };
     let report = rt
-        .block_on(storage.gc_with(args.max_size, opts))
+        .block_on(storage.gc_with(max_size, opts))
         .map_err(|e| Failure::Fatal(format!("gc of the cache at {} failed: {e}", dir.display())))?;
     print(&format!(
         "removed {} entries and {} blobs; {} -> {} (limit {})\n",
@@ -141,7 +148,7 @@ pub fn gc(args: &GcArgs) -> Result<u8, Failure> {
         report.blobs_removed,
         format_size(report.bytes_before),
         format_size(report.bytes_after),
-        format_size(args.max_size)
+        format_size(max_size)
     ))?;
     if report.blobs_kept_young > 0 {
         print(&format!(
@@ -162,7 +169,8 @@ pub fn gc(args: &GcArgs) -> Result<u8, Failure> {
 }
 
 /// `taskcache verify`. Exits 1 when it found (and removed) corrupt data, like `fsck`,
-/// so that a script notices; the cache is consistent again afterwards either way.
+/// so that a script notices; the cache is consistent again afterwards either way. A
+/// cache it could not check at all is exit 3, so 1 always means "repaired".
 pub fn verify(args: &CacheArgs) -> Result<u8, Failure> {
     if let Some((_, shown)) = object_store(args)? {
         return Err(Failure::Usage(format!(
@@ -171,9 +179,14 @@ pub fn verify(args: &CacheArgs) -> Result<u8, Failure> {
              it is found"
         )));
     }
-    let (rt, storage, dir) = open(args)?;
+    // Exit 1 says "damage was removed": a cache that could not be checked at all is 3.
+    let unchecked = |f: Failure| match f {
+        Failure::Fatal(msg) => Failure::Unchecked(format!("{msg}; nothing was checked or removed")),
+        other => other,
+    };
+    let (rt, storage, dir) = open(args).map_err(unchecked)?;
     let report = rt.block_on(storage.verify()).map_err(|e| {
-        Failure::Fatal(format!(
+        Failure::Unchecked(format!(
             "verify of the cache at {} failed: {e}",
             dir.display()
         ))

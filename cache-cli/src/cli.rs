@@ -73,6 +73,9 @@ pub enum Command {
     #[command(override_usage = "taskcache gc [OPTIONS] --max-size <SIZE>")]
     Gc(GcArgs),
     /// Re-hash every stored blob and check every entry; report and remove corrupt ones.
+    /// Exit 0: nothing was wrong; 1: damage was found and removed; 2: bad usage (no
+    /// cache there); 3: the cache could not be checked (unreadable, or not this
+    /// version's): nothing was removed.
     #[command(override_usage = "taskcache verify [OPTIONS]")]
     Verify(VerifyArgs),
     /// Make a key pair for signed entries: the signing key (a secret, for trusted
@@ -179,9 +182,10 @@ pub struct GcArgs {
     /// crashed writers); -vv: debug logs.
     #[arg(short, long, action = ArgAction::Count)]
     pub verbose: u8,
-    /// Target size, e.g. 10GiB, 500MB, or a number of bytes.
+    /// Target size, e.g. 10GiB, 500MB, or a number of bytes. Required for a local cache
+    /// (an object store evicts by a lifecycle rule; gc says which).
     #[arg(long, value_name = "SIZE", value_parser = crate::size::parse_size)]
-    pub max_size: u64,
+    pub max_size: Option<u64>,
     /// Blobs written or reused within this long are kept even past the size limit: a
     /// store running at the same time may be about to publish the entry that needs
     /// them. `0` when no other writer can be running. E.g. 10m, 90s, 1h.
@@ -451,7 +455,7 @@ mod tests {
                 &["gc", "--max-size", "lots"][..],
                 ErrorKind::ValueValidation,
             ),
-            (&["gc"][..], ErrorKind::MissingRequiredArgument),
+            // `gc` without --max-size is refused by gc itself (a bucket needs none).
         ] {
             let err = parse(args).unwrap_err();
             assert_eq!(err.kind(), kind, "{args:?}: {err}");
@@ -465,6 +469,6 @@ mod tests {
         let Command::Gc(g) = cli.command else {
             panic!("not gc")
         };
-        assert_eq!(g.max_size, 10 << 30);
+        assert_eq!(g.max_size, Some(10 << 30));
     }
 }

@@ -49,6 +49,8 @@ pub enum Failure {
     Usage(String),
     /// Something else went wrong (e.g. the cache cannot be read for `stats`): exit code 1.
     Fatal(String),
+    /// `verify` could not check the cache: exit code 3 (its 1 means "damage removed").
+    Unchecked(String),
 }
 
 /// For a `run`/`key` usage error on a command line without `--`: the subcommand.
@@ -113,6 +115,10 @@ fn main() -> ExitCode {
         Err(Failure::Fatal(msg)) => {
             eprintln!("taskcache: error: {msg}");
             ExitCode::from(1)
+        }
+        Err(Failure::Unchecked(msg)) => {
+            eprintln!("taskcache: error: {msg}");
+            ExitCode::from(3)
         }
     }
 }

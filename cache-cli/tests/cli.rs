@@ -335,6 +335,9 @@ fn bad_input_exits_2_with_a_message_that_says_what_to_do() {
             &["gc", "--cache", "s3://bucket-name/ci", "--max-size", "1GiB"],
             "lifecycle",
         ),
+        // No --max-size needed to hear what a bucket needs instead.
+        (&["gc", "--cache", "s3://bucket-name/ci"], "lifecycle"),
+        (&["gc"], "--max-size SIZE"),
     ];
     for (args, hint) in cases {
         let o = f.run(args);

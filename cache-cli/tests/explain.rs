@@ -378,7 +378,7 @@ fn help_reads_true() {
             .args(args);
         exec(c)
     };
-    let gc = help(&["gc"]);
+    let gc = help(&["gc", "--no-such-flag"]);
     assert_eq!(gc.code, 2, "{gc:?}");
     let usage = gc.stderr.lines().find(|l| l.starts_with("Usage:")).unwrap();
     assert!(

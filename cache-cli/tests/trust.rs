@@ -308,3 +308,43 @@ fn signals_to_taskcache_reach_the_command_and_nothing_is_stored() {
         "a cancelled run was stored: {s:?}"
     );
 }
+
+/// A damaged `LAYOUT` in a used cache is written again by the next run, which hits
+/// (with a warning); `verify` repairs one too. A `LAYOUT` of a newer version is left
+/// alone: the run goes on uncached, and `verify` exits 3 (could not check), never 1
+/// (damage removed).
+#[test]
+fn a_damaged_layout_is_repaired_and_verify_says_when_it_could_not_check() {
+    let f = Fixture::new();
+    assert_eq!(f.sh(&["-o", "out.txt"], COUNTING).code, 0);
+    let layout = f.cache.join("LAYOUT");
+    let good = fs::read(&layout).unwrap();
+
+    fs::write(&layout, b"taskcache-local-lay\0\0\0\0\0\0").unwrap();
+    fs::remove_file(f.ws.join("out.txt")).unwrap();
+    let o = f.sh(&["-o", "out.txt"], COUNTING);
+    assert_eq!(o.code, 0, "{o:?}");
+    assert_eq!(f.runs(), 1, "the run after the damage was not a hit: {o:?}");
+    assert!(
+        o.stderr.contains("LAYOUT") && o.stderr.contains("damaged"),
+        "{o:?}"
+    );
+    assert_eq!(fs::read(&layout).unwrap(), good);
+
+    fs::remove_file(&layout).unwrap();
+    let v = f.run(&["verify"]);
+    assert_eq!(v.code, 0, "{v:?}");
+    assert_eq!(fs::read(&layout).unwrap(), good);
+
+    fs::write(&layout, b"taskcache-local-layout 9\n").unwrap();
+    let v = f.run(&["verify"]);
+    assert_eq!(v.code, 3, "{v:?}");
+    assert!(
+        v.stderr.contains("layout version 9") && v.stderr.contains("nothing was checked"),
+        "{v:?}"
+    );
+    let o = f.sh(&["-o", "out.txt"], COUNTING);
+    assert_eq!(o.code, 0, "{o:?}");
+    assert_eq!(f.runs(), 2, "a newer cache was used: {o:?}");
+    assert_eq!(fs::read(&layout).unwrap(), b"taskcache-local-layout 9\n");
+}

@@ -15,6 +15,7 @@
 //! from those handles without following a link. Paths are kept for messages and for
 //! the blob files handed to `cache-core`.
 
+use crate::claim;
 use crate::fsat::{self, Access, DirAt, FileAt, Meta, Node};
 use cache_core::{BackendError, BackendResult, BlobRef, Digest, DigestAlgorithm};
 use rustix::fs::{self as rfs, AtFlags, Mode, OFlags};
@@ -31,7 +32,7 @@ use std::time::SystemTime;
 pub const LAYOUT_FILE: &str = "LAYOUT";
 /// The layout this code reads and writes.
 pub const LAYOUT_VERSION: u32 = 1;
-const LAYOUT_MAGIC: &str = "taskcache-local-layout";
+pub(crate) const LAYOUT_MAGIC: &str = "taskcache-local-layout";
 /// The most of a layout file that is ever read (it holds one short line).
 const MAX_LAYOUT_BYTES: u64 = 256;
 /// Prefix of the statistics logs claimed for compaction in `tmp/`.
@@ -74,98 +75,12 @@ fn refuse(file: &Path, msg: String) -> BackendError {
     )
 }
 
-/// Whether `dir` may be opened as a cache: one with a `LAYOUT` file is; with `create`,
-/// so is a directory that does not exist yet (it is created), is empty, or holds an
-/// unfinished layout of this code ([`unfinished`]). Anything else
-/// is someone else's directory, which a cache must never take over (it would write its
-/// layout there, and maintenance would clean its `tmp/`).
-pub(crate) fn claim(dir: &Path, create: bool) -> BackendResult<()> {
-    let refuse = |reason: &str| {
-        BackendError::io_with_context(
-            "use as a cache",
-            dir,
-            io::Error::new(io::ErrorKind::InvalidInput, reason.to_owned()),
-        )
-    };
-    match std::fs::metadata(dir) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            if !create {
-                return Err(refuse(
-                    "there is no cache there (a cached run creates one; check --cache)",
-                ));
-            }
-            std::fs::create_dir_all(dir).map_err(ctx("create cache directory", dir))
-        }
-        Err(e) => Err(BackendError::io_with_context("inspect", dir, e)),
-        Ok(m) if !m.is_dir() => Err(refuse("it is not a directory")),
-        Ok(_) => {
-            if std::fs::symlink_metadata(dir.join(LAYOUT_FILE)).is_ok() {
-                return Ok(());
-            }
-            let empty = std::fs::read_dir(dir)
-                .map_err(ctx("list", dir))?
-                .next()
-                .is_none();
-            if create && (empty || unfinished(dir)) {
-                Ok(())
-            } else if create && std::fs::symlink_metadata(dir.join(LAYOUT_FILE)).is_ok() {
-                // Another writer finished the layout while this one looked.
-                Ok(())
-            } else if create {
-                Err(refuse(
-                    "it is not empty and not a taskcache cache (no LAYOUT file); \
-                     pass a new or empty directory",
-                ))
-            } else {
-                Err(refuse(
-                    "it is not a taskcache cache (no LAYOUT file); check --cache",
-                ))
-            }
-        }
-    }
-}
-
-/// Whether `dir` holds nothing but what [`Layout::open`] creates before it writes
-/// `LAYOUT`: some of the four layout directories, as real directories, all empty but
-/// for temporary files of this code in `tmp/`. That is a cache whose first writer was
-/// killed (or is still creating it) before `LAYOUT` existed; refusing it would leave the
-/// directory unusable for ever, and the first of two writers starting on a new cache
-/// would make the second fail.
-fn unfinished(dir: &Path) -> bool {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return false;
-    };
-    entries.into_iter().all(|e| {
-        let Ok(e) = e else { return false };
-        let name = e.file_name();
-        let Some(name) = name.to_str() else {
-            return false;
-        };
-        if !e.file_type().is_ok_and(|t| t.is_dir()) {
-            return false;
-        }
-        let Ok(inside) = std::fs::read_dir(e.path()) else {
-            return false;
-        };
-        match name {
-            "blobs" | "entries" | "stats" => inside.into_iter().next().is_none(),
-            "tmp" => inside.into_iter().all(|t| {
-                t.is_ok_and(|t| {
-                    t.file_type().is_ok_and(|k| k.is_file())
-                        && t.file_name().to_str().is_some_and(is_own_temp)
-                })
-            }),
-            _ => false,
-        }
-    })
-}
-
 impl Layout {
     /// Creates the directory and its layout if needed; refuses another layout version,
     /// and a layout file that is not a regular file. A symbolic link or special file
     /// planted in place of one of the four directories is replaced by a directory.
     pub fn open(dir: &Path, durable: bool, create: bool) -> BackendResult<Layout> {
-        claim(dir, create)?;
+        claim::claim(dir, create)?;
         // The root is the caller's path (which may go through links of their own);
         // everything below it is resolved from this handle.
         let root_fd = rfs::open(
@@ -176,8 +91,25 @@ impl Layout {
         .map_err(|e| BackendError::io_with_context("open cache directory", dir, e.into()))?;
         let version_file = dir.join(LAYOUT_FILE);
         let version = read_version_file(root_fd.as_fd(), &version_file)?;
+        // A damaged `LAYOUT` (a flipped bit, truncated, zeroed) in a directory that is
+        // unmistakably a cache is written again: refusing would leave the cache unusable
+        // for ever. A newer version's `LAYOUT`, or one in any other directory, is refused.
+        let mut repair = false;
         if let Some(text) = &version {
-            check_version(&version_file, text)?;
+            if let Err(e) = claim::check_version(&version_file, text) {
+                if claim::parse_version(text) != claim::Version::Unreadable
+                    || !claim::recognisable(dir)
+                {
+                    return Err(e);
+                }
+                tracing::warn!(
+                    path = %version_file.display(),
+                    "the cache's LAYOUT file is damaged (it says {:?}), but the directory is a \
+                     taskcache cache: writing it again",
+                    text.chars().take(60).collect::<String>()
+                );
+                repair = true;
+            }
         }
         let sub = |name: &str| ensure_dir(root_fd.as_fd(), name, &dir.join(name), durable);
         let layout = Layout {
@@ -196,6 +128,8 @@ impl Layout {
         };
         if version.is_none() {
             layout.create_version_file(&version_file)?;
+        } else if repair {
+            layout.replace_version_file(&version_file)?;
         }
         Ok(layout)
     }
@@ -216,7 +150,7 @@ impl Layout {
             Ok(()) => self.sync_fd(self.root_fd.as_fd(), &self.root),
             Err(rustix::io::Errno::EXIST) => {
                 match read_version_file(self.root_fd.as_fd(), version_file)? {
-                    Some(text) => check_version(version_file, &text),
+                    Some(text) => claim::check_version(version_file, &text),
                     None => Err(refuse(
                         version_file,
                         "it vanished while being created".into(),
@@ -229,6 +163,23 @@ impl Layout {
                 e.into(),
             )),
         }
+    }
+
+    /// Writes `LAYOUT` over a damaged one (temp + rename: readers see the old bytes or
+    /// the new ones; two repairers write the same line).
+    fn replace_version_file(&self, version_file: &Path) -> BackendResult<()> {
+        let mut tmp = self.temp()?;
+        writeln!(tmp, "{LAYOUT_MAGIC} {LAYOUT_VERSION}").map_err(ctx("write", version_file))?;
+        self.sync_file(&tmp, version_file)?;
+        rfs::renameat(
+            self.tmp_fd.as_fd(),
+            tmp.name.as_str(),
+            self.root_fd.as_fd(),
+            LAYOUT_FILE,
+        )
+        .map_err(|e| BackendError::io_with_context("replace", version_file, e.into()))?;
+        tmp.kept = true;
+        self.sync_fd(self.root_fd.as_fd(), &self.root)
     }
 
     /// Checks that the layout file is still a regular file (health checks).
@@ -533,32 +484,6 @@ fn read_version_file(root: BorrowedFd<'_>, path: &Path) -> BackendResult<Option<
         ));
     }
     Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
-}
-
-fn check_version(file: &Path, text: &str) -> BackendResult<()> {
-    let Some(rest) = text.trim().strip_prefix(LAYOUT_MAGIC) else {
-        return Err(refuse(
-            file,
-            format!(
-                "not a taskcache layout file (it says {:?}); point taskcache at another directory",
-                text.chars().take(60).collect::<String>()
-            ),
-        ));
-    };
-    match rest.trim().parse::<u32>() {
-        Ok(LAYOUT_VERSION) => Ok(()),
-        Ok(v) => Err(refuse(
-            file,
-            format!(
-                "the cache uses layout version {v}, but this taskcache understands version {LAYOUT_VERSION} only; \
-                 upgrade taskcache, or use (or empty) another cache directory"
-            ),
-        )),
-        Err(_) => Err(refuse(
-            file,
-            format!("unreadable layout version {:?}", rest.trim()),
-        )),
-    }
 }
 
 /// A temporary file in `<dir>/tmp`, removed on drop unless it was published.

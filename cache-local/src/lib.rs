@@ -47,7 +47,9 @@
 //! <dir>/stats/log                               hit/miss/size records (append-only)
 //! ```
 //!
-//! A directory with another layout version is refused with an error that says so.
+//! A directory with a newer layout version is refused with an error that says so. A
+//! used cache whose `LAYOUT` was lost or damaged (a flipped bit, truncated, zeroed) is
+//! recognised by its directories and gets `LAYOUT` written again, with a warning.
 //!
 //! ## Guarantees
 //!
@@ -121,6 +123,7 @@
 //!   layout are removed (never followed) and counted in
 //!   [`GcReport::foreign_removed`] / [`VerifyReport::foreign_removed`].
 
+mod claim;
 mod counters;
 mod fsat;
 mod io;
@@ -265,11 +268,14 @@ pub fn open(dir: impl AsRef<Path>, opts: LocalOptions) -> BackendResult<LocalCac
 }
 
 /// Whether `dir` may be used as a cache without taking over someone else's directory:
-/// it has a `LAYOUT` file, or (with `create`) it does not exist yet, is empty, or holds
-/// only the empty layout directories a killed first writer left before `LAYOUT`. The
-/// error says which and what to do. Blocking.
+/// it has a `LAYOUT` file; or it is unmistakably a used cache of this code whose
+/// `LAYOUT` is gone (only the layout's directories, `blobs/` and `entries/` holding
+/// only digest-algorithm directories: `LAYOUT` is written again); or (with `create`)
+/// it does not exist yet, is empty, or holds only the empty layout directories a
+/// killed first writer left before `LAYOUT`. The error says which and what to do.
+/// Blocking.
 pub fn check_cache_dir(dir: impl AsRef<Path>, create: bool) -> BackendResult<()> {
-    layout::claim(dir.as_ref(), create)
+    claim::claim(dir.as_ref(), create)
 }
 
 /// How many blocking jobs a batch is split into.
@@ -284,8 +290,8 @@ impl LocalStorage {
     /// Opens (creating if needed) the cache in `dir`: creates the directory and its
     /// layout. A directory that exists must already be a cache (it has `LAYOUT`) or be
     /// empty: someone else's directory is refused, never taken over
-    /// ([`check_cache_dir`]). Also refuses a directory whose layout version this code
-    /// does not know, or
+    /// ([`check_cache_dir`]). A damaged `LAYOUT` in a used cache is written again (see
+    /// the crate docs). Refuses a directory with a newer layout version, or
     /// whose `LAYOUT` is not a regular file (a link, a FIFO, a device: the error names
     /// it and says what to do). A link or special file planted in place of one of the
     /// layout's directories is replaced by a directory (see "Hostile cache

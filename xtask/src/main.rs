@@ -2,12 +2,13 @@
 //!
 //! * `cargo xtask ci`: format check, clippy with `-D warnings`, the whole test suite
 //!   (nextest, with the real servers of `peers up` running and required, then
-//!   doctests), docs with `-D warnings`, the CI-sized drills.
+//!   doctests), the CI-sized drills (crash and corrupt also against those servers),
+//!   docs with `-D warnings`.
 //! * `cargo xtask bench [local|cli|s3|remote|all]`: benchmarks; results go in `BENCHMARKS.md`.
 //! * `cargo xtask drill [NAME|all] [--trials N]`: reliability drills (`RELIABILITY.md`).
 //! * `cargo xtask peers up|down|env [NAME...]`: the real servers tests run against
 //!   (see [`peers`]); `ci` starts them, runs the tests with their variables and
-//!   `TASKCACHE_REQUIRE_PEERS=1`, and always stops them.
+//!   `TASKCACHE_REQUIRE_PEERS=1` and the drills, and always stops them.
 
 mod bench;
 mod drill;
@@ -114,21 +115,22 @@ fn ci() -> Result<(), String> {
         eprintln!("xtask: installing cargo-nextest (once)");
         run(cargo().args(["install", "--locked", "--quiet", "cargo-nextest"]))?;
     }
-    // The real servers for the whole test run, stopped whatever happens.
-    let tests = peers::up(&[]).and_then(|vars| {
+    // The real servers for the test run and the drills (crash and corrupt also run
+    // against S3 and REAPI), stopped whatever happens.
+    let with_peers = peers::up(&[]).and_then(|vars| {
         let mut cmd = cargo();
         cmd.args(["nextest", "run", "--workspace", "--profile", "ci"])
             .env("TASKCACHE_REQUIRE_PEERS", "1")
             .envs(vars);
-        run(&mut cmd)
+        run(&mut cmd)?;
+        run(cargo().args(["test", "--workspace", "--doc", "--quiet"]))?;
+        // The reliability drills, CI-sized (the full ones: `cargo xtask drill all`).
+        eprintln!("xtask: $ cargo xtask drill all --ci");
+        drill::ci()
     });
     let stopped = peers::down(&[]);
-    tests?;
+    with_peers?;
     stopped?;
-    run(cargo().args(["test", "--workspace", "--doc", "--quiet"]))?;
-    // The reliability drills, CI-sized (the full ones: `cargo xtask drill all`).
-    eprintln!("xtask: $ cargo xtask drill all --ci");
-    drill::ci()?;
     run(cargo()
         .args(["doc", "--workspace", "--no-deps", "--quiet"])
         .env("RUSTDOCFLAGS", "-D warnings"))?;

@@ -326,7 +326,10 @@ fn duration_of(m: &re::ExecutedActionMetadata) -> u64 {
 }
 
 /// Puts `found` in the order the writer recorded. Directories implied by a tree but
-/// not recorded are left out; any other difference is an error.
+/// not recorded (the parents of recorded outputs) are left out; any other difference
+/// is an error. A directory with nothing recorded below it is not implied by
+/// anything: the writer recorded it, so the order lost it (a damaged result) and a
+/// restore without it would be partial.
 fn in_order(found: Vec<OutputRecord>, order: &[String]) -> Result<Vec<OutputRecord>, String> {
     let mut by_path: HashMap<String, OutputRecord> = HashMap::with_capacity(found.len());
     for o in found {
@@ -342,9 +345,14 @@ fn in_order(found: Vec<OutputRecord>, order: &[String]) -> Result<Vec<OutputReco
             .ok_or_else(|| format!("recorded output {:?} is not in the result", truncate(p)))?;
         out.push(o);
     }
+    let implied = |dir: &str| {
+        order
+            .iter()
+            .any(|p| p.len() > dir.len() && p.starts_with(dir) && p.as_bytes()[dir.len()] == b'/')
+    };
     if let Some(extra) = by_path
         .values()
-        .find(|o| !matches!(o, OutputRecord::Directory { .. }))
+        .find(|o| !matches!(o, OutputRecord::Directory { path } if implied(path)))
     {
         return Err(format!(
             "output {:?} is in the result but not recorded",

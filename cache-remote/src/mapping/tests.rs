@@ -152,3 +152,34 @@ fn the_task_digest_determines_the_action_key() {
     let command = re::Command::decode(a1.blobs[0].1.as_slice()).unwrap();
     assert_eq!(command.arguments, ["echo", "hi"]);
 }
+
+/// Found by `cargo xtask drill corrupt --backend remote`: one flipped bit in a stored
+/// result turned the property `taskcache.output` of `out/2/empty-dir` into
+/// `taskcache.outpUt`; the directory, still in its tree but no longer in the order,
+/// was left out as "implied", and the hit restored the outputs without it.
+#[test]
+fn a_recorded_directory_missing_from_the_order_is_corrupt_not_left_out() {
+    let r = sample();
+    let alg = DigestAlgorithm::Sha256;
+    let enc = encode_record(&r, alg);
+    let blobs: HashMap<BlobRef, Vec<u8>> = enc.trees.into_iter().collect();
+    for lost in ["d/empty", "e"] {
+        let mut res = enc.result.clone();
+        let mut ext = extension(&res).unwrap().unwrap();
+        ext.order.retain(|p| p != lost);
+        res.execution_metadata.as_mut().unwrap().auxiliary_metadata = vec![extension_any(&ext)];
+        let e = decode_result(&r.key, &res, &blobs, alg).unwrap_err();
+        assert!(
+            matches!(e, BackendError::CorruptEntry { .. }),
+            "{lost}: {e}"
+        );
+        assert!(e.to_string().contains(lost), "{lost}: {e}");
+    }
+    // A directory only implied by what lies below it (`d/sub`, parent of `d/sub/f`)
+    // is still left out: the writer never recorded it.
+    let back = decode_result(&r.key, &enc.result, &blobs, alg)
+        .unwrap()
+        .unwrap();
+    assert!(back.outputs.iter().all(|o| o.path() != "d/sub"));
+    assert_eq!(back, r);
+}

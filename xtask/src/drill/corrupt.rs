@@ -5,12 +5,21 @@
 //! * every `taskcache run` of every entry exits 0 with exactly the entry's bytes and
 //!   stdout (a miss runs the step; a hit restores it; a wrong byte never lands), or
 //!   fails with a clear error (a message, exit 2, nothing written);
-//! * afterwards every entry hits again (the runs' stores repaired the cache), unless
-//!   the cache refused to open at all (then it must say so, and so must every run).
+//! * afterwards every entry hits again (the runs' stores repaired the cache; a damaged
+//!   or deleted `LAYOUT` is written again), unless the damaged `LAYOUT` reads as a
+//!   newer layout version: then every run must say so and run the step uncached.
 //!
 //! And on another copy `taskcache verify` must remove the damaged blob or entry (and
-//! the entries that needed a deleted blob), after which every key is a miss or a
-//! byte-identical hit and a second `verify` finds nothing.
+//! the entries that needed a deleted blob) or repair `LAYOUT` (exit 3, naming the
+//! version, for a newer one), after which every key is a miss or a byte-identical hit
+//! and a second `verify` finds nothing.
+//!
+//! The same runs against the objects of an S3 bucket (`entries/...`, `blobs/...`) and
+//! the blob files of a BuildGrid CAS. Those have no `verify`. A REAPI server has no
+//! delete, and BuildGrid never replaces a blob it has, so a blob damaged in place
+//! stays damaged there: the entries that need it must then stay misses (checked: the
+//! object still holds the damaged bytes), never a wrong byte. In the CI-sized drill
+//! those backends damage 8 objects chosen at random.
 
 use super::taskcache::{Backend, Checked, Tc, keep_evidence};
 use super::workload::Class;
@@ -23,6 +32,9 @@ const ENTRIES: [(u64, Class); 4] = [
     (2, Class::Medium),
     (5, Class::Small),
 ];
+
+/// Objects the CI-sized drill damages on a remote backend.
+const SAMPLE_OBJECTS: usize = 8;
 
 #[derive(Debug, Clone, Copy)]
 enum Damage {
@@ -49,9 +61,15 @@ pub fn run(
     }
     let pristine = scratch.path().join("pristine");
     backend.save(&pristine)?;
-    let objects = backend.objects()?;
+    let mut objects = backend.objects()?;
+    let all_objects = objects.len();
+    if sample && backend.name() != "local" {
+        while objects.len() > SAMPLE_OBJECTS {
+            objects.remove(usize::try_from(rng.range(0, objects.len() as u64)).unwrap_or(0));
+        }
+    }
     let mut out = Outcome::default();
-    let (mut unchanged, mut refused) = (0u32, 0u32);
+    let (mut unchanged, mut refused, mut kept_damaged) = (0u32, 0u32, 0u32);
     for round in 0..rounds {
         for name in &objects {
             let all = [Damage::Flip, Damage::Truncate, Damage::Zero, Damage::Delete];
@@ -70,13 +88,21 @@ pub fn run(
                 };
                 let what = format!("{name} {damage:?} (round {round})");
                 out.trials += 1;
+                let newer = name == LAYOUT && after.as_deref().is_some_and(reads_as_newer);
                 let result = apply(backend, name, after.as_deref())
-                    .and_then(|()| runs_then_repaired(tc, backend, scratch.path()))
-                    .and_then(|r| {
-                        refused += u32::from(r);
+                    .and_then(|()| {
+                        let bad = after.as_deref();
+                        runs_then_repaired(tc, backend, scratch.path(), name, newer, bad)
+                    })
+                    .and_then(|kept| {
+                        refused += u32::from(newer);
+                        kept_damaged += u32::from(kept);
+                        if !backend.verifies() {
+                            return Ok(());
+                        }
                         backend.load(&pristine)?;
                         apply(backend, name, after.as_deref())?;
-                        verify_removes(tc, backend, name, damage)
+                        verify_removes(tc, backend, name, damage, newer)
                     });
                 if let Err(e) = result {
                     out.failures += 1;
@@ -89,9 +115,25 @@ pub fn run(
             }
         }
     }
+    let kept = if backend.repairs_damage() {
+        String::new()
+    } else {
+        format!("; {kept_damaged} where the server kept the damaged blob and its entries missed")
+    };
+    let of = if objects.len() == all_objects {
+        String::new()
+    } else {
+        format!(" (of {all_objects})")
+    };
+    let layout = if backend.name() == "local" {
+        format!(
+            "; {refused} where a damaged LAYOUT read as a newer version and was refused, saying so"
+        )
+    } else {
+        String::new()
+    };
     out.note = format!(
-        "{} files x {} x {rounds} rounds ({unchanged} no-op damages skipped; \
-         {refused} where the cache refused to open, saying why)",
+        "{} objects{of} x {} x {rounds} rounds ({unchanged} no-op damages skipped{layout}{kept})",
         objects.len(),
         if sample {
             "1 random damage"
@@ -131,15 +173,37 @@ fn apply(backend: &dyn Backend, name: &str, after: Option<&[u8]>) -> Result<(), 
     }
 }
 
-/// Every entry run as a step (must give exactly its bytes, or fail clearly), then
-/// every entry must hit. Returns whether the cache refused to open (clearly): with its
-/// `LAYOUT` damaged a directory is no longer known to be a cache, so it is never
-/// taken over or rewritten; every run must then say so, as a warning while the step
-/// runs uncached, or (with `LAYOUT` gone from a non-empty directory) as a usage error.
+const LAYOUT: &str = "LAYOUT";
+const GOOD_LAYOUT: &[u8] = b"taskcache-local-layout 1\n";
+
+/// Whether damaged `LAYOUT` bytes read as a newer layout version (a flip of the
+/// version digit): a newer taskcache's cache, which is never rewritten.
+fn reads_as_newer(bytes: &[u8]) -> bool {
+    std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|s| {
+            s.strip_suffix('\n')
+                .unwrap_or(s)
+                .strip_prefix("taskcache-local-layout ")
+        })
+        .filter(|d| !d.starts_with('0') && d.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|d| d.parse::<u32>().ok())
+        .is_some_and(|v| v > 1)
+}
+
+/// Every entry run as a step (must give exactly its bytes), then every entry must hit
+/// and a damaged `LAYOUT` must have been written again. When the damaged `LAYOUT`
+/// reads as a newer version (`newer`), every run must instead say so and run the step
+/// uncached, and `LAYOUT` must be left as it is. On a backend that does not repair
+/// damage an entry may stay a miss only while `name` still holds the damaged bytes
+/// `after`; returns whether one did.
 fn runs_then_repaired(
     tc: &Tc,
     backend: &dyn Backend,
     scratch: &std::path::Path,
+    name: &str,
+    newer: bool,
+    after: Option<&[u8]>,
 ) -> Result<bool, String> {
     let mut refused = 0;
     for &(i, class) in &ENTRIES {
@@ -155,17 +219,11 @@ fn runs_then_repaired(
             }
             super::workload::check(ws.path(), i, class)?;
             if stderr.contains("cannot be opened") && stderr.contains("uncached") {
+                if !stderr.contains("layout version") {
+                    return Err(format!("entry {i}: the cache was refused: {stderr}"));
+                }
                 refused += 1;
             }
-        } else if out.status.code() == Some(2)
-            && stderr.contains("not a taskcache cache")
-            && out.stdout.is_empty()
-        {
-            // A usage error that names the problem, before anything ran.
-            if ws.path().join("out").exists() {
-                return Err(format!("entry {i}: refused, but wrote outputs: {stderr}"));
-            }
-            refused += 1;
         } else {
             return Err(format!(
                 "entry {i}: taskcache exited {} ({})",
@@ -174,23 +232,39 @@ fn runs_then_repaired(
             ));
         }
     }
-    if refused == ENTRIES.len() {
-        return Ok(true);
+    if newer {
+        return if refused == ENTRIES.len() {
+            Ok(false)
+        } else {
+            Err(format!(
+                "LAYOUT reads as a newer version, but only {refused} of {} runs said so",
+                ENTRIES.len()
+            ))
+        };
     }
     if refused > 0 {
-        return Err(format!(
-            "the cache was refused by {refused} of {} runs only",
-            ENTRIES.len()
-        ));
+        return Err(format!("the cache was refused by {refused} runs"));
     }
+    let mut kept = false;
     for &(i, class) in &ENTRIES {
         if tc.check_entry(backend, i, class)? != Checked::Hit {
-            return Err(format!(
-                "entry {i}: still a miss after a run stored it (not repaired)"
-            ));
+            let still_damaged = after.is_some_and(|bytes| {
+                backend
+                    .read_object(name)
+                    .is_ok_and(|now| now.as_slice() == bytes)
+            });
+            if backend.repairs_damage() || !still_damaged {
+                return Err(format!(
+                    "entry {i}: still a miss after a run stored it (not repaired)"
+                ));
+            }
+            kept = true;
         }
     }
-    Ok(false)
+    if name == LAYOUT && backend.read_object(LAYOUT)? != GOOD_LAYOUT {
+        return Err("LAYOUT was not written again".into());
+    }
+    Ok(kept)
 }
 
 /// `verify` on the damaged cache: the damaged object is gone (with what needed it),
@@ -200,20 +274,20 @@ fn verify_removes(
     backend: &dyn Backend,
     name: &str,
     damage: Damage,
+    newer: bool,
 ) -> Result<(), String> {
-    let refusable = !(name.starts_with("blobs/") || name.starts_with("entries/"));
-    let v = match tc.verify(backend) {
-        Ok(v) => v,
-        Err(e) if refusable => {
-            // LAYOUT damaged: verify must refuse clearly, not guess.
-            return if e.contains("LAYOUT") || e.contains("layout") {
-                Ok(())
-            } else {
-                Err(format!("verify failed without naming the layout: {e}"))
-            };
-        }
-        Err(e) => return Err(e),
-    };
+    if newer {
+        // A newer version's cache: verify must say it could not check it (exit 3).
+        return match tc.verify(backend) {
+            Err(e) if e.contains("exit status: 3") && e.contains("layout version") => Ok(()),
+            Err(e) => Err(format!("verify of a newer layout: {e}")),
+            Ok(v) => Err(format!("verify checked a newer layout: {v:?}")),
+        };
+    }
+    let v = tc.verify(backend)?;
+    if name == LAYOUT && backend.read_object(LAYOUT)? != GOOD_LAYOUT {
+        return Err("verify did not write LAYOUT again".into());
+    }
     let gone = !backend.objects()?.iter().any(|o| o == name);
     match (name.split('/').next(), damage) {
         (Some("blobs"), Damage::Delete) if v.incomplete_entries == 0 => {

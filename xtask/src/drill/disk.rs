@@ -1,6 +1,6 @@
 //! `drill disk`: the local cache on a 64 MiB tmpfs. Each trial stores three small
-//! entries, fills the filesystem until a chosen amount is left (nothing to 21 MiB, so
-//! the store fails in its big blob, its small blobs, or its entry), and runs a step
+//! entries, fills the filesystem until a chosen amount is left (nothing to 24 MiB, so
+//! the store fails in its big blob, its small blobs, or its entry, or fits), and runs a step
 //! with a 20 MiB output (half of them exiting 3 with `--cache-failures`). That run must
 //! exit with the step's own code and produce its outputs; a store that did not fit must
 //! say so clearly and leave no entry and no temporary file; the earlier entries must
@@ -18,10 +18,14 @@ use std::time::Instant;
 
 const SIZE_MIB: u64 = 64;
 
-/// Left free before the big store: from nothing to just over what it needs.
-const FREE: [u64; 10] = [
+/// Left free before the big store: from nothing to more than it needs. Levels that fit
+/// and levels that do not alternate at the start, so the CI-sized drill (4 trials)
+/// sees both.
+const FREE: [u64; 11] = [
     0,
+    24 << 20,
     4 << 10,
+    21 << 20,
     16 << 10,
     64 << 10,
     200 << 10,
@@ -29,7 +33,6 @@ const FREE: [u64; 10] = [
     5 << 20,
     15 << 20,
     20 << 20,
-    21 << 20,
 ];
 
 /// A tmpfs mounted for the drill, unmounted when dropped.

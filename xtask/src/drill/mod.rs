@@ -1,5 +1,5 @@
-//! `cargo xtask drill [NAME|all] [--trials N] [--backend local] [--ci]`: reliability
-//! drills. Each prints trials, failures and time; `all` ends with a table of them.
+//! `cargo xtask drill [NAME|all] [--trials N] [--backend local|s3|remote|all] [--ci]`:
+//! reliability drills. Each prints trials, failures and time; `all` ends with a table.
 //! `RELIABILITY.md` says what each proves and holds the numbers of a full run.
 //!
 //! * `kill`: the library stores in a loop and is SIGKILLed (`cache-local`'s harness).
@@ -9,12 +9,21 @@
 //! * `many`: 8 processes × 500 mixed runs, `gc` and `verify` on one cache.
 //! * `disk`: stores onto a small filesystem that fills up.
 //! * `remote`: the S3 and REAPI servers behind a local tier killed and restarted,
-//!   frozen, or down, mid-store and mid-restore; and the breaker.
+//!   frozen, or down, mid-store and mid-restore; and the breaker (servers of its own,
+//!   whatever `--backend` says).
+//!
+//! Crash and corrupt run against a [`taskcache::Backend`]: `local` (a directory), `s3`
+//! (a bucket on moto) and `remote` (a BuildGrid of the drill's own, CAS on disk), the
+//! servers started through `peers` if they do not run. `--backend` chooses (default:
+//! `local` for one drill, every backend for `all`); `kill`, `fuzz`, `many` and `disk`
+//! are local only.
 //!
 //! `--ci` runs the CI-sized version (what `cargo xtask ci` runs). Failures keep their
 //! cache directory under `target/drill-failures/`; `TASKCACHE_DRILL_SEED` replays the
 //! random choices of an earlier run.
 
+mod backend_reapi;
+mod backend_s3;
 mod corrupt;
 mod crash;
 mod disk;
@@ -48,15 +57,33 @@ const DRILLS: [&str; 7] = ["kill", "crash", "corrupt", "fuzz", "many", "disk", "
 
 struct Options {
     trials: Option<u64>,
-    backend: String,
+    /// `--backend`: where crash and corrupt run (`None`: local for one drill, every
+    /// backend for `all`).
+    backend: Option<String>,
     ci: bool,
+}
+
+impl Options {
+    /// The backends crash and corrupt run on.
+    fn backends(&self, all: bool) -> Result<Vec<&'static str>, String> {
+        match self.backend.as_deref() {
+            None if all => Ok(taskcache::ALL.to_vec()),
+            None => Ok(vec!["local"]),
+            Some("all") => Ok(taskcache::ALL.to_vec()),
+            Some(name) => taskcache::ALL
+                .iter()
+                .find(|&&b| b == name)
+                .map(|&b| vec![b])
+                .ok_or_else(|| format!("unknown backend {name:?} (local, s3, remote or all)")),
+        }
+    }
 }
 
 pub fn run(args: &[String]) -> Result<(), String> {
     // A re-executed child of `drill kill`: store until killed.
     harness::child_if_requested();
     let usage = "usage: cargo xtask drill [kill|crash|corrupt|fuzz|many|disk|remote|all] \
-                 [--trials N] [--backend local] [--ci]";
+                 [--trials N] [--backend local|s3|remote|all] [--ci]";
     let Some(name) = args.first().map(String::as_str) else {
         return Err(usage.into());
     };
@@ -69,7 +96,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
     }
     let mut opts = Options {
         trials: None,
-        backend: "local".into(),
+        backend: None,
         ci: false,
     };
     let mut it = args[1..].iter();
@@ -83,9 +110,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
                         .ok_or("--trials needs a positive number")?,
                 );
             }
-            "--backend" => opts
-                .backend
-                .clone_from(it.next().ok_or("--backend needs a name")?),
+            "--backend" => opts.backend = Some(it.next().ok_or("--backend needs a name")?.clone()),
             "--ci" => opts.ci = true,
             other => return Err(format!("unknown argument {other:?}; {usage}")),
         }
@@ -95,8 +120,9 @@ pub fn run(args: &[String]) -> Result<(), String> {
         n if DRILLS.contains(&n) => vec![n],
         other => return Err(format!("unknown drill {other:?}; {usage}")),
     };
-    let rows = run_drills(&names, &opts)?;
-    if names.len() > 1 {
+    let backends = opts.backends(name == "all")?;
+    let rows = run_drills(&names, &backends, &opts)?;
+    if rows.len() > 1 {
         print_table(&rows, &opts);
     }
     let failed: u64 = rows.iter().map(|(_, o)| o.failures).sum();
@@ -106,14 +132,15 @@ pub fn run(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-/// The CI-sized drills, as `cargo xtask ci` runs them.
+/// The CI-sized drills, as `cargo xtask ci` runs them: crash and corrupt on every
+/// backend (moto and BuildGrid are started if they do not run).
 pub fn ci() -> Result<(), String> {
     let opts = Options {
         trials: None,
-        backend: "local".into(),
+        backend: None,
         ci: true,
     };
-    let rows = run_drills(&DRILLS, &opts)?;
+    let rows = run_drills(&DRILLS, &taskcache::ALL, &opts)?;
     print_table(&rows, &opts);
     let failed: u64 = rows.iter().map(|(_, o)| o.failures).sum();
     if failed > 0 {
@@ -122,65 +149,98 @@ pub fn ci() -> Result<(), String> {
     Ok(())
 }
 
-fn run_drills(names: &[&str], opts: &Options) -> Result<Vec<(String, Outcome)>, String> {
+fn run_drills(
+    names: &[&str],
+    backends: &[&'static str],
+    opts: &Options,
+) -> Result<Vec<(String, Outcome)>, String> {
     let root = tempfile::Builder::new()
         .prefix("taskcache-drill-")
         .tempdir()
         .map_err(|e| format!("a scratch directory: {e}"))?;
     let mut rng = Rng::from_env_or_time("drill");
     let mut tc = None;
+    // Each backend is opened once (its server started once) and dropped at the end
+    // (which stops a server the drill started).
+    let mut opened: Vec<Box<dyn taskcache::Backend>> = Vec::new();
     let mut rows = Vec::new();
     for &name in names {
-        let started = Instant::now();
-        let mut outcome = match name {
-            "kill" => kill::run(
-                opts.trials.unwrap_or(if opts.ci { 5 } else { 200 }),
-                &mut rng,
-            )?,
-            "fuzz" => fuzz::run(opts.trials.unwrap_or(1_000_000), opts.ci)?,
-            // Its own servers (S3 and REAPI), whatever --backend says.
-            "remote" => {
-                if tc.is_none() {
-                    tc = Some(taskcache::Tc::build()?);
-                }
-                let tc = tc.as_ref().ok_or("no taskcache")?;
-                remote::run(tc, trials(opts, 4, 300), opts.ci, &mut rng)?
+        // Crash and corrupt run on every chosen backend; many and disk on a local
+        // directory only (they drive `gc`, `verify`, `stats` and a full filesystem).
+        let on: Vec<&'static str> = match name {
+            "crash" | "corrupt" => backends.to_vec(),
+            "many" | "disk" if !backends.contains(&"local") => {
+                let outcome = Outcome {
+                    skipped: Some("local only (--backend local or all)".into()),
+                    ..Outcome::default()
+                };
+                println!("drill {name}: skipped: local only");
+                rows.push((name.to_owned(), outcome));
+                continue;
             }
-            "disk" | "crash" | "corrupt" | "many" => {
-                if tc.is_none() {
-                    tc = Some(taskcache::Tc::build()?);
+            _ => vec!["local"],
+        };
+        for backend_name in on {
+            let started = Instant::now();
+            let mut outcome = match name {
+                "kill" => kill::run(
+                    opts.trials.unwrap_or(if opts.ci { 5 } else { 200 }),
+                    &mut rng,
+                )?,
+                "fuzz" => fuzz::run(opts.trials.unwrap_or(1_000_000), opts.ci)?,
+                "remote" => {
+                    if tc.is_none() {
+                        tc = Some(taskcache::Tc::build()?);
+                    }
+                    let tc = tc.as_ref().ok_or("no taskcache")?;
+                    remote::run(tc, trials(opts, 4, 300), opts.ci, &mut rng)?
                 }
-                let tc = tc.as_ref().ok_or("no taskcache")?;
-                let mut outcome = Outcome::default();
-                for mut backend in taskcache::backends(&opts.backend, root.path())? {
-                    let b = &mut *backend;
-                    let o = match name {
-                        "crash" => crash::run(tc, b, trials(opts, 100, 1000), &mut rng)?,
+                "disk" | "crash" | "corrupt" | "many" => {
+                    if tc.is_none() {
+                        tc = Some(taskcache::Tc::build()?);
+                    }
+                    let tc = tc.as_ref().ok_or("no taskcache")?;
+                    let at = if let Some(at) = opened.iter().position(|b| b.name() == backend_name)
+                    {
+                        at
+                    } else {
+                        opened.push(taskcache::open(backend_name, root.path())?);
+                        opened.len() - 1
+                    };
+                    let b = &mut *opened[at];
+                    let local = backend_name == "local";
+                    match name {
+                        "crash" => crash::run(
+                            tc,
+                            b,
+                            trials(opts, if local { 100 } else { 20 }, 1000),
+                            &mut rng,
+                        )?,
                         "corrupt" => corrupt::run(tc, b, trials(opts, 1, 3), opts.ci, &mut rng)?,
                         "many" => many::run(tc, b, opts.ci, opts.trials, &mut rng)?,
                         _ => disk::run(tc, b, trials(opts, 4, 20), &mut rng)?,
-                    };
-                    outcome.trials += o.trials;
-                    outcome.failures += o.failures;
-                    outcome.note = o.note;
-                    outcome.skipped = o.skipped;
+                    }
                 }
-                outcome
+                _ => return Err(format!("unknown drill {name:?}")),
+            };
+            outcome.time = started.elapsed();
+            let row = match name {
+                "crash" | "corrupt" => format!("{name} ({backend_name})"),
+                "many" | "disk" => format!("{name} (local only)"),
+                _ => name.to_owned(),
+            };
+            match &outcome.skipped {
+                Some(why) => println!("drill {row}: skipped: {why}"),
+                None => println!(
+                    "drill {row}: {} trials, {} failures, {:.1}s ({})",
+                    outcome.trials,
+                    outcome.failures,
+                    outcome.time.as_secs_f64(),
+                    outcome.note
+                ),
             }
-            _ => return Err(format!("unknown drill {name:?}")),
-        };
-        outcome.time = started.elapsed();
-        match &outcome.skipped {
-            Some(why) => println!("drill {name}: skipped: {why}"),
-            None => println!(
-                "drill {name}: {} trials, {} failures, {:.1}s ({})",
-                outcome.trials,
-                outcome.failures,
-                outcome.time.as_secs_f64(),
-                outcome.note
-            ),
+            rows.push((row, outcome));
         }
-        rows.push((name.to_owned(), outcome));
     }
     Ok(rows)
 }
@@ -224,5 +284,35 @@ fn print_table(rows: &[(String, Outcome)], opts: &Options) {
                 o.note
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Options;
+
+    fn opts(backend: Option<&str>) -> Options {
+        Options {
+            trials: None,
+            backend: backend.map(str::to_owned),
+            ci: false,
+        }
+    }
+
+    #[test]
+    fn crash_and_corrupt_run_on_every_backend_for_all_and_on_local_alone_by_default() {
+        assert_eq!(
+            opts(None).backends(true).unwrap(),
+            ["local", "s3", "remote"]
+        );
+        assert_eq!(opts(None).backends(false).unwrap(), ["local"]);
+        assert_eq!(
+            opts(Some("all")).backends(false).unwrap(),
+            ["local", "s3", "remote"]
+        );
+        assert_eq!(opts(Some("s3")).backends(true).unwrap(), ["s3"]);
+        assert_eq!(opts(Some("remote")).backends(false).unwrap(), ["remote"]);
+        let e = opts(Some("gcs")).backends(true).unwrap_err();
+        assert!(e.contains("unknown backend") && e.contains("remote"), "{e}");
     }
 }

@@ -1,9 +1,10 @@
 //! The real `taskcache` binary as the drills drive it, and the backends it drives.
 //!
-//! A drill talks to a cache only through [`Backend`]: the arguments that point
-//! `taskcache run` at it, a fresh empty cache, `verify`, and (for the corruption drill)
-//! its stored objects. `local` is the only one today; S3 and REAPI plug in here when
-//! their backends land (`--backend s3`, `--backend remote`), with the server alive.
+//! A drill talks to a cache only through [`Backend`]: the arguments and variables that
+//! point `taskcache run` at it, a fresh empty cache, whether `verify` exists for it,
+//! and (for the corruption drill) its stored objects. `local` is a cache directory;
+//! `s3` a bucket on moto ([`super::backend_s3`]); `remote` a BuildGrid of the drill's
+//! own behind a new empty local tier per run ([`super::backend_reapi`]).
 
 use super::workload::{self, CHECK_ENV, CHECK_EXIT, Class};
 use std::ffi::OsString;
@@ -49,6 +50,7 @@ impl Tc {
             .arg("-C")
             .arg(ws)
             .args(backend.run_args())
+            .envs(backend.envs())
             .args(opts)
             .args([
                 "-o",
@@ -144,6 +146,7 @@ impl Tc {
         Command::new(&self.bin)
             .args(args)
             .args(backend.admin_args())
+            .envs(backend.envs())
             .env_remove("TASKCACHE_LOG")
             .stdin(Stdio::null())
             .output()
@@ -231,16 +234,30 @@ impl Verify {
 
 /// A cache the drills store into through `taskcache`.
 pub trait Backend: Send + Sync {
-    /// Its name in reports (`local`, later `s3`, `remote`).
+    /// Its name in reports (`local`, `s3`, `remote`).
     fn name(&self) -> &'static str;
-    /// What points `taskcache run` at it.
+    /// What points `taskcache run` at it. Called once per `taskcache` process, so a
+    /// backend may hand each run a new scratch directory.
     fn run_args(&self) -> Vec<OsString>;
     /// What points `taskcache verify|stats|gc` at it.
     fn admin_args(&self) -> Vec<OsString>;
+    /// Variables every `taskcache` process it runs needs (endpoint, credentials, ...).
+    fn envs(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+    /// Whether `taskcache verify` works on it (a local directory only). Without it the
+    /// crash drill checks every key of the cache after each kill instead.
+    fn verifies(&self) -> bool {
+        true
+    }
+    /// Whether a damaged object is replaced by the next store. A REAPI server has no
+    /// delete and BuildGrid never overwrites an object it has, so a damaged CAS blob
+    /// stays damaged: the entries that need it must then stay misses.
+    fn repairs_damage(&self) -> bool {
+        true
+    }
     /// Starts over with an empty cache.
     fn fresh(&mut self) -> Result<(), String>;
-    /// Where its local files are, for evidence of a failure.
-    fn evidence(&self) -> Option<&Path>;
     /// The objects it stores (files of a directory, objects of a bucket), by name.
     fn objects(&self) -> Result<Vec<String>, String>;
     /// One object's bytes.
@@ -301,10 +318,6 @@ impl Backend for Local {
         Ok(())
     }
 
-    fn evidence(&self) -> Option<&Path> {
-        Some(&self.dir)
-    }
-
     fn objects(&self) -> Result<Vec<String>, String> {
         let mut out = Vec::new();
         walk(&self.dir, "", &mut out)?;
@@ -334,7 +347,8 @@ impl Backend for Local {
     }
 }
 
-fn copy_tree(from: &Path, to: &Path) -> Result<(), String> {
+/// `cp -a FROM TO`.
+pub fn copy_tree(from: &Path, to: &Path) -> Result<(), String> {
     let status = Command::new("cp")
         .arg("-a")
         .arg(from)
@@ -349,7 +363,7 @@ fn copy_tree(from: &Path, to: &Path) -> Result<(), String> {
 }
 
 /// Every regular file below `dir`, as paths relative to it.
-fn walk(dir: &Path, prefix: &str, out: &mut Vec<String>) -> Result<(), String> {
+pub fn walk(dir: &Path, prefix: &str, out: &mut Vec<String>) -> Result<(), String> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && prefix.is_empty() => return Ok(()),
@@ -368,29 +382,30 @@ fn walk(dir: &Path, prefix: &str, out: &mut Vec<String>) -> Result<(), String> {
     Ok(())
 }
 
-/// The backends named by `--backend` (default `local`).
-pub fn backends(name: &str, root: &Path) -> Result<Vec<Box<dyn Backend>>, String> {
+/// Every backend `--backend all` means.
+pub const ALL: [&str; 3] = ["local", "s3", "remote"];
+
+/// The backend named `name` (`local`, `s3`, `remote`), its server started if needed
+/// (and stopped when it is dropped, if the drill started it).
+pub fn open(name: &str, root: &Path) -> Result<Box<dyn Backend>, String> {
     match name {
-        "local" => Ok(vec![Box::new(Local::new(root))]),
-        "s3" | "remote" => Err(format!(
-            "backend {name:?} has no drill yet: it plugs in as a `Backend` in \
-             xtask/src/drill/taskcache.rs when its crate lands"
+        "local" => Ok(Box::new(Local::new(root))),
+        "s3" => Ok(Box::new(super::backend_s3::S3::start()?)),
+        "remote" => Ok(Box::new(super::backend_reapi::Reapi::start(root)?)),
+        other => Err(format!(
+            "unknown backend {other:?} (local, s3, remote or all)"
         )),
-        other => Err(format!("unknown backend {other:?} (local)")),
     }
 }
 
-/// Copies a failing cache directory to `target/drill-failures/<what>` for inspection.
+/// Copies a failing cache's objects to `target/drill-failures/<what>` for inspection.
 pub fn keep_evidence(backend: &dyn Backend, what: &str) {
-    let Some(dir) = backend.evidence() else {
-        return;
-    };
     let dest = crate::workspace_root()
         .join("target/drill-failures")
-        .join(what);
+        .join(format!("{}-{what}", backend.name()));
     let _ = std::fs::create_dir_all(dest.parent().unwrap_or(&dest));
-    let status = Command::new("cp").arg("-a").arg(dir).arg(&dest).status();
-    if status.is_ok_and(|s| s.success()) {
-        eprintln!("drill: kept the cache directory in {}", dest.display());
+    match backend.save(&dest) {
+        Ok(()) => eprintln!("drill: kept the cache's objects in {}", dest.display()),
+        Err(e) => eprintln!("drill: could not keep the cache's objects: {e}"),
     }
 }

@@ -101,32 +101,25 @@ pub fn install(dir: &Path) -> Result<PathBuf, String> {
     Ok(venv)
 }
 
-/// How [`start`] runs a server of its own (the defaults are what `peers up` runs).
+/// How [`start`] configures a server beyond the defaults.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
     /// gRPC's receive limit in bytes (default: gRPC's 4 MiB).
     pub max_recv: Option<u64>,
-    /// Keep the CAS in this directory (default: in memory). The action cache stays in
-    /// memory either way (BuildGrid keeps it on disk only in Redis or S3), so a
-    /// restarted server keeps its blobs but forgets every entry.
+    /// Keep the CAS in this directory (BuildGrid's disk storage, one file per blob)
+    /// instead of memory, so a drill can damage blobs behind the server's back.
     pub disk: Option<PathBuf>,
-    /// This port of 127.0.0.1 (default: a free one), so a restart answers where the
-    /// clients already point.
+    /// Listen on this port instead of a free one.
     pub port: Option<u16>,
 }
 
-fn config(port: u16, options: &Options) -> String {
-    let grpc = options.max_recv.map_or_else(String::new, |n| {
+fn config(port: u16, opts: &Options) -> String {
+    let grpc = opts.max_recv.map_or_else(String::new, |n| {
         format!("grpc-server-options:\n  grpc.max_receive_message_length: {n}\n")
     });
-    let storage = options.disk.as_ref().map_or_else(
+    let storage = opts.disk.as_ref().map_or_else(
         || "!lru-storage &cas\n    size: 2GB".to_owned(),
-        |d| {
-            format!(
-                "!disk-storage &cas\n    path: {:?}",
-                d.display().to_string()
-            )
-        },
+        |dir| format!("!disk-storage &cas\n    path: \"{}\"", dir.display()),
     );
     format!(
         "{grpc}server:
@@ -193,11 +186,11 @@ pub fn up(dir: &Path) -> Result<Vec<(&'static str, String)>, String> {
 }
 
 /// Starts BuildGrid from `venv` with its files in `dir` (reusing one already running
-/// there), as `options` say.
+/// there), configured by `opts`.
 pub fn start(
     dir: &Path,
     venv: &Path,
-    options: &Options,
+    opts: &Options,
 ) -> Result<Vec<(&'static str, String)>, String> {
     let venv = venv.to_path_buf();
     let pid_file = dir.join("pid");
@@ -217,15 +210,15 @@ pub fn start(
         }
         super::net::stop(&pid_file);
     }
-    let port = match options.port {
+    let port = match opts.port {
         Some(p) => p,
         None => super::net::free_port()?,
     };
-    if let Some(d) = &options.disk {
-        std::fs::create_dir_all(d).map_err(|e| format!("create {}: {e}", d.display()))?;
+    if let Some(disk) = &opts.disk {
+        std::fs::create_dir_all(disk).map_err(|e| format!("create {}: {e}", disk.display()))?;
     }
     let conf = dir.join("bgd.yml");
-    std::fs::write(&conf, config(port, options))
+    std::fs::write(&conf, config(port, opts))
         .map_err(|e| format!("write {}: {e}", conf.display()))?;
     let log = std::fs::File::create(dir.join("bgd.log")).map_err(|e| format!("log: {e}"))?;
     let err = log.try_clone().map_err(|e| format!("log: {e}"))?;
@@ -266,4 +259,38 @@ pub fn down(dir: &Path) -> Result<(), String> {
     super::net::stop(&dir.join("pid"));
     let _ = std::fs::remove_file(dir.join("port"));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Options, config};
+    use std::path::PathBuf;
+
+    #[test]
+    fn the_cas_is_in_memory_unless_a_disk_directory_is_given() {
+        let memory = config(4000, &Options::default());
+        assert!(
+            memory.contains("- !lru-storage &cas\n    size: 2GB\n"),
+            "{memory}"
+        );
+        assert!(!memory.contains("grpc-server-options"), "{memory}");
+        let disk = config(
+            4001,
+            &Options {
+                disk: Some(PathBuf::from("/tmp/bgd cas")),
+                max_recv: Some(1 << 24),
+                port: None,
+            },
+        );
+        assert!(
+            disk.contains("- !disk-storage &cas\n    path: \"/tmp/bgd cas\"\n"),
+            "{disk}"
+        );
+        assert!(!disk.contains("lru-storage"), "{disk}");
+        assert!(
+            disk.contains("grpc.max_receive_message_length: 16777216"),
+            "{disk}"
+        );
+        assert!(disk.contains("address: \"127.0.0.1:4001\""), "{disk}");
+    }
 }
