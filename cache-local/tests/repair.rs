@@ -128,10 +128,8 @@ fn every_damage_to_layout_is_repaired_or_refused_as_a_newer_version() {
             repaired += 1;
         }
     }
-    assert!(
-        repaired > 200 && newer > 0,
-        "{repaired} repaired, {newer} newer"
-    );
+    // 200 flips, 24 truncations, zeroed, deleted; the digit 1 flips to 3, 5 and 9.
+    assert_eq!((repaired, newer), (223, 3));
 }
 
 /// Only a directory that is unmistakably a used cache is repaired: with anything else
