@@ -24,7 +24,10 @@ use cache_s3::{S3Options, S3Storage};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// Consecutive transport failures after which the remote is skipped for the run.
+/// Consecutive cache faults (a corrupt entry, ...) after which the remote is skipped
+/// for the run. A timeout or an unreachable server skips it at once
+/// ([`CircuitBreaker::open_on_outage`]): a run makes only two calls (a lookup and a
+/// store), so counting to three would never skip anything.
 pub const BREAKER_THRESHOLD: u32 = 3;
 
 /// Which flag a location came from, for messages.
@@ -397,17 +400,17 @@ pub fn bounded(backend: Arc<dyn CacheBackend>, deadlines: Deadlines) -> Arc<dyn 
 }
 
 /// `local` in front of `shared`, the shared tier bounded by `deadlines` and behind a
-/// [`CircuitBreaker`] (timeouts count), so a dead remote costs one deadline per run.
+/// [`CircuitBreaker`] that opens at the first outage, so a dead or silent remote costs
+/// one deadline per run.
 pub fn tiered(
     local: Arc<dyn CacheBackend>,
     shared: Arc<dyn CacheBackend>,
     describe: String,
     deadlines: Deadlines,
 ) -> Opened {
-    let shared: Arc<dyn CacheBackend> = Arc::new(CircuitBreaker::new(
-        bounded(shared, deadlines),
-        BREAKER_THRESHOLD,
-    ));
+    let shared: Arc<dyn CacheBackend> = Arc::new(
+        CircuitBreaker::new(bounded(shared, deadlines), BREAKER_THRESHOLD).open_on_outage(),
+    );
     let tiered = Tiered::new(local, shared);
     let stats = tiered.stats();
     Opened {

@@ -469,12 +469,23 @@ impl CacheBackend for Instrumented {
 /// several times in a row: from then on every call fails at once with `Unavailable`
 /// (still a cache fault), instead of paying a timeout per task. A success, or a caller
 /// fault, resets the count. The breaker stays open for the life of the wrapper (one CI
-/// run).
+/// run), unless [`CircuitBreaker::with_cooldown`] gives it a cool-down for a caller
+/// that lives longer: then, that long after opening, one call goes through
+/// (half-open); its success closes the breaker, its failure opens it for another
+/// cool-down.
+///
+/// [`CircuitBreaker::open_on_outage`] opens it at the first call that found the
+/// backend unreachable or silent, for callers that make too few calls for a count to
+/// matter (one `taskcache run` makes two: a lookup and a store).
 pub struct CircuitBreaker {
     inner: Arc<dyn CacheBackend>,
     threshold: u32,
     consecutive: AtomicU32,
     open: AtomicBool,
+    on_outage: bool,
+    cooldown: Option<std::time::Duration>,
+    opened_at: Mutex<Option<Instant>>,
+    probing: AtomicBool,
 }
 
 impl std::fmt::Debug for CircuitBreaker {
@@ -495,7 +506,30 @@ impl CircuitBreaker {
             threshold: threshold.max(1),
             consecutive: AtomicU32::new(0),
             open: AtomicBool::new(false),
+            on_outage: false,
+            cooldown: None,
+            opened_at: Mutex::new(None),
+            probing: AtomicBool::new(false),
         }
+    }
+
+    /// Half-open `cooldown` after opening: one call goes through, and closes the
+    /// breaker if it succeeds (see the type's docs).
+    #[must_use]
+    pub fn with_cooldown(mut self, cooldown: std::time::Duration) -> Self {
+        self.cooldown = Some(cooldown);
+        self
+    }
+
+    /// Also opens at the first outage: a call that timed out ([`BackendError::Timeout`])
+    /// or found the backend unreachable (`Unavailable`, `Connection`). A server that
+    /// did not answer one call will not answer the next one a moment later, so a run
+    /// pays one deadline for it, not one per call. Other cache faults (a corrupt
+    /// entry, a local I/O error) still count towards the threshold.
+    #[must_use]
+    pub fn open_on_outage(mut self) -> Self {
+        self.on_outage = true;
+        self
     }
 
     /// Whether calls are being short-circuited.
@@ -506,6 +540,16 @@ impl CircuitBreaker {
 
     fn gate(&self) -> BackendResult<()> {
         if self.is_open() {
+            let due = self
+                .cooldown
+                .is_some_and(|c| lock(&self.opened_at).is_some_and(|t| t.elapsed() >= c));
+            if due && !self.probing.swap(true, Ordering::Relaxed) {
+                tracing::info!(
+                    backend = self.inner.name(),
+                    "cache backend skipped for its cool-down; trying it again"
+                );
+                return Ok(());
+            }
             return Err(BackendError::unavailable(format!(
                 "{} skipped for the rest of this run after {} consecutive failures",
                 self.inner.name(),
@@ -519,7 +563,21 @@ impl CircuitBreaker {
         match &r {
             Err(e) if e.is_cache_fault() => {
                 let n = self.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
-                if n >= self.threshold && !self.open.swap(true, Ordering::Relaxed) {
+                let outage = self.on_outage
+                    && matches!(
+                        e,
+                        BackendError::Timeout { .. }
+                            | BackendError::Unavailable(_)
+                            | BackendError::Connection(_)
+                    );
+                if self.probing.swap(false, Ordering::Relaxed) {
+                    // Half-open and failed: another cool-down.
+                    *lock(&self.opened_at) = Some(Instant::now());
+                    tracing::warn!(backend = self.inner.name(), error = %e, "cache backend still failing; skipping it again");
+                } else if (n >= self.threshold || outage)
+                    && !self.open.swap(true, Ordering::Relaxed)
+                {
+                    *lock(&self.opened_at) = Some(Instant::now());
                     tracing::warn!(
                         backend = self.inner.name(),
                         failures = n,
@@ -528,7 +586,13 @@ impl CircuitBreaker {
                     );
                 }
             }
-            _ => self.consecutive.store(0, Ordering::Relaxed),
+            _ => {
+                self.consecutive.store(0, Ordering::Relaxed);
+                if self.probing.swap(false, Ordering::Relaxed) {
+                    self.open.store(false, Ordering::Relaxed);
+                    tracing::info!(backend = self.inner.name(), "cache backend answers again");
+                }
+            }
         }
         r
     }
@@ -576,3 +640,7 @@ impl CacheBackend for CircuitBreaker {
         self.observe(self.inner.health_check().await)
     }
 }
+
+#[cfg(test)]
+#[path = "combinators_tests.rs"]
+mod tests;

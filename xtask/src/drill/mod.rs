@@ -8,6 +8,9 @@
 //! * `fuzz`: cargo-fuzz targets under `fuzz/` on the nightly toolchain.
 //! * `many`: 8 processes × 500 mixed runs, `gc` and `verify` on one cache.
 //! * `disk`: stores onto a small filesystem that fills up.
+//! * `remote`: the S3 and REAPI servers behind a local tier killed and restarted,
+//!   frozen, or down, mid-store and mid-restore; and the breaker (servers of its own,
+//!   whatever `--backend` says).
 //!
 //! Crash and corrupt run against a [`taskcache::Backend`]: `local` (a directory), `s3`
 //! (a bucket on moto) and `remote` (a BuildGrid of the drill's own, CAS on disk), the
@@ -27,6 +30,7 @@ mod disk;
 mod fuzz;
 mod kill;
 mod many;
+mod remote;
 mod taskcache;
 mod workload;
 
@@ -49,7 +53,7 @@ pub struct Outcome {
     pub skipped: Option<String>,
 }
 
-const DRILLS: [&str; 6] = ["kill", "crash", "corrupt", "fuzz", "many", "disk"];
+const DRILLS: [&str; 7] = ["kill", "crash", "corrupt", "fuzz", "many", "disk", "remote"];
 
 struct Options {
     trials: Option<u64>,
@@ -78,7 +82,7 @@ impl Options {
 pub fn run(args: &[String]) -> Result<(), String> {
     // A re-executed child of `drill kill`: store until killed.
     harness::child_if_requested();
-    let usage = "usage: cargo xtask drill [kill|crash|corrupt|fuzz|many|disk|all] \
+    let usage = "usage: cargo xtask drill [kill|crash|corrupt|fuzz|many|disk|remote|all] \
                  [--trials N] [--backend local|s3|remote|all] [--ci]";
     let Some(name) = args.first().map(String::as_str) else {
         return Err(usage.into());
@@ -155,7 +159,15 @@ fn run_drills(
         .tempdir()
         .map_err(|e| format!("a scratch directory: {e}"))?;
     let mut rng = Rng::from_env_or_time("drill");
-    let mut tc = None;
+    // Built before any drill's clock starts (a release build takes minutes here).
+    let tc = if names
+        .iter()
+        .any(|n| matches!(*n, "crash" | "corrupt" | "many" | "disk" | "remote"))
+    {
+        Some(taskcache::Tc::build()?)
+    } else {
+        None
+    };
     // Each backend is opened once (its server started once) and dropped at the end
     // (which stops a server the drill started).
     let mut opened: Vec<Box<dyn taskcache::Backend>> = Vec::new();
@@ -178,22 +190,27 @@ fn run_drills(
         };
         for backend_name in on {
             let started = Instant::now();
+            let mut setup = Duration::ZERO;
             let mut outcome = match name {
                 "kill" => kill::run(
                     opts.trials.unwrap_or(if opts.ci { 5 } else { 200 }),
                     &mut rng,
                 )?,
                 "fuzz" => fuzz::run(opts.trials.unwrap_or(1_000_000), opts.ci)?,
+                "remote" => {
+                    let tc = tc.as_ref().ok_or("no taskcache")?;
+                    remote::run(tc, trials(opts, 3, 300), opts.ci, &mut rng)?
+                }
                 "disk" | "crash" | "corrupt" | "many" => {
-                    if tc.is_none() {
-                        tc = Some(taskcache::Tc::build()?);
-                    }
                     let tc = tc.as_ref().ok_or("no taskcache")?;
                     let at = if let Some(at) = opened.iter().position(|b| b.name() == backend_name)
                     {
                         at
                     } else {
+                        // Starting a server is not the drill's time either.
+                        let t = Instant::now();
                         opened.push(taskcache::open(backend_name, root.path())?);
+                        setup = t.elapsed();
                         opened.len() - 1
                     };
                     let b = &mut *opened[at];
@@ -212,7 +229,7 @@ fn run_drills(
                 }
                 _ => return Err(format!("unknown drill {name:?}")),
             };
-            outcome.time = started.elapsed();
+            outcome.time = started.elapsed().saturating_sub(setup);
             let row = match name {
                 "crash" | "corrupt" => format!("{name} ({backend_name})"),
                 "many" | "disk" => format!("{name} (local only)"),

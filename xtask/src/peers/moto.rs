@@ -77,32 +77,9 @@ pub fn up(dir: &Path) -> Result<Vec<(&'static str, String)>, String> {
         port
     } else {
         let port = net::free_port()?;
-        let pid = net::spawn(
-            Command::new(dir.join("venv/bin/moto_server")).args([
-                "-H",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-            ]),
-            &dir.join("moto.log"),
-            &pid_file,
-        )?;
-        std::fs::write(&port_file, port.to_string()).map_err(|e| e.to_string())?;
-        if let Err(e) = net::wait_until(pid, Duration::from_secs(60), || {
-            net::http(port, "GET", "/").is_ok()
-        }) {
-            net::stop(&pid_file);
-            let log = std::fs::read_to_string(dir.join("moto.log")).unwrap_or_default();
-            return Err(format!("{e}; log:\n{log}"));
-        }
+        start(dir, &dir.join("venv"), port)?;
         port
     };
-    // moto accepts unsigned requests: a plain PUT creates the bucket (200 also when
-    // it exists already).
-    match net::http(port, "PUT", &format!("/{BUCKET}"))? {
-        200 | 409 => {}
-        code => return Err(format!("creating bucket {BUCKET}: HTTP {code}")),
-    }
     Ok(vec![
         (
             "TASKCACHE_TEST_S3_ENDPOINT",
@@ -115,6 +92,38 @@ pub fn up(dir: &Path) -> Result<Vec<(&'static str, String)>, String> {
             dir.join("venv/bin/moto_server").display().to_string(),
         ),
     ])
+}
+
+/// Starts moto from `venv` on `port` of 127.0.0.1, its log (`moto.log`), pid file
+/// (`moto.pid`) and port file in `dir`; waits until it answers and creates the test
+/// bucket. Returns its pid. A drill that kills and restarts a server calls this again
+/// with the same port (moto keeps nothing: each start is an empty server).
+pub fn start(dir: &Path, venv: &Path, port: u16) -> Result<u32, String> {
+    let pid_file = dir.join("moto.pid");
+    let pid = net::spawn(
+        Command::new(venv.join("bin/moto_server")).args([
+            "-H",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ]),
+        &dir.join("moto.log"),
+        &pid_file,
+    )?;
+    std::fs::write(dir.join("moto.port"), port.to_string()).map_err(|e| e.to_string())?;
+    if let Err(e) = net::wait_until(pid, Duration::from_secs(60), || {
+        net::http(port, "GET", "/").is_ok()
+    }) {
+        net::stop(&pid_file);
+        let log = std::fs::read_to_string(dir.join("moto.log")).unwrap_or_default();
+        return Err(format!("{e}; log:\n{log}"));
+    }
+    // moto accepts unsigned requests: a plain PUT creates the bucket (200 also when
+    // it exists already).
+    match net::http(port, "PUT", &format!("/{BUCKET}"))? {
+        200 | 409 => Ok(pid),
+        code => Err(format!("creating bucket {BUCKET}: HTTP {code}")),
+    }
 }
 
 /// Stops moto if it runs.
