@@ -355,7 +355,7 @@ impl Storage for RemoteStorage {
         }
         let algorithm = caps.algorithm(None, self.describe())?;
         let action = mapping::action_for(key, algorithm);
-        let encoded = mapping::encode_record(&record, algorithm);
+        let encoded = mapping::encode_record(&record, algorithm)?;
         let mut blobs: Vec<(BlobRef, Payload)> = action
             .blobs
             .into_iter()

@@ -2,7 +2,7 @@
 
 use super::{
     EXTENSION_TYPE, Extension, FORMAT, LOG_ABSENT, LOG_BLOB, LOG_INLINE, P_FORMAT, from_digest,
-    message_blob, truncate,
+    message_blob, record_checksum, truncate,
 };
 use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
 use bazel_remote_apis::google::protobuf::Timestamp;
@@ -151,41 +151,34 @@ pub fn decode_result<H: std::hash::BuildHasher>(
         key: *key,
         reason: format!("unmappable ActionResult: {reason}"),
     };
-    let ext = extension(result).map_err(corrupt)?;
-    if let Some(ext) = &ext {
-        if ext.format > FORMAT {
-            return Err(BackendError::NewerEntryFormat {
-                key: *key,
-                version: u8::try_from(ext.format).unwrap_or(u8::MAX),
-            });
-        }
-        if ext.format == 0 {
-            return Err(corrupt("extension format 0".into()));
-        }
-        if ext.removed {
-            return Ok(None);
-        }
-    }
-    let record_key = match &ext {
-        Some(e) => Digest::parse(&e.key).map_err(|_| corrupt("malformed key".into()))?,
-        None => *key,
+    let Some(ext) = extension(result).map_err(corrupt)? else {
+        // Only taskcache writes under its actions' keys, and one flipped bit (a tag, the
+        // `type_url`) can make the extension vanish: such a result may be damaged.
+        return Err(corrupt("no taskcache extension".into()));
     };
-    let found = outputs_of(result, blobs, algorithm).map_err(corrupt)?;
-    let outputs = if let Some(ext) = &ext {
-        in_order(found, &ext.order).map_err(corrupt)?
-    } else {
-        // Another tool's result: directories, then files, then symlinks.
-        let mut o = found;
-        o.sort_by_key(|x| match x {
-            OutputRecord::Directory { .. } => 0,
-            OutputRecord::File { .. } => 1,
-            OutputRecord::Symlink { .. } => 2,
+    if ext.format > FORMAT {
+        return Err(BackendError::NewerEntryFormat {
+            key: *key,
+            version: u8::try_from(ext.format).unwrap_or(u8::MAX),
         });
-        o
-    };
-    let kind = |f: fn(&Extension) -> u32| ext.as_ref().map(f);
+    }
+    if ext.format < FORMAT {
+        return Err(corrupt(format!(
+            "extension format {} (this taskcache reads format {FORMAT}, which has a checksum)",
+            ext.format
+        )));
+    }
+    if ext.removed {
+        return Ok(None);
+    }
+    let checksum = ext
+        .checksum
+        .ok_or_else(|| corrupt("no record checksum".into()))?;
+    let record_key = Digest::parse(&ext.key).map_err(|_| corrupt("malformed key".into()))?;
+    let found = outputs_of(result, blobs, algorithm).map_err(corrupt)?;
+    let outputs = in_order(found, &ext.order).map_err(corrupt)?;
     let stdout = log_of(
-        kind(|e| e.stdout),
+        ext.stdout,
         &result.stdout_raw,
         result.stdout_digest.as_ref(),
         blobs,
@@ -193,37 +186,39 @@ pub fn decode_result<H: std::hash::BuildHasher>(
     )
     .map_err(corrupt)?;
     let stderr = log_of(
-        kind(|e| e.stderr),
+        ext.stderr,
         &result.stderr_raw,
         result.stderr_digest.as_ref(),
         blobs,
         algorithm,
     )
     .map_err(corrupt)?;
-    let signature =
-        ext.as_ref()
-            .filter(|e| !e.signer.is_empty())
-            .map(|e| cache_core::sign::EntrySignature {
-                public_key: e.signer.clone(),
-                signature: e.signature.clone(),
-            });
-    let (log_order, absolute_symlinks) = ext
-        .map(|e| (e.log_order, e.absolute_symlinks))
-        .unwrap_or_default();
-    if absolute_symlinks.iter().any(|l| l.target.is_empty()) {
+    let signature = (!ext.signer.is_empty()).then_some(cache_core::sign::EntrySignature {
+        public_key: ext.signer,
+        signature: ext.signature,
+    });
+    if ext.absolute_symlinks.iter().any(|l| l.target.is_empty()) {
         return Err(corrupt("an absolute symlink without its target".into()));
     }
-    Ok(Some(ActionRecord {
+    let record = ActionRecord {
         key: record_key,
         exit_code: result.exit_code,
         duration_ms: result.execution_metadata.as_ref().map_or(0, duration_of),
         stdout,
         stderr,
         outputs,
-        log_order,
-        absolute_symlinks,
+        log_order: ext.log_order,
+        absolute_symlinks: ext.absolute_symlinks,
         signature,
-    }))
+    };
+    // Blobs are checked by digest; this checks every field around them (modes, paths,
+    // targets, exit code, logs, order), which the server keeps unprotected.
+    if record_checksum(&record)? != checksum {
+        return Err(corrupt(
+            "the record does not match its checksum (a damaged result)".into(),
+        ));
+    }
+    Ok(Some(record))
 }
 
 /// Every output the result names: trees expanded, then files, then symlinks.
@@ -281,7 +276,7 @@ fn outputs_of<H: std::hash::BuildHasher>(
 
 /// One log: absent, inline (checked against its digest) or a blob.
 fn log_of<H: std::hash::BuildHasher>(
-    kind: Option<u32>,
+    kind: u32,
     raw: &[u8],
     digest: Option<&re::Digest>,
     blobs: &HashMap<BlobRef, Vec<u8>, H>,
@@ -289,9 +284,9 @@ fn log_of<H: std::hash::BuildHasher>(
 ) -> Result<LogRecord, String> {
     let digest = digest.map(|d| from_digest(d, algorithm)).transpose()?;
     match (kind, digest) {
-        (Some(LOG_ABSENT), _) => Ok(LogRecord::Absent),
-        (Some(LOG_INLINE) | None, None) => Ok(LogRecord::Inline(raw.to_vec())),
-        (Some(LOG_INLINE), Some(d)) => {
+        (LOG_ABSENT, _) => Ok(LogRecord::Absent),
+        (LOG_INLINE, None) => Ok(LogRecord::Inline(raw.to_vec())),
+        (LOG_INLINE, Some(d)) => {
             let bytes = if raw.is_empty() && d.size > 0 {
                 blobs
                     .get(&d)
@@ -305,8 +300,9 @@ fn log_of<H: std::hash::BuildHasher>(
             }
             Ok(LogRecord::Inline(bytes))
         }
-        (Some(LOG_BLOB) | None, Some(d)) => Ok(LogRecord::Blob(d)),
-        (Some(k), _) => Err(format!("unknown log kind {k}")),
+        (LOG_BLOB, Some(d)) => Ok(LogRecord::Blob(d)),
+        (LOG_BLOB, None) => Err("a log blob without a digest".into()),
+        (k, _) => Err(format!("unknown log kind {k}")),
     }
 }
 

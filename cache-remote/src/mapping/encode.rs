@@ -1,12 +1,13 @@
 //! Record -> `ActionResult` and `Tree` blobs.
 
 use super::{
-    Extension, FORMAT, LOG_ABSENT, LOG_BLOB, LOG_INLINE, extension_any, message_blob, to_digest,
+    Extension, FORMAT, LOG_ABSENT, LOG_BLOB, LOG_INLINE, extension_any, message_blob,
+    record_checksum, to_digest,
 };
 use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
 use bazel_remote_apis::google::protobuf::Timestamp;
 use cache_core::storage::{ActionRecord, LogRecord, OutputRecord};
-use cache_core::{BlobRef, Digest, DigestAlgorithm};
+use cache_core::{BackendError, BlobRef, Digest, DigestAlgorithm};
 use std::collections::BTreeMap;
 
 /// A record as an `ActionResult`, and the `Tree` blobs it names.
@@ -140,8 +141,13 @@ fn log_fields(log: &LogRecord, algorithm: DigestAlgorithm) -> (u32, Vec<u8>, Opt
 }
 
 /// Maps `record` to an `ActionResult`. Directory outputs become `Tree`s holding the
-/// outputs below them; outputs whose paths are not plain stay top-level.
-pub fn encode_record(record: &ActionRecord, algorithm: DigestAlgorithm) -> Encoded {
+/// outputs below them; outputs whose paths are not plain stay top-level. Fails only if
+/// the record does not encode (its checksum is over its encoding).
+pub fn encode_record(
+    record: &ActionRecord,
+    algorithm: DigestAlgorithm,
+) -> Result<Encoded, BackendError> {
+    let checksum = record_checksum(record)?;
     // Tree roots: plain directory outputs not below another plain directory output.
     let plain_dirs: Vec<&str> = record
         .outputs
@@ -209,8 +215,8 @@ pub fn encode_record(record: &ActionRecord, algorithm: DigestAlgorithm) -> Encod
     let (stderr, raw, digest) = log_fields(&record.stderr, algorithm);
     result.stderr_raw = raw;
     result.stderr_digest = digest;
-    result.execution_metadata = Some(metadata(record, stdout, stderr));
-    Encoded { result, trees }
+    result.execution_metadata = Some(metadata(record, stdout, stderr, checksum));
+    Ok(Encoded { result, trees })
 }
 
 /// One `Tree` per root (with what lies below it) and per flat directory (empty).
@@ -245,7 +251,12 @@ fn add_trees(
 }
 
 /// Timestamps carrying the duration, and the extension.
-fn metadata(record: &ActionRecord, stdout: u32, stderr: u32) -> re::ExecutedActionMetadata {
+fn metadata(
+    record: &ActionRecord,
+    stdout: u32,
+    stderr: u32,
+    checksum: Digest,
+) -> re::ExecutedActionMetadata {
     let ext = Extension {
         format: FORMAT,
         key: record.key.to_string(),
@@ -265,6 +276,7 @@ fn metadata(record: &ActionRecord, stdout: u32, stderr: u32) -> re::ExecutedActi
         removed: false,
         log_order: record.log_order.clone(),
         absolute_symlinks: record.absolute_symlinks.clone(),
+        checksum: Some(checksum),
     };
     // The duration survives as the span between two timestamps ending now.
     let now = std::time::SystemTime::now()

@@ -7,11 +7,18 @@
 //! the record's output order, its signature) travels in one `Any` of
 //! `execution_metadata.auxiliary_metadata`, which other tools ignore. Reading is
 //! strict: anything this module cannot map exactly is a corrupt entry (a miss).
+//!
+//! The server keeps results as it got them, damage included, and only blobs are
+//! named by their digest: so the extension also carries a checksum of the whole record
+//! (of its cache-core encoding, [`record_checksum`]), and a read recomputes it over
+//! what it decoded. A result without a readable extension is refused too: one flipped
+//! bit (a tag, a `type_url`) can make the extension vanish, and a result without one
+//! cannot then be told from a damaged one.
 
 use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
 use bazel_remote_apis::google::protobuf::Any;
-use cache_core::storage::EntryKey;
-use cache_core::{BlobRef, Digest, DigestAlgorithm};
+use cache_core::storage::{ActionRecord, EntryKey};
+use cache_core::{BackendError, BlobRef, Digest, DigestAlgorithm};
 use prost::Message;
 
 mod decode;
@@ -27,8 +34,10 @@ pub use encode::{Encoded, encode_record, tombstone};
 /// results as JSON (`bgd actioncache get --json`) can show it. A private message type
 /// there makes such tools fail.
 pub const EXTENSION_TYPE: &str = "type.googleapis.com/build.bazel.remote.execution.v2.Platform";
-/// The extension format this build writes and the newest it reads.
-pub const FORMAT: u32 = 1;
+/// The extension format this build writes and the newest it reads. Format 2 adds the
+/// record checksum and is the only one read: format-1 results (development builds
+/// before the checksum) are corrupt entries, replaced by the next store.
+pub const FORMAT: u32 = 2;
 
 pub(crate) const LOG_ABSENT: u32 = 0;
 pub(crate) const LOG_INLINE: u32 = 1;
@@ -46,6 +55,7 @@ const P_REMOVED: &str = "taskcache.removed";
 const P_LOG_ORDER: &str = "taskcache.log-order";
 const P_ABS_PATH: &str = "taskcache.absolute-symlink.path";
 const P_ABS_TARGET: &str = "taskcache.absolute-symlink.target";
+const P_CHECKSUM: &str = "taskcache.checksum";
 
 /// What REAPI has no field for.
 #[derive(Clone, PartialEq, Eq, Debug, Default)]
@@ -70,6 +80,8 @@ pub struct Extension {
     pub log_order: cache_core::storage::LogOrder,
     /// Symlinks with absolute targets (a task that opted in), as path and target.
     pub absolute_symlinks: Vec<cache_core::storage::AbsoluteSymlink>,
+    /// The record's [`record_checksum`] (none in a tombstone).
+    pub checksum: Option<Digest>,
 }
 
 impl Extension {
@@ -111,6 +123,9 @@ impl Extension {
             props.push(p(P_ABS_PATH, l.path.clone()));
             props.push(p(P_ABS_TARGET, l.target.clone()));
         }
+        if let Some(c) = &self.checksum {
+            props.push(p(P_CHECKSUM, c.to_string()));
+        }
         re::Platform { properties: props }
     }
 
@@ -138,7 +153,8 @@ impl Extension {
                 P_OUTPUT => ext.order.push(v.to_owned()),
                 P_SIGNER => ext.signer = bytes(v)?,
                 P_SIGNATURE => ext.signature = bytes(v)?,
-                P_REMOVED => ext.removed = v == "true",
+                P_REMOVED if v == "true" => ext.removed = true,
+                P_REMOVED => return Err(format!("removed {:?}", truncate(v))),
                 P_LOG_ORDER => ext.log_order = log_order(v)?,
                 P_ABS_PATH => ext
                     .absolute_symlinks
@@ -150,6 +166,10 @@ impl Extension {
                     Some(l) if l.target.is_empty() => v.clone_into(&mut l.target),
                     _ => return Err("an absolute symlink target without its path".into()),
                 },
+                P_CHECKSUM => {
+                    ext.checksum =
+                        Some(Digest::parse(v).map_err(|_| "a malformed checksum".to_owned())?);
+                }
                 // Names of a newer format are judged by its version, not here.
                 _ => {}
             }
@@ -181,6 +201,13 @@ fn log_word(kind: u32) -> String {
     LOG_WORDS
         .get(usize::try_from(kind).unwrap_or(usize::MAX))
         .map_or_else(|| kind.to_string(), |w| (*w).to_owned())
+}
+
+/// The checksum a result carries for `record`: the BLAKE3 digest of its cache-core
+/// encoding ([`ActionRecord::encode`], the bytes a local entry keeps, signature
+/// included), so it covers every field a hit restores.
+pub fn record_checksum(record: &ActionRecord) -> Result<Digest, BackendError> {
+    Ok(DigestAlgorithm::Blake3.digest(&record.encode()?))
 }
 
 /// A REAPI digest of `blob`.

@@ -51,7 +51,7 @@ fn sample() -> ActionRecord {
 
 fn round_trip(r: &ActionRecord) -> ActionRecord {
     let alg = DigestAlgorithm::Sha256;
-    let enc = encode_record(r, alg);
+    let enc = encode_record(r, alg).unwrap();
     let blobs: HashMap<BlobRef, Vec<u8>> = enc.trees.into_iter().collect();
     let bytes = enc.result.encode_to_vec();
     let back = re::ActionResult::decode(bytes.as_slice()).unwrap();
@@ -61,7 +61,7 @@ fn round_trip(r: &ActionRecord) -> ActionRecord {
 #[test]
 fn records_round_trip_exactly_through_trees() {
     let r = sample();
-    let enc = encode_record(&r, DigestAlgorithm::Sha256);
+    let enc = encode_record(&r, DigestAlgorithm::Sha256).unwrap();
     // `d` (with its subtree, the empty directory included) and `e` are trees.
     assert_eq!(enc.result.output_directories.len(), 2);
     assert_eq!(enc.result.output_files.len(), 1);
@@ -119,7 +119,7 @@ fn hostile_paths_keep_their_bytes() {
 fn unmappable_results_are_corrupt_and_newer_formats_are_named() {
     let r = sample();
     let alg = DigestAlgorithm::Sha256;
-    let enc = encode_record(&r, alg);
+    let enc = encode_record(&r, alg).unwrap();
     let mut res = enc.result.clone();
     res.output_files[0].path = "other".into();
     let blobs: HashMap<BlobRef, Vec<u8>> = enc.trees.into_iter().collect();
@@ -161,7 +161,7 @@ fn the_task_digest_determines_the_action_key() {
 fn a_recorded_directory_missing_from_the_order_is_corrupt_not_left_out() {
     let r = sample();
     let alg = DigestAlgorithm::Sha256;
-    let enc = encode_record(&r, alg);
+    let enc = encode_record(&r, alg).unwrap();
     let blobs: HashMap<BlobRef, Vec<u8>> = enc.trees.into_iter().collect();
     for lost in ["d/empty", "e"] {
         let mut res = enc.result.clone();
@@ -182,4 +182,135 @@ fn a_recorded_directory_missing_from_the_order_is_corrupt_not_left_out() {
         .unwrap();
     assert!(back.outputs.iter().all(|o| o.path() != "d/sub"));
     assert_eq!(back, r);
+}
+
+#[test]
+fn results_without_a_current_extension_or_checksum_are_corrupt() {
+    let r = sample();
+    let alg = DigestAlgorithm::Sha256;
+    let enc = encode_record(&r, alg).unwrap();
+    let blobs: HashMap<BlobRef, Vec<u8>> = enc.trees.into_iter().collect();
+    let with = |f: &dyn Fn(&mut Extension)| {
+        let mut res = enc.result.clone();
+        let mut ext = extension(&res).unwrap().unwrap();
+        f(&mut ext);
+        res.execution_metadata.as_mut().unwrap().auxiliary_metadata = vec![extension_any(&ext)];
+        decode_result(&r.key, &res, &blobs, alg)
+    };
+    let corrupt = |got: Result<Option<ActionRecord>, BackendError>, why: &str| {
+        let e = got.unwrap_err();
+        assert!(matches!(e, BackendError::CorruptEntry { .. }), "{e}");
+        assert!(e.to_string().contains(why), "{e}");
+    };
+    corrupt(with(&|e| e.checksum = None), "no record checksum");
+    corrupt(
+        with(&|e| e.checksum = Some(DigestAlgorithm::Blake3.digest(b"x"))),
+        "does not match its checksum",
+    );
+    // Format 1 (before the checksum) is not read, checksum or not.
+    corrupt(with(&|e| e.format = 1), "extension format 1");
+    corrupt(
+        with(&|e| {
+            e.format = 1;
+            e.checksum = None;
+        }),
+        "extension format 1",
+    );
+    // A result without the extension (another tool's, or one whose extension a flipped
+    // bit made unreadable) cannot be checked.
+    let mut res = enc.result.clone();
+    res.execution_metadata.as_mut().unwrap().auxiliary_metadata[0].type_url = "x".into();
+    corrupt(
+        decode_result(&r.key, &res, &blobs, alg),
+        "no taskcache extension",
+    );
+    res.execution_metadata = None;
+    corrupt(
+        decode_result(&r.key, &res, &blobs, alg),
+        "no taskcache extension",
+    );
+    // Tombstones carry no checksum.
+    let t = tombstone(&r.key);
+    assert_eq!(decode_result(&r.key, &t, &blobs, alg).unwrap(), None);
+}
+
+/// A record using every field a result carries.
+fn full_sample() -> ActionRecord {
+    use cache_core::LogStream::{Stderr, Stdout};
+    use cache_core::storage::{AbsoluteSymlink, LogChunk};
+    let mut r = sample();
+    r.stderr = LogRecord::Blob(blob(b"a large log"));
+    r.log_order = vec![
+        LogChunk {
+            stream: Stdout,
+            len: 2,
+        },
+        LogChunk {
+            stream: Stderr,
+            len: 11,
+        },
+        LogChunk {
+            stream: Stdout,
+            len: 1,
+        },
+    ];
+    r.absolute_symlinks = vec![AbsoluteSymlink {
+        path: "venv/python".into(),
+        target: "/usr/bin/python3".into(),
+    }];
+    r.signature = Some(cache_core::sign::EntrySignature {
+        public_key: vec![7; 32],
+        signature: vec![9; 64],
+    });
+    r
+}
+
+/// Every single-bit flip of a stored result (the damage a server that keeps results
+/// as CAS blobs serves as it is) is a miss, or yields the very record written.
+#[test]
+fn every_single_bit_flip_of_a_result_is_refused_or_harmless() {
+    let r = full_sample();
+    let alg = DigestAlgorithm::Sha256;
+    let enc = encode_record(&r, alg).unwrap();
+    assert_eq!(round_trip(&r), r);
+    // The server's CAS: the trees and the inline log, found by digest.
+    let mut cas: HashMap<BlobRef, Vec<u8>> = enc.trees.into_iter().collect();
+    if let LogRecord::Inline(b) = &r.stdout {
+        cas.insert(blob(b), b.clone());
+    }
+    let bytes = enc.result.encode_to_vec();
+    let (mut refused, mut same) = (0, 0);
+    for bit in 0..bytes.len() * 8 {
+        let mut damaged = bytes.clone();
+        damaged[bit / 8] ^= 1 << (bit % 8);
+        let Ok(result) = re::ActionResult::decode(damaged.as_slice()) else {
+            refused += 1;
+            continue;
+        };
+        // As `RemoteStorage::get_entry` reads: a blob the server lacks is a miss.
+        let Ok(needed) = needed_blobs(&result, alg) else {
+            refused += 1;
+            continue;
+        };
+        let Some(blobs) = needed
+            .iter()
+            .map(|b| cas.get(b).map(|v| (*b, v.clone())))
+            .collect::<Option<HashMap<_, _>>>()
+        else {
+            refused += 1;
+            continue;
+        };
+        match decode_result(&r.key, &result, &blobs, alg) {
+            Ok(Some(back)) => {
+                assert_eq!(back, r, "bit {bit} of {} changed the record", bytes.len());
+                same += 1;
+            }
+            Ok(None) | Err(_) => refused += 1,
+        }
+    }
+    // Flips in what the record does not keep (the worker name, say) are harmless.
+    assert!(
+        same > 0 && refused > 0,
+        "{same} harmless, {refused} refused"
+    );
 }

@@ -77,7 +77,7 @@ pub fn result_for_raw(
     algorithm: DigestAlgorithm,
 ) -> (re::ActionResult, Vec<(BlobRef, Vec<u8>)>) {
     if let Some(record) = lenient_decode(bytes) {
-        let enc = mapping::encode_record(&record, algorithm);
+        let enc = mapping::encode_record(&record, algorithm).expect("a decodable record encodes");
         let mut blobs = enc.trees;
         for log in [&record.stdout, &record.stderr] {
             if let LogRecord::Inline(b) = log {
