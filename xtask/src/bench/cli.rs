@@ -41,8 +41,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     crate::run(Command::new(cargo).args(["build", "--release", "-q", "-p", "cache-cli"]))?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| crate::workspace_root().join("target"), PathBuf::from);
+    let target = crate::target_dir();
     let bin = target.join("release").join("taskcache");
     if !bin.is_file() {
         return Err(format!("{} was not built", bin.display()));

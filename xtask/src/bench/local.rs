@@ -36,8 +36,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
         }
     }
     crate::run(crate::cargo().args(["build", "--release", "--quiet", "-p", "xtask"]))?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| crate::workspace_root().join("target"), PathBuf::from);
+    let target = crate::target_dir();
     let b = Bench {
         exe: target.join("release/xtask"),
         dir,

@@ -11,7 +11,7 @@
 
 use super::Outcome;
 use cache_testkit::fuzz::TARGETS;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 /// Bounds for one target process: resident memory and any single allocation.
@@ -42,8 +42,7 @@ pub fn run(executions: u64, ci: bool) -> Result<Outcome, String> {
         crate::run(crate::cargo().args(["install", "--locked", "--quiet", "cargo-fuzz"]))?;
     }
     let root = crate::workspace_root();
-    let target_dir =
-        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let target_dir = crate::target_dir();
     // Built once, then the targets run side by side (one process each).
     crate::run(
         rustup_cargo()

@@ -20,8 +20,7 @@ pub struct Tc {
 impl Tc {
     /// Builds `taskcache` (release, quietly; a no-op when it is current) and finds it.
     pub fn build() -> Result<Self, String> {
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map_or_else(|| crate::workspace_root().join("target"), PathBuf::from);
+        let target = crate::target_dir();
         crate::run(crate::cargo().args(["build", "--release", "-q", "-p", "cache-cli"]))?;
         let bin = target.join("release").join("taskcache");
         if !bin.is_file() {

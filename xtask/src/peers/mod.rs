@@ -27,8 +27,7 @@ const OPTIONAL: &[(&str, Up, Down)] = &[("s3s", s3s::up, s3s::down)];
 
 /// `target/peers`.
 pub fn root() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| crate::workspace_root().join("target"), PathBuf::from);
+    let target = crate::target_dir();
     target.join("peers")
 }
 
