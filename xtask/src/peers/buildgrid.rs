@@ -113,6 +113,9 @@ pub struct Options {
     pub port: Option<u16>,
 }
 
+// `maximum-concurrent-rpcs`: BuildGrid refuses calls beyond its thread pool (10) with
+// RESOURCE_EXHAUSTED by default; the suite's 32 concurrent writers, 8 transfers each,
+// could exhaust the client's retries. Above the pool, calls now queue.
 fn config(port: u16, opts: &Options) -> String {
     let grpc = opts.max_recv.map_or_else(String::new, |n| {
         format!("grpc-server-options:\n  grpc.max_receive_message_length: {n}\n")
@@ -149,6 +152,7 @@ instances:
       - !action-cache
         cache: *ac
 thread-pool-size: 10
+maximum-concurrent-rpcs: 1000
 "
     )
 }
