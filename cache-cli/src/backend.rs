@@ -111,9 +111,9 @@ pub fn require_supported(loc: Location, role: Role) -> Result<Tier, Failure> {
 }
 
 /// Object store client options for calls bounded by `deadlines`: each request, with
-/// its retries, gives up within the same time the tier's deadline allows.
+/// its retries, gives up within the time the tier's deadline allows it.
 pub fn s3_options(deadlines: Deadlines) -> S3Options {
-    S3Options::default().with_timeout(deadlines.call)
+    S3Options::default().with_deadlines(deadlines)
 }
 
 /// Opens the object store `url` as a cache (no local tier), its blocking work on

@@ -86,6 +86,21 @@ impl S3Options {
         self
     }
 
+    /// Sets the timeouts from a cache's [`Deadlines`](cache_core::Deadlines): a call
+    /// that moves no bulk data gives up, with its retries, within `deadlines.call`, and
+    /// one request may take what the deadlines allow the largest body a request sends
+    /// (a part, or an object just under the multipart threshold). A slow but working
+    /// server is then not cut off mid-part or while it assembles a large upload
+    /// (CompleteMultipartUpload); the caller's deadline still bounds the whole transfer.
+    #[cfg(any(feature = "aws", feature = "gcp", feature = "azure"))]
+    #[must_use]
+    pub fn with_deadlines(self, deadlines: cache_core::Deadlines) -> Self {
+        let largest = self.multipart_threshold.max(self.part_size as u64);
+        let mut options = self.with_timeout(deadlines.call);
+        options.client = options.client.with_timeout(deadlines.for_bytes(largest));
+        options
+    }
+
     /// Sets [`S3Options::multipart_threshold`] and [`S3Options::part_size`] (parts are
     /// at least 5 MiB, as S3 requires).
     #[must_use]
@@ -353,4 +368,29 @@ fn open_azure(
         url,
         "this build has no Azure support (feature `azure`)",
     ))
+}
+
+#[cfg(all(test, feature = "aws"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_request_may_move_its_largest_body_at_the_deadlines_rate() {
+        let o = S3Options::default().with_deadlines(cache_core::Deadlines::new(
+            Duration::from_secs(3),
+        ));
+        // Lookups and their retries give up within the call deadline...
+        assert_eq!(o.retry.retry_timeout, Duration::from_secs(3));
+        let connect = o
+            .client
+            .get_config_value(&object_store::ClientConfigKey::ConnectTimeout);
+        assert_eq!(connect.as_deref(), Some("3s"));
+        // ...but one request carrying a 16 MiB body (or a CompleteMultipartUpload the
+        // server takes as long to assemble) gets 3 s plus 16 MiB at 8 MiB/s: a flat 3 s
+        // once cut off a working server under load.
+        let request = o
+            .client
+            .get_config_value(&object_store::ClientConfigKey::Timeout);
+        assert_eq!(request.as_deref(), Some("5s"));
+    }
 }

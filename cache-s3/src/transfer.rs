@@ -5,7 +5,10 @@ use bytes::Bytes;
 use cache_core::{BlobRef, DigestAlgorithm, Hasher};
 use futures::StreamExt;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutMultipartOptions, WriteMultipart};
+use object_store::{
+    MultipartUpload, ObjectStore, ObjectStoreExt, PutMultipartOptions, PutPayload, PutResult,
+    UploadPart, WriteMultipart,
+};
 use std::io::Read;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -32,6 +35,10 @@ pub(crate) async fn upload_file(
         .put_multipart_opts(location, PutMultipartOptions::default())
         .await
         .map_err(UploadError::Store)?;
+    let upload = Box::new(QuietAbort {
+        inner: upload,
+        location: location.clone(),
+    });
     let mut write = WriteMultipart::new_with_chunk_size(upload, part_size);
     // Two parts queued between the reading thread and the uploader: the reader stays
     // ahead without holding more than a few parts.
@@ -62,6 +69,39 @@ pub(crate) async fn upload_file(
     }
     write.finish().await.map_err(UploadError::Store)?;
     Ok(())
+}
+
+/// An upload whose abort never fails: `WriteMultipart::finish` returns the abort's
+/// error instead of the failure that caused it (a timed-out CompleteMultipartUpload
+/// reported as NoSuchUpload), so the abort's outcome is logged here and the cause is
+/// what the caller sees. An upload left behind is removed by the bucket's lifecycle
+/// rule for incomplete uploads.
+#[derive(Debug)]
+struct QuietAbort {
+    inner: Box<dyn MultipartUpload>,
+    location: Path,
+}
+
+#[async_trait::async_trait]
+impl MultipartUpload for QuietAbort {
+    fn put_part(&mut self, data: PutPayload) -> UploadPart {
+        self.inner.put_part(data)
+    }
+
+    async fn complete(&mut self) -> object_store::Result<PutResult> {
+        self.inner.complete().await
+    }
+
+    async fn abort(&mut self) -> object_store::Result<()> {
+        if let Err(e) = self.inner.abort().await {
+            tracing::debug!(
+                location = %self.location,
+                error = %e,
+                "could not abort a failed multipart upload; the bucket's lifecycle rule removes it"
+            );
+        }
+        Ok(())
+    }
 }
 
 fn read_parts(
@@ -240,5 +280,44 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(store.head(&at).await.unwrap().size, 6 << 20);
+    }
+
+    /// An upload whose completion fails and whose abort then fails too, as when a
+    /// server times out in CompleteMultipartUpload and has already dropped the upload.
+    #[derive(Debug)]
+    struct FailingCompletion;
+
+    #[async_trait::async_trait]
+    impl MultipartUpload for FailingCompletion {
+        fn put_part(&mut self, _data: PutPayload) -> UploadPart {
+            Box::pin(async { Ok(()) })
+        }
+
+        async fn complete(&mut self) -> object_store::Result<PutResult> {
+            Err(object_store::Error::Generic {
+                store: "test",
+                source: "CompleteMultipartUpload timed out".into(),
+            })
+        }
+
+        async fn abort(&mut self) -> object_store::Result<()> {
+            Err(object_store::Error::NotFound {
+                path: "blobs/x".into(),
+                source: "NoSuchUpload".into(),
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_completion_is_reported_not_the_abort_after_it() {
+        let quiet = Box::new(QuietAbort {
+            inner: Box::new(FailingCompletion),
+            location: Path::from("blobs/x"),
+        });
+        let mut write = WriteMultipart::new_with_chunk_size(quiet, 5 << 20);
+        write.put(Bytes::from_static(b"part"));
+        let e = write.finish().await.unwrap_err().to_string();
+        assert!(e.contains("CompleteMultipartUpload timed out"), "{e}");
+        assert!(!e.contains("NoSuchUpload"), "{e}");
     }
 }
