@@ -34,7 +34,10 @@ pub struct TieredStats {
 ///   the fast tier ([`CacheBackend::import`]: the very hit's blobs, each verified, then
 ///   its record unchanged, so exit code, logs and outputs stay one result) when the
 ///   caller's policy allows writes; the hit returned is then the fast tier's copy. A
-///   `Readonly` lookup writes no tier.
+///   `Readonly` lookup writes no tier. If the copy fails, the shared tier's hit is
+///   returned, unless the copy timed out ([`BackendError::Timeout`]): then the lookup
+///   is a miss, so a server that stops answering mid-copy costs one deadline, not
+///   one more for the restore, and a [`CircuitBreaker`] around the shared tier is told.
 /// * `store`: both tiers.
 /// * A cache fault ([`BackendError::fault`]) of either tier never fails a call: it is
 ///   counted, logged, and the other tier (or a miss) answers. Caller faults (a bad key,
@@ -112,6 +115,18 @@ impl CacheBackend for Tiered {
                 Ok(Some(local))
             }
             Ok(None) => Ok(Some(hit)),
+            Err(e @ BackendError::Timeout { .. }) => {
+                // The copy read the shared tier until its deadline ran out (a local
+                // disk is not that slow): restoring from the shared tier would wait
+                // a second deadline. The task runs instead, and the shared tier's
+                // breaker, if any, learns of the outage, so the store after the run
+                // skips it. Faults that fail fast still fall back to the shared hit.
+                self.stats.backfill_failures.fetch_add(1, Ordering::Relaxed);
+                self.stats.shared_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(shared = self.shared.name(), error = %e, "the shared tier stopped answering while its hit was copied; running the task");
+                hit.report_fault(&e);
+                Ok(None)
+            }
             Err(e) => {
                 self.stats.backfill_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(fast = self.fast.name(), error = %e, "could not copy a shared-tier hit into the fast tier; restoring from the shared tier");
@@ -479,62 +494,42 @@ impl CacheBackend for Instrumented {
 /// matter (one `taskcache run` makes two: a lookup and a store).
 pub struct CircuitBreaker {
     inner: Arc<dyn CacheBackend>,
+    /// Shared with the hits the breaker hands out, which report their faults to it.
+    state: Arc<Breaker>,
+}
+
+/// What a breaker counts, and its settings.
+struct Breaker {
+    name: &'static str,
     threshold: u32,
-    consecutive: AtomicU32,
-    open: AtomicBool,
     on_outage: bool,
     cooldown: Option<std::time::Duration>,
+    consecutive: AtomicU32,
+    open: AtomicBool,
     opened_at: Mutex<Option<Instant>>,
     probing: AtomicBool,
 }
 
-impl std::fmt::Debug for CircuitBreaker {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CircuitBreaker")
-            .field("inner", &self.inner.name())
-            .field("threshold", &self.threshold)
-            .field("open", &self.is_open())
-            .finish_non_exhaustive()
-    }
-}
-
-impl CircuitBreaker {
-    /// Opens after `threshold` consecutive cache faults (at least 1).
-    pub fn new(inner: Arc<dyn CacheBackend>, threshold: u32) -> Self {
-        CircuitBreaker {
-            inner,
+impl Breaker {
+    fn new(
+        name: &'static str,
+        threshold: u32,
+        on_outage: bool,
+        cooldown: Option<std::time::Duration>,
+    ) -> Self {
+        Breaker {
+            name,
             threshold: threshold.max(1),
+            on_outage,
+            cooldown,
             consecutive: AtomicU32::new(0),
             open: AtomicBool::new(false),
-            on_outage: false,
-            cooldown: None,
             opened_at: Mutex::new(None),
             probing: AtomicBool::new(false),
         }
     }
 
-    /// Half-open `cooldown` after opening: one call goes through, and closes the
-    /// breaker if it succeeds (see the type's docs).
-    #[must_use]
-    pub fn with_cooldown(mut self, cooldown: std::time::Duration) -> Self {
-        self.cooldown = Some(cooldown);
-        self
-    }
-
-    /// Also opens at the first outage: a call that timed out ([`BackendError::Timeout`])
-    /// or found the backend unreachable (`Unavailable`, `Connection`). A server that
-    /// did not answer one call will not answer the next one a moment later, so a run
-    /// pays one deadline for it, not one per call. Other cache faults (a corrupt
-    /// entry, a local I/O error) still count towards the threshold.
-    #[must_use]
-    pub fn open_on_outage(mut self) -> Self {
-        self.on_outage = true;
-        self
-    }
-
-    /// Whether calls are being short-circuited.
-    #[must_use]
-    pub fn is_open(&self) -> bool {
+    fn is_open(&self) -> bool {
         self.open.load(Ordering::Relaxed)
     }
 
@@ -545,15 +540,14 @@ impl CircuitBreaker {
                 .is_some_and(|c| lock(&self.opened_at).is_some_and(|t| t.elapsed() >= c));
             if due && !self.probing.swap(true, Ordering::Relaxed) {
                 tracing::info!(
-                    backend = self.inner.name(),
+                    backend = self.name,
                     "cache backend skipped for its cool-down; trying it again"
                 );
                 return Ok(());
             }
             return Err(BackendError::unavailable(format!(
                 "{} skipped for the rest of this run after {} consecutive failures",
-                self.inner.name(),
-                self.threshold
+                self.name, self.threshold
             )));
         }
         Ok(())
@@ -561,40 +555,98 @@ impl CircuitBreaker {
 
     fn observe<T>(&self, r: BackendResult<T>) -> BackendResult<T> {
         match &r {
-            Err(e) if e.is_cache_fault() => {
-                let n = self.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
-                let outage = self.on_outage
-                    && matches!(
-                        e,
-                        BackendError::Timeout { .. }
-                            | BackendError::Unavailable(_)
-                            | BackendError::Connection(_)
-                    );
-                if self.probing.swap(false, Ordering::Relaxed) {
-                    // Half-open and failed: another cool-down.
-                    *lock(&self.opened_at) = Some(Instant::now());
-                    tracing::warn!(backend = self.inner.name(), error = %e, "cache backend still failing; skipping it again");
-                } else if (n >= self.threshold || outage)
-                    && !self.open.swap(true, Ordering::Relaxed)
-                {
-                    *lock(&self.opened_at) = Some(Instant::now());
-                    tracing::warn!(
-                        backend = self.inner.name(),
-                        failures = n,
-                        error = %e,
-                        "cache backend keeps failing; skipping it for the rest of this run"
-                    );
-                }
-            }
-            _ => {
-                self.consecutive.store(0, Ordering::Relaxed);
-                if self.probing.swap(false, Ordering::Relaxed) {
-                    self.open.store(false, Ordering::Relaxed);
-                    tracing::info!(backend = self.inner.name(), "cache backend answers again");
-                }
-            }
+            Err(e) => self.fault(e),
+            Ok(_) => self.success(),
         }
         r
+    }
+
+    fn fault(&self, e: &BackendError) {
+        if !e.is_cache_fault() {
+            // The caller's mistake says nothing about the backend.
+            self.success();
+            return;
+        }
+        let n = self.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
+        let outage = self.on_outage && e.is_outage();
+        if self.probing.swap(false, Ordering::Relaxed) {
+            // Half-open and failed: another cool-down.
+            *lock(&self.opened_at) = Some(Instant::now());
+            tracing::warn!(backend = self.name, error = %e, "cache backend still failing; skipping it again");
+        } else if (n >= self.threshold || outage) && !self.open.swap(true, Ordering::Relaxed) {
+            *lock(&self.opened_at) = Some(Instant::now());
+            tracing::warn!(
+                backend = self.name,
+                failures = n,
+                error = %e,
+                "cache backend keeps failing; skipping it for the rest of this run"
+            );
+        }
+    }
+
+    fn success(&self) {
+        self.consecutive.store(0, Ordering::Relaxed);
+        if self.probing.swap(false, Ordering::Relaxed) {
+            self.open.store(false, Ordering::Relaxed);
+            tracing::info!(backend = self.name, "cache backend answers again");
+        }
+    }
+}
+
+impl std::fmt::Debug for CircuitBreaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CircuitBreaker")
+            .field("inner", &self.inner.name())
+            .field("threshold", &self.state.threshold)
+            .field("open", &self.is_open())
+            .finish_non_exhaustive()
+    }
+}
+
+impl CircuitBreaker {
+    /// Opens after `threshold` consecutive cache faults (at least 1).
+    pub fn new(inner: Arc<dyn CacheBackend>, threshold: u32) -> Self {
+        let state = Arc::new(Breaker::new(inner.name(), threshold, false, None));
+        CircuitBreaker { inner, state }
+    }
+
+    /// Settings changed before use: a breaker starts closed with nothing counted.
+    fn reconfigured(mut self, on_outage: bool, cooldown: Option<std::time::Duration>) -> Self {
+        let s = &self.state;
+        self.state = Arc::new(Breaker::new(s.name, s.threshold, on_outage, cooldown));
+        self
+    }
+
+    /// Half-open `cooldown` after opening: one call goes through, and closes the
+    /// breaker if it succeeds (see the type's docs). Set before use.
+    #[must_use]
+    pub fn with_cooldown(self, cooldown: std::time::Duration) -> Self {
+        let on_outage = self.state.on_outage;
+        self.reconfigured(on_outage, Some(cooldown))
+    }
+
+    /// Also opens at the first outage ([`BackendError::is_outage`]): a call that timed
+    /// out or found the backend unreachable. A server that did not answer one call will
+    /// not answer the next one a moment later, so a run pays one deadline for it, not
+    /// one per call. Other cache faults (a corrupt entry, a local I/O error) still
+    /// count towards the threshold. Set before use.
+    #[must_use]
+    pub fn open_on_outage(self) -> Self {
+        let cooldown = self.state.cooldown;
+        self.reconfigured(true, cooldown)
+    }
+
+    /// Whether calls are being short-circuited.
+    #[must_use]
+    pub fn is_open(&self) -> bool {
+        self.state.is_open()
+    }
+
+    /// `hit`, reporting the faults of its restores and log reads (and of copies of it
+    /// into another tier, through [`Tiered`]) to this breaker.
+    fn watched(&self, hit: Hit) -> Hit {
+        let state = Arc::clone(&self.state);
+        hit.with_fault_sink(Arc::new(move |e| state.fault(e)))
     }
 }
 
@@ -606,8 +658,11 @@ impl CacheBackend for CircuitBreaker {
         key: &Digest,
         policy: CachePolicy,
     ) -> BackendResult<Option<Hit>> {
-        self.gate()?;
-        self.observe(self.inner.lookup(task, key, policy).await)
+        self.state.gate()?;
+        let found = self
+            .state
+            .observe(self.inner.lookup(task, key, policy).await)?;
+        Ok(found.map(|hit| self.watched(hit)))
     }
 
     async fn store(
@@ -617,8 +672,9 @@ impl CacheBackend for CircuitBreaker {
         entry: &CacheEntry,
         policy: CachePolicy,
     ) -> BackendResult<()> {
-        self.gate()?;
-        self.observe(self.inner.store(task, digest, entry, policy).await)
+        self.state.gate()?;
+        self.state
+            .observe(self.inner.store(task, digest, entry, policy).await)
     }
 
     async fn import(
@@ -627,8 +683,11 @@ impl CacheBackend for CircuitBreaker {
         hit: &Hit,
         policy: CachePolicy,
     ) -> BackendResult<Option<Hit>> {
-        self.gate()?;
-        self.observe(self.inner.import(task, hit, policy).await)
+        self.state.gate()?;
+        let imported = self
+            .state
+            .observe(self.inner.import(task, hit, policy).await)?;
+        Ok(imported.map(|hit| self.watched(hit)))
     }
 
     fn name(&self) -> &'static str {
@@ -636,8 +695,8 @@ impl CacheBackend for CircuitBreaker {
     }
 
     async fn health_check(&self) -> BackendResult<()> {
-        self.gate()?;
-        self.observe(self.inner.health_check().await)
+        self.state.gate()?;
+        self.state.observe(self.inner.health_check().await)
     }
 }
 

@@ -298,6 +298,17 @@ impl BackendError {
         self.fault() == Fault::Cache
     }
 
+    /// The backend did not answer in time or could not be reached (`Timeout`,
+    /// `Unavailable`, `Connection`): unlike a corrupt entry or a local I/O error, the
+    /// next call a moment later will most likely fail the same way.
+    #[must_use]
+    pub fn is_outage(&self) -> bool {
+        matches!(
+            self,
+            BackendError::Timeout { .. } | BackendError::Unavailable(_) | BackendError::Connection(_)
+        )
+    }
+
     /// Create an IO error with path context.
     pub fn io_with_context(
         operation: &'static str,

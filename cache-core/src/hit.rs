@@ -36,6 +36,9 @@ const SMALL_BYTES: u64 = 8 << 20;
 const OPEN_CHUNK_FILES: usize = 4096;
 const OPEN_CHUNK_BYTES: u64 = 64 << 20;
 
+/// Where a hit reports its cache faults.
+pub(crate) type FaultSink = Arc<dyn Fn(&BackendError) + Send + Sync>;
+
 /// A cache hit: the record found for a key, ready to be restored and replayed.
 ///
 /// Made by [`crate::CacheBackend::lookup`]; its record has passed every check (key,
@@ -46,6 +49,10 @@ pub struct Hit {
     entry: EntryKey,
     /// Deadlines for restoring and reading logs, when a [`crate::Deadline`] made it.
     limits: Option<crate::deadline::Limits>,
+    /// Told of every cache fault in reading the hit, when a
+    /// [`crate::CircuitBreaker`] made it: a server that stops answering mid-restore
+    /// opens the breaker like a failed call does.
+    faults: Option<FaultSink>,
     record: Arc<ActionRecord>,
     storage: Arc<dyn Storage>,
     blocking: Spawner,
@@ -72,6 +79,7 @@ impl Hit {
         Hit {
             entry,
             limits: None,
+            faults: None,
             record,
             storage,
             blocking,
@@ -161,20 +169,42 @@ impl Hit {
     /// [`OutputContent::File`] naming the restored file, with its verified blob), then
     /// symlinks, under the canonical workspace root.
     pub async fn restore(&self, workspace: &Path) -> BackendResult<Vec<CacheOutput>> {
-        match &self.limits {
+        let restored = match &self.limits {
             Some(l) => {
                 let limit = l.deadlines.for_bytes(self.file_bytes());
                 l.within("restore", limit, self.restore_unbounded(workspace))
                     .await
             }
             None => self.restore_unbounded(workspace).await,
-        }
+        };
+        self.noted(restored)
     }
 
     /// The same hit, its restores and log reads bounded by `limits`.
     pub(crate) fn with_limits(mut self, limits: crate::deadline::Limits) -> Self {
         self.limits = Some(limits);
         self
+    }
+
+    /// The same hit, its cache faults told to `sink`.
+    pub(crate) fn with_fault_sink(mut self, sink: FaultSink) -> Self {
+        self.faults = Some(sink);
+        self
+    }
+
+    /// Tells whoever made the hit (a [`crate::CircuitBreaker`]) that reading it failed
+    /// with `e` somewhere it could not see, such as a copy into another tier.
+    pub(crate) fn report_fault(&self, e: &BackendError) {
+        if let (Some(sink), true) = (&self.faults, e.is_cache_fault()) {
+            sink(e);
+        }
+    }
+
+    fn noted<T>(&self, r: BackendResult<T>) -> BackendResult<T> {
+        if let Err(e) = &r {
+            self.report_fault(e);
+        }
+        r
     }
 
     async fn restore_unbounded(&self, workspace: &Path) -> BackendResult<Vec<CacheOutput>> {
@@ -319,7 +349,7 @@ impl Hit {
     /// cache, so it is checked before it can choose how much memory is used). Use
     /// [`Hit::log_reader`] to stream logs of any size.
     pub async fn logs_up_to(&self, limit: u64) -> BackendResult<LogBytes> {
-        match &self.limits {
+        let logs = match &self.limits {
             Some(l) => {
                 let deadline = l
                     .deadlines
@@ -328,7 +358,8 @@ impl Hit {
                     .await
             }
             None => self.logs_unbounded(limit).await,
-        }
+        };
+        self.noted(logs)
     }
 
     async fn logs_unbounded(&self, limit: u64) -> BackendResult<LogBytes> {
@@ -357,6 +388,11 @@ impl Hit {
         &self,
         stream: LogStream,
     ) -> BackendResult<Option<Box<dyn Read + Send>>> {
+        let reader = self.open_log(stream).await;
+        self.noted(reader)
+    }
+
+    async fn open_log(&self, stream: LogStream) -> BackendResult<Option<Box<dyn Read + Send>>> {
         let log = match stream {
             LogStream::Stdout => &self.record.stdout,
             LogStream::Stderr => &self.record.stderr,

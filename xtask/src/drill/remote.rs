@@ -38,12 +38,13 @@ fn entry_bytes(i: u64, class: Class) -> u64 {
     workload::files(i, class).iter().map(|f| f.len).sum::<u64>() + workload::stdout(i).len() as u64
 }
 
-/// The most a run may wait on the cache, by the deadlines of the calls it makes: the
-/// lookup (one call deadline); on a hit, the copy into the local tier and, when that
-/// fails, the logs and files read from the server instead; the store of a miss.
+/// The most a run may wait on the cache: the lookup (one call deadline), then one
+/// transfer's deadline, for the copy of a hit into the local tier or the store of a
+/// miss. A server that stops answering costs one deadline: a copy that times out is a
+/// miss (not a second wait to restore from the server), and opens the breaker, so the
+/// store after the run skips the server.
 pub fn deadline_bound(i: u64, class: Class) -> Duration {
-    let b = entry_bytes(i, class);
-    TIMEOUT + for_bytes(b) + for_bytes(b) + for_bytes(b)
+    TIMEOUT + for_bytes(entry_bytes(i, class))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
