@@ -35,9 +35,10 @@ pub struct TieredStats {
 ///   its record unchanged, so exit code, logs and outputs stay one result) when the
 ///   caller's policy allows writes; the hit returned is then the fast tier's copy. A
 ///   `Readonly` lookup writes no tier. If the copy fails, the shared tier's hit is
-///   returned, unless the copy timed out ([`BackendError::Timeout`]): then the lookup
-///   is a miss, so a server that stops answering mid-copy costs one deadline, not
-///   one more for the restore, and a [`CircuitBreaker`] around the shared tier is told.
+///   returned, unless the copy timed out or lost the shared tier
+///   ([`BackendError::is_outage`]): then the lookup is a miss, so a server that stops
+///   answering mid-copy costs one deadline, not one more for the restore, and a
+///   [`CircuitBreaker`] around the shared tier is told.
 /// * `store`: both tiers.
 /// * A cache fault ([`BackendError::fault`]) of either tier never fails a call: it is
 ///   counted, logged, and the other tier (or a miss) answers. Caller faults (a bad key,
@@ -115,12 +116,12 @@ impl CacheBackend for Tiered {
                 Ok(Some(local))
             }
             Ok(None) => Ok(Some(hit)),
-            Err(e @ BackendError::Timeout { .. }) => {
-                // The copy read the shared tier until its deadline ran out (a local
-                // disk is not that slow): restoring from the shared tier would wait
-                // a second deadline. The task runs instead, and the shared tier's
-                // breaker, if any, learns of the outage, so the store after the run
-                // skips it. Faults that fail fast still fall back to the shared hit.
+            Err(e) if e.is_outage() => {
+                // The copy read the shared tier until it timed out or lost it (a local
+                // disk fails with I/O errors, such as a full disk, not with these):
+                // restoring from the shared tier would wait on it again. The task runs
+                // instead, and the shared tier's breaker, if any, learns of the outage,
+                // so the store after the run skips it.
                 self.stats.backfill_failures.fetch_add(1, Ordering::Relaxed);
                 self.stats.shared_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(shared = self.shared.name(), error = %e, "the shared tier stopped answering while its hit was copied; running the task");

@@ -317,9 +317,11 @@ async fn tiered_absorbs_any_cache_fault_of_the_shared_store() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tiered_counts_failed_backfills_and_still_restores() {
+    // A full local disk: the shared tier still answers, so the hit comes from it.
     let fast = Arc::new(FaultyBackend::new(
         Arc::new(MemoryBackend::new()),
-        FaultPlan::always(FaultError::Unavailable).only([BackendOp::Import]),
+        FaultPlan::always(FaultError::Io(std::io::ErrorKind::StorageFull))
+            .only([BackendOp::Import]),
     ));
     let shared = MemoryBackend::new();
     let (tree, entry) = sample();
@@ -341,6 +343,33 @@ async fn tiered_counts_failed_backfills_and_still_restores() {
         .assert_same(tree.expected(), "restored despite the failed backfill");
     assert_eq!(stats.backfills.load(Ordering::Relaxed), 0);
     assert_eq!(stats.backfill_failures.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiered_takes_a_copy_that_lost_the_shared_tier_for_a_miss_and_tells_its_breaker() {
+    // The copy fails as a server's own call deadline reports it (`Unavailable`):
+    // restoring from that server would wait on it a second time.
+    let fast = Arc::new(FaultyBackend::new(
+        Arc::new(MemoryBackend::new()),
+        FaultPlan::always(FaultError::Unavailable).only([BackendOp::Import]),
+    ));
+    let shared = MemoryBackend::new();
+    let (_, entry) = sample();
+    let key = fresh_key();
+    shared
+        .store(&task(), &key, &entry, CachePolicy::Normal)
+        .await
+        .unwrap();
+    let breaker = Arc::new(CircuitBreaker::new(Arc::new(shared), 3).open_on_outage());
+    let tiered = Tiered::new(fast, Arc::clone(&breaker) as Arc<dyn CacheBackend>);
+    let stats = tiered.stats();
+    let found = tiered
+        .lookup(&task(), &digest(&key), CachePolicy::Normal)
+        .await
+        .unwrap();
+    assert!(found.is_none(), "restored from a shared tier that stopped answering");
+    assert_eq!(stats.backfill_failures.load(Ordering::Relaxed), 1);
+    assert!(breaker.is_open(), "the breaker did not learn of the outage");
 }
 
 // ------------------------------------------------------------------ Instrumented

@@ -176,9 +176,9 @@ fn apply(backend: &dyn Backend, name: &str, after: Option<&[u8]>) -> Result<(), 
 const LAYOUT: &str = "LAYOUT";
 const GOOD_LAYOUT: &[u8] = b"taskcache-local-layout 1\n";
 
-/// Whether damaged `LAYOUT` bytes read as a newer layout version (a flip of the
-/// version digit): a newer taskcache's cache, which is never rewritten.
-fn reads_as_newer(bytes: &[u8]) -> bool {
+/// The layout version `bytes` declare, read as strictly as cache-local does (the one
+/// line, its final newline optional).
+fn layout_version(bytes: &[u8]) -> Option<u32> {
     std::str::from_utf8(bytes)
         .ok()
         .and_then(|s| {
@@ -186,9 +186,23 @@ fn reads_as_newer(bytes: &[u8]) -> bool {
                 .unwrap_or(s)
                 .strip_prefix("taskcache-local-layout ")
         })
-        .filter(|d| !d.starts_with('0') && d.bytes().all(|b| b.is_ascii_digit()))
+        .filter(|d| {
+            let leading_zero = d.starts_with('0') && d.len() > 1;
+            !d.is_empty() && !leading_zero && d.bytes().all(|b| b.is_ascii_digit())
+        })
         .and_then(|d| d.parse::<u32>().ok())
-        .is_some_and(|v| v > 1)
+}
+
+/// Whether damaged `LAYOUT` bytes read as a newer layout version (a flip of the
+/// version digit): a newer taskcache's cache, which is never rewritten.
+fn reads_as_newer(bytes: &[u8]) -> bool {
+    layout_version(bytes).is_some_and(|v| v > 1)
+}
+
+/// Whether `LAYOUT` bytes read as this layout version: written again, or damaged in a
+/// way that leaves the line as it was (the final newline cut off).
+fn reads_as_current(bytes: &[u8]) -> bool {
+    layout_version(bytes) == Some(1)
 }
 
 /// Every entry run as a step (must give exactly its bytes), then every entry must hit
@@ -261,7 +275,7 @@ fn runs_then_repaired(
             kept = true;
         }
     }
-    if name == LAYOUT && backend.read_object(LAYOUT)? != GOOD_LAYOUT {
+    if name == LAYOUT && !reads_as_current(&backend.read_object(LAYOUT)?) {
         return Err("LAYOUT was not written again".into());
     }
     Ok(kept)
@@ -315,4 +329,28 @@ fn verify_removes(
         return Err(format!("a second verify still found damage: {again:?}"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_layout_line_without_its_newline_still_reads_as_this_version() {
+        // A full drill once truncated LAYOUT by its final newline only: cache-local
+        // rightly kept it, and the drill wrongly wanted it rewritten.
+        assert!(reads_as_current(GOOD_LAYOUT));
+        assert!(reads_as_current(&GOOD_LAYOUT[..GOOD_LAYOUT.len() - 1]));
+        for damaged in [
+            &GOOD_LAYOUT[..GOOD_LAYOUT.len() - 2],
+            b"taskcache-local-layout 01\n".as_slice(),
+            b"taskcache-local-layout 3\n".as_slice(),
+            b"taskcache-local-layout 1\n\n".as_slice(),
+            b"".as_slice(),
+        ] {
+            assert!(!reads_as_current(damaged), "{damaged:?}");
+        }
+        assert!(reads_as_newer(b"taskcache-local-layout 3\n"));
+        assert!(!reads_as_newer(b"taskcache-local-layout 03\n"));
+    }
 }

@@ -211,6 +211,14 @@ impl<'a> Ctx<'a> {
             self.max_over = over;
             self.max_over_what = format!("{what}, {}", class.as_str());
         }
+        if verbose() && over > TIMEOUT {
+            eprintln!(
+                "drill remote: entry {i} ({what}, {}) took {wall:.1?}, {over:.1?} over an \
+                 undisturbed run; its stderr:\n{}",
+                class.as_str(),
+                stderr.trim()
+            );
+        }
         if over > bound + MARGIN {
             return Err(format!(
                 "entry {i} ({what}): took {wall:.1?}, {over:.1?} more than an undisturbed \
