@@ -484,7 +484,7 @@ fn try_save(cache_dir: &Path, path: &Path, id: &str, m: &Manifest) -> io::Result
         let _ = std::fs::remove_file(&tmp);
     }
     written?;
-    remove_stale_temps(&ids);
+    sweep(&ids);
     Ok(())
 }
 
@@ -494,30 +494,64 @@ const STALE_TEMP: std::time::Duration = std::time::Duration::from_secs(3600);
 /// Entries of `ids/` looked at per sweep, at most: the sweep runs after every save.
 const MAX_SWEEP: usize = 10_000;
 
-/// Removes temporary manifests (`.*.tmp` regular files) left over an hour ago by
-/// writers that died before their rename; nothing else in `ids/` is touched.
-fn remove_stale_temps(ids: &Path) {
+/// Manifests kept, at most: beyond it (or [`MAX_IDS_BYTES`]) the least recently
+/// written go, so `ids/` stays small with no `gc` (one per `--id`, and ids such as
+/// `build-$BRANCH` keep coming).
+pub const MAX_IDS: usize = 2_000;
+
+/// Bytes of manifests kept, at most (see [`MAX_IDS`]).
+pub const MAX_IDS_BYTES: u64 = 256 << 20;
+
+/// After a save: removes temporary manifests (`.*.tmp` regular files) left over an
+/// hour ago by writers that died before their rename, and the least recently written
+/// manifests beyond [`MAX_IDS`] or [`MAX_IDS_BYTES`]. Nothing else in `ids/` is
+/// touched, and no link is followed.
+fn sweep(ids: &Path) {
+    sweep_with(ids, MAX_IDS, MAX_IDS_BYTES);
+}
+
+fn sweep_with(ids: &Path, max_count: usize, max_bytes: u64) {
     let Ok(entries) = std::fs::read_dir(ids) else {
         return;
     };
     let now = std::time::SystemTime::now();
+    let mut manifests = Vec::new();
     for entry in entries.take(MAX_SWEEP).flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if !(name.starts_with('.') && name.ends_with(".tmp")) {
+        let temp = name.starts_with('.') && name.ends_with(".tmp");
+        let manifest = !name.starts_with('.') && name.ends_with(".json");
+        if !(temp || manifest) {
             continue;
         }
         // `DirEntry::metadata` does not follow a symlink: only real files go.
-        let old = entry
-            .metadata()
-            .ok()
-            .filter(std::fs::Metadata::is_file)
-            .and_then(|m| {
-                let age = now.duration_since(m.modified().ok()?).ok()?;
-                Some(age > STALE_TEMP)
-            });
-        if old == Some(true) {
+        let Some(meta) = entry.metadata().ok().filter(std::fs::Metadata::is_file) else {
+            continue;
+        };
+        let written = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
+        if manifest {
+            manifests.push((written, meta.len(), entry.path()));
+        } else if now
+            .duration_since(written)
+            .is_ok_and(|age| age > STALE_TEMP)
+        {
             let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    let mut bytes: u64 = manifests.iter().map(|m| m.1).sum();
+    let mut count = manifests.len();
+    if count <= max_count && bytes <= max_bytes {
+        return;
+    }
+    // Oldest first; the manifest just written is the newest and is kept.
+    manifests.sort_by_key(|m| m.0);
+    for (_, len, path) in &manifests[..manifests.len().saturating_sub(1)] {
+        if count <= max_count && bytes <= max_bytes {
+            break;
+        }
+        if std::fs::remove_file(path).is_ok() {
+            count -= 1;
+            bytes = bytes.saturating_sub(*len);
         }
     }
 }

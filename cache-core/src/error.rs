@@ -305,7 +305,9 @@ impl BackendError {
     pub fn is_outage(&self) -> bool {
         matches!(
             self,
-            BackendError::Timeout { .. } | BackendError::Unavailable(_) | BackendError::Connection(_)
+            BackendError::Timeout { .. }
+                | BackendError::Unavailable(_)
+                | BackendError::Connection(_)
         )
     }
 

@@ -376,9 +376,8 @@ mod tests {
 
     #[test]
     fn one_request_may_move_its_largest_body_at_the_deadlines_rate() {
-        let o = S3Options::default().with_deadlines(cache_core::Deadlines::new(
-            Duration::from_secs(3),
-        ));
+        let o =
+            S3Options::default().with_deadlines(cache_core::Deadlines::new(Duration::from_secs(3)));
         // Lookups and their retries give up within the call deadline...
         assert_eq!(o.retry.retry_timeout, Duration::from_secs(3));
         let connect = o

@@ -367,7 +367,10 @@ async fn tiered_takes_a_copy_that_lost_the_shared_tier_for_a_miss_and_tells_its_
         .lookup(&task(), &digest(&key), CachePolicy::Normal)
         .await
         .unwrap();
-    assert!(found.is_none(), "restored from a shared tier that stopped answering");
+    assert!(
+        found.is_none(),
+        "restored from a shared tier that stopped answering"
+    );
     assert_eq!(stats.backfill_failures.load(Ordering::Relaxed), 1);
     assert!(breaker.is_open(), "the breaker did not learn of the outage");
 }

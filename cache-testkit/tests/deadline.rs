@@ -2,8 +2,8 @@
 //! that finds the entry and then hangs on the blobs costs one deadline.
 
 use cache_core::{
-    Cache, CacheBackend, CacheEntry, CacheOutput, CachePolicy, CircuitBreaker, Deadline,
-    Deadlines, Digest, Tiered,
+    Cache, CacheBackend, CacheEntry, CacheOutput, CachePolicy, CircuitBreaker, Deadline, Deadlines,
+    Digest, Tiered,
 };
 use cache_testkit::fixtures::{TempWorkspace, fresh_key, task};
 use cache_testkit::{
@@ -129,7 +129,10 @@ async fn a_shared_hit_that_stops_answering_while_copied_is_a_miss_and_opens_the_
     );
     // The blobs were asked for once (the copy), not again for a restore.
     assert_eq!(calls() - before, lookup_calls + 1);
-    assert!(s.breaker.is_open(), "the timed-out copy did not open the breaker");
+    assert!(
+        s.breaker.is_open(),
+        "the timed-out copy did not open the breaker"
+    );
     let stats = s.tiered.stats();
     assert_eq!(stats.backfill_failures.load(Ordering::Relaxed), 1);
     // The task runs, and its store skips the shared tier.

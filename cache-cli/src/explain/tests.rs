@@ -147,3 +147,48 @@ fn stale_temporary_manifests_are_swept_and_nothing_else() {
     let manifest_name = manifest_name.file_name().unwrap().to_string_lossy();
     assert_eq!(names[1..], [&*manifest_name, "someone-elses.txt"]);
 }
+
+#[test]
+fn the_least_recently_written_manifests_go_beyond_the_caps_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids = dir.path().join(IDS_DIR);
+    std::fs::create_dir(&ids).unwrap();
+    let start = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    let at = |n: u64| start + std::time::Duration::from_secs(60 * n);
+    for n in 0..6u64 {
+        let f = std::fs::File::create(ids.join(format!("m{n}.json"))).unwrap();
+        std::io::Write::write_all(&mut &f, &[b'x'; 100]).unwrap();
+        f.set_modified(at(n)).unwrap();
+    }
+    // Older than every manifest, but not manifests: kept, and the link not followed.
+    let outside = dir.path().join("outside.json");
+    std::fs::write(&outside, "keep").unwrap();
+    std::os::unix::fs::symlink(&outside, ids.join("link.json")).unwrap();
+    let notes = std::fs::File::create(ids.join("notes.txt")).unwrap();
+    notes.set_modified(at(0)).unwrap();
+    let names = || {
+        let mut v: Vec<String> = std::fs::read_dir(&ids)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+
+    sweep_with(&ids, 10, u64::MAX);
+    assert_eq!(names().len(), 8, "under both caps nothing goes");
+
+    sweep_with(&ids, 3, u64::MAX);
+    assert_eq!(
+        names(),
+        ["link.json", "m3.json", "m4.json", "m5.json", "notes.txt"]
+    );
+
+    sweep_with(&ids, 10, 200);
+    assert_eq!(names(), ["link.json", "m4.json", "m5.json", "notes.txt"]);
+
+    // The newest is kept even alone over the byte cap.
+    sweep_with(&ids, 10, 1);
+    assert_eq!(names(), ["link.json", "m5.json", "notes.txt"]);
+    assert_eq!(std::fs::read_to_string(&outside).unwrap(), "keep");
+}
