@@ -25,12 +25,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
-            "--reps" => {
-                reps = it
-                    .next()
-                    .and_then(|n| n.parse().ok())
-                    .ok_or("--reps needs a number")?;
-            }
+            "--reps" => reps = super::reps(it.next())?,
             "--dir" => dir = PathBuf::from(it.next().ok_or("--dir needs a path")?),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -51,8 +46,7 @@ struct Bench {
     reps: usize,
 }
 
-/// What a child reported: `key=value` pairs.
-type Report = BTreeMap<String, f64>;
+use super::Report;
 
 pub(super) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -176,28 +170,7 @@ struct Row {
 impl Bench {
     fn child(&self, args: &[&str]) -> Result<Report, String> {
         sync();
-        let out = Command::new(&self.exe)
-            .args(["bench", "local", "--child"])
-            .args(args)
-            .output()
-            .map_err(|e| format!("start the bench child: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "bench child {args:?} failed: {}\n{}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        let text = String::from_utf8_lossy(&out.stdout);
-        let line = text
-            .lines()
-            .find_map(|l| l.strip_prefix("RESULT "))
-            .ok_or_else(|| format!("bench child {args:?} printed no result: {text}"))?;
-        Ok(line
-            .split_whitespace()
-            .filter_map(|kv| kv.split_once('='))
-            .filter_map(|(k, v)| Some((k.to_owned(), v.parse().ok()?)))
-            .collect())
+        super::child_report(&self.exe, "local", args)
     }
 
     fn path(&self, name: &str) -> PathBuf {

@@ -4,6 +4,10 @@
 //! Every figure is printed as a ratio against a reference measured in the same run,
 //! with peak RSS, and the medians go in `BENCHMARKS.md` with the machine they ran on.
 
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
 mod cli;
 mod local;
 mod local_child;
@@ -24,4 +28,40 @@ pub fn run(args: &[String]) -> Result<(), String> {
             "unknown benchmark {other:?}: use local, cli, s3, remote or all"
         )),
     }
+}
+
+/// What a bench child reported: `key=value` pairs.
+type Report = BTreeMap<String, f64>;
+
+/// The value of `--reps` (the next argument), a positive number.
+fn reps(next: Option<&String>) -> Result<usize, String> {
+    next.and_then(|n| n.parse().ok())
+        .filter(|&n| n > 0)
+        .ok_or_else(|| "--reps needs a positive number".to_owned())
+}
+
+/// Runs `exe bench <bench> --child <args>` and reads its `RESULT key=value ...` line.
+fn child_report(exe: &Path, bench: &str, args: &[&str]) -> Result<Report, String> {
+    let out = Command::new(exe)
+        .args(["bench", bench, "--child"])
+        .args(args)
+        .output()
+        .map_err(|e| format!("start the bench child: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "bench child {args:?} failed: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .ok_or_else(|| format!("bench child {args:?} printed no result: {text}"))?;
+    Ok(line
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .filter_map(|(k, v)| Some((k.to_owned(), v.parse().ok()?)))
+        .collect())
 }

@@ -16,7 +16,7 @@ use std::time::Instant;
 const FILES: usize = 1000;
 const BIG: usize = 64 << 20;
 
-type Report = BTreeMap<String, f64>;
+use super::Report;
 
 pub fn run(args: &[String]) -> Result<(), String> {
     if args.first().map(String::as_str) == Some("--child") {
@@ -26,12 +26,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
-            "--reps" => {
-                reps = it
-                    .next()
-                    .and_then(|n| n.parse().ok())
-                    .ok_or("--reps needs a number")?;
-            }
+            "--reps" => reps = super::reps(it.next())?,
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -109,28 +104,7 @@ fn make_tree(dir: &Path, seed: u64, size: usize, big: bool) -> Result<(), String
 
 impl Bench {
     fn child(&self, args: &[&str]) -> Result<Report, String> {
-        let out = Command::new(&self.exe)
-            .args(["bench", "remote", "--child"])
-            .args(args)
-            .output()
-            .map_err(|e| format!("start the bench child: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "bench child {args:?} failed: {}\n{}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        let text = String::from_utf8_lossy(&out.stdout);
-        let line = text
-            .lines()
-            .find_map(|l| l.strip_prefix("RESULT "))
-            .ok_or_else(|| format!("bench child {args:?} printed no result: {text}"))?;
-        Ok(line
-            .split_whitespace()
-            .filter_map(|kv| kv.split_once('='))
-            .filter_map(|(k, v)| Some((k.to_owned(), v.parse().ok()?)))
-            .collect())
+        super::child_report(&self.exe, "remote", args)
     }
 
     fn bgd(&self, args: &[&str]) -> Result<(f64, String), String> {

@@ -34,13 +34,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
-            "--reps" => {
-                reps = it
-                    .next()
-                    .and_then(|n| n.parse().ok())
-                    .filter(|&n| n > 0)
-                    .ok_or("--reps needs a positive number")?;
-            }
+            "--reps" => reps = super::reps(it.next())?,
             other => {
                 return Err(format!(
                     "bench s3: unknown argument {other:?} (use --reps N)"
