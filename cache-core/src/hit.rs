@@ -663,6 +663,11 @@ impl Restore {
         for (rel, _) in &self.absolute_links {
             ws.check(rel, false)?;
         }
+        let not_dirs = self.outputs.iter().filter_map(|(rel, o)| match o {
+            OutputRecord::Directory { .. } => None,
+            _ => Some(rel),
+        });
+        ws.check_distinct(not_dirs.chain(self.absolute_links.iter().map(|(rel, _)| rel)))?;
         let mut links = Vec::new();
         let all: Vec<RelPath> = self
             .outputs

@@ -184,6 +184,52 @@ impl Workspace {
         Ok(())
     }
 
+    /// Checks, without writing anything, that no two of `outputs` (files and symlinks)
+    /// would land on one place, given what is on disk now: a symlink inside the
+    /// workspace can join two paths (`b/a` and `a` with `b -> .`), and the later write
+    /// would replace the earlier one, leaving an output the entry does not hold.
+    pub fn check_distinct<'a>(
+        &self,
+        outputs: impl IntoIterator<Item = &'a RelPath>,
+    ) -> BackendResult<()> {
+        let mut landed: std::collections::HashMap<PathBuf, &RelPath> =
+            std::collections::HashMap::new();
+        for rel in outputs {
+            if let Some(other) = landed.insert(self.locate(rel)?, rel) {
+                return Err(BackendError::unsafe_path(
+                    rel.as_str(),
+                    format!(
+                        "{other} and {rel} are one path in this workspace (a symlink on the \
+                         way joins them); remove the link"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Where writing `rel` would land, given what is on disk now: its parents resolved
+    /// as a write resolves them (a link inside the workspace followed), missing ones as
+    /// they are named (a restore creates them as directories).
+    fn locate(&self, rel: &RelPath) -> BackendResult<PathBuf> {
+        let mut cur = self.root.clone();
+        let mut missing = false;
+        for comp in rel.parent().iter().flat_map(|p| p.components()) {
+            let next = cur.join(comp);
+            cur = match fs::symlink_metadata(&next) {
+                Ok(m) if !missing && m.file_type().is_symlink() => {
+                    self.follow_dir_link(rel, &next)?
+                }
+                Ok(_) if !missing => next,
+                _ => {
+                    missing = true;
+                    next
+                }
+            };
+        }
+        Ok(cur.join(rel.file_name()))
+    }
+
     /// Creates directory `rel` (and its parents) inside the workspace.
     pub fn create_dir(&self, rel: &RelPath) -> BackendResult<PathBuf> {
         let parent = self.parent_dir(rel)?;

@@ -158,3 +158,23 @@ fn symlink_through_a_link_to_an_ancestor_cannot_climb_out() {
     // Within bounds it is still fine.
     ws.create_symlink(&rel("a/m"), "a").unwrap();
 }
+
+#[test]
+fn two_outputs_a_link_joins_into_one_path_are_refused() {
+    // The fuzz drill found it: `b/a` (a file) and `a` (a symlink to itself) with a
+    // workspace link `b -> .`; the link, made last, replaced the file, and the restore
+    // succeeded with `b/a` unreadable.
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(".", dir.path().join("b")).unwrap();
+    fs::create_dir(dir.path().join("d")).unwrap();
+    let ws = Workspace::open(dir.path()).unwrap();
+    let rel = |p: &str| RelPath::parse(p).unwrap();
+    let e = ws.check_distinct(&[rel("b/a"), rel("a")]).unwrap_err();
+    assert_eq!(e.kind(), "unsafe_path", "{e}");
+    assert!(e.to_string().contains("b/a and a are one path"), "{e}");
+    let e = ws.check_distinct(&[rel("x"), rel("b/b/x")]).unwrap_err();
+    assert_eq!(e.kind(), "unsafe_path", "{e}");
+    // Distinct places, also below directories that do not exist yet.
+    ws.check_distinct(&[rel("b/a"), rel("d/a"), rel("n/a"), rel("n/m/a"), rel("a/n")])
+        .unwrap();
+}
