@@ -214,7 +214,7 @@ impl Workspace {
     fn locate(&self, rel: &RelPath) -> BackendResult<PathBuf> {
         let mut cur = self.root.clone();
         let mut missing = false;
-        for comp in rel.parent().iter().flat_map(|p| p.components()) {
+        for comp in rel.parent().iter().flat_map(RelPath::components) {
             let next = cur.join(comp);
             cur = match fs::symlink_metadata(&next) {
                 Ok(m) if !missing && m.file_type().is_symlink() => {
