@@ -192,10 +192,20 @@ impl Workspace {
         &self,
         outputs: impl IntoIterator<Item = &'a RelPath>,
     ) -> BackendResult<()> {
-        let mut landed: std::collections::HashMap<PathBuf, &RelPath> =
-            std::collections::HashMap::new();
+        use std::collections::HashMap;
+        let mut landed: HashMap<PathBuf, &RelPath> = HashMap::new();
+        // Outputs share parents: each is resolved once.
+        let mut dirs: HashMap<Option<RelPath>, PathBuf> = HashMap::new();
         for rel in outputs {
-            if let Some(other) = landed.insert(self.locate(rel)?, rel) {
+            let parent = rel.parent();
+            let dir = if let Some(dir) = dirs.get(&parent) {
+                dir.clone()
+            } else {
+                let dir = self.locate_parent(rel)?;
+                dirs.insert(parent, dir.clone());
+                dir
+            };
+            if let Some(other) = landed.insert(dir.join(rel.file_name()), rel) {
                 return Err(BackendError::unsafe_path(
                     rel.as_str(),
                     format!(
@@ -208,10 +218,10 @@ impl Workspace {
         Ok(())
     }
 
-    /// Where writing `rel` would land, given what is on disk now: its parents resolved
-    /// as a write resolves them (a link inside the workspace followed), missing ones as
-    /// they are named (a restore creates them as directories).
-    fn locate(&self, rel: &RelPath) -> BackendResult<PathBuf> {
+    /// The directory writing `rel` would land in, given what is on disk now: its
+    /// parents resolved as a write resolves them (a link inside the workspace
+    /// followed), missing ones as they are named (a restore creates them).
+    fn locate_parent(&self, rel: &RelPath) -> BackendResult<PathBuf> {
         let mut cur = self.root.clone();
         let mut missing = false;
         for comp in rel.parent().iter().flat_map(RelPath::components) {
@@ -227,7 +237,7 @@ impl Workspace {
                 }
             };
         }
-        Ok(cur.join(rel.file_name()))
+        Ok(cur)
     }
 
     /// Creates directory `rel` (and its parents) inside the workspace.
