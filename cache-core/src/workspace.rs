@@ -172,7 +172,7 @@ impl Workspace {
     /// way, given what is on disk now. Restores call this for every output first, so a
     /// refused layout writes nothing at all.
     pub fn check(&self, rel: &RelPath, is_dir: bool) -> BackendResult<()> {
-        if let Some(parent) = self.walk_parent(rel, false)? {
+        if let Some(parent) = self.walk_parent(rel, Missing::Stop)? {
             let last = parent.join(rel.file_name());
             if let (Last::Dir, false) = (self.check_last(rel, &last, is_dir)?, is_dir) {
                 return Err(BackendError::unsafe_path(
@@ -201,7 +201,10 @@ impl Workspace {
             let dir = if let Some(dir) = dirs.get(&parent) {
                 dir.clone()
             } else {
-                let dir = self.locate_parent(rel)?;
+                // `Missing::Name` always reaches the parent.
+                let dir = self.walk_parent(rel, Missing::Name)?.ok_or_else(|| {
+                    BackendError::unsafe_path(rel.as_str(), "its directory cannot be found")
+                })?;
                 dirs.insert(parent, dir.clone());
                 dir
             };
@@ -216,28 +219,6 @@ impl Workspace {
             }
         }
         Ok(())
-    }
-
-    /// The directory writing `rel` would land in, given what is on disk now: its
-    /// parents resolved as a write resolves them (a link inside the workspace
-    /// followed), missing ones as they are named (a restore creates them).
-    fn locate_parent(&self, rel: &RelPath) -> BackendResult<PathBuf> {
-        let mut cur = self.root.clone();
-        let mut missing = false;
-        for comp in rel.parent().iter().flat_map(RelPath::components) {
-            let next = cur.join(comp);
-            cur = match fs::symlink_metadata(&next) {
-                Ok(m) if !missing && m.file_type().is_symlink() => {
-                    self.follow_dir_link(rel, &next)?
-                }
-                Ok(_) if !missing => next,
-                _ => {
-                    missing = true;
-                    next
-                }
-            };
-        }
-        Ok(cur)
     }
 
     /// Creates directory `rel` (and its parents) inside the workspace.
@@ -467,19 +448,24 @@ impl Workspace {
 
     fn parent_dir(&self, rel: &RelPath) -> BackendResult<PathBuf> {
         Ok(self
-            .walk_parent(rel, true)?
-            .expect("walk_parent with create=true always reaches the parent"))
+            .walk_parent(rel, Missing::Create)?
+            .expect("walk_parent with Missing::Create always reaches the parent"))
     }
 
-    /// Walks the parent directories of `rel`. With `create`, missing ones are made;
-    /// without, the walk stops (returning `None`) at the first missing one.
-    fn walk_parent(&self, rel: &RelPath, create: bool) -> BackendResult<Option<PathBuf>> {
+    /// Walks the parent directories of `rel`, a link inside the workspace followed;
+    /// `missing` says what to do at the first one that does not exist.
+    fn walk_parent(&self, rel: &RelPath, missing: Missing) -> BackendResult<Option<PathBuf>> {
         let mut cur = self.root.clone();
         let Some(parent) = rel.parent() else {
             return Ok(Some(cur));
         };
+        let mut named = false;
         for comp in parent.components() {
             let next = cur.join(comp);
+            if named {
+                cur = next;
+                continue;
+            }
             match fs::symlink_metadata(&next) {
                 Ok(m) if m.is_dir() => cur = next,
                 Ok(m) if m.file_type().is_symlink() => cur = self.follow_dir_link(rel, &next)?,
@@ -493,8 +479,14 @@ impl Workspace {
                     ));
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    if !create {
-                        return Ok(None);
+                    match missing {
+                        Missing::Stop => return Ok(None),
+                        Missing::Name => {
+                            named = true;
+                            cur = next;
+                            continue;
+                        }
+                        Missing::Create => {}
                     }
                     match self.mkdir_beneath(&next) {
                         Ok(()) => cur = next,
@@ -588,6 +580,17 @@ impl Workspace {
             Err(e) => Err(BackendError::io_with_context("inspect", path, e)),
         }
     }
+}
+
+/// What [`Workspace::walk_parent`] does at a parent directory that does not exist.
+#[derive(Clone, Copy)]
+enum Missing {
+    /// Stop: the walk returns `None`.
+    Stop,
+    /// Create it (and the rest).
+    Create,
+    /// Take it, and the rest, as named: where a restore would create them.
+    Name,
 }
 
 enum Last {
