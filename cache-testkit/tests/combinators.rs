@@ -315,13 +315,14 @@ async fn tiered_absorbs_any_cache_fault_of_the_shared_store() {
     assert_eq!(stats.shared_errors.load(Ordering::Relaxed), 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tiered_counts_failed_backfills_and_still_restores() {
-    // A full local disk: the shared tier still answers, so the hit comes from it.
+/// A fast tier whose copies of shared hits fail with `error`, and a shared tier
+/// holding one entry: its tree and key.
+async fn failing_backfill(
+    error: FaultError,
+) -> (Arc<FaultyBackend>, MemoryBackend, OutputTree, String) {
     let fast = Arc::new(FaultyBackend::new(
         Arc::new(MemoryBackend::new()),
-        FaultPlan::always(FaultError::Io(std::io::ErrorKind::StorageFull))
-            .only([BackendOp::Import]),
+        FaultPlan::always(error).only([BackendOp::Import]),
     ));
     let shared = MemoryBackend::new();
     let (tree, entry) = sample();
@@ -330,6 +331,14 @@ async fn tiered_counts_failed_backfills_and_still_restores() {
         .store(&task(), &key, &entry, CachePolicy::Normal)
         .await
         .unwrap();
+    (fast, shared, tree, key)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiered_counts_failed_backfills_and_still_restores() {
+    // A full local disk: the shared tier still answers, so the hit comes from it.
+    let (fast, shared, tree, key) =
+        failing_backfill(FaultError::Io(std::io::ErrorKind::StorageFull)).await;
     let tiered = Tiered::new(fast, Arc::new(shared));
     let stats = tiered.stats();
     let hit = tiered
@@ -349,17 +358,7 @@ async fn tiered_counts_failed_backfills_and_still_restores() {
 async fn tiered_takes_a_copy_that_lost_the_shared_tier_for_a_miss_and_tells_its_breaker() {
     // The copy fails as a server's own call deadline reports it (`Unavailable`):
     // restoring from that server would wait on it a second time.
-    let fast = Arc::new(FaultyBackend::new(
-        Arc::new(MemoryBackend::new()),
-        FaultPlan::always(FaultError::Unavailable).only([BackendOp::Import]),
-    ));
-    let shared = MemoryBackend::new();
-    let (_, entry) = sample();
-    let key = fresh_key();
-    shared
-        .store(&task(), &key, &entry, CachePolicy::Normal)
-        .await
-        .unwrap();
+    let (fast, shared, _, key) = failing_backfill(FaultError::Unavailable).await;
     let breaker = Arc::new(CircuitBreaker::new(Arc::new(shared), 3).open_on_outage());
     let tiered = Tiered::new(fast, Arc::clone(&breaker) as Arc<dyn CacheBackend>);
     let stats = tiered.stats();
