@@ -5,7 +5,9 @@
 //! [`CacheBackend`]; a call that does not finish in time is
 //! [`BackendError::Timeout`], a cache fault (the task runs uncached, and a
 //! [`crate::CircuitBreaker`] counts it). Hits it returns carry the same deadlines, so
-//! restoring and reading logs are bounded too.
+//! restoring and reading logs are bounded too. A call that panics (in the backend or a
+//! library under it) is a cache fault too, [`BackendError::Unavailable`] naming the
+//! backend and the call, never a panic in the caller.
 //!
 //! Work already running on a blocking thread (a hung network filesystem) is not
 //! cancelled — nothing can cancel a blocked system call — but the caller stops waiting.
@@ -84,8 +86,19 @@ impl Limits {
         let mut timer = (self.sleep)(limit);
         let backend = self.backend;
         std::future::poll_fn(move |cx| {
-            if let Poll::Ready(r) = work.as_mut().poll(cx) {
-                return Poll::Ready(r);
+            // A panic in the backend or a dependency (a bad URL unwrapped deep in a
+            // client, say) is the cache's failure, not the task's: the task runs uncached.
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work.as_mut().poll(cx)))
+            {
+                Ok(Poll::Ready(r)) => return Poll::Ready(r),
+                Ok(Poll::Pending) => {}
+                Err(panic) => {
+                    let message = panic_message(panic.as_ref());
+                    tracing::warn!(backend, operation, panic = %message, "a cache call panicked");
+                    return Poll::Ready(Err(BackendError::unavailable(format!(
+                        "cache {backend} panicked during {operation}: {message}"
+                    ))));
+                }
             }
             if timer.as_mut().poll(cx).is_ready() {
                 tracing::warn!(backend, operation, ?limit, "cache call timed out");
@@ -99,6 +112,16 @@ impl Limits {
         })
         .await
     }
+}
+
+/// What a panic said, if it said it as text (truncated: it is printed).
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let text = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic without a message");
+    crate::error::truncate(text)
 }
 
 /// A [`CacheBackend`] whose every call has a deadline (see the module docs).

@@ -60,10 +60,17 @@ pub enum FaultError {
     ActionNotFound,
     /// [`BackendError::Serialization`] (hard).
     Serialization,
+    /// No error: the call panics (a bug in a backend or a library under it), for
+    /// testing that a panic in a cache call never escapes to the task.
+    Panic,
 }
 
 impl FaultError {
     /// Builds the error for a failed call of `op`.
+    ///
+    /// # Panics
+    ///
+    /// For [`FaultError::Panic`], which fails the call by panicking.
     #[must_use]
     pub fn to_error(&self, op: &str) -> BackendError {
         let what = format!("fault injected into {op}");
@@ -85,6 +92,7 @@ impl FaultError {
             FaultError::BlobNotFound => BackendError::BlobNotFound { digest: blob },
             FaultError::ActionNotFound => BackendError::ActionNotFound { digest },
             FaultError::Serialization => BackendError::Serialization(what.into()),
+            FaultError::Panic => panic!("{what}: a panic"),
         }
     }
 }

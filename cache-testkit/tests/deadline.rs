@@ -168,3 +168,66 @@ async fn a_restore_that_times_out_opens_the_breaker_that_made_the_hit() {
          waits on the silent server again"
     );
 }
+
+/// A storage that panics (a bug in it or in a library under it, like a client that
+/// unwraps a bad URL) is a cache fault behind `Deadline`, in the lookup and in a hit's
+/// restore and logs: the task runs uncached, never dies with the panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_storage_is_a_cache_fault_not_a_crash() {
+    let cache = Arc::new(Cache::new(
+        FaultyStorage::new(MemoryStorage::new(), FaultPlan::healthy()),
+        spawn_blocking,
+    ));
+    let key = fresh_key();
+    let entry = CacheEntry {
+        stdout: Some(vec![b'x'; 200_000]), // a blob, not inline
+        outputs: vec![CacheOutput::bytes("a.txt", b"alpha".to_vec(), false)],
+        ..CacheEntry::default()
+    };
+    cache
+        .store(&task(), &key, &entry, CachePolicy::Normal)
+        .await
+        .unwrap();
+    let bounded = Deadline::new(
+        Arc::clone(&cache) as Arc<dyn CacheBackend>,
+        Deadlines::new(Duration::from_secs(30)),
+        tokio_sleep(),
+    );
+    let digest = Digest::parse(&key).unwrap();
+    let hit = bounded
+        .lookup(&task(), &digest, CachePolicy::Normal)
+        .await
+        .unwrap()
+        .expect("the entry is found");
+    let panics = |op| FaultPlan::new(Trigger::Always, cache_testkit::FaultError::Panic).only([op]);
+    cache
+        .storage()
+        .faults()
+        .set_plan(panics(StorageOp::OpenBlobs));
+    let ws = TempWorkspace::new();
+    for e in [
+        hit.restore(ws.root()).await.unwrap_err(),
+        hit.logs().await.unwrap_err(),
+    ] {
+        assert!(e.is_cache_fault() && e.is_outage(), "{e}");
+        assert!(e.to_string().contains("panicked"), "{e}");
+    }
+    cache
+        .storage()
+        .faults()
+        .set_plan(panics(StorageOp::GetEntry));
+    let e = bounded
+        .lookup(&task(), &digest, CachePolicy::Normal)
+        .await
+        .unwrap_err();
+    assert!(e.is_cache_fault() && e.is_outage(), "{e}");
+    cache
+        .storage()
+        .faults()
+        .set_plan(panics(StorageOp::PutBlobs));
+    let e = bounded
+        .store(&task(), &fresh_key(), &entry, CachePolicy::Normal)
+        .await
+        .unwrap_err();
+    assert!(e.is_cache_fault(), "{e}");
+}
