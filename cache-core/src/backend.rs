@@ -274,6 +274,9 @@ pub trait CacheBackend: Send + Sync {
 
     /// Restore output artifacts from cache to the workspace: a fresh lookup (without
     /// writing any tier), then [`Hit::restore`]. `ActionNotFound` if there is no hit.
+    /// It takes no policy: a blob that fails verification is removed, as after a
+    /// normal lookup; a caller that must delete nothing uses [`CacheBackend::lookup`]
+    /// with [`CachePolicy::Readonly`].
     ///
     /// Returns the outputs restored; files are returned as [`OutputContent::File`]
     /// naming the restored file, never with their bytes.
@@ -310,10 +313,13 @@ pub trait CacheBackend: Send + Sync {
     }
 }
 
-/// The hit for `digest`, read-only; `ActionNotFound` if there is none.
+/// The hit for `digest`, found without writing any tier; `ActionNotFound` if there is
+/// none. The origin's calls take no policy, so what the hit cannot verify is removed
+/// as under a normal policy (the next store repairs it).
 async fn require<B: CacheBackend + ?Sized>(b: &B, task: &Task, digest: &str) -> BackendResult<Hit> {
     let key = Digest::parse(digest)?;
     b.lookup(task, &key, CachePolicy::Readonly)
         .await?
+        .map(Hit::repairing)
         .ok_or(BackendError::ActionNotFound { digest: key })
 }

@@ -156,9 +156,28 @@ impl<S: Storage> Cache<S> {
         &self.storage
     }
 
-    fn hit(&self, key: EntryKey, record: Arc<ActionRecord>) -> Hit {
+    /// Refuses blob files of mostly holes before this storage reads them whole (one
+    /// blocking job for the batch; `open_blobs` itself does no I/O).
+    async fn refuse_damaged_files(
+        &self,
+        files: Vec<(BlobRef, std::path::PathBuf)>,
+    ) -> BackendResult<()> {
+        if files.is_empty() {
+            return Ok(());
+        }
+        crate::blocking::run(&*self.spawn, move || {
+            for (blob, path) in &files {
+                crate::hit::open_blob_file(path, blob)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    fn hit(&self, key: EntryKey, record: Arc<ActionRecord>, policy: CachePolicy) -> Hit {
         let storage: Arc<dyn Storage> = Arc::clone(&self.storage) as Arc<dyn Storage>;
-        Hit::new(key, record, storage, Arc::clone(&self.spawn))
+        let may_write = policy_allows_write(policy);
+        Hit::new(key, record, storage, Arc::clone(&self.spawn), may_write)
     }
 
     /// Checks a record a storage returned for `key` (a byte store's
@@ -502,7 +521,7 @@ impl<S: Storage> CacheBackend for Cache<S> {
                 return Ok(None);
             }
         }
-        Ok(Some(self.hit(entry_key, Arc::new(record))))
+        Ok(Some(self.hit(entry_key, Arc::new(record), policy)))
     }
 
     async fn store(
@@ -547,6 +566,8 @@ impl<S: Storage> CacheBackend for Cache<S> {
         for chunk in same_algorithm.flat_map(|c| c.chunks(256)) {
             let algorithm = chunk[0].digest.algorithm();
             let sources = hit.open(chunk.to_vec()).await?;
+            let files = blob_files(chunk, &sources);
+            self.refuse_damaged_files(files).await?;
             let sources = chunk
                 .iter()
                 .zip(sources)
@@ -577,7 +598,7 @@ impl<S: Storage> CacheBackend for Cache<S> {
         let record = Arc::new(record.clone());
         let key = EntryKey::new(record.key, task);
         self.storage.put_entry(&key, Arc::clone(&record)).await?;
-        Ok(Some(self.hit(key, record)))
+        Ok(Some(self.hit(key, record, policy)))
     }
 
     fn name(&self) -> &'static str {
@@ -587,4 +608,16 @@ impl<S: Storage> CacheBackend for Cache<S> {
     async fn health_check(&self) -> BackendResult<()> {
         self.storage.health_check().await
     }
+}
+
+/// The blobs among `sources` that are local files, with their paths.
+fn blob_files(blobs: &[BlobRef], sources: &[BlobSource]) -> Vec<(BlobRef, std::path::PathBuf)> {
+    blobs
+        .iter()
+        .zip(sources)
+        .filter_map(|(b, s)| match s {
+            BlobSource::File(p) => Some((*b, p.clone())),
+            _ => None,
+        })
+        .collect()
 }

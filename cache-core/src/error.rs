@@ -59,6 +59,16 @@ pub enum BackendError {
         actual: BlobRef,
     },
 
+    /// A stored blob cannot be what its digest says without being read at a cost far
+    /// beyond the bytes it holds: a file that is mostly holes (sparse). Refused unread.
+    #[error("blob {digest} is damaged: {reason}")]
+    DamagedBlob {
+        /// The blob as the entry names it.
+        digest: BlobRef,
+        /// What is wrong with the stored copy.
+        reason: String,
+    },
+
     /// Blob not found in CAS.
     #[error("Blob not found: {digest}")]
     BlobNotFound {
@@ -343,6 +353,7 @@ impl BackendError {
             BackendError::Connection(_) => "connection",
             BackendError::Unavailable(_) => "unavailable",
             BackendError::DigestMismatch { .. } => "digest_mismatch",
+            BackendError::DamagedBlob { .. } => "damaged_blob",
             BackendError::BlobNotFound { .. } => "blob_not_found",
             BackendError::ActionNotFound { .. } => "action_not_found",
             BackendError::InvalidKey { .. } => "invalid_key",

@@ -56,6 +56,9 @@ pub struct Hit {
     record: Arc<ActionRecord>,
     storage: Arc<dyn Storage>,
     blocking: Spawner,
+    /// Whether the lookup's policy lets this hit remove a blob that failed
+    /// verification (a read-only caller deletes nothing).
+    may_write: bool,
 }
 
 impl std::fmt::Debug for Hit {
@@ -75,6 +78,7 @@ impl Hit {
         record: Arc<ActionRecord>,
         storage: Arc<dyn Storage>,
         blocking: Spawner,
+        may_write: bool,
     ) -> Self {
         Hit {
             entry,
@@ -83,7 +87,15 @@ impl Hit {
             record,
             storage,
             blocking,
+            may_write,
         }
+    }
+
+    /// This hit, allowed to remove the blobs it finds damaged whatever its lookup's
+    /// policy (for the origin's calls, which take none).
+    pub(crate) fn repairing(mut self) -> Self {
+        self.may_write = true;
+        self
     }
 
     /// The task digest.
@@ -162,8 +174,11 @@ impl Hit {
     /// a refused layout writes nothing; then directories, files (each verified against
     /// its digest in a temporary file and renamed into place; a file that already holds
     /// the cached bytes and mode is kept), and symlinks last. A blob whose bytes do not
-    /// match is removed from the storage (so the next store repairs it) and the error
-    /// is [`BackendError::DigestMismatch`]; the workspace keeps its old file.
+    /// match is removed from the storage (so the next store repairs it) unless the
+    /// lookup's policy was read-only, and the error is
+    /// [`BackendError::DigestMismatch`] ([`BackendError::DamagedBlob`] for a file of
+    /// mostly holes, refused unread); the workspace keeps its old file. File modes are
+    /// 0755 or 0644 narrowed by the process umask ([`crate::mode`]).
     ///
     /// Returns the outputs as restored: directories, files (as
     /// [`OutputContent::File`] naming the restored file, with its verified blob), then
@@ -254,6 +269,27 @@ impl Hit {
     /// what is wrong: a record can lie about a good blob (its size, say), and the good
     /// blob serves other entries, so it is checked against its own digest first.
     async fn settle<T>(&self, outcome: BackendResult<T>) -> BackendResult<T> {
+        let Err(e) = &outcome else {
+            return outcome;
+        };
+        if !matches!(
+            e,
+            BackendError::DigestMismatch { .. } | BackendError::DamagedBlob { .. }
+        ) {
+            return outcome;
+        }
+        if !self.may_write {
+            // A read-only caller writes and deletes nothing, even what is damaged.
+            tracing::warn!(backend = self.storage.name(), key = %self.key(), error = %e, "a blob failed verification; left in place (read-only)");
+            return outcome;
+        }
+        if let Err(BackendError::DamagedBlob { digest, .. }) = &outcome {
+            // Holes are never what a writer stored: no need to read it to blame it.
+            tracing::warn!(backend = self.storage.name(), blob = %digest, "removing a damaged blob");
+            if let Err(e) = self.storage.remove_blob(digest).await {
+                tracing::warn!(backend = self.storage.name(), blob = %digest, error = %e, "could not remove a damaged blob");
+            }
+        }
         if let Err(BackendError::DigestMismatch { expected, .. }) = &outcome {
             if self.blob_is_intact(expected).await {
                 tracing::warn!(backend = self.storage.name(), key = %self.key(), blob = %expected, "the entry misdescribes a good blob; the blob is kept");
@@ -279,7 +315,7 @@ impl Hit {
         let want = blob.digest;
         let hashed = blocking::run(&*self.blocking, move || {
             let reader: Box<dyn Read + Send> = match source {
-                BlobSource::File(path) => Box::new(open_regular(&path)?),
+                BlobSource::File(path) => Box::new(crate::storage::open_blob(&path)?),
                 other => other.into_reader()?,
             };
             crate::digest::hash_reader(&mut reader.take(RECHECK_MAX), want.algorithm())
@@ -493,16 +529,25 @@ fn looks_sparse(_f: &std::fs::File) -> bool {
     false
 }
 
-/// Opens a blob's file; one gone since the lookup (evicted) is a missing blob.
-fn open_blob_file(path: &Path, blob: &BlobRef) -> BackendResult<std::fs::File> {
-    open_regular(path).map_err(|e| match &e {
+/// Opens a blob's file; one gone since the lookup (evicted) is a missing blob, and
+/// one of mostly holes is damaged, refused unread (its claimed length would cost a
+/// read far beyond what it holds: [`crate::storage::sparse_blob_reason`]).
+pub(crate) fn open_blob_file(path: &Path, blob: &BlobRef) -> BackendResult<std::fs::File> {
+    let f = open_regular(path).map_err(|e| match &e {
         BackendError::IoWithContext { source, .. }
             if source.kind() == std::io::ErrorKind::NotFound =>
         {
             BackendError::BlobNotFound { digest: *blob }
         }
         _ => e,
-    })
+    })?;
+    match crate::storage::sparse_blob_reason(&f) {
+        None => Ok(f),
+        Some(reason) => Err(BackendError::DamagedBlob {
+            digest: *blob,
+            reason,
+        }),
+    }
 }
 
 /// `needed` in runs of at most [`OPEN_CHUNK_FILES`] files and about

@@ -91,13 +91,65 @@ impl std::fmt::Debug for BlobSource {
 
 impl BlobSource {
     /// Opens the source for reading (blocking for files). A file that is not a regular
-    /// file (a FIFO, a directory, a device) is refused rather than read.
+    /// file (a FIFO, a directory, a device), or is mostly holes ([`open_blob`]), is
+    /// refused rather than read.
     pub fn into_reader(self) -> BackendResult<Box<dyn Read + Send>> {
         match self {
             BlobSource::Bytes(b) => Ok(Box::new(std::io::Cursor::new(b))),
-            BlobSource::File(p) => Ok(Box::new(open_regular(&p)?)),
+            BlobSource::File(p) => Ok(Box::new(open_blob(&p)?)),
             BlobSource::Reader(r) => Ok(r),
         }
+    }
+}
+
+/// Holes a stored blob's file may have before it is refused unread: reading holes
+/// costs time (they read as zeros) but no disk, so a planted file of mostly holes could
+/// claim a terabyte while holding nothing. Below this, a sparse blob is read and
+/// verified as usual; our own writers never leave holes in blobs, except a reflink
+/// copy of a sparse output.
+pub const MAX_BLOB_HOLE_BYTES: u64 = 256 << 20;
+
+/// Why a stored blob's file is refused unread, if it is: more than
+/// [`MAX_BLOB_HOLE_BYTES`] of its length is not on disk, and it really has holes (a
+/// compressing filesystem also allocates less than the length, without holes).
+/// Leaves the file's offset at the start.
+#[must_use]
+pub fn sparse_blob_reason(file: &std::fs::File) -> Option<String> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let meta = file.metadata().ok()?;
+        let len = meta.len();
+        let on_disk = meta.blocks().saturating_mul(512);
+        if len.saturating_sub(on_disk) <= MAX_BLOB_HOLE_BYTES {
+            return None;
+        }
+        let hole = rustix::fs::seek(file, rustix::fs::SeekFrom::Hole(0)).ok();
+        rustix::fs::seek(file, rustix::fs::SeekFrom::Start(0)).ok()?;
+        hole.filter(|&h| h < len).map(|_| {
+            format!(
+                "its file is {len} bytes long with {on_disk} on disk (holes): reading it would cost far more than it holds"
+            )
+        })
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = file;
+        None
+    }
+}
+
+/// Opens a stored blob's file for reading: [`open_regular`], and a file of mostly
+/// holes ([`sparse_blob_reason`]) is refused unread.
+pub fn open_blob(path: &std::path::Path) -> BackendResult<std::fs::File> {
+    let f = open_regular(path)?;
+    match sparse_blob_reason(&f) {
+        None => Ok(f),
+        Some(reason) => Err(BackendError::io_with_context(
+            "read blob",
+            path,
+            std::io::Error::new(std::io::ErrorKind::InvalidData, reason),
+        )),
     }
 }
 

@@ -581,3 +581,73 @@ fn gc_and_verify_remove_planted_links_and_special_files() {
     });
     assert_eq!(std::fs::read(&target).unwrap(), b"precious");
 }
+
+/// An entry naming a terabyte blob whose file is all holes (no disk used): the restore
+/// refuses it as damaged without reading it (reading would take hours), a read-only
+/// reader leaves it in place, a writer removes it, and `verify` removes one unread.
+#[test]
+fn a_sparse_terabyte_blob_is_refused_unread() {
+    const TIB: u64 = 1 << 40;
+    let (_tmp, dir, _outside) = setup();
+    run("sparse blob", async move {
+        let cache = open(&dir);
+        let claimed = BlobRef {
+            digest: cache_core::DigestAlgorithm::Blake3.digest(b"a terabyte of something"),
+            size: TIB,
+        };
+        let plant = |path: &Path| {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::File::create(path).unwrap().set_len(TIB).unwrap();
+        };
+        let k = key(7);
+        let record = cache_core::storage::ActionRecord {
+            key: digest(&k),
+            exit_code: 0,
+            duration_ms: 1,
+            stdout: cache_core::storage::LogRecord::Absent,
+            stderr: cache_core::storage::LogRecord::Absent,
+            outputs: vec![cache_core::storage::OutputRecord::File {
+                path: "f".into(),
+                blob: claimed,
+                executable: false,
+            }],
+            log_order: Vec::new(),
+            absolute_symlinks: Vec::new(),
+            signature: None,
+        };
+        cache
+            .storage()
+            .put_entry(&EntryKey::new(digest(&k), &task()), record.into())
+            .await
+            .unwrap();
+        let blob_path = cache.storage().blob_path(&claimed.digest);
+        plant(&blob_path);
+
+        let ws = tempfile::tempdir().unwrap();
+        for policy in [CachePolicy::Readonly, CachePolicy::Normal] {
+            let hit = cache
+                .lookup(&task(), &digest(&k), policy)
+                .await
+                .unwrap()
+                .expect("the blob file has the claimed length: a hit");
+            let e = hit.restore(ws.path()).await.unwrap_err();
+            assert_eq!(e.kind(), "damaged_blob", "{policy:?}: {e}");
+            assert!(e.is_cache_fault());
+            assert!(
+                std::fs::read_dir(ws.path()).unwrap().next().is_none(),
+                "nothing written"
+            );
+            assert_eq!(
+                is_real_file(&blob_path),
+                policy == CachePolicy::Readonly,
+                "{policy:?}: a read-only reader keeps it, a writer removes it"
+            );
+        }
+        assert!(!is_hit(&cache, &k).await);
+
+        plant(&blob_path);
+        let report = cache.storage().verify_with(no_grace()).await.unwrap();
+        assert_eq!(report.blobs_removed, 1, "{report:?}");
+        assert!(gone(&blob_path));
+    });
+}

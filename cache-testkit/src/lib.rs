@@ -384,6 +384,7 @@ macro_rules! conformance_suite {
             hostile_flipped_big_blob_leaves_no_temp_file
             hostile_flipped_log_blob
             hostile_flipped_blob_is_repaired_by_next_store
+            hostile_flipped_blob_readonly_deletes_nothing
             hostile_deleted_blob
             hostile_deleted_log_blob
             hostile_undeclared_outputs

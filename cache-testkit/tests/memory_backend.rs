@@ -134,6 +134,7 @@ async fn suite_cases_hold_with_sha256_blob_addresses() {
         "hostile_flipped_blob_byte",
         "hostile_flipped_log_blob",
         "hostile_flipped_blob_is_repaired_by_next_store",
+        "hostile_flipped_blob_readonly_deletes_nothing",
         "hostile_deleted_blob",
         "hostile_deleted_log_blob",
         "hostile_huge_declared_blob_size",

@@ -414,6 +414,7 @@ fn mutant_serves_wrong_bytes() {
             "hostile_flipped_big_blob_leaves_no_temp_file",
             "hostile_flipped_blob_byte",
             "hostile_flipped_blob_is_repaired_by_next_store",
+            "hostile_flipped_blob_readonly_deletes_nothing",
             "hostile_flipped_log_blob",
             "hostile_huge_declared_blob_size",
             "hostile_huge_declared_log",
@@ -453,6 +454,7 @@ fn mutant_reverses_refs() {
             "degradation_backend_as_shared_tier",
             "degradation_tiered_with_failing_shared_tier",
             "hostile_flipped_blob_is_repaired_by_next_store",
+            "hostile_flipped_blob_readonly_deletes_nothing",
             "keys_dedup_is_invisible",
             "restore_into_fresh_workspace",
             "restore_into_non_empty_workspace",
@@ -473,7 +475,10 @@ fn mutant_reverses_refs() {
 fn mutant_keep_corrupt_blob() {
     assert_fails_exactly(
         || broken_storage(Break::KeepCorruptBlob),
-        &["hostile_flipped_blob_is_repaired_by_next_store"],
+        &[
+            "hostile_flipped_blob_is_repaired_by_next_store",
+            "hostile_flipped_blob_readonly_deletes_nothing",
+        ],
     );
 }
 
@@ -486,6 +491,7 @@ fn mutant_eviction_blind() {
             "hostile_deleted_log_blob",
             // After the corrupt blobs are dropped, the entry must read as a miss.
             "hostile_flipped_blob_is_repaired_by_next_store",
+            "hostile_flipped_blob_readonly_deletes_nothing",
         ],
     );
 }
@@ -519,7 +525,13 @@ fn mutant_keep_existing_mode() {
 fn mutant_policy_blind() {
     assert_fails_exactly(
         || wrapped(Wrong::PolicyBlind),
-        &["policy_readonly", "policy_writeonly", "policy_disabled"],
+        &[
+            "policy_readonly",
+            "policy_writeonly",
+            "policy_disabled",
+            // A read-only lookup that looks like a normal one removes what it cannot verify.
+            "hostile_flipped_blob_readonly_deletes_nothing",
+        ],
     );
 }
 

@@ -570,6 +570,69 @@ pub async fn hostile_flipped_blob_is_repaired_by_next_store(h: Harness) {
     );
 }
 
+/// A read-only caller that meets a flipped blob reports it and deletes nothing: the
+/// restore and the logs fail verification, the corrupt copies stay where they are (the
+/// entry is still a hit for the next reader), and only a caller that may write removes
+/// them.
+pub async fn hostile_flipped_blob_readonly_deletes_nothing(h: Harness) {
+    let algorithm = blob_algorithm(&h).await;
+    let tree = OutputTree::new().file("data/f.bin", pattern_bytes(fresh_seed(), 4 << 10), false);
+    let stdout = pattern_bytes(fresh_seed(), 100 << 10);
+    let entry = CacheEntry {
+        stdout: Some(stdout.clone()),
+        ..tree.entry()
+    };
+    let key = fresh_key();
+    store(&h, &key, &entry).await;
+    let ws = TempWorkspace::new();
+    let blob = returned_blobs(&restore(&h, &key, &ws).await)["data/f.bin"];
+    expect_ok(h.tamper.flip_blob_byte(&blob).await, "flip the file blob");
+    let log_blob = BlobRef::of(algorithm, &stdout);
+    expect_ok(
+        h.tamper.flip_blob_byte(&log_blob).await,
+        "flip the log blob",
+    );
+    for round in 0..2 {
+        let hit = expect_ok(
+            h.backend
+                .lookup(&task(), &digest(&key), CachePolicy::Readonly)
+                .await,
+            "read-only lookup",
+        )
+        .unwrap_or_else(|| panic!("round {round}: a read-only reader removed a blob"));
+        let ws = TempWorkspace::new();
+        expect_err(
+            hit.restore(ws.root()).await,
+            &["digest_mismatch"],
+            "read-only restore of a flipped blob",
+        );
+        assert!(
+            ws.tree_async().await.get("data/f.bin").is_none(),
+            "a corrupt file reached the workspace"
+        );
+        expect_err(
+            hit.logs().await,
+            &["digest_mismatch"],
+            "read-only logs of a flipped blob",
+        );
+    }
+    // A caller that may write removes them.
+    let hit = expect_ok(
+        h.backend
+            .lookup(&task(), &digest(&key), CachePolicy::Normal)
+            .await,
+        "lookup",
+    )
+    .expect("the corrupt blobs are still present: a hit");
+    let ws = TempWorkspace::new();
+    expect_err(
+        hit.restore(ws.root()).await,
+        &["digest_mismatch"],
+        "restore of a flipped blob",
+    );
+    assert!(!check(&h, &key, CachePolicy::Normal).await.hit);
+}
+
 /// An entry whose file blob is gone reads as a miss, and restoring it is a clear
 /// error, never a success with files missing.
 pub async fn hostile_deleted_blob(h: Harness) {

@@ -39,8 +39,9 @@ pub use hostile::{
     hostile_absolute_paths, hostile_deleted_blob, hostile_deleted_log_blob,
     hostile_existing_symlink_to_outside, hostile_flipped_big_blob_leaves_no_temp_file,
     hostile_flipped_blob_byte, hostile_flipped_blob_is_repaired_by_next_store,
-    hostile_flipped_log_blob, hostile_garbage_entries, hostile_huge_declared_blob_size,
-    hostile_oversized_entry, hostile_parent_dir_paths, hostile_symlink_chains_leaving_workspace,
+    hostile_flipped_blob_readonly_deletes_nothing, hostile_flipped_log_blob,
+    hostile_garbage_entries, hostile_huge_declared_blob_size, hostile_oversized_entry,
+    hostile_parent_dir_paths, hostile_symlink_chains_leaving_workspace,
     hostile_symlink_targets_leaving_workspace,
 };
 pub use keys::{
