@@ -90,16 +90,7 @@ fn verify_reports_and_removes_planted_links() {
 #[test]
 fn signed_entries_with_keygen_signing_and_trusted_keys() {
     let f = Fixture::new();
-    let k = f.run(&["keygen"]);
-    assert_eq!(k.code, 0, "{k:?}");
-    let out = k.stdout_str();
-    let var = |name: &str| {
-        out.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}=")))
-            .unwrap_or_else(|| panic!("{name} in {out}"))
-            .to_owned()
-    };
-    let (secret, public) = (var("TASKCACHE_SIGNING_KEY"), var("TASKCACHE_TRUSTED_KEYS"));
+    let (secret, public) = f.keygen();
     assert!(secret.starts_with("taskcache-sk-") && public.starts_with("taskcache-pk-"));
 
     let run = |env: &[(&str, &str)], opts: &[&str]| {
