@@ -199,3 +199,27 @@ impl Fixture {
         (var("TASKCACHE_SIGNING_KEY"), var("TASKCACHE_TRUSTED_KEYS"))
     }
 }
+
+/// Everything below `dir` (not following links) with its kind, size and modification
+/// time: two listings are equal only if nothing was created, removed or written.
+pub fn listing(dir: &Path) -> Vec<(PathBuf, String)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let meta = fs::symlink_metadata(&d).unwrap();
+        out.push((
+            d.strip_prefix(dir).unwrap().to_path_buf(),
+            format!(
+                "{:?} {} {:?}",
+                meta.file_type(),
+                meta.len(),
+                meta.modified().unwrap()
+            ),
+        ));
+        if meta.is_dir() {
+            todo.extend(fs::read_dir(&d).unwrap().map(|e| e.unwrap().path()));
+        }
+    }
+    out.sort();
+    out
+}
