@@ -151,24 +151,32 @@ fn secrets_never_reach_the_command_nor_any_tier() {
         );
     };
 
+    // A run: it exits 0, says `expect` on stderr, and its stdout is `env`'s, with no secret.
+    let step = |what: &str, local: &str, env: &[(&str, &str)], args: &[&str], expect: &str| {
+        let o = run(cmd(&f, &p, local, env), args, &command);
+        assert!(o.stderr.contains(expect), "{what}: {o:?}");
+        visible(&o, what);
+    };
+
     // Writers: local + S3 (the TLS key variable too, which an S3 tier ignores), and
     // local + REAPI; the command's own output already holds no secret.
     let mut with_key = writer.to_vec();
     with_key.push(("TASKCACHE_REMOTE_KEY", TLS_KEY));
-    let o = run(
-        cmd(&f, &p, "local-s3", &with_key),
+    step(
+        "the run with S3",
+        "local-s3",
+        &with_key,
         &["-v", "--remote", &s3],
-        &command,
+        "stored",
     );
-    assert!(o.stderr.contains("stored"), "{o:?}");
-    visible(&o, "the run with S3");
-    let o = run(
-        cmd(&f, &p, "local-reapi", &writer),
-        &["-v", "--remote", &p.reapi],
-        &command,
+    let to_reapi = ["-v", "--remote", p.reapi.as_str()];
+    step(
+        "the run with REAPI",
+        "local-reapi",
+        &writer,
+        &to_reapi,
+        "stored",
     );
-    assert!(o.stderr.contains("stored"), "{o:?}");
-    visible(&o, "the run with REAPI");
 
     // Every byte of both local caches and of the bucket: the log is there, no secret is.
     for local in ["local-s3", "local-reapi"] {
@@ -182,21 +190,20 @@ fn secrets_never_reach_the_command_nor_any_tier() {
 
     // Hits replayed from each tier alone, by a reader that trusts only signed entries:
     // the local cache, the bucket as the cache, REAPI behind an empty local cache.
-    let o = run(cmd(&f, &p, "local-s3", &reader), &["-v"], &command);
-    assert!(o.stderr.contains("taskcache: hit "), "{o:?}");
-    visible(&o, "the local hit");
-    let o = run(
-        cmd(&f, &p, "unused", &reader),
+    let hit = "taskcache: hit ";
+    step("the local hit", "local-s3", &reader, &["-v"], hit);
+    step(
+        "the S3 hit",
+        "unused",
+        &reader,
         &["-v", "--cache", &s3],
-        &command,
+        hit,
     );
-    assert!(o.stderr.contains("taskcache: hit "), "{o:?}");
-    visible(&o, "the S3 hit");
-    let o = run(
-        cmd(&f, &p, "empty", &reader),
-        &["-v", "--remote", &p.reapi],
-        &command,
+    step(
+        "the REAPI hit",
+        "empty",
+        &reader,
+        &to_reapi,
+        "(remote tier)",
     );
-    assert!(o.stderr.contains("(remote tier)"), "{o:?}");
-    visible(&o, "the REAPI hit");
 }
