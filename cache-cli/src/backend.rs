@@ -149,14 +149,29 @@ impl std::fmt::Debug for ReapiSettings {
     }
 }
 
+/// The headers variable (secret: tokens).
+pub const REMOTE_HEADERS_VAR: &str = "TASKCACHE_REMOTE_HEADERS";
+/// The variable naming the client key file for mutual TLS.
+pub const REMOTE_KEY_VAR: &str = "TASKCACHE_REMOTE_KEY";
+
 /// The variables [`ReapiSettings`] reads.
 pub const REAPI_VARS: &[&str] = &[
-    "TASKCACHE_REMOTE_HEADERS",
+    REMOTE_HEADERS_VAR,
     "TASKCACHE_REMOTE_CA",
     "TASKCACHE_REMOTE_CERT",
-    "TASKCACHE_REMOTE_KEY",
+    REMOTE_KEY_VAR,
     "TASKCACHE_REMOTE_TIMEOUT",
 ];
+
+/// The variables holding taskcache's own secrets, or naming where one is: the signing
+/// key, the remote's headers, the client key file. They are removed from the
+/// command's environment ([`crate::runner`]): its output is stored in the cache and
+/// replayed to every job that shares it, so a step that prints its environment would
+/// hand out the key that makes an entry trusted. Not here: the public ones
+/// (`TASKCACHE_TRUSTED_KEYS`, the CA and certificate, locations, deadlines), and the
+/// cloud provider's own credentials (`AWS_*`, ...), which taskcache does not own and the
+/// step may need.
+pub const SECRET_VARS: &[&str] = &[SIGNING_KEY_VAR, REMOTE_HEADERS_VAR, REMOTE_KEY_VAR];
 
 impl ReapiSettings {
     /// `headers` from the flag; the variables through `var`.

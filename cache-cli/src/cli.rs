@@ -23,6 +23,8 @@ Environment:
   AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION,
   AWS_ENDPOINT_URL, AWS_ALLOW_HTTP
                             s3:// credentials and endpoint, as the AWS tools read them
+Never passed to the command (its output is stored and shared): TASKCACHE_SIGNING_KEY,
+TASKCACHE_REMOTE_HEADERS, TASKCACHE_REMOTE_KEY. Everything else is, AWS_* included.
 
 Exit codes: the command's own (128+N if killed by signal N); on a hit, the cached one.
 2 for bad usage; 126/127 when the command cannot be started.";
@@ -361,6 +363,34 @@ mod tests {
     #[test]
     fn definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// `--help` and the README list exactly the variables the runner withholds.
+    #[test]
+    fn the_docs_name_every_variable_withheld_from_the_command() {
+        let readme = include_str!("../../README.md");
+        for (name, text, marker) in [
+            ("--help", AFTER_HELP, "Never passed to the command"),
+            ("README.md", readme, "never passed to the command"),
+        ] {
+            let said = text
+                .split("\n\n")
+                .find(|p| p.contains(marker))
+                .unwrap_or_else(|| panic!("{name} does not say what is never passed on"));
+            // The sentence from the marker on.
+            let said = said.split_once(marker).unwrap().1;
+            let said = said.split_once(". ").map_or(said, |s| s.0);
+            let named: Vec<&str> = said
+                .split(|c: char| !(c.is_ascii_uppercase() || c == '_'))
+                .filter(|w| w.starts_with("TASKCACHE_"))
+                .collect();
+            let mut expected = crate::backend::SECRET_VARS.to_vec();
+            expected.sort_unstable();
+            let mut named = named;
+            named.sort_unstable();
+            named.dedup();
+            assert_eq!(named, expected, "{name}: {said}");
+        }
     }
 
     #[test]

@@ -30,6 +30,10 @@
 //!   key and is overwritten by the run. Failing the CI step instead would turn a cache
 //!   problem into a build failure, which is exactly what a cache must not do. The
 //!   result is then stored as usual, which repairs the entry.
+//! * A cache directory that is not recognisably a cache (`check_cache_dir` refuses it:
+//!   someone else's directory, or a cache whose `LAYOUT` is gone and that holds a stray
+//!   file) is a warning too: the command runs uncached and nothing is written there.
+//!   Tampering with a cache must not fail a step; `stats`, `gc` and `verify` refuse it.
 //! * Errors on store: a warning; the exit code stays the command's.
 //!
 //! # Miss
@@ -287,7 +291,8 @@ struct Session {
 }
 
 /// Opens the cache unless the policy means it would not be used at all. A cache that
-/// cannot be opened is a warning: the command then runs uncached.
+/// cannot be opened, or a directory that is not a cache, is a warning: the command
+/// then runs uncached.
 fn open_session(
     p: &Prepared,
     policy: CachePolicy,
@@ -302,12 +307,15 @@ fn open_session(
         Some(tier) => tier,
         None => Tier::Local(backend::cache_dir(None)?),
     };
-    // Someone else's directory is a usage error, not a cache to take over.
+    // A directory that is not recognisably a cache (someone else's, or a cache that
+    // was tampered with) is never used, never written, and never fails the step.
     if let Tier::Local(cache_dir) = &cache {
         if let Err(e) = cache_local::check_cache_dir(cache_dir, true) {
-            if std::fs::metadata(cache_dir).is_ok_and(|m| m.is_dir()) {
-                return Err(Failure::Usage(e.to_string()));
-            }
+            tracing::warn!(
+                "running {} uncached, writing nothing into the cache directory: {e}",
+                p.id
+            );
+            return Ok(None);
         }
     }
     let rt = match runtime() {

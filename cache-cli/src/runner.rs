@@ -7,8 +7,10 @@
 //! replays, so stdout and stderr interleave as they did on this run's terminal. Capture stops at the cap: the
 //! stream keeps flowing to the terminal, the captured bytes are dropped, and the run
 //! is marked as not cacheable, because an entry with a truncated log would replay
-//! something the command did not print.
+//! something the command did not print. The command never gets the variables holding
+//! taskcache's own secrets ([`SECRET_VARS`]): what it prints is stored and shared.
 
+use crate::backend::SECRET_VARS;
 use cache_core::LogStream;
 use cache_core::storage::{LogChunk, LogOrder, MAX_LOG_CHUNKS};
 use std::ffi::OsString;
@@ -80,30 +82,23 @@ pub fn run(command: &[OsString], cwd: &Path, cap: u64) -> Result<Finished, Spawn
     })?;
     let started = Instant::now();
     let caught = Caught::catch();
-    let mut child = Command::new(program)
-        .args(args)
-        .current_dir(cwd)
-        .stdin(Stdio::inherit())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| {
-            let shown = program.to_string_lossy();
-            match e.kind() {
-                io::ErrorKind::NotFound => SpawnError {
-                    exit_code: 127,
-                    message: format!("command not found: {shown} (check the spelling and PATH)"),
-                },
-                io::ErrorKind::PermissionDenied => SpawnError {
-                    exit_code: 126,
-                    message: format!("cannot execute {shown}: permission denied"),
-                },
-                _ => SpawnError {
-                    exit_code: 126,
-                    message: format!("cannot start {shown}: {e}"),
-                },
-            }
-        })?;
+    let mut child = command_for(program, args, cwd).spawn().map_err(|e| {
+        let shown = program.to_string_lossy();
+        match e.kind() {
+            io::ErrorKind::NotFound => SpawnError {
+                exit_code: 127,
+                message: format!("command not found: {shown} (check the spelling and PATH)"),
+            },
+            io::ErrorKind::PermissionDenied => SpawnError {
+                exit_code: 126,
+                message: format!("cannot execute {shown}: permission denied"),
+            },
+            _ => SpawnError {
+                exit_code: 126,
+                message: format!("cannot start {shown}: {e}"),
+            },
+        }
+    })?;
     let relay = Forwarder::start(caught, child.id());
     let out = child.stdout.take().expect("stdout is piped");
     let err = child.stderr.take().expect("stderr is piped");
@@ -140,6 +135,22 @@ pub fn run(command: &[OsString], cwd: &Path, cap: u64) -> Result<Finished, Spawn
             .finish(),
         forwarded,
     })
+}
+
+/// The command as it is spawned: in `cwd`, stdin inherited, stdout and stderr piped,
+/// and the environment without taskcache's own secrets ([`SECRET_VARS`]).
+fn command_for(program: &OsString, args: &[OsString], cwd: &Path) -> Command {
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::inherit())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for var in SECRET_VARS {
+        command.env_remove(var);
+    }
+    command
 }
 
 /// The chunks both streams wrote, in order (adjacent chunks of one stream merged).
@@ -456,6 +467,18 @@ mod tests {
             LogStream::Stdout,
         );
         assert_eq!(c.bytes, data);
+    }
+
+    #[test]
+    fn the_command_never_gets_taskcaches_secrets() {
+        let c = command_for(&"env".into(), &[], Path::new("."));
+        let removed: Vec<_> = c.get_envs().filter(|(_, v)| v.is_none()).collect();
+        for var in SECRET_VARS {
+            assert!(
+                removed.iter().any(|(k, _)| k == var),
+                "{var} reaches the command"
+            );
+        }
     }
 
     #[cfg(unix)]

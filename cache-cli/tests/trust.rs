@@ -90,16 +90,7 @@ fn verify_reports_and_removes_planted_links() {
 #[test]
 fn signed_entries_with_keygen_signing_and_trusted_keys() {
     let f = Fixture::new();
-    let k = f.run(&["keygen"]);
-    assert_eq!(k.code, 0, "{k:?}");
-    let out = k.stdout_str();
-    let var = |name: &str| {
-        out.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}=")))
-            .unwrap_or_else(|| panic!("{name} in {out}"))
-            .to_owned()
-    };
-    let (secret, public) = (var("TASKCACHE_SIGNING_KEY"), var("TASKCACHE_TRUSTED_KEYS"));
+    let (secret, public) = f.keygen();
     assert!(secret.starts_with("taskcache-sk-") && public.starts_with("taskcache-pk-"));
 
     let run = |env: &[(&str, &str)], opts: &[&str]| {
@@ -153,9 +144,10 @@ fn signed_entries_with_keygen_signing_and_trusted_keys() {
 }
 
 /// No command takes over a directory that is not a cache: housekeeping on a missing
-/// cache says so and creates nothing; every command refuses a non-empty directory
-/// without `LAYOUT` (exit 2) and touches nothing in it; a run may start a cache only in
-/// a new or empty directory.
+/// cache says so and creates nothing; housekeeping refuses a non-empty directory
+/// without `LAYOUT` (exit 2), a run does not use it (a warning; the command runs
+/// uncached), and nothing touches anything in it; a run may start a cache only in a new
+/// or empty directory.
 #[test]
 fn no_command_takes_over_someone_elses_directory() {
     let f = Fixture::new();
@@ -184,9 +176,6 @@ fn no_command_takes_over_someone_elses_directory() {
         vec!["stats", "--cache", t],
         vec!["verify", "--cache", t],
         vec!["gc", "--max-size", "0", "--cache", t],
-        vec![
-            "run", "--cache", t, "-o", "out.txt", "--", "sh", "-c", COUNTING,
-        ],
     ] {
         let o = f.run(&args);
         assert_eq!(o.code, 2, "{args:?}: {o:?}");
@@ -196,6 +185,9 @@ fn no_command_takes_over_someone_elses_directory() {
         );
     }
     assert_eq!(f.runs(), 0, "the command ran");
+    let o = f.sh(&["--cache", t, "-o", "out.txt"], COUNTING);
+    assert_eq!((o.code, f.runs()), (0, 1), "{o:?}");
+    assert!(o.stderr.contains("not a taskcache cache"), "{o:?}");
     assert_eq!(
         fs::read_to_string(theirs.join("tmp/notes.txt")).unwrap(),
         "two hours of notes"
@@ -210,6 +202,80 @@ fn no_command_takes_over_someone_elses_directory() {
     );
     assert_eq!(o.code, 0, "{o:?}");
     assert!(empty.join("LAYOUT").exists());
+}
+
+/// A used cache whose `LAYOUT` was deleted and that got a stray file no longer looks
+/// like a cache: it is not used, but that never fails the step. `run` warns (what is
+/// wrong, what to do), runs the command with its own exit code and writes nothing into
+/// it (no `LAYOUT`, statistics, manifest, entry or blob), also when it is the
+/// `--remote`; `key --explain` still explains; `stats`, `verify` and `gc` refuse it
+/// (exit 2), also without writing.
+#[test]
+fn a_tampered_cache_directory_never_fails_the_step() {
+    let f = Fixture::new();
+    let task = ["--id", "t", "-o", "out.txt"];
+    assert_eq!(f.sh(&task, COUNTING).code, 0);
+    assert_eq!(f.runs(), 1);
+    fs::remove_file(f.cache.join("LAYOUT")).unwrap();
+    fs::write(f.cache.join("stray.txt"), "planted").unwrap();
+    fs::remove_file(f.ws.join("out.txt")).unwrap();
+    let before = support::listing(&f.cache);
+
+    let failing = "echo ran >> ../counter; printf 'result\\n' > out.txt; exit 3";
+    let o = f.sh(&task, failing);
+    assert_eq!((o.code, f.runs()), (3, 2), "{o:?}");
+    let warned = |o: &support::Out| {
+        o.stderr.contains(f.cache.to_str().unwrap())
+            && o.stderr.contains("not a taskcache cache")
+            && o.stderr.contains("uncached")
+            && o.stderr.contains("delete it")
+    };
+    assert!(warned(&o), "{o:?}");
+    // A successful run, -v, --cache-failures: still nothing stored there.
+    let o = f.sh(
+        &["-v", "--cache-failures", "--id", "t", "-o", "out.txt"],
+        COUNTING,
+    );
+    assert_eq!((o.code, f.runs()), (0, 3), "{o:?}");
+    assert!(warned(&o), "{o:?}");
+    assert_eq!(support::listing(&f.cache), before, "a run wrote into it");
+
+    // As the shared tier: the local cache works, the damaged one is left alone.
+    let local = f.root.join("fresh");
+    let remote = ["--cache", local.to_str().unwrap(), "--remote"];
+    let mut args = remote.to_vec();
+    args.extend([f.cache.to_str().unwrap(), "-o", "out.txt"]);
+    let o = f.sh(&args, COUNTING);
+    assert_eq!((o.code, f.runs()), (0, 4), "{o:?}");
+    assert!(o.stderr.contains("not a taskcache cache"), "{o:?}");
+    assert_eq!(f.sh(&args, COUNTING).code, 0);
+    assert_eq!(f.runs(), 4, "the local tier was not used");
+    assert_eq!(support::listing(&f.cache), before, "a run wrote into it");
+
+    let mut c = f.cmd();
+    c.args([
+        "key",
+        "--explain",
+        "--id",
+        "t",
+        "-o",
+        "out.txt",
+        "--",
+        "true",
+    ]);
+    let o = exec(c);
+    assert_eq!(o.code, 0, "{o:?}");
+    assert!(o.stdout_str().contains("key: "), "{o:?}");
+    for cmd in [&["stats"][..], &["verify"], &["gc", "--max-size", "0"]] {
+        let o = f.run(cmd);
+        assert_eq!(o.code, 2, "{cmd:?}: {o:?}");
+        assert!(o.stderr.contains("not a taskcache cache"), "{cmd:?}: {o:?}");
+    }
+    assert_eq!(
+        support::listing(&f.cache),
+        before,
+        "something wrote into it"
+    );
 }
 
 /// `gc` says what its grace window kept and why; `--grace 0` empties the cache.

@@ -61,18 +61,24 @@ pub(crate) fn claim(dir: &Path, create: bool) -> BackendResult<()> {
                 // Another writer finished the layout while this one looked.
                 Ok(())
             } else if create {
-                Err(refuse(
-                    "it is not empty and not a taskcache cache (no LAYOUT file); \
-                     pass a new or empty directory",
-                ))
+                Err(refuse(&format!(
+                    "it is not empty and not a taskcache cache (no LAYOUT file): use a new or \
+                     empty directory; {IF_DAMAGED}"
+                )))
             } else {
-                Err(refuse(
-                    "it is not a taskcache cache (no LAYOUT file); check --cache",
-                ))
+                Err(refuse(&format!(
+                    "it is not a taskcache cache (no LAYOUT file): check --cache; {IF_DAMAGED}"
+                )))
             }
         }
     }
 }
+
+/// What to do with a directory that is refused but may have been a cache: one whose
+/// `LAYOUT` is gone and that holds something a cache never does is not taken back, so
+/// only its owner can say it may go.
+const IF_DAMAGED: &str = "if it is a taskcache cache that was damaged or tampered with, \
+                          delete it (a cache is only a cache: the next run starts a new one)";
 
 fn has_layout_file(dir: &Path) -> bool {
     std::fs::symlink_metadata(dir.join(LAYOUT_FILE)).is_ok()

@@ -165,3 +165,61 @@ pub fn exec_within(mut c: Command, limit: Duration) -> Out {
         stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
     }
 }
+
+/// The variables of servers started by `cargo xtask peers up`, in the order asked, or
+/// `None` when one is unset: the test is then skipped with one line, or fails under
+/// `TASKCACHE_REQUIRE_PEERS=1`.
+pub fn peers(test: &str, vars: &[&str]) -> Option<Vec<String>> {
+    let got: Option<Vec<String>> = vars
+        .iter()
+        .map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+        .collect();
+    if got.is_none() {
+        assert!(
+            std::env::var("TASKCACHE_REQUIRE_PEERS").as_deref() != Ok("1"),
+            "{test}: TASKCACHE_REQUIRE_PEERS=1 but one of {vars:?} is not set: run `cargo xtask peers up`"
+        );
+        eprintln!("skipped {test}: one of {vars:?} is not set (run `cargo xtask peers up`)");
+    }
+    got
+}
+
+impl Fixture {
+    /// A key pair from `taskcache keygen`: (`TASKCACHE_SIGNING_KEY`, `TASKCACHE_TRUSTED_KEYS`).
+    pub fn keygen(&self) -> (String, String) {
+        let k = self.run(&["keygen"]);
+        assert_eq!(k.code, 0, "{k:?}");
+        let out = k.stdout_str();
+        let var = |name: &str| {
+            out.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}=")))
+                .unwrap_or_else(|| panic!("{name} in {out}"))
+                .to_owned()
+        };
+        (var("TASKCACHE_SIGNING_KEY"), var("TASKCACHE_TRUSTED_KEYS"))
+    }
+}
+
+/// Everything below `dir` (not following links) with its kind, size and modification
+/// time: two listings are equal only if nothing was created, removed or written.
+pub fn listing(dir: &Path) -> Vec<(PathBuf, String)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let meta = fs::symlink_metadata(&d).unwrap();
+        out.push((
+            d.strip_prefix(dir).unwrap().to_path_buf(),
+            format!(
+                "{:?} {} {:?}",
+                meta.file_type(),
+                meta.len(),
+                meta.modified().unwrap()
+            ),
+        ));
+        if meta.is_dir() {
+            todo.extend(fs::read_dir(&d).unwrap().map(|e| e.unwrap().path()));
+        }
+    }
+    out.sort();
+    out
+}
