@@ -21,8 +21,10 @@ Environment:
   TASKCACHE_SIGNING_KEY     sign what is stored (a secret; see `taskcache keygen`)
   TASKCACHE_TRUSTED_KEYS    use only entries signed by these public keys
   AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION,
-  AWS_ENDPOINT_URL, AWS_ALLOW_HTTP
+  AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL, AWS_ALLOW_HTTP
                             s3:// credentials and endpoint, as the AWS tools read them
+                            (an endpoint is http(s)://host[:port] alone, no credentials)
+  AWS_EC2_METADATA_DISABLED=true  never ask the instance metadata service for credentials
 
 Exit codes: the command's own (128+N if killed by signal N); on a hit, the cached one.
 2 for bad usage; 126/127 when the command cannot be started.";

@@ -25,10 +25,14 @@
 //! ## Configuration
 //!
 //! S3 reads the variables the AWS tools read: `AWS_ACCESS_KEY_ID`,
-//! `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_REGION`, `AWS_ENDPOINT_URL` (an
-//! S3-compatible server; path-style requests) and `AWS_ALLOW_HTTP=true` (plain HTTP, for
-//! a server on the loopback). Cloud providers are cargo features: `aws` (default),
-//! `gcp`, `azure`.
+//! `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_REGION`, `AWS_ENDPOINT_URL_S3` or
+//! else `AWS_ENDPOINT_URL` (an S3-compatible server; path-style requests),
+//! `AWS_ALLOW_HTTP=true` (plain HTTP, for a server on the loopback) and
+//! `AWS_EC2_METADATA_DISABLED=true` (never ask the instance metadata service: without
+//! credentials in the environment the store is refused). An endpoint must be an
+//! `http://` or `https://` URL without user info, query or fragment; any other is
+//! refused with an error naming the variable, never showing its value. Cloud
+//! providers are cargo features: `aws` (default), `gcp`, `azure`.
 //!
 //! Throttling, server errors after retries, timeouts and connection failures are
 //! [`cache_core::Fault::Cache`] faults that degrade (the task runs uncached); a missing
