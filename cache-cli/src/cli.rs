@@ -65,7 +65,8 @@ pub enum Command {
     )]
     Key(KeyArgs),
     /// Show entries, blobs, bytes, hits and misses of the local cache (of an object
-    /// store: entries, blobs and bytes, by listing).
+    /// store: entries, blobs and bytes, by listing within --cache-timeout; exit 3 when
+    /// the listing stopped early and the counts are partial).
     #[command(override_usage = "taskcache stats [OPTIONS] [--json]")]
     Stats(StatsArgs),
     /// Evict least recently used entries until the local cache is under --max-size (an
@@ -148,12 +149,34 @@ pub struct KeyArgs {
     pub verbose: u8,
 }
 
+/// How long a housekeeping command may wait for an object store.
+#[derive(Debug, Args)]
+pub struct AdminTimeout {
+    /// Longest this command may wait for an object store, over all its requests: stats
+    /// on s3://, gs:// or az:// lists within it, and if the listing is not done by then
+    /// prints the counts it reached, says they are partial and exits 3 (gc and verify
+    /// send no request to an object store). A local cache directory is not bounded by
+    /// it. E.g. 30s, 5m.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        env = "TASKCACHE_CACHE_TIMEOUT",
+        hide_env_values = true,
+        default_value = "10s",
+        value_parser = parse_duration
+    )]
+    pub cache_timeout: std::time::Duration,
+}
+
 /// `taskcache verify`.
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
     /// The cache.
     #[command(flatten)]
     pub cache: CacheArgs,
+    /// The object store deadline.
+    #[command(flatten)]
+    pub timeout: AdminTimeout,
     /// -v: notes of the local cache on stderr (stale temporary files of crashed writers
     /// it removed); -vv: debug logs.
     #[arg(short, long, action = ArgAction::Count)]
@@ -166,6 +189,9 @@ pub struct StatsArgs {
     /// The cache.
     #[command(flatten)]
     pub cache: CacheArgs,
+    /// The object store deadline.
+    #[command(flatten)]
+    pub timeout: AdminTimeout,
     /// -vv: debug logs on stderr (-v adds nothing here: the statistics are the output).
     #[arg(short, long, action = ArgAction::Count)]
     pub verbose: u8,
@@ -180,6 +206,9 @@ pub struct GcArgs {
     /// The cache.
     #[command(flatten)]
     pub cache: CacheArgs,
+    /// The object store deadline.
+    #[command(flatten)]
+    pub timeout: AdminTimeout,
     /// -v: notes of the local cache on stderr (what GC removed, stale temporary files of
     /// crashed writers); -vv: debug logs.
     #[arg(short, long, action = ArgAction::Count)]
@@ -462,6 +491,20 @@ mod tests {
             let err = parse(args).unwrap_err();
             assert_eq!(err.kind(), kind, "{args:?}: {err}");
             assert_eq!(err.exit_code(), 2, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn housekeeping_takes_the_cache_timeout() {
+        for sub in ["stats", "gc", "verify"] {
+            let cli = parse(&[sub, "--cache-timeout", "2s"]).unwrap();
+            let timeout = match cli.command {
+                Command::Stats(a) => a.timeout,
+                Command::Gc(a) => a.timeout,
+                Command::Verify(a) => a.timeout,
+                _ => panic!("not {sub}"),
+            };
+            assert_eq!(timeout.cache_timeout, std::time::Duration::from_secs(2));
         }
     }
 

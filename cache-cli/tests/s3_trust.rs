@@ -4,6 +4,7 @@
 
 mod support;
 
+use cache_testkit::loopback::LoopbackHttp;
 use std::process::Command;
 use std::time::Duration;
 use support::{Fixture, exec_within};
@@ -47,4 +48,62 @@ fn an_endpoint_with_credentials_is_refused_and_the_command_runs() {
             assert!(o.stderr.contains("AWS_ENDPOINT_URL"), "{what}");
         }
     }
+}
+
+/// A server whose listing says "more follow" forever (a fresh continuation token each
+/// time): `stats` stops at its deadline (here from TASKCACHE_CACHE_TIMEOUT, as `run`
+/// reads it), prints what it counted, says the counts are partial and how far it got,
+/// and exits 3. It once listed for as long as the server liked.
+#[test]
+fn stats_of_an_endless_listing_ends_at_its_deadline_with_partial_counts() {
+    let server = LoopbackHttp::endless_s3_listing();
+    let f = Fixture::new();
+    for json in [false, true] {
+        let mut c = cmd(&f, &server.url());
+        c.env("TASKCACHE_CACHE_TIMEOUT", "2s")
+            .args(["stats", "--cache", "s3://bucket/ci"]);
+        if json {
+            c.arg("--json");
+        }
+        let o = exec_within(c, Duration::from_secs(30));
+        assert_eq!(o.code, 3, "{o:?}");
+        assert!(
+            o.stderr.contains("partial") && o.stderr.contains(&server.url()),
+            "{o:?}"
+        );
+        assert!(o.stderr.contains("deadline"), "{o:?}");
+        if json {
+            let stats: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            assert_eq!(stats["complete"], false, "{stats}");
+            assert!(stats["pages"].as_u64().unwrap() > 0, "{stats}");
+            assert_eq!(stats["entries"], stats["pages"], "{stats}");
+        } else {
+            assert!(o.stdout_str().contains("partial: listed"), "{o:?}");
+        }
+    }
+}
+
+/// A server that accepts and never answers: `stats --cache-timeout 2s` ends at its
+/// deadline, naming the endpoint, instead of waiting on the client's own timeouts
+/// (a minute and more).
+#[test]
+fn stats_of_a_silent_server_ends_at_its_deadline_naming_the_endpoint() {
+    let server = LoopbackHttp::silent();
+    let f = Fixture::new();
+    let mut c = cmd(&f, &server.url());
+    c.args([
+        "stats",
+        "--cache",
+        "s3://bucket/ci",
+        "--cache-timeout",
+        "2s",
+    ]);
+    let o = exec_within(c, Duration::from_secs(30));
+    assert_eq!(o.code, 3, "{o:?}");
+    assert!(o.stderr.contains(&server.url()), "{o:?}");
+    assert!(
+        o.stdout_str().contains("listed 0 objects in 0 pages"),
+        "{o:?}"
+    );
+    assert!(server.requests() >= 1, "the server was never asked");
 }

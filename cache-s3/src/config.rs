@@ -3,6 +3,7 @@
 use crate::error::{Secrets, Where};
 use cache_core::{BackendError, BackendResult};
 use object_store::ObjectStore;
+use object_store::list::PaginatedListStore;
 use object_store::path::Path;
 use std::sync::Arc;
 #[cfg(any(feature = "aws", feature = "gcp", feature = "azure"))]
@@ -114,6 +115,8 @@ impl S3Options {
 /// An opened store and what errors say about it.
 pub(crate) struct Opened {
     pub store: Arc<dyn ObjectStore>,
+    /// The store's paginated listing, if it has one.
+    pub lister: Option<Arc<dyn PaginatedListStore>>,
     pub prefix: Path,
     pub place: Arc<Where>,
 }
@@ -164,6 +167,7 @@ pub(crate) fn open(
     match url.scheme() {
         "memory" => Ok(Opened {
             store: Arc::new(object_store::memory::InMemory::new()),
+            lister: None,
             prefix,
             place: place("memory".into(), "none".into(), Secrets::default()),
         }),
@@ -177,6 +181,7 @@ pub(crate) fn open(
                 .map_err(|e| refuse(url, e))?;
             Ok(Opened {
                 store: Arc::new(store),
+                lister: None,
                 prefix: Path::default(),
                 place: place(dir.display().to_string(), "none".into(), Secrets::default()),
             })
@@ -256,13 +261,16 @@ fn open_s3(
         }
         None => format!("https://s3.{region}.amazonaws.com"),
     };
-    let store = builder
-        .with_bucket_name(bucket)
-        .with_region(region)
-        .build()
-        .map_err(|e| refuse(url, secrets.scrub(&e.to_string())))?;
+    let store = Arc::new(
+        builder
+            .with_bucket_name(bucket)
+            .with_region(region)
+            .build()
+            .map_err(|e| refuse(url, secrets.scrub(&e.to_string())))?,
+    );
     Ok(Opened {
-        store: Arc::new(store),
+        lister: Some(store.clone()),
+        store,
         prefix,
         place: place(shown_endpoint, credentials.describe().into(), secrets),
     })
@@ -420,8 +428,10 @@ fn open_gcs(
         .with_retry(options.retry.clone())
         .build()
         .map_err(|e| refuse(url, e))?;
+    let store = Arc::new(store);
     Ok(Opened {
-        store: Arc::new(store),
+        lister: Some(store.clone()),
+        store,
         prefix,
         place: place(
             "https://storage.googleapis.com".into(),
@@ -456,8 +466,10 @@ fn open_azure(
         .with_retry(options.retry.clone())
         .build()
         .map_err(|e| refuse(url, e))?;
+    let store = Arc::new(store);
     Ok(Opened {
-        store: Arc::new(store),
+        lister: Some(store.clone()),
+        store,
         prefix,
         place: place(
             "Azure Blob Storage (AZURE_STORAGE_ACCOUNT_NAME)".into(),
