@@ -57,16 +57,41 @@ fn lifecycle_advice(shown: &str) -> String {
     )
 }
 
-fn object_stats(url: &url::Url, shown: &str, json: bool) -> Result<u8, Failure> {
-    let options = cache_s3::S3Options::default();
+/// `stats` of an object store: by listing, within `timeout` over the whole listing
+/// (and each request within it). A listing that stops early (the deadline, the page
+/// limit, a server repeating itself) still prints what it counted, says so on stderr
+/// and in the output, and exits 3: the counts are partial.
+fn object_stats(
+    url: &url::Url,
+    shown: &str,
+    json: bool,
+    timeout: std::time::Duration,
+) -> Result<u8, Failure> {
+    let options = backend::s3_options(cache_core::Deadlines::new(timeout));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Failure::Fatal(format!("cannot start the async runtime: {e}")))?;
-    let stats = rt
-        .block_on(async { cache_s3::S3Storage::open(url, options)?.stats().await })
+    let (stats, endpoint) = rt
+        .block_on(async {
+            let storage = cache_s3::S3Storage::open(url, options)?;
+            let stats = storage.stats(cache_s3::ListLimits::new(timeout)).await?;
+            Ok::<_, cache_core::BackendError>((stats, storage.endpoint().to_owned()))
+        })
         .map_err(|e| Failure::Fatal(format!("cannot read the cache at {shown}: {e}")))?;
-    let bytes = stats.entry_bytes + stats.blob_bytes;
+    let bytes = stats.entry_bytes.saturating_add(stats.blob_bytes);
+    let progress = format!(
+        "listed {} objects in {} pages",
+        stats.objects(),
+        stats.pages
+    );
+    if let Some(why) = stats.stopped {
+        tracing::warn!(
+            "the listing of {shown} at {endpoint} stopped early: {why}; {progress}, so the \
+             counts are partial (at least this many). A large bucket may need a longer \
+             --cache-timeout"
+        );
+    }
     if json {
         let value = serde_json::json!({
             "cache": shown,
@@ -75,23 +100,30 @@ fn object_stats(url: &url::Url, shown: &str, json: bool) -> Result<u8, Failure> 
             "bytes": bytes,
             "entry_bytes": stats.entry_bytes,
             "blob_bytes": stats.blob_bytes,
+            "pages": stats.pages,
+            "complete": stats.is_complete(),
+            "stopped": stats.stopped.map(|why| why.to_string()),
         });
         print(&format!("{value}\n"))?;
     } else {
+        let partial = match stats.stopped {
+            Some(why) => format!("partial: {progress}, then {why}\n"),
+            None => String::new(),
+        };
         print(&format!(
-            "cache:   {shown}\nentries: {}\nblobs:   {}\nsize:    {} ({bytes} bytes)\n",
+            "cache:   {shown}\nentries: {}\nblobs:   {}\nsize:    {} ({bytes} bytes)\n{partial}",
             stats.entries,
             stats.blobs,
             format_size(bytes),
         ))?;
     }
-    Ok(0)
+    Ok(if stats.is_complete() { 0 } else { 3 })
 }
 
 /// `taskcache stats [--json]`.
 pub fn stats(args: &StatsArgs) -> Result<u8, Failure> {
     if let Some((url, shown)) = object_store(&args.cache)? {
-        return object_stats(&url, &shown, args.json);
+        return object_stats(&url, &shown, args.json, args.timeout.cache_timeout);
     }
     let (rt, storage, dir) = open(&args.cache)?;
     let stats = rt

@@ -21,8 +21,10 @@ Environment:
   TASKCACHE_SIGNING_KEY     sign what is stored (a secret; see `taskcache keygen`)
   TASKCACHE_TRUSTED_KEYS    use only entries signed by these public keys
   AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION,
-  AWS_ENDPOINT_URL, AWS_ALLOW_HTTP
+  AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL, AWS_ALLOW_HTTP
                             s3:// credentials and endpoint, as the AWS tools read them
+                            (an endpoint is http(s)://host[:port] alone, no credentials)
+  AWS_EC2_METADATA_DISABLED=true  never ask the instance metadata service for credentials
 Never passed to the command (its output is stored and shared): TASKCACHE_SIGNING_KEY,
 TASKCACHE_REMOTE_HEADERS, TASKCACHE_REMOTE_KEY. Everything else is, AWS_* included.
 
@@ -65,7 +67,8 @@ pub enum Command {
     )]
     Key(KeyArgs),
     /// Show entries, blobs, bytes, hits and misses of the local cache (of an object
-    /// store: entries, blobs and bytes, by listing).
+    /// store: entries, blobs and bytes, by listing within --cache-timeout; exit 3 when
+    /// the listing stopped early and the counts are partial).
     #[command(override_usage = "taskcache stats [OPTIONS] [--json]")]
     Stats(StatsArgs),
     /// Evict least recently used entries until the local cache is under --max-size (an
@@ -148,12 +151,34 @@ pub struct KeyArgs {
     pub verbose: u8,
 }
 
+/// How long a housekeeping command may wait for an object store.
+#[derive(Debug, Args)]
+pub struct AdminTimeout {
+    /// Longest this command may wait for an object store, over all its requests: stats
+    /// on s3://, gs:// or az:// lists within it, and if the listing is not done by then
+    /// prints the counts it reached, says they are partial and exits 3 (gc and verify
+    /// send no request to an object store). A local cache directory is not bounded by
+    /// it. E.g. 30s, 5m.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        env = "TASKCACHE_CACHE_TIMEOUT",
+        hide_env_values = true,
+        default_value = "10s",
+        value_parser = parse_duration
+    )]
+    pub cache_timeout: std::time::Duration,
+}
+
 /// `taskcache verify`.
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
     /// The cache.
     #[command(flatten)]
     pub cache: CacheArgs,
+    /// The object store deadline.
+    #[command(flatten)]
+    pub timeout: AdminTimeout,
     /// -v: notes of the local cache on stderr (stale temporary files of crashed writers
     /// it removed); -vv: debug logs.
     #[arg(short, long, action = ArgAction::Count)]
@@ -166,6 +191,9 @@ pub struct StatsArgs {
     /// The cache.
     #[command(flatten)]
     pub cache: CacheArgs,
+    /// The object store deadline.
+    #[command(flatten)]
+    pub timeout: AdminTimeout,
     /// -vv: debug logs on stderr (-v adds nothing here: the statistics are the output).
     #[arg(short, long, action = ArgAction::Count)]
     pub verbose: u8,
@@ -180,6 +208,9 @@ pub struct GcArgs {
     /// The cache.
     #[command(flatten)]
     pub cache: CacheArgs,
+    /// The object store deadline.
+    #[command(flatten)]
+    pub timeout: AdminTimeout,
     /// -v: notes of the local cache on stderr (what GC removed, stale temporary files of
     /// crashed writers); -vv: debug logs.
     #[arg(short, long, action = ArgAction::Count)]
@@ -490,6 +521,20 @@ mod tests {
             let err = parse(args).unwrap_err();
             assert_eq!(err.kind(), kind, "{args:?}: {err}");
             assert_eq!(err.exit_code(), 2, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn housekeeping_takes_the_cache_timeout() {
+        for sub in ["stats", "gc", "verify"] {
+            let cli = parse(&[sub, "--cache-timeout", "2s"]).unwrap();
+            let timeout = match cli.command {
+                Command::Stats(a) => a.timeout,
+                Command::Gc(a) => a.timeout,
+                Command::Verify(a) => a.timeout,
+                _ => panic!("not {sub}"),
+            };
+            assert_eq!(timeout.cache_timeout, std::time::Duration::from_secs(2));
         }
     }
 

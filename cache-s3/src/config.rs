@@ -3,6 +3,7 @@
 use crate::error::{Secrets, Where};
 use cache_core::{BackendError, BackendResult};
 use object_store::ObjectStore;
+use object_store::list::PaginatedListStore;
 use object_store::path::Path;
 use std::sync::Arc;
 #[cfg(any(feature = "aws", feature = "gcp", feature = "azure"))]
@@ -114,6 +115,8 @@ impl S3Options {
 /// An opened store and what errors say about it.
 pub(crate) struct Opened {
     pub store: Arc<dyn ObjectStore>,
+    /// The store's paginated listing, if it has one.
+    pub lister: Option<Arc<dyn PaginatedListStore>>,
     pub prefix: Path,
     pub place: Arc<Where>,
 }
@@ -164,6 +167,7 @@ pub(crate) fn open(
     match url.scheme() {
         "memory" => Ok(Opened {
             store: Arc::new(object_store::memory::InMemory::new()),
+            lister: None,
             prefix,
             place: place("memory".into(), "none".into(), Secrets::default()),
         }),
@@ -177,6 +181,7 @@ pub(crate) fn open(
                 .map_err(|e| refuse(url, e))?;
             Ok(Opened {
                 store: Arc::new(store),
+                lister: None,
                 prefix: Path::default(),
                 place: place(dir.display().to_string(), "none".into(), Secrets::default()),
             })
@@ -204,6 +209,15 @@ fn open_s3(
     if bucket.is_empty() {
         return Err(refuse(url, "no bucket (s3://BUCKET/PREFIX)"));
     }
+    let var = |k: &str| var(k).filter(|v| !v.is_empty());
+    // Checked before anything else: a bad endpoint is refused without being shown.
+    let endpoint = aws_endpoint(&var).map_err(|e| refuse(url, e))?;
+    let credentials = AwsCredentials::of(&var);
+    if credentials == AwsCredentials::InstanceMetadata
+        && metadata_disabled(&var).map_err(|e| refuse(url, e))?
+    {
+        return Err(refuse(url, NO_CREDENTIALS));
+    }
     // Client options first: the environment's AWS_ALLOW_HTTP is one of them.
     let mut builder = AmazonS3Builder::new()
         .with_client_options(options.client.clone())
@@ -217,8 +231,6 @@ fn open_s3(
         "AWS_SESSION_TOKEN",
         "AWS_REGION",
         "AWS_DEFAULT_REGION",
-        "AWS_ENDPOINT_URL",
-        "AWS_ENDPOINT_URL_S3",
         "AWS_ALLOW_HTTP",
         "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
         "AWS_CONTAINER_CREDENTIALS_FULL_URI",
@@ -227,7 +239,7 @@ fn open_s3(
         "AWS_ROLE_ARN",
         "AWS_ROLE_SESSION_NAME",
     ] {
-        let Some(value) = var(name).filter(|v| !v.is_empty()) else {
+        let Some(value) = var(name) else {
             continue;
         };
         if matches!(name, "AWS_SECRET_ACCESS_KEY" | "AWS_SESSION_TOKEN") {
@@ -239,47 +251,154 @@ fn open_s3(
             .map_err(|e| refuse(url, e))?;
         builder = builder.with_config(key, value);
     }
-    let endpoint = var("AWS_ENDPOINT_URL_S3")
-        .or_else(|| var("AWS_ENDPOINT_URL"))
-        .filter(|v| !v.is_empty());
     let region = var("AWS_REGION")
         .or_else(|| var("AWS_DEFAULT_REGION"))
-        .filter(|v| !v.is_empty())
         .unwrap_or_else(|| "us-east-1".into());
-    let credentials = aws_credential_source(var);
-    let shown_endpoint = endpoint
-        .clone()
-        .unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
-    let store = builder
-        .with_bucket_name(bucket)
-        .with_region(region)
-        .build()
-        .map_err(|e| refuse(url, secrets.scrub(&e.to_string())))?;
+    let shown_endpoint = match endpoint {
+        Some(endpoint) => {
+            builder = builder.with_endpoint(endpoint.clone());
+            endpoint
+        }
+        None => format!("https://s3.{region}.amazonaws.com"),
+    };
+    let store = Arc::new(
+        builder
+            .with_bucket_name(bucket)
+            .with_region(region)
+            .build()
+            .map_err(|e| refuse(url, secrets.scrub(&e.to_string())))?,
+    );
     Ok(Opened {
-        store: Arc::new(store),
+        lister: Some(store.clone()),
+        store,
         prefix,
-        place: place(shown_endpoint, credentials, secrets),
+        place: place(shown_endpoint, credentials.describe().into(), secrets),
     })
 }
 
-/// Which credentials the S3 client will use, named (never their values).
+/// The variables naming an S3 endpoint, the one that wins first (as the AWS tools and
+/// `object_store` read them).
 #[cfg(feature = "aws")]
-fn aws_credential_source(var: &dyn Fn(&str) -> Option<String>) -> String {
-    let set = |k: &str| var(k).is_some_and(|v| !v.is_empty());
-    if set("AWS_ACCESS_KEY_ID") && set("AWS_SECRET_ACCESS_KEY") {
-        if set("AWS_SESSION_TOKEN") {
-            "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_SESSION_TOKEN from the environment".into()
+const ENDPOINT_VARS: [&str; 2] = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"];
+
+/// The S3 endpoint from the environment, if one is set, checked like a `--cache` URL:
+/// an `http://` or `https://` URL with a host and neither user info, a query nor a
+/// fragment (any of which may hold a secret, and a password with a `/` in it once
+/// panicked the request signer). The error names the variable and what to do, and
+/// never shows its value.
+#[cfg(feature = "aws")]
+fn aws_endpoint(var: &dyn Fn(&str) -> Option<String>) -> Result<Option<String>, String> {
+    let Some((name, raw)) = ENDPOINT_VARS
+        .iter()
+        .find_map(|name| var(name).map(|v| (*name, v)))
+    else {
+        return Ok(None);
+    };
+    let not_shown = "(its value is not shown: it may hold a secret)";
+    let example = "e.g. http://127.0.0.1:9000 or https://minio.example.com";
+    if raw.contains('@') {
+        return Err(format!(
+            "{name} holds user info (an `@`) {not_shown}; credentials never go in the \
+             endpoint: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, and {name} to the \
+             server's address alone, {example}"
+        ));
+    }
+    let parsed = Url::parse(raw.trim()).map_err(|e| {
+        format!("{name} is not a URL ({e}) {not_shown}; set it to the server's address, {example}")
+    })?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err(format!(
+            "{name} is not an http:// or https:// URL with a host {not_shown}; set it to \
+             the server's address, {example}"
+        ));
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err(format!(
+            "{name} has a query or fragment (`?` or `#`) {not_shown}; requests are signed \
+             from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, so set {name} to the \
+             server's address alone, {example}"
+        ));
+    }
+    Ok(Some(parsed.as_str().trim_end_matches('/').to_owned()))
+}
+
+/// Why a runner with `AWS_EC2_METADATA_DISABLED=true` and no credentials gets no store.
+#[cfg(feature = "aws")]
+const NO_CREDENTIALS: &str = "no S3 credentials: AWS_EC2_METADATA_DISABLED forbids \
+     asking the instance metadata service for them, and none are set. Set \
+     AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_WEB_IDENTITY_TOKEN_FILE with \
+     AWS_ROLE_ARN, or the AWS_CONTAINER_CREDENTIALS_* variables), or unset \
+     AWS_EC2_METADATA_DISABLED on a machine whose instance role should be used";
+
+/// Whether `AWS_EC2_METADATA_DISABLED` forbids the instance metadata service (`true`,
+/// as the AWS tools read it, and `1`/`yes`); a value that is neither yes nor no is
+/// refused rather than guessed.
+#[cfg(feature = "aws")]
+fn metadata_disabled(var: &dyn Fn(&str) -> Option<String>) -> Result<bool, &'static str> {
+    let Some(value) = var("AWS_EC2_METADATA_DISABLED") else {
+        return Ok(false);
+    };
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" | "" => Ok(false),
+        _ => Err("AWS_EC2_METADATA_DISABLED must be true or false"),
+    }
+}
+
+/// Which credentials the S3 client will use, in the order `object_store`'s builder
+/// picks them (so that "instance metadata" here is exactly when it would ask the
+/// instance metadata service).
+#[cfg(feature = "aws")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AwsCredentials {
+    /// Keys from the environment (with a session token or not; one of the two keys
+    /// alone is an error of the builder's).
+    Keys { token: bool },
+    /// `AWS_WEB_IDENTITY_TOKEN_FILE` and `AWS_ROLE_ARN`.
+    WebIdentity,
+    /// `AWS_CONTAINER_CREDENTIALS_RELATIVE_URI`, or the `FULL_URI` with its token file.
+    Container,
+    /// None of the above: the instance metadata service.
+    InstanceMetadata,
+}
+
+#[cfg(feature = "aws")]
+impl AwsCredentials {
+    fn of(var: &dyn Fn(&str) -> Option<String>) -> Self {
+        let set = |k: &str| var(k).is_some();
+        if set("AWS_ACCESS_KEY_ID") || set("AWS_SECRET_ACCESS_KEY") {
+            AwsCredentials::Keys {
+                token: set("AWS_SESSION_TOKEN"),
+            }
+        } else if set("AWS_WEB_IDENTITY_TOKEN_FILE") && set("AWS_ROLE_ARN") {
+            AwsCredentials::WebIdentity
+        } else if set("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+            || (set("AWS_CONTAINER_CREDENTIALS_FULL_URI")
+                && set("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"))
+        {
+            AwsCredentials::Container
         } else {
-            "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY from the environment".into()
+            AwsCredentials::InstanceMetadata
         }
-    } else if set("AWS_WEB_IDENTITY_TOKEN_FILE") {
-        "web identity token (AWS_WEB_IDENTITY_TOKEN_FILE, AWS_ROLE_ARN)".into()
-    } else if set("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
-        || set("AWS_CONTAINER_CREDENTIALS_FULL_URI")
-    {
-        "container credentials endpoint".into()
-    } else {
-        "instance metadata (no AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in the environment)".into()
+    }
+
+    /// Named for messages (never their values).
+    fn describe(self) -> &'static str {
+        match self {
+            AwsCredentials::Keys { token: true } => {
+                "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_SESSION_TOKEN from the environment"
+            }
+            AwsCredentials::Keys { token: false } => {
+                "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY from the environment"
+            }
+            AwsCredentials::WebIdentity => {
+                "web identity token (AWS_WEB_IDENTITY_TOKEN_FILE, AWS_ROLE_ARN)"
+            }
+            AwsCredentials::Container => "container credentials endpoint",
+            AwsCredentials::InstanceMetadata => {
+                "instance metadata (no AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in the environment)"
+            }
+        }
     }
 }
 
@@ -309,8 +428,10 @@ fn open_gcs(
         .with_retry(options.retry.clone())
         .build()
         .map_err(|e| refuse(url, e))?;
+    let store = Arc::new(store);
     Ok(Opened {
-        store: Arc::new(store),
+        lister: Some(store.clone()),
+        store,
         prefix,
         place: place(
             "https://storage.googleapis.com".into(),
@@ -345,8 +466,10 @@ fn open_azure(
         .with_retry(options.retry.clone())
         .build()
         .map_err(|e| refuse(url, e))?;
+    let store = Arc::new(store);
     Ok(Opened {
-        store: Arc::new(store),
+        lister: Some(store.clone()),
+        store,
         prefix,
         place: place(
             "Azure Blob Storage (AZURE_STORAGE_ACCOUNT_NAME)".into(),
@@ -391,5 +514,123 @@ mod tests {
             .client
             .get_config_value(&object_store::ClientConfigKey::Timeout);
         assert_eq!(request.as_deref(), Some("5s"));
+    }
+
+    /// An environment of `pairs` and nothing else.
+    fn env(pairs: &[(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        let pairs = pairs.to_vec();
+        move |k: &str| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| (*v).to_owned())
+        }
+    }
+
+    const KEYS: [(&str, &str); 2] = [
+        ("AWS_ACCESS_KEY_ID", "test-access-key"),
+        ("AWS_SECRET_ACCESS_KEY", "test-secret-access-key"),
+    ];
+
+    fn open_s3_with(pairs: &[(&'static str, &'static str)]) -> BackendResult<Opened> {
+        let url = Url::parse("s3://bucket/ci").unwrap();
+        let all: Vec<_> = KEYS.iter().chain(pairs).copied().collect();
+        open(&url, &S3Options::default(), &env(&all))
+    }
+
+    #[test]
+    fn an_endpoint_with_credentials_or_that_is_not_http_is_refused_unseen() {
+        for (name, value, secret) in [
+            // A password with a `/`: the URL parser sees a bad port (the signer panicked).
+            ("AWS_ENDPOINT_URL", "http://user:pa/ss@127.0.0.1:1", "pa/ss"),
+            (
+                "AWS_ENDPOINT_URL",
+                "http://user:hunter2@127.0.0.1:1",
+                "hunter2",
+            ),
+            (
+                "AWS_ENDPOINT_URL_S3",
+                "https://key@minio.example.com",
+                "key@",
+            ),
+            (
+                "AWS_ENDPOINT_URL",
+                "http://host/?X-Amz-Signature=s3cr3t",
+                "s3cr3t",
+            ),
+            ("AWS_ENDPOINT_URL", "http://host/#s3cr3t", "s3cr3t"),
+            ("AWS_ENDPOINT_URL", "ftp://s3cr3t.example.com", "s3cr3t"),
+            ("AWS_ENDPOINT_URL", "s3cr3t-no-scheme", "s3cr3t"),
+            ("AWS_ENDPOINT_URL", "http://[s3cr3t", "s3cr3t"),
+        ] {
+            let Err(e) = open_s3_with(&[(name, value)]) else {
+                panic!("{name}={value} accepted");
+            };
+            let text = format!("{e} {e:?}");
+            assert!(!text.contains(secret), "{value}: {text}");
+            assert!(
+                text.contains(name),
+                "{value}: the variable is not named: {text}"
+            );
+            assert!(text.contains("e.g. http://"), "{value}: no advice: {text}");
+        }
+    }
+
+    #[test]
+    fn the_endpoint_in_effect_is_checked_and_shown() {
+        let opened = open_s3_with(&[("AWS_ENDPOINT_URL", "http://127.0.0.1:9000/")]).unwrap();
+        assert_eq!(opened.place.endpoint, "http://127.0.0.1:9000");
+        // The S3-specific variable wins, as in the AWS tools: the other is not used.
+        let opened = open_s3_with(&[
+            ("AWS_ENDPOINT_URL_S3", "https://minio.example.com"),
+            ("AWS_ENDPOINT_URL", "http://user:pa/ss@127.0.0.1:1"),
+        ])
+        .unwrap();
+        assert_eq!(opened.place.endpoint, "https://minio.example.com");
+        let opened = open_s3_with(&[("AWS_REGION", "eu-west-1")]).unwrap();
+        assert_eq!(opened.place.endpoint, "https://s3.eu-west-1.amazonaws.com");
+    }
+
+    #[test]
+    fn metadata_disabled_and_no_credentials_is_refused_before_any_request() {
+        let url = Url::parse("s3://bucket/ci").unwrap();
+        let o = S3Options::default();
+        for value in ["true", "TRUE", "1"] {
+            let Err(e) = open(
+                &url,
+                &o,
+                &env(&[
+                    ("AWS_EC2_METADATA_DISABLED", value),
+                    ("AWS_REGION", "us-east-1"),
+                ]),
+            ) else {
+                panic!(
+                    "AWS_EC2_METADATA_DISABLED={value}: a store that would ask the metadata service"
+                );
+            };
+            let text = e.to_string();
+            assert!(
+                text.contains("AWS_EC2_METADATA_DISABLED") && text.contains("AWS_ACCESS_KEY_ID"),
+                "{text}"
+            );
+        }
+        // A token file without its role is not a web identity for the client either.
+        let half = env(&[
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+            ("AWS_WEB_IDENTITY_TOKEN_FILE", "/var/run/token"),
+        ]);
+        assert!(open(&url, &o, &half).is_err());
+        // Credentials given, or the metadata service allowed: a store.
+        let keys = env(&[("AWS_EC2_METADATA_DISABLED", "true"), KEYS[0], KEYS[1]]);
+        assert!(open(&url, &o, &keys).is_ok());
+        let allowed = env(&[("AWS_EC2_METADATA_DISABLED", "false")]);
+        let opened = open(&url, &o, &allowed).unwrap();
+        assert!(opened.place.credentials.contains("instance metadata"));
+        // A value that is neither yes nor no is not guessed at.
+        let odd = env(&[("AWS_EC2_METADATA_DISABLED", "maybe")]);
+        let Err(e) = open(&url, &o, &odd) else {
+            panic!("AWS_EC2_METADATA_DISABLED=maybe accepted")
+        };
+        assert!(e.to_string().contains("true or false"), "{e}");
     }
 }

@@ -25,10 +25,14 @@
 //! ## Configuration
 //!
 //! S3 reads the variables the AWS tools read: `AWS_ACCESS_KEY_ID`,
-//! `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_REGION`, `AWS_ENDPOINT_URL` (an
-//! S3-compatible server; path-style requests) and `AWS_ALLOW_HTTP=true` (plain HTTP, for
-//! a server on the loopback). Cloud providers are cargo features: `aws` (default),
-//! `gcp`, `azure`.
+//! `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_REGION`, `AWS_ENDPOINT_URL_S3` or
+//! else `AWS_ENDPOINT_URL` (an S3-compatible server; path-style requests),
+//! `AWS_ALLOW_HTTP=true` (plain HTTP, for a server on the loopback) and
+//! `AWS_EC2_METADATA_DISABLED=true` (never ask the instance metadata service: without
+//! credentials in the environment the store is refused). An endpoint must be an
+//! `http://` or `https://` URL without user info, query or fragment; any other is
+//! refused with an error naming the variable, never showing its value. Cloud
+//! providers are cargo features: `aws` (default), `gcp`, `azure`.
 //!
 //! Throttling, server errors after retries, timeouts and connection failures are
 //! [`cache_core::Fault::Cache`] faults that degrade (the task runs uncached); a missing
@@ -62,7 +66,7 @@ pub use config::S3Options;
 pub use config::retry_config;
 pub use counting::{CountingStore, RequestCounts};
 pub use object_store;
-pub use stats::BucketStats;
+pub use stats::{BucketStats, ListLimits, Stopped};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -73,6 +77,7 @@ use cache_core::storage::{
 use cache_core::{BackendError, BackendResult, BlobRef, Digest, DigestAlgorithm};
 use error::Where;
 use futures::{StreamExt, TryStreamExt};
+use object_store::list::PaginatedListStore;
 use object_store::path::Path;
 use object_store::{
     GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
@@ -93,6 +98,9 @@ pub struct S3Storage {
 
 struct Inner {
     store: Arc<dyn ObjectStore>,
+    /// The same store's paginated listing, when it has one (S3, GCS, Azure): what
+    /// `stats` counts pages and continuation tokens with.
+    lister: Option<Arc<dyn PaginatedListStore>>,
     prefix: Path,
     place: Arc<Where>,
     options: S3Options,
@@ -134,6 +142,7 @@ impl S3Storage {
         let opened = config::open(url, &options, var)?;
         Ok(Self::build(
             opened.store,
+            opened.lister,
             opened.prefix,
             opened.place,
             options,
@@ -155,11 +164,12 @@ impl S3Storage {
             credentials: "the store's own".into(),
             secrets: error::Secrets::default(),
         });
-        Self::build(store, Path::from(prefix), place, options)
+        Self::build(store, None, Path::from(prefix), place, options)
     }
 
     fn build(
         store: Arc<dyn ObjectStore>,
+        lister: Option<Arc<dyn PaginatedListStore>>,
         prefix: Path,
         place: Arc<Where>,
         options: S3Options,
@@ -167,6 +177,7 @@ impl S3Storage {
         S3Storage {
             inner: Arc::new(Inner {
                 store,
+                lister,
                 prefix,
                 place,
                 options,
@@ -211,6 +222,17 @@ impl S3Storage {
     #[must_use]
     pub fn describe(&self) -> &str {
         &self.inner.place.url
+    }
+
+    /// The endpoint as shown in messages (never with credentials: an endpoint holding
+    /// any is refused when the storage is opened).
+    #[must_use]
+    pub fn endpoint(&self) -> &str {
+        &self.inner.place.endpoint
+    }
+
+    pub(crate) fn lister(&self) -> Option<&dyn PaginatedListStore> {
+        self.inner.lister.as_deref()
     }
 
     pub(crate) fn err(&self, op: &str, path: &Path, e: &object_store::Error) -> BackendError {
@@ -355,9 +377,11 @@ impl S3Storage {
         }
     }
 
-    /// Counts entries, blobs and bytes under the prefix by listing them.
-    pub async fn stats(&self) -> BackendResult<BucketStats> {
-        stats::collect(self).await
+    /// Counts entries, blobs and bytes under the prefix by listing them, within
+    /// `limits`: a listing that reaches one stops there and says so
+    /// ([`BucketStats::stopped`]), with the counts it reached.
+    pub async fn stats(&self, limits: ListLimits) -> BackendResult<BucketStats> {
+        stats::collect(self, limits).await
     }
 
     /// The stored bytes of the entry for `key` (tests, tools), `None` if there is none.

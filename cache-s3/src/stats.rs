@@ -1,11 +1,78 @@
-//! `taskcache stats` on an object store: counts by listing the prefix.
+//! `taskcache stats` on an object store: counts by listing the prefix, within bounds.
+//!
+//! A listing is a conversation the server leads: a broken or hostile one may answer
+//! "more results follow" forever (with a fresh continuation token each time, or the
+//! same one again), or not answer at all. So a listing has a deadline over all of it,
+//! a page limit, and stops at a repeated continuation token; the counts it
+//! reached are returned with why it stopped, never lost.
 
 use crate::S3Storage;
 use cache_core::BackendResult;
 use futures::TryStreamExt;
+use object_store::list::{PaginatedListOptions, PaginatedListStore};
 use object_store::path::Path;
+use std::fmt;
+use std::time::Duration;
 
-/// What is stored under a cache's prefix.
+/// Bounds on one listing of a cache's prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ListLimits {
+    /// The whole listing (every page, request and retry) ends within this long.
+    pub deadline: Duration,
+    /// Pages requested at most, for stores listed by pages (S3, GCS, Azure: up to
+    /// 1,000 objects a page). A directory or memory, listed without pages, is bounded
+    /// by the deadline alone.
+    pub max_pages: u64,
+}
+
+impl ListLimits {
+    /// The default page limit: 100,000 pages (100 million objects on S3).
+    pub const DEFAULT_MAX_PAGES: u64 = 100_000;
+
+    /// A listing bounded by `deadline` and [`ListLimits::DEFAULT_MAX_PAGES`].
+    #[must_use]
+    pub fn new(deadline: Duration) -> Self {
+        ListLimits {
+            deadline,
+            max_pages: Self::DEFAULT_MAX_PAGES,
+        }
+    }
+
+    /// Sets [`ListLimits::max_pages`] (at least 1).
+    #[must_use]
+    pub fn with_max_pages(mut self, pages: u64) -> Self {
+        self.max_pages = pages.max(1);
+        self
+    }
+}
+
+/// Why a listing stopped before the server said it was done: the counts are partial.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Stopped {
+    /// [`ListLimits::deadline`] passed.
+    Deadline(Duration),
+    /// [`ListLimits::max_pages`] pages were listed and the server said more follow.
+    MaxPages(u64),
+    /// The server sent the continuation token it had just been given: it would
+    /// answer the same page forever.
+    RepeatedToken,
+}
+
+impl fmt::Display for Stopped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Stopped::Deadline(d) => write!(f, "the deadline ({d:?}) passed"),
+            Stopped::MaxPages(n) => write!(f, "the limit of {n} pages was reached"),
+            Stopped::RepeatedToken => {
+                f.write_str("the server repeated its continuation token (it would never end)")
+            }
+        }
+    }
+}
+
+/// What is stored under a cache's prefix, as far as the listing got.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct BucketStats {
     /// Entry objects.
@@ -16,28 +83,117 @@ pub struct BucketStats {
     pub blobs: u64,
     /// Bytes of blob objects.
     pub blob_bytes: u64,
+    /// Pages listed (0 for a store listed without pages: a directory, memory).
+    pub pages: u64,
+    /// `None` when the listing went to its end; else why it stopped, and the counts
+    /// above are what was listed until then.
+    pub stopped: Option<Stopped>,
 }
 
-pub(crate) async fn collect(storage: &S3Storage) -> BackendResult<BucketStats> {
+impl BucketStats {
+    /// Whether the listing went to its end (the counts are whole).
+    #[must_use]
+    pub fn is_complete(&self) -> bool {
+        self.stopped.is_none()
+    }
+
+    /// Objects listed.
+    #[must_use]
+    pub fn objects(&self) -> u64 {
+        self.entries.saturating_add(self.blobs)
+    }
+
+    fn add(&mut self, kind: Kind, size: u64) {
+        let (count, bytes) = match kind {
+            Kind::Entries => (&mut self.entries, &mut self.entry_bytes),
+            Kind::Blobs => (&mut self.blobs, &mut self.blob_bytes),
+        };
+        *count = count.saturating_add(1);
+        *bytes = bytes.saturating_add(size);
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Entries,
+    Blobs,
+}
+
+pub(crate) async fn collect(storage: &S3Storage, limits: ListLimits) -> BackendResult<BucketStats> {
     let mut stats = BucketStats::default();
-    for kind in ["entries", "blobs"] {
-        let mut parts: Vec<_> = storage.prefix().parts().collect();
-        parts.push(kind.into());
-        let prefix = Path::from_iter(parts);
-        let mut listing = storage.store().list(Some(&prefix));
-        while let Some(meta) = listing
-            .try_next()
-            .await
-            .map_err(|e| storage.err("LIST", &prefix, &e))?
-        {
-            if kind == "entries" {
-                stats.entries += 1;
-                stats.entry_bytes += meta.size;
-            } else {
-                stats.blobs += 1;
-                stats.blob_bytes += meta.size;
-            }
-        }
+    // The counts live out here: when the deadline drops the listing, they stay.
+    let listing = list_all(storage, limits, &mut stats);
+    match tokio::time::timeout(limits.deadline, listing).await {
+        Ok(result) => result?,
+        Err(_) => stats.stopped = Some(Stopped::Deadline(limits.deadline)),
     }
     Ok(stats)
+}
+
+async fn list_all(
+    storage: &S3Storage,
+    limits: ListLimits,
+    stats: &mut BucketStats,
+) -> BackendResult<()> {
+    for (kind, name) in [(Kind::Entries, "entries"), (Kind::Blobs, "blobs")] {
+        let mut parts: Vec<_> = storage.prefix().parts().collect();
+        parts.push(name.into());
+        let prefix = Path::from_iter(parts);
+        if let Some(lister) = storage.lister() {
+            by_pages(storage, lister, &prefix, kind, limits, stats).await?;
+        } else {
+            let mut listing = storage.store().list(Some(&prefix));
+            while let Some(meta) = listing
+                .try_next()
+                .await
+                .map_err(|e| storage.err("LIST", &prefix, &e))?
+            {
+                stats.add(kind, meta.size);
+            }
+        }
+        if stats.stopped.is_some() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Lists `prefix` page by page, counting pages and watching the continuation tokens.
+async fn by_pages(
+    storage: &S3Storage,
+    lister: &dyn PaginatedListStore,
+    prefix: &Path,
+    kind: Kind,
+    limits: ListLimits,
+    stats: &mut BucketStats,
+) -> BackendResult<()> {
+    // A paginated listing takes the prefix as it is: the delimiter makes it a directory.
+    let wanted = format!("{prefix}/");
+    let mut token: Option<String> = None;
+    loop {
+        if stats.pages >= limits.max_pages {
+            stats.stopped = Some(Stopped::MaxPages(limits.max_pages));
+            return Ok(());
+        }
+        let options = PaginatedListOptions {
+            page_token: token.clone(),
+            ..PaginatedListOptions::default()
+        };
+        let page = lister
+            .list_paginated(Some(&wanted), options)
+            .await
+            .map_err(|e| storage.err("LIST", prefix, &e))?;
+        stats.pages += 1;
+        for meta in page.result.objects {
+            stats.add(kind, meta.size);
+        }
+        match page.page_token.filter(|t| !t.is_empty()) {
+            None => return Ok(()),
+            Some(next) if token.as_ref() == Some(&next) => {
+                stats.stopped = Some(Stopped::RepeatedToken);
+                return Ok(());
+            }
+            next => token = next,
+        }
+    }
 }

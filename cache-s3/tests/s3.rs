@@ -5,8 +5,9 @@
 mod common;
 
 use cache_core::{BackendError, Cache, CacheBackend, CacheEntry, CacheOutput, CachePolicy, Digest};
-use cache_s3::{CountingStore, S3Options, S3Storage};
+use cache_s3::{CountingStore, ListLimits, S3Options, S3Storage, Stopped};
 use cache_testkit::fixtures::{fresh_key, task};
+use cache_testkit::loopback::{LoopbackHttp, Reply};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -127,12 +128,16 @@ async fn stats_count_entries_blobs_and_bytes() {
     )
     .await
     .unwrap();
-    let stats = storage.stats().await.unwrap();
+    let stats = storage
+        .stats(ListLimits::new(Duration::from_secs(30)))
+        .await
+        .unwrap();
     assert_eq!(
         (stats.entries, stats.blobs, stats.blob_bytes),
         (1, 2, 8),
         "{stats:?}"
     );
+    assert!(stats.is_complete(), "{stats:?}");
     assert!(stats.entry_bytes > 0);
 }
 
@@ -294,32 +299,17 @@ async fn two_runners_storing_one_blob_at_once_both_succeed_on_a_real_server() {
 
 /// A loopback HTTP server that answers every request with `status` and `body`, for
 /// the answers a real server gives only when misconfigured or overloaded.
-fn answering(status: &'static str, body: &'static str) -> String {
-    use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().take(64) {
-            let Ok(mut s) = stream else { continue };
-            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-            let mut buf = [0u8; 8192];
-            let _ = s.read(&mut buf);
-            let _ = write!(
-                s,
-                "HTTP/1.1 {status}\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    });
-    format!("http://127.0.0.1:{port}")
+fn answering(status: u16, body: &'static str) -> LoopbackHttp {
+    LoopbackHttp::start(move |_| Some(Reply::new(status, body)))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_credentials_name_bucket_endpoint_and_source_but_no_secret() {
-    let endpoint = answering(
-        "403 Forbidden",
+    let server = answering(
+        403,
         "<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>",
     );
+    let endpoint = server.url();
     let url = url::Url::parse("s3://team-cache/ci").unwrap();
     let options = S3Options::default().with_timeout(Duration::from_secs(2));
     let storage =
@@ -348,10 +338,11 @@ async fn refused_credentials_name_bucket_endpoint_and_source_but_no_secret() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttling_after_retries_is_a_degradable_fault() {
-    let endpoint = answering(
-        "503 Service Unavailable",
+    let server = answering(
+        503,
         "<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>",
     );
+    let endpoint = server.url();
     let url = url::Url::parse("s3://team-cache/ci").unwrap();
     let options = S3Options::default().with_timeout(Duration::from_secs(2));
     let storage = S3Storage::open_with_env(&url, options, &env_with_secrets(endpoint)).unwrap();
@@ -366,4 +357,63 @@ async fn throttling_after_retries_is_a_degradable_fault() {
     assert!(matches!(e, BackendError::Unavailable(_)), "{e:?}");
     assert!(e.is_gracefully_degradable() && e.is_cache_fault(), "{e:?}");
     assert_no_secret(&format!("{e} {e:?}"));
+}
+
+/// `stats` against `server` (its endpoint, test credentials) within `limits`.
+async fn stats_from(server: &LoopbackHttp, limits: ListLimits) -> cache_s3::BucketStats {
+    let url = url::Url::parse("s3://team-cache/ci").unwrap();
+    let options = S3Options::default().with_timeout(Duration::from_secs(5));
+    let storage = S3Storage::open_with_env(&url, options, &env_with_secrets(server.url())).unwrap();
+    storage.stats(limits).await.unwrap()
+}
+
+/// A listing that says "more follow" forever stops at the page limit, with what it
+/// counted (a hostile server once kept `stats` listing for as long as it liked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_listing_stops_at_the_page_limit_with_partial_counts() {
+    let server = LoopbackHttp::endless_s3_listing();
+    let limits = ListLimits::new(Duration::from_secs(60)).with_max_pages(5);
+    let stats = stats_from(&server, limits).await;
+    assert_eq!(stats.stopped, Some(Stopped::MaxPages(5)), "{stats:?}");
+    assert_eq!((stats.pages, stats.entries), (5, 5), "{stats:?}");
+    assert!(!stats.is_complete());
+    assert_eq!(server.requests(), 5);
+}
+
+/// `stats` against `server` with a 1 s deadline, which must be what stopped it.
+async fn stopped_at_the_deadline(server: &LoopbackHttp) -> cache_s3::BucketStats {
+    let started = std::time::Instant::now();
+    let stats = stats_from(server, ListLimits::new(Duration::from_secs(1))).await;
+    assert_eq!(
+        stats.stopped,
+        Some(Stopped::Deadline(Duration::from_secs(1))),
+        "{stats:?}"
+    );
+    // A bound that catches a hang, not a speed test.
+    assert!(started.elapsed() < Duration::from_secs(30));
+    stats
+}
+
+/// ...and at the deadline, however many pages that is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_listing_stops_at_the_deadline() {
+    let stats = stopped_at_the_deadline(&LoopbackHttp::endless_s3_listing()).await;
+    assert!(stats.pages > 0 && stats.entries == stats.pages, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_continuation_token_stops_the_listing() {
+    let server = LoopbackHttp::s3_listing_repeating_its_token();
+    let stats = stats_from(&server, ListLimits::new(Duration::from_secs(60))).await;
+    assert_eq!(stats.stopped, Some(Stopped::RepeatedToken), "{stats:?}");
+    assert_eq!(stats.pages, 2, "{stats:?}");
+}
+
+/// A server that never answers costs the deadline, not the client's own timeouts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_server_stops_the_listing_at_the_deadline() {
+    let server = LoopbackHttp::silent();
+    let stats = stopped_at_the_deadline(&server).await;
+    assert_eq!((stats.pages, stats.entries), (0, 0), "{stats:?}");
+    assert!(server.requests() >= 1);
 }

@@ -46,6 +46,8 @@
 //!   backend, fully conformant, for executors' unit tests.
 //! * [`FaultyBackend`] and [`FaultyStorage`]: fail every call, the Nth call or the
 //!   first N calls with a chosen error, or add latency, to test degradation paths.
+//! * [`loopback`]: a tiny HTTP server on 127.0.0.1 that answers as a test says (an
+//!   object store that lists forever, never answers, refuses), for network backends.
 //! * [`fixtures`]: temporary workspaces that notice writes outside them, output trees
 //!   with known bytes, snapshots of restored trees and their comparison, hostile entries.
 //!
@@ -139,6 +141,7 @@ mod fault;
 pub mod fixtures;
 pub mod fuzz;
 mod io;
+pub mod loopback;
 mod memory;
 
 pub use fault::{
