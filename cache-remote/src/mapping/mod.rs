@@ -26,7 +26,10 @@ mod encode;
 #[cfg(test)]
 mod tests;
 
-pub use decode::{decode_result, extension, needed_blobs};
+pub use decode::{
+    MAX_NAME_BYTES, decode_result, decode_result_until, extension, needed_blobs, plain_name,
+};
+pub(crate) use decode::{Work, check_names, decode_counted};
 pub use encode::{Encoded, encode_record, tombstone};
 
 /// The `type_url` of taskcache's extension in `auxiliary_metadata`: a REAPI
