@@ -12,7 +12,10 @@
 //!   (with `is_executable`), directories as `Tree` blobs (empty ones included),
 //!   symlinks, exit code, stdout/stderr (inline and by digest), execution timestamps
 //!   carrying the duration. A result this client cannot map is a corrupt entry: a miss
-//!   with a warning, never a partial restore.
+//!   with a warning, never a partial restore. Whoever can write the cache writes the
+//!   results and their `Tree`s (DAGs), so reading is bounded before anything is
+//!   expanded (see [`mapping`]) and large results are decoded on the blocking pool,
+//!   stopping when the lookup is dropped.
 //! * **Capabilities** are asked once and obeyed: digest function (SHA-256; BLAKE3 when
 //!   listed), batch limit, read-only action caches, absolute-symlink strategy.
 //! * **Uploads** ask `FindMissingBlobs` first, send small blobs in batches packed with
