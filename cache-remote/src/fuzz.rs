@@ -221,8 +221,8 @@ pub fn planted(
     (result, HashMap::from([(tree_ref, tree_bytes)]))
 }
 
-/// A record with `outputs` and nothing else.
-fn record_of(outputs: Vec<OutputRecord>) -> ActionRecord {
+/// A record for the fuzz key with `outputs` and nothing else.
+pub fn record_of(outputs: Vec<OutputRecord>) -> ActionRecord {
     ActionRecord {
         key: key(),
         exit_code: 0,

@@ -8,9 +8,9 @@
 mod common;
 
 use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
-use cache_core::storage::{ActionRecord, LogRecord, OutputRecord, Storage};
+use cache_core::storage::{ActionRecord, OutputRecord, Storage};
 use cache_core::{BackendError, BlobRef, Cache, CacheBackend, CachePolicy, DigestAlgorithm};
-use cache_remote::fuzz::{dag_tree, planted};
+use cache_remote::fuzz::{dag_tree, planted, record_of};
 use cache_remote::mapping;
 use cache_remote::{RemoteConfig, RemoteStorage};
 use cache_testkit::fixtures::{digest, fresh_key, task};
@@ -18,20 +18,6 @@ use prost::Message;
 use std::collections::HashMap;
 
 const ALG: DigestAlgorithm = DigestAlgorithm::Sha256;
-
-fn record(outputs: Vec<OutputRecord>) -> ActionRecord {
-    ActionRecord {
-        key: DigestAlgorithm::Blake3.digest(b"hostile tree"),
-        exit_code: 0,
-        duration_ms: 0,
-        stdout: LogRecord::Absent,
-        stderr: LogRecord::Absent,
-        outputs,
-        log_order: Vec::new(),
-        absolute_symlinks: Vec::new(),
-        signature: None,
-    }
-}
 
 fn dir(path: &str) -> OutputRecord {
     OutputRecord::Directory { path: path.into() }
@@ -92,14 +78,14 @@ fn chain_tree(names: &[&str]) -> re::Tree {
 fn a_dag_naming_one_child_twice_per_level_is_refused_before_expansion() {
     let (a, b) = ("a".repeat(1000), "b".repeat(1000));
     refused(
-        &record(vec![dir("out")]),
+        &record_of(vec![dir("out")]),
         "out",
         &dag_tree(20, &[&a, &b]),
         "tree entry named",
     );
     let (a, b) = ("a".repeat(200), "b".repeat(200));
     let tree = dag_tree(20, &[&a, &b]);
-    refused(&record(vec![dir("out")]), "out", &tree, "not recorded");
+    refused(&record_of(vec![dir("out")]), "out", &tree, "not recorded");
     // Recording one whole branch does not open the other.
     let mut path = "out".to_owned();
     let mut outputs = vec![dir("out")];
@@ -107,7 +93,7 @@ fn a_dag_naming_one_child_twice_per_level_is_refused_before_expansion() {
         path = format!("{path}/{a}");
         outputs.push(dir(&path));
     }
-    refused(&record(outputs), "out", &tree, "not recorded");
+    refused(&record_of(outputs), "out", &tree, "not recorded");
 }
 
 #[test]
@@ -116,7 +102,7 @@ fn names_that_are_not_plain_are_refused_and_such_paths_stay_top_level() {
     for name in [long.as_str(), "", ".", "..", "a/b", "nul\0", "back\\slash"] {
         let path = format!("out/{name}");
         let blob = BlobRef::of(ALG, b"f");
-        let r = record(vec![
+        let r = record_of(vec![
             dir("out"),
             OutputRecord::File {
                 path: path.clone(),
@@ -144,13 +130,13 @@ fn names_that_are_not_plain_are_refused_and_such_paths_stay_top_level() {
     }
     // 255 bytes is a plain name.
     let name = "n".repeat(255);
-    let r = record(vec![dir("out"), dir(&format!("out/{name}"))]);
+    let r = record_of(vec![dir("out"), dir(&format!("out/{name}"))]);
     assert_eq!(decode(&r, "out", &chain_tree(&[&name])), Ok(r));
 }
 
 #[test]
 fn a_directory_holding_one_name_twice_is_refused() {
-    let r = record(vec![dir("out"), dir("out/s")]);
+    let r = record_of(vec![dir("out"), dir("out/s")]);
     refused(&r, "out", &dag_tree(1, &["s", "s"]), "two entries named");
     // 24 levels of it: 2^24 paths if expanded.
     refused(&r, "out", &dag_tree(24, &["s", "s"]), "two entries named");
@@ -164,33 +150,32 @@ fn a_directory_holding_one_name_twice_is_refused() {
     refused(&r, "out", &tree, "two entries named");
 }
 
+/// `out` holding a chain of `n` directories named `name`: the record of `out` and the
+/// deepest one, and the tree.
+fn chain_of(name: &str, n: usize) -> (ActionRecord, re::Tree) {
+    let names = vec![name; n];
+    let leaf = format!("out/{}", names.join("/"));
+    (record_of(vec![dir("out"), dir(&leaf)]), chain_tree(&names))
+}
+
+/// The last chain within a bound reads; one level more is refused with `why`.
+fn bounded_at(name: &str, most: usize, why: &str) {
+    let (r, tree) = chain_of(name, most);
+    assert_eq!(decode(&r, "out", &tree), Ok(r));
+    let (r, tree) = chain_of(name, most + 1);
+    refused(&r, "out", &tree, why);
+}
+
 #[test]
 fn tree_paths_deeper_than_256_levels_are_refused() {
-    let levels = |n: usize| {
-        let names = vec!["d"; n];
-        let leaf = format!("out/{}", names.join("/"));
-        (record(vec![dir("out"), dir(&leaf)]), chain_tree(&names))
-    };
     // `out` and 255 levels below: 256 components, the most a path may have.
-    let (r, tree) = levels(255);
-    assert_eq!(decode(&r, "out", &tree), Ok(r));
-    let (r, tree) = levels(256);
-    refused(&r, "out", &tree, "deeper than 256");
+    bounded_at("d", 255, "deeper than 256");
 }
 
 #[test]
 fn tree_paths_longer_than_4096_bytes_are_refused() {
-    let name = "n".repeat(255);
-    let levels = |n: usize| {
-        let names = vec![name.as_str(); n];
-        let leaf = format!("out/{}", names.join("/"));
-        (record(vec![dir("out"), dir(&leaf)]), chain_tree(&names))
-    };
     // 3 + 15 * 256 = 3,843 bytes; 16 levels make 4,099.
-    let (r, tree) = levels(15);
-    assert_eq!(decode(&r, "out", &tree), Ok(r));
-    let (r, tree) = levels(16);
-    refused(&r, "out", &tree, "longer than 4096");
+    bounded_at(&"n".repeat(255), 15, "longer than 4096");
 }
 
 /// Identical directories have one digest: a legitimate tree names it more than once.
@@ -202,7 +187,7 @@ fn identical_subdirectories_sharing_one_digest_still_round_trip() {
         blob,
         executable: true,
     };
-    let r = record(vec![
+    let r = record_of(vec![
         dir("out"),
         dir("out/a"),
         dir("out/b"),
@@ -244,7 +229,7 @@ fn a_hostile_tree_on_a_server_is_a_miss() {
             let (url, _state) = common::fake::start().await;
             let storage = RemoteStorage::open(RemoteConfig::from_url(&url).unwrap()).unwrap();
             let key = fresh_key();
-            let mut r = record(vec![dir("out")]);
+            let mut r = record_of(vec![dir("out")]);
             r.key = digest(&key);
             let (a, b) = ("a".repeat(1000), "b".repeat(1000));
             let tree = dag_tree(20, &[&a, &b]);
