@@ -103,8 +103,8 @@ fn join_error(e: &tokio::task::JoinError) -> BackendError {
     BackendError::unavailable(format!("a blocking task failed: {e}"))
 }
 
-/// Results whose trees and logs take more than this are decoded (and their blobs
-/// hashed) on the blocking pool; smaller ones where they were read.
+/// Results that take more than this with their trees and logs are decoded (and their
+/// blobs hashed) on the blocking pool; smaller ones where they were read.
 const DECODE_INLINE_BYTES: u64 = 64 << 10;
 
 /// Sets its flag when dropped.
@@ -359,6 +359,10 @@ impl Storage for RemoteStorage {
             };
             blobs.insert(b, bytes);
         }
+        // The result itself counts too: its recorded paths and top-level outputs.
+        let size = total.saturating_add(
+            u64::try_from(prost::Message::encoded_len(&result)).unwrap_or(u64::MAX),
+        );
         let digest = key.digest;
         let decode = move |stop: &AtomicBool| {
             for (b, bytes) in &blobs {
@@ -372,7 +376,7 @@ impl Storage for RemoteStorage {
             }
             mapping::decode_result_until(&digest, &result, &blobs, algorithm, stop)
         };
-        let record = if total <= DECODE_INLINE_BYTES {
+        let record = if size <= DECODE_INLINE_BYTES {
             decode(&AtomicBool::new(false))?
         } else {
             on_blocking_pool(decode).await?
