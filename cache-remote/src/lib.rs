@@ -12,7 +12,10 @@
 //!   (with `is_executable`), directories as `Tree` blobs (empty ones included),
 //!   symlinks, exit code, stdout/stderr (inline and by digest), execution timestamps
 //!   carrying the duration. A result this client cannot map is a corrupt entry: a miss
-//!   with a warning, never a partial restore.
+//!   with a warning, never a partial restore. Whoever can write the cache writes the
+//!   results and their `Tree`s (DAGs), so reading is bounded before anything is
+//!   expanded (see [`mapping`]) and large results are decoded on the blocking pool,
+//!   stopping when the lookup is dropped.
 //! * **Capabilities** are asked once and obeyed: digest function (SHA-256; BLAKE3 when
 //!   listed), batch limit, read-only action caches, absolute-symlink strategy.
 //! * **Uploads** ask `FindMissingBlobs` first, send small blobs in batches packed with
@@ -42,6 +45,8 @@
 mod blobs;
 mod client;
 mod config;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod mapping;
 
 pub use client::Caps;
@@ -54,6 +59,7 @@ use cache_core::storage::{
 use cache_core::{BackendError, BackendResult, BlobRef, DigestAlgorithm};
 use client::Client;
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// What a [`RemoteStorage`] did: see [`RemoteStorage::stats`].
@@ -95,6 +101,32 @@ impl std::fmt::Debug for RemoteStorage {
 
 fn join_error(e: &tokio::task::JoinError) -> BackendError {
     BackendError::unavailable(format!("a blocking task failed: {e}"))
+}
+
+/// Results that take more than this with their trees and logs are decoded (and their
+/// blobs hashed) on the blocking pool; smaller ones where they were read.
+const DECODE_INLINE_BYTES: u64 = 64 << 10;
+
+/// Sets its flag when dropped.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Runs `job` on the blocking pool with a flag that is set when the returned future is
+/// dropped (a deadline, say), so a job that checks it stops instead of working on
+/// for nobody.
+async fn on_blocking_pool<T: Send + 'static>(
+    job: impl FnOnce(&AtomicBool) -> BackendResult<T> + Send + 'static,
+) -> BackendResult<T> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let _stop_on_drop = StopOnDrop(Arc::clone(&stop));
+    tokio::task::spawn_blocking(move || job(&stop))
+        .await
+        .map_err(|e| join_error(&e))?
 }
 
 impl RemoteStorage {
@@ -311,7 +343,8 @@ impl Storage for RemoteStorage {
             reason: format!("unmappable ActionResult: {reason}"),
         };
         let needed = mapping::needed_blobs(&result, algorithm).map_err(corrupt)?;
-        let total: u64 = needed.iter().map(|b| b.size).sum();
+        // Saturating: hostile sizes must not wrap around to a small total.
+        let total = needed.iter().fold(0u64, |n, b| n.saturating_add(b.size));
         if total > MAX_ENTRY_BYTES as u64 {
             return Err(corrupt(format!(
                 "its trees and logs take {total} bytes, over the {MAX_ENTRY_BYTES}-byte limit"
@@ -324,15 +357,31 @@ impl Storage for RemoteStorage {
                 tracing::debug!(server = %self.describe(), key = %key.digest, blob = %b, "a tree or log of the result is gone: miss");
                 return Ok(None);
             };
-            if BlobRef::of(algorithm, &bytes) != b {
-                return Err(BackendError::DigestMismatch {
-                    expected: b,
-                    actual: BlobRef::of(algorithm, &bytes),
-                });
-            }
             blobs.insert(b, bytes);
         }
-        Ok(mapping::decode_result(&key.digest, &result, &blobs, algorithm)?.map(StoredEntry::new))
+        // The result itself counts too: its recorded paths and top-level outputs.
+        let size = total.saturating_add(
+            u64::try_from(prost::Message::encoded_len(&result)).unwrap_or(u64::MAX),
+        );
+        let digest = key.digest;
+        let decode = move |stop: &AtomicBool| {
+            for (b, bytes) in &blobs {
+                let actual = BlobRef::of(algorithm, bytes);
+                if actual != *b {
+                    return Err(BackendError::DigestMismatch {
+                        expected: *b,
+                        actual,
+                    });
+                }
+            }
+            mapping::decode_result_until(&digest, &result, &blobs, algorithm, stop)
+        };
+        let record = if size <= DECODE_INLINE_BYTES {
+            decode(&AtomicBool::new(false))?
+        } else {
+            on_blocking_pool(decode).await?
+        };
+        Ok(record.map(StoredEntry::new))
     }
 
     async fn put_entry(&self, key: &EntryKey, record: Arc<ActionRecord>) -> BackendResult<()> {
@@ -524,5 +573,32 @@ impl Storage for RemoteStorage {
 
     async fn health_check(&self) -> BackendResult<()> {
         self.client.fetch_caps().await.map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    /// A lookup dropped by its deadline sets the flag its decode checks, so the blocking
+    /// job stops instead of working on for nobody.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_dropped_lookup_stops_its_blocking_decode() {
+        let (saw, seen) = std::sync::mpsc::channel();
+        let job = on_blocking_pool(move |stop: &AtomicBool| {
+            let give_up = Instant::now() + Duration::from_secs(30);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < give_up {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            saw.send(stop.load(Ordering::Relaxed)).unwrap();
+            Ok(())
+        });
+        let timed = tokio::time::timeout(Duration::from_millis(20), job).await;
+        assert!(timed.is_err(), "the job ended on its own");
+        assert_eq!(seen.recv_timeout(Duration::from_secs(60)), Ok(true));
+        // Not dropped: the flag stays clear and the value comes back.
+        let value = on_blocking_pool(|stop: &AtomicBool| Ok(stop.load(Ordering::Relaxed)));
+        assert!(!value.await.unwrap());
     }
 }

@@ -1,4 +1,27 @@
-//! `ActionResult` (and the blobs it names) -> record, strictly.
+//! `ActionResult` (and the blobs it names) -> record, strictly and within bounds.
+//!
+//! Whoever can write the REAPI cache writes these bytes, and a `Tree` is a DAG: its
+//! directories name children by digest, so a few kilobytes whose directories name
+//! one child twice, level after level, would expand to millions of paths. Nothing is
+//! therefore expanded before it is bounded, and the work follows the bytes received:
+//!
+//! * The cheap fields first: the extension (format, key, checksum), the recorded paths
+//!   (its `order`: at most [`MAX_OUTPUTS`], at most [`MAX_ENTRY_BYTES`] in all, none
+//!   twice), sorted once so every lookup below is a binary search, and the logs.
+//! * Every `Directory` of a `Tree`, once, before any expansion: each name plain
+//!   ([`plain_name`]: not empty, `.` or `..`; no `/`, `\` or NUL; at most
+//!   [`MAX_NAME_BYTES`]) and no name twice among its files, symlinks and directories.
+//! * Each path the expansion reaches: its length ([`MAX_PATH_BYTES`]) and depth
+//!   ([`MAX_PATH_DEPTH`]) before it is formed; then it must be a recorded output (each
+//!   found once) or a directory above one (at most as many such visits as the
+//!   recorded paths have `/`s), or the expansion stops there. So a tree expands only
+//!   as far as the recorded paths reach (directories that share a child, as identical
+//!   ones legitimately do, included), and every entry examined is paid for by one
+//!   recorded path or one of its `/`s ([`Work`]).
+//! * Symlink targets share the [`MAX_ENTRY_BYTES`] budget with the recorded paths: the
+//!   writer refuses a record whose encoding is larger, so no record it wrote needs more.
+//! * A stop flag ([`decode_result_until`]), which `RemoteStorage` sets when the lookup
+//!   is dropped (a deadline), is checked at every directory.
 
 use super::{
     EXTENSION_TYPE, Extension, FORMAT, LOG_ABSENT, LOG_BLOB, LOG_INLINE, P_FORMAT, from_digest,
@@ -6,10 +29,26 @@ use super::{
 };
 use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
 use bazel_remote_apis::google::protobuf::Timestamp;
-use cache_core::storage::{ActionRecord, LogRecord, MAX_OUTPUTS, OutputRecord};
-use cache_core::{BackendError, BlobRef, Digest, DigestAlgorithm, MAX_PATH_DEPTH};
+use cache_core::storage::{ActionRecord, LogRecord, MAX_ENTRY_BYTES, MAX_OUTPUTS, OutputRecord};
+use cache_core::{BackendError, BlobRef, Digest, DigestAlgorithm, MAX_PATH_BYTES, MAX_PATH_DEPTH};
 use prost::Message;
 use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Longest name of a `Tree` entry, in bytes (Linux's `NAME_MAX`). The writer nests
+/// only paths whose every component fits; others stay top-level outputs.
+pub const MAX_NAME_BYTES: usize = 255;
+
+/// Whether `name` may name a `Tree` entry: not empty, `.` or `..`, no `/`, `\` or NUL,
+/// at most [`MAX_NAME_BYTES`]. The writer nests only paths made of such names.
+pub fn plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && name.len() <= MAX_NAME_BYTES
+        && !name.contains(['/', '\\', '\0'])
+}
 
 /// The blobs `decode_result` needs besides the result: its `Tree`s, and inline logs
 /// whose bytes the server did not inline.
@@ -78,65 +117,403 @@ fn millis_between(start: Option<&Timestamp>, end: Option<&Timestamp>) -> u64 {
     u64::try_from((nanos(e) - nanos(s)).div_euclid(1_000_000)).unwrap_or(0)
 }
 
-/// Outputs found while expanding trees, by path.
-struct Found {
-    outputs: Vec<OutputRecord>,
+/// Why a decode did not finish: the result cannot be mapped, or the stop flag was set.
+enum Refusal {
+    Corrupt(String),
+    Stopped,
 }
 
-impl Found {
-    fn push(&mut self, o: OutputRecord) -> Result<(), String> {
-        if self.outputs.len() >= MAX_OUTPUTS {
+impl From<String> for Refusal {
+    fn from(s: String) -> Self {
+        Refusal::Corrupt(s)
+    }
+}
+
+impl From<&str> for Refusal {
+    fn from(s: &str) -> Self {
+        Refusal::Corrupt(s.to_owned())
+    }
+}
+
+/// What a decode examined: every output directory, file, symlink and `Tree` entry it
+/// looked up. Each is paid for by a recorded path or one `/` of one, so `examined`
+/// never exceeds `bound` (the count of recorded paths and their `/`s, plus the one
+/// entry that ended a refused decode).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Work {
+    /// Entries looked up.
+    pub(crate) examined: usize,
+    /// The most that may be looked up (0 until the recorded paths were read).
+    pub(crate) bound: usize,
+}
+
+/// The recorded output paths (the extension's `order`), sorted once for lookups, and
+/// the outputs found for them.
+struct Order<'a> {
+    paths: &'a [String],
+    /// Indices into `paths`, by path.
+    sorted: Vec<usize>,
+    /// The output found for each recorded path, by index into `paths`.
+    found: Vec<Option<OutputRecord>>,
+    /// Visits left for directories found only above recorded paths.
+    above_left: usize,
+    /// Bytes left for symlink targets.
+    target_bytes_left: usize,
+}
+
+impl<'a> Order<'a> {
+    fn new(paths: &'a [String]) -> Result<Self, String> {
+        if paths.len() > MAX_OUTPUTS {
             return Err(format!("more than {MAX_OUTPUTS} outputs"));
         }
-        self.outputs.push(o);
+        let bytes = paths.iter().fold(0usize, |n, p| n.saturating_add(p.len()));
+        if bytes > MAX_ENTRY_BYTES {
+            return Err(format!(
+                "its paths take {bytes} bytes, over the {MAX_ENTRY_BYTES}-byte limit"
+            ));
+        }
+        let mut sorted: Vec<usize> = (0..paths.len()).collect();
+        sorted.sort_unstable_by(|&a, &b| paths[a].cmp(&paths[b]));
+        if let Some(w) = sorted.windows(2).find(|w| paths[w[0]] == paths[w[1]]) {
+            return Err(format!(
+                "output {:?} is recorded twice",
+                truncate(&paths[w[0]])
+            ));
+        }
+        Ok(Order {
+            paths,
+            sorted,
+            found: vec![None; paths.len()],
+            above_left: paths
+                .iter()
+                .map(|p| p.bytes().filter(|&b| b == b'/').count())
+                .sum(),
+            target_bytes_left: MAX_ENTRY_BYTES - bytes,
+        })
+    }
+
+    fn all(&self) -> Range<usize> {
+        0..self.sorted.len()
+    }
+
+    /// The first position in `from..to` of `sorted` whose path, past its first `skip`
+    /// bytes, fails `pred` (which must hold for a prefix of that range).
+    fn partition(
+        &self,
+        from: usize,
+        to: usize,
+        skip: usize,
+        pred: impl Fn(&[u8]) -> bool,
+    ) -> usize {
+        from + self.sorted[from..to]
+            .partition_point(|&i| pred(self.paths[i].as_bytes().get(skip..).unwrap_or_default()))
+    }
+
+    /// `name` among the positions `within`, whose paths all begin with the same `skip`
+    /// bytes: the index of the recorded path it completes, if any, and the positions of
+    /// the recorded paths below it (`name/...`). Compares only bytes past `skip`.
+    fn find(
+        &self,
+        within: &Range<usize>,
+        skip: usize,
+        name: &str,
+    ) -> (Option<usize>, Range<usize>) {
+        let name = name.as_bytes();
+        let end = within.end;
+        let first = self.partition(within.start, end, skip, |s| s < name);
+        let recorded = self
+            .sorted
+            .get(first)
+            .filter(|&&i| first < end && self.paths[i].as_bytes().get(skip..) == Some(name))
+            .copied();
+        let dir = name.iter().chain(std::iter::once(&b'/'));
+        let lo = self.partition(first, end, skip, |s| s.iter().lt(dir.clone()));
+        let hi = self.partition(lo, end, skip, |s| {
+            s.len() > name.len() && s.starts_with(name) && s[name.len()] == b'/'
+        });
+        (recorded, lo..hi)
+    }
+
+    /// Keeps `o` as the output of recorded path `i`; a second one is an error.
+    fn place(&mut self, i: usize, o: OutputRecord) -> Result<(), String> {
+        let slot = &mut self.found[i];
+        if slot.is_some() {
+            return Err(format!("output {:?} appears twice", truncate(o.path())));
+        }
+        *slot = Some(o);
         Ok(())
+    }
+
+    /// A directory `path` that is not recorded: allowed only above recorded paths
+    /// (`below` not empty), and only as often as the recorded paths have levels.
+    fn above(&mut self, path: &str, below: &Range<usize>) -> Result<(), String> {
+        if below.is_empty() {
+            return Err(unrecorded(path));
+        }
+        self.above_left = self
+            .above_left
+            .checked_sub(1)
+            .ok_or("more directories than its recorded paths have levels")?;
+        Ok(())
+    }
+
+    /// Takes `target`'s bytes from the budget.
+    fn target(&mut self, target: &str) -> Result<String, String> {
+        self.target_bytes_left = self
+            .target_bytes_left
+            .checked_sub(target.len())
+            .ok_or_else(|| format!("its paths and targets take over {MAX_ENTRY_BYTES} bytes"))?;
+        Ok(target.to_owned())
+    }
+
+    /// The outputs in record order; a recorded path not found is an error. A directory
+    /// with nothing recorded below it is not implied by anything: the writer recorded
+    /// it, so a result without it is damaged and a restore without it would be partial.
+    fn into_outputs(self) -> Result<Vec<OutputRecord>, String> {
+        let paths = self.paths;
+        self.found
+            .into_iter()
+            .zip(paths)
+            .map(|(o, p)| {
+                o.ok_or_else(|| format!("recorded output {:?} is not in the result", truncate(p)))
+            })
+            .collect()
     }
 }
 
-fn expand(
-    dir: &re::Directory,
-    path: &str,
-    depth: usize,
-    children: &HashMap<BlobRef, &re::Directory>,
+fn unrecorded(path: &str) -> String {
+    format!(
+        "output {:?} is in the result but not recorded",
+        truncate(path)
+    )
+}
+
+/// Refuses a `Directory` with a name that is not plain or that it holds twice (among
+/// its files, symlinks and directories together).
+pub(crate) fn check_names(dir: &re::Directory) -> Result<(), String> {
+    let mut names: Vec<&str> =
+        Vec::with_capacity(dir.files.len() + dir.symlinks.len() + dir.directories.len());
+    let all = (dir.files.iter().map(|f| f.name.as_str()))
+        .chain(dir.symlinks.iter().map(|s| s.name.as_str()))
+        .chain(dir.directories.iter().map(|d| d.name.as_str()));
+    for name in all {
+        if !plain_name(name) {
+            return Err(format!(
+                "a tree entry named {:?} ({} bytes; names are plain, at most {MAX_NAME_BYTES})",
+                truncate(name),
+                name.len()
+            ));
+        }
+        names.push(name);
+    }
+    names.sort_unstable();
+    match names.windows(2).find(|w| w[0] == w[1]) {
+        Some(w) => Err(format!(
+            "a tree directory holds two entries named {:?}",
+            truncate(w[0])
+        )),
+        None => Ok(()),
+    }
+}
+
+/// One decode: the recorded paths, the stop flag, the work done.
+struct Decoder<'a, 'w> {
+    order: Order<'a>,
     algorithm: DigestAlgorithm,
-    found: &mut Found,
-) -> Result<(), String> {
-    if depth > MAX_PATH_DEPTH {
-        return Err(format!("a tree deeper than {MAX_PATH_DEPTH}"));
+    stop: &'w AtomicBool,
+    work: &'w mut Work,
+}
+
+impl Decoder<'_, '_> {
+    fn check_stop(&self) -> Result<(), Refusal> {
+        if self.stop.load(Ordering::Relaxed) {
+            return Err(Refusal::Stopped);
+        }
+        Ok(())
     }
-    found.push(OutputRecord::Directory { path: path.into() })?;
-    for f in &dir.files {
-        let d = f.digest.as_ref().ok_or("a file node without a digest")?;
-        found.push(OutputRecord::File {
-            path: format!("{path}/{}", f.name),
-            blob: from_digest(d, algorithm)?,
-            executable: f.is_executable,
-        })?;
+
+    /// A top-level output's path: the index of the recorded path it is, if any, and
+    /// the recorded paths below it.
+    fn top(&mut self, path: &str) -> (Option<usize>, Range<usize>) {
+        self.work.examined += 1;
+        self.order.find(&self.order.all(), 0, path)
     }
-    for s in &dir.symlinks {
-        found.push(OutputRecord::Symlink {
-            path: format!("{path}/{}", s.name),
-            target: s.target.clone(),
-        })?;
+
+    /// Entry `name` of the directory at `path` (`depth` components), whose recorded
+    /// descendants are `within`: checked for length and depth before it is looked up.
+    fn entry(
+        &mut self,
+        path: &str,
+        depth: usize,
+        within: &Range<usize>,
+        name: &str,
+    ) -> Result<(Option<usize>, Range<usize>), String> {
+        self.work.examined += 1;
+        if depth >= MAX_PATH_DEPTH {
+            return Err(format!(
+                "a tree path deeper than {MAX_PATH_DEPTH} levels below {:?}",
+                truncate(path)
+            ));
+        }
+        if path.len() + 1 + name.len() > MAX_PATH_BYTES {
+            return Err(format!(
+                "a tree path longer than {MAX_PATH_BYTES} bytes below {:?}",
+                truncate(path)
+            ));
+        }
+        Ok(self.order.find(within, path.len() + 1, name))
     }
-    for d in &dir.directories {
-        let digest = d
-            .digest
-            .as_ref()
-            .ok_or("a directory node without a digest")?;
-        let child = children
-            .get(&from_digest(digest, algorithm)?)
-            .ok_or_else(|| format!("the tree lacks directory {}", digest.hash))?;
-        expand(
-            child,
-            &format!("{path}/{}", d.name),
-            depth + 1,
-            children,
-            algorithm,
-            found,
-        )?;
+
+    /// The output directory `d`: its tree read, checked and expanded.
+    fn output_directory<H: std::hash::BuildHasher>(
+        &mut self,
+        d: &re::OutputDirectory,
+        blobs: &HashMap<BlobRef, Vec<u8>, H>,
+    ) -> Result<(), Refusal> {
+        self.check_stop()?;
+        let (recorded, below) = self.top(&d.path);
+        match recorded {
+            Some(i) => self.order.place(
+                i,
+                OutputRecord::Directory {
+                    path: d.path.clone(),
+                },
+            )?,
+            None => self.order.above(&d.path, &below)?,
+        }
+        let t = d.tree_digest.as_ref().ok_or("no tree")?;
+        let tree_ref = from_digest(t, self.algorithm)?;
+        let bytes = blobs
+            .get(&tree_ref)
+            .ok_or_else(|| format!("tree {tree_ref} was not read"))?;
+        let tree = re::Tree::decode(bytes.as_slice())
+            .map_err(|e| format!("tree {tree_ref} does not decode: {e}"))?;
+        let root = tree.root.as_ref().ok_or("a tree without a root")?;
+        check_names(root)?;
+        let mut children = HashMap::with_capacity(tree.children.len());
+        for c in &tree.children {
+            self.check_stop()?;
+            check_names(c)?;
+            children.insert(message_blob(c, self.algorithm).0, c);
+        }
+        let mut path = d.path.clone();
+        let depth = d.path.split('/').count();
+        self.expand(root, &mut path, depth, &below, &children)
     }
-    Ok(())
+
+    /// Expands `dir`, found at `path` (`depth` components) with the recorded paths
+    /// `within` below it. `path` is one buffer, grown and cut back: no path is formed
+    /// before it is checked.
+    fn expand(
+        &mut self,
+        dir: &re::Directory,
+        path: &mut String,
+        depth: usize,
+        within: &Range<usize>,
+        children: &HashMap<BlobRef, &re::Directory>,
+    ) -> Result<(), Refusal> {
+        self.check_stop()?;
+        let join = |path: &str, name: &str| format!("{path}/{name}");
+        for f in &dir.files {
+            let (recorded, _) = self.entry(path, depth, within, &f.name)?;
+            let i = recorded.ok_or_else(|| unrecorded(&join(path, &f.name)))?;
+            let d = f.digest.as_ref().ok_or("a file node without a digest")?;
+            let blob = from_digest(d, self.algorithm)?;
+            self.order.place(
+                i,
+                OutputRecord::File {
+                    path: join(path, &f.name),
+                    blob,
+                    executable: f.is_executable,
+                },
+            )?;
+        }
+        for s in &dir.symlinks {
+            let (recorded, _) = self.entry(path, depth, within, &s.name)?;
+            let i = recorded.ok_or_else(|| unrecorded(&join(path, &s.name)))?;
+            let target = self.order.target(&s.target)?;
+            self.order.place(
+                i,
+                OutputRecord::Symlink {
+                    path: join(path, &s.name),
+                    target,
+                },
+            )?;
+        }
+        for d in &dir.directories {
+            let (recorded, below) = self.entry(path, depth, within, &d.name)?;
+            let digest = d
+                .digest
+                .as_ref()
+                .ok_or("a directory node without a digest")?;
+            let child = children
+                .get(&from_digest(digest, self.algorithm)?)
+                .ok_or_else(|| format!("the tree lacks directory {}", truncate(&digest.hash)))?;
+            let len = path.len();
+            path.push('/');
+            path.push_str(&d.name);
+            let placed = match recorded {
+                Some(i) => self
+                    .order
+                    .place(i, OutputRecord::Directory { path: path.clone() }),
+                None => self.order.above(path, &below),
+            };
+            let expanded = placed
+                .map_err(Refusal::from)
+                .and_then(|()| self.expand(child, path, depth + 1, &below, children));
+            path.truncate(len);
+            expanded?;
+        }
+        Ok(())
+    }
+
+    /// Every output the result names: files and symlinks, then trees expanded.
+    fn outputs<H: std::hash::BuildHasher>(
+        &mut self,
+        result: &re::ActionResult,
+        blobs: &HashMap<BlobRef, Vec<u8>, H>,
+    ) -> Result<(), Refusal> {
+        self.check_stop()?;
+        for f in &result.output_files {
+            let i = self.top(&f.path).0.ok_or_else(|| unrecorded(&f.path))?;
+            let d = f.digest.as_ref().ok_or("a file without a digest")?;
+            let blob = from_digest(d, self.algorithm)?;
+            self.order.place(
+                i,
+                OutputRecord::File {
+                    path: f.path.clone(),
+                    blob,
+                    executable: f.is_executable,
+                },
+            )?;
+        }
+        // Older servers fill only the deprecated lists.
+        #[allow(deprecated)]
+        let symlinks = if result.output_symlinks.is_empty() {
+            result
+                .output_file_symlinks
+                .iter()
+                .chain(&result.output_directory_symlinks)
+                .collect::<Vec<_>>()
+        } else {
+            result.output_symlinks.iter().collect()
+        };
+        for s in symlinks {
+            let i = self.top(&s.path).0.ok_or_else(|| unrecorded(&s.path))?;
+            let target = self.order.target(&s.target)?;
+            self.order.place(
+                i,
+                OutputRecord::Symlink {
+                    path: s.path.clone(),
+                    target,
+                },
+            )?;
+        }
+        for d in &result.output_directories {
+            self.output_directory(d, blobs)?;
+        }
+        Ok(())
+    }
 }
 
 /// Maps a stored result back to the record for `key`. `blobs` holds the bytes of every
@@ -146,6 +523,30 @@ pub fn decode_result<H: std::hash::BuildHasher>(
     result: &re::ActionResult,
     blobs: &HashMap<BlobRef, Vec<u8>, H>,
     algorithm: DigestAlgorithm,
+) -> Result<Option<ActionRecord>, BackendError> {
+    decode_result_until(key, result, blobs, algorithm, &AtomicBool::new(false))
+}
+
+/// [`decode_result`] that gives up once `stop` is set (checked at every directory), with
+/// an `Unavailable` error: nothing is wrong with the result, nobody waits for it.
+pub fn decode_result_until<H: std::hash::BuildHasher>(
+    key: &Digest,
+    result: &re::ActionResult,
+    blobs: &HashMap<BlobRef, Vec<u8>, H>,
+    algorithm: DigestAlgorithm,
+    stop: &AtomicBool,
+) -> Result<Option<ActionRecord>, BackendError> {
+    decode_counted(key, result, blobs, algorithm, stop, &mut Work::default())
+}
+
+/// [`decode_result_until`], counting the entries it examines in `work`.
+pub(crate) fn decode_counted<H: std::hash::BuildHasher>(
+    key: &Digest,
+    result: &re::ActionResult,
+    blobs: &HashMap<BlobRef, Vec<u8>, H>,
+    algorithm: DigestAlgorithm,
+    stop: &AtomicBool,
+    work: &mut Work,
 ) -> Result<Option<ActionRecord>, BackendError> {
     let corrupt = |reason: String| BackendError::CorruptEntry {
         key: *key,
@@ -175,8 +576,11 @@ pub fn decode_result<H: std::hash::BuildHasher>(
         .checksum
         .ok_or_else(|| corrupt("no record checksum".into()))?;
     let record_key = Digest::parse(&ext.key).map_err(|_| corrupt("malformed key".into()))?;
-    let found = outputs_of(result, blobs, algorithm).map_err(corrupt)?;
-    let outputs = in_order(found, &ext.order).map_err(corrupt)?;
+    if ext.absolute_symlinks.iter().any(|l| l.target.is_empty()) {
+        return Err(corrupt("an absolute symlink without its target".into()));
+    }
+    let order = Order::new(&ext.order).map_err(corrupt)?;
+    work.bound = order.paths.len() + order.above_left + 1;
     let stdout = log_of(
         ext.stdout,
         &result.stdout_raw,
@@ -193,13 +597,23 @@ pub fn decode_result<H: std::hash::BuildHasher>(
         algorithm,
     )
     .map_err(corrupt)?;
+    let mut decoder = Decoder {
+        order,
+        algorithm,
+        stop,
+        work,
+    };
+    decoder.outputs(result, blobs).map_err(|r| match r {
+        Refusal::Corrupt(reason) => corrupt(reason),
+        Refusal::Stopped => {
+            BackendError::unavailable("the lookup was dropped while its result was decoded")
+        }
+    })?;
+    let outputs = decoder.order.into_outputs().map_err(corrupt)?;
     let signature = (!ext.signer.is_empty()).then_some(cache_core::sign::EntrySignature {
         public_key: ext.signer,
         signature: ext.signature,
     });
-    if ext.absolute_symlinks.iter().any(|l| l.target.is_empty()) {
-        return Err(corrupt("an absolute symlink without its target".into()));
-    }
     let record = ActionRecord {
         key: record_key,
         exit_code: result.exit_code,
@@ -219,59 +633,6 @@ pub fn decode_result<H: std::hash::BuildHasher>(
         ));
     }
     Ok(Some(record))
-}
-
-/// Every output the result names: trees expanded, then files, then symlinks.
-fn outputs_of<H: std::hash::BuildHasher>(
-    result: &re::ActionResult,
-    blobs: &HashMap<BlobRef, Vec<u8>, H>,
-    algorithm: DigestAlgorithm,
-) -> Result<Vec<OutputRecord>, String> {
-    let mut found = Found {
-        outputs: Vec::new(),
-    };
-    for d in &result.output_directories {
-        let t = d.tree_digest.as_ref().ok_or("no tree")?;
-        let tree_ref = from_digest(t, algorithm)?;
-        let bytes = blobs
-            .get(&tree_ref)
-            .ok_or_else(|| format!("tree {tree_ref} was not read"))?;
-        let decoded = re::Tree::decode(bytes.as_slice())
-            .map_err(|e| format!("tree {tree_ref} does not decode: {e}"))?;
-        let root = decoded.root.as_ref().ok_or("a tree without a root")?;
-        let children: HashMap<BlobRef, &re::Directory> = decoded
-            .children
-            .iter()
-            .map(|c| (message_blob(c, algorithm).0, c))
-            .collect();
-        expand(root, &d.path, 0, &children, algorithm, &mut found)?;
-    }
-    for f in &result.output_files {
-        let d = f.digest.as_ref().ok_or("a file without a digest")?;
-        found.push(OutputRecord::File {
-            path: f.path.clone(),
-            blob: from_digest(d, algorithm)?,
-            executable: f.is_executable,
-        })?;
-    }
-    // Older servers fill only the deprecated lists.
-    #[allow(deprecated)]
-    let symlinks = if result.output_symlinks.is_empty() {
-        result
-            .output_file_symlinks
-            .iter()
-            .chain(&result.output_directory_symlinks)
-            .collect::<Vec<_>>()
-    } else {
-        result.output_symlinks.iter().collect()
-    };
-    for s in symlinks {
-        found.push(OutputRecord::Symlink {
-            path: s.path.clone(),
-            target: s.target.clone(),
-        })?;
-    }
-    Ok(found.outputs)
 }
 
 /// One log: absent, inline (checked against its digest) or a blob.
@@ -319,41 +680,4 @@ fn duration_of(m: &re::ExecutedActionMetadata) -> u64 {
             m.worker_completed_timestamp.as_ref(),
         )
     }
-}
-
-/// Puts `found` in the order the writer recorded. Directories implied by a tree but
-/// not recorded (the parents of recorded outputs) are left out; any other difference
-/// is an error. A directory with nothing recorded below it is not implied by
-/// anything: the writer recorded it, so the order lost it (a damaged result) and a
-/// restore without it would be partial.
-fn in_order(found: Vec<OutputRecord>, order: &[String]) -> Result<Vec<OutputRecord>, String> {
-    let mut by_path: HashMap<String, OutputRecord> = HashMap::with_capacity(found.len());
-    for o in found {
-        let path = o.path().to_owned();
-        if by_path.insert(path.clone(), o).is_some() {
-            return Err(format!("output {:?} appears twice", truncate(&path)));
-        }
-    }
-    let mut out = Vec::with_capacity(order.len());
-    for p in order {
-        let o = by_path
-            .remove(p)
-            .ok_or_else(|| format!("recorded output {:?} is not in the result", truncate(p)))?;
-        out.push(o);
-    }
-    let implied = |dir: &str| {
-        order
-            .iter()
-            .any(|p| p.len() > dir.len() && p.starts_with(dir) && p.as_bytes()[dir.len()] == b'/')
-    };
-    if let Some(extra) = by_path
-        .values()
-        .find(|o| !matches!(o, OutputRecord::Directory { path } if implied(path)))
-    {
-        return Err(format!(
-            "output {:?} is in the result but not recorded",
-            truncate(extra.path())
-        ));
-    }
-    Ok(out)
 }

@@ -1,13 +1,13 @@
 //! Record -> `ActionResult` and `Tree` blobs.
 
 use super::{
-    Extension, FORMAT, LOG_ABSENT, LOG_BLOB, LOG_INLINE, extension_any, message_blob,
-    record_checksum, to_digest,
+    Extension, FORMAT, LOG_ABSENT, LOG_BLOB, LOG_INLINE, extension_any, message_blob, plain_name,
+    to_digest,
 };
 use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
 use bazel_remote_apis::google::protobuf::Timestamp;
-use cache_core::storage::{ActionRecord, LogRecord, OutputRecord};
-use cache_core::{BackendError, BlobRef, Digest, DigestAlgorithm};
+use cache_core::storage::{ActionRecord, LogRecord, MAX_ENTRY_BYTES, OutputRecord};
+use cache_core::{BackendError, BlobRef, Digest, DigestAlgorithm, MAX_PATH_BYTES, MAX_PATH_DEPTH};
 use std::collections::BTreeMap;
 
 /// A record as an `ActionResult`, and the `Tree` blobs it names.
@@ -105,18 +105,17 @@ impl Node {
     }
 }
 
-/// A path made of plain components (no empty, `.` or `..` component, no backslash or
-/// NUL, not absolute): only those are nested into a `Tree`, so every other path keeps
-/// its exact bytes as a top-level output and is judged by `Cache` as written.
+/// A path made of plain components ([`plain_name`]: no empty, `.` or `..` component, no
+/// backslash or NUL, none over 255 bytes, not absolute) within [`MAX_PATH_BYTES`] and
+/// [`MAX_PATH_DEPTH`]: only those are nested into a `Tree`, exactly what the reader
+/// accepts there, so every other path keeps its exact bytes as a top-level output and
+/// is judged by `Cache` as written.
 fn plain(path: &str) -> Option<Vec<&str>> {
-    if path.is_empty() || path.contains(['\\', '\0']) {
+    if path.len() > MAX_PATH_BYTES {
         return None;
     }
     let parts: Vec<&str> = path.split('/').collect();
-    parts
-        .iter()
-        .all(|p| !p.is_empty() && *p != "." && *p != "..")
-        .then_some(parts)
+    (parts.len() <= MAX_PATH_DEPTH && parts.iter().all(|p| plain_name(p))).then_some(parts)
 }
 
 fn timestamp(nanos_since_epoch: i128) -> Timestamp {
@@ -141,13 +140,25 @@ fn log_fields(log: &LogRecord, algorithm: DigestAlgorithm) -> (u32, Vec<u8>, Opt
 }
 
 /// Maps `record` to an `ActionResult`. Directory outputs become `Tree`s holding the
-/// outputs below them; outputs whose paths are not plain stay top-level. Fails only if
-/// the record does not encode (its checksum is over its encoding).
+/// outputs below them; outputs whose paths are not plain stay top-level. Fails if the
+/// record does not encode (its checksum is over its encoding) or its encoding is over
+/// [`MAX_ENTRY_BYTES`]: every entry store refuses it on reading, and the reader's
+/// budget for paths and targets relies on the bound.
 pub fn encode_record(
     record: &ActionRecord,
     algorithm: DigestAlgorithm,
 ) -> Result<Encoded, BackendError> {
-    let checksum = record_checksum(record)?;
+    let encoding = record.encode()?;
+    if encoding.len() > MAX_ENTRY_BYTES {
+        return Err(BackendError::Serialization(
+            format!(
+                "the entry takes {} bytes, over the {MAX_ENTRY_BYTES}-byte limit",
+                encoding.len()
+            )
+            .into(),
+        ));
+    }
+    let checksum = DigestAlgorithm::Blake3.digest(&encoding);
     // Tree roots: plain directory outputs not below another plain directory output.
     let plain_dirs: Vec<&str> = record
         .outputs

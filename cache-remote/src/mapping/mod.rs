@@ -8,6 +8,13 @@
 //! `execution_metadata.auxiliary_metadata`, which other tools ignore. Reading is
 //! strict: anything this module cannot map exactly is a corrupt entry (a miss).
 //!
+//! Reading is also bounded before anything is expanded, since any job that can write
+//! the cache writes these messages and a `Tree` is a DAG: the recorded paths (the
+//! extension's order) are checked and sorted first, every tree `Directory` is checked
+//! once ([`plain_name`]s, none twice), and a tree expands only into recorded paths and
+//! the directories above them, each checked for length and depth before it is formed,
+//! so the work follows the bytes received ([`decode_result_until`] can also be stopped).
+//!
 //! The server keeps results as it got them, damage included, and only blobs are
 //! named by their digest: so the extension also carries a checksum of the whole record
 //! (of its cache-core encoding, [`record_checksum`]), and a read recomputes it over
@@ -26,7 +33,10 @@ mod encode;
 #[cfg(test)]
 mod tests;
 
-pub use decode::{decode_result, extension, needed_blobs};
+pub use decode::{
+    MAX_NAME_BYTES, decode_result, decode_result_until, extension, needed_blobs, plain_name,
+};
+pub(crate) use decode::{Work, check_names, decode_counted};
 pub use encode::{Encoded, encode_record, tombstone};
 
 /// The `type_url` of taskcache's extension in `auxiliary_metadata`: a REAPI

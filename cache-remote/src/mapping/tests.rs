@@ -1,5 +1,6 @@
 //! Round trips and refusals of the mapping.
 
+use super::decode::{Work, decode_counted};
 use super::*;
 use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
 use cache_core::storage::{ActionRecord, EntryKey, LogRecord, OutputRecord};
@@ -313,4 +314,125 @@ fn every_single_bit_flip_of_a_result_is_refused_or_harmless() {
         same > 0 && refused > 0,
         "{same} harmless, {refused} refused"
     );
+}
+
+/// Decodes `record` as planted with `tree` under `out`, counting the entries examined.
+fn decode_work(record: &ActionRecord, tree: &re::Tree) -> (Result<(), String>, Work) {
+    let (result, blobs) = crate::fuzz::planted(record, "out", tree.encode_to_vec());
+    let mut work = Work::default();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let got = decode_counted(
+        &record.key,
+        &result,
+        &blobs,
+        DigestAlgorithm::Sha256,
+        &stop,
+        &mut work,
+    );
+    assert!(work.examined <= work.bound, "{work:?}");
+    let got = match got {
+        Ok(Some(r)) => {
+            assert_eq!(&r, record);
+            Ok(())
+        }
+        Ok(None) => panic!("a tombstone"),
+        Err(BackendError::CorruptEntry { reason, .. }) => Err(reason),
+        Err(e) => panic!("{e}"),
+    };
+    (got, work)
+}
+
+fn dirs(paths: &[String]) -> ActionRecord {
+    let mut r = sample();
+    r.outputs = paths
+        .iter()
+        .map(|p| OutputRecord::Directory { path: p.clone() })
+        .collect();
+    r
+}
+
+/// The DAG (2^20 paths if expanded) costs a handful of lookups: the first
+/// path that is neither recorded nor above a recorded one ends the decode.
+#[test]
+fn a_dag_costs_as_many_lookups_as_the_paths_recorded() {
+    let (a, b) = ("a".repeat(200), "b".repeat(200));
+    let tree = crate::fuzz::dag_tree(20, &[&a, &b]);
+    let (got, work) = decode_work(&dirs(&["out".into()]), &tree);
+    assert!(got.unwrap_err().contains("not recorded"));
+    assert_eq!(work.examined, 2, "the root and its first entry");
+    // One whole branch recorded: its 20 levels, then the other name at the deepest.
+    let mut paths = vec!["out".to_owned()];
+    for _ in 0..19 {
+        paths.push(format!("{}/{a}", paths.last().unwrap()));
+    }
+    let (got, work) = decode_work(&dirs(&paths), &tree);
+    assert!(got.unwrap_err().contains("not recorded"));
+    assert!(work.examined <= 22, "{work:?}");
+    // With 1,000-byte names nothing is looked up below the root.
+    let (a, b) = ("a".repeat(1000), "b".repeat(1000));
+    let tree = crate::fuzz::dag_tree(20, &[&a, &b]);
+    let (got, work) = decode_work(&dirs(&["out".into()]), &tree);
+    assert!(got.unwrap_err().contains("tree entry named"));
+    assert_eq!(work.examined, 1);
+}
+
+/// Shared children are expanded where the recorded paths reach them, every time.
+#[test]
+fn a_dag_whose_every_path_is_recorded_is_read() {
+    let tree = crate::fuzz::dag_tree(3, &["x", "y"]);
+    let mut paths = vec!["out".to_owned()];
+    let mut level = vec!["out".to_owned()];
+    for _ in 0..3 {
+        level = level
+            .iter()
+            .flat_map(|p| [format!("{p}/x"), format!("{p}/y")])
+            .collect();
+        paths.extend(level.iter().cloned());
+    }
+    let (got, work) = decode_work(&dirs(&paths), &tree);
+    assert_eq!(got, Ok(()));
+    assert_eq!(work.examined, 15);
+    // Only the leaves recorded: the directories above them are paid for by their `/`s.
+    let (got, work) = decode_work(&dirs(&level), &tree);
+    assert_eq!(got, Ok(()));
+    assert_eq!(work.examined, 15);
+}
+
+/// The order is checked before any tree is read or expanded.
+#[test]
+fn recorded_paths_twice_are_refused_before_any_tree() {
+    let r = dirs(&["out".into(), "out/a".into(), "out/a".into()]);
+    let (got, work) = decode_work(&r, &crate::fuzz::dag_tree(20, &["s", "s"]));
+    assert!(got.unwrap_err().contains("recorded twice"));
+    assert_eq!(work.examined, 0);
+}
+
+/// A set stop flag (the lookup was dropped) ends the decode as `Unavailable`, never as
+/// a corrupt entry (which would remove a good one).
+#[test]
+fn a_set_stop_flag_ends_the_decode_without_calling_it_corrupt() {
+    let r = sample();
+    let alg = DigestAlgorithm::Sha256;
+    let enc = encode_record(&r, alg).unwrap();
+    let blobs: HashMap<BlobRef, Vec<u8>> = enc.trees.into_iter().collect();
+    let stop = std::sync::atomic::AtomicBool::new(true);
+    let mut work = Work::default();
+    let e = decode_counted(&r.key, &enc.result, &blobs, alg, &stop, &mut work).unwrap_err();
+    assert!(matches!(e, BackendError::Unavailable(_)), "{e}");
+    assert_eq!(work.examined, 0);
+    let e = decode_result_until(&r.key, &enc.result, &blobs, alg, &stop).unwrap_err();
+    assert!(e.is_cache_fault() && !matches!(e, BackendError::CorruptEntry { .. }));
+}
+
+/// The writer refuses what no reader would accept: a record over the entry limit.
+#[test]
+fn records_over_the_entry_limit_are_not_written() {
+    let mut r = sample();
+    r.outputs = (0..20_000)
+        .map(|i| OutputRecord::Directory {
+            path: format!("{i:04000}"),
+        })
+        .collect();
+    let e = encode_record(&r, DigestAlgorithm::Sha256).err().unwrap();
+    assert!(e.to_string().contains("limit"), "{e}");
 }

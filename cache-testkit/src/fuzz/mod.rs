@@ -49,6 +49,70 @@ pub fn run(name: &str, data: &[u8]) {
     }
 }
 
+/// The files of the corpus of `target` (`fuzz/corpus/<target>/`), sorted.
+///
+/// # Panics
+///
+/// If the directory cannot be read.
+pub fn corpus_files(target: &str) -> Vec<std::path::PathBuf> {
+    let dir = corpus_dir(target);
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.expect("a corpus directory entry").path())
+        .collect();
+    files.sort();
+    files
+}
+
+fn corpus_dir(target: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/corpus")
+        .join(target)
+}
+
+/// Replays the corpus of `target` through `check` (a target's property), for the
+/// stable tests of any crate that holds one.
+///
+/// # Panics
+///
+/// If a corpus file fails its check, or the corpus has fewer than 8 files (the seeds
+/// alone are more: an empty or lost corpus must not pass).
+pub fn replay_corpus(target: &str, check: impl Fn(&[u8]) + std::panic::RefUnwindSafe) {
+    let files = corpus_files(target);
+    assert!(
+        files.len() >= 8,
+        "{target}: only {} corpus files",
+        files.len()
+    );
+    for f in &files {
+        let data = std::fs::read(f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        assert!(
+            std::panic::catch_unwind(|| check(&data)).is_ok(),
+            "{target}: corpus file {} fails its check",
+            f.display()
+        );
+    }
+}
+
+/// Checks that every seed (`(target, name, bytes)`) is stored as `seed-<name>` in its
+/// target's corpus with these bytes.
+///
+/// # Panics
+///
+/// On a missing or stale seed (`cargo xtask drill seeds` writes them).
+pub fn assert_seeds_stored(seeds: &[(&str, String, Vec<u8>)]) {
+    for (target, name, bytes) in seeds {
+        let path = corpus_dir(target).join(format!("seed-{name}"));
+        let stored = std::fs::read(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (run `cargo xtask drill seeds`)", path.display()));
+        assert!(
+            stored == *bytes,
+            "{} is stale (run `cargo xtask drill seeds`)",
+            path.display()
+        );
+    }
+}
+
 /// The key every fuzzed record is read for.
 pub fn fuzz_key() -> Digest {
     DigestAlgorithm::Blake3.digest(b"taskcache fuzz key")

@@ -1,18 +1,35 @@
 //! `drill fuzz`: the cargo-fuzz targets under `fuzz/` (`decode_record`, `place`,
-//! `key_inputs`; their checks are `cache_testkit::fuzz`), each for N executions
-//! (default 1,000,000) on the nightly toolchain, the three side by side, with libFuzzer's memory limits
-//! (`-rss_limit_mb`, `-malloc_limit_mb`): no panic, bounded allocation, no write
-//! outside the workspace. cargo-fuzz is installed from the crate registry into the
+//! `key_inputs`, whose checks are `cache_testkit::fuzz`, and `decode_tree`, whose check
+//! is `cache_remote::fuzz`: the testkit may not depend on a backend), each for N
+//! executions (default 1,000,000) on the nightly toolchain, side by side, with
+//! libFuzzer's memory limits (`-rss_limit_mb`, `-malloc_limit_mb`): no panic, bounded
+//! allocation, no write outside the workspace. cargo-fuzz is installed from the crate registry into the
 //! user's cargo if missing. New inputs go to `target/fuzz-corpus/`, the repository's
 //! `fuzz/corpus/` is only read. Without a nightly toolchain it says so and skips.
 //!
 //! `--ci` replays `fuzz/corpus/` through the same checks on stable, in this process
-//! (the test suite does the same in `cache-testkit/tests/fuzz_corpus.rs`).
+//! (the test suite does the same in `cache-testkit/tests/fuzz_corpus.rs` and
+//! `cache-remote/tests/fuzz_corpus.rs`).
 
 use super::Outcome;
-use cache_testkit::fuzz::TARGETS;
 use std::path::Path;
 use std::process::{Command, Stdio};
+
+/// Every target: the testkit's, then cache-remote's.
+fn targets() -> impl Iterator<Item = &'static str> {
+    cache_testkit::fuzz::TARGETS
+        .into_iter()
+        .chain(cache_remote::fuzz::TARGETS)
+}
+
+/// Runs target `t`'s check on `data` (panics on a failed property).
+fn check(t: &str, data: &[u8]) {
+    if cache_remote::fuzz::TARGETS.contains(&t) {
+        cache_remote::fuzz::run(t, data);
+    } else {
+        cache_testkit::fuzz::run(t, data);
+    }
+}
 
 /// Bounds for one target process: resident memory and any single allocation.
 const RSS_LIMIT_MB: u32 = 2048;
@@ -57,11 +74,11 @@ pub fn run(executions: u64, ci: bool) -> Result<Outcome, String> {
             .arg(target_dir.join("fuzz")),
     )?;
     let mut running = Vec::new();
-    for t in TARGETS {
+    for t in targets() {
         let work = target_dir.join("fuzz-corpus").join(t);
         std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
         let mut cmd = fuzz_run(&root, &target_dir, t, &work, executions);
-        // To a file, not a pipe: three children writing to pipes read one after the
+        // To a file, not a pipe: children writing to pipes read one after the
         // other would block on a full pipe while the first is waited for.
         let log_path = target_dir.join("fuzz-logs").join(format!("{t}.log"));
         std::fs::create_dir_all(log_path.parent().unwrap_or(&target_dir))
@@ -167,14 +184,14 @@ fn stat(text: &str, name: &str) -> Option<u64> {
 fn replay() -> Result<Outcome, String> {
     let root = crate::workspace_root().join("fuzz/corpus");
     let mut out = Outcome::default();
-    for t in TARGETS {
+    for t in targets() {
         let dir = root.join(t);
         let rd = std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         for f in rd {
             let path = f.map_err(|e| e.to_string())?.path();
             let data = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
             out.trials += 1;
-            if std::panic::catch_unwind(|| cache_testkit::fuzz::run(t, &data)).is_err() {
+            if std::panic::catch_unwind(|| check(t, &data)).is_err() {
                 out.failures += 1;
                 eprintln!("drill fuzz: {}: FAILURE", path.display());
             }

@@ -253,7 +253,8 @@ fn run_drills(
 
 fn write_seeds() -> Result<(), String> {
     let root = crate::workspace_root().join("fuzz/corpus");
-    let seeds = cache_testkit::fuzz::seeds();
+    let mut seeds = cache_testkit::fuzz::seeds();
+    seeds.extend(cache_remote::fuzz::seeds());
     for (target, name, bytes) in &seeds {
         let dir = root.join(target);
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
