@@ -13,12 +13,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hit_whose_blobs_hang_times_out_as_a_cache_fault() {
-    let cache = Cache::new(
-        FaultyStorage::new(MemoryStorage::new(), FaultPlan::healthy()),
-        spawn_blocking,
-    );
+/// Stores an entry with a file and a stdout log large enough to be a blob.
+async fn store_with_log_blob(cache: &Cache<FaultyStorage<MemoryStorage>>) -> (String, CacheEntry) {
     let key = fresh_key();
     let entry = CacheEntry {
         stdout: Some(vec![b'x'; 200_000]), // a blob, not inline
@@ -29,6 +25,16 @@ async fn a_hit_whose_blobs_hang_times_out_as_a_cache_fault() {
         .store(&task(), &key, &entry, CachePolicy::Normal)
         .await
         .unwrap();
+    (key, entry)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hit_whose_blobs_hang_times_out_as_a_cache_fault() {
+    let cache = Cache::new(
+        FaultyStorage::new(MemoryStorage::new(), FaultPlan::healthy()),
+        spawn_blocking,
+    );
+    let (key, _) = store_with_log_blob(&cache).await;
     // From now on, reading a blob never answers.
     cache.storage().faults().set_plan(
         FaultPlan::new(Trigger::Never, cache_testkit::FaultError::Unavailable)
@@ -178,16 +184,7 @@ async fn a_panicking_storage_is_a_cache_fault_not_a_crash() {
         FaultyStorage::new(MemoryStorage::new(), FaultPlan::healthy()),
         spawn_blocking,
     ));
-    let key = fresh_key();
-    let entry = CacheEntry {
-        stdout: Some(vec![b'x'; 200_000]), // a blob, not inline
-        outputs: vec![CacheOutput::bytes("a.txt", b"alpha".to_vec(), false)],
-        ..CacheEntry::default()
-    };
-    cache
-        .store(&task(), &key, &entry, CachePolicy::Normal)
-        .await
-        .unwrap();
+    let (key, entry) = store_with_log_blob(&cache).await;
     let bounded = Deadline::new(
         Arc::clone(&cache) as Arc<dyn CacheBackend>,
         Deadlines::new(Duration::from_secs(30)),

@@ -515,10 +515,10 @@ pub async fn hostile_flipped_log_blob(h: Harness) {
     );
 }
 
-/// After a flipped blob was detected, storing the same entry again repairs it (the
-/// backend dropped its corrupt copy instead of keeping it as "already stored").
-pub async fn hostile_flipped_blob_is_repaired_by_next_store(h: Harness) {
-    let algorithm = blob_algorithm(&h).await;
+/// Stores an entry with one file and a stdout log blob, restores it once, then flips
+/// a byte of both blobs: (key, tree, entry, stdout).
+async fn stored_then_flipped(h: &Harness) -> (String, OutputTree, CacheEntry, Vec<u8>) {
+    let algorithm = blob_algorithm(h).await;
     let tree = OutputTree::new().file("data/f.bin", pattern_bytes(fresh_seed(), 4 << 10), false);
     let stdout = pattern_bytes(fresh_seed(), 100 << 10);
     let entry = CacheEntry {
@@ -526,15 +526,22 @@ pub async fn hostile_flipped_blob_is_repaired_by_next_store(h: Harness) {
         ..tree.entry()
     };
     let key = fresh_key();
-    store(&h, &key, &entry).await;
+    store(h, &key, &entry).await;
     let ws = TempWorkspace::new();
-    let blob = returned_blobs(&restore(&h, &key, &ws).await)["data/f.bin"];
+    let blob = returned_blobs(&restore(h, &key, &ws).await)["data/f.bin"];
     expect_ok(h.tamper.flip_blob_byte(&blob).await, "flip the file blob");
     let log_blob = BlobRef::of(algorithm, &stdout);
     expect_ok(
         h.tamper.flip_blob_byte(&log_blob).await,
         "flip the log blob",
     );
+    (key, tree, entry, stdout)
+}
+
+/// After a flipped blob was detected, storing the same entry again repairs it (the
+/// backend dropped its corrupt copy instead of keeping it as "already stored").
+pub async fn hostile_flipped_blob_is_repaired_by_next_store(h: Harness) {
+    let (key, tree, entry, stdout) = stored_then_flipped(&h).await;
     // One hit, found before either corruption is noticed: its restore and its logs
     // each meet one flipped blob.
     let hit = expect_ok(
@@ -575,23 +582,7 @@ pub async fn hostile_flipped_blob_is_repaired_by_next_store(h: Harness) {
 /// entry is still a hit for the next reader), and only a caller that may write removes
 /// them.
 pub async fn hostile_flipped_blob_readonly_deletes_nothing(h: Harness) {
-    let algorithm = blob_algorithm(&h).await;
-    let tree = OutputTree::new().file("data/f.bin", pattern_bytes(fresh_seed(), 4 << 10), false);
-    let stdout = pattern_bytes(fresh_seed(), 100 << 10);
-    let entry = CacheEntry {
-        stdout: Some(stdout.clone()),
-        ..tree.entry()
-    };
-    let key = fresh_key();
-    store(&h, &key, &entry).await;
-    let ws = TempWorkspace::new();
-    let blob = returned_blobs(&restore(&h, &key, &ws).await)["data/f.bin"];
-    expect_ok(h.tamper.flip_blob_byte(&blob).await, "flip the file blob");
-    let log_blob = BlobRef::of(algorithm, &stdout);
-    expect_ok(
-        h.tamper.flip_blob_byte(&log_blob).await,
-        "flip the log blob",
-    );
+    let (key, _, _, _) = stored_then_flipped(&h).await;
     for round in 0..2 {
         let hit = expect_ok(
             h.backend
