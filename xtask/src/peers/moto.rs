@@ -65,15 +65,7 @@ pub fn up(dir: &Path) -> Result<Vec<(&'static str, String)>, String> {
     install(dir)?;
     let pid_file = dir.join("moto.pid");
     let port_file = dir.join("moto.port");
-    let existing = net::running(&pid_file).and_then(|_| {
-        let port: u16 = std::fs::read_to_string(&port_file)
-            .ok()?
-            .trim()
-            .parse()
-            .ok()?;
-        net::http(port, "GET", "/").is_ok().then_some(port)
-    });
-    let port = if let Some(port) = existing {
+    let port = if let Some(port) = net::running_on(&pid_file, &port_file, "/") {
         port
     } else {
         let port = net::free_port()?;

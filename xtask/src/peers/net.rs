@@ -131,3 +131,15 @@ pub fn running(pid_file: &Path) -> Option<u32> {
         .ok()?;
     alive(pid).then_some(pid)
 }
+
+/// The port in `port_file` if the process in `pid_file` still runs and answers HTTP
+/// there (a `GET probe`, any status): a server an earlier `up` started.
+pub fn running_on(pid_file: &Path, port_file: &Path, probe: &str) -> Option<u16> {
+    running(pid_file)?;
+    let port: u16 = std::fs::read_to_string(port_file)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    http(port, "GET", probe).is_ok().then_some(port)
+}
