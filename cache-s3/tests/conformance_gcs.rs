@@ -144,6 +144,9 @@ fn the_emulator_still_lacks_what_the_other_cases_need() {
         let Err(e) = get else {
             panic!("the GCS emulator now answers GET with its headers: run GCS_CANNOT_HOST again");
         };
-        assert!(e.to_string().contains("Last-Modified Header missing"), "GET: {e}");
+        assert!(
+            e.to_string().contains("Last-Modified Header missing"),
+            "GET: {e}"
+        );
     });
 }

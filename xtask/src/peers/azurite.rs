@@ -82,14 +82,7 @@ pub fn up(dir: &Path) -> Result<Vec<(&'static str, String)>, String> {
     install(dir)?;
     let pid_file = dir.join("azurite.pid");
     let port_file = dir.join("azurite.port");
-    let port = match net::running_on(&pid_file, &port_file, "/") {
-        Some(port) => port,
-        None => {
-            let port = net::free_port()?;
-            start(dir, port)?;
-            port
-        }
-    };
+    let port = net::running_or_start(&pid_file, &port_file, |port| start(dir, port))?;
     let created = Command::new("node")
         .args(["-e", CREATE_CONTAINER, &port.to_string(), CONTAINER])
         .output()

@@ -52,14 +52,7 @@ pub fn up(dir: &Path) -> Result<Vec<(&'static str, String)>, String> {
     install(dir)?;
     let pid_file = dir.join("gcs.pid");
     let port_file = dir.join("gcs.port");
-    let port = match net::running_on(&pid_file, &port_file, "/") {
-        Some(port) => port,
-        None => {
-            let port = net::free_port()?;
-            start(dir, port)?;
-            port
-        }
-    };
+    let port = net::running_or_start(&pid_file, &port_file, |port| start(dir, port))?;
     Ok(vec![
         (
             "TASKCACHE_TEST_GCS_ENDPOINT",

@@ -65,13 +65,9 @@ pub fn up(dir: &Path) -> Result<Vec<(&'static str, String)>, String> {
     install(dir)?;
     let pid_file = dir.join("moto.pid");
     let port_file = dir.join("moto.port");
-    let port = if let Some(port) = net::running_on(&pid_file, &port_file, "/") {
-        port
-    } else {
-        let port = net::free_port()?;
-        start(dir, &dir.join("venv"), port)?;
-        port
-    };
+    let port = net::running_or_start(&pid_file, &port_file, |port| {
+        start(dir, &dir.join("venv"), port)
+    })?;
     Ok(vec![
         (
             "TASKCACHE_TEST_S3_ENDPOINT",

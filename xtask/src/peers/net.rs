@@ -132,14 +132,28 @@ pub fn running(pid_file: &Path) -> Option<u32> {
     alive(pid).then_some(pid)
 }
 
-/// The port in `port_file` if the process in `pid_file` still runs and answers HTTP
-/// there (a `GET probe`, any status): a server an earlier `up` started.
-pub fn running_on(pid_file: &Path, port_file: &Path, probe: &str) -> Option<u16> {
+/// The port of the server an earlier `up` started (its process in `pid_file` runs and
+/// answers HTTP `GET /` on the port in `port_file`), else a free port that `start`
+/// starts one on.
+pub fn running_or_start(
+    pid_file: &Path,
+    port_file: &Path,
+    start: impl FnOnce(u16) -> Result<u32, String>,
+) -> Result<u16, String> {
+    if let Some(port) = running_on(pid_file, port_file) {
+        return Ok(port);
+    }
+    let port = free_port()?;
+    start(port)?;
+    Ok(port)
+}
+
+fn running_on(pid_file: &Path, port_file: &Path) -> Option<u16> {
     running(pid_file)?;
     let port: u16 = std::fs::read_to_string(port_file)
         .ok()?
         .trim()
         .parse()
         .ok()?;
-    http(port, "GET", probe).is_ok().then_some(port)
+    http(port, "GET", "/").is_ok().then_some(port)
 }
