@@ -225,7 +225,7 @@ fn open_s3(
     let mut secrets = Secrets::default();
     // The variables the AWS tools read, and nothing else from the environment: a
     // stray AWS_* variable of another tool does not change where the cache goes.
-    for name in [
+    let names = [
         "AWS_ACCESS_KEY_ID",
         "AWS_SECRET_ACCESS_KEY",
         "AWS_SESSION_TOKEN",
@@ -238,17 +238,11 @@ fn open_s3(
         "AWS_WEB_IDENTITY_TOKEN_FILE",
         "AWS_ROLE_ARN",
         "AWS_ROLE_SESSION_NAME",
-    ] {
-        let Some(value) = var(name) else {
-            continue;
-        };
-        if matches!(name, "AWS_SECRET_ACCESS_KEY" | "AWS_SESSION_TOKEN") {
-            secrets.add(&value);
-        }
-        let key: AmazonS3ConfigKey = name
-            .to_ascii_lowercase()
-            .parse()
-            .map_err(|e| refuse(url, e))?;
+    ];
+    let secret = ["AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"];
+    for (key, value) in config_from::<AmazonS3ConfigKey>(&names, &secret, &var, &mut secrets)
+        .map_err(|e| refuse(url, e))?
+    {
         builder = builder.with_config(key, value);
     }
     let region = var("AWS_REGION")
@@ -335,6 +329,54 @@ fn endpoint_from(
         name,
         parsed.as_str().trim_end_matches('/').to_owned(),
     )))
+}
+
+/// The `names` that are set, as `object_store` configuration keys (the name in lower
+/// case) with their values; the values of the `secret` names go in `secrets`, to be
+/// scrubbed from messages.
+#[cfg(any(feature = "aws", feature = "gcp", feature = "azure"))]
+fn config_from<K>(
+    names: &[&str],
+    secret: &[&str],
+    var: &dyn Fn(&str) -> Option<String>,
+    secrets: &mut Secrets,
+) -> Result<Vec<(K, String)>, String>
+where
+    K: std::str::FromStr,
+    K::Err: std::fmt::Display,
+{
+    let mut config = Vec::new();
+    for name in names {
+        let Some(value) = var(name) else {
+            continue;
+        };
+        if secret.contains(name) {
+            secrets.add(&value);
+        }
+        let key = name
+            .to_ascii_lowercase()
+            .parse()
+            .map_err(|e| format!("{e}"))?;
+        config.push((key, value));
+    }
+    Ok(config)
+}
+
+/// For messages: the first of `names` that is set ("NAME from the environment"), else
+/// `otherwise`.
+#[cfg(any(feature = "gcp", feature = "azure"))]
+fn credential_source<'a>(
+    names: impl IntoIterator<Item = &'a str>,
+    var: &dyn Fn(&str) -> Option<String>,
+    otherwise: &str,
+) -> String {
+    names
+        .into_iter()
+        .find(|name| var(name).is_some())
+        .map_or_else(
+            || otherwise.to_owned(),
+            |name| format!("{name} from the environment"),
+        )
 }
 
 /// Why a runner with `AWS_EC2_METADATA_DISABLED=true` and no credentials gets no store.
@@ -474,17 +516,10 @@ fn open_gcs(
         .with_client_options(options.client.clone())
         .with_retry(options.retry.clone());
     let mut secrets = Secrets::default();
-    for name in GOOGLE_VARS {
-        let Some(value) = var(name) else {
-            continue;
-        };
-        if matches!(name, "GOOGLE_SERVICE_ACCOUNT_KEY" | "GOOGLE_BEARER_TOKEN") {
-            secrets.add(&value);
-        }
-        let key: GoogleConfigKey = name
-            .to_ascii_lowercase()
-            .parse()
-            .map_err(|e| refuse(url, e))?;
+    let secret = ["GOOGLE_SERVICE_ACCOUNT_KEY", "GOOGLE_BEARER_TOKEN"];
+    for (key, value) in config_from::<GoogleConfigKey>(&GOOGLE_VARS, &secret, &var, &mut secrets)
+        .map_err(|e| refuse(url, e))?
+    {
         builder = builder.with_config(key, value);
     }
     let shown_endpoint = match endpoint {
@@ -494,18 +529,16 @@ fn open_gcs(
         }
         None => "https://storage.googleapis.com".into(),
     };
-    let credentials = [
-        "GOOGLE_SERVICE_ACCOUNT_KEY",
-        "GOOGLE_SERVICE_ACCOUNT",
-        "GOOGLE_SERVICE_ACCOUNT_PATH",
-        "GOOGLE_BEARER_TOKEN",
-        "GOOGLE_APPLICATION_CREDENTIALS",
-    ]
-    .into_iter()
-    .find(|name| var(name).is_some())
-    .map_or_else(
-        || "application default credentials or instance metadata (no GOOGLE_* credentials in the environment)".to_owned(),
-        |name| format!("{name} from the environment"),
+    let credentials = credential_source(
+        [
+            "GOOGLE_SERVICE_ACCOUNT_KEY",
+            "GOOGLE_SERVICE_ACCOUNT",
+            "GOOGLE_SERVICE_ACCOUNT_PATH",
+            "GOOGLE_BEARER_TOKEN",
+            "GOOGLE_APPLICATION_CREDENTIALS",
+        ],
+        &var,
+        "application default credentials or instance metadata (no GOOGLE_* credentials in the environment)",
     );
     let store = builder
         .with_bucket_name(bucket)
@@ -613,28 +646,20 @@ fn open_azure(
         .with_client_options(options.client.clone())
         .with_retry(options.retry.clone());
     let mut secrets = Secrets::default();
-    for name in AZURE_VARS {
-        let Some(value) = var(name) else {
-            continue;
-        };
-        if AZURE_SECRETS.contains(&name) {
-            secrets.add(&value);
-        }
-        let key: AzureConfigKey = name
-            .to_ascii_lowercase()
-            .parse()
-            .map_err(|e| refuse(url, e))?;
+    for (key, value) in
+        config_from::<AzureConfigKey>(&AZURE_VARS, &AZURE_SECRETS, &var, &mut secrets)
+            .map_err(|e| refuse(url, e))?
+    {
         builder = builder.with_config(key, value);
     }
     let account = var("AZURE_STORAGE_ACCOUNT_NAME");
-    let mut credentials = AZURE_SECRETS
-        .into_iter()
-        .chain(["AZURE_FEDERATED_TOKEN_FILE", "AZURE_USE_AZURE_CLI"])
-        .find(|name| var(name).is_some())
-        .map_or_else(
-            || "managed identity (no AZURE_* credentials in the environment)".to_owned(),
-            |name| format!("{name} from the environment"),
-        );
+    let mut credentials = credential_source(
+        AZURE_SECRETS
+            .into_iter()
+            .chain(["AZURE_FEDERATED_TOKEN_FILE", "AZURE_USE_AZURE_CLI"]),
+        &var,
+        "managed identity (no AZURE_* credentials in the environment)",
+    );
     let shown_endpoint = if emulator {
         // What `object_store`'s emulator mode does, with the emulator's address read
         // like every other variable (its own mode reads AZURITE_BLOB_STORAGE_URL from
@@ -687,6 +712,18 @@ fn open_azure(
     ))
 }
 
+/// An environment of `pairs` and nothing else.
+#[cfg(test)]
+fn test_env(pairs: &[(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> + use<> {
+    let pairs = pairs.to_vec();
+    move |k: &str| {
+        pairs
+            .iter()
+            .find(|(n, _)| *n == k)
+            .map(|(_, v)| (*v).to_owned())
+    }
+}
+
 #[cfg(all(test, feature = "aws"))]
 mod tests {
     use super::*;
@@ -710,16 +747,7 @@ mod tests {
         assert_eq!(request.as_deref(), Some("5s"));
     }
 
-    /// An environment of `pairs` and nothing else.
-    fn env(pairs: &[(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
-        let pairs = pairs.to_vec();
-        move |k: &str| {
-            pairs
-                .iter()
-                .find(|(n, _)| *n == k)
-                .map(|(_, v)| (*v).to_owned())
-        }
-    }
+    use super::test_env as env;
 
     const KEYS: [(&str, &str); 2] = [
         ("AWS_ACCESS_KEY_ID", "test-access-key"),
@@ -833,16 +861,7 @@ mod tests {
 mod provider_tests {
     use super::*;
 
-    /// An environment of `pairs` and nothing else.
-    fn env(pairs: &[(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
-        let pairs = pairs.to_vec();
-        move |k: &str| {
-            pairs
-                .iter()
-                .find(|(n, _)| *n == k)
-                .map(|(_, v)| (*v).to_owned())
-        }
-    }
+    use super::test_env as env;
 
     fn open_url(url: &str, pairs: &[(&'static str, &'static str)]) -> BackendResult<Opened> {
         open(

@@ -25,13 +25,7 @@ fn storage(test: &str) -> Option<S3Storage> {
 }
 
 async fn harness() -> Harness {
-    let thread = std::thread::current();
-    let test = thread
-        .name()
-        .unwrap_or("azurite")
-        .rsplit("::")
-        .next()
-        .unwrap_or("azurite");
+    let test = &common::current_test();
     let Some(storage) = storage(test) else {
         // Skipped: the case runs against the reference backend so it still passes
         // for the right reason (nothing about Azure is claimed).

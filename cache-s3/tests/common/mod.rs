@@ -103,6 +103,13 @@ fn peer(test: &str, what: &str, endpoint: &str, bucket: &str) -> Option<(String,
     None
 }
 
+/// The name of the test running on this thread (its last path segment).
+pub fn current_test() -> String {
+    let thread = std::thread::current();
+    let name = thread.name().unwrap_or("test");
+    name.rsplit("::").next().unwrap_or(name).to_owned()
+}
+
 /// A prefix no other test uses.
 pub fn unique_prefix(test: &str) -> String {
     use std::sync::atomic::{AtomicU64, Ordering};

@@ -34,17 +34,7 @@ pub fn install(dir: &Path) -> Result<(), String> {
         python.display(),
         venv.display()
     );
-    net::quiet(
-        Command::new(&python)
-            .args(["-m", "venv", "--clear"])
-            .arg(&venv),
-    )?;
-    net::quiet(Command::new(venv.join("bin/pip")).args([
-        "install",
-        "-q",
-        "--disable-pip-version-check",
-        &format!("gcp-storage-emulator=={VERSION}"),
-    ]))
+    net::venv_with(&python, &venv, &format!("gcp-storage-emulator=={VERSION}"))
 }
 
 /// Starts the emulator (or finds it running) with the test bucket.

@@ -26,17 +26,11 @@ pub fn install(dir: &Path) -> Result<(), String> {
         "xtask: peers: installing moto {VERSION} into {} (once)",
         venv.display()
     );
-    net::quiet(
-        Command::new(python())
-            .args(["-m", "venv", "--clear"])
-            .arg(&venv),
-    )?;
-    net::quiet(Command::new(venv.join("bin/pip")).args([
-        "install",
-        "-q",
-        "--disable-pip-version-check",
+    net::venv_with(
+        Path::new(&python()),
+        &venv,
         &format!("moto[server]=={VERSION}"),
-    ]))
+    )
 }
 
 /// The AWS CLI (the benchmark's reference client) in the same venv, installed once;

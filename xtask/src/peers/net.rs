@@ -157,3 +157,18 @@ fn running_on(pid_file: &Path, port_file: &Path) -> Option<u16> {
         .ok()?;
     http(port, "GET", "/").is_ok().then_some(port)
 }
+
+/// A new venv at `venv` from `python` with `requirement` installed in it, quietly.
+pub fn venv_with(python: &Path, venv: &Path, requirement: &str) -> Result<(), String> {
+    quiet(
+        Command::new(python)
+            .args(["-m", "venv", "--clear"])
+            .arg(venv),
+    )?;
+    quiet(Command::new(venv.join("bin/pip")).args([
+        "install",
+        "-q",
+        "--disable-pip-version-check",
+        requirement,
+    ]))
+}
