@@ -278,13 +278,12 @@ const ENDPOINT_VARS: [&str; 2] = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"];
 /// The S3 endpoint from the environment, if one is set (see [`endpoint_from`]).
 #[cfg(feature = "aws")]
 fn aws_endpoint(var: &dyn Fn(&str) -> Option<String>) -> Result<Option<String>, String> {
-    Ok(endpoint_from(
+    endpoint_from(
         &ENDPOINT_VARS,
         "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
         "e.g. http://127.0.0.1:9000 or https://minio.example.com",
         var,
-    )?
-    .map(|(_, endpoint)| endpoint))
+    )
 }
 
 /// The first of `names` that is set, checked like a `--cache` URL: an `http://` or
@@ -299,7 +298,7 @@ fn endpoint_from(
     credentials: &str,
     example: &str,
     var: &dyn Fn(&str) -> Option<String>,
-) -> Result<Option<(&'static str, String)>, String> {
+) -> Result<Option<String>, String> {
     let Some((name, raw)) = names.iter().find_map(|name| var(name).map(|v| (*name, v))) else {
         return Ok(None);
     };
@@ -325,10 +324,7 @@ fn endpoint_from(
              from {credentials}, so set {name} to the server's address alone, {example}"
         ));
     }
-    Ok(Some((
-        name,
-        parsed.as_str().trim_end_matches('/').to_owned(),
-    )))
+    Ok(Some(parsed.as_str().trim_end_matches('/').to_owned()))
 }
 
 /// The `names` that are set, as `object_store` configuration keys (the name in lower
@@ -479,7 +475,7 @@ fn open_s3(
 /// The variables the GCS client reads (`object_store`'s names), and nothing else from
 /// the environment; the endpoint, `GOOGLE_BASE_URL`, is checked apart.
 #[cfg(feature = "gcp")]
-const GOOGLE_VARS: [&str; 8] = [
+const GOOGLE_VARS: [&str; 7] = [
     "GOOGLE_SERVICE_ACCOUNT",
     "GOOGLE_SERVICE_ACCOUNT_PATH",
     "GOOGLE_SERVICE_ACCOUNT_KEY",
@@ -487,7 +483,6 @@ const GOOGLE_VARS: [&str; 8] = [
     "GOOGLE_BEARER_TOKEN",
     "GOOGLE_SKIP_SIGNATURE",
     "GOOGLE_ALLOW_HTTP",
-    "GOOGLE_BUCKET",
 ];
 
 #[cfg(feature = "gcp")]
@@ -523,7 +518,7 @@ fn open_gcs(
         builder = builder.with_config(key, value);
     }
     let shown_endpoint = match endpoint {
-        Some((_, endpoint)) => {
+        Some(endpoint) => {
             builder = builder.with_config(GoogleConfigKey::BaseUrl, endpoint.clone());
             endpoint
         }
@@ -639,8 +634,7 @@ fn open_azure(
             &var,
         )
     }
-    .map_err(|e| refuse(url, e))?
-    .map(|(_, endpoint)| endpoint);
+    .map_err(|e| refuse(url, e))?;
     // Client options first: AZURE_ALLOW_HTTP is one of them.
     let mut builder = MicrosoftAzureBuilder::new()
         .with_client_options(options.client.clone())
