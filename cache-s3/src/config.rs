@@ -187,8 +187,8 @@ pub(crate) fn open(
             })
         }
         "s3" | "s3a" => open_s3(url, options, var, &bucket, prefix, place),
-        "gs" => open_gcs(url, options, &bucket, prefix, place),
-        "az" | "azure" => open_azure(url, options, &bucket, prefix, place),
+        "gs" => open_gcs(url, options, var, &bucket, prefix, place),
+        "az" | "azure" => open_azure(url, options, var, &bucket, prefix, place),
         other => Err(refuse(
             url,
             format!("the scheme {other:?} is not an object store (s3, gs, az, file, memory)"),
@@ -225,7 +225,7 @@ fn open_s3(
     let mut secrets = Secrets::default();
     // The variables the AWS tools read, and nothing else from the environment: a
     // stray AWS_* variable of another tool does not change where the cache goes.
-    for name in [
+    let names = [
         "AWS_ACCESS_KEY_ID",
         "AWS_SECRET_ACCESS_KEY",
         "AWS_SESSION_TOKEN",
@@ -238,17 +238,11 @@ fn open_s3(
         "AWS_WEB_IDENTITY_TOKEN_FILE",
         "AWS_ROLE_ARN",
         "AWS_ROLE_SESSION_NAME",
-    ] {
-        let Some(value) = var(name) else {
-            continue;
-        };
-        if matches!(name, "AWS_SECRET_ACCESS_KEY" | "AWS_SESSION_TOKEN") {
-            secrets.add(&value);
-        }
-        let key: AmazonS3ConfigKey = name
-            .to_ascii_lowercase()
-            .parse()
-            .map_err(|e| refuse(url, e))?;
+    ];
+    let secret = ["AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"];
+    for (key, value) in config_from::<AmazonS3ConfigKey>(&names, &secret, &var, &mut secrets)
+        .map_err(|e| refuse(url, e))?
+    {
         builder = builder.with_config(key, value);
     }
     let region = var("AWS_REGION")
@@ -281,26 +275,38 @@ fn open_s3(
 #[cfg(feature = "aws")]
 const ENDPOINT_VARS: [&str; 2] = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"];
 
-/// The S3 endpoint from the environment, if one is set, checked like a `--cache` URL:
-/// an `http://` or `https://` URL with a host and neither user info, a query nor a
-/// fragment (any of which may hold a secret, and a password with a `/` in it once
-/// panicked the request signer). The error names the variable and what to do, and
-/// never shows its value.
+/// The S3 endpoint from the environment, if one is set (see [`endpoint_from`]).
 #[cfg(feature = "aws")]
 fn aws_endpoint(var: &dyn Fn(&str) -> Option<String>) -> Result<Option<String>, String> {
-    let Some((name, raw)) = ENDPOINT_VARS
-        .iter()
-        .find_map(|name| var(name).map(|v| (*name, v)))
-    else {
+    endpoint_from(
+        &ENDPOINT_VARS,
+        "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+        "e.g. http://127.0.0.1:9000 or https://minio.example.com",
+        var,
+    )
+}
+
+/// The first of `names` that is set, checked like a `--cache` URL: an `http://` or
+/// `https://` URL with a host and neither user info, a query nor a fragment (any of
+/// which may hold a secret, and a password with a `/` in it once panicked the S3
+/// request signer). The error names the variable, what to do (`credentials`: the
+/// variables credentials go in; `example`: addresses to give), and never shows its
+/// value.
+#[cfg(any(feature = "aws", feature = "gcp", feature = "azure"))]
+fn endpoint_from(
+    names: &[&'static str],
+    credentials: &str,
+    example: &str,
+    var: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<String>, String> {
+    let Some((name, raw)) = names.iter().find_map(|name| var(name).map(|v| (*name, v))) else {
         return Ok(None);
     };
     let not_shown = "(its value is not shown: it may hold a secret)";
-    let example = "e.g. http://127.0.0.1:9000 or https://minio.example.com";
     if raw.contains('@') {
         return Err(format!(
             "{name} holds user info (an `@`) {not_shown}; credentials never go in the \
-             endpoint: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, and {name} to the \
-             server's address alone, {example}"
+             endpoint: set {credentials}, and {name} to the server's address alone, {example}"
         ));
     }
     let parsed = Url::parse(raw.trim()).map_err(|e| {
@@ -315,11 +321,58 @@ fn aws_endpoint(var: &dyn Fn(&str) -> Option<String>) -> Result<Option<String>, 
     if parsed.query().is_some() || parsed.fragment().is_some() {
         return Err(format!(
             "{name} has a query or fragment (`?` or `#`) {not_shown}; requests are signed \
-             from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, so set {name} to the \
-             server's address alone, {example}"
+             from {credentials}, so set {name} to the server's address alone, {example}"
         ));
     }
     Ok(Some(parsed.as_str().trim_end_matches('/').to_owned()))
+}
+
+/// The `names` that are set, as `object_store` configuration keys (the name in lower
+/// case) with their values; the values of the `secret` names go in `secrets`, to be
+/// scrubbed from messages.
+#[cfg(any(feature = "aws", feature = "gcp", feature = "azure"))]
+fn config_from<K>(
+    names: &[&str],
+    secret: &[&str],
+    var: &dyn Fn(&str) -> Option<String>,
+    secrets: &mut Secrets,
+) -> Result<Vec<(K, String)>, String>
+where
+    K: std::str::FromStr,
+    K::Err: std::fmt::Display,
+{
+    let mut config = Vec::new();
+    for name in names {
+        let Some(value) = var(name) else {
+            continue;
+        };
+        if secret.contains(name) {
+            secrets.add(&value);
+        }
+        let key = name
+            .to_ascii_lowercase()
+            .parse()
+            .map_err(|e| format!("{e}"))?;
+        config.push((key, value));
+    }
+    Ok(config)
+}
+
+/// For messages: the first of `names` that is set ("NAME from the environment"), else
+/// `otherwise`.
+#[cfg(any(feature = "gcp", feature = "azure"))]
+fn credential_source<'a>(
+    names: impl IntoIterator<Item = &'a str>,
+    var: &dyn Fn(&str) -> Option<String>,
+    otherwise: &str,
+) -> String {
+    names
+        .into_iter()
+        .find(|name| var(name).is_some())
+        .map_or_else(
+            || otherwise.to_owned(),
+            |name| format!("{name} from the environment"),
+        )
 }
 
 /// Why a runner with `AWS_EC2_METADATA_DISABLED=true` and no credentials gets no store.
@@ -330,18 +383,23 @@ const NO_CREDENTIALS: &str = "no S3 credentials: AWS_EC2_METADATA_DISABLED forbi
      AWS_ROLE_ARN, or the AWS_CONTAINER_CREDENTIALS_* variables), or unset \
      AWS_EC2_METADATA_DISABLED on a machine whose instance role should be used";
 
-/// Whether `AWS_EC2_METADATA_DISABLED` forbids the instance metadata service (`true`,
-/// as the AWS tools read it, and `1`/`yes`); a value that is neither yes nor no is
-/// refused rather than guessed.
+/// Whether `AWS_EC2_METADATA_DISABLED` forbids the instance metadata service.
 #[cfg(feature = "aws")]
-fn metadata_disabled(var: &dyn Fn(&str) -> Option<String>) -> Result<bool, &'static str> {
-    let Some(value) = var("AWS_EC2_METADATA_DISABLED") else {
+fn metadata_disabled(var: &dyn Fn(&str) -> Option<String>) -> Result<bool, String> {
+    flag("AWS_EC2_METADATA_DISABLED", var)
+}
+
+/// A yes/no variable: `true` (as the cloud tools read it), `1` or `yes`; unset, empty,
+/// `false`, `0` or `no` is no. A value that is neither is refused rather than guessed.
+#[cfg(any(feature = "aws", feature = "azure"))]
+fn flag(name: &str, var: &dyn Fn(&str) -> Option<String>) -> Result<bool, String> {
+    let Some(value) = var(name) else {
         return Ok(false);
     };
     match value.trim().to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" => Ok(true),
         "false" | "0" | "no" | "" => Ok(false),
-        _ => Err("AWS_EC2_METADATA_DISABLED must be true or false"),
+        _ => Err(format!("{name} must be true or false")),
     }
 }
 
@@ -414,30 +472,79 @@ fn open_s3(
     Err(refuse(url, "this build has no S3 support (feature `aws`)"))
 }
 
+/// The variables the GCS client reads (`object_store`'s names), and nothing else from
+/// the environment; the endpoint, `GOOGLE_BASE_URL`, is checked apart.
+#[cfg(feature = "gcp")]
+const GOOGLE_VARS: [&str; 7] = [
+    "GOOGLE_SERVICE_ACCOUNT",
+    "GOOGLE_SERVICE_ACCOUNT_PATH",
+    "GOOGLE_SERVICE_ACCOUNT_KEY",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+    "GOOGLE_BEARER_TOKEN",
+    "GOOGLE_SKIP_SIGNATURE",
+    "GOOGLE_ALLOW_HTTP",
+];
+
 #[cfg(feature = "gcp")]
 fn open_gcs(
     url: &Url,
     options: &S3Options,
+    var: &dyn Fn(&str) -> Option<String>,
     bucket: &str,
     prefix: Path,
     place: impl Fn(String, String, Secrets) -> Arc<Where>,
 ) -> BackendResult<Opened> {
-    let store = object_store::gcp::GoogleCloudStorageBuilder::from_env()
-        .with_bucket_name(bucket)
+    use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
+    if bucket.is_empty() {
+        return Err(refuse(url, "no bucket (gs://BUCKET/PREFIX)"));
+    }
+    let var = |k: &str| var(k).filter(|v| !v.is_empty());
+    let endpoint = endpoint_from(
+        &["GOOGLE_BASE_URL"],
+        "GOOGLE_SERVICE_ACCOUNT_KEY (or another GOOGLE_* credential)",
+        "e.g. http://127.0.0.1:4443 or https://storage.googleapis.com",
+        &var,
+    )
+    .map_err(|e| refuse(url, e))?;
+    // Client options first: GOOGLE_ALLOW_HTTP is one of them.
+    let mut builder = GoogleCloudStorageBuilder::new()
         .with_client_options(options.client.clone())
-        .with_retry(options.retry.clone())
+        .with_retry(options.retry.clone());
+    let mut secrets = Secrets::default();
+    let secret = ["GOOGLE_SERVICE_ACCOUNT_KEY", "GOOGLE_BEARER_TOKEN"];
+    for (key, value) in config_from::<GoogleConfigKey>(&GOOGLE_VARS, &secret, &var, &mut secrets)
+        .map_err(|e| refuse(url, e))?
+    {
+        builder = builder.with_config(key, value);
+    }
+    let shown_endpoint = match endpoint {
+        Some(endpoint) => {
+            builder = builder.with_config(GoogleConfigKey::BaseUrl, endpoint.clone());
+            endpoint
+        }
+        None => "https://storage.googleapis.com".into(),
+    };
+    let credentials = credential_source(
+        [
+            "GOOGLE_SERVICE_ACCOUNT_KEY",
+            "GOOGLE_SERVICE_ACCOUNT",
+            "GOOGLE_SERVICE_ACCOUNT_PATH",
+            "GOOGLE_BEARER_TOKEN",
+            "GOOGLE_APPLICATION_CREDENTIALS",
+        ],
+        &var,
+        "application default credentials or instance metadata (no GOOGLE_* credentials in the environment)",
+    );
+    let store = builder
+        .with_bucket_name(bucket)
         .build()
-        .map_err(|e| refuse(url, e))?;
+        .map_err(|e| refuse(url, secrets.scrub(&e.to_string())))?;
     let store = Arc::new(store);
     Ok(Opened {
         lister: Some(store.clone()),
         store,
         prefix,
-        place: place(
-            "https://storage.googleapis.com".into(),
-            "GOOGLE_* variables or application default credentials".into(),
-            Secrets::default(),
-        ),
+        place: place(shown_endpoint, credentials, secrets),
     })
 }
 
@@ -445,6 +552,7 @@ fn open_gcs(
 fn open_gcs(
     url: &Url,
     _: &S3Options,
+    _: &dyn Fn(&str) -> Option<String>,
     _: &str,
     _: Path,
     _: impl Fn(String, String, Secrets) -> Arc<Where>,
@@ -452,30 +560,134 @@ fn open_gcs(
     Err(refuse(url, "this build has no GCS support (feature `gcp`)"))
 }
 
+/// The variables the Azure client reads (`object_store`'s names), and nothing else from
+/// the environment; the endpoint and the emulator's are checked apart.
+#[cfg(feature = "azure")]
+const AZURE_VARS: [&str; 17] = [
+    "AZURE_STORAGE_ACCOUNT_NAME",
+    "AZURE_STORAGE_ACCOUNT_KEY",
+    "AZURE_STORAGE_ACCESS_KEY",
+    "AZURE_STORAGE_SAS_KEY",
+    "AZURE_STORAGE_SAS_TOKEN",
+    "AZURE_STORAGE_TOKEN",
+    "AZURE_STORAGE_CLIENT_ID",
+    "AZURE_STORAGE_CLIENT_SECRET",
+    "AZURE_STORAGE_TENANT_ID",
+    "AZURE_CLIENT_ID",
+    "AZURE_CLIENT_SECRET",
+    "AZURE_TENANT_ID",
+    "AZURE_AUTHORITY_HOST",
+    "AZURE_FEDERATED_TOKEN_FILE",
+    "AZURE_USE_AZURE_CLI",
+    "AZURE_SKIP_SIGNATURE",
+    "AZURE_ALLOW_HTTP",
+];
+
+/// Azure variables whose values are secrets.
+#[cfg(feature = "azure")]
+const AZURE_SECRETS: [&str; 7] = [
+    "AZURE_STORAGE_ACCOUNT_KEY",
+    "AZURE_STORAGE_ACCESS_KEY",
+    "AZURE_STORAGE_SAS_KEY",
+    "AZURE_STORAGE_SAS_TOKEN",
+    "AZURE_STORAGE_TOKEN",
+    "AZURE_STORAGE_CLIENT_SECRET",
+    "AZURE_CLIENT_SECRET",
+];
+
+/// The development account of Azurite (and of the older storage emulator), and its
+/// key, published with the emulator: it protects nothing.
+#[cfg(feature = "azure")]
+const EMULATOR_ACCOUNT: (&str, &str) = (
+    "devstoreaccount1",
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==",
+);
+
 #[cfg(feature = "azure")]
 fn open_azure(
     url: &Url,
     options: &S3Options,
+    var: &dyn Fn(&str) -> Option<String>,
     container: &str,
     prefix: Path,
     place: impl Fn(String, String, Secrets) -> Arc<Where>,
 ) -> BackendResult<Opened> {
-    let store = object_store::azure::MicrosoftAzureBuilder::from_env()
-        .with_container_name(container)
+    use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
+    if container.is_empty() {
+        return Err(refuse(url, "no container (az://CONTAINER/PREFIX)"));
+    }
+    let var = |k: &str| var(k).filter(|v| !v.is_empty());
+    let credentials_hint = "AZURE_STORAGE_ACCOUNT_KEY (or another AZURE_* credential)";
+    let emulator = flag("AZURE_STORAGE_USE_EMULATOR", &var).map_err(|e| refuse(url, e))?;
+    let endpoint = if emulator {
+        endpoint_from(
+            &["AZURITE_BLOB_STORAGE_URL"],
+            credentials_hint,
+            "e.g. http://127.0.0.1:10000",
+            &var,
+        )
+    } else {
+        endpoint_from(
+            &["AZURE_STORAGE_ENDPOINT", "AZURE_ENDPOINT"],
+            credentials_hint,
+            "e.g. https://ACCOUNT.blob.core.windows.net or http://127.0.0.1:10000/ACCOUNT",
+            &var,
+        )
+    }
+    .map_err(|e| refuse(url, e))?;
+    // Client options first: AZURE_ALLOW_HTTP is one of them.
+    let mut builder = MicrosoftAzureBuilder::new()
         .with_client_options(options.client.clone())
-        .with_retry(options.retry.clone())
+        .with_retry(options.retry.clone());
+    let mut secrets = Secrets::default();
+    for (key, value) in
+        config_from::<AzureConfigKey>(&AZURE_VARS, &AZURE_SECRETS, &var, &mut secrets)
+            .map_err(|e| refuse(url, e))?
+    {
+        builder = builder.with_config(key, value);
+    }
+    let account = var("AZURE_STORAGE_ACCOUNT_NAME");
+    let mut credentials = credential_source(
+        AZURE_SECRETS
+            .into_iter()
+            .chain(["AZURE_FEDERATED_TOKEN_FILE", "AZURE_USE_AZURE_CLI"]),
+        &var,
+        "managed identity (no AZURE_* credentials in the environment)",
+    );
+    let shown_endpoint = if emulator {
+        // What `object_store`'s emulator mode does, with the emulator's address read
+        // like every other variable (its own mode reads AZURITE_BLOB_STORAGE_URL from
+        // the process environment): the development account, path-style, over HTTP.
+        let base = endpoint.unwrap_or_else(|| "http://127.0.0.1:10000".into());
+        let account = account.unwrap_or_else(|| EMULATOR_ACCOUNT.0.into());
+        if !AZURE_SECRETS.iter().any(|name| var(name).is_some()) {
+            builder = builder.with_access_key(EMULATOR_ACCOUNT.1);
+            credentials = format!("the emulator's development account key ({account})");
+        }
+        builder = builder
+            .with_account(&account)
+            .with_endpoint(format!("{base}/{account}"))
+            .with_allow_http(true);
+        base
+    } else if let Some(endpoint) = endpoint {
+        builder = builder.with_endpoint(endpoint.clone());
+        endpoint
+    } else {
+        account.map_or_else(
+            || "Azure Blob Storage (AZURE_STORAGE_ACCOUNT_NAME is not set)".into(),
+            |account| format!("https://{account}.blob.core.windows.net"),
+        )
+    };
+    let store = builder
+        .with_container_name(container)
         .build()
-        .map_err(|e| refuse(url, e))?;
+        .map_err(|e| refuse(url, secrets.scrub(&e.to_string())))?;
     let store = Arc::new(store);
     Ok(Opened {
         lister: Some(store.clone()),
         store,
         prefix,
-        place: place(
-            "Azure Blob Storage (AZURE_STORAGE_ACCOUNT_NAME)".into(),
-            "AZURE_* variables".into(),
-            Secrets::default(),
-        ),
+        place: place(shown_endpoint, credentials, secrets),
     })
 }
 
@@ -483,6 +695,7 @@ fn open_azure(
 fn open_azure(
     url: &Url,
     _: &S3Options,
+    _: &dyn Fn(&str) -> Option<String>,
     _: &str,
     _: Path,
     _: impl Fn(String, String, Secrets) -> Arc<Where>,
@@ -491,6 +704,18 @@ fn open_azure(
         url,
         "this build has no Azure support (feature `azure`)",
     ))
+}
+
+/// An environment of `pairs` and nothing else.
+#[cfg(test)]
+fn test_env(pairs: &[(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> + use<> {
+    let pairs = pairs.to_vec();
+    move |k: &str| {
+        pairs
+            .iter()
+            .find(|(n, _)| *n == k)
+            .map(|(_, v)| (*v).to_owned())
+    }
 }
 
 #[cfg(all(test, feature = "aws"))]
@@ -516,16 +741,7 @@ mod tests {
         assert_eq!(request.as_deref(), Some("5s"));
     }
 
-    /// An environment of `pairs` and nothing else.
-    fn env(pairs: &[(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
-        let pairs = pairs.to_vec();
-        move |k: &str| {
-            pairs
-                .iter()
-                .find(|(n, _)| *n == k)
-                .map(|(_, v)| (*v).to_owned())
-        }
-    }
+    use super::test_env as env;
 
     const KEYS: [(&str, &str); 2] = [
         ("AWS_ACCESS_KEY_ID", "test-access-key"),
@@ -632,5 +848,124 @@ mod tests {
             panic!("AWS_EC2_METADATA_DISABLED=maybe accepted")
         };
         assert!(e.to_string().contains("true or false"), "{e}");
+    }
+}
+
+#[cfg(all(test, any(feature = "gcp", feature = "azure")))]
+mod provider_tests {
+    use super::*;
+
+    use super::test_env as env;
+
+    fn open_url(url: &str, pairs: &[(&'static str, &'static str)]) -> BackendResult<Opened> {
+        open(
+            &Url::parse(url).unwrap(),
+            &S3Options::default(),
+            &env(pairs),
+        )
+    }
+
+    #[cfg(feature = "azure")]
+    #[test]
+    fn azure_emulator_mode_uses_the_development_account_at_the_given_address() {
+        let opened = open_url(
+            "az://c/p",
+            &[
+                ("AZURE_STORAGE_USE_EMULATOR", "true"),
+                ("AZURITE_BLOB_STORAGE_URL", "http://127.0.0.1:10999/"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(opened.place.endpoint, "http://127.0.0.1:10999");
+        assert!(
+            opened.place.credentials.contains("devstoreaccount1"),
+            "{}",
+            opened.place.credentials
+        );
+        // Without the emulator, an account endpoint is shown as given; a bad one is
+        // refused unseen.
+        let opened = open_url(
+            "az://c/p",
+            &[
+                ("AZURE_STORAGE_ACCOUNT_NAME", "acct"),
+                ("AZURE_STORAGE_ACCOUNT_KEY", "a2V5a2V5a2V5"),
+                ("AZURE_STORAGE_ENDPOINT", "https://acct.blob.example.com"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(opened.place.endpoint, "https://acct.blob.example.com");
+        assert!(
+            opened
+                .place
+                .credentials
+                .contains("AZURE_STORAGE_ACCOUNT_KEY")
+        );
+        let refused = |name: &str, pairs: &[(&'static str, &'static str)]| {
+            let Err(e) = open_url("az://c/p", pairs) else {
+                panic!("{pairs:?} accepted");
+            };
+            let text = e.to_string();
+            assert!(text.contains(name) && !text.contains("s3cr3t"), "{text}");
+        };
+        refused(
+            "AZURE_STORAGE_ENDPOINT",
+            &[
+                ("AZURE_STORAGE_ACCOUNT_NAME", "acct"),
+                ("AZURE_STORAGE_ENDPOINT", "http://user:s3cr3t@127.0.0.1:1"),
+            ],
+        );
+        refused(
+            "AZURITE_BLOB_STORAGE_URL",
+            &[
+                ("AZURE_STORAGE_USE_EMULATOR", "true"),
+                ("AZURITE_BLOB_STORAGE_URL", "http://127.0.0.1:1/?sig=s3cr3t"),
+            ],
+        );
+        let Err(e) = open_url("az://c/p", &[("AZURE_STORAGE_USE_EMULATOR", "maybe")]) else {
+            panic!("AZURE_STORAGE_USE_EMULATOR=maybe accepted");
+        };
+        assert!(e.to_string().contains("true or false"), "{e}");
+    }
+
+    #[cfg(feature = "gcp")]
+    #[test]
+    fn gcs_reads_its_variables_through_the_given_environment() {
+        let key = r#"{"private_key": "", "private_key_id": "", "client_email": "", "disable_oauth": true}"#;
+        let opened = open_url(
+            "gs://b/p",
+            &[
+                ("GOOGLE_BASE_URL", "http://127.0.0.1:4443/"),
+                ("GOOGLE_ALLOW_HTTP", "true"),
+                ("GOOGLE_SERVICE_ACCOUNT_KEY", key),
+            ],
+        )
+        .unwrap();
+        assert_eq!(opened.place.endpoint, "http://127.0.0.1:4443");
+        assert!(
+            opened
+                .place
+                .credentials
+                .contains("GOOGLE_SERVICE_ACCOUNT_KEY"),
+            "{}",
+            opened.place.credentials
+        );
+        let Err(e) = open_url(
+            "gs://b/p",
+            &[
+                ("GOOGLE_BASE_URL", "http://127.0.0.1:1/#s3cr3t"),
+                ("GOOGLE_SERVICE_ACCOUNT_KEY", key),
+            ],
+        ) else {
+            panic!("an endpoint with a fragment accepted");
+        };
+        let text = e.to_string();
+        assert!(
+            text.contains("GOOGLE_BASE_URL") && !text.contains("s3cr3t"),
+            "{text}"
+        );
+        let Err(e) = open_url("gs:///p", &[]) else {
+            panic!("a URL without a bucket accepted");
+        };
+        assert!(e.to_string().contains("no bucket"), "{e}");
     }
 }

@@ -8,13 +8,7 @@ use cache_testkit::{Harness, MemoryBackend};
 use std::sync::Arc;
 
 async fn harness() -> Harness {
-    let thread = std::thread::current();
-    let test = thread
-        .name()
-        .unwrap_or("moto")
-        .rsplit("::")
-        .next()
-        .unwrap_or("moto");
+    let test = &common::current_test();
     let Some((endpoint, bucket)) = common::s3_peer(test) else {
         // Skipped: the case runs against the reference backend so it still passes
         // for the right reason (nothing about S3 is claimed).

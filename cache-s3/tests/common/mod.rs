@@ -61,23 +61,53 @@ impl Tamper for S3Tamper {
 /// saying why the test is skipped) when it is not up. With TASKCACHE_REQUIRE_PEERS=1 a
 /// missing server fails the test instead.
 pub fn s3_peer(test: &str) -> Option<(String, String)> {
-    let endpoint = std::env::var("TASKCACHE_TEST_S3_ENDPOINT")
-        .ok()
-        .filter(|v| !v.is_empty());
-    let bucket = std::env::var("TASKCACHE_TEST_S3_BUCKET")
-        .ok()
-        .filter(|v| !v.is_empty());
-    if let (Some(e), Some(b)) = (endpoint, bucket) {
+    peer(
+        test,
+        "an S3 server",
+        "TASKCACHE_TEST_S3_ENDPOINT",
+        "TASKCACHE_TEST_S3_BUCKET",
+    )
+}
+
+/// Azurite from `cargo xtask peers up`: blob endpoint and container (as [`s3_peer`]).
+pub fn azurite_peer(test: &str) -> Option<(String, String)> {
+    peer(
+        test,
+        "Azurite",
+        "TASKCACHE_TEST_AZURITE_ENDPOINT",
+        "TASKCACHE_TEST_AZURITE_CONTAINER",
+    )
+}
+
+/// The GCS emulator from `cargo xtask peers up`: endpoint and bucket (as [`s3_peer`]).
+pub fn gcs_peer(test: &str) -> Option<(String, String)> {
+    peer(
+        test,
+        "the GCS emulator",
+        "TASKCACHE_TEST_GCS_ENDPOINT",
+        "TASKCACHE_TEST_GCS_BUCKET",
+    )
+}
+
+/// A peer server's address and bucket from the variables `peers up` writes.
+fn peer(test: &str, what: &str, endpoint: &str, bucket: &str) -> Option<(String, String)> {
+    let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    if let (Some(e), Some(b)) = (get(endpoint), get(bucket)) {
         return Some((e, b));
     }
     assert!(
         std::env::var("TASKCACHE_REQUIRE_PEERS").as_deref() != Ok("1"),
-        "{test}: TASKCACHE_REQUIRE_PEERS=1 but TASKCACHE_TEST_S3_ENDPOINT/TASKCACHE_TEST_S3_BUCKET are unset"
+        "{test}: TASKCACHE_REQUIRE_PEERS=1 but {endpoint}/{bucket} are unset"
     );
-    eprintln!(
-        "skipped {test}: no S3 server (run `cargo xtask peers up` and source target/peers/env)"
-    );
+    eprintln!("skipped {test}: no {what} (run `cargo xtask peers up` and source target/peers/env)");
     None
+}
+
+/// The name of the test running on this thread (its last path segment).
+pub fn current_test() -> String {
+    let thread = std::thread::current();
+    let name = thread.name().unwrap_or("test");
+    name.rsplit("::").next().unwrap_or(name).to_owned()
 }
 
 /// A prefix no other test uses.
@@ -104,5 +134,53 @@ pub fn s3_env(endpoint: &str) -> impl Fn(&str) -> Option<String> + use<> {
         "AWS_ENDPOINT_URL" => Some(endpoint.clone()),
         "AWS_ALLOW_HTTP" => Some("true".into()),
         _ => None,
+    }
+}
+
+/// The environment an Azure client needs for Azurite: its emulator mode (the
+/// development account and its published key) at the peer's address, nothing else.
+pub fn azurite_env(endpoint: &str) -> impl Fn(&str) -> Option<String> + use<> {
+    let endpoint = endpoint.to_owned();
+    move |k: &str| match k {
+        "AZURE_STORAGE_USE_EMULATOR" => Some("true".into()),
+        "AZURITE_BLOB_STORAGE_URL" => Some(endpoint.clone()),
+        _ => None,
+    }
+}
+
+/// A client of Azurite's development account (its published key) for `container`,
+/// built here rather than through `S3Storage`: what a test asks of the emulator itself.
+pub fn azurite_store(
+    endpoint: &str,
+    container: &str,
+) -> cache_s3::object_store::azure::MicrosoftAzure {
+    const ACCOUNT: &str = "devstoreaccount1";
+    const KEY: &str =
+        "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+    cache_s3::object_store::azure::MicrosoftAzureBuilder::new()
+        .with_account(ACCOUNT)
+        .with_access_key(KEY)
+        .with_endpoint(format!("{endpoint}/{ACCOUNT}"))
+        .with_allow_http(true)
+        .with_container_name(container)
+        .build()
+        .unwrap()
+}
+
+/// The environment a GCS client needs for the emulator: its address, plain HTTP, and
+/// a service account key that turns OAuth off (so no token is ever asked for, and no
+/// metadata service).
+pub fn gcs_env(endpoint: &str) -> impl Fn(&str) -> Option<String> + use<> {
+    let endpoint = endpoint.to_owned();
+    move |k: &str| {
+        match k {
+        "GOOGLE_BASE_URL" => Some(endpoint.clone()),
+        "GOOGLE_ALLOW_HTTP" => Some("true".into()),
+        "GOOGLE_SERVICE_ACCOUNT_KEY" => Some(
+            r#"{"private_key": "", "private_key_id": "", "client_email": "test@127.0.0.1", "disable_oauth": true}"#
+                .into(),
+        ),
+        _ => None,
+    }
     }
 }

@@ -21,7 +21,7 @@ fn runs(python: &Path) -> bool {
 }
 
 /// The newest Python >= 3.13 found, else `python3`.
-fn pick_python() -> PathBuf {
+pub fn pick_python() -> PathBuf {
     for p in ["python3.14", "python3.13"] {
         if runs(Path::new(p)) {
             return PathBuf::from(p);

@@ -6,7 +6,9 @@
 //! until it answers, write a pid file, return the variables tests read) and
 //! `down(dir)`. `up` writes every variable to `target/peers/env` (KEY=VALUE lines).
 
+pub mod azurite;
 pub mod buildgrid;
+pub mod gcs;
 pub mod moto;
 pub mod net;
 pub mod s3s;
@@ -22,6 +24,8 @@ type Down = fn(&Path) -> Result<(), String>;
 const DEFAULT: &[(&str, Up, Down)] = &[
     ("moto", moto::up, moto::down),
     ("buildgrid", buildgrid::up, buildgrid::down),
+    ("azurite", azurite::up, azurite::down),
+    ("gcs", gcs::up, gcs::down),
 ];
 const OPTIONAL: &[(&str, Up, Down)] = &[("s3s", s3s::up, s3s::down)];
 

@@ -26,17 +26,11 @@ pub fn install(dir: &Path) -> Result<(), String> {
         "xtask: peers: installing moto {VERSION} into {} (once)",
         venv.display()
     );
-    net::quiet(
-        Command::new(python())
-            .args(["-m", "venv", "--clear"])
-            .arg(&venv),
-    )?;
-    net::quiet(Command::new(venv.join("bin/pip")).args([
-        "install",
-        "-q",
-        "--disable-pip-version-check",
+    net::venv_with(
+        Path::new(&python()),
+        &venv,
         &format!("moto[server]=={VERSION}"),
-    ]))
+    )
 }
 
 /// The AWS CLI (the benchmark's reference client) in the same venv, installed once;
@@ -65,21 +59,9 @@ pub fn up(dir: &Path) -> Result<Vec<(&'static str, String)>, String> {
     install(dir)?;
     let pid_file = dir.join("moto.pid");
     let port_file = dir.join("moto.port");
-    let existing = net::running(&pid_file).and_then(|_| {
-        let port: u16 = std::fs::read_to_string(&port_file)
-            .ok()?
-            .trim()
-            .parse()
-            .ok()?;
-        net::http(port, "GET", "/").is_ok().then_some(port)
-    });
-    let port = if let Some(port) = existing {
-        port
-    } else {
-        let port = net::free_port()?;
-        start(dir, &dir.join("venv"), port)?;
-        port
-    };
+    let port = net::running_or_start(&pid_file, &port_file, |port| {
+        start(dir, &dir.join("venv"), port)
+    })?;
     Ok(vec![
         (
             "TASKCACHE_TEST_S3_ENDPOINT",

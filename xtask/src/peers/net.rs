@@ -131,3 +131,44 @@ pub fn running(pid_file: &Path) -> Option<u32> {
         .ok()?;
     alive(pid).then_some(pid)
 }
+
+/// The port of the server an earlier `up` started (its process in `pid_file` runs and
+/// answers HTTP `GET /` on the port in `port_file`), else a free port that `start`
+/// starts one on.
+pub fn running_or_start(
+    pid_file: &Path,
+    port_file: &Path,
+    start: impl FnOnce(u16) -> Result<u32, String>,
+) -> Result<u16, String> {
+    if let Some(port) = running_on(pid_file, port_file) {
+        return Ok(port);
+    }
+    let port = free_port()?;
+    start(port)?;
+    Ok(port)
+}
+
+fn running_on(pid_file: &Path, port_file: &Path) -> Option<u16> {
+    running(pid_file)?;
+    let port: u16 = std::fs::read_to_string(port_file)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    http(port, "GET", "/").is_ok().then_some(port)
+}
+
+/// A new venv at `venv` from `python` with `requirement` installed in it, quietly.
+pub fn venv_with(python: &Path, venv: &Path, requirement: &str) -> Result<(), String> {
+    quiet(
+        Command::new(python)
+            .args(["-m", "venv", "--clear"])
+            .arg(venv),
+    )?;
+    quiet(Command::new(venv.join("bin/pip")).args([
+        "install",
+        "-q",
+        "--disable-pip-version-check",
+        requirement,
+    ]))
+}
