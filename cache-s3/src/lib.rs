@@ -519,7 +519,12 @@ impl Storage for S3Storage {
             Ok(Some((packs, at))) => {
                 return self.packed_entry(digest, bytes, packs, at).await.map(Some);
             }
-            Err(reason) => return Err(BackendError::CorruptEntry { key: digest, reason }),
+            Err(reason) => {
+                return Err(BackendError::CorruptEntry {
+                    key: digest,
+                    reason,
+                });
+            }
         }
         let decode =
             move || ActionRecord::decode(&digest, &bytes).map(|r| Some(StoredEntry::new(r)));

@@ -261,7 +261,10 @@ pub(crate) fn parse_trailer(
             || s.len > MAX_SEGMENT_COMPRESSED
             || s.raw_len > MAX_SEGMENT_RAW
         {
-            return Err(format!("a segment at {} of {} bytes ({} raw) does not fit", s.offset, s.len, s.raw_len));
+            return Err(format!(
+                "a segment at {} of {} bytes ({} raw) does not fit",
+                s.offset, s.len, s.raw_len
+            ));
         }
         end = s.offset + s.len;
         segments.push(s);
@@ -342,7 +345,10 @@ pub(crate) fn unwrap_entry(bytes: &[u8]) -> Result<Option<(Vec<PackName>, usize)
         return Err("a packed entry cut short".into());
     }
     if bytes[4] != VERSION || bytes[5..8] != [0, 0, 0] {
-        return Err(format!("packed entry format {} is not known here", bytes[4]));
+        return Err(format!(
+            "packed entry format {} is not known here",
+            bytes[4]
+        ));
     }
     let n = le_u32(&bytes[8..]) as usize;
     if n == 0 || n > MAX_ENTRY_PACKS || 12 + n * 32 > bytes.len() {
@@ -472,11 +478,10 @@ impl<W: Write> HashingWriter<W> {
     }
 }
 
-/// Pass 2 (blocking): reads each member again (with `check`, it must still hash to
-/// its ref: a file that changed while stored is an error, never a wrong pack), fills
-/// segments, compresses each, and writes segments, trailer and footer to a
-/// temporary file.
-pub(crate) fn write_pack(members: &[(BlobRef, Small)], check: bool) -> BackendResult<Written> {
+/// Pass 2 (blocking): reads each member again (it must still hash to its ref: a file
+/// that changed while stored is an error, never a wrong pack), fills segments,
+/// compresses each, and writes segments, trailer and footer to a temporary file.
+pub(crate) fn write_pack(members: &[(BlobRef, Small)]) -> BackendResult<Written> {
     let refs: Vec<BlobRef> = members.iter().map(|(b, _)| *b).collect();
     let name = PackName::of(&refs);
     let temp = tempfile::NamedTempFile::new().map_err(BackendError::Io)?;
@@ -508,7 +513,7 @@ pub(crate) fn write_pack(members: &[(BlobRef, Small)], check: bool) -> BackendRe
     };
     for (blob, source) in members {
         let bytes = source.load(blob.size)?;
-        if check && BlobRef::of(blob.digest.algorithm(), &bytes) != *blob {
+        if BlobRef::of(blob.digest.algorithm(), &bytes) != *blob {
             return Err(BackendError::io_with_context(
                 "pack",
                 source.describe(),
@@ -626,7 +631,8 @@ impl Default for State {
 impl State {
     fn learn(&mut self, info: &Arc<PackInfo>) {
         for m in &info.members {
-            self.blobs.insert(m.blob.digest, (info.name, m.blob.size), 1);
+            self.blobs
+                .insert(m.blob.digest, (info.name, m.blob.size), 1);
         }
         self.packs
             .insert(info.name, Known::Info(Arc::clone(info)), info.weight());
@@ -686,7 +692,10 @@ impl S3Storage {
     /// its trailer is bad (its members are then a miss). Remembered on success.
     pub(crate) async fn read_pack(&self, name: PackName) -> BackendResult<Option<Arc<PackInfo>>> {
         let path = self.pack_object(name);
-        let got = match self.get_range(&path, GetRange::Suffix(TRAILER_PROBE)).await? {
+        let got = match self
+            .get_range(&path, GetRange::Suffix(TRAILER_PROBE))
+            .await?
+        {
             Some(got) => got,
             None => {
                 self.state().forget(&name);
@@ -742,7 +751,9 @@ impl S3Storage {
             .get_range(path, GetRange::Bounded(trailer_start..trailer_end))
             .await?
         {
-            Some((again, at, bytes)) if again == size && at == trailer_start && bytes.len() as u64 == len => {
+            Some((again, at, bytes))
+                if again == size && at == trailer_start && bytes.len() as u64 == len =>
+            {
                 Ok(Ok((bytes, trailer_start)))
             }
             Some(_) => Ok(Err("the pack changed while its trailer was read".into())),
@@ -810,14 +821,19 @@ impl S3Storage {
             self.store_pack(pack).await?;
         }
         let stored: Vec<(usize, BlobRef)> = futures::stream::iter(alone)
-            .map(|(i, source)| async move { Ok::<_, BackendError>((i, self.put_one(source, algorithm).await?)) })
+            .map(|(i, source)| async move {
+                Ok::<_, BackendError>((i, self.put_one(source, algorithm).await?))
+            })
             .buffered(self.inner.options.concurrency)
             .try_collect()
             .await?;
         for (i, blob) in stored {
             refs[i] = Some(blob);
         }
-        Ok(refs.into_iter().map(|r| r.expect("every source has a ref")).collect())
+        Ok(refs
+            .into_iter()
+            .map(|r| r.expect("every source has a ref"))
+            .collect())
     }
 
     /// Stores one pack unless a whole one is already there under its name.
@@ -828,12 +844,10 @@ impl S3Storage {
             Some(info) if refs.iter().all(|b| info.member(b).is_some()) => return Ok(()),
             // Under this name but not these members (tampered, cut): replaced.
             Some(_) => PutMode::Overwrite,
-            None if self.head_size(&self.pack_object(name)).await?.is_some() => {
-                PutMode::Overwrite
-            }
+            None if self.head_size(&self.pack_object(name)).await?.is_some() => PutMode::Overwrite,
             None => PutMode::Create,
         };
-        let written = blocking(move || write_pack(&members, true)).await?;
+        let written = blocking(move || write_pack(&members)).await?;
         self.upload_pack(written, mode).await
     }
 
@@ -845,7 +859,8 @@ impl S3Storage {
                 std::fs::read(&file).map_err(|e| BackendError::io_with_context("read", &file, e))
             })
             .await?;
-            self.put_small(&path, bytes::Bytes::from(bytes), mode).await?;
+            self.put_small(&path, bytes::Bytes::from(bytes), mode)
+                .await?;
         } else {
             self.put_file(&path, written.file.to_path_buf(), written.blob)
                 .await?;
@@ -1092,20 +1107,60 @@ impl S3Storage {
         .await
     }
 
-    /// `remove_blob`: a packed blob takes its whole pack with it (the next store sends
-    /// the pack again, under the same name).
+    /// `remove_blob`: the packs this storage knows to hold `blob` are rewritten
+    /// without it (the other members stay readable: one bad file does not cost the
+    /// others), or deleted when it was their only member or they are too large to
+    /// rewrite. The next store of the same files finds the pack incomplete and sends
+    /// it again, under the same name.
     pub(crate) async fn remove_packed(&self, blob: &BlobRef) -> BackendResult<()> {
         let name = self.state().locate(blob);
         if let Some(name) = name {
             self.state().forget(&name);
-            self.delete(&self.pack_object(name)).await?;
+            self.rewrite_pack(name, blob, false).await?;
         }
         Ok(())
     }
 
+    /// Rewrites pack `name` without `blob` (or with its middle byte flipped, for
+    /// tests): whether the pack held it.
+    async fn rewrite_pack(
+        &self,
+        name: PackName,
+        blob: &BlobRef,
+        flip: bool,
+    ) -> BackendResult<bool> {
+        let path = self.pack_object(name);
+        let Some(size) = self.head_size(&path).await? else {
+            return Ok(false);
+        };
+        if size > MAX_REWRITE && !flip {
+            self.delete(&path).await?;
+            return Ok(true);
+        }
+        let Some((_, _, whole)) = self.get_range(&path, GetRange::Bounded(0..size)).await? else {
+            return Ok(false);
+        };
+        let target = *blob;
+        let rebuilt = blocking(move || Ok(rebuild_pack(name, &whole, &target, flip))).await?;
+        match rebuilt {
+            Rebuilt::NotHeld => return Ok(false),
+            Rebuilt::Empty => self.delete(&path).await?,
+            Rebuilt::Bytes(bytes) => self
+                .inner
+                .store
+                .put(&path, bytes.into())
+                .await
+                .map(drop)
+                .map_err(|e| self.err("PUT", &path, &e))?,
+        }
+        self.state().forget(&name);
+        Ok(true)
+    }
+
     /// Tests and tools: rewrites every pack under the prefix that holds `blob`, with
-    /// that member's middle byte flipped (`flip`) or without that member (the pack is
-    /// deleted if it was the only one). Returns how many packs were rewritten.
+    /// that member's middle byte flipped (`flip`: same member list, so the lie is in
+    /// the bytes) or without that member (the pack is deleted if it was the only
+    /// one). Returns how many packs held it.
     #[doc(hidden)]
     pub async fn tamper_packed_blob(&self, blob: &BlobRef, flip: bool) -> BackendResult<usize> {
         let prefix = self.pack_path("x");
@@ -1117,68 +1172,120 @@ impl S3Storage {
             .try_collect()
             .await
             .map_err(|e| self.err("LIST", &prefix, &e))?;
-        let mut rewritten = 0;
+        let mut held = 0;
         for meta in listed {
-            let Some(hex) = meta.location.filename() else {
+            let Some(name) = meta.location.filename().and_then(parse_hex) else {
                 continue;
             };
-            let Some(name) = parse_hex(hex) else { continue };
-            let Some(info) = self.read_pack(name).await? else {
-                continue;
-            };
-            let Some(target) = info.member(blob).copied() else {
-                continue;
-            };
-            let got = self
-                .inner
-                .store
-                .get(&meta.location)
-                .await
-                .map_err(|e| self.err("GET", &meta.location, &e))?;
-            let whole = got
-                .bytes()
-                .await
-                .map_err(|e| self.err("GET", &meta.location, &e))?;
-            let mut members = Vec::new();
-            for m in &info.members {
-                let s = info.segments[m.segment as usize];
-                let frame = &whole[s.offset as usize..(s.offset + s.len) as usize];
-                let raw = decompress_segment(frame, s.raw_len)
-                    .ok_or_else(|| BackendError::unavailable("tamper: a corrupt segment"))?;
-                let mut bytes = raw[m.offset as usize..(m.offset + m.blob.size) as usize].to_vec();
-                if m.blob.digest == target.blob.digest {
-                    if !flip {
-                        continue;
-                    }
-                    if bytes.is_empty() {
-                        return Err(BackendError::InvalidOutput {
-                            path: blob.to_string(),
-                            reason: "an empty blob has no byte to flip".into(),
-                        });
-                    }
-                    let middle = bytes.len() / 2;
-                    bytes[middle] ^= 0x01;
-                }
-                members.push((m.blob, Small::Bytes(Arc::from(bytes))));
+            if self.rewrite_pack(name, blob, flip).await? {
+                held += 1;
             }
-            self.state().forget(&name);
-            if members.is_empty() {
-                self.delete(&meta.location).await?;
-            } else {
-                // Under the old name: the lie is in the bytes (or the member list).
-                let written = blocking(move || write_pack(&members, false)).await?;
-                let path = self.pack_object(name);
-                let bytes = std::fs::read(&written.file).map_err(BackendError::Io)?;
-                self.inner
-                    .store
-                    .put(&path, bytes.into())
-                    .await
-                    .map_err(|e| self.err("PUT", &path, &e))?;
-            }
-            rewritten += 1;
         }
-        Ok(rewritten)
+        Ok(held)
     }
+}
+
+/// Largest pack `remove_blob` rewrites (held in memory while it is); a larger one is
+/// deleted whole.
+const MAX_REWRITE: u64 = 64 << 20;
+
+enum Rebuilt {
+    NotHeld,
+    Empty,
+    Bytes(Vec<u8>),
+}
+
+/// A pack (`whole`, checked again here) without `target`, or with its middle byte
+/// flipped. Segments that do not hold it are copied as they are; the one that does
+/// is decompressed, edited and compressed again (a corrupt one is dropped whole).
+fn rebuild_pack(name: PackName, whole: &[u8], target: &BlobRef, flip: bool) -> Rebuilt {
+    let size = whole.len() as u64;
+    let info = (size >= FOOTER_LEN)
+        .then(|| &whole[(size - FOOTER_LEN) as usize..])
+        .ok_or_else(|| "no footer".to_owned())
+        .and_then(|f| parse_footer(f, size))
+        .and_then(|len| {
+            let start = size - FOOTER_LEN - len;
+            parse_trailer(
+                name,
+                &whole[start as usize..(size - FOOTER_LEN) as usize],
+                start,
+            )
+        });
+    let Ok(info) = info else {
+        // Unreadable: nothing in it is served, so nothing needs removing from it.
+        return Rebuilt::NotHeld;
+    };
+    if info.member(target).is_none() {
+        return Rebuilt::NotHeld;
+    }
+    let mut out = Vec::with_capacity(whole.len());
+    let mut segments = Vec::new();
+    let mut members = Vec::new();
+    let mut at = 0;
+    for (si, s) in info.segments.iter().enumerate() {
+        let end = at
+            + info.members[at..]
+                .iter()
+                .take_while(|m| m.segment as usize == si)
+                .count();
+        let these = &info.members[at..end];
+        at = end;
+        let frame = &whole[s.offset as usize..(s.offset + s.len) as usize];
+        let index = segments.len() as u32;
+        if !these.iter().any(|m| m.blob.digest == target.digest) {
+            segments.push(Segment {
+                offset: out.len() as u64,
+                ..*s
+            });
+            out.extend_from_slice(frame);
+            members.extend(these.iter().map(|m| Member {
+                segment: index,
+                ..*m
+            }));
+            continue;
+        }
+        let Some(raw) = decompress_segment(frame, s.raw_len) else {
+            continue;
+        };
+        let mut edited = Vec::with_capacity(raw.len());
+        for m in these {
+            let mut bytes = raw[m.offset as usize..(m.offset + m.blob.size) as usize].to_vec();
+            if m.blob.digest == target.digest {
+                if !flip {
+                    continue;
+                }
+                if let Some(b) = bytes.get_mut(m.blob.size as usize / 2) {
+                    *b ^= 0x01;
+                }
+            }
+            members.push(Member {
+                segment: index,
+                offset: edited.len() as u64,
+                ..*m
+            });
+            edited.extend_from_slice(&bytes);
+        }
+        if members.last().is_none_or(|m| m.segment != index) {
+            continue;
+        }
+        let Ok(frame) = zstd::bulk::compress(&edited, LEVEL) else {
+            return Rebuilt::NotHeld;
+        };
+        segments.push(Segment {
+            offset: out.len() as u64,
+            len: frame.len() as u64,
+            raw_len: edited.len() as u64,
+        });
+        out.extend_from_slice(&frame);
+    }
+    if members.is_empty() {
+        return Rebuilt::Empty;
+    }
+    let trailer = encode_trailer(&segments, &members);
+    out.extend_from_slice(&trailer);
+    out.extend_from_slice(&footer(trailer.len() as u64));
+    Rebuilt::Bytes(out)
 }
 
 fn parse_hex(hex: &str) -> Option<PackName> {
