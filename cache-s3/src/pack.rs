@@ -1298,3 +1298,166 @@ fn parse_hex(hex: &str) -> Option<PackName> {
     }
     Some(PackName(out))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn members(n: usize, size: usize) -> Vec<(BlobRef, Small)> {
+        (0..n)
+            .map(|i| {
+                let bytes: Vec<u8> = format!("member {i} ").bytes().cycle().take(size).collect();
+                (
+                    BlobRef::of(DigestAlgorithm::Blake3, &bytes),
+                    Small::Bytes(Arc::from(bytes)),
+                )
+            })
+            .collect()
+    }
+
+    fn read_back(written: &Written) -> (Vec<u8>, PackInfo) {
+        let whole = std::fs::read(&written.file).unwrap();
+        let size = whole.len() as u64;
+        let len = parse_footer(&whole[whole.len() - 16..], size).unwrap();
+        let start = size - 16 - len;
+        let info = parse_trailer(
+            written.info.name,
+            &whole[start as usize..whole.len() - 16],
+            start,
+        )
+        .unwrap();
+        (whole, info)
+    }
+
+    #[test]
+    fn a_pack_reads_back_member_by_member_across_segments() {
+        // 3,000 members of 5,000 bytes: about 15 MB, several 4 MiB segments.
+        let m = members(3000, 5000);
+        let written = write_pack(&m).unwrap();
+        let (whole, info) = read_back(&written);
+        assert!(info.segments.len() >= 3, "{:?}", info.segments);
+        assert_eq!(info.members, written.info.members);
+        for (blob, source) in &m {
+            let member = info.member(blob).unwrap();
+            let s = info.segments[member.segment as usize];
+            let raw = decompress_segment(
+                &whole[s.offset as usize..(s.offset + s.len) as usize],
+                s.raw_len,
+            )
+            .unwrap();
+            let bytes = &raw[member.offset as usize..(member.offset + blob.size) as usize];
+            let Small::Bytes(want) = source else {
+                unreachable!()
+            };
+            assert_eq!(bytes, &want[..]);
+        }
+    }
+
+    #[test]
+    fn the_name_is_the_member_list() {
+        let m = members(10, 100);
+        let refs: Vec<BlobRef> = m.iter().map(|(b, _)| *b).collect();
+        assert_eq!(PackName::of(&refs), write_pack(&m).unwrap().info.name);
+        let mut reordered = refs.clone();
+        reordered.swap(0, 1);
+        assert_ne!(PackName::of(&refs), PackName::of(&reordered));
+    }
+
+    #[test]
+    fn a_file_that_changed_since_it_was_hashed_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"before").unwrap();
+        let blob = BlobRef::of(DigestAlgorithm::Blake3, b"before");
+        std::fs::write(&path, b"after!").unwrap();
+        let e = write_pack(&[(blob, Small::File(path))]).err().unwrap();
+        assert!(e.to_string().contains("changed"), "{e}");
+    }
+
+    #[test]
+    fn every_truncation_and_every_flipped_trailer_byte_is_refused_or_consistent() {
+        let m = members(5, 300);
+        let written = write_pack(&m).unwrap();
+        let (whole, _) = read_back(&written);
+        let size = whole.len() as u64;
+        let len = parse_footer(&whole[whole.len() - 16..], size).unwrap();
+        let start = (size - 16 - len) as usize;
+        for i in start..whole.len() {
+            let mut bad = whole.clone();
+            bad[i] ^= 0x55;
+            let Ok(len) = parse_footer(&bad[bad.len() - 16..], size) else {
+                continue;
+            };
+            let at = size - 16 - len;
+            if let Ok(info) =
+                parse_trailer(written.info.name, &bad[at as usize..bad.len() - 16], at)
+            {
+                // What passes is still self-consistent: every member inside its
+                // segment, every segment inside the object.
+                for mem in &info.members {
+                    let s = info.segments[mem.segment as usize];
+                    assert!(mem.offset + mem.blob.size <= s.raw_len);
+                    assert!(s.offset + s.len <= at);
+                }
+            }
+        }
+        for cut in [0, 1, 15, 16, 17, whole.len() / 2, whole.len() - 1] {
+            let short = &whole[..cut];
+            let size = short.len() as u64;
+            if size < 16 {
+                continue;
+            }
+            if let Ok(len) = parse_footer(&short[short.len() - 16..], size) {
+                let at = size - 16 - len;
+                assert!(
+                    parse_trailer(written.info.name, &short[at as usize..short.len() - 16], at)
+                        .is_err()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_segment_is_decompressed_to_its_declared_length_and_no_further() {
+        let raw = vec![0u8; 1 << 20];
+        let frame = zstd::bulk::compress(&raw, 3).unwrap();
+        assert_eq!(decompress_segment(&frame, 1 << 20).unwrap().len(), 1 << 20);
+        assert!(
+            decompress_segment(&frame, 4096).is_none(),
+            "a bomb is capped"
+        );
+        assert!(
+            decompress_segment(&frame, (1 << 20) + 1).is_none(),
+            "too short"
+        );
+        assert!(decompress_segment(b"not zstd", 10).is_none());
+        assert!(decompress_segment(&frame, MAX_SEGMENT_RAW + 1).is_none());
+    }
+
+    #[test]
+    fn entry_wrappers_round_trip_and_bound_their_pack_count() {
+        let names = [PackName([1; 32]), PackName([2; 32])];
+        let wrapped = wrap_entry(&names, b"TCAR...");
+        let (got, at) = unwrap_entry(&wrapped).unwrap().unwrap();
+        assert_eq!(got, names);
+        assert_eq!(&wrapped[at..], b"TCAR...");
+        assert!(unwrap_entry(b"TCAR...").unwrap().is_none());
+        let mut huge = wrapped.clone();
+        huge[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(unwrap_entry(&huge).is_err());
+        let mut newer = wrapped;
+        newer[4] = 2;
+        assert!(unwrap_entry(&newer).is_err());
+    }
+
+    #[test]
+    fn generations_stay_bounded() {
+        let mut g = Generations::new(10);
+        for i in 0..1000 {
+            g.insert(i, i, 1);
+        }
+        assert!(g.young.len() + g.old.len() <= 20);
+        assert_eq!(g.get(&999), Some(&999));
+        assert_eq!(g.get(&0), None);
+    }
+}
