@@ -519,7 +519,13 @@ impl Storage for S3Storage {
             Ok(Some((packs, at))) => {
                 return self.packed_entry(digest, bytes, packs, at).await.map(Some);
             }
-            Err(reason) => {
+            Err(pack::BadWrapper::Newer(version)) => {
+                return Err(BackendError::NewerEntryFormat {
+                    key: digest,
+                    version,
+                });
+            }
+            Err(pack::BadWrapper::Corrupt(reason)) => {
                 return Err(BackendError::CorruptEntry {
                     key: digest,
                     reason,

@@ -29,6 +29,11 @@
 //! trust a number, cap every segment's decompression at its declared length, and hand
 //! the bytes to `Cache`, which verifies each file against its own digest.
 
+// Offsets and lengths here are u64 on the wire and index buffers in memory: each is
+// checked against the length of the buffer it indexes (or bounded by the format's
+// limits: 200,000 members, 64 MiB trailers, 5 MiB segments) before it is cast.
+#![allow(clippy::cast_possible_truncation)]
+
 use crate::{EAGER_MAX, S3Storage, blocking, is_absent};
 use cache_core::storage::{ActionRecord, BlobSource, StoredEntry, copy_hashing, open_regular};
 use cache_core::{BackendError, BackendResult, BlobRef, Digest, DigestAlgorithm, Hasher};
@@ -87,7 +92,11 @@ impl PackName {
     }
 
     pub(crate) fn hex(self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+        use std::fmt::Write as _;
+        self.0.iter().fold(String::with_capacity(64), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
     }
 }
 
@@ -293,7 +302,7 @@ pub(crate) fn parse_trailer(
             }
             (segment, offset) = (seg, 0);
         }
-        if seg as u64 >= n || off != offset {
+        if u64::from(seg) >= n || off != offset {
             return Err(format!("member {digest} is not where its segment puts it"));
         }
         offset += size;
@@ -335,24 +344,38 @@ pub(crate) fn wrap_entry(packs: &[PackName], record: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Why a wrapped entry cannot be read.
+#[derive(Debug)]
+pub(crate) enum BadWrapper {
+    /// A newer taskcache's format: a miss, left in place.
+    Newer(u8),
+    /// Not a wrapper this format allows.
+    Corrupt(String),
+}
+
 /// A packed entry's pack names and where its record starts; `Ok(None)` for a plain
 /// record (no wrapper).
-pub(crate) fn unwrap_entry(bytes: &[u8]) -> Result<Option<(Vec<PackName>, usize)>, String> {
+pub(crate) fn unwrap_entry(bytes: &[u8]) -> Result<Option<(Vec<PackName>, usize)>, BadWrapper> {
     if bytes.len() < 4 || &bytes[..4] != ENTRY_MAGIC {
         return Ok(None);
     }
     if bytes.len() < 12 {
-        return Err("a packed entry cut short".into());
+        return Err(BadWrapper::Corrupt("a packed entry cut short".into()));
+    }
+    if bytes[4] > VERSION {
+        return Err(BadWrapper::Newer(bytes[4]));
     }
     if bytes[4] != VERSION || bytes[5..8] != [0, 0, 0] {
-        return Err(format!(
+        return Err(BadWrapper::Corrupt(format!(
             "packed entry format {} is not known here",
             bytes[4]
-        ));
+        )));
     }
     let n = le_u32(&bytes[8..]) as usize;
     if n == 0 || n > MAX_ENTRY_PACKS || 12 + n * 32 > bytes.len() {
-        return Err(format!("a packed entry naming {n} packs"));
+        return Err(BadWrapper::Corrupt(format!(
+            "a packed entry naming {n} packs"
+        )));
     }
     let names = bytes[12..12 + n * 32]
         .chunks_exact(32)
@@ -692,17 +715,13 @@ impl S3Storage {
     /// its trailer is bad (its members are then a miss). Remembered on success.
     pub(crate) async fn read_pack(&self, name: PackName) -> BackendResult<Option<Arc<PackInfo>>> {
         let path = self.pack_object(name);
-        let got = match self
+        let Some((size, start, tail)) = self
             .get_range(&path, GetRange::Suffix(TRAILER_PROBE))
             .await?
-        {
-            Some(got) => got,
-            None => {
-                self.state().forget(&name);
-                return Ok(None);
-            }
+        else {
+            self.state().forget(&name);
+            return Ok(None);
         };
-        let (size, start, tail) = got;
         let parsed = match self.trailer_bytes(&path, size, start, tail).await? {
             Ok((trailer, trailer_start)) => {
                 blocking(move || Ok(parse_trailer(name, &trailer, trailer_start))).await?
@@ -1163,8 +1182,7 @@ impl S3Storage {
     /// one). Returns how many packs held it.
     #[doc(hidden)]
     pub async fn tamper_packed_blob(&self, blob: &BlobRef, flip: bool) -> BackendResult<usize> {
-        let prefix = self.pack_path("x");
-        let prefix = Path::from_iter(prefix.parts().take(prefix.parts().count() - 1));
+        let prefix: Path = self.prefix().parts().chain(["packs".into()]).collect();
         let listed: Vec<object_store::ObjectMeta> = self
             .inner
             .store
@@ -1447,7 +1465,7 @@ mod tests {
         assert!(unwrap_entry(&huge).is_err());
         let mut newer = wrapped;
         newer[4] = 2;
-        assert!(unwrap_entry(&newer).is_err());
+        assert!(matches!(unwrap_entry(&newer), Err(BadWrapper::Newer(2))));
     }
 
     #[test]
