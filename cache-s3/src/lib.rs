@@ -11,16 +11,24 @@
 //!
 //! Under the URL's prefix:
 //!
-//! * `blobs/<algorithm>/<hex>`: file contents and large logs, by content digest;
-//! * `entries/<algorithm>/<hex>`: one record per task digest, the bytes of
-//!   [`ActionRecord::encode`], read back with [`ActionRecord::decode`].
+//! * `entries/<algorithm>/<hex>`: one record per task digest: the bytes of
+//!   [`ActionRecord::encode`] (`"TCAR"`), or, when its small files are packed, those
+//!   bytes behind a `"TCPE"` wrapper naming its packs;
+//! * `packs/<hex>`: the small files (up to 1 MiB) of entries, zstd-compressed in
+//!   segments of ~4 MiB, with a trailer listing every member; named by the BLAKE3 of
+//!   that member list (format: the `pack` module);
+//! * `blobs/<algorithm>/<hex>`: larger files and logs, by content digest, each its own
+//!   object.
 //!
-//! A blob already stored transfers no bytes (a HEAD asks first), and a new one is
-//! written with a create-only put (`If-None-Match: *`), so two runners storing the
-//! same output both succeed and the object is written once. An entry is overwritten
-//! (last writer wins). Large blobs go up as parallel multipart uploads read from their
-//! file and come down as parallel ranged GETs, so memory does not grow with the size of
-//! an output.
+//! A pack or blob already stored transfers no bytes (its name is asked about first),
+//! and a new one is written with a create-only put (`If-None-Match: *`), so two
+//! runners storing the same output both succeed and the object is written once. An
+//! entry is overwritten (last writer wins). Large blobs go up as parallel multipart
+//! uploads read from their file and come down as parallel ranged GETs; packs are
+//! written through a temporary file and read a segment at a time; so memory does not
+//! grow with the size of an output or of an entry. Every byte read is verified by
+//! `Cache` against the file's own digest: a pack written by a hostile writer is a miss
+//! or a failed check, never a wrong byte.
 //!
 //! ## Configuration
 //!
@@ -39,9 +47,9 @@
 //! bucket or refused credentials are errors naming the bucket, the endpoint and the
 //! credential source, never a secret.
 //!
-//! Object stores evict with lifecycle rules, not with `gc`: expire `blobs/` and
-//! `entries/` under the prefix after N days (see the README). An entry whose blob
-//! expired first is a miss, and the next store uploads the blob again.
+//! Object stores evict with lifecycle rules, not with `gc`: expire `entries/`,
+//! `packs/` and `blobs/` under the prefix after N days (see the README). An entry
+//! whose pack or blob expired first is a miss, and the next store uploads it again.
 //!
 //! ```
 //! use cache_core::Cache;
@@ -390,7 +398,7 @@ impl S3Storage {
         }
     }
 
-    /// Counts entries, blobs and bytes under the prefix by listing them, within
+    /// Counts entries, blobs, packs and bytes under the prefix by listing them, within
     /// `limits`: a listing that reaches one stops there and says so
     /// ([`BucketStats::stopped`]), with the counts it reached.
     pub async fn stats(&self, limits: ListLimits) -> BackendResult<BucketStats> {

@@ -1182,6 +1182,12 @@ impl S3Storage {
     /// one). Returns how many packs held it.
     #[doc(hidden)]
     pub async fn tamper_packed_blob(&self, blob: &BlobRef, flip: bool) -> BackendResult<usize> {
+        if flip && blob.size == 0 {
+            return Err(BackendError::InvalidOutput {
+                path: blob.to_string(),
+                reason: "an empty blob has no byte to flip".into(),
+            });
+        }
         let prefix: Path = self.prefix().parts().chain(["packs".into()]).collect();
         let listed: Vec<object_store::ObjectMeta> = self
             .inner
