@@ -989,12 +989,8 @@ impl S3Storage {
         Ok(missing)
     }
 
-    /// `find_missing_blobs`: a blob in a pack known to be there is present; the others
-    /// are asked about on their own.
-    pub(crate) async fn find_missing_packed(
-        &self,
-        blobs: Vec<BlobRef>,
-    ) -> BackendResult<Vec<BlobRef>> {
+    /// The pack each of `blobs` is in, as far as this storage knows, and those packs.
+    fn locate_all(&self, blobs: &[BlobRef]) -> (Vec<Option<PackName>>, Vec<PackName>) {
         let located: Vec<Option<PackName>> = {
             let state = self.state();
             blobs.iter().map(|b| state.locate(b)).collect()
@@ -1002,6 +998,16 @@ impl S3Storage {
         let mut names: Vec<PackName> = located.iter().flatten().copied().collect();
         names.sort_unstable_by_key(|n| n.0);
         names.dedup();
+        (located, names)
+    }
+
+    /// `find_missing_blobs`: a blob in a pack known to be there is present; the others
+    /// are asked about on their own.
+    pub(crate) async fn find_missing_packed(
+        &self,
+        blobs: Vec<BlobRef>,
+    ) -> BackendResult<Vec<BlobRef>> {
+        let (located, names) = self.locate_all(&blobs);
         let present: Vec<(PackName, bool)> = futures::stream::iter(names)
             .map(|n| async move { Ok::<_, BackendError>((n, self.pack_present(n).await?)) })
             .buffered(self.inner.options.concurrency)
@@ -1023,14 +1029,8 @@ impl S3Storage {
         &self,
         blobs: Vec<BlobRef>,
     ) -> BackendResult<Vec<Option<BlobSource>>> {
-        let located: Vec<Option<PackName>> = {
-            let state = self.state();
-            blobs.iter().map(|b| state.locate(b)).collect()
-        };
+        let (located, names) = self.locate_all(&blobs);
         // Trailers not cached any more are read again.
-        let mut names: Vec<PackName> = located.iter().flatten().copied().collect();
-        names.sort_unstable_by_key(|n| n.0);
-        names.dedup();
         let mut infos: HashMap<PackName, Arc<PackInfo>> = HashMap::new();
         let mut unread = Vec::new();
         {

@@ -18,6 +18,11 @@ use futures::TryStreamExt;
 use std::path::Path;
 use std::sync::Arc;
 
+/// A storage under `ci/` of `store`, with the default options (packing on).
+fn storage_on(store: Arc<dyn ObjectStore>) -> S3Storage {
+    S3Storage::from_store(store, "ci", "memory", S3Options::default())
+}
+
 fn cache(storage: S3Storage) -> Cache<S3Storage> {
     Cache::new(storage, cache_testkit::spawn_blocking)
 }
@@ -33,6 +38,14 @@ fn tree(dir: &Path, n: usize, salt: u64) -> Vec<CacheOutput> {
             CacheOutput::file(format!("t/{i}.txt"), path, false)
         })
         .collect()
+}
+
+/// Stores `outputs` under `key` through `storage`, with Normal policy.
+async fn store(storage: &S3Storage, key: &str, outputs: Vec<CacheOutput>) {
+    cache(storage.clone())
+        .store(&task(), key, &entry(outputs), CachePolicy::Normal)
+        .await
+        .unwrap();
 }
 
 fn entry(outputs: Vec<CacheOutput>) -> CacheEntry {
@@ -95,19 +108,11 @@ fn same_tree(src: &Path, ws: &Path, n: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_small_files_are_at_most_three_objects_and_hit_on_another_runner() {
     let memory: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
-    let a = S3Storage::from_store(Arc::clone(&memory), "ci", "memory", S3Options::default());
+    let a = storage_on(Arc::clone(&memory));
     let src = tempfile::tempdir().unwrap();
     let key = fresh_key();
     let n = 10_000;
-    cache(a)
-        .store(
-            &task(),
-            &key,
-            &entry(tree(src.path(), n, 1)),
-            CachePolicy::Normal,
-        )
-        .await
-        .unwrap();
+    store(&a, &key, tree(src.path(), n, 1)).await;
     let stored = objects(&*memory, "ci").await;
     assert!(stored.len() <= 3, "{} objects: {stored:?}", stored.len());
     assert!(
@@ -116,12 +121,7 @@ async fn ten_thousand_small_files_are_at_most_three_objects_and_hit_on_another_r
     );
     // Another runner: a storage of its own, sharing the bucket.
     let counting = CountingStore::new(Arc::clone(&memory));
-    let b = S3Storage::from_store(
-        Arc::new(counting.clone()),
-        "ci",
-        "memory",
-        S3Options::default(),
-    );
+    let b = storage_on(Arc::new(counting.clone()));
     let ws = tempfile::tempdir().unwrap();
     restore_all(&cache(b), &key, ws.path()).await;
     same_tree(src.path(), ws.path(), n);
@@ -134,47 +134,21 @@ async fn ten_thousand_small_files_are_at_most_three_objects_and_hit_on_another_r
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_warm_store_of_an_unchanged_tree_sends_no_pack_bytes() {
     let counting = CountingStore::new(Arc::new(InMemory::new()));
-    let storage = S3Storage::from_store(
-        Arc::new(counting.clone()),
-        "ci",
-        "memory",
-        S3Options::default(),
-    );
+    let storage = storage_on(Arc::new(counting.clone()));
     let src = tempfile::tempdir().unwrap();
     let outputs = tree(src.path(), 500, 2);
     // Another runner stored the tree: this storage knows nothing of its packs.
-    let other = S3Storage::from_store(
-        Arc::new(counting.clone()),
-        "ci",
-        "memory",
-        S3Options::default(),
-    );
-    cache(other)
-        .store(
-            &task(),
-            &fresh_key(),
-            &entry(outputs.clone()),
-            CachePolicy::Normal,
-        )
-        .await
-        .unwrap();
+    let other = storage_on(Arc::new(counting.clone()));
+    store(&other, &fresh_key(), outputs.clone()).await;
     let cold = counting.counts();
     let key = fresh_key();
-    cache(storage.clone())
-        .store(&task(), &key, &entry(outputs), CachePolicy::Normal)
-        .await
-        .unwrap();
+    store(&storage, &key, outputs).await;
     let warm = counting.counts();
-    let entry_bytes = storage
-        .raw_entry(&Digest::parse(&key).unwrap())
-        .await
-        .unwrap()
-        .unwrap()
-        .len() as u64;
+    let entry = storage.raw_entry(&Digest::parse(&key).unwrap()).await;
     assert_eq!(warm.puts - cold.puts, 1, "one PUT, of the entry: {warm}");
     assert_eq!(
         warm.bytes_sent - cold.bytes_sent,
-        entry_bytes,
+        entry.unwrap().unwrap().len() as u64,
         "a warm store sent pack bytes: {warm}"
     );
 }
@@ -182,17 +156,14 @@ async fn a_warm_store_of_an_unchanged_tree_sends_no_pack_bytes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_file_stays_a_single_object_beside_the_pack() {
     let memory: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
-    let a = S3Storage::from_store(Arc::clone(&memory), "ci", "memory", S3Options::default());
+    let a = storage_on(Arc::clone(&memory));
     let src = tempfile::tempdir().unwrap();
     let mut outputs = tree(src.path(), 20, 3);
     let big = src.path().join("big.bin");
     std::fs::write(&big, vec![7u8; (1 << 20) + 1]).unwrap();
     outputs.push(CacheOutput::file("big.bin", &big, false));
     let key = fresh_key();
-    cache(a)
-        .store(&task(), &key, &entry(outputs), CachePolicy::Normal)
-        .await
-        .unwrap();
+    store(&a, &key, outputs).await;
     let stored = objects(&*memory, "ci").await;
     let count = |kind: &str| stored.iter().filter(|o| o.contains(kind)).count();
     assert_eq!(
@@ -200,7 +171,7 @@ async fn a_large_file_stays_a_single_object_beside_the_pack() {
         (1, 1, 1),
         "{stored:?}"
     );
-    let b = S3Storage::from_store(Arc::clone(&memory), "ci", "memory", S3Options::default());
+    let b = storage_on(Arc::clone(&memory));
     let ws = tempfile::tempdir().unwrap();
     restore_all(&cache(b), &key, ws.path()).await;
     same_tree(src.path(), ws.path(), 20);
@@ -224,31 +195,24 @@ async fn entries_without_packs_still_read_and_mix_with_packed_ones() {
     let src = tempfile::tempdir().unwrap();
     let outputs = tree(src.path(), 30, 4);
     let key = fresh_key();
-    cache(old.clone())
-        .store(&task(), &key, &entry(outputs.clone()), CachePolicy::Normal)
-        .await
-        .unwrap();
+    store(&old, &key, outputs.clone()).await;
     let raw = old
         .raw_entry(&Digest::parse(&key).unwrap())
         .await
         .unwrap()
         .unwrap();
     assert_eq!(&raw[..4], b"TCAR");
-    let new = S3Storage::from_store(Arc::clone(&memory), "ci", "memory", S3Options::default());
+    let new = storage_on(Arc::clone(&memory));
     let ws = tempfile::tempdir().unwrap();
     restore_all(&cache(new.clone()), &key, ws.path()).await;
     same_tree(src.path(), ws.path(), 30);
     // The new storage stores the same tree in a pack; both entries keep hitting.
     let key2 = fresh_key();
-    cache(new.clone())
-        .store(&task(), &key2, &entry(outputs), CachePolicy::Normal)
-        .await
-        .unwrap();
+    store(&new, &key2, outputs).await;
     assert_eq!(packs_of(&new, &key2).await.len(), 1);
     for k in [&key, &key2] {
         let ws = tempfile::tempdir().unwrap();
-        let fresh =
-            S3Storage::from_store(Arc::clone(&memory), "ci", "memory", S3Options::default());
+        let fresh = storage_on(Arc::clone(&memory));
         restore_all(&cache(fresh), k, ws.path()).await;
         same_tree(src.path(), ws.path(), 30);
     }
@@ -322,7 +286,7 @@ fn blobs() -> Vec<BlobRef> {
 /// for a miss, `Ok(true)` for a hit whose restore wrote the right bytes, or the
 /// restore's error. Never wrong bytes in the workspace.
 async fn outcome(memory: &Arc<dyn ObjectStore>, key: &str) -> Result<bool, BackendError> {
-    let storage = S3Storage::from_store(Arc::clone(memory), "ci", "memory", S3Options::default());
+    let storage = storage_on(Arc::clone(memory));
     let c = cache(storage);
     let Some(hit) = c
         .lookup(&task(), &Digest::parse(key).unwrap(), CachePolicy::Normal)
@@ -343,27 +307,17 @@ async fn outcome(memory: &Arc<dyn ObjectStore>, key: &str) -> Result<bool, Backe
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_packs_are_misses_or_verified_failures() {
     let memory: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
-    let storage = S3Storage::from_store(Arc::clone(&memory), "ci", "memory", S3Options::default());
+    let storage = storage_on(Arc::clone(&memory));
     let key = fresh_key();
     let outputs = FILES
         .iter()
         .map(|(p, b)| CacheOutput::bytes(*p, b.to_vec(), false))
         .collect();
-    cache(storage.clone())
-        .store(&task(), &key, &entry(outputs), CachePolicy::Normal)
-        .await
-        .unwrap();
+    store(&storage, &key, outputs).await;
     let packs = packs_of(&storage, &key).await;
     assert_eq!(packs.len(), 1);
     let path = storage.pack_path(&packs[0]);
-    let good = memory
-        .get(&path)
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap()
-        .to_vec();
+    let good = memory.get(&path).await.unwrap().bytes().await.unwrap();
     assert!(outcome(&memory, &key).await.unwrap(), "the good pack hits");
 
     let refs = blobs();
@@ -384,10 +338,10 @@ async fn hostile_packs_are_misses_or_verified_failures() {
         "the layout built here is the one written"
     );
 
-    let mut huge_counts = good.clone();
+    let mut huge_counts = good.to_vec();
     let trailer_at = good.len() - 16 - (16 + 24 + 3 * 53);
     huge_counts[trailer_at + 8..trailer_at + 16].copy_from_slice(&[0xff; 8]);
-    let mut huge_trailer = good.clone();
+    let mut huge_trailer = good.to_vec();
     let n = huge_trailer.len();
     huge_trailer[n - 16..n - 8].copy_from_slice(&u64::MAX.to_le_bytes());
     let mut past_the_end = build_pack(&[(frame.clone(), raw.len() as u64)], &honest);
@@ -448,16 +402,13 @@ async fn hostile_packs_are_misses_or_verified_failures() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_after_a_pack_went_bad_sends_it_again() {
     let memory: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
-    let storage = S3Storage::from_store(Arc::clone(&memory), "ci", "memory", S3Options::default());
+    let storage = storage_on(Arc::clone(&memory));
     let outputs: Vec<CacheOutput> = FILES
         .iter()
         .map(|(p, b)| CacheOutput::bytes(*p, b.to_vec(), false))
         .collect();
     let key = fresh_key();
-    cache(storage.clone())
-        .store(&task(), &key, &entry(outputs.clone()), CachePolicy::Normal)
-        .await
-        .unwrap();
+    store(&storage, &key, outputs.clone()).await;
     let path = storage.pack_path(&packs_of(&storage, &key).await[0]);
     memory
         .put(&path, PutPayload::from(b"junk".to_vec()))
@@ -466,11 +417,8 @@ async fn a_store_after_a_pack_went_bad_sends_it_again() {
     assert!(!outcome(&memory, &key).await.unwrap());
     // Another runner stores the same outputs: the junk under the pack's name is
     // replaced, and the entry hits again.
-    let other = S3Storage::from_store(Arc::clone(&memory), "ci", "memory", S3Options::default());
-    cache(other)
-        .store(&task(), &key, &entry(outputs), CachePolicy::Normal)
-        .await
-        .unwrap();
+    let other = storage_on(Arc::clone(&memory));
+    store(&other, &key, outputs).await;
     assert!(outcome(&memory, &key).await.unwrap());
 }
 
@@ -488,15 +436,7 @@ async fn packs_on_a_real_server() {
     let src = tempfile::tempdir().unwrap();
     let n = 2_000;
     let key = fresh_key();
-    cache(a.clone())
-        .store(
-            &task(),
-            &key,
-            &entry(tree(src.path(), n, 5)),
-            CachePolicy::Normal,
-        )
-        .await
-        .unwrap();
+    store(&a, &key, tree(src.path(), n, 5)).await;
     let stored = objects(&**a.store(), &prefix).await;
     assert!(stored.len() <= 3, "{stored:?}");
     let ws = tempfile::tempdir().unwrap();
