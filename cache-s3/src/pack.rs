@@ -788,7 +788,42 @@ impl S3Storage {
         range: GetRange,
     ) -> BackendResult<Option<(u64, u64, bytes::Bytes)>> {
         let options = GetOptions {
-            range: Some(range),
+            range: Some(range.clone()),
+            ..GetOptions::default()
+        };
+        let got = match self.inner.store.get_opts(path, options).await {
+            Ok(got) => got,
+            Err(e) if is_absent(&e) => return Ok(None),
+            // A store without suffix ranges (Azure): the size first, then the range.
+            Err(object_store::Error::NotSupported { .. })
+                if matches!(range, GetRange::Suffix(_)) =>
+            {
+                return self.suffix_by_head(path, &range).await;
+            }
+            Err(e) => return Err(self.err("GET", path, &e)),
+        };
+        let (size, start) = (got.meta.size, got.range.start);
+        let bytes = got.bytes().await.map_err(|e| self.err("GET", path, &e))?;
+        Ok(Some((size, start, bytes)))
+    }
+
+    /// A suffix range as a HEAD and a bounded range.
+    async fn suffix_by_head(
+        &self,
+        path: &Path,
+        range: &GetRange,
+    ) -> BackendResult<Option<(u64, u64, bytes::Bytes)>> {
+        let GetRange::Suffix(n) = *range else {
+            return Err(BackendError::unavailable("a suffix range was expected"));
+        };
+        let Some(size) = self.head_size(path).await? else {
+            return Ok(None);
+        };
+        if size == 0 {
+            return Ok(Some((0, 0, bytes::Bytes::new())));
+        }
+        let options = GetOptions {
+            range: Some(GetRange::Bounded(size - n.min(size)..size)),
             ..GetOptions::default()
         };
         let got = match self.inner.store.get_opts(path, options).await {

@@ -218,6 +218,21 @@ async fn entries_without_packs_still_read_and_mix_with_packed_ones() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_without_suffix_ranges_reads_trailers_by_size() {
+    let counting = CountingStore::new(Arc::new(InMemory::new())).without_suffix_ranges();
+    let storage = storage_on(Arc::new(counting));
+    let src = tempfile::tempdir().unwrap();
+    let key = fresh_key();
+    // Trailers both shorter and longer than the first ranged GET.
+    for n in [3, 2_000] {
+        store(&storage, &key, tree(src.path(), n, 6)).await;
+        let ws = tempfile::tempdir().unwrap();
+        restore_all(&cache(storage.clone()), &key, ws.path()).await;
+        same_tree(src.path(), ws.path(), n);
+    }
+}
+
 // ---- hostile packs ------------------------------------------------------------
 
 /// A pack in format version 1, built here from the documented layout: `segments` are
