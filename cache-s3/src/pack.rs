@@ -685,6 +685,13 @@ impl State {
     }
 }
 
+/// What reading a pack's trailer found.
+enum Found {
+    Absent,
+    Bad,
+    Good(Arc<PackInfo>),
+}
+
 fn corrupt(name: PackName, reason: &str) {
     tracing::warn!(pack = %name.hex(), reason, "ignoring a corrupt pack (its files are a miss)");
 }
@@ -714,13 +721,20 @@ impl S3Storage {
     /// Reads and checks the trailer of pack `name`: `None` if the pack is absent or
     /// its trailer is bad (its members are then a miss). Remembered on success.
     pub(crate) async fn read_pack(&self, name: PackName) -> BackendResult<Option<Arc<PackInfo>>> {
+        Ok(match self.read_pack_as_found(name).await? {
+            Found::Good(info) => Some(info),
+            Found::Absent | Found::Bad => None,
+        })
+    }
+
+    async fn read_pack_as_found(&self, name: PackName) -> BackendResult<Found> {
         let path = self.pack_object(name);
         let Some((size, start, tail)) = self
             .get_range(&path, GetRange::Suffix(TRAILER_PROBE))
             .await?
         else {
             self.state().forget(&name);
-            return Ok(None);
+            return Ok(Found::Absent);
         };
         let parsed = match self.trailer_bytes(&path, size, start, tail).await? {
             Ok((trailer, trailer_start)) => {
@@ -732,12 +746,12 @@ impl S3Storage {
             Ok(info) => {
                 let info = Arc::new(info);
                 self.state().learn(&info);
-                Ok(Some(info))
+                Ok(Found::Good(info))
             }
             Err(reason) => {
                 corrupt(name, &reason);
                 self.state().forget(&name);
-                Ok(None)
+                Ok(Found::Bad)
             }
         }
     }
@@ -894,12 +908,12 @@ impl S3Storage {
     async fn store_pack(&self, members: Vec<(BlobRef, Small)>) -> BackendResult<()> {
         let refs: Vec<BlobRef> = members.iter().map(|(b, _)| *b).collect();
         let name = PackName::of(&refs);
-        let mode = match self.read_pack(name).await? {
-            Some(info) if refs.iter().all(|b| info.member(b).is_some()) => return Ok(()),
-            // Under this name but not these members (tampered, cut): replaced.
-            Some(_) => PutMode::Overwrite,
-            None if self.head_size(&self.pack_object(name)).await?.is_some() => PutMode::Overwrite,
-            None => PutMode::Create,
+        let mode = match self.read_pack_as_found(name).await? {
+            Found::Good(info) if refs.iter().all(|b| info.member(b).is_some()) => return Ok(()),
+            // Under this name but not these members (a member removed, tampered, cut):
+            // replaced.
+            Found::Good(_) | Found::Bad => PutMode::Overwrite,
+            Found::Absent => PutMode::Create,
         };
         let written = blocking(move || write_pack(&members)).await?;
         self.upload_pack(written, mode).await
@@ -1246,7 +1260,7 @@ impl S3Storage {
 
 /// Largest pack `remove_blob` rewrites (held in memory while it is); a larger one is
 /// deleted whole.
-const MAX_REWRITE: u64 = 64 << 20;
+const MAX_REWRITE: u64 = 32 << 20;
 
 enum Rebuilt {
     NotHeld,
