@@ -808,10 +808,11 @@ impl S3Storage {
         let got = match self.inner.store.get_opts(path, options).await {
             Ok(got) => got,
             Err(e) if is_absent(&e) => return Ok(None),
-            // A store without suffix ranges (Azure): the size first, then the range.
-            Err(object_store::Error::NotSupported { .. })
-                if matches!(range, GetRange::Suffix(_)) =>
-            {
+            // A store without suffix ranges (Azure refuses them; an emulator may answer
+            // one badly): the size first, then a bounded range. A store that is down
+            // fails that too, and that error is the one returned.
+            Err(e) if matches!(range, GetRange::Suffix(_)) => {
+                tracing::debug!(path = %path, error = %e, "a suffix range failed: asking the size first");
                 return self.suffix_by_head(path, &range).await;
             }
             Err(e) => return Err(self.err("GET", path, &e)),
