@@ -458,3 +458,47 @@ async fn packs_on_a_real_server() {
     restore_all(&cache(open()), &key, ws.path()).await;
     same_tree(src.path(), ws.path(), n);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_whose_small_files_this_storage_cannot_place_is_not_published() {
+    use cache_core::storage::{EntryKey, Storage};
+    let memory: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let a = storage_on(Arc::clone(&memory));
+    let outputs: Vec<CacheOutput> = FILES
+        .iter()
+        .map(|(p, b)| CacheOutput::bytes(*p, b.to_vec(), false))
+        .collect();
+    let key = fresh_key();
+    store(&a, &key, outputs).await;
+    let digest = Digest::parse(&key).unwrap();
+    let record = a
+        .get_entry(&EntryKey::digest_only(digest))
+        .await
+        .unwrap()
+        .unwrap()
+        .record;
+    // Another storage that never stored nor read those blobs: it cannot name their
+    // pack, and they are not single objects either.
+    let other_key = fresh_key();
+    let other_digest = Digest::parse(&other_key).unwrap();
+    let record = cache_core::storage::ActionRecord {
+        key: other_digest,
+        ..record
+    };
+    let b = storage_on(Arc::clone(&memory));
+    let e = b
+        .put_entry(
+            &EntryKey::digest_only(other_digest),
+            Arc::new(record.clone()),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), "unavailable", "{e}");
+    assert!(b.raw_entry(&other_digest).await.unwrap().is_none());
+    // Once it has read them (a lookup), it can.
+    b.get_entry(&EntryKey::digest_only(digest)).await.unwrap();
+    b.put_entry(&EntryKey::digest_only(other_digest), Arc::new(record))
+        .await
+        .unwrap();
+    assert!(outcome(&memory, &other_key).await.unwrap());
+}
