@@ -9,8 +9,10 @@
 //!   sent again.
 //! * `<prefix>/entries/<alg>/<hex>`: an entry that uses packs is wrapped: `"TCPE"`,
 //!   version 1, three zero bytes, the pack count (u32 LE, at most
-//!   [`MAX_ENTRY_PACKS`]), 32 bytes per pack name, then the [`ActionRecord::encode`]
-//!   bytes. An entry that uses none is the plain `"TCAR"` record, as before packs.
+//!   [`MAX_ENTRY_PACKS`]), per pack its 32-byte name and the length of its trailer and
+//!   footer (u32 LE, 0 if unknown: a hint for the one ranged GET that reads them), then
+//!   the [`ActionRecord::encode`] bytes. An entry that uses none is the plain `"TCAR"`
+//!   record, as before packs.
 //!
 //! ## Pack format, version 1
 //!
@@ -168,6 +170,14 @@ impl PackInfo {
     pub(crate) fn member(&self, blob: &BlobRef) -> Option<&Member> {
         let m = &self.members[*self.index.get(&blob.digest)? as usize];
         (m.blob.size == blob.size).then_some(m)
+    }
+
+    /// Bytes of its trailer and footer.
+    fn tail(&self) -> u64 {
+        HEADER_LEN
+            + SEGMENT_LEN * self.segments.len() as u64
+            + MEMBER_LEN * self.members.len() as u64
+            + FOOTER_LEN
     }
 
     fn weight(&self) -> usize {
@@ -331,14 +341,26 @@ pub(crate) fn decompress_segment(data: &[u8], raw_len: u64) -> Option<Vec<u8>> {
     (raw.len() as u64 == raw_len).then_some(raw)
 }
 
+/// A pack as a packed entry names it: its name, and how many bytes its trailer and
+/// footer take (0: unknown), so a reader fetches them with one ranged GET.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct PackRef {
+    pub(crate) name: PackName,
+    pub(crate) tail: u32,
+}
+
+/// Bytes a packed entry takes per pack.
+const PACK_REF_LEN: usize = 36;
+
 /// The wrapper of a packed entry.
-pub(crate) fn wrap_entry(packs: &[PackName], record: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(12 + packs.len() * 32 + record.len());
+pub(crate) fn wrap_entry(packs: &[PackRef], record: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(12 + packs.len() * PACK_REF_LEN + record.len());
     out.extend_from_slice(ENTRY_MAGIC);
     out.extend_from_slice(&[VERSION, 0, 0, 0]);
     out.extend_from_slice(&(packs.len() as u32).to_le_bytes());
     for p in packs {
-        out.extend_from_slice(&p.0);
+        out.extend_from_slice(&p.name.0);
+        out.extend_from_slice(&p.tail.to_le_bytes());
     }
     out.extend_from_slice(record);
     out
@@ -355,7 +377,7 @@ pub(crate) enum BadWrapper {
 
 /// A packed entry's pack names and where its record starts; `Ok(None)` for a plain
 /// record (no wrapper).
-pub(crate) fn unwrap_entry(bytes: &[u8]) -> Result<Option<(Vec<PackName>, usize)>, BadWrapper> {
+pub(crate) fn unwrap_entry(bytes: &[u8]) -> Result<Option<(Vec<PackRef>, usize)>, BadWrapper> {
     if bytes.len() < 4 || &bytes[..4] != ENTRY_MAGIC {
         return Ok(None);
     }
@@ -372,16 +394,20 @@ pub(crate) fn unwrap_entry(bytes: &[u8]) -> Result<Option<(Vec<PackName>, usize)
         )));
     }
     let n = le_u32(&bytes[8..]) as usize;
-    if n == 0 || n > MAX_ENTRY_PACKS || 12 + n * 32 > bytes.len() {
+    let end = 12 + n.saturating_mul(PACK_REF_LEN);
+    if n == 0 || n > MAX_ENTRY_PACKS || end > bytes.len() {
         return Err(BadWrapper::Corrupt(format!(
             "a packed entry naming {n} packs"
         )));
     }
-    let names = bytes[12..12 + n * 32]
-        .chunks_exact(32)
-        .map(|c| PackName(c.try_into().expect("32 bytes")))
+    let packs = bytes[12..end]
+        .chunks_exact(PACK_REF_LEN)
+        .map(|c| PackRef {
+            name: PackName(c[..32].try_into().expect("32 bytes")),
+            tail: le_u32(&c[32..]),
+        })
         .collect();
-    Ok(Some((names, 12 + n * 32)))
+    Ok(Some((packs, end)))
 }
 
 /// Where a small member's bytes come from while a pack is written.
@@ -712,17 +738,26 @@ impl S3Storage {
     /// Reads and checks the trailer of pack `name`: `None` if the pack is absent or
     /// its trailer is bad (its members are then a miss). Remembered on success.
     pub(crate) async fn read_pack(&self, name: PackName) -> BackendResult<Option<Arc<PackInfo>>> {
-        Ok(match self.read_pack_as_found(name).await? {
+        self.read_pack_ref(PackRef { name, tail: 0 }).await
+    }
+
+    /// [`S3Storage::read_pack`], first asking for as many bytes as `pack` says its
+    /// trailer and footer take (bounded; 0: a fixed probe).
+    async fn read_pack_ref(&self, pack: PackRef) -> BackendResult<Option<Arc<PackInfo>>> {
+        Ok(match self.read_pack_as_found(pack).await? {
             Found::Good(info) => Some(info),
             Found::Absent | Found::Bad => None,
         })
     }
 
-    async fn read_pack_as_found(&self, name: PackName) -> BackendResult<Found> {
+    async fn read_pack_as_found(&self, pack: PackRef) -> BackendResult<Found> {
+        let name = pack.name;
         let path = self.pack_object(name);
-        let Some((size, start, tail)) = self
-            .get_range(&path, GetRange::Suffix(TRAILER_PROBE))
-            .await?
+        let probe = match u64::from(pack.tail) {
+            0 => TRAILER_PROBE,
+            tail => tail.clamp(FOOTER_LEN, MAX_TRAILER + FOOTER_LEN),
+        };
+        let Some((size, start, tail)) = self.get_range(&path, GetRange::Suffix(probe)).await?
         else {
             self.state().forget(&name);
             return Ok(Found::Absent);
@@ -900,7 +935,7 @@ impl S3Storage {
     async fn store_pack(&self, members: Vec<(BlobRef, Small)>) -> BackendResult<()> {
         let refs: Vec<BlobRef> = members.iter().map(|(b, _)| *b).collect();
         let name = PackName::of(&refs);
-        let mode = match self.read_pack_as_found(name).await? {
+        let mode = match self.read_pack_as_found(PackRef { name, tail: 0 }).await? {
             Found::Good(info) if refs.iter().all(|b| info.member(b).is_some()) => return Ok(()),
             // Under this name but not these members (a member removed, tampered, cut):
             // replaced.
@@ -976,7 +1011,20 @@ impl S3Storage {
         if names.is_empty() {
             return Ok(bytes);
         }
-        Ok(wrap_entry(&names, &bytes))
+        let packs: Vec<PackRef> = {
+            let state = self.state();
+            names
+                .iter()
+                .map(|&name| PackRef {
+                    name,
+                    tail: state
+                        .info(&name)
+                        .and_then(|i| u32::try_from(i.tail()).ok())
+                        .unwrap_or(0),
+                })
+                .collect()
+        };
+        Ok(wrap_entry(&packs, &bytes))
     }
 
     /// `get_entry` of a wrapped entry: the record, and which of its blobs are in none
@@ -985,13 +1033,13 @@ impl S3Storage {
         &self,
         digest: Digest,
         bytes: bytes::Bytes,
-        names: Vec<PackName>,
+        packs: Vec<PackRef>,
         at: usize,
     ) -> BackendResult<StoredEntry> {
         let body = bytes.slice(at..);
         let record = blocking(move || ActionRecord::decode(&digest, &body)).await?;
-        let infos: Vec<Option<Arc<PackInfo>>> = futures::stream::iter(names)
-            .map(|n| self.read_pack(n))
+        let infos: Vec<Option<Arc<PackInfo>>> = futures::stream::iter(packs)
+            .map(|p| self.read_pack_ref(p))
             .buffered(8)
             .try_collect()
             .await?;
@@ -1501,10 +1549,19 @@ mod tests {
 
     #[test]
     fn entry_wrappers_round_trip_and_bound_their_pack_count() {
-        let names = [PackName([1; 32]), PackName([2; 32])];
-        let wrapped = wrap_entry(&names, b"TCAR...");
+        let packs = [
+            PackRef {
+                name: PackName([1; 32]),
+                tail: 0,
+            },
+            PackRef {
+                name: PackName([2; 32]),
+                tail: 1234,
+            },
+        ];
+        let wrapped = wrap_entry(&packs, b"TCAR...");
         let (got, at) = unwrap_entry(&wrapped).unwrap().unwrap();
-        assert_eq!(got, names);
+        assert_eq!(got, packs);
         assert_eq!(&wrapped[at..], b"TCAR...");
         assert!(unwrap_entry(b"TCAR...").unwrap().is_none());
         let mut huge = wrapped.clone();
