@@ -107,12 +107,8 @@ fn same_tree(src: &Path, ws: &Path, n: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_small_files_are_at_most_three_objects_and_hit_on_another_runner() {
-    let memory: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
-    let a = storage_on(Arc::clone(&memory));
-    let src = tempfile::tempdir().unwrap();
-    let key = fresh_key();
     let n = 10_000;
-    store(&a, &key, tree(src.path(), n, 1)).await;
+    let (memory, _, src, key) = stored_tree(n, 1).await;
     let stored = objects(&*memory, "ci").await;
     assert!(stored.len() <= 3, "{} objects: {stored:?}", stored.len());
     assert!(
@@ -291,6 +287,36 @@ const FILES: [(&str, &[u8]); 3] = [
     ("out/c.txt", b"charlie\n"),
 ];
 
+fn file_outputs() -> Vec<CacheOutput> {
+    FILES
+        .iter()
+        .map(|(p, b)| CacheOutput::bytes(*p, b.to_vec(), false))
+        .collect()
+}
+
+/// An in-memory bucket holding a tree of `n` files stored under a fresh key by a
+/// storage, and the tree's directory.
+async fn stored_tree(
+    n: usize,
+    salt: u64,
+) -> (Arc<dyn ObjectStore>, S3Storage, tempfile::TempDir, String) {
+    let memory: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let storage = storage_on(Arc::clone(&memory));
+    let src = tempfile::tempdir().unwrap();
+    let key = fresh_key();
+    store(&storage, &key, tree(src.path(), n, salt)).await;
+    (memory, storage, src, key)
+}
+
+/// An in-memory bucket holding [`FILES`] stored under a fresh key by a storage.
+async fn stored_files() -> (Arc<dyn ObjectStore>, S3Storage, String) {
+    let memory: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let storage = storage_on(Arc::clone(&memory));
+    let key = fresh_key();
+    store(&storage, &key, file_outputs()).await;
+    (memory, storage, key)
+}
+
 fn blobs() -> Vec<BlobRef> {
     FILES
         .iter()
@@ -322,14 +348,7 @@ async fn outcome(memory: &Arc<dyn ObjectStore>, key: &str) -> Result<bool, Backe
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_packs_are_misses_or_verified_failures() {
-    let memory: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
-    let storage = storage_on(Arc::clone(&memory));
-    let key = fresh_key();
-    let outputs = FILES
-        .iter()
-        .map(|(p, b)| CacheOutput::bytes(*p, b.to_vec(), false))
-        .collect();
-    store(&storage, &key, outputs).await;
+    let (memory, storage, key) = stored_files().await;
     let packs = packs_of(&storage, &key).await;
     assert_eq!(packs.len(), 1);
     let path = storage.pack_path(&packs[0]);
@@ -417,14 +436,7 @@ async fn hostile_packs_are_misses_or_verified_failures() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_after_a_pack_went_bad_sends_it_again() {
-    let memory: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
-    let storage = storage_on(Arc::clone(&memory));
-    let outputs: Vec<CacheOutput> = FILES
-        .iter()
-        .map(|(p, b)| CacheOutput::bytes(*p, b.to_vec(), false))
-        .collect();
-    let key = fresh_key();
-    store(&storage, &key, outputs.clone()).await;
+    let (memory, storage, key) = stored_files().await;
     let path = storage.pack_path(&packs_of(&storage, &key).await[0]);
     memory
         .put(&path, PutPayload::from(b"junk".to_vec()))
@@ -434,7 +446,7 @@ async fn a_store_after_a_pack_went_bad_sends_it_again() {
     // Another runner stores the same outputs: the junk under the pack's name is
     // replaced, and the entry hits again.
     let other = storage_on(Arc::clone(&memory));
-    store(&other, &key, outputs).await;
+    store(&other, &key, file_outputs()).await;
     assert!(outcome(&memory, &key).await.unwrap());
 }
 
@@ -463,14 +475,7 @@ async fn packs_on_a_real_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_entry_whose_small_files_this_storage_cannot_place_is_not_published() {
     use cache_core::storage::{EntryKey, Storage};
-    let memory: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
-    let a = storage_on(Arc::clone(&memory));
-    let outputs: Vec<CacheOutput> = FILES
-        .iter()
-        .map(|(p, b)| CacheOutput::bytes(*p, b.to_vec(), false))
-        .collect();
-    let key = fresh_key();
-    store(&a, &key, outputs).await;
+    let (memory, a, key) = stored_files().await;
     let digest = Digest::parse(&key).unwrap();
     let record = a
         .get_entry(&EntryKey::digest_only(digest))
@@ -506,11 +511,7 @@ async fn an_entry_whose_small_files_this_storage_cannot_place_is_not_published()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lying_trailer_length_in_the_entry_costs_a_request_not_a_hit() {
-    let memory: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
-    let storage = storage_on(Arc::clone(&memory));
-    let src = tempfile::tempdir().unwrap();
-    let key = fresh_key();
-    store(&storage, &key, tree(src.path(), 2_000, 7)).await;
+    let (memory, storage, src, key) = stored_tree(2_000, 7).await;
     let digest = Digest::parse(&key).unwrap();
     let raw = storage.raw_entry(&digest).await.unwrap().unwrap().to_vec();
     for hint in [0u32, 1, 17, u32::MAX] {
