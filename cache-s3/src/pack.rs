@@ -172,6 +172,11 @@ impl PackInfo {
         (m.blob.size == blob.size).then_some(m)
     }
 
+    /// Bytes of the whole pack: its segments, trailer and footer.
+    fn size(&self) -> u64 {
+        self.segments.last().map_or(0, |s| s.offset + s.len) + self.tail()
+    }
+
     /// Bytes of its trailer and footer.
     fn tail(&self) -> u64 {
         HEADER_LEN
@@ -1238,9 +1243,13 @@ impl S3Storage {
         flip: bool,
     ) -> BackendResult<bool> {
         let path = self.pack_object(name);
-        let Some(size) = self.head_size(&path).await? else {
+        let Some(info) = self.read_pack(name).await? else {
             return Ok(false);
         };
+        if info.member(blob).is_none() {
+            return Ok(false);
+        }
+        let size = info.size();
         if size > MAX_REWRITE && !flip {
             self.delete(&path).await?;
             return Ok(true);
@@ -1450,6 +1459,8 @@ mod tests {
         let (whole, info) = read_back(&written);
         assert!(info.segments.len() >= 3, "{:?}", info.segments);
         assert_eq!(info.members, written.info.members);
+        assert_eq!(info.size(), whole.len() as u64);
+        assert_eq!(info.tail(), written.info.tail());
         for (blob, source) in &m {
             let member = info.member(blob).unwrap();
             let s = info.segments[member.segment as usize];
