@@ -1542,6 +1542,53 @@ mod tests {
     }
 
     #[test]
+    fn random_damage_never_panics_and_what_passes_is_consistent() {
+        let m = members(40, 700);
+        let written = write_pack(&m).unwrap();
+        let (whole, _) = read_back(&written);
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..20_000 {
+            let mut bad = whole.clone();
+            for _ in 0..=next() % 4 {
+                let i = (next() % bad.len() as u64) as usize;
+                bad[i] = next() as u8;
+            }
+            if next() % 8 == 0 {
+                bad.truncate((next() % bad.len() as u64) as usize);
+            }
+            let size = bad.len() as u64;
+            if size < FOOTER_LEN {
+                continue;
+            }
+            let Ok(len) = parse_footer(&bad[bad.len() - 16..], size) else {
+                continue;
+            };
+            let at = size - FOOTER_LEN - len;
+            let Ok(info) = parse_trailer(written.info.name, &bad[at as usize..bad.len() - 16], at)
+            else {
+                continue;
+            };
+            for s in &info.segments {
+                assert!(s.offset + s.len <= at);
+                let frame = &bad[s.offset as usize..(s.offset + s.len) as usize];
+                if let Some(raw) = decompress_segment(frame, s.raw_len) {
+                    assert_eq!(raw.len() as u64, s.raw_len);
+                }
+            }
+            for mem in &info.members {
+                assert!(mem.offset + mem.blob.size <= info.segments[mem.segment as usize].raw_len);
+            }
+            let _ = rebuild_pack(info.name, &bad, &info.members[0].blob, false);
+        }
+    }
+
+    #[test]
     fn a_segment_is_decompressed_to_its_declared_length_and_no_further() {
         let raw = vec![0u8; 1 << 20];
         let frame = zstd::bulk::compress(&raw, 3).unwrap();
