@@ -917,16 +917,20 @@ impl S3Storage {
             }
         }
         drop(seen);
-        for pack in split_packs(small) {
-            self.store_pack(pack).await?;
-        }
-        let stored: Vec<(usize, BlobRef)> = futures::stream::iter(alone)
+        // Packs one after another, beside the large blobs' uploads.
+        let packs = async {
+            for pack in split_packs(small) {
+                self.store_pack(pack).await?;
+            }
+            Ok::<_, BackendError>(())
+        };
+        let large = futures::stream::iter(alone)
             .map(|(i, source)| async move {
                 Ok::<_, BackendError>((i, self.put_one(source, algorithm).await?))
             })
             .buffered(self.inner.options.concurrency)
-            .try_collect()
-            .await?;
+            .try_collect::<Vec<(usize, BlobRef)>>();
+        let ((), stored) = futures::try_join!(packs, large)?;
         for (i, blob) in stored {
             refs[i] = Some(blob);
         }
