@@ -79,7 +79,7 @@ fn object_stats(
             Ok::<_, cache_core::BackendError>((stats, storage.endpoint().to_owned()))
         })
         .map_err(|e| Failure::Fatal(format!("cannot read the cache at {shown}: {e}")))?;
-    let bytes = stats.entry_bytes.saturating_add(stats.blob_bytes);
+    let bytes = stats.bytes();
     let progress = format!(
         "listed {} objects in {} pages",
         stats.objects(),
@@ -100,6 +100,8 @@ fn object_stats(
             "bytes": bytes,
             "entry_bytes": stats.entry_bytes,
             "blob_bytes": stats.blob_bytes,
+            "packs": stats.packs,
+            "pack_bytes": stats.pack_bytes,
             "pages": stats.pages,
             "complete": stats.is_complete(),
             "stopped": stats.stopped.map(|why| why.to_string()),
@@ -111,9 +113,10 @@ fn object_stats(
             None => String::new(),
         };
         print(&format!(
-            "cache:   {shown}\nentries: {}\nblobs:   {}\nsize:    {} ({bytes} bytes)\n{partial}",
+            "cache:   {shown}\nentries: {}\nblobs:   {}\npacks:   {}\nsize:    {} ({bytes} bytes)\n{partial}",
             stats.entries,
             stats.blobs,
+            stats.packs,
             format_size(bytes),
         ))?;
     }

@@ -67,7 +67,7 @@ pub enum Command {
     )]
     Key(KeyArgs),
     /// Show entries, blobs, bytes, hits and misses of the local cache (of an object
-    /// store: entries, blobs and bytes, by listing within --cache-timeout; exit 3 when
+    /// store: entries, blobs, packs and bytes, by listing within --cache-timeout; exit 3 when
     /// the listing stopped early and the counts are partial).
     #[command(override_usage = "taskcache stats [OPTIONS] [--json]")]
     Stats(StatsArgs),

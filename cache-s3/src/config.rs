@@ -27,6 +27,10 @@ pub struct S3Options {
     /// Parts (or ranges) of one large blob in flight at once. Memory held for one
     /// large transfer is about `part_size * (parallel_parts + 2)`. Default 6.
     pub parallel_parts: usize,
+    /// Store the small files (up to 1 MiB) of an entry as a few zstd-compressed pack
+    /// objects instead of one object each. Default on; entries written either way
+    /// are read either way.
+    pub packing: bool,
     /// HTTP client options (timeouts, proxies, TLS) of `object_store`.
     #[cfg(any(feature = "aws", feature = "gcp", feature = "azure"))]
     pub client: object_store::ClientOptions,
@@ -42,6 +46,7 @@ impl Default for S3Options {
             multipart_threshold: 16 << 20,
             part_size: 8 << 20,
             parallel_parts: 6,
+            packing: true,
             #[cfg(any(feature = "aws", feature = "gcp", feature = "azure"))]
             client: object_store::ClientOptions::new()
                 .with_connect_timeout(Duration::from_secs(5))
@@ -108,6 +113,13 @@ impl S3Options {
     pub fn with_parts(mut self, threshold: u64, part_size: usize) -> Self {
         self.part_size = part_size.max(5 << 20);
         self.multipart_threshold = threshold.max(1);
+        self
+    }
+
+    /// Sets [`S3Options::packing`].
+    #[must_use]
+    pub fn with_packing(mut self, packing: bool) -> Self {
+        self.packing = packing;
         self
     }
 }

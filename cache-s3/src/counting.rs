@@ -8,8 +8,8 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use object_store::path::Path;
 use object_store::{
-    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-    PutMultipartOptions, PutOptions, PutPayload, PutResult, UploadPart,
+    CopyOptions, GetOptions, GetRange, GetResult, ListResult, MultipartUpload, ObjectMeta,
+    ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult, UploadPart,
 };
 use std::ops::Range;
 use std::sync::Arc;
@@ -83,6 +83,7 @@ fn add(c: &AtomicU64, n: u64) {
 pub struct CountingStore {
     inner: Arc<dyn ObjectStore>,
     counters: Arc<Counters>,
+    no_suffix_ranges: bool,
 }
 
 impl CountingStore {
@@ -91,7 +92,16 @@ impl CountingStore {
         CountingStore {
             inner,
             counters: Arc::default(),
+            no_suffix_ranges: false,
         }
+    }
+
+    /// Refuses suffix range GETs ("the last N bytes") as `NotSupported`, as Azure
+    /// does: how tests prove a storage manages without them.
+    #[must_use]
+    pub fn without_suffix_ranges(mut self) -> Self {
+        self.no_suffix_ranges = true;
+        self
     }
 
     /// The counts so far.
@@ -179,6 +189,11 @@ impl ObjectStore for CountingStore {
             return self.inner.get_opts(location, options).await;
         }
         add(&self.counters.gets, 1);
+        if self.no_suffix_ranges && matches!(options.range, Some(GetRange::Suffix(_))) {
+            return Err(object_store::Error::NotSupported {
+                source: "this store does not support suffix range requests".into(),
+            });
+        }
         let got = self.inner.get_opts(location, options).await?;
         add(&self.counters.received, got.range.end - got.range.start);
         Ok(got)

@@ -11,16 +11,24 @@
 //!
 //! Under the URL's prefix:
 //!
-//! * `blobs/<algorithm>/<hex>`: file contents and large logs, by content digest;
-//! * `entries/<algorithm>/<hex>`: one record per task digest, the bytes of
-//!   [`ActionRecord::encode`], read back with [`ActionRecord::decode`].
+//! * `entries/<algorithm>/<hex>`: one record per task digest: the bytes of
+//!   [`ActionRecord::encode`] (`"TCAR"`), or, when its small files are packed, those
+//!   bytes behind a `"TCPE"` wrapper naming its packs;
+//! * `packs/<hex>`: the small files (up to 1 MiB) of entries, zstd-compressed in
+//!   segments of ~4 MiB, with a trailer listing every member; named by the BLAKE3 of
+//!   that member list (format: the `pack` module);
+//! * `blobs/<algorithm>/<hex>`: larger files and logs, by content digest, each its own
+//!   object.
 //!
-//! A blob already stored transfers no bytes (a HEAD asks first), and a new one is
-//! written with a create-only put (`If-None-Match: *`), so two runners storing the
-//! same output both succeed and the object is written once. An entry is overwritten
-//! (last writer wins). Large blobs go up as parallel multipart uploads read from their
-//! file and come down as parallel ranged GETs, so memory does not grow with the size of
-//! an output.
+//! A pack or blob already stored transfers no bytes (its name is asked about first),
+//! and a new one is written with a create-only put (`If-None-Match: *`), so two
+//! runners storing the same output both succeed and the object is written once. An
+//! entry is overwritten (last writer wins). Large blobs go up as parallel multipart
+//! uploads read from their file and come down as parallel ranged GETs; packs are
+//! written through a temporary file and read a segment at a time; so memory does not
+//! grow with the size of an output or of an entry. Every byte read is verified by
+//! `Cache` against the file's own digest: a pack written by a hostile writer is a miss
+//! or a failed check, never a wrong byte.
 //!
 //! ## Configuration
 //!
@@ -39,9 +47,9 @@
 //! bucket or refused credentials are errors naming the bucket, the endpoint and the
 //! credential source, never a secret.
 //!
-//! Object stores evict with lifecycle rules, not with `gc`: expire `blobs/` and
-//! `entries/` under the prefix after N days (see the README). An entry whose blob
-//! expired first is a miss, and the next store uploads the blob again.
+//! Object stores evict with lifecycle rules, not with `gc`: expire `entries/`,
+//! `packs/` and `blobs/` under the prefix after N days (see the README). An entry
+//! whose pack or blob expired first is a miss, and the next store uploads it again.
 //!
 //! ```
 //! use cache_core::Cache;
@@ -58,6 +66,7 @@
 mod config;
 mod counting;
 mod error;
+mod pack;
 mod stats;
 mod transfer;
 
@@ -107,6 +116,8 @@ struct Inner {
     /// One large transfer at a time per storage: each holds up to
     /// `part_size * (parallel_parts + 2)` bytes.
     large: tokio::sync::Semaphore,
+    /// What this storage knows of packs (bounded).
+    packs: std::sync::Mutex<pack::State>,
 }
 
 impl std::fmt::Debug for S3Storage {
@@ -182,6 +193,7 @@ impl S3Storage {
                 place,
                 options,
                 large: tokio::sync::Semaphore::new(1),
+                packs: std::sync::Mutex::default(),
             }),
         }
     }
@@ -275,32 +287,41 @@ impl S3Storage {
         };
         match prepared {
             Prepared::Small(bytes) => self.put_small(&path, bytes, mode).await?,
-            Prepared::Large(file, _spooled) => {
-                let _permit = self.inner.large.acquire().await;
-                let o = &self.inner.options;
-                transfer::upload_file(
-                    &self.inner.store,
-                    &path,
-                    file.clone(),
-                    blob,
-                    o.part_size,
-                    o.parallel_parts,
-                )
-                .await
-                .map_err(|e| match e {
-                    transfer::UploadError::Store(e) => self.err("multipart upload", &path, &e),
-                    transfer::UploadError::Read(e) => {
-                        BackendError::io_with_context("read for upload", &file, e)
-                    }
-                    transfer::UploadError::Changed => BackendError::io_with_context(
-                        "upload",
-                        &file,
-                        std::io::Error::other("the file changed while it was being stored"),
-                    ),
-                })?;
-            }
+            Prepared::Large(file, _spooled) => self.put_file(&path, file, blob).await?,
         }
         Ok(blob)
+    }
+
+    /// Uploads the file `file`, which hashed to `blob`, as `path` in parts (one large
+    /// upload at a time per storage).
+    async fn put_file(
+        &self,
+        path: &Path,
+        file: std::path::PathBuf,
+        blob: BlobRef,
+    ) -> BackendResult<()> {
+        let _permit = self.inner.large.acquire().await;
+        let o = &self.inner.options;
+        transfer::upload_file(
+            &self.inner.store,
+            path,
+            file.clone(),
+            blob,
+            o.part_size,
+            o.parallel_parts,
+        )
+        .await
+        .map_err(|e| match e {
+            transfer::UploadError::Store(e) => self.err("multipart upload", path, &e),
+            transfer::UploadError::Read(e) => {
+                BackendError::io_with_context("read for upload", &file, e)
+            }
+            transfer::UploadError::Changed => BackendError::io_with_context(
+                "upload",
+                &file,
+                std::io::Error::other("the file changed while it was being stored"),
+            ),
+        })
     }
 
     async fn put_small(&self, path: &Path, bytes: Bytes, mode: PutMode) -> BackendResult<()> {
@@ -377,7 +398,7 @@ impl S3Storage {
         }
     }
 
-    /// Counts entries, blobs and bytes under the prefix by listing them, within
+    /// Counts entries, blobs, packs and bytes under the prefix by listing them, within
     /// `limits`: a listing that reaches one stops there and says so
     /// ([`BucketStats::stopped`]), with the counts it reached.
     pub async fn stats(&self, limits: ListLimits) -> BackendResult<BucketStats> {
@@ -501,13 +522,35 @@ impl Storage for S3Storage {
             });
         }
         let bytes = got.bytes().await.map_err(|e| self.err("GET", &path, &e))?;
+        match pack::unwrap_entry(&bytes) {
+            Ok(None) => {}
+            Ok(Some((packs, at))) => {
+                return self.packed_entry(digest, bytes, packs, at).await.map(Some);
+            }
+            Err(pack::BadWrapper::Newer(version)) => {
+                return Err(BackendError::NewerEntryFormat {
+                    key: digest,
+                    version,
+                });
+            }
+            Err(pack::BadWrapper::Corrupt(reason)) => {
+                return Err(BackendError::CorruptEntry {
+                    key: digest,
+                    reason,
+                });
+            }
+        }
         let decode =
             move || ActionRecord::decode(&digest, &bytes).map(|r| Some(StoredEntry::new(r)));
         blocking(decode).await
     }
 
     async fn put_entry(&self, key: &EntryKey, record: Arc<ActionRecord>) -> BackendResult<()> {
-        let bytes = record.encode()?;
+        let bytes = if self.inner.options.packing {
+            self.packed_entry_bytes(&record).await?
+        } else {
+            record.encode()?
+        };
         let path = self.entry_path(&key.digest);
         self.inner
             .store
@@ -522,16 +565,7 @@ impl Storage for S3Storage {
     }
 
     async fn find_missing_blobs(&self, blobs: Vec<BlobRef>) -> BackendResult<Vec<BlobRef>> {
-        let found: Vec<Option<BlobRef>> = futures::stream::iter(blobs)
-            .map(|blob| async move {
-                let size = self.head_size(&self.blob_path(&blob.digest)).await?;
-                // A stored object of another size is not this blob.
-                Ok::<_, BackendError>((size != Some(blob.size)).then_some(blob))
-            })
-            .buffered(self.inner.options.concurrency)
-            .try_collect()
-            .await?;
-        Ok(found.into_iter().flatten().collect())
+        self.find_missing_packed(blobs).await
     }
 
     async fn put_blobs(
@@ -540,6 +574,9 @@ impl Storage for S3Storage {
         algorithm: Option<DigestAlgorithm>,
     ) -> BackendResult<Vec<BlobRef>> {
         let algorithm = algorithm.unwrap_or(DigestAlgorithm::Blake3);
+        if self.inner.options.packing {
+            return self.put_packed(sources, algorithm).await;
+        }
         futures::stream::iter(sources)
             .map(|source| self.put_one(source, algorithm))
             .buffered(self.inner.options.concurrency)
@@ -548,14 +585,11 @@ impl Storage for S3Storage {
     }
 
     async fn open_blobs(&self, blobs: Vec<BlobRef>) -> BackendResult<Vec<Option<BlobSource>>> {
-        futures::stream::iter(blobs)
-            .map(|blob| self.open_one(blob))
-            .buffered(self.inner.options.concurrency)
-            .try_collect()
-            .await
+        self.open_packed(blobs).await
     }
 
     async fn remove_blob(&self, blob: &BlobRef) -> BackendResult<()> {
+        self.remove_packed(blob).await?;
         self.delete(&self.blob_path(&blob.digest)).await
     }
 

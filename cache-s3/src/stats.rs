@@ -1,4 +1,5 @@
-//! `taskcache stats` on an object store: counts by listing the prefix, within bounds.
+//! `taskcache stats` on an object store: counts by listing the prefix (`entries/`,
+//! `blobs/`, `packs/`), within bounds.
 //!
 //! A listing is a conversation the server leads: a broken or hostile one may answer
 //! "more results follow" forever (with a fresh continuation token each time, or the
@@ -83,6 +84,10 @@ pub struct BucketStats {
     pub blobs: u64,
     /// Bytes of blob objects.
     pub blob_bytes: u64,
+    /// Pack objects (the small files of entries, compressed together).
+    pub packs: u64,
+    /// Bytes of pack objects.
+    pub pack_bytes: u64,
     /// Pages listed (0 for a store listed without pages: a directory, memory).
     pub pages: u64,
     /// `None` when the listing went to its end; else why it stopped, and the counts
@@ -100,13 +105,24 @@ impl BucketStats {
     /// Objects listed.
     #[must_use]
     pub fn objects(&self) -> u64 {
-        self.entries.saturating_add(self.blobs)
+        self.entries
+            .saturating_add(self.blobs)
+            .saturating_add(self.packs)
+    }
+
+    /// Bytes of all objects listed.
+    #[must_use]
+    pub fn bytes(&self) -> u64 {
+        self.entry_bytes
+            .saturating_add(self.blob_bytes)
+            .saturating_add(self.pack_bytes)
     }
 
     fn add(&mut self, kind: Kind, size: u64) {
         let (count, bytes) = match kind {
             Kind::Entries => (&mut self.entries, &mut self.entry_bytes),
             Kind::Blobs => (&mut self.blobs, &mut self.blob_bytes),
+            Kind::Packs => (&mut self.packs, &mut self.pack_bytes),
         };
         *count = count.saturating_add(1);
         *bytes = bytes.saturating_add(size);
@@ -117,6 +133,7 @@ impl BucketStats {
 enum Kind {
     Entries,
     Blobs,
+    Packs,
 }
 
 pub(crate) async fn collect(storage: &S3Storage, limits: ListLimits) -> BackendResult<BucketStats> {
@@ -135,7 +152,12 @@ async fn list_all(
     limits: ListLimits,
     stats: &mut BucketStats,
 ) -> BackendResult<()> {
-    for (kind, name) in [(Kind::Entries, "entries"), (Kind::Blobs, "blobs")] {
+    let kinds = [
+        (Kind::Entries, "entries"),
+        (Kind::Blobs, "blobs"),
+        (Kind::Packs, "packs"),
+    ];
+    for (kind, name) in kinds {
         let mut parts: Vec<_> = storage.prefix().parts().collect();
         parts.push(name.into());
         let prefix = Path::from_iter(parts);

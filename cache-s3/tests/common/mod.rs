@@ -26,6 +26,10 @@ impl Tamper for S3Tamper {
     }
 
     async fn flip_blob_byte(&self, blob: &BlobRef) -> BackendResult<()> {
+        // A packed blob: its pack is rewritten with that member's byte flipped.
+        if self.0.tamper_packed_blob(blob, true).await? > 0 {
+            return Ok(());
+        }
         let path = self.0.blob_path(&blob.digest);
         let store = self.0.store();
         let got = store.get(&path).await.map_err(|e| fault("get", e))?;
@@ -46,6 +50,10 @@ impl Tamper for S3Tamper {
     }
 
     async fn delete_blob(&self, blob: &BlobRef) -> BackendResult<()> {
+        // A packed blob: its pack is rewritten without it.
+        if self.0.tamper_packed_blob(blob, false).await? > 0 {
+            return Ok(());
+        }
         let path = self.0.blob_path(&blob.digest);
         let store = self.0.store();
         // The trait's contract: deleting what is not there is an error.
