@@ -23,10 +23,10 @@ const SMALL_SIZE: usize = 16 << 10;
 const BIG_SIZE: u64 = 1 << 30;
 const REGION: &str = "us-east-1";
 
-struct Server {
-    endpoint: String,
-    bucket: String,
-    data: PathBuf,
+pub(super) struct Server {
+    pub(super) endpoint: String,
+    pub(super) bucket: String,
+    pub(super) data: PathBuf,
 }
 
 pub fn run(args: &[String]) -> Result<(), String> {
@@ -87,7 +87,7 @@ fn client_env(cmd: &mut Command, server: &Server, scratch: &Path) {
 }
 
 /// Runs `cmd` under GNU `time`; returns wall seconds and peak RSS in MiB.
-fn timed(cmd: &Command) -> Result<(f64, f64), String> {
+pub(super) fn timed(cmd: &Command) -> Result<(f64, f64), String> {
     let mut wrapped = Command::new("/usr/bin/time");
     wrapped
         .args(["-f", "%M"])
@@ -157,9 +157,9 @@ fn make_data(ws: &Path) -> Result<(), String> {
 
 /// One scenario's samples: (seconds, peak RSS MiB) per round and direction.
 #[derive(Default)]
-struct Samples {
-    up: Vec<(f64, f64)>,
-    down: Vec<(f64, f64)>,
+pub(super) struct Samples {
+    pub(super) up: Vec<(f64, f64)>,
+    pub(super) down: Vec<(f64, f64)>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -167,7 +167,13 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn taskcache(bin: &Path, server: &Server, scratch: &Path, prefix: &str, output: &str) -> Command {
+pub(super) fn taskcache(
+    bin: &Path,
+    server: &Server,
+    scratch: &Path,
+    prefix: &str,
+    output: &str,
+) -> Command {
     let mut c = Command::new(bin);
     client_env(&mut c, server, scratch);
     c.current_dir(scratch.join("ws")).args([
@@ -182,7 +188,7 @@ fn taskcache(bin: &Path, server: &Server, scratch: &Path, prefix: &str, output: 
     c
 }
 
-fn aws_cp(
+pub(super) fn aws_cp(
     aws: &Path,
     server: &Server,
     scratch: &Path,
@@ -206,7 +212,7 @@ fn aws_cp(
     c
 }
 
-fn remove(path: &Path) -> Result<(), String> {
+pub(super) fn remove(path: &Path) -> Result<(), String> {
     match std::fs::metadata(path) {
         Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
         Ok(_) => std::fs::remove_file(path),
@@ -217,11 +223,11 @@ fn remove(path: &Path) -> Result<(), String> {
 
 /// Stores then restores `output` with taskcache, and uploads then downloads it with
 /// the AWS CLI; `check` says whether a restored copy is whole.
-struct Clients<'a> {
-    bin: &'a Path,
-    aws: &'a Path,
-    server: &'a Server,
-    scratch: &'a Path,
+pub(super) struct Clients<'a> {
+    pub(super) bin: &'a Path,
+    pub(super) aws: &'a Path,
+    pub(super) server: &'a Server,
+    pub(super) scratch: &'a Path,
 }
 
 fn round(
@@ -325,6 +331,9 @@ fn measure(
     std::fs::create_dir_all(scratch.join("home")).map_err(|e| e.to_string())?;
     eprintln!("xtask: bench s3: writing {SMALL_FILES} x 16 KiB and 1 GiB of data");
     make_data(&ws)?;
+    super::s3_tree::make_tree(&ws)?;
+    let (mut tree_ours, mut tree_theirs) = (Samples::default(), Samples::default());
+    let mut footprint = super::s3_tree::Footprint::default();
     let (mut small_ours, mut small_theirs) = (Samples::default(), Samples::default());
     let (mut big_ours, mut big_theirs) = (Samples::default(), Samples::default());
     for r in 0..reps {
@@ -344,6 +353,14 @@ fn measure(
             &mut small_ours,
             &mut small_theirs,
         )?;
+        super::s3_tree::round(
+            &c,
+            &format!("tree-{r}"),
+            !first,
+            &mut tree_ours,
+            &mut tree_theirs,
+            &mut footprint,
+        )?;
         round(
             &c,
             "big.bin",
@@ -362,16 +379,31 @@ fn measure(
         "| what | taskcache | AWS CLI | AWS CLI / taskcache | taskcache peak RSS | AWS CLI peak RSS |"
     );
     println!("|---|---|---|---|---|---|");
-    for (what, ours, theirs) in [
-        ("1,000 x 16 KiB, store", &small_ours.up, &small_theirs.up),
-        (
-            "1,000 x 16 KiB, restore",
-            &small_ours.down,
-            &small_theirs.down,
-        ),
-        ("1 GiB file, store", &big_ours.up, &big_theirs.up),
-        ("1 GiB file, restore", &big_ours.down, &big_theirs.down),
-    ] {
+    rows(
+        &[
+            ("1,000 x 16 KiB, store", &small_ours.up, &small_theirs.up),
+            (
+                "1,000 x 16 KiB, restore",
+                &small_ours.down,
+                &small_theirs.down,
+            ),
+            ("1 GiB file, store", &big_ours.up, &big_theirs.up),
+            ("1 GiB file, restore", &big_ours.down, &big_theirs.down),
+        ],
+        false,
+    );
+    super::s3_tree::report(&tree_ours, &tree_theirs, &footprint);
+    println!("\n{warm}");
+    Ok(())
+}
+
+/// One table row: what, our samples, theirs.
+pub(super) type Row<'a> = (&'a str, &'a Vec<(f64, f64)>, &'a Vec<(f64, f64)>);
+
+/// Table rows: median wall time and largest peak RSS of each side, and their ratio
+/// (theirs / ours, or ours / theirs when `ours_over_theirs`).
+pub(super) fn rows(rows: &[Row<'_>], ours_over_theirs: bool) {
+    for (what, ours, theirs) in rows {
         let (t_ours, t_theirs) = (
             median(ours.iter().map(|s| s.0).collect()),
             median(theirs.iter().map(|s| s.0).collect()),
@@ -380,13 +412,15 @@ fn measure(
             ours.iter().map(|s| s.1).fold(0.0, f64::max),
             theirs.iter().map(|s| s.1).fold(0.0, f64::max),
         );
-        println!(
-            "| {what} | {t_ours:.2} s | {t_theirs:.2} s | {:.2}x | {m_ours:.0} MiB | {m_theirs:.0} MiB |",
+        let ratio = if ours_over_theirs {
+            t_ours / t_theirs
+        } else {
             t_theirs / t_ours
+        };
+        println!(
+            "| {what} | {t_ours:.2} s | {t_theirs:.2} s | {ratio:.2}x | {m_ours:.0} MiB | {m_theirs:.0} MiB |"
         );
     }
-    println!("\n{warm}");
-    Ok(())
 }
 
 /// Stores both data sets twice under two keys, counting requests: the second store
