@@ -53,8 +53,12 @@ pub struct Caps {
     pub update_enabled: bool,
     /// Whether absolute symlink targets are allowed.
     pub absolute_symlinks: bool,
-    /// Whether the server lists zstd (noted; this client sends identity).
+    /// Whether the server lists zstd in `supported_compressors`: ByteStream reads and
+    /// writes use `compressed-blobs/zstd`, batch reads accept zstd.
     pub zstd: bool,
+    /// Whether the server lists zstd in `supported_batch_update_compressors`: batch
+    /// updates send blobs that shrink compressed.
+    pub batch_zstd: bool,
 }
 
 impl Caps {
@@ -304,6 +308,9 @@ impl Client {
                 == re::symlink_absolute_path_strategy::Value::Allowed as i32,
             zstd: cache
                 .supported_compressors
+                .contains(&(re::compressor::Value::Zstd as i32)),
+            batch_zstd: cache
+                .supported_batch_update_compressors
                 .contains(&(re::compressor::Value::Zstd as i32)),
         };
         tracing::debug!(server = %self.describe, caps = ?out, "capabilities");

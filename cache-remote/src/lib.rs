@@ -44,6 +44,7 @@
 
 mod blobs;
 mod client;
+mod compress;
 mod config;
 #[doc(hidden)]
 pub mod fuzz;
