@@ -112,8 +112,11 @@ pub fn encode_small(data: &[u8]) -> std::io::Result<Option<Vec<u8>>> {
     Ok((z.len() < data.len()).then_some(z))
 }
 
-/// A reader of the zstd encoding of `reader` (streamed: zstd's own buffers only).
-pub fn encoder<R: Read>(reader: R) -> std::io::Result<impl Read> {
+/// A reader of the zstd encoding of `reader` (streamed: zstd's own buffers only);
+/// `finish().into_inner()` gives `reader` back.
+pub fn encoder<R: Read>(
+    reader: R,
+) -> std::io::Result<zstd::stream::read::Encoder<'static, std::io::BufReader<R>>> {
     zstd::stream::read::Encoder::new(reader, LEVEL)
 }
 
