@@ -185,6 +185,60 @@ fn io_err(client: &Client, what: &str, e: &dyn std::fmt::Display) -> BackendErro
     BackendError::unavailable(format!("{} {what}: {e}", client.describe))
 }
 
+/// Feeds one ByteStream write from `payload` on a blocking thread: the blob from
+/// `offset` as it is, or (`zstd`) the whole blob compressed as it is read; the data
+/// bytes sent.
+fn spawn_feeder(
+    payload: Payload,
+    name: String,
+    offset: u64,
+    total: u64,
+    zstd: bool,
+    tx: tokio::sync::mpsc::Sender<WriteRequest>,
+) -> tokio::task::JoinHandle<std::io::Result<u64>> {
+    tokio::task::spawn_blocking(move || {
+        let r = payload.open_at(offset)?;
+        if zstd {
+            let source = Counting {
+                inner: r.take(total),
+                read: 0,
+            };
+            let mut z = Some(compress::encoder(source)?);
+            let next = || {
+                let Some(enc) = z.as_mut() else {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                };
+                let mut data = vec![0u8; CHUNK];
+                let n = compress::fill(enc, &mut data)?;
+                data.truncate(n);
+                let last = n < CHUNK;
+                if last {
+                    let read = z.take().map_or(0, |e| e.finish().into_inner().read);
+                    if read != total {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            format!("the blob's source ended after {read} of {total} bytes"),
+                        ));
+                    }
+                }
+                Ok((data, last))
+            };
+            feed(next, &name, offset, &tx)
+        } else {
+            let mut r = r;
+            let mut at = offset;
+            let next = || {
+                let want = usize::try_from((total - at).min(CHUNK as u64)).unwrap_or(CHUNK);
+                let mut data = vec![0u8; want];
+                r.read_exact(&mut data)?;
+                at += want as u64;
+                Ok((data, at == total))
+            };
+            feed(next, &name, offset, &tx)
+        }
+    })
+}
+
 impl Client {
     /// Uploads `blobs` (all under `algorithm`, none empty): batches for the small,
     /// ByteStream for the large; every per-blob status checked.
@@ -195,7 +249,7 @@ impl Client {
         blobs: Vec<(BlobRef, Payload)>,
     ) -> BackendResult<()> {
         let limit = caps.batch_limit;
-        let (batch_zstd, zstd) = (caps.batch_zstd, caps.zstd);
+        let (batch_zstd, zstd) = (caps.zstd.batch_updates, caps.zstd.streams);
         let instance = self.instance().to_owned();
         let (small, large): (Vec<_>, Vec<_>) = blobs
             .into_iter()
@@ -355,54 +409,16 @@ impl Client {
         let what = format!("ByteStream.Write of {blob}");
         loop {
             let (tx, rx) = tokio::sync::mpsc::channel::<WriteRequest>(4);
-            let feeder_payload = payload.clone();
-            let feeder_name = resource.clone();
-            let total = blob.size;
             // The file is read (and compressed) on a blocking thread, a chunk at a
             // time; the bounded channel keeps at most a few chunks in memory.
-            let feeder = tokio::task::spawn_blocking(move || -> std::io::Result<u64> {
-                let r = feeder_payload.open_at(offset)?;
-                if zstd {
-                    let source = Counting {
-                        inner: r.take(total),
-                        read: 0,
-                    };
-                    let mut z = Some(compress::encoder(source)?);
-                    let next = || {
-                        let Some(enc) = z.as_mut() else {
-                            return Err(std::io::ErrorKind::UnexpectedEof.into());
-                        };
-                        let mut data = vec![0u8; CHUNK];
-                        let n = compress::fill(enc, &mut data)?;
-                        data.truncate(n);
-                        let last = n < CHUNK;
-                        if last {
-                            let read = z.take().map_or(0, |e| e.finish().into_inner().read);
-                            if read != total {
-                                return Err(std::io::Error::new(
-                                    std::io::ErrorKind::UnexpectedEof,
-                                    format!(
-                                        "the blob's source ended after {read} of {total} bytes"
-                                    ),
-                                ));
-                            }
-                        }
-                        Ok((data, last))
-                    };
-                    feed(next, &feeder_name, offset, &tx)
-                } else {
-                    let mut r = r;
-                    let mut at = offset;
-                    let next = || {
-                        let want = usize::try_from((total - at).min(CHUNK as u64)).unwrap_or(CHUNK);
-                        let mut data = vec![0u8; want];
-                        r.read_exact(&mut data)?;
-                        at += want as u64;
-                        Ok((data, at == total))
-                    };
-                    feed(next, &feeder_name, offset, &tx)
-                }
-            });
+            let feeder = spawn_feeder(
+                payload.clone(),
+                resource.clone(),
+                offset,
+                blob.size,
+                zstd,
+                tx,
+            );
             // The deadline grows with the blob (1 s per MiB on top of the call deadline).
             let deadline = self.config.call_timeout
                 + std::time::Duration::from_millis((blob.size >> 20).saturating_mul(1000));
@@ -491,7 +507,7 @@ impl Client {
         caps: &Caps,
         blobs: &[BlobRef],
     ) -> BackendResult<std::collections::HashMap<BlobRef, Option<Vec<u8>>>> {
-        let (limit, zstd) = (caps.batch_limit, caps.zstd);
+        let (limit, zstd) = (caps.batch_limit, caps.zstd.streams);
         let mut running = tokio::task::JoinSet::new();
         let wanted: Vec<BlobRef> = {
             let mut v: Vec<BlobRef> = blobs.iter().filter(|b| b.size > 0).copied().collect();

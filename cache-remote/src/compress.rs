@@ -149,7 +149,9 @@ mod tests {
 
     #[test]
     fn round_trips_in_pieces_no_larger_than_a_chunk() {
-        let data: Vec<u8> = (0..3 * CHUNK + 5).map(|i| (i % 251) as u8).collect();
+        let data: Vec<u8> = (0..3 * CHUNK + 5)
+            .map(|i| u8::try_from(i % 251).unwrap())
+            .collect();
         let z = zeros_compressed(0);
         assert!(decode_all(&z, 0).unwrap().is_empty());
         let mut z = Vec::new();

@@ -50,7 +50,7 @@ mod config;
 pub mod fuzz;
 pub mod mapping;
 
-pub use client::Caps;
+pub use client::{Caps, ZstdSupport};
 pub use config::{RemoteConfig, Secret, TlsConfig};
 
 use blobs::Payload;
@@ -264,14 +264,14 @@ impl RemoteStorage {
         let (small, large): (Vec<BlobRef>, Vec<BlobRef>) = blobs
             .iter()
             .partition(|b| blobs::fits_batch(b, caps.batch_limit, self.client.instance()));
-        let mut out = self.client.batch_read(algorithm, &caps, &small).await?;
+        let mut out = self.client.batch_read(algorithm, caps, &small).await?;
         for b in large {
             let missing = self.client.find_missing(algorithm, &[b]).await?;
             if !missing.is_empty() {
                 out.insert(b, None);
                 continue;
             }
-            let reader = self.client.stream_reader(algorithm, b, caps.zstd);
+            let reader = self.client.stream_reader(algorithm, b, caps.zstd.streams);
             let bytes = tokio::task::spawn_blocking(move || {
                 let mut v = Vec::new();
                 std::io::Read::read_to_end(&mut std::io::Read::take(reader, b.size + 1), &mut v)
@@ -520,7 +520,11 @@ impl Storage for RemoteStorage {
                     .collect();
                 for b in large {
                     let source = (!missing.contains(&b)).then(|| {
-                        BlobSource::Reader(self.client.stream_reader(algorithm, b, caps.zstd))
+                        BlobSource::Reader(self.client.stream_reader(
+                            algorithm,
+                            b,
+                            caps.zstd.streams,
+                        ))
                     });
                     found.insert(b, source);
                 }
@@ -544,7 +548,7 @@ impl Storage for RemoteStorage {
                         Some(BlobSource::Reader(self.client.stream_reader(
                             b.digest.algorithm(),
                             *b,
-                            caps.zstd,
+                            caps.zstd.streams,
                         )))
                     }
                 }
