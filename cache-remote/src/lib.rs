@@ -17,7 +17,9 @@
 //!   expanded (see [`mapping`]) and large results are decoded on the blocking pool,
 //!   stopping when the lookup is dropped.
 //! * **Capabilities** are asked once and obeyed: digest function (SHA-256; BLAKE3 when
-//!   listed), batch limit, read-only action caches, absolute-symlink strategy.
+//!   listed), batch limit, read-only action caches, absolute-symlink strategy, and
+//!   zstd: where the server lists it, blobs cross as `compressed-blobs` (ByteStream)
+//!   or zstd batch data, decoded with a hard bound at each blob's size + 1.
 //! * **Uploads** ask `FindMissingBlobs` first, send small blobs in batches packed with
 //!   each blob's message overhead counted, and large ones through ByteStream `Write`
 //!   streamed from the file (resumed with `QueryWriteStatus`); the result is written

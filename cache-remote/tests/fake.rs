@@ -6,8 +6,8 @@ mod common;
 use async_trait::async_trait;
 use cache_core::storage::Storage;
 use cache_core::{
-    BackendResult, BlobRef, Cache, CacheBackend, CacheEntry, CacheOutput, CachePolicy,
-    CircuitBreaker, Digest, DigestAlgorithm, OutputContent,
+    BackendError, BackendResult, BlobRef, Cache, CacheBackend, CacheEntry, CacheOutput,
+    CachePolicy, CircuitBreaker, Digest, DigestAlgorithm, OutputContent,
 };
 use cache_remote::{RemoteConfig, RemoteStorage};
 use cache_testkit::Harness;
@@ -118,37 +118,65 @@ async fn restore_bytes(c: &Cache<RemoteStorage>, key: &str, path: &str) -> Vec<u
     std::fs::read(ws.root().join(path)).unwrap()
 }
 
+/// The plain fake, or (`zstd`) the one advertising zstd.
+async fn start(zstd: bool) -> (String, Arc<State>) {
+    if zstd {
+        fake::start_zstd().await
+    } else {
+        fake::start().await
+    }
+}
+
+/// A restore of `key` that must fail and place nothing: its error.
+async fn restore_fails(c: &Cache<RemoteStorage>, key: &str, path: &str) -> BackendError {
+    let ws = TempWorkspace::new();
+    let e = c
+        .restore_outputs(&task(), key, ws.root())
+        .await
+        .unwrap_err();
+    assert!(!ws.root().join(path).exists());
+    assert!(ws.tree().temporaries().is_empty());
+    e
+}
+
 #[test]
 fn a_read_stream_dropped_midway_resumes_at_the_offset_reached() {
     rt().block_on(async {
-        let (url, state) = fake::start().await;
-        let c = cache(open(&url, |_| {}));
-        let big = pattern_bytes(1, 9 << 20);
-        let key = fresh_key();
-        store(&c, &key, &entry(vec![file("big.bin", big.clone())])).await;
-        state.faults.lock().unwrap().drop_read_after = Some((3 << 20, 1));
-        let reads = state.calls("Read");
-        assert!(restore_bytes(&c, &key, "big.bin").await == big);
-        assert_eq!(
-            state.calls("Read") - reads,
-            2,
-            "one broken stream, one resumed"
-        );
+        // Compressed, the offset is into the uncompressed blob and the fake compresses
+        // from there: a wrong offset would be a wrong file.
+        for zstd in [false, true] {
+            let (url, state) = start(zstd).await;
+            let c = cache(open(&url, |_| {}));
+            let big = pattern_bytes(1, 9 << 20);
+            let key = fresh_key();
+            store(&c, &key, &entry(vec![file("big.bin", big.clone())])).await;
+            state.faults.lock().unwrap().drop_read_after = Some((3 << 20, 1));
+            let reads = state.calls("Read");
+            assert!(restore_bytes(&c, &key, "big.bin").await == big);
+            assert_eq!(
+                state.calls("Read") - reads,
+                2,
+                "one broken stream, one resumed (zstd: {zstd})"
+            );
+        }
     });
 }
 
 #[test]
 fn a_write_stream_dropped_midway_resumes_from_query_write_status() {
     rt().block_on(async {
-        let (url, state) = fake::start().await;
-        let c = cache(open(&url, |_| {}));
-        state.faults.lock().unwrap().drop_write_after = Some((3 << 20, 1));
-        let big = pattern_bytes(2, 9 << 20);
-        let key = fresh_key();
-        store(&c, &key, &entry(vec![file("big.bin", big.clone())])).await;
-        assert_eq!(state.calls("QueryWriteStatus"), 1);
-        assert_eq!(state.calls("Write"), 2);
-        assert!(restore_bytes(&c, &key, "big.bin").await == big);
+        // Compressed (random bytes: as long as the blob), it starts again instead.
+        for zstd in [false, true] {
+            let (url, state) = start(zstd).await;
+            let c = cache(open(&url, |_| {}));
+            state.faults.lock().unwrap().drop_write_after = Some((3 << 20, 1));
+            let big = pattern_bytes(2, 9 << 20);
+            let key = fresh_key();
+            store(&c, &key, &entry(vec![file("big.bin", big.clone())])).await;
+            assert_eq!(state.calls("QueryWriteStatus"), 1, "zstd: {zstd}");
+            assert_eq!(state.calls("Write"), 2, "zstd: {zstd}");
+            assert!(restore_bytes(&c, &key, "big.bin").await == big);
+        }
     });
 }
 
@@ -212,14 +240,8 @@ fn wrong_bytes_are_a_digest_mismatch_and_nothing_is_placed() {
         )
         .await;
         state.faults.lock().unwrap().wrong_bytes = true;
-        let ws = TempWorkspace::new();
-        let e = c
-            .restore_outputs(&task(), &key, ws.root())
-            .await
-            .unwrap_err();
+        let e = restore_fails(&c, &key, "out/a.txt").await;
         assert_eq!(e.kind(), "digest_mismatch", "{e}");
-        assert!(!ws.root().join("out/a.txt").exists());
-        assert!(ws.tree().temporaries().is_empty());
     });
 }
 
@@ -440,41 +462,6 @@ fn without_zstd_advertised_everything_crosses_as_it_is() {
     });
 }
 
-#[test]
-fn a_compressed_write_dropped_midway_starts_again() {
-    rt().block_on(async {
-        let (url, state) = fake::start_zstd().await;
-        let c = cache(open(&url, |_| {}));
-        state.faults.lock().unwrap().drop_write_after = Some((3 << 20, 1));
-        // Random bytes: the compressed stream is as long as the blob.
-        let big = pattern_bytes(2, 9 << 20);
-        let key = fresh_key();
-        store(&c, &key, &entry(vec![file("big.bin", big.clone())])).await;
-        assert_eq!(state.calls("Write"), 2, "one broken, one from the start");
-        assert!(restore_bytes(&c, &key, "big.bin").await == big);
-    });
-}
-
-#[test]
-fn a_compressed_read_dropped_midway_resumes_at_the_uncompressed_offset() {
-    rt().block_on(async {
-        let (url, state) = fake::start_zstd().await;
-        let c = cache(open(&url, |_| {}));
-        let big = pattern_bytes(1, 9 << 20);
-        let key = fresh_key();
-        store(&c, &key, &entry(vec![file("big.bin", big.clone())])).await;
-        state.faults.lock().unwrap().drop_read_after = Some((3 << 20, 1));
-        let reads = state.calls("Read");
-        // The fake compresses from the offset asked: a wrong offset is a wrong file.
-        assert!(restore_bytes(&c, &key, "big.bin").await == big);
-        assert_eq!(
-            state.calls("Read") - reads,
-            2,
-            "one broken stream, one resumed"
-        );
-    });
-}
-
 /// The peak resident memory of this process (nextest runs each test in its own).
 fn peak_rss() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -495,15 +482,9 @@ fn a_zip_bomb_is_refused_at_the_blobs_size_with_bounded_memory() {
             store(&c, &key, &entry(vec![file(name, text_bytes(size))])).await;
             state.faults.lock().unwrap().zstd_bomb = true;
             let before = peak_rss();
-            let ws = TempWorkspace::new();
-            let e = c
-                .restore_outputs(&task(), &key, ws.root())
-                .await
-                .unwrap_err();
+            let e = restore_fails(&c, &key, name).await;
             assert!(e.is_cache_fault(), "{e}");
             assert!(e.to_string().contains("decodes past"), "{e}");
-            assert!(!ws.root().join(name).exists());
-            assert!(ws.tree().temporaries().is_empty());
             // The bomb is 256 MiB of zeros: none of it is ever held.
             let grew = peak_rss().saturating_sub(before);
             eprintln!("{name}: peak memory grew by {grew} bytes during the bombed restore");
@@ -520,23 +501,14 @@ fn a_compressor_that_was_not_asked_for_is_a_cache_fault() {
     rt().block_on(async {
         use bazel_remote_apis::build::bazel::remote::execution::v2::compressor::Value;
         for (zstd, marked) in [(false, Value::Zstd), (true, Value::Deflate)] {
-            let (url, state) = if zstd {
-                fake::start_zstd().await
-            } else {
-                fake::start().await
-            };
+            let (url, state) = start(zstd).await;
             let c = cache(open(&url, |_| {}));
             let key = fresh_key();
             store(&c, &key, &entry(vec![file("a.txt", text_bytes(5000))])).await;
             state.faults.lock().unwrap().wrong_compressor = Some(marked as i32);
-            let ws = TempWorkspace::new();
-            let e = c
-                .restore_outputs(&task(), &key, ws.root())
-                .await
-                .unwrap_err();
+            let e = restore_fails(&c, &key, "a.txt").await;
             assert!(e.is_cache_fault(), "{e}");
             assert!(e.to_string().contains("not asked for"), "{e}");
-            assert!(!ws.root().join("a.txt").exists());
         }
     });
 }
