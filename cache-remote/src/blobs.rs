@@ -642,6 +642,11 @@ impl Client {
         })
     }
 
+    /// A compressed read that cannot be decoded, naming the server.
+    fn decode_error(&self, e: &std::io::Error) -> std::io::Error {
+        std::io::Error::new(e.kind(), format!("{} ByteStream.Read: {e}", self.describe))
+    }
+
     /// Streams `resource` into `tx`; a compressed one (`zstd`) is decoded here, in
     /// pieces of at most a chunk and never past `size` bytes in all. A broken stream
     /// resumes at the (uncompressed) offset reached, as REAPI defines `read_offset`
@@ -694,7 +699,7 @@ impl Client {
                                     let piece = match d.step(&mut input) {
                                         Ok(Some(p)) => Ok(p),
                                         Ok(None) => break,
-                                        Err(e) => Err(e),
+                                        Err(e) => Err(self.decode_error(&e)),
                                     };
                                     let failed = piece.is_err();
                                     received += piece.as_ref().map_or(0, |p| p.len() as u64);
@@ -706,7 +711,7 @@ impl Client {
                             Ok(Ok(None)) => {
                                 if let Some(Err(e)) = decoder.as_ref().map(compress::Unzstd::finish)
                                 {
-                                    let _ = tx.send(Err(e)).await;
+                                    let _ = tx.send(Err(self.decode_error(&e))).await;
                                 }
                                 return;
                             }
