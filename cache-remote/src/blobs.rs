@@ -2,9 +2,12 @@
 //! every encoded request (and expected response) stays under the server's batch limit
 //! with each blob's message overhead counted; ByteStream `Write` (streamed from the
 //! file, resumed with `QueryWriteStatus`) and `Read` (a lazy, bounded reader) for the
-//! rest.
+//! rest. Where the server advertises zstd, ByteStream uses `compressed-blobs/zstd`
+//! (compressed chunk by chunk on the way up, decoded with a bound on the way down) and
+//! batches carry zstd data (see [`crate::compress`]).
 
-use crate::client::{Client, digest_function, retryable};
+use crate::client::{Caps, Client, digest_function, retryable};
+use crate::compress;
 use crate::mapping::to_digest;
 use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
 use bazel_remote_apis::google::bytestream::{QueryWriteStatusRequest, ReadRequest, WriteRequest};
@@ -89,10 +92,68 @@ pub fn pack(blobs: &[BlobRef], limit: usize, instance: &str) -> Vec<Vec<BlobRef>
     out
 }
 
-fn resource_blob(algorithm: DigestAlgorithm, blob: &BlobRef) -> String {
-    match algorithm {
-        DigestAlgorithm::Sha256 => format!("blobs/{}/{}", blob.digest.hex(), blob.size),
-        DigestAlgorithm::Blake3 => format!("blobs/blake3/{}/{}", blob.digest.hex(), blob.size),
+const ZSTD: i32 = re::compressor::Value::Zstd as i32;
+
+/// `blobs/...`, or `compressed-blobs/zstd/...` (the hash and size of the uncompressed
+/// blob in both).
+fn resource_blob(algorithm: DigestAlgorithm, blob: &BlobRef, zstd: bool) -> String {
+    let kind = if zstd {
+        "compressed-blobs/zstd"
+    } else {
+        "blobs"
+    };
+    let function = match algorithm {
+        DigestAlgorithm::Sha256 => "",
+        DigestAlgorithm::Blake3 => "blake3/",
+    };
+    format!("{kind}/{function}{}/{}", blob.digest.hex(), blob.size)
+}
+
+/// Counts what passes through a reader.
+struct Counting<R> {
+    inner: R,
+    read: u64,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        Ok(n)
+    }
+}
+
+/// Sends the chunks `next` gives (each with whether it is the last) as one ByteStream
+/// write starting at `offset`: the resource name in the first message, each later
+/// offset the first plus the data sent before it (for a compressed write, as REAPI
+/// says, an uncompressed start plus compressed lengths). The data bytes sent.
+fn feed(
+    mut next: impl FnMut() -> std::io::Result<(Vec<u8>, bool)>,
+    name: &str,
+    offset: u64,
+    tx: &tokio::sync::mpsc::Sender<WriteRequest>,
+) -> std::io::Result<u64> {
+    let mut at = offset;
+    loop {
+        let (data, last) = next()?;
+        let len = data.len() as u64;
+        let msg = WriteRequest {
+            resource_name: if at == offset {
+                name.to_owned()
+            } else {
+                String::new()
+            },
+            write_offset: i64::try_from(at).unwrap_or(i64::MAX),
+            finish_write: last,
+            data,
+        };
+        if tx.blocking_send(msg).is_err() {
+            return Ok(at - offset); // the server answered early (already stored)
+        }
+        at += len;
+        if last {
+            return Ok(at - offset);
+        }
     }
 }
 
@@ -124,15 +185,71 @@ fn io_err(client: &Client, what: &str, e: &dyn std::fmt::Display) -> BackendErro
     BackendError::unavailable(format!("{} {what}: {e}", client.describe))
 }
 
+/// Feeds one ByteStream write from `payload` on a blocking thread: the blob from
+/// `offset` as it is, or (`zstd`) the whole blob compressed as it is read; the data
+/// bytes sent.
+fn spawn_feeder(
+    payload: Payload,
+    name: String,
+    offset: u64,
+    total: u64,
+    zstd: bool,
+    tx: tokio::sync::mpsc::Sender<WriteRequest>,
+) -> tokio::task::JoinHandle<std::io::Result<u64>> {
+    tokio::task::spawn_blocking(move || {
+        let r = payload.open_at(offset)?;
+        if zstd {
+            let source = Counting {
+                inner: r.take(total),
+                read: 0,
+            };
+            let mut z = Some(compress::encoder(source)?);
+            let next = || {
+                let Some(enc) = z.as_mut() else {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                };
+                let mut data = vec![0u8; CHUNK];
+                let n = compress::fill(enc, &mut data)?;
+                data.truncate(n);
+                let last = n < CHUNK;
+                if last {
+                    let read = z.take().map_or(0, |e| e.finish().into_inner().read);
+                    if read != total {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            format!("the blob's source ended after {read} of {total} bytes"),
+                        ));
+                    }
+                }
+                Ok((data, last))
+            };
+            feed(next, &name, offset, &tx)
+        } else {
+            let mut r = r;
+            let mut at = offset;
+            let next = || {
+                let want = usize::try_from((total - at).min(CHUNK as u64)).unwrap_or(CHUNK);
+                let mut data = vec![0u8; want];
+                r.read_exact(&mut data)?;
+                at += want as u64;
+                Ok((data, at == total))
+            };
+            feed(next, &name, offset, &tx)
+        }
+    })
+}
+
 impl Client {
     /// Uploads `blobs` (all under `algorithm`, none empty): batches for the small,
     /// ByteStream for the large; every per-blob status checked.
     pub async fn upload(
         self: &Arc<Self>,
         algorithm: DigestAlgorithm,
-        limit: usize,
+        caps: &Caps,
         blobs: Vec<(BlobRef, Payload)>,
     ) -> BackendResult<()> {
+        let limit = caps.batch_limit;
+        let (batch_zstd, zstd) = (caps.zstd.batch_updates, caps.zstd.streams);
         let instance = self.instance().to_owned();
         let (small, large): (Vec<_>, Vec<_>) = blobs
             .into_iter()
@@ -152,7 +269,8 @@ impl Client {
             let gate = Arc::clone(&gate);
             running.spawn(async move {
                 let _turn = gate.acquire_owned().await;
-                me.batch_update(algorithm, batch, &payloads).await
+                me.batch_update(algorithm, batch, &payloads, batch_zstd)
+                    .await
             });
         }
         for (blob, payload) in large {
@@ -160,7 +278,7 @@ impl Client {
             let gate = Arc::clone(&gate);
             running.spawn(async move {
                 let _turn = gate.acquire_owned().await;
-                me.write_stream(algorithm, blob, payload).await
+                me.write_stream(algorithm, blob, payload, zstd).await
             });
         }
         let mut first = None;
@@ -179,20 +297,28 @@ impl Client {
         algorithm: DigestAlgorithm,
         batch: Vec<BlobRef>,
         payloads: &std::collections::HashMap<BlobRef, Payload>,
+        zstd: bool,
     ) -> BackendResult<()> {
         let items: Vec<(BlobRef, Payload)> =
             batch.iter().map(|b| (*b, payloads[b].clone())).collect();
         let describe = self.describe.clone();
-        // The batch is at most the batch limit (a few MiB): read on a blocking thread.
+        // The batch is at most the batch limit (a few MiB): read (and compressed) on a
+        // blocking thread. A compressed blob is never larger than its data (else it goes
+        // as it is), so the batch stays packed under the limit by uncompressed cost.
         let requests = tokio::task::spawn_blocking(move || {
             items
                 .into_iter()
                 .map(|(b, p)| {
                     let data = p.read_all(b.size)?;
+                    let (data, compressor) = match zstd.then(|| compress::encode_small(&data)) {
+                        Some(Ok(Some(z))) => (z, ZSTD),
+                        Some(Err(e)) => return Err(e),
+                        _ => (data, 0),
+                    };
                     Ok(re::batch_update_blobs_request::Request {
                         digest: Some(to_digest(&b)),
                         data,
-                        compressor: 0,
+                        compressor,
                     })
                 })
                 .collect::<std::io::Result<Vec<_>>>()
@@ -255,64 +381,48 @@ impl Client {
         Ok(())
     }
 
-    /// Writes one blob through ByteStream, streamed from its payload in chunks; after a
-    /// retryable failure, asks `QueryWriteStatus` where to resume.
+    /// Writes one blob through ByteStream, streamed from its payload in chunks (zstd
+    /// compressed chunk by chunk when `zstd`); after a retryable failure, asks
+    /// `QueryWriteStatus` where to resume. A compressed write is not resumed (what a
+    /// server has committed of one is in no unit REAPI defines): it starts again.
     async fn write_stream(
         &self,
         algorithm: DigestAlgorithm,
         blob: BlobRef,
         payload: Payload,
+        zstd: bool,
     ) -> BackendResult<()> {
-        let resource = with_instance(
-            self.instance(),
-            &format!(
-                "uploads/{}/{}",
-                upload_id(),
-                resource_blob(algorithm, &blob)
-            ),
-        );
+        let name = || {
+            with_instance(
+                self.instance(),
+                &format!(
+                    "uploads/{}/{}",
+                    upload_id(),
+                    resource_blob(algorithm, &blob, zstd)
+                ),
+            )
+        };
+        let mut resource = name();
         let size = i64::try_from(blob.size).unwrap_or(i64::MAX);
         let mut offset = 0u64;
         let mut attempt = 1;
         let what = format!("ByteStream.Write of {blob}");
         loop {
             let (tx, rx) = tokio::sync::mpsc::channel::<WriteRequest>(4);
-            let feeder_payload = payload.clone();
-            let name = resource.clone();
-            let total = blob.size;
-            // The file is read on a blocking thread, a chunk at a time; the bounded
-            // channel keeps at most a few chunks in memory.
-            let feeder = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-                let mut r = feeder_payload.open_at(offset)?;
-                let mut at = offset;
-                let mut first = true;
-                loop {
-                    let want = usize::try_from((total - at).min(CHUNK as u64)).unwrap_or(CHUNK);
-                    let mut data = vec![0u8; want];
-                    r.read_exact(&mut data)?;
-                    let next = at + want as u64;
-                    let msg = WriteRequest {
-                        resource_name: if first { name.clone() } else { String::new() },
-                        write_offset: i64::try_from(at).unwrap_or(i64::MAX),
-                        finish_write: next == total,
-                        data,
-                    };
-                    first = false;
-                    if tx.blocking_send(msg).is_err() {
-                        return Ok(()); // the server answered early (already stored)
-                    }
-                    at = next;
-                    if at == total {
-                        return Ok(());
-                    }
-                }
-            });
+            // The file is read (and compressed) on a blocking thread, a chunk at a
+            // time; the bounded channel keeps at most a few chunks in memory.
+            let feeder = spawn_feeder(
+                payload.clone(),
+                resource.clone(),
+                offset,
+                blob.size,
+                zstd,
+                tx,
+            );
             // The deadline grows with the blob (1 s per MiB on top of the call deadline).
             let deadline = self.config.call_timeout
                 + std::time::Duration::from_millis((blob.size >> 20).saturating_mul(1000));
             self.count("ByteStream.Write");
-            self.bytes_sent
-                .fetch_add(blob.size - offset, std::sync::atomic::Ordering::Relaxed);
             let permit = self.limit_permit().await;
             let mut c = self.bytestream();
             let outcome = tokio::time::timeout(
@@ -322,10 +432,18 @@ impl Client {
             .await;
             drop(permit);
             let fed = feeder.await;
+            let sent = match &fed {
+                Ok(Ok(n)) => *n,
+                _ => 0,
+            };
+            self.bytes_sent
+                .fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
             let status = match outcome {
                 Ok(Ok(resp)) => {
                     let committed = resp.into_inner().committed_size;
-                    if committed == size || committed == -1 {
+                    // A compressed write's commit is -1 (REAPI), or either of its sizes.
+                    let whole = i64::try_from(offset + sent).unwrap_or(i64::MAX);
+                    if committed == size || committed == -1 || (zstd && committed == whole) {
                         return Ok(());
                     }
                     return Err(io_err(
@@ -345,9 +463,17 @@ impl Client {
             }
             attempt += 1;
             tokio::time::sleep(self.config.backoff).await;
-            offset = self.resume_offset(&resource, blob.size).await;
-            if offset == blob.size {
+            let (complete, committed) = self.write_status(&resource).await;
+            if complete {
                 return Ok(());
+            }
+            if zstd {
+                resource = name();
+            } else {
+                offset = committed.min(blob.size);
+                if offset == blob.size {
+                    return Ok(());
+                }
             }
         }
     }
@@ -356,8 +482,9 @@ impl Client {
         Arc::clone(&self.limit).acquire_owned().await.ok()
     }
 
-    /// Where a broken upload may resume: the committed size, or 0 when unknown.
-    async fn resume_offset(&self, resource: &str, size: u64) -> u64 {
+    /// How far a broken upload got: whether it is complete, and the committed size (0
+    /// when unknown).
+    async fn write_status(&self, resource: &str) -> (bool, u64) {
         self.count("ByteStream.QueryWriteStatus");
         let req = QueryWriteStatusRequest {
             resource_name: resource.to_owned(),
@@ -366,13 +493,9 @@ impl Client {
         match tokio::time::timeout(self.config.call_timeout, c.query_write_status(req)).await {
             Ok(Ok(r)) => {
                 let r = r.into_inner();
-                if r.complete {
-                    size
-                } else {
-                    u64::try_from(r.committed_size).unwrap_or(0).min(size)
-                }
+                (r.complete, u64::try_from(r.committed_size).unwrap_or(0))
             }
-            _ => 0,
+            _ => (false, 0),
         }
     }
 
@@ -381,9 +504,10 @@ impl Client {
     pub async fn batch_read(
         self: &Arc<Self>,
         algorithm: DigestAlgorithm,
-        limit: usize,
+        caps: &Caps,
         blobs: &[BlobRef],
     ) -> BackendResult<std::collections::HashMap<BlobRef, Option<Vec<u8>>>> {
+        let (limit, zstd) = (caps.batch_limit, caps.zstd.streams);
         let mut running = tokio::task::JoinSet::new();
         let wanted: Vec<BlobRef> = {
             let mut v: Vec<BlobRef> = blobs.iter().filter(|b| b.size > 0).copied().collect();
@@ -399,7 +523,7 @@ impl Client {
             let gate = Arc::clone(&gate);
             running.spawn(async move {
                 let _turn = gate.acquire_owned().await;
-                me.batch_read_one(algorithm, batch).await
+                me.batch_read_one(algorithm, batch, zstd).await
             });
         }
         let mut out: std::collections::HashMap<BlobRef, Option<Vec<u8>>> = blobs
@@ -419,11 +543,12 @@ impl Client {
         &self,
         algorithm: DigestAlgorithm,
         batch: Vec<BlobRef>,
+        zstd: bool,
     ) -> BackendResult<Vec<(BlobRef, Option<Vec<u8>>)>> {
         let req = re::BatchReadBlobsRequest {
             instance_name: self.instance().to_owned(),
             digests: batch.iter().map(to_digest).collect(),
-            acceptable_compressors: Vec::new(),
+            acceptable_compressors: if zstd { vec![ZSTD] } else { Vec::new() },
             digest_function: digest_function(algorithm),
         };
         let resp = self
@@ -435,6 +560,7 @@ impl Client {
             .await?
             .into_inner();
         let mut out = Vec::with_capacity(batch.len());
+        let mut compressed = Vec::new();
         for r in resp.responses {
             let Some(d) = r.digest.as_ref() else { continue };
             let Some(blob) = batch.iter().find(|b| {
@@ -451,9 +577,36 @@ impl Client {
                     r.status.map(|s| s.message).unwrap_or_default(),
                 );
                 return Err(self.error(&format!("BatchReadBlobs of {blob}"), &status));
-            } else {
+            } else if r.compressor == 0 {
                 // Cache verifies every byte before use; a wrong length is already known.
                 out.push((*blob, Some(r.data)));
+            } else if r.compressor == ZSTD && zstd {
+                compressed.push((*blob, r.data));
+            } else {
+                return Err(io_err(
+                    self,
+                    &format!("BatchReadBlobs of {blob}"),
+                    &format!(
+                        "the server answered with compressor {}, which was not asked for",
+                        r.compressor
+                    ),
+                ));
+            }
+        }
+        if !compressed.is_empty() {
+            // At most the batch limit of data, decoded on a blocking thread, each blob
+            // to at most its size + 1 bytes (a zip bomb stops there).
+            let decoded = tokio::task::spawn_blocking(move || {
+                compressed
+                    .into_iter()
+                    .map(|(b, z)| (b, compress::decode_all(&z, b.size)))
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .map_err(|e| io_err(self, "BatchReadBlobs", &format!("decode task: {e}")))?;
+            for (b, data) in decoded {
+                let data = data.map_err(|e| io_err(self, &format!("BatchReadBlobs of {b}"), &e))?;
+                out.push((b, Some(data)));
             }
         }
         for b in &batch {
@@ -475,25 +628,50 @@ impl Client {
         self: &Arc<Self>,
         algorithm: DigestAlgorithm,
         blob: BlobRef,
+        zstd: bool,
     ) -> Box<dyn Read + Send> {
         Box::new(StreamReader {
             client: Arc::clone(self),
             handle: tokio::runtime::Handle::current(),
-            resource: with_instance(self.instance(), &resource_blob(algorithm, &blob)),
+            resource: with_instance(self.instance(), &resource_blob(algorithm, &blob, zstd)),
+            size: blob.size,
+            zstd,
             rx: None,
             buf: Vec::new(),
             pos: 0,
         })
     }
 
+    /// A compressed read that cannot be decoded, naming the server.
+    fn decode_error(&self, e: &std::io::Error) -> std::io::Error {
+        std::io::Error::new(e.kind(), format!("{} ByteStream.Read: {e}", self.describe))
+    }
+
+    /// Streams `resource` into `tx`; a compressed one (`zstd`) is decoded here, in
+    /// pieces of at most a chunk and never past `size` bytes in all. A broken stream
+    /// resumes at the (uncompressed) offset reached, as REAPI defines `read_offset`
+    /// for compressed reads too, with a new decoder.
     async fn read_stream(
         self: Arc<Self>,
         resource: String,
+        size: u64,
+        zstd: bool,
         tx: tokio::sync::mpsc::Sender<std::io::Result<Vec<u8>>>,
     ) {
         let mut received = 0u64;
         let mut attempt = 1;
         loop {
+            let mut decoder = if zstd {
+                match compress::Unzstd::new(size.saturating_sub(received), size) {
+                    Ok(d) => Some(d),
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                }
+            } else {
+                None
+            };
             let req = ReadRequest {
                 resource_name: resource.clone(),
                 read_offset: i64::try_from(received).unwrap_or(i64::MAX),
@@ -509,12 +687,34 @@ impl Client {
                         match tokio::time::timeout(self.config.call_timeout, stream.message()).await
                         {
                             Ok(Ok(Some(m))) => {
-                                received += m.data.len() as u64;
-                                if tx.send(Ok(m.data)).await.is_err() {
-                                    return; // the reader is gone
+                                let Some(d) = decoder.as_mut() else {
+                                    received += m.data.len() as u64;
+                                    if tx.send(Ok(m.data)).await.is_err() {
+                                        return; // the reader is gone
+                                    }
+                                    continue;
+                                };
+                                let mut input = &m.data[..];
+                                loop {
+                                    let piece = match d.step(&mut input) {
+                                        Ok(Some(p)) => Ok(p),
+                                        Ok(None) => break,
+                                        Err(e) => Err(self.decode_error(&e)),
+                                    };
+                                    let failed = piece.is_err();
+                                    received += piece.as_ref().map_or(0, |p| p.len() as u64);
+                                    if tx.send(piece).await.is_err() || failed {
+                                        return;
+                                    }
                                 }
                             }
-                            Ok(Ok(None)) => return,
+                            Ok(Ok(None)) => {
+                                if let Some(Err(e)) = decoder.as_ref().map(compress::Unzstd::finish)
+                                {
+                                    let _ = tx.send(Err(self.decode_error(&e))).await;
+                                }
+                                return;
+                            }
                             Ok(Err(s)) => break s,
                             Err(_) => break tonic::Status::deadline_exceeded("read stalled"),
                         }
@@ -539,6 +739,8 @@ struct StreamReader {
     client: Arc<Client>,
     handle: tokio::runtime::Handle,
     resource: String,
+    size: u64,
+    zstd: bool,
     rx: Option<tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>>,
     buf: Vec<u8>,
     pos: usize,
@@ -559,8 +761,12 @@ impl Read for StreamReader {
             let rx = self.rx.get_or_insert_with(|| {
                 let (tx, rx) = tokio::sync::mpsc::channel(4);
                 let client = Arc::clone(&self.client);
-                self.handle
-                    .spawn(client.read_stream(self.resource.clone(), tx));
+                self.handle.spawn(client.read_stream(
+                    self.resource.clone(),
+                    self.size,
+                    self.zstd,
+                    tx,
+                ));
                 rx
             });
             // Read on a blocking thread (cache-core's readers run there).

@@ -53,8 +53,19 @@ pub struct Caps {
     pub update_enabled: bool,
     /// Whether absolute symlink targets are allowed.
     pub absolute_symlinks: bool,
-    /// Whether the server lists zstd (noted; this client sends identity).
-    pub zstd: bool,
+    /// Where the server takes zstd (everything else is sent and asked for as it is).
+    pub zstd: ZstdSupport,
+}
+
+/// Where a server lists zstd.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ZstdSupport {
+    /// In `supported_compressors`: ByteStream reads and writes use
+    /// `compressed-blobs/zstd`, batch reads accept zstd.
+    pub streams: bool,
+    /// In `supported_batch_update_compressors`: batch updates send blobs that shrink
+    /// compressed.
+    pub batch_updates: bool,
 }
 
 impl Caps {
@@ -302,9 +313,14 @@ impl Client {
             update_enabled,
             absolute_symlinks: cache.symlink_absolute_path_strategy
                 == re::symlink_absolute_path_strategy::Value::Allowed as i32,
-            zstd: cache
-                .supported_compressors
-                .contains(&(re::compressor::Value::Zstd as i32)),
+            zstd: ZstdSupport {
+                streams: cache
+                    .supported_compressors
+                    .contains(&(re::compressor::Value::Zstd as i32)),
+                batch_updates: cache
+                    .supported_batch_update_compressors
+                    .contains(&(re::compressor::Value::Zstd as i32)),
+            },
         };
         tracing::debug!(server = %self.describe, caps = ?out, "capabilities");
         Ok(out)

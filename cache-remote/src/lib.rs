@@ -17,7 +17,9 @@
 //!   expanded (see [`mapping`]) and large results are decoded on the blocking pool,
 //!   stopping when the lookup is dropped.
 //! * **Capabilities** are asked once and obeyed: digest function (SHA-256; BLAKE3 when
-//!   listed), batch limit, read-only action caches, absolute-symlink strategy.
+//!   listed), batch limit, read-only action caches, absolute-symlink strategy, and
+//!   zstd: where the server lists it, blobs cross as `compressed-blobs` (ByteStream)
+//!   or zstd batch data, decoded with a hard bound at each blob's size + 1.
 //! * **Uploads** ask `FindMissingBlobs` first, send small blobs in batches packed with
 //!   each blob's message overhead counted, and large ones through ByteStream `Write`
 //!   streamed from the file (resumed with `QueryWriteStatus`); the result is written
@@ -44,12 +46,13 @@
 
 mod blobs;
 mod client;
+mod compress;
 mod config;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod mapping;
 
-pub use client::Caps;
+pub use client::{Caps, ZstdSupport};
 pub use config::{RemoteConfig, Secret, TlsConfig};
 
 use blobs::Payload;
@@ -244,9 +247,7 @@ impl RemoteStorage {
             .into_iter()
             .filter(|(b, _)| send.contains(b))
             .collect();
-        self.client
-            .upload(algorithm, caps.batch_limit, items)
-            .await?;
+        self.client.upload(algorithm, caps, items).await?;
         let mut suspect = self.suspect.lock().expect("suspect set");
         for b in &send {
             suspect.remove(b);
@@ -265,17 +266,14 @@ impl RemoteStorage {
         let (small, large): (Vec<BlobRef>, Vec<BlobRef>) = blobs
             .iter()
             .partition(|b| blobs::fits_batch(b, caps.batch_limit, self.client.instance()));
-        let mut out = self
-            .client
-            .batch_read(algorithm, caps.batch_limit, &small)
-            .await?;
+        let mut out = self.client.batch_read(algorithm, caps, &small).await?;
         for b in large {
             let missing = self.client.find_missing(algorithm, &[b]).await?;
             if !missing.is_empty() {
                 out.insert(b, None);
                 continue;
             }
-            let reader = self.client.stream_reader(algorithm, b);
+            let reader = self.client.stream_reader(algorithm, b, caps.zstd.streams);
             let bytes = tokio::task::spawn_blocking(move || {
                 let mut v = Vec::new();
                 std::io::Read::read_to_end(&mut std::io::Read::take(reader, b.size + 1), &mut v)
@@ -512,11 +510,7 @@ impl Storage for RemoteStorage {
             let (small, large): (Vec<BlobRef>, Vec<BlobRef>) = these
                 .into_iter()
                 .partition(|b| blobs::fits_batch(b, caps.batch_limit, self.client.instance()));
-            for (b, bytes) in self
-                .client
-                .batch_read(algorithm, caps.batch_limit, &small)
-                .await?
-            {
+            for (b, bytes) in self.client.batch_read(algorithm, &caps, &small).await? {
                 found.insert(b, bytes.map(|v| BlobSource::Bytes(v.into())));
             }
             if !large.is_empty() {
@@ -527,8 +521,13 @@ impl Storage for RemoteStorage {
                     .into_iter()
                     .collect();
                 for b in large {
-                    let source = (!missing.contains(&b))
-                        .then(|| BlobSource::Reader(self.client.stream_reader(algorithm, b)));
+                    let source = (!missing.contains(&b)).then(|| {
+                        BlobSource::Reader(self.client.stream_reader(
+                            algorithm,
+                            b,
+                            caps.zstd.streams,
+                        ))
+                    });
                     found.insert(b, source);
                 }
             }
@@ -542,15 +541,17 @@ impl Storage for RemoteStorage {
                 None if caps.algorithms.contains(&b.digest.algorithm()) => {
                     if blobs::fits_batch(b, caps.batch_limit, self.client.instance()) {
                         self.client
-                            .batch_read(b.digest.algorithm(), caps.batch_limit, &[*b])
+                            .batch_read(b.digest.algorithm(), &caps, &[*b])
                             .await?
                             .remove(b)
                             .flatten()
                             .map(|v| BlobSource::Bytes(v.into()))
                     } else {
-                        Some(BlobSource::Reader(
-                            self.client.stream_reader(b.digest.algorithm(), *b),
-                        ))
+                        Some(BlobSource::Reader(self.client.stream_reader(
+                            b.digest.algorithm(),
+                            *b,
+                            caps.zstd.streams,
+                        )))
                     }
                 }
                 None => None,

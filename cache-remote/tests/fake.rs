@@ -6,8 +6,8 @@ mod common;
 use async_trait::async_trait;
 use cache_core::storage::Storage;
 use cache_core::{
-    BackendResult, BlobRef, Cache, CacheBackend, CacheEntry, CacheOutput, CachePolicy,
-    CircuitBreaker, Digest, DigestAlgorithm, OutputContent,
+    BackendError, BackendResult, BlobRef, Cache, CacheBackend, CacheEntry, CacheOutput,
+    CachePolicy, CircuitBreaker, Digest, DigestAlgorithm, OutputContent,
 };
 use cache_remote::{RemoteConfig, RemoteStorage};
 use cache_testkit::Harness;
@@ -54,7 +54,15 @@ fn open(url: &str, tweak: impl FnOnce(&mut RemoteConfig)) -> RemoteStorage {
 }
 
 async fn harness() -> Harness {
-    let (url, state) = fake::start().await;
+    harness_on(fake::start().await)
+}
+
+/// The suite again on a server advertising zstd: every blob crosses compressed.
+async fn harness_zstd() -> Harness {
+    harness_on(fake::start_zstd().await)
+}
+
+fn harness_on((url, state): (String, Arc<State>)) -> Harness {
     let tamper = FakeTamper {
         server: common::ServerTamper::new(open(&url, |_| {})),
         state: Arc::clone(&state),
@@ -65,6 +73,11 @@ async fn harness() -> Harness {
 mod suite {
     use super::harness;
     cache_testkit::conformance_suite!(harness);
+}
+
+mod suite_zstd {
+    use super::harness_zstd;
+    cache_testkit::conformance_suite!(harness_zstd);
 }
 
 fn cache(storage: RemoteStorage) -> Cache<RemoteStorage> {
@@ -105,37 +118,65 @@ async fn restore_bytes(c: &Cache<RemoteStorage>, key: &str, path: &str) -> Vec<u
     std::fs::read(ws.root().join(path)).unwrap()
 }
 
+/// The plain fake, or (`zstd`) the one advertising zstd.
+async fn start(zstd: bool) -> (String, Arc<State>) {
+    if zstd {
+        fake::start_zstd().await
+    } else {
+        fake::start().await
+    }
+}
+
+/// A restore of `key` that must fail and place nothing: its error.
+async fn restore_fails(c: &Cache<RemoteStorage>, key: &str, path: &str) -> BackendError {
+    let ws = TempWorkspace::new();
+    let e = c
+        .restore_outputs(&task(), key, ws.root())
+        .await
+        .unwrap_err();
+    assert!(!ws.root().join(path).exists());
+    assert!(ws.tree().temporaries().is_empty());
+    e
+}
+
 #[test]
 fn a_read_stream_dropped_midway_resumes_at_the_offset_reached() {
     rt().block_on(async {
-        let (url, state) = fake::start().await;
-        let c = cache(open(&url, |_| {}));
-        let big = pattern_bytes(1, 9 << 20);
-        let key = fresh_key();
-        store(&c, &key, &entry(vec![file("big.bin", big.clone())])).await;
-        state.faults.lock().unwrap().drop_read_after = Some((3 << 20, 1));
-        let reads = state.calls("Read");
-        assert!(restore_bytes(&c, &key, "big.bin").await == big);
-        assert_eq!(
-            state.calls("Read") - reads,
-            2,
-            "one broken stream, one resumed"
-        );
+        // Compressed, the offset is into the uncompressed blob and the fake compresses
+        // from there: a wrong offset would be a wrong file.
+        for zstd in [false, true] {
+            let (url, state) = start(zstd).await;
+            let c = cache(open(&url, |_| {}));
+            let big = pattern_bytes(1, 9 << 20);
+            let key = fresh_key();
+            store(&c, &key, &entry(vec![file("big.bin", big.clone())])).await;
+            state.faults.lock().unwrap().drop_read_after = Some((3 << 20, 1));
+            let reads = state.calls("Read");
+            assert!(restore_bytes(&c, &key, "big.bin").await == big);
+            assert_eq!(
+                state.calls("Read") - reads,
+                2,
+                "one broken stream, one resumed (zstd: {zstd})"
+            );
+        }
     });
 }
 
 #[test]
 fn a_write_stream_dropped_midway_resumes_from_query_write_status() {
     rt().block_on(async {
-        let (url, state) = fake::start().await;
-        let c = cache(open(&url, |_| {}));
-        state.faults.lock().unwrap().drop_write_after = Some((3 << 20, 1));
-        let big = pattern_bytes(2, 9 << 20);
-        let key = fresh_key();
-        store(&c, &key, &entry(vec![file("big.bin", big.clone())])).await;
-        assert_eq!(state.calls("QueryWriteStatus"), 1);
-        assert_eq!(state.calls("Write"), 2);
-        assert!(restore_bytes(&c, &key, "big.bin").await == big);
+        // Compressed (random bytes: as long as the blob), it starts again instead.
+        for zstd in [false, true] {
+            let (url, state) = start(zstd).await;
+            let c = cache(open(&url, |_| {}));
+            state.faults.lock().unwrap().drop_write_after = Some((3 << 20, 1));
+            let big = pattern_bytes(2, 9 << 20);
+            let key = fresh_key();
+            store(&c, &key, &entry(vec![file("big.bin", big.clone())])).await;
+            assert_eq!(state.calls("QueryWriteStatus"), 1, "zstd: {zstd}");
+            assert_eq!(state.calls("Write"), 2, "zstd: {zstd}");
+            assert!(restore_bytes(&c, &key, "big.bin").await == big);
+        }
     });
 }
 
@@ -199,14 +240,8 @@ fn wrong_bytes_are_a_digest_mismatch_and_nothing_is_placed() {
         )
         .await;
         state.faults.lock().unwrap().wrong_bytes = true;
-        let ws = TempWorkspace::new();
-        let e = c
-            .restore_outputs(&task(), &key, ws.root())
-            .await
-            .unwrap_err();
+        let e = restore_fails(&c, &key, "out/a.txt").await;
         assert_eq!(e.kind(), "digest_mismatch", "{e}");
-        assert!(!ws.root().join("out/a.txt").exists());
-        assert!(ws.tree().temporaries().is_empty());
     });
 }
 
@@ -353,22 +388,146 @@ fn a_result_whose_tree_or_files_are_gone_is_a_miss() {
     });
 }
 
+/// `len` bytes of build-output-like text: compresses well.
+fn text_bytes(len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 64);
+    let mut i = 0u64;
+    while out.len() < len {
+        out.extend_from_slice(format!("src/module_{}.rs:{}: compiled ok\n", i % 97, i).as_bytes());
+        i += 1;
+    }
+    out.truncate(len);
+    out
+}
+
+fn received(state: &State) -> u64 {
+    *state.received.lock().unwrap()
+}
+
+fn served(state: &State) -> u64 {
+    *state.served.lock().unwrap()
+}
+
+/// An 8 MiB text file (ByteStream) and 200 small ones of 16 KiB (batches).
+fn compressible_entry() -> CacheEntry {
+    let mut files = vec![file("big.log", text_bytes(8 << 20))];
+    files.extend((0..200).map(|i| file(&format!("small/{i}.txt"), text_bytes((16 << 10) + i))));
+    entry(files)
+}
+
 #[test]
-fn zstd_advertised_still_round_trips_with_identity() {
+fn zstd_advertised_compresses_the_wire_both_ways() {
     rt().block_on(async {
-        let (url, state) = fake::start().await;
-        state.caps.lock().unwrap().supported_compressors = vec![
-            bazel_remote_apis::build::bazel::remote::execution::v2::compressor::Value::Zstd as i32,
-        ];
+        let (url, state) = fake::start_zstd().await;
         let s = open(&url, |_| {});
-        assert!(s.capabilities().await.unwrap().zstd);
+        let caps = s.capabilities().await.unwrap();
+        assert!(caps.zstd.streams && caps.zstd.batch_updates);
         let c = cache(s);
+        // The big file alone (ByteStream), then the small ones (batches).
+        let mut small = compressible_entry().outputs;
+        let big = vec![small.remove(0)];
+        for outputs in [big, small] {
+            let raw: u64 = outputs
+                .iter()
+                .map(|o| match &o.content {
+                    OutputContent::Bytes(b) => b.len() as u64,
+                    _ => 0,
+                })
+                .sum();
+            let (up, down) = (received(&state), served(&state));
+            let key = fresh_key();
+            store(&c, &key, &entry(outputs.clone())).await;
+            let up = received(&state) - up;
+            let ws = TempWorkspace::new();
+            c.restore_outputs(&task(), &key, ws.root()).await.unwrap();
+            let down = served(&state) - down;
+            eprintln!(
+                "{} files, {raw} bytes: {up} bytes up and {down} down on the wire",
+                outputs.len()
+            );
+            assert!(up < raw / 10 && down < raw / 10, "{up}, {down} of {raw}");
+            for o in &outputs {
+                let OutputContent::Bytes(b) = &o.content else {
+                    unreachable!()
+                };
+                assert!(&std::fs::read(ws.root().join(&o.path)).unwrap() == b);
+            }
+        }
+        assert!(c.storage().stats().blob_bytes_sent < received(&state) + 4096);
+        for call in ["Write", "BatchUpdateBlobs", "Read", "BatchReadBlobs"] {
+            assert!(state.calls(call) >= 1, "{call}");
+        }
+    });
+}
+
+#[test]
+fn without_zstd_advertised_everything_crosses_as_it_is() {
+    rt().block_on(async {
+        // This fake refuses compressed data, as a server not advertising it may.
+        let (url, state) = fake::start().await;
+        let c = cache(open(&url, |_| {}));
         let key = fresh_key();
-        store(&c, &key, &entry(vec![file("z", pattern_bytes(7, 100_000))])).await;
-        assert_eq!(
-            restore_bytes(&c, &key, "z").await,
-            pattern_bytes(7, 100_000)
-        );
+        store(&c, &key, &compressible_entry()).await;
+        let raw: u64 = (8 << 20) + (0..200).map(|i| (16 << 10) + i).sum::<u64>();
+        assert!(received(&state) >= raw, "{} of {raw}", received(&state));
+        let ws = TempWorkspace::new();
+        c.restore_outputs(&task(), &key, ws.root()).await.unwrap();
+        assert!(served(&state) >= raw);
+        assert!(std::fs::read(ws.root().join("big.log")).unwrap() == text_bytes(8 << 20));
+    });
+}
+
+/// The peak resident memory of this process (nextest runs each test in its own).
+fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb << 10)
+}
+
+#[test]
+fn a_zip_bomb_is_refused_at_the_blobs_size_with_bounded_memory() {
+    rt().block_on(async {
+        let (url, state) = fake::start_zstd().await;
+        let c = cache(open(&url, |_| {}));
+        for (name, size) in [("small.txt", 100_000), ("big.bin", 6 << 20)] {
+            let key = fresh_key();
+            store(&c, &key, &entry(vec![file(name, text_bytes(size))])).await;
+            state.faults.lock().unwrap().zstd_bomb = true;
+            let before = peak_rss();
+            let e = restore_fails(&c, &key, name).await;
+            assert!(e.is_cache_fault(), "{e}");
+            assert!(e.to_string().contains("decodes past"), "{e}");
+            // The bomb is 256 MiB of zeros: none of it is ever held.
+            let grew = peak_rss().saturating_sub(before);
+            // Only where this test has its process to itself (nextest), not among
+            // other tests' threads (cargo test).
+            let alone = std::env::var_os("NEXTEST").is_some();
+            eprintln!("{name}: peak memory grew by {grew} bytes (checked: {alone})");
+            if alone {
+                assert!(grew < 64 << 20, "{name}: peak memory grew by {grew} bytes");
+            }
+            state.faults.lock().unwrap().zstd_bomb = false;
+        }
+    });
+}
+
+#[test]
+fn a_compressor_that_was_not_asked_for_is_a_cache_fault() {
+    rt().block_on(async {
+        use bazel_remote_apis::build::bazel::remote::execution::v2::compressor::Value;
+        for (zstd, marked) in [(false, Value::Zstd), (true, Value::Deflate)] {
+            let (url, state) = start(zstd).await;
+            let c = cache(open(&url, |_| {}));
+            let key = fresh_key();
+            store(&c, &key, &entry(vec![file("a.txt", text_bytes(5000))])).await;
+            state.faults.lock().unwrap().wrong_compressor = Some(marked as i32);
+            let e = restore_fails(&c, &key, "a.txt").await;
+            assert!(e.is_cache_fault(), "{e}");
+            assert!(e.to_string().contains("not asked for"), "{e}");
+        }
     });
 }
 

@@ -1,7 +1,10 @@
 //! An in-process REAPI server (tonic, on 127.0.0.1) for what a real server will not do
 //! on demand: dropped streams, RESOURCE_EXHAUSTED, wrong bytes, stalls, tiny batch
 //! limits, read-only action caches, per-blob errors. It verifies what it receives like
-//! a real server, rejects batches over its advertised limit, and counts every call.
+//! a real server, rejects batches over its advertised limit, and counts every call and
+//! every blob byte on the wire. Started with [`start_zstd`] it advertises zstd and
+//! speaks REAPI `compressed-blobs` (storing blobs uncompressed); otherwise it refuses
+//! anything compressed, as a server that does not advertise it may.
 
 use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
 use bazel_remote_apis::google::bytestream as bs;
@@ -37,6 +40,10 @@ pub struct Faults {
     pub blob_status: Option<(Code, usize)>,
     /// Reads serve the blob with one byte flipped.
     pub wrong_bytes: bool,
+    /// Compressed reads (batch and ByteStream) serve a zip bomb: 256 MiB of zeros.
+    pub zstd_bomb: bool,
+    /// Batch reads mark every blob with this compressor (the data as it is).
+    pub wrong_compressor: Option<i32>,
 }
 
 /// The server's state, shared with the test.
@@ -50,6 +57,10 @@ pub struct State {
     pub uploads: Mutex<HashMap<String, Vec<u8>>>,
     /// Values of the `authorization` header seen.
     pub auth_seen: Mutex<Vec<String>>,
+    /// Blob data bytes received (batch updates and ByteStream writes, as sent).
+    pub received: Mutex<u64>,
+    /// Blob data bytes served (batch and ByteStream reads, as sent).
+    pub served: Mutex<u64>,
 }
 
 impl State {
@@ -88,6 +99,21 @@ impl State {
         Ok(())
     }
 
+    /// Whether zstd is advertised (for ByteStream and batch reads, or batch updates).
+    fn zstd(&self, batch_update: bool) -> bool {
+        let caps = self.caps.lock().unwrap();
+        let listed = if batch_update {
+            &caps.supported_batch_update_compressors
+        } else {
+            &caps.supported_compressors
+        };
+        listed.contains(&ZSTD)
+    }
+
+    fn count_bytes(counter: &Mutex<u64>, n: usize) {
+        *counter.lock().unwrap() += n as u64;
+    }
+
     fn serve_bytes(&self, mut data: Vec<u8>) -> Vec<u8> {
         if self.faults.lock().unwrap().wrong_bytes && !data.is_empty() {
             let mid = data.len() / 2;
@@ -95,6 +121,38 @@ impl State {
         }
         data
     }
+}
+
+const ZSTD: i32 = re::compressor::Value::Zstd as i32;
+
+/// 256 MiB of zeros, zstd-compressed into a few KiB (made once, streamed).
+fn bomb() -> Vec<u8> {
+    static BOMB: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    BOMB.get_or_init(|| {
+        let mut z = Vec::new();
+        std::io::Read::read_to_end(
+            &mut zstd::stream::read::Encoder::new(
+                std::io::Read::take(std::io::repeat(0), 256 << 20),
+                1,
+            )
+            .unwrap(),
+            &mut z,
+        )
+        .unwrap();
+        z
+    })
+    .clone()
+}
+
+/// What a client sent compressed, decoded to at most `size + 1` bytes (a wrong size
+/// then fails the digest check).
+fn unzstd(data: &[u8], size: u64) -> Result<Vec<u8>, Status> {
+    let mut out = Vec::new();
+    let decoder = zstd::stream::read::Decoder::new(data)
+        .map_err(|e| Status::invalid_argument(format!("zstd: {e}")))?;
+    std::io::Read::read_to_end(&mut std::io::Read::take(decoder, size + 1), &mut out)
+        .map_err(|e| Status::invalid_argument(format!("zstd: {e}")))?;
+    Ok(out)
 }
 
 fn hash_of(data: &[u8], blake3: bool) -> String {
@@ -129,7 +187,17 @@ pub struct Fake(pub Arc<State>);
 /// Starts a fake with SHA-256, a 4 MiB batch limit and updates enabled; returns its
 /// `grpc://` URL. Runs on the current tokio runtime.
 pub async fn start() -> (String, Arc<State>) {
+    start_with(false).await
+}
+
+/// Like [`start`], advertising zstd for ByteStream, batch reads and batch updates.
+pub async fn start_zstd() -> (String, Arc<State>) {
+    start_with(true).await
+}
+
+async fn start_with(zstd: bool) -> (String, Arc<State>) {
     let state = Arc::new(State::default());
+    let compressors = if zstd { vec![ZSTD] } else { Vec::new() };
     *state.caps.lock().unwrap() = re::CacheCapabilities {
         digest_functions: vec![re::digest_function::Value::Sha256 as i32],
         action_cache_update_capabilities: Some(re::ActionCacheUpdateCapabilities {
@@ -138,6 +206,8 @@ pub async fn start() -> (String, Arc<State>) {
         max_batch_total_size_bytes: 4_193_280,
         symlink_absolute_path_strategy: re::symlink_absolute_path_strategy::Value::Disallowed
             as i32,
+        supported_compressors: compressors.clone(),
+        supported_batch_update_compressors: compressors,
         ..re::CacheCapabilities::default()
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -248,9 +318,18 @@ impl ContentAddressableStorage for Fake {
             )));
         }
         let blake3 = is_blake3(r.digest_function);
+        let zstd = self.0.zstd(true);
         let mut responses = Vec::new();
         for q in r.requests {
             let d = q.digest.unwrap_or_default();
+            State::count_bytes(&self.0.received, q.data.len());
+            let data = match q.compressor {
+                0 => Ok(q.data),
+                ZSTD if zstd => unzstd(&q.data, u64::try_from(d.size_bytes).unwrap_or(0)),
+                other => Err(Status::invalid_argument(format!(
+                    "compressor {other} is not supported"
+                ))),
+            };
             let injected = {
                 let mut f = self.0.faults.lock().unwrap();
                 match &mut f.blob_status {
@@ -261,15 +340,19 @@ impl ContentAddressableStorage for Fake {
                     _ => None,
                 }
             };
-            let st = if let Some(code) = injected {
-                status(code, "injected per-blob status")
-            } else if hash_of(&q.data, blake3) != d.hash
-                || i64::try_from(q.data.len()).unwrap() != d.size_bytes
-            {
-                status(Code::InvalidArgument, "digest does not match the data")
-            } else {
-                self.0.cas.lock().unwrap().insert(d.hash.clone(), q.data);
-                ok()
+            let st = match (injected, data) {
+                (Some(code), _) => status(code, "injected per-blob status"),
+                (None, Err(e)) => status(Code::InvalidArgument, e.message()),
+                (None, Ok(data))
+                    if hash_of(&data, blake3) != d.hash
+                        || i64::try_from(data.len()).unwrap() != d.size_bytes =>
+                {
+                    status(Code::InvalidArgument, "digest does not match the data")
+                }
+                (None, Ok(data)) => {
+                    self.0.cas.lock().unwrap().insert(d.hash.clone(), data);
+                    ok()
+                }
             };
             responses.push(re::batch_update_blobs_response::Response {
                 digest: Some(d),
@@ -284,16 +367,33 @@ impl ContentAddressableStorage for Fake {
         req: Request<re::BatchReadBlobsRequest>,
     ) -> Result<Response<re::BatchReadBlobsResponse>, Status> {
         self.0.enter("BatchReadBlobs", &req).await?;
+        let r = req.into_inner();
+        let zstd = self.0.zstd(false) && r.acceptable_compressors.contains(&ZSTD);
+        let (bombed, wrong) = {
+            let f = self.0.faults.lock().unwrap();
+            (f.zstd_bomb, f.wrong_compressor)
+        };
         let mut responses = Vec::new();
-        for d in req.into_inner().digests {
+        for d in r.digests {
             let data = self.0.cas.lock().unwrap().get(&d.hash).cloned();
             responses.push(match data {
-                Some(data) => re::batch_read_blobs_response::Response {
-                    digest: Some(d),
-                    data: self.0.serve_bytes(data),
-                    compressor: 0,
-                    status: Some(ok()),
-                },
+                Some(data) => {
+                    let data = self.0.serve_bytes(data);
+                    let (data, compressor) = if zstd && bombed {
+                        (bomb(), ZSTD)
+                    } else if zstd {
+                        (zstd::bulk::compress(&data, 1).unwrap(), ZSTD)
+                    } else {
+                        (data, 0)
+                    };
+                    State::count_bytes(&self.0.served, data.len());
+                    re::batch_read_blobs_response::Response {
+                        digest: Some(d),
+                        data,
+                        compressor: wrong.unwrap_or(compressor),
+                        status: Some(ok()),
+                    }
+                }
                 None => re::batch_read_blobs_response::Response {
                     digest: Some(d),
                     data: Vec::new(),
@@ -343,14 +443,29 @@ impl ContentAddressableStorage for Fake {
     }
 }
 
-/// `(hash, size, blake3)` from a ByteStream resource name.
-fn parse_resource(name: &str) -> Result<(String, u64, bool), Status> {
+/// A ByteStream resource name: the blob's hash and size, whether BLAKE3, whether
+/// `compressed-blobs/zstd` (any other compressor is refused).
+struct Resource {
+    hash: String,
+    size: u64,
+    blake3: bool,
+    zstd: bool,
+}
+
+fn parse_resource(name: &str) -> Result<Resource, Status> {
     let parts: Vec<&str> = name.split('/').collect();
     let i = parts
         .iter()
-        .position(|p| *p == "blobs")
+        .position(|p| *p == "blobs" || *p == "compressed-blobs")
         .ok_or_else(|| Status::invalid_argument("no blobs/ in the resource name"))?;
-    let rest = &parts[i + 1..];
+    let zstd = parts[i] == "compressed-blobs";
+    let mut rest = &parts[i + 1..];
+    if zstd {
+        if rest.first() != Some(&"zstd") {
+            return Err(Status::invalid_argument("unsupported compressor"));
+        }
+        rest = &rest[1..];
+    }
     let (blake3, rest) = match rest.first() {
         Some(&"blake3") => (true, &rest[1..]),
         _ => (false, rest),
@@ -361,7 +476,12 @@ fn parse_resource(name: &str) -> Result<(String, u64, bool), Status> {
     let size = size
         .parse()
         .map_err(|_| Status::invalid_argument("bad size"))?;
-    Ok(((*hash).to_owned(), size, blake3))
+    Ok(Resource {
+        hash: (*hash).to_owned(),
+        size,
+        blake3,
+        zstd,
+    })
 }
 
 #[tonic::async_trait]
@@ -374,16 +494,35 @@ impl bs::byte_stream_server::ByteStream for Fake {
     ) -> Result<Response<Self::ReadStream>, Status> {
         self.0.enter("Read", &req).await?;
         let r = req.into_inner();
-        let (hash, _, _) = parse_resource(&r.resource_name)?;
+        let res = parse_resource(&r.resource_name)?;
+        if res.zstd && !self.0.zstd(false) {
+            return Err(Status::invalid_argument("zstd is not advertised"));
+        }
+        if res.zstd && r.read_limit != 0 {
+            return Err(Status::invalid_argument("read_limit on a compressed read"));
+        }
         let data = self
             .0
             .cas
             .lock()
             .unwrap()
-            .get(&hash)
+            .get(&res.hash)
             .cloned()
             .ok_or_else(|| Status::not_found("no such blob"))?;
         let data = self.0.serve_bytes(data);
+        // A compressed read's offset is into the uncompressed blob: the rest from
+        // there is compressed, and sent from its start.
+        let (data, offset) = if res.zstd {
+            let from = usize::try_from(r.read_offset).unwrap_or(0).min(data.len());
+            let z = if self.0.faults.lock().unwrap().zstd_bomb {
+                bomb()
+            } else {
+                zstd::bulk::compress(&data[from..], 1).unwrap()
+            };
+            (z, 0)
+        } else {
+            (data, r.read_offset)
+        };
         let drop_after = {
             let mut f = self.0.faults.lock().unwrap();
             match &mut f.drop_read_after {
@@ -394,8 +533,9 @@ impl bs::byte_stream_server::ByteStream for Fake {
                 _ => None,
             }
         };
-        let start = usize::try_from(r.read_offset).unwrap_or(0).min(data.len());
+        let start = usize::try_from(offset).unwrap_or(0).min(data.len());
         let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let state = Arc::clone(&self.0);
         tokio::spawn(async move {
             let mut at = start;
             for chunk in data[start..].chunks(64 << 10) {
@@ -405,6 +545,7 @@ impl bs::byte_stream_server::ByteStream for Fake {
                         .await;
                     return;
                 }
+                State::count_bytes(&state.served, chunk.len());
                 if tx
                     .send(Ok(bs::ReadResponse {
                         data: chunk.to_vec(),
@@ -453,18 +594,34 @@ impl bs::byte_stream_server::ByteStream for Fake {
                 )));
             }
             buf.extend_from_slice(&m.data);
+            State::count_bytes(&self.0.received, m.data.len());
             if drop_after.is_some_and(|d| buf.len() as u64 >= d) && !m.finish_write {
                 return Err(Status::unavailable("injected: write dropped"));
             }
             if m.finish_write {
-                let (hash, size, blake3) = parse_resource(&name)?;
-                let data = uploads.remove(&name).unwrap_or_default();
-                if hash_of(&data, blake3) != hash || data.len() as u64 != size {
+                let res = parse_resource(&name)?;
+                let sent = uploads.remove(&name).unwrap_or_default();
+                // Compressed: committed is where the next write_offset would be.
+                let committed = i64::try_from(if res.zstd {
+                    sent.len() as u64
+                } else {
+                    res.size
+                })
+                .unwrap();
+                let data = if res.zstd {
+                    if !self.0.zstd(false) {
+                        return Err(Status::invalid_argument("zstd is not advertised"));
+                    }
+                    unzstd(&sent, res.size)?
+                } else {
+                    sent
+                };
+                if hash_of(&data, res.blake3) != res.hash || data.len() as u64 != res.size {
                     return Err(Status::invalid_argument("digest does not match the data"));
                 }
-                self.0.cas.lock().unwrap().insert(hash, data);
+                self.0.cas.lock().unwrap().insert(res.hash, data);
                 return Ok(Response::new(bs::WriteResponse {
-                    committed_size: i64::try_from(size).unwrap(),
+                    committed_size: committed,
                 }));
             }
         }
