@@ -66,6 +66,7 @@
 mod config;
 mod counting;
 mod error;
+mod gc;
 mod pack;
 mod stats;
 mod transfer;
@@ -74,6 +75,7 @@ pub use config::S3Options;
 #[cfg(any(feature = "aws", feature = "gcp", feature = "azure"))]
 pub use config::retry_config;
 pub use counting::{CountingStore, RequestCounts};
+pub use gc::{GcOptions, GcReport};
 pub use object_store;
 pub use stats::{BucketStats, ListLimits, Stopped};
 
@@ -208,6 +210,12 @@ impl S3Storage {
     #[must_use]
     pub fn entry_path(&self, key: &Digest) -> Path {
         self.object("entries", key)
+    }
+
+    /// The marker whose time is the last use of `key`'s entry (written by `touch`).
+    #[must_use]
+    pub fn marker_path(&self, key: &Digest) -> Path {
+        self.object("used", key)
     }
 
     /// The object holding the blob with `digest`.
@@ -405,6 +413,14 @@ impl S3Storage {
         stats::collect(self, limits).await
     }
 
+    /// Evicts entries by last use and sweeps what no surviving entry references
+    /// (see [`GcOptions`] and the `gc` module's algorithm): safe beside runners storing
+    /// and hitting the same prefix. A listing or read cut short stops it before any
+    /// pack or blob is deleted ([`GcReport::stopped`]).
+    pub async fn gc(&self, options: GcOptions) -> BackendResult<GcReport> {
+        gc::run(self, options).await
+    }
+
     /// The stored bytes of the entry for `key` (tests, tools), `None` if there is none.
     pub async fn raw_entry(&self, key: &Digest) -> BackendResult<Option<Bytes>> {
         let path = self.entry_path(key);
@@ -593,9 +609,29 @@ impl Storage for S3Storage {
         self.delete(&self.blob_path(&blob.digest)).await
     }
 
-    async fn touch(&self, _key: &EntryKey) -> BackendResult<()> {
-        // Recency is the bucket's lifecycle rule's business (objects expire by age).
-        Ok(())
+    async fn touch(&self, key: &EntryKey) -> BackendResult<()> {
+        // Object stores keep no access time: the last use is the time of a marker
+        // object, rewritten at most once per `touch_interval` (a HEAD, rarely a PUT).
+        let path = self.marker_path(&key.digest);
+        match self.inner.store.head(&path).await {
+            Ok(meta) => {
+                let written = std::time::SystemTime::from(meta.last_modified);
+                let fresh = written
+                    .elapsed()
+                    .map_or(true, |age| age < self.inner.options.touch_interval);
+                if fresh {
+                    return Ok(());
+                }
+            }
+            Err(e) if is_absent(&e) => {}
+            Err(e) => return Err(self.err("HEAD", &path, &e)),
+        }
+        self.inner
+            .store
+            .put(&path, PutPayload::from_static(b""))
+            .await
+            .map(drop)
+            .map_err(|e| self.err("PUT", &path, &e))
     }
 
     async fn health_check(&self) -> BackendResult<()> {
