@@ -5,8 +5,8 @@
 mod common;
 
 use cache_core::{Cache, CacheBackend, CacheEntry, CacheOutput, CachePolicy, Digest};
-use cache_s3::object_store::{ObjectStore, ObjectStoreExt};
 use cache_s3::object_store::memory::InMemory;
+use cache_s3::object_store::{ObjectStore, ObjectStoreExt};
 use cache_s3::{GcOptions, GcReport, ListLimits, S3Options, S3Storage, Stopped};
 use cache_testkit::fixtures::{fresh_key, task};
 use futures::TryStreamExt;
@@ -146,12 +146,17 @@ async fn recently_used_entries_survive(open: Open) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recently_used_entries_survive_on_memory() {
-    recently_used_entries_survive(memory(S3Options::default())).await;
+    recently_used_entries_survive(memory(every_second())).await;
+}
+
+/// Hits are recorded when the last known use is a second old (a day by default).
+fn every_second() -> S3Options {
+    S3Options::default().with_touch_interval(Duration::from_secs(1))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recently_used_entries_survive_on_moto() {
-    if let Some(open) = moto("gc_used", S3Options::default()) {
+    if let Some(open) = moto("gc_used", every_second()) {
         recently_used_entries_survive(open).await;
     }
 }
@@ -261,24 +266,28 @@ async fn gc_beside_a_runner_on_moto() {
     }
 }
 
-/// A touch within the interval sends no PUT: the marker keeps its first time.
+/// A touch within the interval of the entry's store or of its marker sends no PUT.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn touch_writes_a_marker_at_most_once_per_interval() {
-    let open = memory(S3Options::default());
+    let open = memory(every_second());
     let dir = tempfile::tempdir().unwrap();
     let key = fresh_key();
     store(open(), &key, outputs(dir.path(), 1, 1)).await;
     let storage = open();
     let marker = storage.marker_path(&Digest::parse(&key).unwrap());
+    assert!(hit(open(), &key).await);
     assert!(
         storage.store().head(&marker).await.is_err(),
-        "no marker before a hit"
+        "a hit right after the store is that use"
     );
-    assert!(hit(open(), &key).await);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let runner = open();
+    assert!(hit(runner.clone(), &key).await);
     let first = storage.store().head(&marker).await.unwrap();
+    assert!(hit(runner.clone(), &key).await);
     assert!(hit(open(), &key).await);
     let second = storage.store().head(&marker).await.unwrap();
-    assert_eq!(first.e_tag, second.e_tag, "rewritten within a day");
+    assert_eq!(first.e_tag, second.e_tag, "rewritten within the interval");
 }
 
 /// A listing cut short (the page limit, on a server that pages) deletes nothing from
