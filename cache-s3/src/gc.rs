@@ -408,7 +408,8 @@ impl Run<'_> {
             .map(|(k, _)| k.to_owned())
             .collect();
         for (i, r) in refs.iter().enumerate() {
-            if evicted[i] {
+            // Evicted here, or gone (another gc, a lookup that removed it) before read.
+            if evicted[i] || read_meta[i].is_none() {
                 continue;
             }
             self.report.entries_kept += 1;

@@ -361,3 +361,53 @@ async fn max_size_evicts_the_least_recently_used() {
     assert!(!hit(open(), &a).await, "the older one went");
     assert!(hit(open(), &b).await);
 }
+
+/// A corrupt entry is kept and counted and references nothing; an entry of a newer
+/// format (whose references cannot be read) keeps the sweep from running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_entries_are_counted_and_newer_ones_stop_the_sweep() {
+    let open = memory(S3Options::default());
+    let dir = tempfile::tempdir().unwrap();
+    let gone = fresh_key();
+    store(open(), &gone, outputs(dir.path(), 5, 5)).await;
+    let storage = open();
+    let digest = |k: &str| Digest::parse(k).unwrap();
+    storage
+        .store()
+        .delete(&storage.entry_path(&digest(&gone)))
+        .await
+        .unwrap();
+    let corrupt = fresh_key();
+    storage
+        .write_raw_entry(&digest(&corrupt), b"not an entry".to_vec())
+        .await
+        .unwrap();
+    let newer = fresh_key();
+    let mut wrapper = b"TCPE".to_vec();
+    wrapper.extend_from_slice(&[9, 0, 0, 0]);
+    wrapper.extend_from_slice(&[0; 40]);
+    storage
+        .write_raw_entry(&digest(&newer), wrapper)
+        .await
+        .unwrap();
+    let stopped = gc(&storage, Duration::from_secs(3600), Duration::ZERO).await;
+    assert_eq!(stopped.entries_kept, 2, "{stopped:?}");
+    assert_eq!(stopped.entries_unreadable, 1, "{stopped:?}");
+    assert_eq!(stopped.entries_newer, 1, "{stopped:?}");
+    assert!(!stopped.swept, "{stopped:?}");
+    assert_eq!(stopped.packs_removed + stopped.blobs_removed, 0);
+    assert_eq!(names(&storage, "packs").await.len(), 1);
+    storage
+        .store()
+        .delete(&storage.entry_path(&digest(&newer)))
+        .await
+        .unwrap();
+    let swept = gc(&storage, Duration::from_secs(3600), Duration::ZERO).await;
+    assert!(swept.swept, "{swept:?}");
+    assert_eq!(
+        (swept.packs_removed, swept.blobs_removed),
+        (1, 1),
+        "{swept:?}"
+    );
+    assert_eq!(swept.entries_unreadable, 1, "{swept:?}");
+}
