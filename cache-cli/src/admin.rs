@@ -1,5 +1,5 @@
 //! `taskcache stats`, `gc` and `verify`: housekeeping of the local cache. On an object
-//! store, `stats` counts by listing and `gc` explains the lifecycle rule to set instead.
+//! store, `stats` counts by listing and `gc` evicts by last use (`--unused-for`).
 
 use crate::Failure;
 use crate::backend;
@@ -46,15 +46,91 @@ fn object_store(args: &CacheArgs) -> Result<Option<(url::Url, String)>, Failure>
     }
 }
 
-/// What `gc` says about an object store: evict with the bucket's lifecycle rule.
-fn lifecycle_advice(shown: &str) -> String {
+/// What `gc` says about an object store without `--unused-for`.
+fn unused_for_needed(shown: &str) -> String {
     format!(
-        "gc does not run on an object store ({shown}): object stores evict with lifecycle \
-         rules. Set one on the bucket that expires objects under the cache's prefix \
-         (blobs/ and entries/) some days after they were written, e.g. 30; an entry whose \
-         blob expired first is a miss, and the next run stores it again. See README \
-         (\"Shared cache on S3\")."
+        "gc on an object store ({shown}) needs --unused-for DURATION (e.g. --unused-for 7d): \
+         it removes entries neither stored nor restored for that long (and, with \
+         --max-size, least recently used ones until the rest fits), then the packs and \
+         blobs no entry references. See README (\"Shared cache on S3\")."
     )
+}
+
+/// `gc` of an object store: by last use, within `timeout` over all of it. Exit 3 when
+/// it stopped early (a listing or read cut short: entries may have gone, but no pack or
+/// blob was deleted) or could not sweep (entries of a newer format).
+fn object_gc(
+    url: &url::Url,
+    shown: &str,
+    args: &GcArgs,
+    unused_for: std::time::Duration,
+) -> Result<u8, Failure> {
+    let timeout = args.timeout.cache_timeout;
+    let options = backend::s3_options(cache_core::Deadlines::new(timeout));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Fatal(format!("cannot start the async runtime: {e}")))?;
+    let mut gc = cache_s3::GcOptions::new(unused_for, cache_s3::ListLimits::new(timeout))
+        .with_grace(args.grace);
+    if let Some(max) = args.max_size {
+        gc = gc.with_max_size(max);
+    }
+    let (report, endpoint) = rt
+        .block_on(async {
+            let storage = cache_s3::S3Storage::open(url, options)?;
+            let report = storage.gc(gc).await?;
+            Ok::<_, cache_core::BackendError>((report, storage.endpoint().to_owned()))
+        })
+        .map_err(|e| Failure::Fatal(format!("gc of the cache at {shown} failed: {e}")))?;
+    print(&format!(
+        "removed {} entries ({} unused for {}, {} for the size), {} packs, {} blobs and {} \
+         use markers; kept {} entries; {} -> {}\n",
+        report.entries_removed(),
+        report.entries_removed_unused,
+        crate::size::format_duration(unused_for),
+        report.entries_removed_for_size,
+        report.packs_removed,
+        report.blobs_removed,
+        report.markers_removed,
+        report.entries_kept,
+        format_size(report.bytes_before),
+        format_size(report.bytes_after),
+    ))?;
+    if report.kept_young > 0 {
+        print(&format!(
+            "kept {} unreferenced objects written in the last {}s: a store running now may \
+             need them (--grace)\n",
+            report.kept_young,
+            args.grace.as_secs()
+        ))?;
+    }
+    if report.entries_unreadable > 0 {
+        tracing::warn!(
+            "{} entries in {shown} could not be read (corrupt): kept; a lookup removes them",
+            report.entries_unreadable
+        );
+    }
+    if let Some(why) = report.stopped {
+        tracing::warn!(
+            "gc of {shown} at {endpoint} stopped early: {why}; no pack or blob was deleted. \
+             A large bucket may need a longer --cache-timeout"
+        );
+        print(&format!(
+            "partial: stopped early ({why}); nothing was swept\n"
+        ))?;
+        return Ok(3);
+    }
+    if !report.swept {
+        tracing::warn!(
+            "{} entries in {shown} are of a newer format: no pack or blob was deleted \
+             (upgrade taskcache)",
+            report.entries_newer
+        );
+        print("partial: nothing was swept\n")?;
+        return Ok(3);
+    }
+    Ok(0)
 }
 
 /// `stats` of an object store: by listing, within `timeout` over the whole listing
@@ -157,10 +233,20 @@ pub fn stats(args: &StatsArgs) -> Result<u8, Failure> {
     Ok(0)
 }
 
-/// `taskcache gc --max-size SIZE`.
+/// `taskcache gc --max-size SIZE`, or on an object store `--unused-for DURATION`.
 pub fn gc(args: &GcArgs) -> Result<u8, Failure> {
-    if let Some((_, shown)) = object_store(&args.cache)? {
-        return Err(Failure::Usage(lifecycle_advice(&shown)));
+    if let Some((url, shown)) = object_store(&args.cache)? {
+        let Some(unused_for) = args.unused_for else {
+            return Err(Failure::Usage(unused_for_needed(&shown)));
+        };
+        return object_gc(&url, &shown, args, unused_for);
+    }
+    if args.unused_for.is_some() {
+        return Err(Failure::Usage(
+            "--unused-for is for an object store (s3://, gs://, az://); a local cache \
+             evicts least recently used entries with --max-size SIZE"
+                .into(),
+        ));
     }
     let Some(max_size) = args.max_size else {
         return Err(Failure::Usage(

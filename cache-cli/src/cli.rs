@@ -71,11 +71,16 @@ pub enum Command {
     /// the listing stopped early and the counts are partial).
     #[command(override_usage = "taskcache stats [OPTIONS] [--json]")]
     Stats(StatsArgs),
-    /// Evict least recently used entries until the local cache is under --max-size (an
-    /// object store evicts with a lifecycle rule instead; gc says which).
+    /// Evict least recently used entries until the local cache is under --max-size. On
+    /// an object store (s3://, gs://, az://): remove entries not used for --unused-for
+    /// (and, with --max-size, least recently used ones until the rest fits), then the
+    /// packs and blobs no entry references; exit 3 if it stopped early (nothing was
+    /// swept).
     // The usage is spelled out: clap's own lists an option set from the environment
     // (TASKCACHE_CACHE) as if it were required.
-    #[command(override_usage = "taskcache gc [OPTIONS] --max-size <SIZE>")]
+    #[command(
+        override_usage = "taskcache gc [OPTIONS] --max-size <SIZE>\n       taskcache gc --cache <s3://...> --unused-for <DURATION> [--max-size <SIZE>] [OPTIONS]"
+    )]
     Gc(GcArgs),
     /// Re-hash every stored blob and check every entry; report and remove corrupt ones.
     /// Exit 0: nothing was wrong; 1: damage was found and removed; 2: bad usage (no
@@ -156,8 +161,9 @@ pub struct KeyArgs {
 pub struct AdminTimeout {
     /// Longest this command may wait for an object store, over all its requests: stats
     /// on s3://, gs:// or az:// lists within it, and if the listing is not done by then
-    /// prints the counts it reached, says they are partial and exits 3 (gc and verify
-    /// send no request to an object store). A local cache directory is not bounded by
+    /// prints the counts it reached, says they are partial and exits 3; gc on one does
+    /// all its listings, reads and deletions within it, and stops before deleting any
+    /// pack or blob when it runs out (exit 3). A local cache directory is not bounded by
     /// it. E.g. 30s, 5m.
     #[arg(
         long,
@@ -215,10 +221,14 @@ pub struct GcArgs {
     /// crashed writers); -vv: debug logs.
     #[arg(short, long, action = ArgAction::Count)]
     pub verbose: u8,
-    /// Target size, e.g. 10GiB, 500MB, or a number of bytes. Required for a local cache
-    /// (an object store evicts by a lifecycle rule; gc says which).
+    /// Target size, e.g. 10GiB, 500MB, or a number of bytes. Required for a local cache;
+    /// optional on an object store (least recently used entries go until the rest fits).
     #[arg(long, value_name = "SIZE", value_parser = crate::size::parse_size)]
     pub max_size: Option<u64>,
+    /// Object stores only (required there): remove entries neither stored nor restored
+    /// for this long, e.g. 7d (a restore is recorded at most once a day per entry).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub unused_for: Option<std::time::Duration>,
     /// Blobs written or reused within this long are kept even past the size limit: a
     /// store running at the same time may be about to publish the entry that needs
     /// them. `0` when no other writer can be running. E.g. 10m, 90s, 1h.
@@ -226,7 +236,7 @@ pub struct GcArgs {
     pub grace: std::time::Duration,
 }
 
-/// `500ms`, `90s`, `10m`, `1h`, or a number of seconds.
+/// `500ms`, `90s`, `10m`, `1h`, `7d`, or a number of seconds.
 pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let s = s.trim();
     let (num, unit) = s
@@ -240,7 +250,12 @@ pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         "" | "s" => n,
         "m" => n.saturating_mul(60),
         "h" => n.saturating_mul(3600),
-        _ => return Err(format!("{s:?}: the unit must be ms, s, m or h (e.g. 10m)")),
+        "d" => n.saturating_mul(86_400),
+        _ => {
+            return Err(format!(
+                "{s:?}: the unit must be ms, s, m, h or d (e.g. 10m)"
+            ));
+        }
     };
     Ok(std::time::Duration::from_secs(secs))
 }

@@ -333,10 +333,17 @@ fn bad_input_exits_2_with_a_message_that_says_what_to_do() {
         ),
         (
             &["gc", "--cache", "s3://bucket-name/ci", "--max-size", "1GiB"],
-            "lifecycle",
+            "--unused-for DURATION",
         ),
-        // No --max-size needed to hear what a bucket needs instead.
-        (&["gc", "--cache", "s3://bucket-name/ci"], "lifecycle"),
+        (
+            &["gc", "--cache", "s3://bucket-name/ci"],
+            "--unused-for DURATION",
+        ),
+        (&["gc", "--unused-for", "7d"], "for an object store"),
+        (
+            &["gc", "--cache", "s3://bucket-name/ci", "--unused-for", "7y"],
+            "ms, s, m, h or d",
+        ),
         (&["gc"], "--max-size SIZE"),
     ];
     for (args, hint) in cases {

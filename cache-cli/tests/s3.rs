@@ -177,7 +177,46 @@ fn the_bucket_alone_as_the_cache() {
     c.args(["gc", "--cache", &cache, "--max-size", "1GiB"]);
     let o = exec(c);
     assert_eq!(o.code, 2, "{o:?}");
-    assert!(o.stderr.contains("lifecycle"), "{o:?}");
+    assert!(o.stderr.contains("--unused-for"), "{o:?}");
+}
+
+#[test]
+fn gc_on_the_bucket_evicts_by_last_use() {
+    let Some((endpoint, bucket)) = peer("gc_on_the_bucket_evicts_by_last_use") else {
+        return;
+    };
+    let cache = format!("s3://{bucket}/{}", unique("gc"));
+    let f = Fixture::new();
+    let run = || {
+        let mut c = cmd(&f, &endpoint, "unused");
+        c.args([
+            "run", "--cache", &cache, "-o", "out.txt", "--", "sh", "-c", COUNTING,
+        ]);
+        let o = exec(c);
+        assert_eq!(o.code, 0, "{o:?}");
+    };
+    let gc = |args: &[&str]| {
+        let mut c = cmd(&f, &endpoint, "unused");
+        c.args(["gc", "--cache", &cache, "--cache-timeout", "60s"]);
+        c.args(args);
+        exec(c)
+    };
+    run();
+    run();
+    assert_eq!(f.runs(), 1);
+    // Used within the hour: kept.
+    let o = gc(&["--unused-for", "1h"]);
+    assert_eq!(o.code, 0, "{o:?}");
+    assert!(o.stdout.starts_with(b"removed 0 entries"), "{o:?}");
+    run();
+    assert_eq!(f.runs(), 1, "the entry survived: {o:?}");
+    // Everything is unused for 0 s, and no grace: the entry and its objects go.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let o = gc(&["--unused-for", "0", "--grace", "0"]);
+    assert_eq!(o.code, 0, "{o:?}");
+    assert!(o.stdout.starts_with(b"removed 1 entries"), "{o:?}");
+    run();
+    assert_eq!(f.runs(), 2, "the entry was evicted: {o:?}");
 }
 
 /// A moto of this test's own, killed when dropped.

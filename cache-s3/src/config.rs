@@ -31,6 +31,11 @@ pub struct S3Options {
     /// objects instead of one object each. Default on; entries written either way
     /// are read either way.
     pub packing: bool,
+    /// `touch` (called after every restore) records an entry's last use as the time of
+    /// a small marker object (`used/<alg>/<hex>`), rewritten only when it is older than
+    /// this: at most one HEAD per hit and one PUT per entry per interval. `gc` evicts by
+    /// that time, so keep this well under the `--unused-for` it runs with. Default 1 day.
+    pub touch_interval: std::time::Duration,
     /// HTTP client options (timeouts, proxies, TLS) of `object_store`.
     #[cfg(any(feature = "aws", feature = "gcp", feature = "azure"))]
     pub client: object_store::ClientOptions,
@@ -47,6 +52,7 @@ impl Default for S3Options {
             part_size: 8 << 20,
             parallel_parts: 6,
             packing: true,
+            touch_interval: std::time::Duration::from_secs(24 * 3600),
             #[cfg(any(feature = "aws", feature = "gcp", feature = "azure"))]
             client: object_store::ClientOptions::new()
                 .with_connect_timeout(Duration::from_secs(5))
@@ -113,6 +119,13 @@ impl S3Options {
     pub fn with_parts(mut self, threshold: u64, part_size: usize) -> Self {
         self.part_size = part_size.max(5 << 20);
         self.multipart_threshold = threshold.max(1);
+        self
+    }
+
+    /// Sets [`S3Options::touch_interval`].
+    #[must_use]
+    pub fn with_touch_interval(mut self, interval: std::time::Duration) -> Self {
+        self.touch_interval = interval;
         self
     }
 

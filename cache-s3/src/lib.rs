@@ -18,7 +18,8 @@
 //!   segments of ~4 MiB, with a trailer listing every member; named by the BLAKE3 of
 //!   that member list (format: the `pack` module);
 //! * `blobs/<algorithm>/<hex>`: larger files and logs, by content digest, each its own
-//!   object.
+//!   object;
+//! * `used/<algorithm>/<hex>`: an empty marker whose time is the entry's last use.
 //!
 //! A pack or blob already stored transfers no bytes (its name is asked about first),
 //! and a new one is written with a create-only put (`If-None-Match: *`), so two
@@ -47,9 +48,11 @@
 //! bucket or refused credentials are errors naming the bucket, the endpoint and the
 //! credential source, never a secret.
 //!
-//! Object stores evict with lifecycle rules, not with `gc`: expire `entries/`,
-//! `packs/` and `blobs/` under the prefix after N days (see the README). An entry
-//! whose pack or blob expired first is a miss, and the next store uploads it again.
+//! Object stores keep no access time: `touch` (after every restore) records an
+//! entry's last use as the time of a marker `used/<alg>/<hex>`, rewritten at most once
+//! per [`S3Options::touch_interval`]. [`S3Storage::gc`] evicts entries by last use
+//! (and size), then sweeps the packs and blobs no surviving entry references, with a
+//! grace period for stores in flight (the `gc` module describes the algorithm).
 //!
 //! ```
 //! use cache_core::Cache;
@@ -66,6 +69,7 @@
 mod config;
 mod counting;
 mod error;
+mod gc;
 mod pack;
 mod stats;
 mod transfer;
@@ -74,6 +78,7 @@ pub use config::S3Options;
 #[cfg(any(feature = "aws", feature = "gcp", feature = "azure"))]
 pub use config::retry_config;
 pub use counting::{CountingStore, RequestCounts};
+pub use gc::{GcOptions, GcReport};
 pub use object_store;
 pub use stats::{BucketStats, ListLimits, Stopped};
 
@@ -99,6 +104,9 @@ use url::Url;
 /// come as lazy readers.
 const EAGER_MAX: u64 = 1 << 20;
 
+/// Entries whose last use a storage remembers, per generation (two generations).
+const USED_PER_GENERATION: usize = 50_000;
+
 /// Entries and blobs of one cache in an object store. Clones share the client.
 #[derive(Clone)]
 pub struct S3Storage {
@@ -118,6 +126,10 @@ struct Inner {
     large: tokio::sync::Semaphore,
     /// What this storage knows of packs (bounded).
     packs: std::sync::Mutex<pack::State>,
+    /// The latest use this storage knows of entries it read or touched (an entry's
+    /// own time from `get_entry`, a marker's time), so `touch` of an entry stored or
+    /// marked within `touch_interval` sends no request (bounded).
+    used: std::sync::Mutex<pack::Generations<Digest, std::time::SystemTime>>,
 }
 
 impl std::fmt::Debug for S3Storage {
@@ -194,6 +206,7 @@ impl S3Storage {
                 options,
                 large: tokio::sync::Semaphore::new(1),
                 packs: std::sync::Mutex::default(),
+                used: std::sync::Mutex::new(pack::Generations::new(USED_PER_GENERATION)),
             }),
         }
     }
@@ -208,6 +221,12 @@ impl S3Storage {
     #[must_use]
     pub fn entry_path(&self, key: &Digest) -> Path {
         self.object("entries", key)
+    }
+
+    /// The marker whose time is the last use of `key`'s entry (written by `touch`).
+    #[must_use]
+    pub fn marker_path(&self, key: &Digest) -> Path {
+        self.object("used", key)
     }
 
     /// The object holding the blob with `digest`.
@@ -249,6 +268,31 @@ impl S3Storage {
 
     pub(crate) fn err(&self, op: &str, path: &Path, e: &object_store::Error) -> BackendError {
         self.inner.place.error(op, path.as_ref(), e)
+    }
+
+    /// Remembers that `key` was used (stored or marked) at `at`, if later than known.
+    fn saw_use(&self, key: Digest, at: std::time::SystemTime) {
+        let mut used = self
+            .inner
+            .used
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if used.get(&key).is_none_or(|known| *known < at) {
+            used.insert(key, at, 1);
+        }
+    }
+
+    /// Whether `key`'s last known use is within `touch_interval`.
+    fn used_lately(&self, key: &Digest) -> bool {
+        let used = self
+            .inner
+            .used
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        used.get(key).is_some_and(|at| {
+            at.elapsed()
+                .is_ok_and(|age| age < self.inner.options.touch_interval)
+        })
     }
 
     /// The stored size of the object at `path`, `None` if there is none.
@@ -405,6 +449,14 @@ impl S3Storage {
         stats::collect(self, limits).await
     }
 
+    /// Evicts entries by last use and sweeps what no surviving entry references
+    /// (see [`GcOptions`] and the `gc` module's algorithm): safe beside runners storing
+    /// and hitting the same prefix. A listing or read cut short stops it before any
+    /// pack or blob is deleted ([`GcReport::stopped`]).
+    pub async fn gc(&self, options: GcOptions) -> BackendResult<GcReport> {
+        gc::run(self, options).await
+    }
+
     /// The stored bytes of the entry for `key` (tests, tools), `None` if there is none.
     pub async fn raw_entry(&self, key: &Digest) -> BackendResult<Option<Bytes>> {
         let path = self.entry_path(key);
@@ -521,6 +573,8 @@ impl Storage for S3Storage {
                 ),
             });
         }
+        // The entry's own time is a use (its store): a touch within the interval is free.
+        self.saw_use(digest, std::time::SystemTime::from(got.meta.last_modified));
         let bytes = got.bytes().await.map_err(|e| self.err("GET", &path, &e))?;
         match pack::unwrap_entry(&bytes) {
             Ok(None) => {}
@@ -593,8 +647,32 @@ impl Storage for S3Storage {
         self.delete(&self.blob_path(&blob.digest)).await
     }
 
-    async fn touch(&self, _key: &EntryKey) -> BackendResult<()> {
-        // Recency is the bucket's lifecycle rule's business (objects expire by age).
+    async fn touch(&self, key: &EntryKey) -> BackendResult<()> {
+        // Object stores keep no access time: the last use is the time of a marker
+        // object, rewritten at most once per `touch_interval` (a HEAD, rarely a PUT).
+        // An entry stored (or marked) lately, as this storage saw: no request at all.
+        if self.used_lately(&key.digest) {
+            return Ok(());
+        }
+        let path = self.marker_path(&key.digest);
+        match self.inner.store.head(&path).await {
+            Ok(meta) => {
+                let written = std::time::SystemTime::from(meta.last_modified);
+                self.saw_use(key.digest, written);
+                if self.used_lately(&key.digest) {
+                    return Ok(());
+                }
+            }
+            Err(e) if is_absent(&e) => {}
+            Err(e) => return Err(self.err("HEAD", &path, &e)),
+        }
+        let now = std::time::SystemTime::now();
+        self.inner
+            .store
+            .put(&path, PutPayload::from_static(b""))
+            .await
+            .map_err(|e| self.err("PUT", &path, &e))?;
+        self.saw_use(key.digest, now);
         Ok(())
     }
 

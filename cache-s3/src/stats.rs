@@ -10,7 +10,8 @@
 use crate::S3Storage;
 use cache_core::BackendResult;
 use futures::TryStreamExt;
-use object_store::list::{PaginatedListOptions, PaginatedListStore};
+use object_store::ObjectMeta;
+use object_store::list::PaginatedListOptions;
 use object_store::path::Path;
 use std::fmt;
 use std::time::Duration;
@@ -158,21 +159,13 @@ async fn list_all(
         (Kind::Packs, "packs"),
     ];
     for (kind, name) in kinds {
-        let mut parts: Vec<_> = storage.prefix().parts().collect();
-        parts.push(name.into());
-        let prefix = Path::from_iter(parts);
-        if let Some(lister) = storage.lister() {
-            by_pages(storage, lister, &prefix, kind, limits, stats).await?;
-        } else {
-            let mut listing = storage.store().list(Some(&prefix));
-            while let Some(meta) = listing
-                .try_next()
-                .await
-                .map_err(|e| storage.err("LIST", &prefix, &e))?
-            {
-                stats.add(kind, meta.size);
-            }
-        }
+        let so_far = stats.pages;
+        let mut visit = |item: Listed| match item {
+            Listed::Page => stats.pages += 1,
+            Listed::Object(meta) => stats.add(kind, meta.size),
+        };
+        let stopped = list_kind(storage, name, limits.max_pages, so_far, &mut visit).await?;
+        stats.stopped = stopped;
         if stats.stopped.is_some() {
             break;
         }
@@ -180,22 +173,44 @@ async fn list_all(
     Ok(())
 }
 
-/// Lists `prefix` page by page, counting pages and watching the continuation tokens.
-async fn by_pages(
+/// What a listing hands its visitor.
+pub(crate) enum Listed {
+    /// One more page was listed.
+    Page,
+    /// An object.
+    Object(ObjectMeta),
+}
+
+/// Lists `<prefix>/<name>/`, handing every object to `visit`: page by page when the
+/// store pages (`pages` already listed, counted against `max_pages`, watching the
+/// continuation tokens), else as a stream. `Some` says why it stopped before the end.
+pub(crate) async fn list_kind(
     storage: &S3Storage,
-    lister: &dyn PaginatedListStore,
-    prefix: &Path,
-    kind: Kind,
-    limits: ListLimits,
-    stats: &mut BucketStats,
-) -> BackendResult<()> {
+    name: &str,
+    max_pages: u64,
+    mut pages: u64,
+    visit: &mut (dyn FnMut(Listed) + Send),
+) -> BackendResult<Option<Stopped>> {
+    let mut parts: Vec<_> = storage.prefix().parts().collect();
+    parts.push(name.into());
+    let prefix = Path::from_iter(parts);
+    let Some(lister) = storage.lister() else {
+        let mut listing = storage.store().list(Some(&prefix));
+        while let Some(meta) = listing
+            .try_next()
+            .await
+            .map_err(|e| storage.err("LIST", &prefix, &e))?
+        {
+            visit(Listed::Object(meta));
+        }
+        return Ok(None);
+    };
     // A paginated listing takes the prefix as it is: the delimiter makes it a directory.
     let wanted = format!("{prefix}/");
     let mut token: Option<String> = None;
     loop {
-        if stats.pages >= limits.max_pages {
-            stats.stopped = Some(Stopped::MaxPages(limits.max_pages));
-            return Ok(());
+        if pages >= max_pages {
+            return Ok(Some(Stopped::MaxPages(max_pages)));
         }
         let options = PaginatedListOptions {
             page_token: token.clone(),
@@ -204,16 +219,16 @@ async fn by_pages(
         let page = lister
             .list_paginated(Some(&wanted), options)
             .await
-            .map_err(|e| storage.err("LIST", prefix, &e))?;
-        stats.pages += 1;
+            .map_err(|e| storage.err("LIST", &prefix, &e))?;
+        pages += 1;
+        visit(Listed::Page);
         for meta in page.result.objects {
-            stats.add(kind, meta.size);
+            visit(Listed::Object(meta));
         }
         match page.page_token.filter(|t| !t.is_empty()) {
-            None => return Ok(()),
+            None => return Ok(None),
             Some(next) if token.as_ref() == Some(&next) => {
-                stats.stopped = Some(Stopped::RepeatedToken);
-                return Ok(());
+                return Ok(Some(Stopped::RepeatedToken));
             }
             next => token = next,
         }
