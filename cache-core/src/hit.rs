@@ -56,8 +56,8 @@ pub struct Hit {
     record: Arc<ActionRecord>,
     storage: Arc<dyn Storage>,
     blocking: Spawner,
-    /// Whether the lookup's policy lets this hit remove a blob that failed
-    /// verification (a read-only caller deletes nothing).
+    /// Whether the lookup's policy lets this hit write: remove a blob that failed
+    /// verification, record the entry's use (`touch`). A read-only caller does neither.
     may_write: bool,
 }
 
@@ -260,6 +260,11 @@ impl Hit {
     /// Refreshes the entry's recency; a failure is logged, not returned (the outputs
     /// are restored either way).
     async fn touch(&self) {
+        if !self.may_write {
+            // Recency is a write too (a file's time, a marker object): a read-only
+            // caller makes none.
+            return;
+        }
         if let Err(e) = self.storage.touch(&self.entry).await {
             tracing::debug!(backend = self.storage.name(), key = %self.key(), error = %e, "could not record recency");
         }
