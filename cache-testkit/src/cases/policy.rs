@@ -5,6 +5,36 @@ use crate::Harness;
 use crate::fixtures::{OutputTree, expect_ok, fresh_key, fresh_seed, task};
 use cache_core::{CachePolicy, policy_allows_read, policy_allows_write};
 
+/// A restore under `policy` (if it reads): a read-only one writes nothing to the
+/// cache, recency included.
+async fn restore_writes_only_if_allowed(h: &Harness, existing: &str, policy: CachePolicy) {
+    if policy_allows_read(policy) {
+        let hit = expect_ok(
+            h.backend
+                .lookup(
+                    &task(),
+                    &cache_core::Digest::parse(existing).unwrap(),
+                    policy,
+                )
+                .await,
+            &format!("{policy} lookup"),
+        )
+        .expect("a stored key hits");
+        let ws = crate::fixtures::TempWorkspace::new();
+        let before = h.io.snapshot();
+        expect_ok(hit.restore(ws.root()).await, &format!("{policy} restore"));
+        let io = h.io.snapshot().since(before);
+        if !policy_allows_write(policy) {
+            // `other` counts `touch`: recency is a write too.
+            assert_eq!(
+                (io.writes, io.other),
+                (0, 0),
+                "{policy} restore must write nothing to the cache, recency included; did {io:?}"
+            );
+        }
+    }
+}
+
 /// Runs `check` and `store` with `policy` and checks what happened.
 async fn matrix(h: &Harness, policy: CachePolicy) {
     let seed = fresh_seed();
@@ -49,32 +79,7 @@ async fn matrix(h: &Harness, policy: CachePolicy) {
         );
     }
 
-    // A restore under the policy: a read-only one writes nothing, recency included.
-    if policy_allows_read(policy) {
-        let hit = expect_ok(
-            h.backend
-                .lookup(
-                    &task(),
-                    &cache_core::Digest::parse(&existing).unwrap(),
-                    policy,
-                )
-                .await,
-            &format!("{policy} lookup"),
-        )
-        .expect("a stored key hits");
-        let ws = crate::fixtures::TempWorkspace::new();
-        let before = h.io.snapshot();
-        expect_ok(hit.restore(ws.root()).await, &format!("{policy} restore"));
-        let io = h.io.snapshot().since(before);
-        if !policy_allows_write(policy) {
-            // `other` counts `touch`: recency is a write too.
-            assert_eq!(
-                (io.writes, io.other),
-                (0, 0),
-                "{policy} restore must write nothing to the cache, recency included; did {io:?}"
-            );
-        }
-    }
+    restore_writes_only_if_allowed(h, &existing, policy).await;
 
     // store over the existing key, and under a fresh key
     let other = OutputTree::new().file("out.txt", format!("other {seed}"), true);
