@@ -86,11 +86,12 @@ fn client_env(cmd: &mut Command, server: &Server, scratch: &Path) {
         .stdout(Stdio::null());
 }
 
-/// Runs `cmd` under GNU `time`; returns wall seconds and peak RSS in MiB.
-pub(super) fn timed(cmd: &Command) -> Result<(f64, f64), String> {
-    let mut wrapped = Command::new("/usr/bin/time");
+/// `program ARGS... CMD CMD_ARGS...` in `cmd`'s directory with `cmd`'s environment:
+/// `cmd` run under a wrapper (GNU `time`, a shell).
+pub(super) fn wrap(cmd: &Command, program: &str, args: &[&str]) -> Command {
+    let mut wrapped = Command::new(program);
     wrapped
-        .args(["-f", "%M"])
+        .args(args)
         .arg(cmd.get_program())
         .args(cmd.get_args());
     if let Some(dir) = cmd.get_current_dir() {
@@ -102,6 +103,12 @@ pub(super) fn timed(cmd: &Command) -> Result<(f64, f64), String> {
             None => wrapped.env_remove(k),
         };
     }
+    wrapped
+}
+
+/// Runs `cmd` under GNU `time`; returns wall seconds and peak RSS in MiB.
+pub(super) fn timed(cmd: &Command) -> Result<(f64, f64), String> {
+    let mut wrapped = wrap(cmd, "/usr/bin/time", &["-f", "%M"]);
     wrapped.stdin(Stdio::null()).stdout(Stdio::null());
     let start = Instant::now();
     let out = wrapped

@@ -254,21 +254,7 @@ fn then_shell(cmd: &Command, script: &str) -> Command {
 }
 
 fn joined(cmd: &Command, script: &str) -> Command {
-    let mut sh = Command::new("sh");
-    sh.arg("-c")
-        .arg(script)
-        .arg(cmd.get_program())
-        .args(cmd.get_args());
-    if let Some(dir) = cmd.get_current_dir() {
-        sh.current_dir(dir);
-    }
-    for (k, v) in cmd.get_envs() {
-        match v {
-            Some(v) => sh.env(k, v),
-            None => sh.env_remove(k),
-        };
-    }
-    sh
+    super::s3::wrap(cmd, "sh", &["-c", script])
 }
 
 /// Prints the scenario's table and what each side left in the bucket.
