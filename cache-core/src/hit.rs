@@ -183,15 +183,24 @@ impl Hit {
     /// Returns the outputs as restored: directories, files (as
     /// [`OutputContent::File`] naming the restored file, with its verified blob), then
     /// symlinks, under the canonical workspace root.
+    ///
+    /// Dropping the returned future (or a [`crate::Deadline`] timing it out) cancels
+    /// the restore: once the drop returns, nothing more appears or changes in the
+    /// workspace (no file renamed into place, no directory, symlink or time set), and
+    /// a file being written stops at its next write, its temporary file removed
+    /// ([`crate::cancel`]). What was placed before stays.
     pub async fn restore(&self, workspace: &Path) -> BackendResult<Vec<CacheOutput>> {
-        let restored = match &self.limits {
-            Some(l) => {
-                let limit = l.deadlines.for_bytes(self.file_bytes());
-                l.within("restore", limit, self.restore_unbounded(workspace))
-                    .await
+        let restored = crate::cancel::scoped(async {
+            match &self.limits {
+                Some(l) => {
+                    let limit = l.deadlines.for_bytes(self.file_bytes());
+                    l.within("restore", limit, self.restore_unbounded(workspace))
+                        .await
+                }
+                None => self.restore_unbounded(workspace).await,
             }
-            None => self.restore_unbounded(workspace).await,
-        };
+        })
+        .await;
         self.noted(restored)
     }
 
@@ -389,17 +398,22 @@ impl Hit {
     /// [`BackendError::LogTooLarge`] before anything is read (the size comes from the
     /// cache, so it is checked before it can choose how much memory is used). Use
     /// [`Hit::log_reader`] to stream logs of any size.
+    ///
+    /// Dropping the future stops the reads it started at their next chunk.
     pub async fn logs_up_to(&self, limit: u64) -> BackendResult<LogBytes> {
-        let logs = match &self.limits {
-            Some(l) => {
-                let deadline = l
-                    .deadlines
-                    .for_bytes(self.bytes().saturating_sub(self.file_bytes()));
-                l.within("read logs", deadline, self.logs_unbounded(limit))
-                    .await
+        let logs = crate::cancel::scoped(async {
+            match &self.limits {
+                Some(l) => {
+                    let deadline = l
+                        .deadlines
+                        .for_bytes(self.bytes().saturating_sub(self.file_bytes()));
+                    l.within("read logs", deadline, self.logs_unbounded(limit))
+                        .await
+                }
+                None => self.logs_unbounded(limit).await,
             }
-            None => self.logs_unbounded(limit).await,
-        };
+        })
+        .await;
         self.noted(logs)
     }
 
@@ -429,7 +443,7 @@ impl Hit {
         &self,
         stream: LogStream,
     ) -> BackendResult<Option<Box<dyn Read + Send>>> {
-        let reader = self.open_log(stream).await;
+        let reader = crate::cancel::scoped(self.open_log(stream)).await;
         self.noted(reader)
     }
 

@@ -93,6 +93,7 @@
 mod backend;
 mod blocking;
 mod cache;
+pub mod cancel;
 mod collect;
 mod combinators;
 mod deadline;

@@ -17,8 +17,15 @@
 //! one modification time, taken after its last write ([`Workspace::set_mtime`]), so
 //! tools that compare times (cargo, make, npm's hidden lockfile) see a consistent tree.
 //!
+//! Cancellation: a workspace opened inside a cache call (or one of its blocking jobs)
+//! belongs to that call ([`crate::cancel`]). Once the call is cancelled (dropped, timed
+//! out) no directory, temporary file, rename, symlink or time set is started, a file
+//! being filled stops at its next write and its temporary file is removed, and the
+//! cancel waits for a step already under way: nothing it does is visible afterwards.
+//!
 //! All of it is blocking filesystem work: async callers run it on a blocking thread.
 
+use crate::cancel::CancelToken;
 use crate::digest::check_blob;
 use crate::dirtemp::DirTemp;
 use crate::path::check_symlink_target;
@@ -36,10 +43,14 @@ pub struct Workspace {
     /// beneath it, so a symlink swapped into the path meanwhile cannot redirect them.
     #[cfg(unix)]
     root_fd: std::sync::Arc<std::os::fd::OwnedFd>,
+    /// The cache call this workspace is written for: every visible step is gated on it.
+    cancel: CancelToken,
 }
 
 impl Workspace {
-    /// Opens an existing directory as a workspace (the path is canonicalized).
+    /// Opens an existing directory as a workspace (the path is canonicalized). Opened
+    /// inside a cache call, it stops writing when the call is cancelled (see the module
+    /// docs).
     pub fn open(root: &Path) -> BackendResult<Self> {
         let root = fs::canonicalize(root)
             .map_err(|e| BackendError::io_with_context("open workspace", root, e))?;
@@ -65,6 +76,7 @@ impl Workspace {
             root,
             #[cfg(unix)]
             root_fd,
+            cancel: CancelToken::current(),
         })
     }
 
@@ -100,13 +112,13 @@ impl Workspace {
             }
             other => other?,
         };
-        rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(0o777))?;
-        Ok(())
+        self.cancel
+            .publish(|| Ok(rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(0o777))?))
     }
 
     #[cfg(not(unix))]
     fn mkdir_beneath(&self, path: &Path) -> io::Result<()> {
-        fs::create_dir(path)
+        self.cancel.publish(|| fs::create_dir(path))
     }
 
     /// Opens the directory that holds `rel`, resolved beneath the workspace root by
@@ -285,9 +297,20 @@ impl Workspace {
             ));
         }
         #[cfg(unix)]
-        make_symlink_atomically(target, &self.open_parent(rel)?, rel.file_name(), &path)?;
-        #[cfg(not(unix))]
-        make_symlink_atomically(target, &parent, &path)?;
+        let dir = self.open_parent(rel)?;
+        self.cancel
+            .publish(|| -> io::Result<BackendResult<()>> {
+                #[cfg(unix)]
+                return Ok(make_symlink_atomically(
+                    target,
+                    &dir,
+                    rel.file_name(),
+                    &path,
+                ));
+                #[cfg(not(unix))]
+                Ok(make_symlink_atomically(target, &parent, &path))
+            })
+            .map_err(|e| BackendError::io_with_context("create symlink", &path, e))??;
         Ok(path)
     }
 
@@ -350,28 +373,35 @@ impl Workspace {
             tv_nsec: i64::from(since.subsec_nanos()),
         };
         let dir = self.open_parent(rel)?;
-        rustix::fs::utimensat(
-            &dir,
-            rel.file_name(),
-            &Timestamps {
-                last_access: ts,
-                last_modification: ts,
-            },
-            AtFlags::SYMLINK_NOFOLLOW,
-        )
-        .map_err(|e| {
-            BackendError::io_with_context("set the time of", rel.to_path(&self.root), e.into())
-        })
+        let times = Timestamps {
+            last_access: ts,
+            last_modification: ts,
+        };
+        self.cancel
+            .publish(|| -> io::Result<()> {
+                Ok(rustix::fs::utimensat(
+                    &dir,
+                    rel.file_name(),
+                    &times,
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )?)
+            })
+            .map_err(|e| {
+                BackendError::io_with_context("set the time of", rel.to_path(&self.root), e)
+            })
     }
 
     /// Without Unix calls, by path (following nothing is not available there).
     #[cfg(not(unix))]
     pub fn set_mtime(&self, rel: &RelPath, time: std::time::SystemTime) -> BackendResult<()> {
         let path = rel.to_path(&self.root);
-        File::options()
-            .write(true)
-            .open(&path)
-            .and_then(|f| f.set_modified(time))
+        self.cancel
+            .publish(|| {
+                File::options()
+                    .write(true)
+                    .open(&path)
+                    .and_then(|f| f.set_modified(time))
+            })
             .map_err(|e| BackendError::io_with_context("set the time of", &path, e))
     }
 
@@ -402,9 +432,10 @@ impl Workspace {
         let dir = self.open_parent(rel)?;
         #[cfg(not(unix))]
         let dir = parent.clone();
-        let tmp = DirTemp::create(dir, &parent)
+        let tmp = DirTemp::create(dir, &parent, &self.cancel)
             .map_err(|e| BackendError::io_with_context("create temporary file in", &parent, e))?;
         Ok(PendingFile {
+            cancel: self.cancel.clone(),
             hasher: expected.digest.algorithm().hasher(),
             written: 0,
             expected,
@@ -603,6 +634,7 @@ enum Last {
 /// A file being restored: bytes go to a temporary file beside its final place and are
 /// hashed on the way; [`PendingFile::commit`] verifies and renames.
 pub struct PendingFile {
+    cancel: CancelToken,
     tmp: DirTemp,
     path: PathBuf,
     expected: BlobRef,
@@ -637,6 +669,7 @@ impl PendingFile {
     /// is [`BackendError::DigestMismatch`].
     pub fn commit(self) -> BackendResult<PathBuf> {
         let PendingFile {
+            cancel,
             tmp,
             path,
             expected,
@@ -648,7 +681,7 @@ impl PendingFile {
             digest: hasher.finalize(),
             size: written,
         };
-        publish(tmp, &path, &expected, &actual, executable)
+        publish(&cancel, tmp, &path, &expected, &actual, executable)
     }
 
     /// Fills the (still empty) file from `src` with the kernel's file-to-file copy
@@ -676,6 +709,7 @@ impl PendingFile {
         )
         .map_err(|e| BackendError::io_with_context("copy the blob into", self.tmp.path(), e))?;
         publish(
+            &self.cancel,
             self.tmp,
             &self.path,
             &self.expected,
@@ -688,6 +722,7 @@ impl PendingFile {
 /// The last step of every verified write: compare, set the mode, rename into place. The
 /// temporary file is removed (dropped) unless it is renamed.
 fn publish(
+    cancel: &CancelToken,
     tmp: DirTemp,
     path: &Path,
     expected: &BlobRef,
@@ -707,13 +742,16 @@ fn publish(
             )
         })?
         .to_owned();
-    tmp.persist(&name)
+    cancel
+        .publish(|| tmp.persist(&name))
         .map_err(|e| BackendError::io_with_context("rename into place", path, e))?;
     Ok(path.to_path_buf())
 }
 
 impl Write for PendingFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        // A cancelled call stops filling its files; dropping this removes the temp file.
+        self.cancel.check()?;
         // Refuse to grow past the promised size: a runaway source must not fill the disk.
         if self.written.saturating_add(buf.len() as u64) > self.expected.size.saturating_add(1) {
             return Err(io::Error::new(

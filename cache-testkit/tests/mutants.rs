@@ -328,6 +328,15 @@ impl CacheBackend for Wrapped {
         }
     }
 
+    async fn import(
+        &self,
+        task: &Task,
+        hit: &Hit,
+        policy: CachePolicy,
+    ) -> BackendResult<Option<Hit>> {
+        self.inner.import(task, hit, policy).await
+    }
+
     async fn store(
         &self,
         task: &Task,
@@ -387,7 +396,10 @@ fn wrapped(fault: Wrong) -> Harness {
     let inner = MemoryBackend::new();
     let tamper = Arc::new(inner.storage().clone());
     let io = inner.io().clone();
-    Harness::new(Arc::new(Wrapped { inner, fault }), tamper, io)
+    let brake = inner.brake().clone();
+    let mut h = Harness::new(Arc::new(Wrapped { inner, fault }), tamper, io);
+    h.brake = Some(brake);
+    h
 }
 
 // ---------------------------------------------------------------------------------
@@ -405,6 +417,11 @@ fn mutant_serves_wrong_bytes() {
     assert_fails_exactly(
         || broken_storage(Break::ServesWrongBytes),
         &[
+            "cancel_import_dropped_midway",
+            "cancel_logs_dropped_midway",
+            "cancel_restore_dropped_midway",
+            "cancel_restore_timed_out_keeps_callers_outputs",
+            "cancel_store_dropped_midway",
             "degradation_backend_as_shared_tier",
             "degradation_tiered_with_failing_shared_tier",
             "hostile_absolute_paths",
@@ -451,6 +468,10 @@ fn mutant_reverses_refs() {
     assert_fails_exactly(
         || broken_storage(Break::ReversesRefs),
         &[
+            "cancel_import_dropped_midway",
+            "cancel_restore_dropped_midway",
+            "cancel_restore_timed_out_keeps_callers_outputs",
+            "cancel_store_dropped_midway",
             "degradation_backend_as_shared_tier",
             "degradation_tiered_with_failing_shared_tier",
             "hostile_flipped_blob_is_repaired_by_next_store",
@@ -489,6 +510,9 @@ fn mutant_eviction_blind() {
         &[
             "hostile_deleted_blob",
             "hostile_deleted_log_blob",
+            // Nothing seems missing, so nothing is copied: the import publishes at
+            // once, an entry whose blobs this storage does not have.
+            "cancel_import_dropped_midway",
             // After the corrupt blobs are dropped, the entry must read as a miss.
             "hostile_flipped_blob_is_repaired_by_next_store",
             "hostile_flipped_blob_readonly_deletes_nothing",
