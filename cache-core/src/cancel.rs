@@ -322,6 +322,31 @@ impl CancelToken {
     }
 }
 
+impl CancelToken {
+    /// `reader`, failing with [`Cancelled`] at its next read once the call is
+    /// cancelled: for a job's read loops that are not [`crate::storage::copy_hashing`].
+    pub fn reader<R: std::io::Read>(&self, reader: R) -> CheckedReader<R> {
+        CheckedReader {
+            cancel: self.clone(),
+            inner: reader,
+        }
+    }
+}
+
+/// A reader that stops when its call is cancelled ([`CancelToken::reader`]).
+#[derive(Debug)]
+pub struct CheckedReader<R> {
+    cancel: CancelToken,
+    inner: R,
+}
+
+impl<R: std::io::Read> std::io::Read for CheckedReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.cancel.check()?;
+        self.inner.read(buf)
+    }
+}
+
 /// Keeps an undo registered ([`CancelToken::on_cancel`]) until dropped.
 pub(crate) struct OnCancel(Option<(u64, Arc<Scope>)>);
 

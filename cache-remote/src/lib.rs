@@ -127,7 +127,7 @@ async fn on_blocking_pool<T: Send + 'static>(
 ) -> BackendResult<T> {
     let stop = Arc::new(AtomicBool::new(false));
     let _stop_on_drop = StopOnDrop(Arc::clone(&stop));
-    tokio::task::spawn_blocking(move || job(&stop))
+    tokio::task::spawn_blocking(cache_core::cancel::bind(move || job(&stop)))
         .await
         .map_err(|e| join_error(&e))?
 }
@@ -274,11 +274,12 @@ impl RemoteStorage {
                 continue;
             }
             let reader = self.client.stream_reader(algorithm, b, caps.zstd.streams);
-            let bytes = tokio::task::spawn_blocking(move || {
+            let bytes = tokio::task::spawn_blocking(cache_core::cancel::bind(move || {
                 let mut v = Vec::new();
+                let reader = cache_core::cancel::CancelToken::current().reader(reader);
                 std::io::Read::read_to_end(&mut std::io::Read::take(reader, b.size + 1), &mut v)
                     .map(|_| v)
-            })
+            }))
             .await
             .map_err(|e| join_error(&e))?
             .map_err(BackendError::Io)?;
@@ -485,10 +486,11 @@ impl Storage for RemoteStorage {
     ) -> BackendResult<Vec<BlobRef>> {
         let caps = self.client.caps().await?.clone();
         let algorithm = caps.algorithm(algorithm, self.describe())?;
-        let (hashed, spools) =
-            tokio::task::spawn_blocking(move || hash_sources(sources, algorithm))
-                .await
-                .map_err(|e| join_error(&e))??;
+        let (hashed, spools) = tokio::task::spawn_blocking(cache_core::cancel::bind(move || {
+            hash_sources(sources, algorithm)
+        }))
+        .await
+        .map_err(|e| join_error(&e))??;
         let refs: Vec<BlobRef> = hashed.iter().map(|(b, _)| *b).collect();
         self.upload_missing(algorithm, &caps, hashed).await?;
         drop(spools);

@@ -96,6 +96,9 @@ enum Break {
     EvictionBlind,
     /// Never replaces an existing entry: the first write wins.
     FirstWriteWins,
+    /// Reads the sources of a store on a blocking job it does not bind to the call
+    /// (`spawn_blocking` without `cancel::bind`): a dropped store reads on for nobody.
+    UnboundJobs,
 }
 
 #[derive(Debug)]
@@ -139,6 +142,22 @@ impl Storage for Broken {
         sources: Vec<BlobSource>,
         a: Option<cache_core::DigestAlgorithm>,
     ) -> BackendResult<Vec<BlobRef>> {
+        let sources = if let Break::UnboundJobs = self.fault {
+            let read = tokio::task::spawn_blocking(move || {
+                sources
+                    .into_iter()
+                    .map(|s| {
+                        let mut bytes = Vec::new();
+                        std::io::Read::read_to_end(&mut s.into_reader()?, &mut bytes)
+                            .map_err(BackendError::Io)?;
+                        Ok(BlobSource::Bytes(bytes.into()))
+                    })
+                    .collect::<BackendResult<Vec<_>>>()
+            });
+            read.await.expect("the read job ran")?
+        } else {
+            sources
+        };
         let mut refs = self.inner.put_blobs(sources, a).await?;
         if let Break::ReversesRefs = self.fault {
             refs.reverse();
@@ -529,6 +548,19 @@ fn mutant_first_write_wins() {
             "keys_dedup_is_invisible",
             "policy_normal",
             "policy_writeonly",
+        ],
+    );
+}
+
+/// A storage whose blocking jobs ignore the cancel signal: a dropped store or import
+/// goes on reading the outputs for nobody.
+#[test]
+fn mutant_unbound_jobs() {
+    assert_fails_exactly(
+        || broken_storage(Break::UnboundJobs),
+        &[
+            "cancel_import_dropped_midway",
+            "cancel_store_dropped_midway",
         ],
     );
 }

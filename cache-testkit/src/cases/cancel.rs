@@ -7,7 +7,7 @@
 //! dropped, the job read no further and let go of its sources, and the next call
 //! works (no permit, thread or state was lost).
 
-use super::common::{check, restore_and_compare, store, store_tree};
+use super::common::{blob_algorithm, check, restore_and_compare, store, store_tree};
 use crate::fixtures::{OutputTree, TempWorkspace, digest, expect_ok, fresh_key, fresh_seed, task};
 use crate::{Brake, BrakedStorage, Harness, MemoryStorage};
 use cache_core::{
@@ -268,9 +268,14 @@ pub async fn cancel_store_dropped_midway(h: Harness) {
 /// An import (a hit copied in from another cache) dropped mid-way publishes nothing,
 /// stops reading the other cache's blobs, and the next import works.
 pub async fn cancel_import_dropped_midway(h: Harness) {
+    // The other cache addresses blobs as this one does (an import keeps the refs).
+    let algorithm = blob_algorithm(&h).await;
     let source_brake = Brake::new();
     let source = Cache::new(
-        BrakedStorage::new(MemoryStorage::new(), source_brake.clone()),
+        BrakedStorage::new(
+            MemoryStorage::with_algorithm(algorithm),
+            source_brake.clone(),
+        ),
         crate::spawn_blocking,
     );
     let tree = files(fresh_seed());
