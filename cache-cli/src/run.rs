@@ -34,6 +34,11 @@
 //!   someone else's directory, or a cache whose `LAYOUT` is gone and that holds a stray
 //!   file) is a warning too: the command runs uncached and nothing is written there.
 //!   Tampering with a cache must not fail a step; `stats`, `gc` and `verify` refuse it.
+//! * A cache call that times out (every tier is under a [`cache_core::Deadline`]) was
+//!   cancelled before the timeout came back ([`cache_core::cancel`]): nothing the
+//!   restore started is renamed, created or re-timed in the workspace afterwards, and
+//!   its temporary files are gone, so the command never races a late restore over
+//!   its outputs.
 //! * Errors on store: a warning; the exit code stays the command's.
 //!
 //! # Miss
@@ -537,6 +542,8 @@ pub fn run(args: &TaskArgs) -> Result<u8, Failure> {
         }
     }
     why.log_changes();
+    // A failed or timed-out restore was cancelled before `try_hit` returned: nothing
+    // of it writes into the workspace from here on (see the module docs).
     let finished = match crate::runner::run(&args.command, &p.workspace, args.max_log_size) {
         Ok(f) => f,
         Err(e) => {
@@ -581,6 +588,8 @@ mod tests {
         task: Task,
         memory: Arc<dyn CacheBackend>,
         storage: MemoryStorage,
+        /// Holds the memory cache's blob bytes on command.
+        brake: cache_testkit::Brake,
     }
 
     fn setup() -> Setup {
@@ -611,6 +620,7 @@ mod tests {
         let task = task_of(&p, CachePolicy::Normal);
         let backend = MemoryBackend::new();
         let storage = backend.storage().clone();
+        let brake = backend.brake().clone();
         let memory: Arc<dyn CacheBackend> = Arc::new(backend);
         let entry = CacheEntry {
             outputs: vec![cache_core::CacheOutput::bytes(
@@ -632,6 +642,7 @@ mod tests {
             task,
             memory,
             storage,
+            brake,
         }
     }
 
@@ -713,6 +724,53 @@ mod tests {
             Some(&b"cachef"[..]),
             "no wrong byte reaches the workspace"
         );
+    }
+
+    /// Issue 22: a restore that times out, then the command runs and writes its
+    /// output; whatever the abandoned restore does afterwards leaves that output (bytes
+    /// and time) alone. Through `try_hit` and the runner, as `run` does it, with the
+    /// deadline wrapper the command uses.
+    #[test]
+    fn a_timed_out_restore_never_writes_over_the_commands_output() {
+        let s = setup();
+        let bounded = crate::backend::bounded(
+            Arc::clone(&s.memory),
+            cache_core::Deadlines::new(Duration::from_secs(2)),
+        );
+        let session = session(bounded);
+        // The restore's first blob read is held until released below.
+        s.brake.hold_after(0);
+        assert_eq!(hit(&s, &session), None, "a held restore times out");
+        let command: Vec<OsString> = ["sh", "-c", "printf fresh > out.txt"]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        let ran = crate::runner::run(&command, &s.p.workspace, 1 << 20).unwrap();
+        assert_eq!(ran.exit_code, 0);
+        let out = s.p.workspace.join("out.txt");
+        let written = std::fs::metadata(&out).unwrap().modified().unwrap();
+        s.brake.release();
+        let give_up = Instant::now() + Duration::from_secs(60);
+        while s.brake.live() > 0 {
+            assert!(Instant::now() < give_up, "the restore's job never stopped");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert_eq!(
+            std::fs::read(&out).unwrap(),
+            b"fresh",
+            "the late restore wrote"
+        );
+        assert_eq!(
+            std::fs::metadata(&out).unwrap().modified().unwrap(),
+            written
+        );
+        let leftovers: Vec<_> = std::fs::read_dir(&s.p.workspace)
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.file_name())
+            .filter(|n| n.to_string_lossy().starts_with(".taskcache-"))
+            .collect();
+        assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
     }
 
     #[test]
