@@ -118,7 +118,7 @@ fn cancelling_an_enclosing_call_cancels_the_calls_inside_it_and_counts_their_job
     let inner_job_started = Arc::new(AtomicBool::new(false));
     let started = Arc::clone(&inner_job_started);
     let mut outer = Box::pin(scoped(async move {
-        let mut inner = Box::pin(scoped(async move {
+        let inner = Box::pin(scoped(async move {
             token_tx.send(CancelToken::current()).unwrap();
             std::thread::spawn(bind(move || {
                 started.store(true, Ordering::SeqCst);

@@ -91,6 +91,7 @@
 //! ```
 
 mod backend;
+mod blobfile;
 mod blocking;
 mod cache;
 pub mod cancel;
@@ -104,6 +105,7 @@ mod hit;
 mod key;
 pub mod mode;
 mod path;
+mod pending;
 mod policy;
 mod record;
 pub mod sign;

@@ -26,9 +26,9 @@
 //! All of it is blocking filesystem work: async callers run it on a blocking thread.
 
 use crate::cancel::CancelToken;
-use crate::digest::check_blob;
 use crate::dirtemp::DirTemp;
 use crate::path::check_symlink_target;
+pub use crate::pending::PendingFile;
 use crate::{BackendError, BackendResult, BlobRef, RelPath};
 
 use std::fs::{self, File};
@@ -434,15 +434,13 @@ impl Workspace {
         let dir = parent.clone();
         let tmp = DirTemp::create(dir, &parent, &self.cancel)
             .map_err(|e| BackendError::io_with_context("create temporary file in", &parent, e))?;
-        Ok(PendingFile {
-            cancel: self.cancel.clone(),
-            hasher: expected.digest.algorithm().hasher(),
-            written: 0,
+        Ok(PendingFile::new(
+            self.cancel.clone(),
+            tmp,
+            path,
             expected,
             executable,
-            path,
-            tmp,
-        })
+        ))
     }
 
     /// Writes file `rel` from `reader`, verifying it is exactly `expected` before it
@@ -629,152 +627,6 @@ enum Last {
     Dir,
     /// A file or symlink, which rename replaces without following.
     Replaceable,
-}
-
-/// A file being restored: bytes go to a temporary file beside its final place and are
-/// hashed on the way; [`PendingFile::commit`] verifies and renames.
-pub struct PendingFile {
-    cancel: CancelToken,
-    tmp: DirTemp,
-    path: PathBuf,
-    expected: BlobRef,
-    executable: bool,
-    hasher: crate::Hasher,
-    written: u64,
-}
-
-impl std::fmt::Debug for PendingFile {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PendingFile")
-            .field("path", &self.path)
-            .field("expected", &self.expected)
-            .field("written", &self.written)
-            .finish_non_exhaustive()
-    }
-}
-
-impl PendingFile {
-    /// The final path this file will have.
-    #[must_use]
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    fn io_error(&self, e: io::Error) -> BackendError {
-        BackendError::io_with_context("write", self.tmp.path(), e)
-    }
-
-    /// Verifies the bytes written against the expected blob, sets the mode and renames
-    /// the file into place. On a mismatch the temporary file is removed and the error
-    /// is [`BackendError::DigestMismatch`].
-    pub fn commit(self) -> BackendResult<PathBuf> {
-        let PendingFile {
-            cancel,
-            tmp,
-            path,
-            expected,
-            executable,
-            hasher,
-            written,
-        } = self;
-        let actual = BlobRef {
-            digest: hasher.finalize(),
-            size: written,
-        };
-        publish(&cancel, tmp, &path, &expected, &actual, executable)
-    }
-
-    /// Fills the (still empty) file from `src` with the kernel's file-to-file copy
-    /// ([`crate::storage::kernel_copy_hashing`]: `copy_file_range`, or a reflink), hashing what
-    /// landed in the temporary file on a second thread, then verifies and publishes it
-    /// as [`PendingFile::commit`] does. The cheapest verified copy for large files on
-    /// the same machine: the bytes never pass through user space on the copy side.
-    #[cfg(unix)]
-    pub fn copy_from_file(self, src: &File) -> BackendResult<PathBuf> {
-        if self.written != 0 {
-            return Err(BackendError::io_with_context(
-                "copy into",
-                self.tmp.path(),
-                io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "copy_from_file needs an empty pending file",
-                ),
-            ));
-        }
-        let actual = crate::digest::kernel_copy_hashing(
-            src,
-            self.tmp.as_file(),
-            self.expected.size.saturating_add(1),
-            self.expected.digest.algorithm(),
-        )
-        .map_err(|e| BackendError::io_with_context("copy the blob into", self.tmp.path(), e))?;
-        publish(
-            &self.cancel,
-            self.tmp,
-            &self.path,
-            &self.expected,
-            &actual,
-            self.executable,
-        )
-    }
-}
-
-/// The last step of every verified write: compare, set the mode, rename into place. The
-/// temporary file is removed (dropped) unless it is renamed.
-fn publish(
-    cancel: &CancelToken,
-    tmp: DirTemp,
-    path: &Path,
-    expected: &BlobRef,
-    actual: &BlobRef,
-    executable: bool,
-) -> BackendResult<PathBuf> {
-    check_blob(expected, actual)?;
-    set_mode(tmp.as_file(), executable)
-        .map_err(|e| BackendError::io_with_context("set mode of", tmp.path(), e))?;
-    let name = path
-        .file_name()
-        .ok_or_else(|| {
-            BackendError::io_with_context(
-                "rename into place",
-                path,
-                io::Error::new(io::ErrorKind::InvalidInput, "no file name"),
-            )
-        })?
-        .to_owned();
-    cancel
-        .publish(|| tmp.persist(&name))
-        .map_err(|e| BackendError::io_with_context("rename into place", path, e))?;
-    Ok(path.to_path_buf())
-}
-
-impl Write for PendingFile {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        // A cancelled call stops filling its files; dropping this removes the temp file.
-        self.cancel.check()?;
-        // Refuse to grow past the promised size: a runaway source must not fill the disk.
-        if self.written.saturating_add(buf.len() as u64) > self.expected.size.saturating_add(1) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("blob {} is longer than its recorded size", self.expected),
-            ));
-        }
-        self.tmp.as_file_mut().write_all(buf)?;
-        self.hasher.update(buf);
-        self.written += buf.len() as u64;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-fn set_mode(file: &File, executable: bool) -> io::Result<()> {
-    match crate::mode::restored_permissions(executable) {
-        Some(p) => file.set_permissions(p),
-        None => Ok(()),
-    }
 }
 
 /// Makes the link under a temporary name in the opened directory `dir` and renames it
