@@ -15,7 +15,9 @@
 //!   system call; at most [`PUBLISH_WAIT`], then it warns). The temporary files the
 //!   call's jobs were filling in the workspace are removed by the cancel itself, so
 //!   the workspace is as it will stay when the drop returns. Copies check the token
-//!   between chunks and stop (once their current read or write returns).
+//!   between chunks and stop (once their current read or write returns). The drop
+//!   does this on the dropping thread: it blocks for at most one write step, and
+//!   does not wait for the jobs to end.
 //! * **[`crate::Deadline`] also joins.** A call that times out is cancelled as above,
 //!   then its jobs are awaited for at most [`JOIN_WAIT`] before the timeout is
 //!   returned, so what the call held (blocking threads, temporary files, a storage's
@@ -30,6 +32,26 @@
 //! storage that publishes from a blocking job (a rename into place) wraps that step in
 //! [`CancelToken::publish`]. Outside any cache call the current token is never
 //! cancelled and every method here is a no-op.
+//!
+//! ```
+//! use cache_core::cancel::{self, CancelToken};
+//! use std::io::Write;
+//!
+//! // In a `Storage` method, while the call is polled: the job belongs to the call.
+//! let job = cancel::bind(|| -> std::io::Result<()> {
+//!     let cancel = CancelToken::current();
+//!     let mut tmp = tempfile::NamedTempFile::new()?;
+//!     for chunk in [b"part one".as_slice(), b"part two"] {
+//!         cancel.check()?; // stop between writes
+//!         tmp.write_all(chunk)?;
+//!     }
+//!     let dir = tempfile::tempdir()?;
+//!     // The step that makes the write visible: never after a cancel.
+//!     cancel.publish(|| tmp.persist(dir.path().join("blob")).map(drop).map_err(|e| e.error))
+//! });
+//! // With tokio: `tokio::task::spawn_blocking(job)`.
+//! std::thread::spawn(job).join().unwrap().unwrap();
+//! ```
 
 use std::cell::RefCell;
 use std::future::Future;

@@ -162,7 +162,10 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     crate::error::truncate(text)
 }
 
-/// A [`CacheBackend`] whose every call has a deadline (see the module docs).
+/// A [`CacheBackend`] whose every call has a deadline (see the module docs). A call
+/// that times out is cancelled before [`BackendError::Timeout`] is returned: nothing it
+/// started writes anything visible afterwards, and its jobs are awaited for at most
+/// [`crate::cancel::JOIN_WAIT`] ([`crate::cancel`]).
 ///
 /// ```
 /// use cache_core::{CacheBackend, Deadline, Deadlines, Sleep};
