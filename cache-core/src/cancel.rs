@@ -96,7 +96,8 @@ impl Cancelled {
 /// Whether `e` is the error of a job that stopped because its call was cancelled.
 #[must_use]
 pub fn is_cancelled(e: &std::io::Error) -> bool {
-    e.get_ref().is_some_and(|inner| inner.is::<Cancelled>())
+    e.get_ref()
+        .is_some_and(<dyn std::error::Error + Send + Sync>::is::<Cancelled>)
 }
 
 /// One call's cancellation state.
@@ -463,17 +464,18 @@ impl Handle {
     }
 }
 
-/// A cache call in its own scope: polled with the scope current, and cancelled when
-/// dropped (see the module docs). A call that completed is cancelled too when dropped,
-/// so a job it left behind (none should) cannot write for nobody.
-pub(crate) struct Scoped<F> {
+/// A future run as a cache call of its own ([`scoped`]): polled with its scope current
+/// (inside the scope of the call polling it, if any), and cancelled when dropped (see
+/// the module docs). A call that completed is cancelled too when dropped, so a job it
+/// left behind (none should) cannot write for nobody.
+pub struct Scoped<F> {
     scope: Arc<Scope>,
     inner: Pin<Box<F>>,
 }
 
 impl<F: Future> Scoped<F> {
     /// `call` in a new scope inside the current one.
-    pub(crate) fn new(call: F) -> Self {
+    fn new(call: F) -> Self {
         let parent = CURRENT.with(|c| c.borrow().clone());
         Scoped {
             scope: Scope::new(parent),
@@ -501,8 +503,11 @@ impl<F> Drop for Scoped<F> {
     }
 }
 
-/// Runs `call` in its own scope (see [`Scoped`]).
-pub(crate) fn scoped<F: Future>(call: F) -> Scoped<F> {
+/// Runs `call` as a cache call of its own: the blocking jobs bound inside it
+/// ([`bind`]) are cancelled when it is dropped, and when an enclosing call is. Every
+/// call of [`crate::Cache`] and [`crate::Hit`] already runs in one; a storage uses it
+/// for a piece of work that must stop when dropped even when no such call encloses it.
+pub fn scoped<F: Future>(call: F) -> Scoped<F> {
     Scoped::new(call)
 }
 
