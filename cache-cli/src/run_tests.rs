@@ -155,18 +155,33 @@ fn cache_errors_mean_running_the_command() {
 /// Issue 22: a restore that times out, then the command runs and writes its
 /// output; whatever the abandoned restore does afterwards leaves that output (bytes
 /// and time) alone. Through `try_hit` and the runner, as `run` does it, with the
-/// deadline wrapper the command uses.
+/// cache under a `Deadline` as `backend::bounded` puts it, on a clock fired once the
+/// restore is held (so the timeout never depends on the machine's speed).
 #[test]
 fn a_timed_out_restore_never_writes_over_the_commands_output() {
     let s = setup();
-    let bounded = crate::backend::bounded(
+    let clock = cache_testkit::ManualClock::new();
+    let bounded: Arc<dyn CacheBackend> = Arc::new(cache_core::Deadline::new(
         Arc::clone(&s.memory),
-        cache_core::Deadlines::new(Duration::from_secs(2)),
-    );
+        cache_core::Deadlines::new(Duration::from_secs(1)),
+        clock.sleep(),
+    ));
     let session = session(bounded);
-    // The restore's first blob read is held until released below.
+    // The restore's first blob read is held until released below; the deadline
+    // passes once it is.
     s.brake.hold_after(0);
+    let firing = {
+        let (brake, clock) = (s.brake.clone(), clock.clone());
+        std::thread::spawn(move || {
+            let give_up = Instant::now() + Duration::from_secs(60);
+            while brake.held() == 0 && Instant::now() < give_up {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            clock.fire();
+        })
+    };
     assert_eq!(hit(&s, &session), None, "a held restore times out");
+    firing.join().unwrap();
     let command: Vec<OsString> = ["sh", "-c", "printf fresh > out.txt"]
         .iter()
         .map(OsString::from)

@@ -46,6 +46,8 @@
 //!   backend, fully conformant, for executors' unit tests.
 //! * [`FaultyBackend`] and [`FaultyStorage`]: fail every call, the Nth call or the
 //!   first N calls with a chosen error, or add latency, to test degradation paths.
+//! * [`Brake`] and [`ManualClock`]: hold a storage's blob bytes mid-transfer, and fire
+//!   a [`cache_core::Deadline`] exactly when a test says, for the cancellation cases.
 //! * [`loopback`]: a tiny HTTP server on 127.0.0.1 that answers as a test says (an
 //!   object store that lists forever, never answers, refuses), for network backends.
 //! * [`fixtures`]: temporary workspaces that notice writes outside them, output trees
@@ -138,6 +140,7 @@ use std::sync::Arc;
 
 mod brake;
 pub mod cases;
+mod clock;
 mod fault;
 pub mod fixtures;
 pub mod fuzz;
@@ -146,6 +149,7 @@ pub mod loopback;
 mod memory;
 
 pub use brake::{Brake, BrakedStorage};
+pub use clock::ManualClock;
 pub use fault::{
     BackendOp, FaultError, FaultInjector, FaultPlan, FaultyBackend, FaultyStorage, StorageOp,
     Trigger,

@@ -9,9 +9,10 @@
 
 use super::common::{blob_algorithm, check, restore_and_compare, store, store_tree};
 use crate::fixtures::{OutputTree, TempWorkspace, digest, expect_ok, fresh_key, fresh_seed, task};
-use crate::{Brake, BrakedStorage, Harness, MemoryStorage};
+use crate::{Brake, BrakedStorage, Harness, ManualClock, MemoryStorage};
 use cache_core::{
-    BackendError, Cache, CacheBackend, CacheEntry, CachePolicy, Deadline, Deadlines, Hit,
+    BackendError, Cache, CacheBackend, CacheEntry, CachePolicy, CircuitBreaker, Deadline,
+    Deadlines, Hit,
 };
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -188,23 +189,35 @@ pub async fn cancel_restore_dropped_midway(h: Harness) {
     ws.assert_outside_unchanged();
 }
 
-/// The executor's case (issue 22): a restore times out under [`Deadline`], the
-/// executor runs the task and writes its outputs, and whatever the abandoned restore's
-/// job does afterwards leaves the task's bytes and times alone.
+/// The executor's case (issue 22): a restore times out under [`Deadline`] (behind a
+/// [`CircuitBreaker`], as an executor stacks a shared tier), the executor runs the task
+/// and writes its outputs, and whatever the abandoned restore's job does afterwards
+/// leaves the task's bytes and times alone. The breaker counted one fault and lets the
+/// next calls through.
 pub async fn cancel_restore_timed_out_keeps_callers_outputs(h: Harness) {
     let brake = brake_of(&h);
     let tree = files(fresh_seed());
     let key = store_tree(&h, &tree).await;
-    // Long enough for a lookup on a loaded machine; the restore is held past it.
+    // The deadline passes when the case fires the clock: once the restore is held.
+    let clock = ManualClock::new();
     let bounded = Deadline::new(
         Arc::clone(&h.backend),
-        Deadlines::new(Duration::from_secs(2)),
-        crate::tokio_sleep(),
+        Deadlines::new(Duration::from_secs(1)),
+        clock.sleep(),
     );
-    let hit = hit_of(&bounded, &key).await;
+    let breaker = CircuitBreaker::new(Arc::new(bounded), 3);
+    let hit = hit_of(&breaker, &key).await;
     let ws = TempWorkspace::new();
     brake.hold_after(HOLD_AFTER);
-    let timed_out = hit.restore(ws.root()).await;
+    let restore = hit.restore(ws.root());
+    tokio::pin!(restore);
+    tokio::select! {
+        r = &mut restore => panic!("a restore ended ({r:?}) before the brake held its bytes"),
+        held = brake.stalled(WAIT) => assert!(held, "a restore: no read was held within {WAIT:?}"),
+    }
+    clock.fire();
+    let timed_out = restore.await;
+    clock.reset();
     assert!(
         matches!(timed_out, Err(BackendError::Timeout { .. })),
         "a restore held past its deadline: expected a timeout, got {timed_out:?}"
@@ -230,10 +243,15 @@ pub async fn cancel_restore_timed_out_keeps_callers_outputs(h: Harness) {
         "the timed-out restore left temporary files: {:?}",
         after.temporaries
     );
-    // Nothing leaked: a restore without the brake succeeds.
+    // Nothing leaked: the breaker is closed, and a lookup and restore through it work.
+    assert!(
+        !breaker.is_open(),
+        "one timeout opened a breaker of threshold 3"
+    );
     let fresh = TempWorkspace::new();
+    let again = hit_of(&breaker, &key).await;
     expect_ok(
-        hit.restore(fresh.root()).await,
+        again.restore(fresh.root()).await,
         "restore after a timed-out one",
     );
     fresh
