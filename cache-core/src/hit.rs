@@ -3,7 +3,7 @@
 //! caller takes and whatever other writers do to the key meanwhile.
 
 use crate::blocking::{self, Spawner};
-use crate::record::{ActionRecord, LogRecord, OutputRecord};
+use crate::record::{ActionRecord, LogRecord, LogStream, OutputRecord};
 use crate::storage::{BlobSource, EntryKey, Storage, open_regular};
 use crate::{
     BackendError, BackendResult, BlobRef, CacheOutput, Digest, LogBytes, OutputContent, RelPath,
@@ -476,15 +476,6 @@ impl Hit {
         let read = blocking::run(&*self.blocking, move || read_verified(source, &blob)).await;
         self.settle(read).await.map(Some)
     }
-}
-
-/// Which captured stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum LogStream {
-    /// Standard output.
-    Stdout,
-    /// Standard error.
-    Stderr,
 }
 
 /// A blob file opened on first read (so opening happens on the reader's thread).

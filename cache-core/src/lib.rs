@@ -120,13 +120,14 @@ pub use combinators::{CircuitBreaker, Instrumented, Metrics, Tiered, TieredStats
 pub use deadline::{Deadline, Deadlines, Sleep};
 pub use digest::{BlobRef, Digest, DigestAlgorithm, Hasher};
 pub use error::{BackendError, BackendResult, BoxError, Detail, Fault};
-pub use hit::{Hit, LogStream, MAX_LOG_BYTES};
+pub use hit::{Hit, MAX_LOG_BYTES};
 pub use key::{InputFile, TaskKeyBuilder};
 pub use path::{
     MAX_PATH_BYTES, MAX_PATH_DEPTH, OutputKind, RelPath, check_absolute_symlink_target,
     check_layout, check_symlink_target,
 };
 pub use policy::{CachePolicy, effective_policy, policy_allows_read, policy_allows_write};
+pub use record::LogStream;
 pub use task::{OutputType, Task, TaskOutput};
 pub use workspace::{PendingFile, Workspace};
 

@@ -21,10 +21,18 @@
 //! stored under another key, and any record that names an unsafe path. Decoding reads
 //! from a bounded slice, so no declared length can make it allocate more than the slice.
 
-use crate::hit::LogStream;
 use crate::path::{OutputKind, check_layout};
 use crate::{BackendError, BackendResult, BlobRef, Digest};
 use serde::{Deserialize, Serialize};
+
+/// Which captured stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum LogStream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
 
 /// Largest encoded entry accepted. Logs over [`INLINE_LOG_MAX`] live in blobs, so this
 /// bounds only the output list (about 300,000 outputs with typical path lengths).

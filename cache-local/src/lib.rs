@@ -130,7 +130,7 @@ mod io;
 mod layout;
 mod maint;
 
-pub use layout::{LAYOUT_FILE, LAYOUT_VERSION};
+pub use claim::{LAYOUT_FILE, LAYOUT_VERSION};
 
 use cache_core::storage::{ActionRecord, BlobSource, EntryKey, Storage, StoredEntry};
 use cache_core::{BackendError, BackendResult, BlobRef, Digest, DigestAlgorithm};

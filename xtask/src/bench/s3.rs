@@ -10,6 +10,7 @@
 //!
 //! Rounds alternate which client goes first; each figure is the median of the rounds.
 
+use super::median;
 use crate::peers;
 use cache_core::{Cache, CacheBackend, CacheEntry, CacheOutput, CachePolicy, Task};
 use cache_s3::{CountingStore, S3Options, S3Storage};
@@ -167,11 +168,6 @@ fn make_data(ws: &Path) -> Result<(), String> {
 pub(super) struct Samples {
     pub(super) up: Vec<(f64, f64)>,
     pub(super) down: Vec<(f64, f64)>,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 pub(super) fn taskcache(

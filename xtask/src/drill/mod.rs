@@ -24,6 +24,7 @@
 
 mod backend_reapi;
 mod backend_s3;
+mod backends;
 mod corrupt;
 mod crash;
 mod disk;
@@ -67,10 +68,10 @@ impl Options {
     /// The backends crash and corrupt run on.
     fn backends(&self, all: bool) -> Result<Vec<&'static str>, String> {
         match self.backend.as_deref() {
-            None if all => Ok(taskcache::ALL.to_vec()),
+            None if all => Ok(backends::ALL.to_vec()),
             None => Ok(vec!["local"]),
-            Some("all") => Ok(taskcache::ALL.to_vec()),
-            Some(name) => taskcache::ALL
+            Some("all") => Ok(backends::ALL.to_vec()),
+            Some(name) => backends::ALL
                 .iter()
                 .find(|&&b| b == name)
                 .map(|&b| vec![b])
@@ -140,7 +141,7 @@ pub fn ci() -> Result<(), String> {
         backend: None,
         ci: true,
     };
-    let rows = run_drills(&DRILLS, &taskcache::ALL, &opts)?;
+    let rows = run_drills(&DRILLS, &backends::ALL, &opts)?;
     print_table(&rows, &opts);
     let failed: u64 = rows.iter().map(|(_, o)| o.failures).sum();
     if failed > 0 {
@@ -209,7 +210,7 @@ fn run_drills(
                     } else {
                         // Starting a server is not the drill's time either.
                         let t = Instant::now();
-                        opened.push(taskcache::open(backend_name, root.path())?);
+                        opened.push(backends::open(backend_name, root.path())?);
                         setup = t.elapsed();
                         opened.len() - 1
                     };

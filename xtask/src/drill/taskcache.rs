@@ -4,7 +4,8 @@
 //! point `taskcache run` at it, a fresh empty cache, whether `verify` exists for it,
 //! and (for the corruption drill) its stored objects. `local` is a cache directory;
 //! `s3` a bucket on moto ([`super::backend_s3`]); `remote` a BuildGrid of the drill's
-//! own behind a new empty local tier per run ([`super::backend_reapi`]).
+//! own behind a new empty local tier per run ([`super::backend_reapi`]); [`super::backends`]
+//! opens one by name.
 
 use super::workload::{self, CHECK_ENV, CHECK_EXIT, Class};
 use std::ffi::OsString;
@@ -379,22 +380,6 @@ pub fn walk(dir: &Path, prefix: &str, out: &mut Vec<String>) -> Result<(), Strin
         }
     }
     Ok(())
-}
-
-/// Every backend `--backend all` means.
-pub const ALL: [&str; 3] = ["local", "s3", "remote"];
-
-/// The backend named `name` (`local`, `s3`, `remote`), its server started if needed
-/// (and stopped when it is dropped, if the drill started it).
-pub fn open(name: &str, root: &Path) -> Result<Box<dyn Backend>, String> {
-    match name {
-        "local" => Ok(Box::new(Local::new(root))),
-        "s3" => Ok(Box::new(super::backend_s3::S3::start()?)),
-        "remote" => Ok(Box::new(super::backend_reapi::Reapi::start(root)?)),
-        other => Err(format!(
-            "unknown backend {other:?} (local, s3, remote or all)"
-        )),
-    }
 }
 
 /// Copies a failing cache's objects to `target/drill-failures/<what>` for inspection.
