@@ -146,8 +146,8 @@ pub struct KeyArgs {
     pub task: TaskArgs,
     /// Print everything that went into the key instead of the key alone: every input
     /// file with its digest, the names (never the values) of the declared variables,
-    /// the arguments, outputs and salt, then the key; with --id, also what changed
-    /// since the last entry stored under that id.
+    /// the arguments, outputs, key format and platform (OS, CPU), then the key; with
+    /// --id, also what changed since the last entry stored under that id.
     #[arg(long)]
     pub explain: bool,
     /// -v: on stderr, which inputs changed since the last entry stored under --id;

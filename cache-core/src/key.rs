@@ -1,7 +1,68 @@
 //! Task digests: the cache key of a task, from its command, declared environment,
-//! declared outputs, the *contents* of its input files, and a salt.
+//! declared outputs, the *contents* of its input files, the platform it runs on, and
+//! the caller's salt, if any.
 //!
-//! # Encoding (version 1)
+//! # One key for executors and the `taskcache` command
+//!
+//! [`TaskKeyBuilder::from_task`] is the key. `taskcache key` and `taskcache run`
+//! describe their task as a [`Task`] and key it with exactly this function, adding no
+//! salt and no platform of their own. So an executor that describes the same task the
+//! same way, and hashes with BLAKE3 (the command's algorithm), gets the key the command
+//! prints for the same workspace contents, on the same platform, and the two share
+//! entries. "The same way" means: `command` the arguments as given (the command never
+//! uses a shell: `shell` is false), `env` the declared variables that are set, with
+//! their values (a declared variable that is unset is left out), `inputs` the `-i`
+//! patterns, `outputs` the `-o` paths, `allow_absolute_symlinks` as
+//! `--allow-absolute-symlinks`. The task's `id` and policy do not join the key.
+//! (The command writes an argument or value that is not UTF-8 as `"\0"` and the hex of
+//! its bytes; a `Task` holds only UTF-8.)
+//!
+//! ```
+//! use cache_core::{DigestAlgorithm, Platform, Task, TaskKeyBuilder, TaskOutput};
+//! # fn main() -> cache_core::BackendResult<()> {
+//! # let dir = tempfile::tempdir().unwrap();
+//! # let ws = dir.path();
+//! std::fs::write(ws.join("main.c"), "int main(){}").unwrap();
+//! let mut task = Task::new("build", ["cc", "main.c"]);
+//! task.env.insert("CC".into(), "gcc".into());
+//! task.inputs.push("*.c".into());
+//! task.outputs.push(TaskOutput { path: "a.out".into(), kind: Default::default() });
+//! // With CC=gcc set, `taskcache key -e CC -i '*.c' -o a.out -- cc main.c` prints this:
+//! let key = TaskKeyBuilder::from_task(&task, DigestAlgorithm::Blake3).build(ws)?;
+//!
+//! // A key names its platform: the same task on two platforms has two keys.
+//! let on = |os, arch| {
+//!     TaskKeyBuilder::from_task(&task, DigestAlgorithm::Blake3)
+//!         .platform(Platform::new(os, arch))
+//!         .build(ws)
+//! };
+//! assert_ne!(on("linux", "x86_64")?, on("macos", "aarch64")?);
+//! assert_eq!(key, on(std::env::consts::OS, std::env::consts::ARCH)?);
+//!
+//! // Outputs that are the same everywhere may opt out: one key on every platform.
+//! let anywhere = TaskKeyBuilder::from_task(&task, DigestAlgorithm::Blake3).portable();
+//! assert_ne!(anywhere.build(ws)?, key);
+//! # Ok(()) }
+//! ```
+//!
+//! # Platform
+//!
+//! By default a key names the platform it is computed on, [`Platform::current`]: the
+//! operating system and CPU architecture as Rust names them (`linux`, `macos`,
+//! `windows`; `x86_64`, `aarch64`). A tier shared by Linux and macOS runners (or x86-64
+//! and ARM ones) thus never hands one the other's binaries. Two opt-outs, both explicit:
+//!
+//! * [`TaskKeyBuilder::portable`]: no platform, for a caller who knows the task's
+//!   outputs are the same wherever it runs (a formatter's check, generated sources,
+//!   documentation); every platform then shares one entry. A portable key never equals
+//!   a key with a platform.
+//! * [`TaskKeyBuilder::platform`]: another platform's key (to look up what a runner of
+//!   that platform stored; tests).
+//!
+//! Anything finer that outputs depend on (the C library, a compiler's version) is the
+//! caller's to add: declare the variable that carries it, or a [`TaskKeyBuilder::salt`].
+//!
+//! # Encoding (version 2, [`KEY_FORMAT_VERSION`])
 //!
 //! The key is `<algorithm>:<hex>` of the hash, with the same algorithm, of this byte
 //! string. `str(x)` is the UTF-8 bytes of `x` preceded by their length as a u64
@@ -9,8 +70,10 @@
 //! field and have no duplicates.
 //!
 //! ```text
-//! "taskcache-key\0" u64(1)
+//! "taskcache-key\0" u64(2)
 //! 'A' str(algorithm name: "sha256" | "blake3")
+//! 'P' 1 str(os) str(arch)                 the platform (default: the current one)
+//!   | 0                                   portable: no platform
 //! 'C' u64(n) str(arg)...                  command and arguments, in order
 //! 'S' 0|1                                 run through a shell
 //! 'E' u64(n) (str(name) 0 | str(name) 1 str(value))...   declared env, unset = 0
@@ -25,18 +88,23 @@
 //!              | 's' str(kind)            a FIFO, socket or device: never opened
 //!              | 'd'                      a directory inside the workspace (walked)
 //!              | 'n' str(reason)          not followed: "outside-workspace" | "cycle" | "dangling"
-//! 'T' str(salt)
+//! 'T' str(salt)                           the caller's salt (empty unless set)
 //! 'Y'                                     only when the task allows absolute symlink outputs
 //! ```
 //!
 //! `kind` is `"fifo"`, `"socket"`, `"char-device"`, `"block-device"` or `"unknown"`.
-//! Until symlink targets joined the key a symlink was `str(path) 'l' str(link text)`;
-//! that tag is retired, so a key computed with a symlink among the inputs never equals
-//! one computed the old way, and a key without one is unchanged (hence still version 1).
+//!
+//! Version 1 had no `'P'`: a key named a platform only if its caller salted it with
+//! one, which the command did (`taskcache-cli-key/2`, the OS and the architecture) and
+//! the library did not, so the two disagreed and a library key fit every platform.
+//! The version is hashed, so no version-2 key equals a version-1 key: entries stored
+//! under version-1 keys are misses once, and are replaced as tasks run. (Within
+//! version 1, symlinks were once keyed as `str(path) 'l' str(link text)`; that tag is
+//! retired.)
 //!
 //! Paths are relative to the workspace with `/` separators, so the key does not depend
-//! on where the workspace is or on the platform. Patterns are globs (`*` stays within a
-//! directory, `**` crosses directories); a pattern without glob characters naming a
+//! on where the workspace is, nor on how the platform spells paths. Patterns are globs
+//! (`*` stays within a directory, `**` crosses directories); a pattern without glob characters naming a
 //! directory means every file below it. A pattern that matches nothing is an error,
 //! because it is almost always a typo that would make the key ignore real inputs.
 //!
@@ -69,9 +137,58 @@
 
 use crate::{BackendResult, BlobRef, Digest, DigestAlgorithm, RelPath, Task};
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 use std::path::Path;
 
 mod inputs;
+
+/// The version of the key encoding (see the module docs). Every key changes when it
+/// does; it is hashed into every key.
+pub const KEY_FORMAT_VERSION: u64 = 2;
+
+/// The platform a key is for: an operating system and a CPU architecture, named as
+/// Rust names them (`std::env::consts::OS` and `ARCH`). Displayed as `os/arch`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Platform {
+    os: String,
+    arch: String,
+}
+
+impl Platform {
+    /// The platform this process runs on (the default of every key).
+    #[must_use]
+    pub fn current() -> Self {
+        Platform::new(std::env::consts::OS, std::env::consts::ARCH)
+    }
+
+    /// A platform by name: `os` as `"linux"`, `"macos"`, `"windows"`, and `arch` as
+    /// `"x86_64"`, `"aarch64"` (other spellings make other keys).
+    #[must_use]
+    pub fn new(os: impl Into<String>, arch: impl Into<String>) -> Self {
+        Platform {
+            os: os.into(),
+            arch: arch.into(),
+        }
+    }
+
+    /// The operating system.
+    #[must_use]
+    pub fn os(&self) -> &str {
+        &self.os
+    }
+
+    /// The CPU architecture.
+    #[must_use]
+    pub fn arch(&self) -> &str {
+        &self.arch
+    }
+}
+
+impl fmt::Display for Platform {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.os, self.arch)
+    }
+}
 
 /// One input as it joined the key (see the module docs).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,7 +224,10 @@ pub enum InputFile {
     },
 }
 
-/// Builds task digests. See the module docs for the exact encoding.
+/// Builds task digests: [`TaskKeyBuilder::from_task`] is the key the `taskcache`
+/// command computes too. Every key names [`Platform::current`] unless told otherwise
+/// ([`TaskKeyBuilder::platform`], [`TaskKeyBuilder::portable`]). See the module docs
+/// for the exact encoding.
 ///
 /// ```
 /// # let dir = tempfile::tempdir().unwrap();
@@ -131,6 +251,8 @@ pub struct TaskKeyBuilder {
     outputs: BTreeSet<String>,
     salt: Vec<u8>,
     absolute_symlinks: bool,
+    /// `None`: portable.
+    platform: Option<Platform>,
 }
 
 impl Default for TaskKeyBuilder {
@@ -140,7 +262,7 @@ impl Default for TaskKeyBuilder {
 }
 
 impl TaskKeyBuilder {
-    /// An empty builder hashing with `algorithm`.
+    /// An empty builder hashing with `algorithm`, for the current platform.
     #[must_use]
     pub fn new(algorithm: DigestAlgorithm) -> Self {
         TaskKeyBuilder {
@@ -152,11 +274,14 @@ impl TaskKeyBuilder {
             outputs: BTreeSet::new(),
             salt: Vec::new(),
             absolute_symlinks: false,
+            platform: Some(Platform::current()),
         }
     }
 
-    /// A builder holding everything a [`Task`] declares (command, shell, env with its
-    /// declared values, inputs, outputs).
+    /// The key of `task`: everything it declares (command, shell, env with its declared
+    /// values, inputs, outputs, whether absolute symlinks are allowed) and the current
+    /// platform. `taskcache key` prints this key for the task it describes (see "One
+    /// key for executors and the `taskcache` command" in the module docs).
     #[must_use]
     pub fn from_task(task: &Task, algorithm: DigestAlgorithm) -> Self {
         let mut b = TaskKeyBuilder::new(algorithm)
@@ -221,11 +346,37 @@ impl TaskKeyBuilder {
         self
     }
 
-    /// Adds a salt, e.g. a cache version or the toolchain's identity.
+    /// Adds a salt, e.g. a cache version or the toolchain's identity. The `taskcache`
+    /// command adds none: a salted key is not the command's key.
     #[must_use]
     pub fn salt(mut self, salt: impl Into<Vec<u8>>) -> Self {
         self.salt = salt.into();
         self
+    }
+
+    /// Keys for `platform` instead of the current one (another platform's key, to find
+    /// what its runners stored; tests).
+    #[must_use]
+    pub fn platform(mut self, platform: Platform) -> Self {
+        self.platform = Some(platform);
+        self
+    }
+
+    /// Leaves the platform out of the key: one key on every platform. Only for a task
+    /// whose outputs are the same wherever it runs (formatting checks, generated
+    /// sources, documentation); a binary keyed this way would be handed to every
+    /// platform sharing the tier. A portable key never equals a key with a platform,
+    /// nor the command's key.
+    #[must_use]
+    pub fn portable(mut self) -> Self {
+        self.platform = None;
+        self
+    }
+
+    /// The platform the keys name, `None` when portable.
+    #[must_use]
+    pub fn key_platform(&self) -> Option<&Platform> {
+        self.platform.as_ref()
     }
 
     /// Computes the key, reading inputs under `workspace` (blocking).
@@ -241,9 +392,18 @@ impl TaskKeyBuilder {
         let inputs = self.collect_inputs(workspace)?;
         let mut e = Enc(self.algorithm.hasher());
         e.raw(b"taskcache-key\0");
-        e.u64(1);
+        e.u64(KEY_FORMAT_VERSION);
         e.tag(b'A');
         e.str(self.algorithm.as_str());
+        e.tag(b'P');
+        match &self.platform {
+            None => e.raw(&[0]),
+            Some(p) => {
+                e.raw(&[1]);
+                e.str(&p.os);
+                e.str(&p.arch);
+            }
+        }
         e.tag(b'C');
         e.u64(self.command.len() as u64);
         for a in &self.command {

@@ -9,7 +9,8 @@
 //!   record that was found; the origin's `check` / `restore_outputs` / `get_logs` are
 //!   provided on top. With [`CachePolicy`] and the [`Task`] description.
 //! * [`Digest`] and [`TaskKeyBuilder`]: validated keys and the documented task-digest
-//!   encoding.
+//!   encoding; [`TaskKeyBuilder::from_task`] is the key the `taskcache` command
+//!   computes for the same task, and names the [`Platform`] unless told not to.
 //! * [`RelPath`] and [`Workspace`]: the one audited routine that writes outputs
 //!   into a workspace, refusing anything that would land outside it.
 //! * [`storage::Storage`] and [`Cache`]: a backend implements the small `Storage` trait
@@ -39,6 +40,7 @@
 //! use std::path::Path;
 //!
 //! async fn run_cached(cache: &dyn CacheBackend, task: &Task, ws: &Path) -> cache_core::BackendResult<i32> {
+//!     // The key `taskcache key` prints for the same task (this platform's).
 //!     let key = TaskKeyBuilder::from_task(task, DigestAlgorithm::Blake3).build(ws)?;
 //!     let policy = cache_core::effective_policy(task, None);
 //!     let replayed = async {
@@ -121,7 +123,7 @@ pub use deadline::{Deadline, Deadlines, Sleep};
 pub use digest::{BlobRef, Digest, DigestAlgorithm, Hasher};
 pub use error::{BackendError, BackendResult, BoxError, Detail, Fault};
 pub use hit::{Hit, MAX_LOG_BYTES};
-pub use key::{InputFile, TaskKeyBuilder};
+pub use key::{InputFile, KEY_FORMAT_VERSION, Platform, TaskKeyBuilder};
 pub use path::{
     MAX_PATH_BYTES, MAX_PATH_DEPTH, OutputKind, RelPath, check_absolute_symlink_target,
     check_layout, check_symlink_target,
