@@ -72,6 +72,7 @@ against_buildgrid! {
     hostile_oversized_entry
     hostile_huge_declared_blob_size
     hostile_undeclared_outputs
+    store_refuses_undeclared_outputs
     hostile_newer_format_entry_is_left_in_place
     hostile_huge_declared_log
     hostile_adversarial_entries

@@ -45,6 +45,7 @@ macro_rules! hosted_by_the_emulator {
 
 hosted_by_the_emulator! {
     keys_invalid_are_refused_and_touch_nothing
+    store_refuses_undeclared_outputs
     miss_unknown_key
     degradation_hung_backend_costs_one_deadline
 }

@@ -391,6 +391,7 @@ macro_rules! conformance_suite {
             hostile_deleted_blob
             hostile_deleted_log_blob
             hostile_undeclared_outputs
+            store_refuses_undeclared_outputs
             hostile_newer_format_entry_is_left_in_place
             hostile_huge_declared_log
             hostile_adversarial_entries

@@ -216,6 +216,9 @@ enum Wrong {
     /// `..`, absolute paths and symlinks are followed wherever they lead (the bytes
     /// are still verified).
     NaiveRestore,
+    /// Stores whatever it is given, as for a task that declares no outputs: an entry
+    /// with outputs the task does not declare, which its lookups then refuse forever.
+    StoresUndeclared,
 }
 
 struct Wrapped {
@@ -339,6 +342,11 @@ impl CacheBackend for Wrapped {
             Wrong::PolicyBlind => CachePolicy::Normal,
             _ => policy,
         };
+        if let Wrong::StoresUndeclared = self.fault {
+            let mut bare = task.clone();
+            bare.outputs.clear();
+            return self.inner.store(&bare, digest, entry, policy).await;
+        }
         self.inner.store(task, digest, entry, policy).await
     }
 
@@ -573,5 +581,13 @@ fn mutant_naive_restore() {
             "restore_over_matching_files",
             "restore_replaces_file_symlink_without_following",
         ],
+    );
+}
+
+#[test]
+fn mutant_stores_undeclared() {
+    assert_fails_exactly(
+        || wrapped(Wrong::StoresUndeclared),
+        &["store_refuses_undeclared_outputs"],
     );
 }

@@ -13,6 +13,7 @@
 //! | keys | `keys_*`: dedup, overwrite (the last published entry wins), invalid keys |
 //! | misses and degradation | `miss_*`, `degradation_*`: unknown keys, [`cache_core::Tiered`] with a failing tier |
 //! | hostile data | `hostile_*`: escaping paths and symlinks, garbage, flipped and deleted blobs, undeclared outputs, newer-format entries, huge declared logs, adversarial entries |
+//! | trust boundary | `store_refuses_undeclared_outputs` (a caller's store of undeclared outputs writes nothing), `trust_absolute_symlinks_only_when_opted_in` |
 //! | concurrency | `concurrent_stores_and_readers` |
 //! | model | `model_state_machine`: random operation sequences against a reference |
 //! | misc | `health_check_succeeds`, `name_is_stable` |
@@ -70,7 +71,8 @@ pub use round_trip::{
 pub use trust::{
     hostile_adversarial_entries, hostile_huge_declared_log,
     hostile_newer_format_entry_is_left_in_place, hostile_undeclared_outputs,
-    hostile_unsigned_and_forged_entries, trust_absolute_symlinks_only_when_opted_in,
+    hostile_unsigned_and_forged_entries, store_refuses_undeclared_outputs,
+    trust_absolute_symlinks_only_when_opted_in,
 };
 
 use crate::Harness;
