@@ -92,6 +92,7 @@
 
 mod backend;
 mod blocking;
+mod breaker;
 mod cache;
 mod collect;
 mod combinators;
@@ -116,7 +117,8 @@ pub use backend::{
 pub use blocking::{Job, Spawner, thread_per_job};
 pub use cache::Cache;
 pub use collect::{collect_outputs, collect_outputs_with};
-pub use combinators::{CircuitBreaker, Instrumented, Metrics, Tiered, TieredStats};
+pub use breaker::CircuitBreaker;
+pub use combinators::{Instrumented, Metrics, Tiered, TieredStats};
 pub use deadline::{Deadline, Deadlines, Sleep};
 pub use digest::{BlobRef, Digest, DigestAlgorithm, Hasher};
 pub use error::{BackendError, BackendResult, BoxError, Detail, Fault};
