@@ -88,7 +88,12 @@ impl Drop for Pass<'_> {
 }
 
 impl Breaker {
-    fn new(name: &'static str, threshold: u32, on_outage: bool, cooldown: Option<Duration>) -> Self {
+    fn new(
+        name: &'static str,
+        threshold: u32,
+        on_outage: bool,
+        cooldown: Option<Duration>,
+    ) -> Self {
         Breaker {
             name,
             threshold: threshold.max(1),

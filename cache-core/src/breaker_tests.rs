@@ -172,16 +172,21 @@ fn a_dropped_trial_call_hands_the_trial_on() {
     std::thread::sleep(cooldown);
     {
         let mut trial = std::pin::pin!(b.lookup(&task, &key, CachePolicy::Normal));
-        let polled = trial
-            .as_mut()
-            .poll(&mut Context::from_waker(Waker::noop()));
+        let polled = trial.as_mut().poll(&mut Context::from_waker(Waker::noop()));
         assert!(polled.is_pending(), "the backend hangs");
     }
-    assert_eq!(inner.calls.load(Ordering::Relaxed), 2, "the trial reached it");
+    assert_eq!(
+        inner.calls.load(Ordering::Relaxed),
+        2,
+        "the trial reached it"
+    );
     // The backend is back: the next call tries it (no new cool-down) and closes.
     inner.hang.store(false, Ordering::Relaxed);
     inner.healthy.store(true, Ordering::Relaxed);
-    assert!(matches!(now(b.lookup(&task, &key, CachePolicy::Normal)), Ok(None)));
+    assert!(matches!(
+        now(b.lookup(&task, &key, CachePolicy::Normal)),
+        Ok(None)
+    ));
     assert!(!b.is_open());
     assert_eq!(inner.calls.load(Ordering::Relaxed), 3);
 }
@@ -192,11 +197,13 @@ fn a_dropped_trial_call_hands_the_trial_on() {
 fn only_the_caches_faults_count() {
     let refusals: [fn() -> BackendError; 2] = [
         || BackendError::permission_denied("403: read-only token"),
-        || BackendError::workspace(
-            "open workspace",
-            "/nowhere",
-            std::io::Error::from(std::io::ErrorKind::NotFound),
-        ),
+        || {
+            BackendError::workspace(
+                "open workspace",
+                "/nowhere",
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            )
+        },
     ];
     for make in refusals {
         let inner = failing(make);
@@ -238,7 +245,10 @@ fn a_trial_is_judged_by_whose_fault_ended_it() {
     assert!(now(b.lookup(&task, &key, CachePolicy::Normal)).is_err());
     assert!(b.is_open(), "the caller's mistake is no verdict");
     inner.healthy.store(true, Ordering::Relaxed);
-    assert!(matches!(now(b.lookup(&task, &key, CachePolicy::Normal)), Ok(None)));
+    assert!(matches!(
+        now(b.lookup(&task, &key, CachePolicy::Normal)),
+        Ok(None)
+    ));
     assert!(!b.is_open());
     assert_eq!(inner.calls.load(Ordering::Relaxed), 3);
 }

@@ -314,9 +314,7 @@ impl CacheBackend for Tiered {
         let fast = self.fast.health_check().await;
         let fast_ok = self.absorb(Tier::Fast, "health_check", fast)?.is_some();
         let shared = self.shared.health_check().await;
-        let shared_ok = self
-            .absorb(Tier::Shared, "health_check", shared)?
-            .is_some();
+        let shared_ok = self.absorb(Tier::Shared, "health_check", shared)?.is_some();
         if fast_ok || shared_ok {
             Ok(())
         } else {

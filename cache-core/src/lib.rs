@@ -115,9 +115,9 @@ pub use backend::{
     CacheBackend, CacheEntry, CacheLookupResult, CacheOutput, LogBytes, OutputContent,
 };
 pub use blocking::{Job, Spawner, thread_per_job};
+pub use breaker::CircuitBreaker;
 pub use cache::Cache;
 pub use collect::{collect_outputs, collect_outputs_with};
-pub use breaker::CircuitBreaker;
 pub use combinators::{Instrumented, Metrics, Tiered, TieredStats};
 pub use deadline::{Deadline, Deadlines, Sleep};
 pub use digest::{BlobRef, Digest, DigestAlgorithm, Hasher};

@@ -359,9 +359,7 @@ impl Workspace {
             },
             AtFlags::SYMLINK_NOFOLLOW,
         )
-        .map_err(|e| {
-            BackendError::workspace("set the time of", rel.to_path(&self.root), e.into())
-        })
+        .map_err(|e| BackendError::workspace("set the time of", rel.to_path(&self.root), e.into()))
     }
 
     /// Without Unix calls, by path (following nothing is not available there).
@@ -504,11 +502,7 @@ impl Workspace {
                             }
                         }
                         Err(e) => {
-                            return Err(BackendError::workspace(
-                                "create directory",
-                                &next,
-                                e,
-                            ));
+                            return Err(BackendError::workspace("create directory", &next, e));
                         }
                     }
                 }
@@ -766,11 +760,7 @@ fn make_symlink_atomically(
             }
             Err(rustix::io::Errno::EXIST) => {}
             Err(e) => {
-                return Err(BackendError::workspace(
-                    "create symlink",
-                    path,
-                    e.into(),
-                ));
+                return Err(BackendError::workspace("create symlink", path, e.into()));
             }
         }
     }
