@@ -159,13 +159,13 @@ impl Tiered {
         self.errors(tier).fetch_add(1, Ordering::Relaxed);
         let name = self.tier(tier).name();
         if e.fault() == Fault::Permission {
-            if !self.refusals[tier as usize]
+            let said = self.refusals[tier as usize]
                 .reads_said
-                .swap(true, Ordering::Relaxed)
-            {
-                tracing::warn!(tier = name, op, error = %e, "cache tier refuses access; continuing without it");
-            } else {
+                .swap(true, Ordering::Relaxed);
+            if said {
                 tracing::debug!(tier = name, op, error = %e, "cache tier refuses access");
+            } else {
+                tracing::warn!(tier = name, op, error = %e, "cache tier refuses access; continuing without it");
             }
         } else {
             tracing::warn!(tier = name, op, error = %e, "cache tier failed; continuing without it");

@@ -302,20 +302,16 @@ async fn serve(
             target,
             seq,
         };
-        match answer(&request) {
-            Some(reply) => {
-                if stream.write_all(&reply.encode()).await.is_err() {
-                    return;
-                }
+        if let Some(reply) = answer(&request) {
+            if stream.write_all(&reply.encode()).await.is_err() {
+                return;
             }
-            None => {
-                if let Some(host) = &upstream {
-                    let _ = forward(&mut stream, host, &head, &body).await;
-                    return;
-                }
-                // Silent: hold the connection until the server stops.
-                std::future::pending::<()>().await;
-            }
+        } else if let Some(host) = &upstream {
+            let _ = forward(&mut stream, host, &head, &body).await;
+            return;
+        } else {
+            // Silent: hold the connection until the server stops.
+            std::future::pending::<()>().await;
         }
     }
 }
