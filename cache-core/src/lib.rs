@@ -16,8 +16,9 @@
 //! * [`storage::Storage`] and [`Cache`]: a backend implements the small `Storage` trait
 //!   (entries, blobs, recency, health) and `Cache` does everything else: policy, key
 //!   checks, publish order, digest verification, every workspace write.
-//! * [`BackendError`] and [`Fault`]: who is at fault decides whether a task runs
-//!   uncached (the cache's fault) or the caller fixes something.
+//! * [`BackendError`] and [`Fault`]: who owns an error decides what happens: the
+//!   cache's fault runs the task uncached, a refused permission stops writing a tier
+//!   that is still read, the caller's is returned to be fixed.
 //! * Combinators: [`Tiered`], [`Instrumented`], [`CircuitBreaker`].
 //!
 //! * [`collect_outputs`]: the one walk from a task's declared output paths to the
@@ -53,7 +54,8 @@
 //!     match replayed.await {
 //!         Ok(Some(code)) => return Ok(code),
 //!         Ok(None) => {}
-//!         Err(e) if e.is_cache_fault() => {} // run uncached
+//!         // The cache's fault or a refused permission: run uncached.
+//!         Err(e) if e.fault() != cache_core::Fault::Caller => {}
 //!         Err(e) => return Err(e),
 //!     }
 //!     // ... run the task, then (a failed store is a warning, never the task's failure):
@@ -69,12 +71,55 @@
 //! on a blocking thread) and put them in the [`CacheEntry`]. A failed `store` is a
 //! warning, never the task's failure, whoever is at fault: the task already ran.
 //!
+//! ## Who owns a fault
+//!
+//! [`BackendError::fault`] names one of three owners, and each has its own answer:
+//!
+//! * [`Fault::Cache`]: the storage failed (I/O, a server down or slow, a corrupt entry,
+//!   a request the server rejected). Degrade: the task runs uncached, and the fault
+//!   counts towards the tier's outages ([`CircuitBreaker`] counts only these; an
+//!   outage, [`BackendError::is_outage`], can open it at once).
+//! * [`Fault::Permission`]: the tier answered and refuses this caller (HTTP 401/403,
+//!   gRPC `PERMISSION_DENIED`, a read-only REAPI cache). Not an outage: keep reading the
+//!   tier, stop writing it, say so once ([`Tiered`] does all three).
+//! * [`Fault::Caller`]: a bad key, outputs that cannot be cached, a workspace that is
+//!   missing or in the way. Return it: another tier would fail the same way.
+//!
+//! ```
+//! use cache_core::{BackendError, Fault};
+//!
+//! /// What an executor does with a failed cache call.
+//! fn answer(e: &BackendError) -> &'static str {
+//!     match e.fault() {
+//!         Fault::Cache => "run uncached; the tier's breaker counts it",
+//!         Fault::Permission => "run (or keep the result) without that tier; keep reading it",
+//!         Fault::Caller => "fail: fix what the error names",
+//!     }
+//! }
+//!
+//! let down = BackendError::unavailable("grpc://cache:8980 GetActionResult: Unavailable");
+//! let read_only = BackendError::permission_denied("the action cache is read-only");
+//! let no_workspace = BackendError::workspace(
+//!     "open workspace",
+//!     "/ci/missing",
+//!     std::io::ErrorKind::NotFound.into(),
+//! );
+//! assert_eq!(answer(&down), "run uncached; the tier's breaker counts it");
+//! assert!(down.is_outage() && !read_only.is_outage());
+//! assert_eq!(read_only.fault(), Fault::Permission);
+//! assert_eq!(no_workspace.fault(), Fault::Caller);
+//! // The origin's degradable-vs-hard split stands beside the owners.
+//! assert!(down.is_gracefully_degradable() && read_only.is_gracefully_degradable());
+//! assert!(!no_workspace.is_gracefully_degradable());
+//! ```
+//!
 //! ## Stacking combinators
 //!
 //! The usual stack, as the `taskcache` command builds it: a fast local tier in front of
 //! a shared one ([`Tiered`]); every tier bounded by [`Deadline`]; the shared tier behind
-//! a [`CircuitBreaker`] that skips it after repeated faults (timeouts included), so a
-//! dead remote costs one deadline, not one per task; [`Instrumented`] outermost to
+//! a [`CircuitBreaker`] that skips it after repeated cache faults (timeouts included),
+//! so a dead remote costs one deadline, not one per task, while a remote that refuses
+//! writes is only no longer written (by [`Tiered`]); [`Instrumented`] outermost to
 //! count hits, misses, bytes and errors of the whole.
 //!
 //! ```
@@ -94,6 +139,7 @@
 
 mod backend;
 mod blocking;
+mod breaker;
 mod cache;
 mod collect;
 mod combinators;
@@ -116,9 +162,10 @@ pub use backend::{
     CacheBackend, CacheEntry, CacheLookupResult, CacheOutput, LogBytes, OutputContent,
 };
 pub use blocking::{Job, Spawner, thread_per_job};
+pub use breaker::CircuitBreaker;
 pub use cache::Cache;
 pub use collect::{collect_outputs, collect_outputs_with};
-pub use combinators::{CircuitBreaker, Instrumented, Metrics, Tiered, TieredStats};
+pub use combinators::{Instrumented, Metrics, Tiered, TieredStats};
 pub use deadline::{Deadline, Deadlines, Sleep};
 pub use digest::{BlobRef, Digest, DigestAlgorithm, Hasher};
 pub use error::{BackendError, BackendResult, BoxError, Detail, Fault};

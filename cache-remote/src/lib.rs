@@ -27,8 +27,17 @@
 //!   blobs and lazy, bounded ByteStream `Read` streams for large ones.
 //! * **Network**: one shared HTTP/2 channel, connect and per-call deadlines, retries
 //!   with exponential backoff and jitter on UNAVAILABLE, RESOURCE_EXHAUSTED, ABORTED and
-//!   DEADLINE_EXCEEDED, bounded concurrency. Every failure is a cache fault; put the
-//!   backend behind [`cache_core::CircuitBreaker`] so a dead server costs one timeout.
+//!   DEADLINE_EXCEEDED, bounded concurrency.
+//! * **Faults**: every gRPC status is mapped by who owns it ([`status_error`]): an
+//!   outage (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, INTERNAL, UNKNOWN,
+//!   ABORTED, CANCELLED), a refused permission (PERMISSION_DENIED, UNAUTHENTICATED:
+//!   [`cache_core::Fault::Permission`]), or a request the server rejected
+//!   (INVALID_ARGUMENT, FAILED_PRECONDITION, OUT_OF_RANGE, ...: the cache's, not an
+//!   outage); NOT_FOUND of a result or blob is a miss. A read-only action cache
+//!   (`update_enabled: false`) refuses every store up front as a permission fault,
+//!   before any blob is sent. Put the backend behind [`cache_core::CircuitBreaker`]
+//!   so a dead server costs one timeout, and in [`cache_core::Tiered`] so a read-only
+//!   one is read and no longer written.
 //!
 //! ```no_run
 //! use cache_remote::{RemoteConfig, RemoteStorage};
@@ -52,7 +61,7 @@ mod config;
 pub mod fuzz;
 pub mod mapping;
 
-pub use client::{Caps, ZstdSupport};
+pub use client::{Caps, ZstdSupport, status_error};
 pub use config::{RemoteConfig, Secret, TlsConfig};
 
 use blobs::Payload;
@@ -146,6 +155,22 @@ impl RemoteStorage {
     #[must_use]
     pub fn describe(&self) -> &str {
         &self.client.describe
+    }
+
+    /// Refuses a write up front when the server's action cache is read-only
+    /// (`update_enabled: false` in its capabilities, asked once): a
+    /// [`cache_core::Fault::Permission`] fault before any blob is sent, so a store to a
+    /// read-only cache costs no upload and is no outage (a read-only token's executor
+    /// keeps reading the cache).
+    fn writable(&self, caps: &Caps) -> BackendResult<()> {
+        if caps.update_enabled {
+            return Ok(());
+        }
+        Err(BackendError::permission_denied(format!(
+            "{}: the action cache is read-only (the server's capabilities say \
+             update_enabled: false); reading from it, not writing to it",
+            self.describe()
+        )))
     }
 
     /// Calls made so far, by RPC (every attempt), and blob bytes sent: what a
@@ -384,18 +409,13 @@ impl Storage for RemoteStorage {
 
     async fn put_entry(&self, key: &EntryKey, record: Arc<ActionRecord>) -> BackendResult<()> {
         let caps = self.client.caps().await?.clone();
-        if !caps.update_enabled {
-            return Err(BackendError::unavailable(format!(
-                "{}: the action cache is read-only (update_enabled is false)",
-                self.describe()
-            )));
-        }
+        self.writable(&caps)?;
         if !caps.absolute_symlinks
             && record.outputs.iter().any(
                 |o| matches!(o, OutputRecord::Symlink { target, .. } if target.starts_with('/')),
             )
         {
-            return Err(BackendError::unavailable(format!(
+            return Err(BackendError::rejected(format!(
                 "{}: the server disallows absolute symlink targets",
                 self.describe()
             )));
@@ -425,12 +445,7 @@ impl Storage for RemoteStorage {
 
     async fn remove_entry(&self, key: &EntryKey) -> BackendResult<()> {
         let caps = self.client.caps().await?.clone();
-        if !caps.update_enabled {
-            return Err(BackendError::unavailable(format!(
-                "{}: the action cache is read-only",
-                self.describe()
-            )));
-        }
+        self.writable(&caps)?;
         let algorithm = caps.algorithm(None, self.describe())?;
         let action = mapping::action_for(key, algorithm);
         self.upload_missing(
@@ -484,6 +499,8 @@ impl Storage for RemoteStorage {
         algorithm: Option<DigestAlgorithm>,
     ) -> BackendResult<Vec<BlobRef>> {
         let caps = self.client.caps().await?.clone();
+        // Blobs are only ever sent for an entry: to a read-only action cache, none.
+        self.writable(&caps)?;
         let algorithm = caps.algorithm(algorithm, self.describe())?;
         let (hashed, spools) =
             tokio::task::spawn_blocking(move || hash_sources(sources, algorithm))

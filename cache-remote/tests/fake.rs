@@ -324,36 +324,6 @@ fn batches_respect_the_limit_with_per_blob_overhead() {
 }
 
 #[test]
-fn a_read_only_action_cache_refuses_stores_and_still_serves_hits() {
-    rt().block_on(async {
-        let (url, state) = fake::start().await;
-        let writer = cache(open(&url, |_| {}));
-        let key = fresh_key();
-        store(&writer, &key, &entry(vec![file("a.txt", b"a".to_vec())])).await;
-        state.caps.lock().unwrap().action_cache_update_capabilities = Some(
-            bazel_remote_apis::build::bazel::remote::execution::v2::ActionCacheUpdateCapabilities {
-                update_enabled: false,
-            },
-        );
-        let reader = cache(open(&url, |_| {}));
-        let e = reader
-            .store(&task(), &fresh_key(), &entry(vec![]), CachePolicy::Normal)
-            .await
-            .unwrap_err();
-        assert!(
-            e.is_cache_fault() && e.to_string().contains("read-only"),
-            "{e}"
-        );
-        assert_eq!(
-            state.calls("UpdateActionResult"),
-            1,
-            "only the first writer's"
-        );
-        assert_eq!(restore_bytes(&reader, &key, "a.txt").await, b"a");
-    });
-}
-
-#[test]
 fn a_result_whose_tree_or_files_are_gone_is_a_miss() {
     rt().block_on(async {
         let (url, state) = fake::start().await;

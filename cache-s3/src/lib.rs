@@ -44,9 +44,13 @@
 //! providers are cargo features: `aws` (default), `gcp`, `azure`.
 //!
 //! Throttling, server errors after retries, timeouts and connection failures are
-//! [`cache_core::Fault::Cache`] faults that degrade (the task runs uncached); a missing
-//! bucket or refused credentials are errors naming the bucket, the endpoint and the
-//! credential source, never a secret.
+//! [`cache_core::Fault::Cache`] faults that degrade (the task runs uncached); refused
+//! credentials (HTTP 401 and 403, object_store's `Unauthenticated` and
+//! `PermissionDenied`) are [`cache_core::Fault::Permission`] faults
+//! ([`cache_core::BackendError::PermissionDenied`]: a read-only token's store is
+//! refused, its reads go on, and [`cache_core::Tiered`] stops writing the bucket); a
+//! missing bucket is an error. Each names the bucket, the endpoint and the credential
+//! source, never a secret.
 //!
 //! Object stores keep no access time: `touch` (after every restore) records an
 //! entry's last use as the time of a marker `used/<alg>/<hex>`, rewritten at most once

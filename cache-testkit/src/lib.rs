@@ -48,6 +48,9 @@
 //!   first N calls with a chosen error, or add latency, to test degradation paths.
 //! * [`loopback`]: a tiny HTTP server on 127.0.0.1 that answers as a test says (an
 //!   object store that lists forever, never answers, refuses), for network backends.
+//! * [`refusal::read_only_tier`]: what a tier that refuses writes by permission (a
+//!   read-only token or cache) must do, behind `Tiered` and a breaker: stores refused
+//!   as [`cache_core::Fault::Permission`], sent once, reads still served.
 //! * [`fixtures`]: temporary workspaces that notice writes outside them, output trees
 //!   with known bytes, snapshots of restored trees and their comparison, hostile entries.
 //!
@@ -143,6 +146,7 @@ pub mod fuzz;
 mod io;
 pub mod loopback;
 mod memory;
+pub mod refusal;
 
 pub use fault::{
     BackendOp, FaultError, FaultInjector, FaultPlan, FaultyBackend, FaultyStorage, StorageOp,
