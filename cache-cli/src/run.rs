@@ -39,6 +39,11 @@
 //!   and the step passes. A shared tier that refuses writes is still read (its hits
 //!   are replayed) and the result is stored in the local tier only; a cache that
 //!   refuses reads runs the command uncached.
+//! * A cache call that times out (every tier is under a [`cache_core::Deadline`]) was
+//!   cancelled before the timeout came back ([`cache_core::cancel`]): nothing the
+//!   restore started is renamed, created or re-timed in the workspace afterwards, and
+//!   its temporary files are gone, so the command never races a late restore over
+//!   its outputs.
 //! * Errors on store: a warning; the exit code stays the command's.
 //!
 //! # Miss
@@ -560,6 +565,8 @@ pub fn run(args: &TaskArgs) -> Result<u8, Failure> {
         }
     }
     why.log_changes();
+    // A failed or timed-out restore was cancelled before `try_hit` returned: nothing
+    // of it writes into the workspace from here on (see the module docs).
     let finished = match crate::runner::run(&args.command, &p.workspace, args.max_log_size) {
         Ok(f) => f,
         Err(e) => {
@@ -587,245 +594,5 @@ pub fn run(args: &TaskArgs) -> Result<u8, Failure> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use cache_core::Cache;
-    use cache_core::RelPath;
-    use cache_testkit::{
-        BackendOp, FaultError, FaultPlan, FaultyBackend, FaultyStorage, MemoryBackend,
-        MemoryStorage, StorageOp,
-    };
-    use std::sync::Arc;
-
-    /// A workspace, a task with one output, and a memory cache holding its result.
-    struct Setup {
-        _dir: tempfile::TempDir,
-        p: Prepared,
-        task: Task,
-        memory: Arc<dyn CacheBackend>,
-        storage: MemoryStorage,
-    }
-
-    fn setup() -> Setup {
-        let dir = tempfile::tempdir().unwrap();
-        let workspace = std::fs::canonicalize(dir.path()).unwrap();
-        let spec = TaskSpec {
-            command: vec!["make".into()],
-            env: Vec::new(),
-            inputs: Vec::new(),
-            outputs: vec![RelPath::parse("out.txt").unwrap()],
-            absolute_symlinks: false,
-        };
-        let (key, inputs) = task_key(&spec, &workspace, |_| None).unwrap();
-        let key = key.to_string();
-        let p = Prepared {
-            workspace,
-            spec,
-            key,
-            inputs,
-            id: "make".into(),
-            cache: None,
-            remote: None,
-            max_log: 64 << 20,
-            signing: backend::Signing::default(),
-            deadlines: cache_core::Deadlines::default(),
-            reapi: backend::ReapiSettings::default(),
-        };
-        let task = task_of(&p, CachePolicy::Normal);
-        let backend = MemoryBackend::new();
-        let storage = backend.storage().clone();
-        let memory: Arc<dyn CacheBackend> = Arc::new(backend);
-        let entry = CacheEntry {
-            outputs: vec![cache_core::CacheOutput::bytes(
-                "out.txt",
-                b"cached".to_vec(),
-                false,
-            )],
-            stdout: Some(Vec::new()),
-            stderr: Some(Vec::new()),
-            ..CacheEntry::default()
-        };
-        runtime()
-            .unwrap()
-            .block_on(memory.store(&task, &p.key, &entry, CachePolicy::Normal))
-            .unwrap();
-        Setup {
-            _dir: dir,
-            p,
-            task,
-            memory,
-            storage,
-        }
-    }
-
-    fn session(backend: Arc<dyn CacheBackend>) -> Session {
-        Session {
-            rt: runtime().unwrap(),
-            opened: Opened {
-                backend,
-                describe: "test".into(),
-                tiered: None,
-                local: None,
-            },
-        }
-    }
-
-    fn hit(s: &Setup, session: &Session) -> Option<u8> {
-        try_hit(
-            &s.p,
-            &s.task,
-            CachePolicy::Normal,
-            session,
-            false,
-            Instant::now(),
-        )
-        .ok()
-    }
-
-    #[test]
-    fn a_healthy_cache_hits_and_restores() {
-        let s = setup();
-        assert_eq!(hit(&s, &session(Arc::clone(&s.memory))), Some(0));
-        let out = std::fs::read(s.p.workspace.join("out.txt")).unwrap();
-        assert_eq!(out, b"cached");
-    }
-
-    #[test]
-    fn cache_errors_mean_running_the_command() {
-        let s = setup();
-        let lookup_fails = Arc::new(FaultyBackend::new(
-            Arc::clone(&s.memory),
-            FaultPlan::always(FaultError::Unavailable).only([BackendOp::Lookup]),
-        ));
-        assert_eq!(hit(&s, &session(lookup_fails.clone())), None);
-        assert_eq!(lookup_fails.faults().injected(), 1);
-        // Every storage call of a hit, failing with a cache fault.
-        for (op, error) in [
-            (StorageOp::GetEntry, FaultError::Unavailable),
-            (
-                StorageOp::GetEntry,
-                FaultError::Io(std::io::ErrorKind::PermissionDenied),
-            ),
-            (StorageOp::FindMissingBlobs, FaultError::Connection),
-            (StorageOp::OpenBlobs, FaultError::BlobNotFound),
-            (StorageOp::OpenBlobs, FaultError::Connection),
-        ] {
-            let faulty = Arc::new(Cache::new(
-                FaultyStorage::new(
-                    s.storage.clone(),
-                    FaultPlan::always(error.clone()).only([op]),
-                ),
-                cache_testkit::spawn_blocking,
-            ));
-            assert_eq!(
-                hit(&s, &session(faulty.clone())),
-                None,
-                "{op:?} failing with {error:?} must fall back to running"
-            );
-            assert_eq!(faulty.storage().faults().injected(), 1, "{op:?} {error:?}");
-        }
-        // A blob whose bytes are wrong: refused, and the command runs.
-        let blob = cache_core::BlobRef::of(cache_core::DigestAlgorithm::Blake3, b"cached");
-        runtime()
-            .unwrap()
-            .block_on(cache_testkit::Tamper::flip_blob_byte(&s.storage, &blob))
-            .unwrap();
-        assert_eq!(hit(&s, &session(Arc::clone(&s.memory))), None);
-        assert_ne!(
-            std::fs::read(s.p.workspace.join("out.txt")).ok().as_deref(),
-            Some(&b"cachef"[..]),
-            "no wrong byte reaches the workspace"
-        );
-    }
-
-    #[test]
-    fn a_remote_that_is_down_costs_one_call_per_run() {
-        let s = setup();
-        for error in [FaultError::Unavailable, FaultError::Connection] {
-            let down = Arc::new(FaultyBackend::new(
-                Arc::new(MemoryBackend::new()),
-                FaultPlan::always(error.clone()),
-            ));
-            let local: Arc<dyn CacheBackend> = Arc::new(MemoryBackend::new());
-            let opened = crate::backend::tiered(
-                local,
-                down.clone(),
-                "test".into(),
-                cache_core::Deadlines::default(),
-            );
-            let session = Session {
-                rt: runtime().unwrap(),
-                opened,
-            };
-            // One run: the lookup meets the dead remote, and the store after the
-            // command skips it (drill remote: a frozen server cost a run two deadlines
-            // when only three failures in a row opened the breaker).
-            assert_eq!(hit(&s, &session), None);
-            let entry = CacheEntry::default();
-            session
-                .rt
-                .block_on(session.opened.backend.store(
-                    &s.task,
-                    &s.p.key,
-                    &entry,
-                    CachePolicy::Normal,
-                ))
-                .unwrap();
-            assert_eq!(
-                down.faults().calls(),
-                1,
-                "the remote was called after the breaker opened ({error:?})"
-            );
-        }
-    }
-
-    #[test]
-    fn a_cached_failure_needs_cache_failures_to_replay() {
-        let s = setup();
-        let key = s.p.key.clone();
-        let failed = CacheEntry {
-            exit_code: 4,
-            ..CacheEntry::default()
-        };
-        let b = Arc::clone(&s.memory);
-        let session = session(b);
-        session
-            .rt
-            .block_on(
-                session
-                    .opened
-                    .backend
-                    .store(&s.task, &key, &failed, CachePolicy::Normal),
-            )
-            .unwrap();
-        assert_eq!(hit(&s, &session), None);
-        assert_eq!(
-            try_hit(
-                &s.p,
-                &s.task,
-                CachePolicy::Normal,
-                &session,
-                true,
-                Instant::now()
-            )
-            .ok(),
-            Some(4)
-        );
-    }
-
-    #[test]
-    fn command_lines_are_quoted_readably() {
-        let c = |v: &[&str]| command_line(&v.iter().map(OsString::from).collect::<Vec<_>>());
-        assert_eq!(c(&["make", "-j4", "all"]), "make -j4 all");
-        assert_eq!(c(&["sh", "-c", "echo hi"]), "sh -c 'echo hi'");
-        assert_eq!(c(&["echo", "it's", ""]), r"echo 'it'\''s' ''");
-    }
-
-    #[test]
-    fn exit_codes_fit_a_byte() {
-        assert_eq!(exit_byte(0), 0);
-        assert_eq!(exit_byte(143), 143);
-        assert_eq!(exit_byte(-1), 1);
-        assert_eq!(exit_byte(256), 1);
-    }
-}
+#[path = "run_tests.rs"]
+mod tests;

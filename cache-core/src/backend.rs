@@ -214,6 +214,19 @@ pub type LogBytes = (Option<Vec<u8>>, Option<Vec<u8>>);
 /// the calls, the exit code from `check`, the outputs and the logs may come from two
 /// different stores of the same key. Both were valid results for that key; an executor
 /// that needs them to be the same run uses `lookup`.
+///
+/// # Dropping a call
+///
+/// An executor may drop any call's future (a task cancelled, its own timeout) or let a
+/// [`crate::Deadline`] time it out, and then run the task and write its outputs at
+/// once. With [`crate::Cache`] (every backend in this workspace), a dropped call
+/// writes nothing visible afterwards ([`crate::cancel`]): once the drop returns, no
+/// output of a dropped [`Hit::restore`] is renamed into place, created or re-timed
+/// (what it placed before stays; its temporary files are gone), and a dropped `store`
+/// or `import` publishes no entry. Its blocking jobs stop at their next check (the end
+/// of the current read or write); the drop does not wait for that, a `Deadline`
+/// timeout does (at most [`crate::cancel::JOIN_WAIT`]). A backend implemented from
+/// scratch owes its callers the same.
 #[async_trait]
 pub trait CacheBackend: Send + Sync {
     /// Looks `key` up. With a policy that does not allow reads this is `None` without

@@ -4,7 +4,7 @@
 //! The executor hands `Cache` a spawner: with tokio it is one line,
 //! `|job| { tokio::task::spawn_blocking(job); }`. [`run`] then awaits the job's value
 //! through a one-shot slot written here, so this crate needs no runtime and no channel
-//! crate.
+//! crate. Every job is bound to the cache call that started it ([`crate::cancel`]).
 
 use crate::{BackendError, BackendResult};
 use std::future::Future;
@@ -104,7 +104,8 @@ impl<T> Future for Started<T> {
 
 /// Starts `f` through `spawn` now (not when first polled, so several jobs started in
 /// a row run side by side). A panic in `f` is resumed in whoever awaits it; a job
-/// dropped unrun is `Unavailable`.
+/// dropped unrun is `Unavailable`. The job is bound to the call being polled
+/// ([`crate::cancel`]): it is skipped if the call is cancelled before it starts.
 pub(crate) fn start<T, F>(spawn: &(dyn Fn(Job) + Send + Sync), f: F) -> Started<T>
 where
     T: Send + 'static,
@@ -116,10 +117,20 @@ where
         waker: None,
     }));
     let tx = Sender(Arc::clone(&slot));
-    spawn(Box::new(move || {
-        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    // The job belongs to the call being polled: it counts as one of its jobs, sees its
+    // token, and does not start at all once the call is cancelled (a saturated pool
+    // may run it long after).
+    let cancel = crate::cancel::CancelToken::current();
+    let job = cancel.bind(move || {
+        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            crate::cancel::CancelToken::current()
+                .check()
+                .map_err(BackendError::Io)?;
+            f()
+        }));
         tx.send(out);
-    }));
+    });
+    spawn(Box::new(job));
     Started(Receiver(slot))
 }
 

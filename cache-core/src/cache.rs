@@ -488,9 +488,51 @@ fn log_source(log: Option<&Vec<u8>>) -> (LogRecord, Option<BlobSource>) {
     }
 }
 
+/// Each call runs in its own cancellation scope: dropping it (or a [`crate::Deadline`]
+/// timing it out) stops its blocking jobs and the storage's before they publish
+/// anything ([`crate::cancel`]).
 #[async_trait]
 impl<S: Storage> CacheBackend for Cache<S> {
     async fn lookup(
+        &self,
+        task: &Task,
+        key: &Digest,
+        policy: CachePolicy,
+    ) -> BackendResult<Option<Hit>> {
+        crate::cancel::scoped(self.lookup_unscoped(task, key, policy)).await
+    }
+
+    async fn store(
+        &self,
+        task: &Task,
+        digest: &str,
+        entry: &CacheEntry,
+        policy: CachePolicy,
+    ) -> BackendResult<()> {
+        crate::cancel::scoped(self.store_unscoped(task, digest, entry, policy)).await
+    }
+
+    async fn import(
+        &self,
+        task: &Task,
+        hit: &Hit,
+        policy: CachePolicy,
+    ) -> BackendResult<Option<Hit>> {
+        crate::cancel::scoped(self.import_unscoped(task, hit, policy)).await
+    }
+
+    fn name(&self) -> &'static str {
+        self.storage.name()
+    }
+
+    async fn health_check(&self) -> BackendResult<()> {
+        self.storage.health_check().await
+    }
+}
+
+/// The calls of [`CacheBackend`], each run in its scope by the impl above.
+impl<S: Storage> Cache<S> {
+    async fn lookup_unscoped(
         &self,
         task: &Task,
         key: &Digest,
@@ -557,7 +599,7 @@ impl<S: Storage> CacheBackend for Cache<S> {
         Ok(Some(self.hit(entry_key, Arc::new(record), policy)))
     }
 
-    async fn store(
+    async fn store_unscoped(
         &self,
         task: &Task,
         digest: &str,
@@ -578,7 +620,7 @@ impl<S: Storage> CacheBackend for Cache<S> {
             .await
     }
 
-    async fn import(
+    async fn import_unscoped(
         &self,
         task: &Task,
         hit: &Hit,
@@ -631,14 +673,6 @@ impl<S: Storage> CacheBackend for Cache<S> {
         let key = EntryKey::new(record.key, task);
         self.storage.put_entry(&key, Arc::clone(&record)).await?;
         Ok(Some(self.hit(key, record, policy)))
-    }
-
-    fn name(&self) -> &'static str {
-        self.storage.name()
-    }
-
-    async fn health_check(&self) -> BackendResult<()> {
-        self.storage.health_check().await
     }
 }
 

@@ -9,8 +9,13 @@
 //! library under it) is a cache fault too, [`BackendError::Unavailable`] naming the
 //! backend and the call, never a panic in the caller.
 //!
-//! Work already running on a blocking thread (a hung network filesystem) is not
-//! cancelled — nothing can cancel a blocked system call — but the caller stops waiting.
+//! A call that times out is cancelled before the timeout is returned
+//! ([`crate::cancel`]): from then on none of its blocking jobs makes a write visible
+//! (no output renamed into the workspace, no time set, no entry published), and its
+//! jobs are awaited for at most [`crate::cancel::JOIN_WAIT`] so they release what they
+//! hold. An executor may run the task and write its outputs as soon as the timeout is
+//! returned. Only a job stuck in a system call (a hung network filesystem) outlives
+//! the wait; it stops at its next check and still writes nothing visible.
 
 use crate::Task;
 use crate::{BackendError, BackendResult, CacheBackend, CacheEntry, CachePolicy, Digest, Hit};
@@ -75,22 +80,26 @@ pub(crate) struct Limits {
 }
 
 impl Limits {
-    /// `work`, or [`BackendError::Timeout`] if it is not done within `limit`.
+    /// `work`, or [`BackendError::Timeout`] if it is not done within `limit`. A call
+    /// that times out (or panics) is cancelled, and its jobs are awaited for at most
+    /// [`crate::cancel::JOIN_WAIT`] before this returns ([`crate::cancel`]).
     pub(crate) async fn within<T>(
         &self,
         operation: &'static str,
         limit: Duration,
         work: impl Future<Output = BackendResult<T>>,
     ) -> BackendResult<T> {
+        let work = crate::cancel::scoped(work);
+        let call = work.handle();
         let mut work = std::pin::pin!(work);
         let mut timer = (self.sleep)(limit);
         let backend = self.backend;
-        std::future::poll_fn(move |cx| {
+        let outcome = std::future::poll_fn(move |cx| {
             // A panic in the backend or a dependency (a bad URL unwrapped deep in a
             // client, say) is the cache's failure, not the task's: the task runs uncached.
             match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work.as_mut().poll(cx)))
             {
-                Ok(Poll::Ready(r)) => return Poll::Ready(r),
+                Ok(Poll::Ready(r)) => return Poll::Ready(Ok(r)),
                 Ok(Poll::Pending) => {}
                 Err(panic) => {
                     let message = panic_message(panic.as_ref());
@@ -110,7 +119,36 @@ impl Limits {
             }
             Poll::Pending
         })
-        .await
+        .await;
+        match outcome {
+            Ok(done) => done,
+            Err(abandoned) => {
+                // Nothing the call started may write once the caller is told it
+                // failed (the caller may run the task and write the outputs itself):
+                // cancel it, and give its jobs a moment to stop and clean up.
+                call.cancel();
+                self.join(&call, operation).await;
+                Err(abandoned)
+            }
+        }
+    }
+
+    /// Waits, at most [`crate::cancel::JOIN_WAIT`], for a cancelled call's jobs.
+    async fn join(&self, call: &crate::cancel::Handle, operation: &'static str) {
+        let mut stopped = std::pin::pin!(call.stopped());
+        let mut timer = (self.sleep)(crate::cancel::JOIN_WAIT);
+        let stopped = std::future::poll_fn(|cx| {
+            if stopped.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(true);
+            }
+            timer.as_mut().poll(cx).map(|()| false)
+        })
+        .await;
+        if !stopped {
+            // They write nothing visible any more (see `crate::cancel`); a job stuck in
+            // a system call finishes on its own.
+            tracing::warn!(backend = self.backend, operation, wait = ?crate::cancel::JOIN_WAIT, "a cancelled cache call's blocking work has not stopped yet");
+        }
     }
 }
 
@@ -124,7 +162,10 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     crate::error::truncate(text)
 }
 
-/// A [`CacheBackend`] whose every call has a deadline (see the module docs).
+/// A [`CacheBackend`] whose every call has a deadline (see the module docs). A call
+/// that times out is cancelled before [`BackendError::Timeout`] is returned: nothing it
+/// started writes anything visible afterwards, and its jobs are awaited for at most
+/// [`crate::cancel::JOIN_WAIT`] ([`crate::cancel`]).
 ///
 /// ```
 /// use cache_core::{CacheBackend, Deadline, Deadlines, Sleep};

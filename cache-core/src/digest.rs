@@ -213,7 +213,8 @@ impl fmt::Debug for BlobRef {
 pub const COPY_BUFFER: usize = 1 << 20;
 
 /// Copies `reader` to `writer` and hashes what passed, in one pass with a bounded buffer.
-/// Returns the content's [`BlobRef`].
+/// Returns the content's [`BlobRef`]. Inside a cache call that is cancelled it stops
+/// between reads with [`crate::cancel::Cancelled`] ([`crate::cancel`]).
 pub fn copy_hashing(
     reader: &mut dyn Read,
     writer: &mut dyn Write,
@@ -238,7 +239,9 @@ pub(crate) fn copy_hashing_with(
 ) -> std::io::Result<BlobRef> {
     let mut hasher = algorithm.hasher();
     let mut size = 0u64;
+    let cancel = crate::cancel::CancelToken::current();
     loop {
+        cancel.check()?;
         let n = match reader.read(buf) {
             Ok(0) => break,
             Ok(n) => n,
@@ -259,7 +262,8 @@ pub(crate) fn copy_hashing_with(
 /// (`copy_file_range` on Linux, reached through `std::io::copy`: no copy through user
 /// space, a reflink where the filesystem offers one), while a second thread reads back
 /// each chunk once it is in `dst` and hashes it. Returns the [`BlobRef`] of what landed
-/// in `dst`.
+/// in `dst`. Inside a cache call that is cancelled it stops between chunks with
+/// [`crate::cancel::Cancelled`].
 ///
 /// What is hashed is what `dst` holds, not what `src` held: a caller that owns `dst`
 /// (a fresh temporary file) can trust the digest for the file it is about to publish,
@@ -302,10 +306,12 @@ pub fn kernel_copy_hashing(
                 size: pos,
             })
         });
+        let cancel = crate::cancel::CancelToken::current();
         let copied = (|| -> io::Result<()> {
             let mut end = 0u64;
             let mut out = dst;
             while end < limit {
+                cancel.check()?;
                 let n = io::copy(&mut src.take(STEP.min(limit - end)), &mut out)?;
                 if n == 0 {
                     break;

@@ -2,9 +2,11 @@
 //! from. Restoring it and reading its logs use exactly that record, however long the
 //! caller takes and whatever other writers do to the key meanwhile.
 
+pub(crate) use crate::blobfile::open_blob_file;
+use crate::blobfile::{LazyFile, looks_sparse, read_verified};
 use crate::blocking::{self, Spawner};
 use crate::record::{ActionRecord, LogRecord, LogStream, OutputRecord};
-use crate::storage::{BlobSource, EntryKey, Storage, open_regular};
+use crate::storage::{BlobSource, EntryKey, Storage};
 use crate::{
     BackendError, BackendResult, BlobRef, CacheOutput, Digest, LogBytes, OutputContent, RelPath,
     Workspace,
@@ -183,15 +185,24 @@ impl Hit {
     /// Returns the outputs as restored: directories, files (as
     /// [`OutputContent::File`] naming the restored file, with its verified blob), then
     /// symlinks, under the canonical workspace root.
+    ///
+    /// Dropping the returned future (or a [`crate::Deadline`] timing it out) cancels
+    /// the restore: once the drop returns, nothing more appears or changes in the
+    /// workspace (no file renamed into place, no directory, symlink or time set), and
+    /// a file being written stops at its next write, its temporary file removed
+    /// ([`crate::cancel`]). What was placed before stays.
     pub async fn restore(&self, workspace: &Path) -> BackendResult<Vec<CacheOutput>> {
-        let restored = match &self.limits {
-            Some(l) => {
-                let limit = l.deadlines.for_bytes(self.file_bytes());
-                l.within("restore", limit, self.restore_unbounded(workspace))
-                    .await
+        let restored = crate::cancel::scoped(async {
+            match &self.limits {
+                Some(l) => {
+                    let limit = l.deadlines.for_bytes(self.file_bytes());
+                    l.within("restore", limit, self.restore_unbounded(workspace))
+                        .await
+                }
+                None => self.restore_unbounded(workspace).await,
             }
-            None => self.restore_unbounded(workspace).await,
-        };
+        })
+        .await;
         self.noted(restored)
     }
 
@@ -389,17 +400,22 @@ impl Hit {
     /// [`BackendError::LogTooLarge`] before anything is read (the size comes from the
     /// cache, so it is checked before it can choose how much memory is used). Use
     /// [`Hit::log_reader`] to stream logs of any size.
+    ///
+    /// Dropping the future stops the reads it started at their next chunk.
     pub async fn logs_up_to(&self, limit: u64) -> BackendResult<LogBytes> {
-        let logs = match &self.limits {
-            Some(l) => {
-                let deadline = l
-                    .deadlines
-                    .for_bytes(self.bytes().saturating_sub(self.file_bytes()));
-                l.within("read logs", deadline, self.logs_unbounded(limit))
-                    .await
+        let logs = crate::cancel::scoped(async {
+            match &self.limits {
+                Some(l) => {
+                    let deadline = l
+                        .deadlines
+                        .for_bytes(self.bytes().saturating_sub(self.file_bytes()));
+                    l.within("read logs", deadline, self.logs_unbounded(limit))
+                        .await
+                }
+                None => self.logs_unbounded(limit).await,
             }
-            None => self.logs_unbounded(limit).await,
-        };
+        })
+        .await;
         self.noted(logs)
     }
 
@@ -429,7 +445,7 @@ impl Hit {
         &self,
         stream: LogStream,
     ) -> BackendResult<Option<Box<dyn Read + Send>>> {
-        let reader = self.open_log(stream).await;
+        let reader = crate::cancel::scoped(self.open_log(stream)).await;
         self.noted(reader)
     }
 
@@ -475,74 +491,6 @@ impl Hit {
             .ok_or(BackendError::BlobNotFound { digest: blob })?;
         let read = blocking::run(&*self.blocking, move || read_verified(source, &blob)).await;
         self.settle(read).await.map(Some)
-    }
-}
-
-/// A blob file opened on first read (so opening happens on the reader's thread).
-struct LazyFile {
-    path: PathBuf,
-    blob: BlobRef,
-    file: Option<std::fs::File>,
-}
-
-impl Read for LazyFile {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if self.file.is_none() {
-            let f = open_blob_file(&self.path, &self.blob).map_err(std::io::Error::other)?;
-            self.file = Some(f);
-        }
-        match &mut self.file {
-            Some(f) => f.read(buf),
-            None => Ok(0),
-        }
-    }
-}
-
-/// Reads a whole blob into memory, verified (blocking).
-pub(crate) fn read_verified(source: BlobSource, blob: &BlobRef) -> BackendResult<Vec<u8>> {
-    // The recorded size is only a hint for the allocation: never trust it past a few MiB.
-    let hint = usize::try_from(blob.size.min(8 << 20)).unwrap_or(0);
-    let mut bytes = Vec::with_capacity(hint);
-    let mut reader = match source {
-        BlobSource::File(path) => Box::new(open_blob_file(&path, blob)?),
-        other => other.into_reader()?,
-    };
-    crate::digest::copy_verified(&mut reader, &mut bytes, blob)?;
-    Ok(bytes)
-}
-
-/// Whether a blob file has far fewer allocated blocks than bytes (holes): its
-/// length is no measure of what writing it out costs.
-#[cfg(unix)]
-fn looks_sparse(f: &std::fs::File) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    f.metadata()
-        .is_ok_and(|m| m.len() > (1 << 20) && m.blocks().saturating_mul(512) < m.len() / 2)
-}
-
-#[cfg(not(unix))]
-fn looks_sparse(_f: &std::fs::File) -> bool {
-    false
-}
-
-/// Opens a blob's file; one gone since the lookup (evicted) is a missing blob, and
-/// one of mostly holes is damaged, refused unread (its claimed length would cost a
-/// read far beyond what it holds: [`crate::storage::sparse_blob_reason`]).
-pub(crate) fn open_blob_file(path: &Path, blob: &BlobRef) -> BackendResult<std::fs::File> {
-    let f = open_regular(path).map_err(|e| match &e {
-        BackendError::IoWithContext { source, .. }
-            if source.kind() == std::io::ErrorKind::NotFound =>
-        {
-            BackendError::BlobNotFound { digest: *blob }
-        }
-        _ => e,
-    })?;
-    match crate::storage::sparse_blob_reason(&f) {
-        None => Ok(f),
-        Some(reason) => Err(BackendError::DamagedBlob {
-            digest: *blob,
-            reason,
-        }),
     }
 }
 

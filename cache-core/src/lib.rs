@@ -25,6 +25,8 @@
 //!   outputs handed to `store` (directories, files streamed from disk, safe symlinks;
 //!   escapes, special files and missing outputs refused by name).
 //! * [`Deadline`]: every cache call bounded, so a hung cache costs one timeout.
+//! * [`cancel`]: a call that is dropped or times out writes nothing afterwards, so an
+//!   executor may run the task as soon as it gives up on the cache.
 //!
 //! It depends on no async runtime and no network crate.
 //!
@@ -66,6 +68,11 @@
 //!     Ok(0)
 //! }
 //! ```
+//!
+//! Cancelling is dropping: drop a call's future (or let a [`Deadline`] time it out)
+//! and its blocking work stops; once the drop returns nothing more of a restore lands
+//! in the workspace and a store publishes nothing ([`cancel`]), so the task can run
+//! and write its outputs at once.
 //!
 //! On a miss, collect the declared outputs with [`collect_outputs`] (blocking: run it
 //! on a blocking thread) and put them in the [`CacheEntry`]. A failed `store` is a
@@ -138,9 +145,11 @@
 //! ```
 
 mod backend;
+mod blobfile;
 mod blocking;
 mod breaker;
 mod cache;
+pub mod cancel;
 mod collect;
 mod combinators;
 mod deadline;
@@ -151,6 +160,7 @@ mod hit;
 mod key;
 pub mod mode;
 mod path;
+mod pending;
 mod policy;
 mod record;
 pub mod sign;

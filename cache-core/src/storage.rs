@@ -13,6 +13,14 @@
 //! Every method is required: a wrapper (fault injection, I/O counting) must forward
 //! each one, and one that forgets does not compile.
 //!
+//! **Cancellation.** A call can be dropped at any await ([`crate::cancel`]). A storage
+//! method that runs blocking work binds the job to the call
+//! (`tokio::task::spawn_blocking(cache_core::cancel::bind(job))`); inside it,
+//! [`copy_hashing`] and [`kernel_copy_hashing`] stop between chunks once the call is
+//! cancelled, other read loops use [`crate::cancel::CancelToken::reader`] or `check`,
+//! and a step that publishes from the job (a rename into place) runs through
+//! [`crate::cancel::CancelToken::publish`], so a dropped store publishes nothing.
+//!
 //! A byte store (a directory, an object store) keeps an entry as the bytes of
 //! [`ActionRecord::encode`] and reads it back with [`ActionRecord::decode`], which checks
 //! the header, checksum, key and every path; a protocol store (REAPI) maps the typed

@@ -17,11 +17,18 @@
 //! one modification time, taken after its last write ([`Workspace::set_mtime`]), so
 //! tools that compare times (cargo, make, npm's hidden lockfile) see a consistent tree.
 //!
+//! Cancellation: a workspace opened inside a cache call (or one of its blocking jobs)
+//! belongs to that call ([`crate::cancel`]). Once the call is cancelled (dropped, timed
+//! out) no directory, temporary file, rename, symlink or time set is started, a file
+//! being filled stops at its next write and its temporary file is removed, and the
+//! cancel waits for a step already under way: nothing it does is visible afterwards.
+//!
 //! All of it is blocking filesystem work: async callers run it on a blocking thread.
 
-use crate::digest::check_blob;
+use crate::cancel::CancelToken;
 use crate::dirtemp::DirTemp;
 use crate::path::check_symlink_target;
+pub use crate::pending::PendingFile;
 use crate::{BackendError, BackendResult, BlobRef, RelPath};
 
 use std::fs::{self, File};
@@ -36,10 +43,14 @@ pub struct Workspace {
     /// beneath it, so a symlink swapped into the path meanwhile cannot redirect them.
     #[cfg(unix)]
     root_fd: std::sync::Arc<std::os::fd::OwnedFd>,
+    /// The cache call this workspace is written for: every visible step is gated on it.
+    cancel: CancelToken,
 }
 
 impl Workspace {
-    /// Opens an existing directory as a workspace (the path is canonicalized).
+    /// Opens an existing directory as a workspace (the path is canonicalized). Opened
+    /// inside a cache call, it stops writing when the call is cancelled (see the module
+    /// docs).
     pub fn open(root: &Path) -> BackendResult<Self> {
         let root = fs::canonicalize(root)
             .map_err(|e| BackendError::workspace("open workspace", root, e))?;
@@ -65,6 +76,7 @@ impl Workspace {
             root,
             #[cfg(unix)]
             root_fd,
+            cancel: CancelToken::current(),
         })
     }
 
@@ -100,13 +112,13 @@ impl Workspace {
             }
             other => other?,
         };
-        rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(0o777))?;
-        Ok(())
+        self.cancel
+            .publish(|| Ok(rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(0o777))?))
     }
 
     #[cfg(not(unix))]
     fn mkdir_beneath(&self, path: &Path) -> io::Result<()> {
-        fs::create_dir(path)
+        self.cancel.publish(|| fs::create_dir(path))
     }
 
     /// Opens the directory that holds `rel`, resolved beneath the workspace root by
@@ -285,9 +297,20 @@ impl Workspace {
             ));
         }
         #[cfg(unix)]
-        make_symlink_atomically(target, &self.open_parent(rel)?, rel.file_name(), &path)?;
-        #[cfg(not(unix))]
-        make_symlink_atomically(target, &parent, &path)?;
+        let dir = self.open_parent(rel)?;
+        self.cancel
+            .publish(|| -> io::Result<BackendResult<()>> {
+                #[cfg(unix)]
+                return Ok(make_symlink_atomically(
+                    target,
+                    &dir,
+                    rel.file_name(),
+                    &path,
+                ));
+                #[cfg(not(unix))]
+                Ok(make_symlink_atomically(target, &parent, &path))
+            })
+            .map_err(|e| BackendError::workspace("create symlink", &path, e))??;
         Ok(path)
     }
 
@@ -350,26 +373,33 @@ impl Workspace {
             tv_nsec: i64::from(since.subsec_nanos()),
         };
         let dir = self.open_parent(rel)?;
-        rustix::fs::utimensat(
-            &dir,
-            rel.file_name(),
-            &Timestamps {
-                last_access: ts,
-                last_modification: ts,
-            },
-            AtFlags::SYMLINK_NOFOLLOW,
-        )
-        .map_err(|e| BackendError::workspace("set the time of", rel.to_path(&self.root), e.into()))
+        let times = Timestamps {
+            last_access: ts,
+            last_modification: ts,
+        };
+        self.cancel
+            .publish(|| -> io::Result<()> {
+                Ok(rustix::fs::utimensat(
+                    &dir,
+                    rel.file_name(),
+                    &times,
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )?)
+            })
+            .map_err(|e| BackendError::workspace("set the time of", rel.to_path(&self.root), e))
     }
 
     /// Without Unix calls, by path (following nothing is not available there).
     #[cfg(not(unix))]
     pub fn set_mtime(&self, rel: &RelPath, time: std::time::SystemTime) -> BackendResult<()> {
         let path = rel.to_path(&self.root);
-        File::options()
-            .write(true)
-            .open(&path)
-            .and_then(|f| f.set_modified(time))
+        self.cancel
+            .publish(|| {
+                File::options()
+                    .write(true)
+                    .open(&path)
+                    .and_then(|f| f.set_modified(time))
+            })
             .map_err(|e| BackendError::workspace("set the time of", &path, e))
     }
 
@@ -400,16 +430,15 @@ impl Workspace {
         let dir = self.open_parent(rel)?;
         #[cfg(not(unix))]
         let dir = parent.clone();
-        let tmp = DirTemp::create(dir, &parent)
+        let tmp = DirTemp::create(dir, &parent, &self.cancel)
             .map_err(|e| BackendError::workspace("create temporary file in", &parent, e))?;
-        Ok(PendingFile {
-            hasher: expected.digest.algorithm().hasher(),
-            written: 0,
+        Ok(PendingFile::new(
+            self.cancel.clone(),
+            tmp,
+            path,
             expected,
             executable,
-            path,
-            tmp,
-        })
+        ))
     }
 
     /// Writes file `rel` from `reader`, verifying it is exactly `expected` before it
@@ -592,149 +621,6 @@ enum Last {
     Dir,
     /// A file or symlink, which rename replaces without following.
     Replaceable,
-}
-
-/// A file being restored: bytes go to a temporary file beside its final place and are
-/// hashed on the way; [`PendingFile::commit`] verifies and renames.
-pub struct PendingFile {
-    tmp: DirTemp,
-    path: PathBuf,
-    expected: BlobRef,
-    executable: bool,
-    hasher: crate::Hasher,
-    written: u64,
-}
-
-impl std::fmt::Debug for PendingFile {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PendingFile")
-            .field("path", &self.path)
-            .field("expected", &self.expected)
-            .field("written", &self.written)
-            .finish_non_exhaustive()
-    }
-}
-
-impl PendingFile {
-    /// The final path this file will have.
-    #[must_use]
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    fn io_error(&self, e: io::Error) -> BackendError {
-        if e.kind() == io::ErrorKind::InvalidData {
-            // The cached bytes ran past the blob's size (see `write`): the cache's.
-            return BackendError::io_with_context("write", self.tmp.path(), e);
-        }
-        BackendError::workspace("write", self.tmp.path(), e)
-    }
-
-    /// Verifies the bytes written against the expected blob, sets the mode and renames
-    /// the file into place. On a mismatch the temporary file is removed and the error
-    /// is [`BackendError::DigestMismatch`].
-    pub fn commit(self) -> BackendResult<PathBuf> {
-        let PendingFile {
-            tmp,
-            path,
-            expected,
-            executable,
-            hasher,
-            written,
-        } = self;
-        let actual = BlobRef {
-            digest: hasher.finalize(),
-            size: written,
-        };
-        publish(tmp, &path, &expected, &actual, executable)
-    }
-
-    /// Fills the (still empty) file from `src` with the kernel's file-to-file copy
-    /// ([`crate::storage::kernel_copy_hashing`]: `copy_file_range`, or a reflink), hashing what
-    /// landed in the temporary file on a second thread, then verifies and publishes it
-    /// as [`PendingFile::commit`] does. The cheapest verified copy for large files on
-    /// the same machine: the bytes never pass through user space on the copy side.
-    #[cfg(unix)]
-    pub fn copy_from_file(self, src: &File) -> BackendResult<PathBuf> {
-        if self.written != 0 {
-            return Err(BackendError::io_with_context(
-                "copy into",
-                self.tmp.path(),
-                io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "copy_from_file needs an empty pending file",
-                ),
-            ));
-        }
-        let actual = crate::digest::kernel_copy_hashing(
-            src,
-            self.tmp.as_file(),
-            self.expected.size.saturating_add(1),
-            self.expected.digest.algorithm(),
-        )
-        .map_err(|e| BackendError::io_with_context("copy the blob into", self.tmp.path(), e))?;
-        publish(
-            self.tmp,
-            &self.path,
-            &self.expected,
-            &actual,
-            self.executable,
-        )
-    }
-}
-
-/// The last step of every verified write: compare, set the mode, rename into place. The
-/// temporary file is removed (dropped) unless it is renamed.
-fn publish(
-    tmp: DirTemp,
-    path: &Path,
-    expected: &BlobRef,
-    actual: &BlobRef,
-    executable: bool,
-) -> BackendResult<PathBuf> {
-    check_blob(expected, actual)?;
-    set_mode(tmp.as_file(), executable)
-        .map_err(|e| BackendError::workspace("set mode of", tmp.path(), e))?;
-    let name = path
-        .file_name()
-        .ok_or_else(|| {
-            BackendError::workspace(
-                "rename into place",
-                path,
-                io::Error::new(io::ErrorKind::InvalidInput, "no file name"),
-            )
-        })?
-        .to_owned();
-    tmp.persist(&name)
-        .map_err(|e| BackendError::workspace("rename into place", path, e))?;
-    Ok(path.to_path_buf())
-}
-
-impl Write for PendingFile {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        // Refuse to grow past the promised size: a runaway source must not fill the disk.
-        if self.written.saturating_add(buf.len() as u64) > self.expected.size.saturating_add(1) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("blob {} is longer than its recorded size", self.expected),
-            ));
-        }
-        self.tmp.as_file_mut().write_all(buf)?;
-        self.hasher.update(buf);
-        self.written += buf.len() as u64;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-fn set_mode(file: &File, executable: bool) -> io::Result<()> {
-    match crate::mode::restored_permissions(executable) {
-        Some(p) => file.set_permissions(p),
-        None => Ok(()),
-    }
 }
 
 /// Makes the link under a temporary name in the opened directory `dir` and renames it

@@ -413,11 +413,14 @@ impl Layout {
     /// Renames `tmp` to `d`'s name (replacing what is there: a planted link or special
     /// file is replaced, never written through), creating its fan-out directory when
     /// missing. With `durable`, the file and the directories it changed are fsynced.
+    /// Inside a cache call that was cancelled nothing is renamed (the temporary file
+    /// is dropped): a dropped or timed-out store publishes no blob and no entry.
     pub fn publish(&self, mut tmp: Temp<'_>, area: Area, d: &Digest) -> BackendResult<()> {
         let dest = self.path(area, d);
         self.sync_file(&tmp, &dest)?;
         let fan = self.fan_for_write(area, d)?;
-        fsat::rename_at(self.tmp_fd.as_fd(), &tmp.name, fan.as_fd(), &d.hex())
+        cache_core::cancel::CancelToken::current()
+            .publish(|| fsat::rename_at(self.tmp_fd.as_fd(), &tmp.name, fan.as_fd(), &d.hex()))
             .map_err(ctx("rename into", &dest))?;
         tmp.kept = true;
         self.sync_fd(fan.as_fd(), dest.parent().unwrap_or(&dest))

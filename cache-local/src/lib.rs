@@ -366,14 +366,18 @@ impl LocalStorage {
         &self.inner.layout.root
     }
 
-    /// Runs `f` on the blocking pool.
+    /// Runs `f` on the blocking pool, bound to the cache call being polled: a
+    /// cancelled call's job publishes nothing ([`Layout::publish`]) and stops copying.
     async fn blocking<T, F>(&self, f: F) -> BackendResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&Inner) -> BackendResult<T> + Send + 'static,
     {
         let inner = Arc::clone(&self.inner);
-        join(tokio::task::spawn_blocking(move || f(&inner))).await
+        join(tokio::task::spawn_blocking(cache_core::cancel::bind(
+            move || f(&inner),
+        )))
+        .await
     }
 
     /// Entries, blobs and bytes (by listing the directory) and the hits and misses
@@ -521,15 +525,17 @@ impl Storage for LocalStorage {
         for range in io::split_ranges(&weights, parts) {
             let inner = Arc::clone(&self.inner);
             let part: Vec<BlobSource> = sources.by_ref().take(range.len()).collect();
-            jobs.push(tokio::task::spawn_blocking(move || {
-                let mut job = io::StoreJob::new(&inner.layout, algorithm);
-                let refs = part
-                    .into_iter()
-                    .map(|s| job.put(s))
-                    .collect::<BackendResult<Vec<_>>>();
-                counters::added(&inner.layout, job.written);
-                refs
-            }));
+            jobs.push(tokio::task::spawn_blocking(cache_core::cancel::bind(
+                move || {
+                    let mut job = io::StoreJob::new(&inner.layout, algorithm);
+                    let refs = part
+                        .into_iter()
+                        .map(|s| job.put(s))
+                        .collect::<BackendResult<Vec<_>>>();
+                    counters::added(&inner.layout, job.written);
+                    refs
+                },
+            )));
         }
         let mut out = Vec::with_capacity(n);
         let mut first_err = None;

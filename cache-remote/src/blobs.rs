@@ -196,7 +196,7 @@ fn spawn_feeder(
     zstd: bool,
     tx: tokio::sync::mpsc::Sender<WriteRequest>,
 ) -> tokio::task::JoinHandle<std::io::Result<u64>> {
-    tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(cache_core::cancel::bind(move || {
         let r = payload.open_at(offset)?;
         if zstd {
             let source = Counting {
@@ -236,7 +236,7 @@ fn spawn_feeder(
             };
             feed(next, &name, offset, &tx)
         }
-    })
+    }))
 }
 
 impl Client {
@@ -305,7 +305,7 @@ impl Client {
         // The batch is at most the batch limit (a few MiB): read (and compressed) on a
         // blocking thread. A compressed blob is never larger than its data (else it goes
         // as it is), so the batch stays packed under the limit by uncompressed cost.
-        let requests = tokio::task::spawn_blocking(move || {
+        let requests = tokio::task::spawn_blocking(cache_core::cancel::bind(move || {
             items
                 .into_iter()
                 .map(|(b, p)| {
@@ -322,7 +322,7 @@ impl Client {
                     })
                 })
                 .collect::<std::io::Result<Vec<_>>>()
-        })
+        }))
         .await
         .map_err(|e| BackendError::unavailable(format!("{describe}: read task: {e}")))?
         .map_err(BackendError::Io)?;
@@ -596,12 +596,12 @@ impl Client {
         if !compressed.is_empty() {
             // At most the batch limit of data, decoded on a blocking thread, each blob
             // to at most its size + 1 bytes (a zip bomb stops there).
-            let decoded = tokio::task::spawn_blocking(move || {
+            let decoded = tokio::task::spawn_blocking(cache_core::cancel::bind(move || {
                 compressed
                     .into_iter()
                     .map(|(b, z)| (b, compress::decode_all(&z, b.size)))
                     .collect::<Vec<_>>()
-            })
+            }))
             .await
             .map_err(|e| io_err(self, "BatchReadBlobs", &format!("decode task: {e}")))?;
             for (b, data) in decoded {

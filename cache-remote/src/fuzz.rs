@@ -25,7 +25,6 @@ use cache_core::storage::{ActionRecord, LogRecord, OutputRecord};
 use cache_core::{BackendError, BlobRef, Digest, DigestAlgorithm, MAX_PATH_BYTES, MAX_PATH_DEPTH};
 use prost::Message;
 use std::collections::HashMap;
-use std::sync::atomic::AtomicBool;
 
 /// The targets whose checks live here, by the names of their corpus directories.
 pub const TARGETS: [&str; 1] = ["decode_tree"];
@@ -360,7 +359,7 @@ fn checked_decode(
         result,
         blobs,
         ALG,
-        &AtomicBool::new(false),
+        &cache_core::cancel::CancelToken::default(),
         &mut work,
     );
     assert!(

@@ -65,13 +65,13 @@ pub use client::{Caps, ZstdSupport, status_error};
 pub use config::{RemoteConfig, Secret, TlsConfig};
 
 use blobs::Payload;
+use cache_core::cancel::CancelToken;
 use cache_core::storage::{
     ActionRecord, BlobSource, EntryKey, MAX_ENTRY_BYTES, OutputRecord, Storage, StoredEntry,
 };
 use cache_core::{BackendError, BackendResult, BlobRef, DigestAlgorithm};
 use client::Client;
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// What a [`RemoteStorage`] did: see [`RemoteStorage::stats`].
@@ -119,26 +119,20 @@ fn join_error(e: &tokio::task::JoinError) -> BackendError {
 /// blobs hashed) on the blocking pool; smaller ones where they were read.
 const DECODE_INLINE_BYTES: u64 = 64 << 10;
 
-/// Sets its flag when dropped.
-struct StopOnDrop(Arc<AtomicBool>);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
-
-/// Runs `job` on the blocking pool with a flag that is set when the returned future is
-/// dropped (a deadline, say), so a job that checks it stops instead of working on
-/// for nobody.
+/// Runs `job` on the blocking pool as a call of its own ([`cache_core::cancel`]): its
+/// token is cancelled when the returned future is dropped (a deadline, say) or the
+/// cache call around it is, so a job that checks it stops instead of working on for
+/// nobody.
 async fn on_blocking_pool<T: Send + 'static>(
-    job: impl FnOnce(&AtomicBool) -> BackendResult<T> + Send + 'static,
+    job: impl FnOnce(&CancelToken) -> BackendResult<T> + Send + 'static,
 ) -> BackendResult<T> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let _stop_on_drop = StopOnDrop(Arc::clone(&stop));
-    tokio::task::spawn_blocking(move || job(&stop))
-        .await
-        .map_err(|e| join_error(&e))?
+    cache_core::cancel::scoped(async move {
+        let job = cache_core::cancel::bind(move || job(&CancelToken::current()));
+        tokio::task::spawn_blocking(job)
+            .await
+            .map_err(|e| join_error(&e))?
+    })
+    .await
 }
 
 impl RemoteStorage {
@@ -299,11 +293,12 @@ impl RemoteStorage {
                 continue;
             }
             let reader = self.client.stream_reader(algorithm, b, caps.zstd.streams);
-            let bytes = tokio::task::spawn_blocking(move || {
+            let bytes = tokio::task::spawn_blocking(cache_core::cancel::bind(move || {
                 let mut v = Vec::new();
+                let reader = CancelToken::current().reader(reader);
                 std::io::Read::read_to_end(&mut std::io::Read::take(reader, b.size + 1), &mut v)
                     .map(|_| v)
-            })
+            }))
             .await
             .map_err(|e| join_error(&e))?
             .map_err(BackendError::Io)?;
@@ -387,7 +382,7 @@ impl Storage for RemoteStorage {
             u64::try_from(prost::Message::encoded_len(&result)).unwrap_or(u64::MAX),
         );
         let digest = key.digest;
-        let decode = move |stop: &AtomicBool| {
+        let decode = move |stop: &CancelToken| {
             for (b, bytes) in &blobs {
                 let actual = BlobRef::of(algorithm, bytes);
                 if actual != *b {
@@ -400,7 +395,7 @@ impl Storage for RemoteStorage {
             mapping::decode_result_until(&digest, &result, &blobs, algorithm, stop)
         };
         let record = if size <= DECODE_INLINE_BYTES {
-            decode(&AtomicBool::new(false))?
+            decode(&CancelToken::default())?
         } else {
             on_blocking_pool(decode).await?
         };
@@ -502,10 +497,11 @@ impl Storage for RemoteStorage {
         // Blobs are only ever sent for an entry: to a read-only action cache, none.
         self.writable(&caps)?;
         let algorithm = caps.algorithm(algorithm, self.describe())?;
-        let (hashed, spools) =
-            tokio::task::spawn_blocking(move || hash_sources(sources, algorithm))
-                .await
-                .map_err(|e| join_error(&e))??;
+        let (hashed, spools) = tokio::task::spawn_blocking(cache_core::cancel::bind(move || {
+            hash_sources(sources, algorithm)
+        }))
+        .await
+        .map_err(|e| join_error(&e))??;
         let refs: Vec<BlobRef> = hashed.iter().map(|(b, _)| *b).collect();
         self.upload_missing(algorithm, &caps, hashed).await?;
         drop(spools);
@@ -604,19 +600,19 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
     async fn a_dropped_lookup_stops_its_blocking_decode() {
         let (saw, seen) = std::sync::mpsc::channel();
-        let job = on_blocking_pool(move |stop: &AtomicBool| {
+        let job = on_blocking_pool(move |stop: &CancelToken| {
             let give_up = Instant::now() + Duration::from_secs(30);
-            while !stop.load(Ordering::Relaxed) && Instant::now() < give_up {
+            while !stop.is_cancelled() && Instant::now() < give_up {
                 std::thread::sleep(Duration::from_millis(1));
             }
-            saw.send(stop.load(Ordering::Relaxed)).unwrap();
+            saw.send(stop.is_cancelled()).unwrap();
             Ok(())
         });
         let timed = tokio::time::timeout(Duration::from_millis(20), job).await;
         assert!(timed.is_err(), "the job ended on its own");
         assert_eq!(seen.recv_timeout(Duration::from_secs(60)), Ok(true));
         // Not dropped: the flag stays clear and the value comes back.
-        let value = on_blocking_pool(|stop: &AtomicBool| Ok(stop.load(Ordering::Relaxed)));
+        let value = on_blocking_pool(|stop: &CancelToken| Ok(stop.is_cancelled()));
         assert!(!value.await.unwrap());
     }
 }

@@ -79,6 +79,11 @@ against_buildgrid! {
     hostile_unsigned_and_forged_entries
     trust_absolute_symlinks_only_when_opted_in
     concurrent_stores_and_readers
+    cancel_restore_dropped_midway
+    cancel_restore_timed_out_keeps_callers_outputs
+    cancel_store_dropped_midway
+    cancel_import_dropped_midway
+    cancel_logs_dropped_midway
     model_state_machine
     health_check_succeeds
     name_is_stable

@@ -517,15 +517,11 @@ fn prepare(
             // temporary file and upload that in parts.
             let mut head = Vec::new();
             let mut reader = reader;
-            (&mut reader)
-                .take(threshold)
-                .read_to_end(&mut head)
+            // Hashed as it is read (a cancelled call stops between reads).
+            let blob = copy_hashing(&mut (&mut reader).take(threshold), &mut head, algorithm)
                 .map_err(BackendError::Io)?;
             if (head.len() as u64) < threshold {
-                return Ok((
-                    BlobRef::of(algorithm, &head),
-                    Prepared::Small(Bytes::from(head)),
-                ));
+                return Ok((blob, Prepared::Small(Bytes::from(head))));
             }
             let mut spool = tempfile::NamedTempFile::new().map_err(BackendError::Io)?;
             let mut chained = std::io::Cursor::new(head).chain(reader);
@@ -542,10 +538,12 @@ fn is_absent(e: &object_store::Error) -> bool {
     matches!(e, object_store::Error::NotFound { .. }) && !error::is_missing_bucket(&e.to_string())
 }
 
+/// Runs `job` on the blocking pool, bound to the cache call being polled
+/// ([`cache_core::cancel`]): a cancelled call's job stops reading its sources.
 async fn blocking<T: Send + 'static>(
     job: impl FnOnce() -> BackendResult<T> + Send + 'static,
 ) -> BackendResult<T> {
-    match tokio::task::spawn_blocking(job).await {
+    match tokio::task::spawn_blocking(cache_core::cancel::bind(job)).await {
         Ok(r) => r,
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
         Err(e) => Err(BackendError::unavailable(format!(

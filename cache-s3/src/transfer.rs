@@ -44,7 +44,9 @@ pub(crate) async fn upload_file(
     // ahead without holding more than a few parts.
     let (tx, mut rx) = mpsc::channel::<std::io::Result<Piece>>(2);
     let algorithm = expected.digest.algorithm();
-    let reader = tokio::task::spawn_blocking(move || read_parts(&path, part_size, algorithm, &tx));
+    let reader = tokio::task::spawn_blocking(cache_core::cancel::bind(move || {
+        read_parts(&path, part_size, algorithm, &tx);
+    }));
     let mut read = None;
     while let Some(piece) = rx.recv().await {
         match piece {
@@ -115,7 +117,10 @@ fn read_parts(
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         let mut hasher: Hasher = algorithm.hasher();
         let mut size = 0u64;
+        let cancel = cache_core::cancel::CancelToken::current();
         loop {
+            // A cancelled upload stops reading (the uploader is gone too).
+            cancel.check()?;
             let mut buf = vec![0u8; part_size];
             let mut filled = 0;
             while filled < part_size {

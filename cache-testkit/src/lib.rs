@@ -139,6 +139,7 @@ use cache_core::storage::Storage;
 use cache_core::{BackendResult, BlobRef, Cache, CacheBackend, Digest};
 use std::sync::Arc;
 
+mod brake;
 pub mod cases;
 mod fault;
 pub mod fixtures;
@@ -148,6 +149,7 @@ pub mod loopback;
 mod memory;
 pub mod refusal;
 
+pub use brake::{Brake, BrakedStorage};
 pub use fault::{
     BackendOp, FaultError, FaultInjector, FaultPlan, FaultyBackend, FaultyStorage, StorageOp,
     Trigger,
@@ -236,6 +238,9 @@ pub struct Harness {
     /// keys (set for backends built on [`cache_core::Cache`]; the signed-entry case
     /// needs it).
     pub signing: Option<SigningBackend>,
+    /// Holds the backend's blob bytes on command (set by [`Harness::from_storage`]:
+    /// the storage is wrapped in a [`BrakedStorage`]); the cancellation cases need it.
+    pub brake: Option<Brake>,
 }
 
 /// Builds a [`Harness`]'s backend again, over the same storage, with a signer and/or
@@ -283,15 +288,20 @@ impl Harness {
             capabilities: Capabilities::default(),
             guard: Box::new(()),
             signing: None,
+            brake: None,
         }
     }
 
-    /// A harness over a [`Storage`]: the backend is `Cache<CountingStorage<S>>`.
+    /// A harness over a [`Storage`]: the backend is
+    /// `Cache<CountingStorage<BrakedStorage<S>>>`.
     pub fn from_storage<S: Storage>(storage: S, tamper: Arc<dyn Tamper>) -> Self {
         let io = IoCounter::new();
+        let brake = Brake::new();
+        let storage = BrakedStorage::new(storage, brake.clone());
         let backend = Cache::new(CountingStorage::new(storage, io.clone()), spawn_blocking);
         let mut h = Harness::new(Arc::new(backend.clone()), tamper, io);
         h.signing = Some(signing_backend(backend));
+        h.brake = Some(brake);
         h
     }
 
@@ -402,6 +412,11 @@ macro_rules! conformance_suite {
             hostile_unsigned_and_forged_entries
             trust_absolute_symlinks_only_when_opted_in
             concurrent_stores_and_readers
+            cancel_restore_dropped_midway
+            cancel_restore_timed_out_keeps_callers_outputs
+            cancel_store_dropped_midway
+            cancel_import_dropped_midway
+            cancel_logs_dropped_midway
             model_state_machine
             health_check_succeeds
             name_is_stable

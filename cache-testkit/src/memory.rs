@@ -1,6 +1,6 @@
 //! The reference backend: everything in memory, fully conformant.
 
-use crate::{Capabilities, CountingStorage, Harness, IoCounter, Tamper};
+use crate::{Brake, BrakedStorage, Capabilities, CountingStorage, Harness, IoCounter, Tamper};
 use async_trait::async_trait;
 use cache_core::storage::{ActionRecord, BlobSource, EntryKey, Storage, StoredEntry, copy_hashing};
 use cache_core::{
@@ -153,7 +153,7 @@ impl Storage for MemoryStorage {
         if inline {
             return decode();
         }
-        joined(tokio::task::spawn_blocking(decode).await)
+        joined(tokio::task::spawn_blocking(cache_core::cancel::bind(decode)).await)
     }
 
     async fn put_entry(&self, _key: &EntryKey, record: Arc<ActionRecord>) -> BackendResult<()> {
@@ -181,13 +181,14 @@ impl Storage for MemoryStorage {
         algorithm: Option<DigestAlgorithm>,
     ) -> BackendResult<Vec<BlobRef>> {
         let algorithm = algorithm.unwrap_or(self.algorithm);
+        // Bound to the call: a cancelled store stops reading its sources.
         let loaded = joined(
-            tokio::task::spawn_blocking(move || {
+            tokio::task::spawn_blocking(cache_core::cancel::bind(move || {
                 sources
                     .into_iter()
                     .map(|s| load_source(s, algorithm))
                     .collect::<BackendResult<Vec<_>>>()
-            })
+            }))
             .await,
         )?;
         let mut stored = lock(&self.state.blobs);
@@ -288,7 +289,9 @@ impl Tamper for MemoryStorage {
 /// ```
 #[derive(Clone, Debug)]
 pub struct MemoryBackend {
-    cache: Cache<CountingStorage<MemoryStorage>>,
+    cache: Cache<CountingStorage<BrakedStorage<MemoryStorage>>>,
+    /// Off unless a harness's cancellation case holds the bytes.
+    brake: Brake,
 }
 
 impl Default for MemoryBackend {
@@ -307,18 +310,27 @@ impl MemoryBackend {
     /// A backend over an existing storage (e.g. one shared with another backend).
     #[must_use]
     pub fn from_storage(storage: MemoryStorage) -> Self {
+        let brake = Brake::new();
         MemoryBackend {
             cache: Cache::new(
-                CountingStorage::new(storage, IoCounter::new()),
+                CountingStorage::new(BrakedStorage::new(storage, brake.clone()), IoCounter::new()),
                 crate::spawn_blocking,
             ),
+            brake,
         }
     }
 
     /// The storage underneath.
     #[must_use]
     pub fn storage(&self) -> &MemoryStorage {
-        self.cache.storage().inner()
+        self.cache.storage().inner().inner()
+    }
+
+    /// The switch that holds this backend's blob bytes ([`crate::Brake`]; off unless
+    /// a test turns it on).
+    #[must_use]
+    pub fn brake(&self) -> &Brake {
+        &self.brake
     }
 
     /// Counters of the storage calls made so far.
@@ -337,6 +349,7 @@ impl MemoryBackend {
         )
         .with_capabilities(Capabilities::default());
         h.signing = Some(crate::signing_backend(self.cache.clone()));
+        h.brake = Some(self.brake().clone());
         h
     }
 }

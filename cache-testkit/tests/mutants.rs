@@ -96,6 +96,9 @@ enum Break {
     EvictionBlind,
     /// Never replaces an existing entry: the first write wins.
     FirstWriteWins,
+    /// Reads the sources of a store on a blocking job it does not bind to the call
+    /// (`spawn_blocking` without `cancel::bind`): a dropped store reads on for nobody.
+    UnboundJobs,
 }
 
 #[derive(Debug)]
@@ -139,6 +142,22 @@ impl Storage for Broken {
         sources: Vec<BlobSource>,
         a: Option<cache_core::DigestAlgorithm>,
     ) -> BackendResult<Vec<BlobRef>> {
+        let sources = if let Break::UnboundJobs = self.fault {
+            let read = tokio::task::spawn_blocking(move || {
+                sources
+                    .into_iter()
+                    .map(|s| {
+                        let mut bytes = Vec::new();
+                        std::io::Read::read_to_end(&mut s.into_reader()?, &mut bytes)
+                            .map_err(BackendError::Io)?;
+                        Ok(BlobSource::Bytes(bytes.into()))
+                    })
+                    .collect::<BackendResult<Vec<_>>>()
+            });
+            read.await.expect("the read job ran")?
+        } else {
+            sources
+        };
         let mut refs = self.inner.put_blobs(sources, a).await?;
         if let Break::ReversesRefs = self.fault {
             refs.reverse();
@@ -331,6 +350,15 @@ impl CacheBackend for Wrapped {
         }
     }
 
+    async fn import(
+        &self,
+        task: &Task,
+        hit: &Hit,
+        policy: CachePolicy,
+    ) -> BackendResult<Option<Hit>> {
+        self.inner.import(task, hit, policy).await
+    }
+
     async fn store(
         &self,
         task: &Task,
@@ -395,7 +423,10 @@ fn wrapped(fault: Wrong) -> Harness {
     let inner = MemoryBackend::new();
     let tamper = Arc::new(inner.storage().clone());
     let io = inner.io().clone();
-    Harness::new(Arc::new(Wrapped { inner, fault }), tamper, io)
+    let brake = inner.brake().clone();
+    let mut h = Harness::new(Arc::new(Wrapped { inner, fault }), tamper, io);
+    h.brake = Some(brake);
+    h
 }
 
 // ---------------------------------------------------------------------------------
@@ -413,6 +444,11 @@ fn mutant_serves_wrong_bytes() {
     assert_fails_exactly(
         || broken_storage(Break::ServesWrongBytes),
         &[
+            "cancel_import_dropped_midway",
+            "cancel_logs_dropped_midway",
+            "cancel_restore_dropped_midway",
+            "cancel_restore_timed_out_keeps_callers_outputs",
+            "cancel_store_dropped_midway",
             "degradation_backend_as_shared_tier",
             "degradation_tiered_with_failing_shared_tier",
             "hostile_absolute_paths",
@@ -459,6 +495,10 @@ fn mutant_reverses_refs() {
     assert_fails_exactly(
         || broken_storage(Break::ReversesRefs),
         &[
+            "cancel_import_dropped_midway",
+            "cancel_restore_dropped_midway",
+            "cancel_restore_timed_out_keeps_callers_outputs",
+            "cancel_store_dropped_midway",
             "degradation_backend_as_shared_tier",
             "degradation_tiered_with_failing_shared_tier",
             "hostile_flipped_blob_is_repaired_by_next_store",
@@ -497,6 +537,9 @@ fn mutant_eviction_blind() {
         &[
             "hostile_deleted_blob",
             "hostile_deleted_log_blob",
+            // Nothing seems missing, so nothing is copied: the import publishes at
+            // once, an entry whose blobs this storage does not have.
+            "cancel_import_dropped_midway",
             // After the corrupt blobs are dropped, the entry must read as a miss.
             "hostile_flipped_blob_is_repaired_by_next_store",
             "hostile_flipped_blob_readonly_deletes_nothing",
@@ -513,6 +556,19 @@ fn mutant_first_write_wins() {
             "keys_dedup_is_invisible",
             "policy_normal",
             "policy_writeonly",
+        ],
+    );
+}
+
+/// A storage whose blocking jobs ignore the cancel signal: a dropped store or import
+/// goes on reading the outputs for nobody.
+#[test]
+fn mutant_unbound_jobs() {
+    assert_fails_exactly(
+        || broken_storage(Break::UnboundJobs),
+        &[
+            "cancel_import_dropped_midway",
+            "cancel_store_dropped_midway",
         ],
     );
 }

@@ -20,8 +20,8 @@
 //!   recorded path or one of its `/`s ([`Work`]).
 //! * Symlink targets share the [`MAX_ENTRY_BYTES`] budget with the recorded paths: the
 //!   writer refuses a record whose encoding is larger, so no record it wrote needs more.
-//! * A stop flag ([`decode_result_until`]), which `RemoteStorage` sets when the lookup
-//!   is dropped (a deadline), is checked at every directory.
+//! * A stop signal ([`decode_result_until`]: the lookup's [`CancelToken`], cancelled
+//!   when the lookup is dropped or times out) is checked at every directory.
 
 use super::{
     EXTENSION_TYPE, Extension, FORMAT, LOG_ABSENT, LOG_BLOB, LOG_INLINE, P_FORMAT, from_digest,
@@ -29,12 +29,12 @@ use super::{
 };
 use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
 use bazel_remote_apis::google::protobuf::Timestamp;
+use cache_core::cancel::CancelToken;
 use cache_core::storage::{ActionRecord, LogRecord, MAX_ENTRY_BYTES, MAX_OUTPUTS, OutputRecord};
 use cache_core::{BackendError, BlobRef, Digest, DigestAlgorithm, MAX_PATH_BYTES, MAX_PATH_DEPTH};
 use prost::Message;
 use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Longest name of a `Tree` entry, in bytes (Linux's `NAME_MAX`). The writer nests
 /// only paths whose every component fits; others stay top-level outputs.
@@ -320,13 +320,13 @@ pub(crate) fn check_names(dir: &re::Directory) -> Result<(), String> {
 struct Decoder<'a, 'w> {
     order: Order<'a>,
     algorithm: DigestAlgorithm,
-    stop: &'w AtomicBool,
+    stop: &'w CancelToken,
     work: &'w mut Work,
 }
 
 impl Decoder<'_, '_> {
     fn check_stop(&self) -> Result<(), Refusal> {
-        if self.stop.load(Ordering::Relaxed) {
+        if self.stop.is_cancelled() {
             return Err(Refusal::Stopped);
         }
         Ok(())
@@ -524,7 +524,7 @@ pub fn decode_result<H: std::hash::BuildHasher>(
     blobs: &HashMap<BlobRef, Vec<u8>, H>,
     algorithm: DigestAlgorithm,
 ) -> Result<Option<ActionRecord>, BackendError> {
-    decode_result_until(key, result, blobs, algorithm, &AtomicBool::new(false))
+    decode_result_until(key, result, blobs, algorithm, &CancelToken::default())
 }
 
 /// [`decode_result`] that gives up once `stop` is set (checked at every directory), with
@@ -534,7 +534,7 @@ pub fn decode_result_until<H: std::hash::BuildHasher>(
     result: &re::ActionResult,
     blobs: &HashMap<BlobRef, Vec<u8>, H>,
     algorithm: DigestAlgorithm,
-    stop: &AtomicBool,
+    stop: &CancelToken,
 ) -> Result<Option<ActionRecord>, BackendError> {
     decode_counted(key, result, blobs, algorithm, stop, &mut Work::default())
 }
@@ -545,7 +545,7 @@ pub(crate) fn decode_counted<H: std::hash::BuildHasher>(
     result: &re::ActionResult,
     blobs: &HashMap<BlobRef, Vec<u8>, H>,
     algorithm: DigestAlgorithm,
-    stop: &AtomicBool,
+    stop: &CancelToken,
     work: &mut Work,
 ) -> Result<Option<ActionRecord>, BackendError> {
     let corrupt = |reason: String| BackendError::CorruptEntry {

@@ -320,7 +320,7 @@ fn every_single_bit_flip_of_a_result_is_refused_or_harmless() {
 fn decode_work(record: &ActionRecord, tree: &re::Tree) -> (Result<(), String>, Work) {
     let (result, blobs) = crate::fuzz::planted(record, "out", tree.encode_to_vec());
     let mut work = Work::default();
-    let stop = std::sync::atomic::AtomicBool::new(false);
+    let stop = cache_core::cancel::CancelToken::default();
     let got = decode_counted(
         &record.key,
         &result,
@@ -407,7 +407,19 @@ fn recorded_paths_twice_are_refused_before_any_tree() {
     assert_eq!(work.examined, 0);
 }
 
-/// A set stop flag (the lookup was dropped) ends the decode as `Unavailable`, never as
+/// The token of a call that was dropped.
+fn cancelled() -> cache_core::cancel::CancelToken {
+    let call = cache_core::cancel::scoped(async { cache_core::cancel::CancelToken::current() });
+    // A call is cancelled when dropped, finished or not.
+    let token = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(call);
+    assert!(token.is_cancelled());
+    token
+}
+
+/// A cancelled lookup (dropped, timed out) ends the decode as `Unavailable`, never as
 /// a corrupt entry (which would remove a good one).
 #[test]
 fn a_set_stop_flag_ends_the_decode_without_calling_it_corrupt() {
@@ -415,7 +427,7 @@ fn a_set_stop_flag_ends_the_decode_without_calling_it_corrupt() {
     let alg = DigestAlgorithm::Sha256;
     let enc = encode_record(&r, alg).unwrap();
     let blobs: HashMap<BlobRef, Vec<u8>> = enc.trees.into_iter().collect();
-    let stop = std::sync::atomic::AtomicBool::new(true);
+    let stop = cancelled();
     let mut work = Work::default();
     let e = decode_counted(&r.key, &enc.result, &blobs, alg, &stop, &mut work).unwrap_err();
     assert!(matches!(e, BackendError::Unavailable(_)), "{e}");

@@ -15,6 +15,7 @@
 //! | hostile data | `hostile_*`: escaping paths and symlinks, garbage, flipped and deleted blobs, undeclared outputs, newer-format entries, huge declared logs, adversarial entries |
 //! | trust boundary | `store_refuses_undeclared_outputs` (a caller's store of undeclared outputs writes nothing), `trust_absolute_symlinks_only_when_opted_in` |
 //! | concurrency | `concurrent_stores_and_readers` |
+//! | cancellation | `cancel_*`: restore, store, import and log reads dropped mid-way (and a restore timed out by [`cache_core::Deadline`]) write and publish nothing afterwards, stop reading, and leak nothing |
 //! | model | `model_state_machine`: random operation sequences against a reference |
 //! | misc | `health_check_succeeds`, `name_is_stable` |
 //!
@@ -23,6 +24,7 @@
 //! readers see one whole entry or the other (`concurrent_stores_and_readers`).
 #![allow(clippy::missing_panics_doc)]
 
+mod cancel;
 mod common;
 mod concurrency;
 mod hostile;
@@ -35,6 +37,10 @@ mod restore;
 mod round_trip;
 mod trust;
 
+pub use cancel::{
+    cancel_import_dropped_midway, cancel_logs_dropped_midway, cancel_restore_dropped_midway,
+    cancel_restore_timed_out_keeps_callers_outputs, cancel_store_dropped_midway,
+};
 pub use concurrency::concurrent_stores_and_readers;
 pub use hostile::{
     hostile_absolute_paths, hostile_deleted_blob, hostile_deleted_log_blob,
