@@ -499,6 +499,29 @@ impl Run<'_> {
     }
 }
 
+impl S3Storage {
+    /// The packs and blobs the entry for `key` keeps alive, as object names under the
+    /// prefix (`packs/<hex>`, `blobs/<algorithm>/<hex>`): what [`S3Storage::gc`] counts
+    /// as referenced by it. `None` if there is no entry; `CorruptEntry` if it cannot be
+    /// read (corrupt, or of a newer format).
+    pub async fn entry_references(&self, key: &Digest) -> BackendResult<Option<Vec<String>>> {
+        let Some((_, refs)) = read_refs(self, *key).await? else {
+            return Ok(None);
+        };
+        if refs.unreadable || refs.newer {
+            return Err(BackendError::CorruptEntry {
+                key: *key,
+                reason: if refs.newer {
+                    "an entry of a newer format".into()
+                } else {
+                    "the entry cannot be read".into()
+                },
+            });
+        }
+        Ok(Some(refs.objects))
+    }
+}
+
 /// Removes entry `e` and its marker unless either changed since they were listed.
 async fn remove_entry(
     storage: &S3Storage,
