@@ -150,6 +150,8 @@ struct Entry {
 struct Refs {
     /// `packs/<hex>` and `blobs/<alg>/<hex>`, relative to the prefix.
     objects: Vec<String>,
+    /// The same, by kind, with the blobs' sizes.
+    named: EntryReferences,
     unreadable: bool,
     newer: bool,
 }
@@ -499,12 +501,37 @@ impl Run<'_> {
     }
 }
 
+/// What an entry references ([`S3Storage::entry_references`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EntryReferences {
+    /// `packs/<hex>`: the packs its wrapper names (none for a plain entry).
+    pub packs: Vec<String>,
+    /// `blobs/<algorithm>/<hex>` and the size of every blob its record names. One over
+    /// 1 MiB is always its own object; a smaller one is in one of `packs`, or its own
+    /// object (entries from before packs, imports).
+    pub blobs: Vec<(String, u64)>,
+}
+
+impl EntryReferences {
+    /// The objects a hit of the entry needs for sure: its packs, and the blobs too
+    /// large to be packed (every blob of a plain entry).
+    pub fn required(&self) -> impl Iterator<Item = &str> {
+        let plain = self.packs.is_empty();
+        self.packs.iter().map(String::as_str).chain(
+            self.blobs
+                .iter()
+                .filter(move |(_, size)| plain || *size > crate::EAGER_MAX)
+                .map(|(name, _)| name.as_str()),
+        )
+    }
+}
+
 impl S3Storage {
-    /// The packs and blobs the entry for `key` keeps alive, as object names under the
-    /// prefix (`packs/<hex>`, `blobs/<algorithm>/<hex>`): what [`S3Storage::gc`] counts
-    /// as referenced by it. `None` if there is no entry; `CorruptEntry` if it cannot be
+    /// What the entry for `key` keeps alive: [`S3Storage::gc`] keeps every pack and
+    /// blob named here. `None` if there is no entry; `CorruptEntry` if it cannot be
     /// read (corrupt, or of a newer format).
-    pub async fn entry_references(&self, key: &Digest) -> BackendResult<Option<Vec<String>>> {
+    pub async fn entry_references(&self, key: &Digest) -> BackendResult<Option<EntryReferences>> {
         let Some((_, refs)) = read_refs(self, *key).await? else {
             return Ok(None);
         };
@@ -518,7 +545,7 @@ impl S3Storage {
                 },
             });
         }
-        Ok(Some(refs.objects))
+        Ok(Some(refs.named))
     }
 }
 
@@ -574,7 +601,7 @@ async fn read_refs(
         .bytes()
         .await
         .map_err(|e| storage.err("GET", &path, &e))?;
-    let (mut objects, body) = match pack::unwrap_entry(&bytes) {
+    let (packs, body) = match pack::unwrap_entry(&bytes) {
         Ok(None) => (Vec::new(), bytes.clone()),
         Ok(Some((packs, at))) => (
             packs
@@ -593,28 +620,39 @@ async fn read_refs(
         Err(BadWrapper::Corrupt(_)) => return Ok(Some((meta, unreadable))),
     };
     let decoded = blocking(move || Ok(ActionRecord::decode(&digest, &body))).await?;
-    let refs =
-        match decoded {
-            Ok(record) => {
-                objects.extend(record.blobs().map(|b| {
-                    format!("blobs/{}/{}", b.digest.algorithm().as_str(), b.digest.hex())
-                }));
-                Refs {
-                    objects,
-                    ..Refs::default()
-                }
-            }
-            Err(BackendError::NewerEntryFormat { .. }) => Refs {
-                objects,
-                newer: true,
-                unreadable: false,
-            },
-            // Corrupt: what its wrapper names still counts as referenced.
-            Err(_) => Refs {
-                objects,
-                unreadable: true,
-                newer: false,
-            },
-        };
-    Ok(Some((meta, refs)))
+    let mut named = EntryReferences {
+        packs,
+        blobs: Vec::new(),
+    };
+    let (unreadable, newer) = match decoded {
+        Ok(record) => {
+            named.blobs = record
+                .blobs()
+                .map(|b| {
+                    let name =
+                        format!("blobs/{}/{}", b.digest.algorithm().as_str(), b.digest.hex());
+                    (name, b.size)
+                })
+                .collect();
+            (false, false)
+        }
+        Err(BackendError::NewerEntryFormat { .. }) => (false, true),
+        // Corrupt: what its wrapper names still counts as referenced.
+        Err(_) => (true, false),
+    };
+    let objects = named
+        .packs
+        .iter()
+        .cloned()
+        .chain(named.blobs.iter().map(|(n, _)| n.clone()))
+        .collect();
+    Ok(Some((
+        meta,
+        Refs {
+            objects,
+            named,
+            unreadable,
+            newer,
+        },
+    )))
 }

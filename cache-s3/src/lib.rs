@@ -78,7 +78,7 @@ pub use config::S3Options;
 #[cfg(any(feature = "aws", feature = "gcp", feature = "azure"))]
 pub use config::retry_config;
 pub use counting::{CountingStore, RequestCounts};
-pub use gc::{GcOptions, GcReport};
+pub use gc::{EntryReferences, GcOptions, GcReport};
 pub use object_store;
 pub use stats::{BucketStats, ListLimits, Stopped};
 

@@ -3,7 +3,7 @@
 //! counts references with).
 
 use cache_core::Digest;
-use cache_s3::{S3Options, S3Storage};
+use cache_s3::{EntryReferences, S3Options, S3Storage};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// The objects under a prefix, by kind.
@@ -70,28 +70,34 @@ impl Bucket {
     }
 
     /// What the entry `key` (`blake3:<hex>`) references; `None` if it is gone.
-    pub fn references(&self, key: &str) -> Result<Option<Vec<String>>, String> {
+    pub fn references(&self, key: &str) -> Result<Option<EntryReferences>, String> {
         let digest = Digest::parse(key).map_err(|e| format!("{key}: {e}"))?;
         self.rt
             .block_on(self.storage.entry_references(&digest))
             .map_err(|e| format!("entry {key}: {e}"))
     }
 
-    /// After a quiet gc: every pack and blob is referenced by an entry, every
-    /// reference is there, every marker is an entry's, and nothing else is under the
-    /// prefix. Returns the references of each entry.
+    /// After a quiet gc: every pack and blob is referenced by an entry, every pack
+    /// and large blob an entry names is there, every marker is an entry's, and nothing
+    /// else is under the prefix. Returns what each entry references.
     pub fn check_closed(&self, l: &Listing) -> Result<BTreeMap<String, Vec<String>>, String> {
         let mut refs = BTreeMap::new();
         let mut problems = Vec::new();
         for key in &l.entries {
             match self.references(key)? {
                 Some(r) => {
-                    for o in &r {
+                    for o in r.required() {
                         if !l.stored.contains(o) {
-                            problems.push(format!("entry {key} names {o}, which is gone"));
+                            problems.push(format!("entry {key} needs {o}, which is gone"));
                         }
                     }
-                    refs.insert(key.clone(), r);
+                    let all = r
+                        .packs
+                        .iter()
+                        .cloned()
+                        .chain(r.blobs.into_iter().map(|(name, _)| name))
+                        .collect();
+                    refs.insert(key.clone(), all);
                 }
                 None => problems.push(format!("entry {key} went away while it was read")),
             }
@@ -111,10 +117,10 @@ impl Bucket {
         for o in &l.other {
             problems.push(format!("{o} is not a cache object"));
         }
-        if problems.is_empty() {
-            Ok(refs)
-        } else {
-            Err(problems.join("; "))
+        match problems.len() {
+            0 => Ok(refs),
+            n if n > 10 => Err(format!("{} (and {} more)", problems[..10].join("; "), n - 10)),
+            _ => Err(problems.join("; ")),
         }
     }
 }
