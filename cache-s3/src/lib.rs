@@ -318,9 +318,14 @@ impl S3Storage {
             source => blocking(move || prepare(source, algorithm, threshold)).await?,
         };
         let path = self.blob_path(&blob.digest);
-        let stored = self.head_size(&path).await?;
+        let mut stored = self.head_size(&path).await?;
         if stored == Some(blob.size) {
-            return Ok(blob);
+            // Reused, not sent: claimed first, so a gc sweeping it now keeps it (and if
+            // it swept it already, it is sent again).
+            stored = self.claim(&path).await?;
+            if stored == Some(blob.size) {
+                return Ok(blob);
+            }
         }
         // A stored object of another size is not this blob (truncated, tampered):
         // it is replaced; otherwise the put is create-only, the race guard.

@@ -78,8 +78,9 @@ impl Bucket {
     }
 
     /// After a quiet gc: every pack and blob is referenced by an entry, every pack
-    /// and large blob an entry names is there, every marker is an entry's, and nothing
-    /// else is under the prefix. Returns what each entry references.
+    /// and large blob an entry names is there, every marker is an entry's (its last
+    /// use) or a pack's or blob's that is there (a store's claim), and nothing else is
+    /// under the prefix. Returns what each entry references.
     pub fn check_closed(&self, l: &Listing) -> Result<BTreeMap<String, Vec<String>>, String> {
         let mut refs = BTreeMap::new();
         let mut problems = Vec::new();
@@ -109,9 +110,16 @@ impl Bucket {
             }
         }
         for m in &l.markers {
-            let key = m.replacen('/', ":", 1);
-            if !l.entries.contains(&key) {
-                problems.push(format!("used/{m} is an orphan: no such entry"));
+            // A store's claim of a pack or blob lives as long as the object does.
+            let whose = if m.starts_with("packs/") || m.starts_with("blobs/") {
+                l.stored.contains(m)
+            } else {
+                l.entries.contains(&m.replacen('/', ":", 1))
+            };
+            if !whose {
+                problems.push(format!(
+                    "used/{m} is an orphan: no such entry, pack or blob"
+                ));
             }
         }
         for o in &l.other {
@@ -119,7 +127,11 @@ impl Bucket {
         }
         match problems.len() {
             0 => Ok(refs),
-            n if n > 10 => Err(format!("{} (and {} more)", problems[..10].join("; "), n - 10)),
+            n if n > 10 => Err(format!(
+                "{} (and {} more)",
+                problems[..10].join("; "),
+                n - 10
+            )),
             _ => Err(problems.join("; ")),
         }
     }
@@ -136,6 +148,7 @@ mod tests {
             "packs/cd",
             "blobs/blake3/ef",
             "used/blake3/ab",
+            "used/packs/cd",
             "stray",
         ]
         .iter()
@@ -145,7 +158,8 @@ mod tests {
         assert!(l.entries.contains("blake3:ab"));
         assert_eq!(l.stored.len(), 2);
         assert!(l.markers.contains("blake3/ab"));
+        assert!(l.markers.contains("packs/cd"));
         assert_eq!(l.other, ["stray"]);
-        assert_eq!(l.len(), 5);
+        assert_eq!(l.len(), 6);
     }
 }
