@@ -474,19 +474,18 @@ fn trial(tc: &Tc, s3: &mut S3, n: u32, sz: &Size, rng: &mut Rng) -> Result<Tally
         let _ = gc.join();
         Instant::now()
     });
-    let mut ok = true;
     if let Err(e) = trial.after_runs(gc_stopped) {
         fail(&trial, &format!("trial {n}: {e}"));
-        ok = false;
+    }
+    // The bucket as the runs left it, before the quiet end empties it.
+    if lock(&trial.tally).failures > 0 {
+        keep_evidence(s3, &format!("gc-trial-{n}-runs"));
     }
     if let Err(e) = trial.quiet_end() {
         fail(&trial, &format!("trial {n}: {e}"));
-        ok = false;
+        keep_evidence(s3, &format!("gc-trial-{n}-end"));
     }
     let tally = lock(&trial.tally).clone();
-    if !ok || tally.failures > 0 {
-        keep_evidence(s3, &format!("gc-trial-{n}"));
-    }
     eprintln!(
         "drill gc: trial {n}: {} entries, {} runs ({} hits, {} misses: {} first stores, \
          {} lapsed, {} lost), {} gc, {} failures",
