@@ -19,7 +19,10 @@
 //!   that member list (format: the `pack` module);
 //! * `blobs/<algorithm>/<hex>`: larger files and logs, by content digest, each its own
 //!   object;
-//! * `used/<algorithm>/<hex>`: an empty marker whose time is the entry's last use.
+//! * `used/<algorithm>/<hex>`: an empty marker whose time is the entry's last use;
+//! * `used/packs/<hex>`, `used/blobs/<algorithm>/<hex>`: an empty claim, written by a
+//!   store that found the pack or blob already there and names it without sending it
+//!   (`gc` keeps an unreferenced object claimed within its grace).
 //!
 //! A pack or blob already stored transfers no bytes (its name is asked about first),
 //! and a new one is written with a create-only put (`If-None-Match: *`), so two

@@ -14,8 +14,11 @@
 //! * an entry in use is never lost: once a run stored or hit it cleanly, a later run
 //!   of it misses only if its last clean use started more than `U - touch - 1 s`
 //!   before (gc may then evict it: markers lag by up to `touch`, and the server's
-//!   times have whole seconds), which is counted as lapsed, not a loss;
-//!   right after the runners stop every hot entry hits;
+//!   times have whole seconds), or if since its last store one clean use ended that
+//!   long after the one before it started (gc may have evicted it while that use was
+//!   under way: the use is served, the entry is gone after); such a miss is counted as
+//!   lapsed, any other one is a loss; right after the runners stop every hot entry in
+//!   use hits;
 //! * cold entries go: each last used longer ago than `U` plus two gc cycles is gone;
 //! * a quiet gc leaves a closed bucket: every pack and blob is named by an entry,
 //!   every named one is there, every marker is an entry's, every entry hits;
@@ -63,8 +66,16 @@ struct State {
     established: Option<Instant>,
     /// When the last clean store or hit of it started (its use is at least that late).
     last_use: Option<Instant>,
+    /// Whether, since its last clean store, a clean use ended `safe_for` or more after
+    /// the one before started: the server may then have seen it unused for longer
+    /// than `unused_for` while that use was under way, and gc may have evicted it (the
+    /// use served, the entry gone after). A miss then is not a loss.
+    gap: bool,
     /// When its last run ended.
     last_end: Option<Instant>,
+    /// Its last runs (seconds into the trial: start, end, hit or miss, clean), for a
+    /// failure's report.
+    history: std::collections::VecDeque<(f64, f64, bool, bool)>,
 }
 
 /// Counts of a trial (and of the whole drill).
@@ -237,15 +248,18 @@ impl Trial<'_> {
             let mut t = lock(&self.tally);
             match (before.established, before.last_use) {
                 (Some(_), Some(used))
-                    if start.saturating_duration_since(used) < self.safe_for() =>
+                    if !before.gap && start.saturating_duration_since(used) < self.safe_for() =>
                 {
                     t.lost += 1;
                     loss = Some(format!(
                         "entry {id} (group {}) was lost: a run at {at:.1}s missed, {:.1}s after \
-                         a clean use (gc keeps an entry used within {:.1}s); stderr: {}",
+                         a clean use, in use without a gap since its store (gc keeps an entry \
+                         used within {:.1}s); its last runs (start, end, hit, clean): {:?}; \
+                         stderr: {}",
                         self.tasks[n].group(),
                         start.saturating_duration_since(used).as_secs_f64(),
                         self.safe_for().as_secs_f64(),
+                        before.history,
                         stderr.trim()
                     ));
                 }
@@ -258,9 +272,23 @@ impl Trial<'_> {
             let s = &mut state[n];
             if clean {
                 s.established.get_or_insert(end);
+                if missed {
+                    s.gap = false;
+                } else if s
+                    .last_use
+                    .is_some_and(|u| end.saturating_duration_since(u) >= self.safe_for())
+                {
+                    s.gap = true;
+                }
                 s.last_use = Some(s.last_use.map_or(start, |u| u.max(start)));
             }
             s.last_end = Some(s.last_end.map_or(end, |e| e.max(end)));
+            let since = |i: Instant| i.saturating_duration_since(self.t0).as_secs_f64();
+            s.history
+                .push_back((since(start), since(end), !missed, clean));
+            if s.history.len() > 6 {
+                s.history.pop_front();
+            }
         }
         match loss {
             Some(e) => Err(e),
@@ -325,7 +353,7 @@ impl Trial<'_> {
         let mut problems = Vec::new();
         for (n, task) in self.tasks.iter().enumerate() {
             let s = &state[n];
-            if !task.hot() || s.established.is_none() {
+            if !task.hot() || s.established.is_none() || s.gap {
                 continue;
             }
             let Some(used) = s.last_use else { continue };
