@@ -615,8 +615,10 @@ async fn sweep_unclaimed(
         Err(e) => return Err(storage.err("HEAD", &marker, &e)),
     };
     if claimed.is_some_and(|at| now.duration_since(at).unwrap_or_default() <= grace) {
+        tracing::debug!(object = %path, "kept: claimed for reuse within the grace");
         return Ok(Swept::Claimed);
     }
+    tracing::debug!(object = %path, claimed = claimed.is_some(), "sweeping");
     storage.delete(path).await?;
     if claimed.is_some() {
         storage.delete(&marker).await?;
@@ -648,7 +650,9 @@ impl S3Storage {
             .put(&marker, object_store::PutPayload::from_static(b""))
             .await
             .map_err(|e| self.err("PUT", &marker, &e))?;
-        self.head_size(object).await
+        let size = self.head_size(object).await?;
+        tracing::debug!(%object, there = size.is_some(), "claimed for reuse");
+        Ok(size)
     }
 }
 

@@ -35,6 +35,7 @@ use super::{Outcome, Rng};
 use bucket::{Bucket, Listing};
 use plan::{Task, Timing};
 use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -158,6 +159,10 @@ fn verbose() -> bool {
     std::env::var_os("TASKCACHE_DRILL_VERBOSE").is_some()
 }
 
+/// What runs and gc trace with `TASKCACHE_DRILL_VERBOSE`: warnings, and cache-s3's
+/// claims and sweeps of packs and blobs.
+const TRACE: &str = "warn,cache_s3::gc=debug";
+
 impl Trial<'_> {
     /// The longest a clean use keeps an entry safe from gc: `unused_for` less the
     /// marker interval (a hit within it writes no marker) and a second (the server's
@@ -212,9 +217,15 @@ impl Trial<'_> {
         let start = Instant::now();
         let mut cmd = self.tc.run_cmd(self.s3, ws.path(), id, Class::Shared);
         cmd.env(MARK_ENV, &mark);
+        if verbose() {
+            cmd.env("TASKCACHE_LOG", TRACE);
+        }
         let out = cmd.output().map_err(|e| format!("start taskcache: {e}"))?;
         let end = Instant::now();
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let stderr = self.traced(
+            &format!("entry {id} ({:.1}s)", start.duration_since(self.t0).as_secs_f64()),
+            &String::from_utf8_lossy(&out.stderr),
+        );
         if !out.status.success() {
             return Err(format!(
                 "run of entry {id} exited {}: {}",
@@ -296,12 +307,40 @@ impl Trial<'_> {
         }
     }
 
+    /// Prints the claims and sweeps a process traced (with `TASKCACHE_DRILL_VERBOSE`),
+    /// and returns the rest of its stderr.
+    fn traced(&self, who: &str, stderr: &str) -> String {
+        let mut rest = String::new();
+        for line in stderr.lines() {
+            if let Some(traced) = line.strip_prefix("taskcache: debug: ") {
+                eprintln!(
+                    "drill gc: {:.2}s {who}: {traced}",
+                    self.t0.elapsed().as_secs_f64()
+                );
+            } else {
+                rest.push_str(line);
+                rest.push('\n');
+            }
+        }
+        rest
+    }
+
     /// `taskcache gc` with `args`; the numbers it printed (entries, packs, blobs and
     /// markers removed).
     fn gc(&self, args: &[&str]) -> Result<[u64; 4], String> {
-        let mut all = vec!["gc"];
-        all.extend_from_slice(args);
-        let out = self.tc.admin(self.s3, &all)?;
+        let mut cmd = Command::new(&self.tc.bin);
+        cmd.arg("gc")
+            .args(args)
+            .args(self.s3.admin_args())
+            .envs(self.s3.envs())
+            .env_remove("TASKCACHE_LOG")
+            .stdin(Stdio::null());
+        if verbose() {
+            cmd.env("TASKCACHE_LOG", TRACE);
+        }
+        let start = self.t0.elapsed().as_secs_f64();
+        let out = cmd.output().map_err(|e| format!("start taskcache gc: {e}"))?;
+        self.traced(&format!("gc ({start:.1}s)"), &String::from_utf8_lossy(&out.stderr));
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         if !out.status.success() {
             return Err(format!(
