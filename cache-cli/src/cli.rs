@@ -18,6 +18,8 @@ Environment:
   TASKCACHE_POLICY          default for --policy
   TASKCACHE_CACHE_TIMEOUT   default for --cache-timeout
   TASKCACHE_LOG             tracing filter for diagnostics, e.g. debug
+  TASKCACHE_TOUCH_INTERVAL  object stores: rewrite an entry's used/ marker at most this
+                            often (default and longest 1d; shorter for tests and drills)
   TASKCACHE_SIGNING_KEY     sign what is stored (a secret; see `taskcache keygen`)
   TASKCACHE_TRUSTED_KEYS    use only entries signed by these public keys
   AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION,

@@ -19,7 +19,10 @@
 //!   that member list (format: the `pack` module);
 //! * `blobs/<algorithm>/<hex>`: larger files and logs, by content digest, each its own
 //!   object;
-//! * `used/<algorithm>/<hex>`: an empty marker whose time is the entry's last use.
+//! * `used/<algorithm>/<hex>`: an empty marker whose time is the entry's last use;
+//! * `used/packs/<hex>`, `used/blobs/<algorithm>/<hex>`: an empty claim, written by a
+//!   store that found the pack or blob already there and names it without sending it
+//!   (`gc` keeps an unreferenced object claimed within its grace).
 //!
 //! A pack or blob already stored transfers no bytes (its name is asked about first),
 //! and a new one is written with a create-only put (`If-None-Match: *`), so two
@@ -82,7 +85,7 @@ pub use config::S3Options;
 #[cfg(any(feature = "aws", feature = "gcp", feature = "azure"))]
 pub use config::retry_config;
 pub use counting::{CountingStore, RequestCounts};
-pub use gc::{GcOptions, GcReport};
+pub use gc::{EntryReferences, GcOptions, GcReport};
 pub use object_store;
 pub use stats::{BucketStats, ListLimits, Stopped};
 
@@ -322,9 +325,14 @@ impl S3Storage {
             source => blocking(move || prepare(source, algorithm, threshold)).await?,
         };
         let path = self.blob_path(&blob.digest);
-        let stored = self.head_size(&path).await?;
+        let mut stored = self.head_size(&path).await?;
         if stored == Some(blob.size) {
-            return Ok(blob);
+            // Reused, not sent: claimed first, so a gc sweeping it now keeps it (and if
+            // it swept it already, it is sent again).
+            stored = self.claim(&path).await?;
+            if stored == Some(blob.size) {
+                return Ok(blob);
+            }
         }
         // A stored object of another size is not this blob (truncated, tampered):
         // it is replaced; otherwise the put is create-only, the race guard.

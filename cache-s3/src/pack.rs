@@ -945,7 +945,15 @@ impl S3Storage {
         let refs: Vec<BlobRef> = members.iter().map(|(b, _)| *b).collect();
         let name = PackName::of(&refs);
         let mode = match self.read_pack_as_found(PackRef { name, tail: 0 }).await? {
-            Found::Good(info) if refs.iter().all(|b| info.member(b).is_some()) => return Ok(()),
+            Found::Good(info) if refs.iter().all(|b| info.member(b).is_some()) => {
+                // Reused, not sent: claimed first, so a gc sweeping it now keeps it.
+                if self.claim(&self.pack_object(name)).await?.is_some() {
+                    return Ok(());
+                }
+                // Swept between the two reads: sent again.
+                self.state().forget(&name);
+                PutMode::Create
+            }
             // Under this name but not these members (a member removed, tampered, cut):
             // replaced.
             Found::Good(_) | Found::Bad => PutMode::Overwrite,

@@ -11,6 +11,8 @@
 //! * `remote`: the S3 and REAPI servers behind a local tier killed and restarted,
 //!   frozen, or down, mid-store and mid-restore; and the breaker (servers of its own,
 //!   whatever `--backend` says).
+//! * `gc`: runner processes store and hit entries sharing packs and blobs in one bucket
+//!   (a moto of its own) while `taskcache gc --unused-for` runs again and again.
 //!
 //! Crash and corrupt run against a [`taskcache::Backend`]: `local` (a directory), `s3`
 //! (a bucket on moto) and `remote` (a BuildGrid of the drill's own, CAS on disk), the
@@ -29,6 +31,7 @@ mod corrupt;
 mod crash;
 mod disk;
 mod fuzz;
+mod gc;
 mod kill;
 mod many;
 mod remote;
@@ -54,7 +57,9 @@ pub struct Outcome {
     pub skipped: Option<String>,
 }
 
-const DRILLS: [&str; 7] = ["kill", "crash", "corrupt", "fuzz", "many", "disk", "remote"];
+const DRILLS: [&str; 8] = [
+    "kill", "crash", "corrupt", "fuzz", "many", "disk", "remote", "gc",
+];
 
 struct Options {
     trials: Option<u64>,
@@ -83,7 +88,7 @@ impl Options {
 pub fn run(args: &[String]) -> Result<(), String> {
     // A re-executed child of `drill kill`: store until killed.
     harness::child_if_requested();
-    let usage = "usage: cargo xtask drill [kill|crash|corrupt|fuzz|many|disk|remote|all] \
+    let usage = "usage: cargo xtask drill [kill|crash|corrupt|fuzz|many|disk|remote|gc|all] \
                  [--trials N] [--backend local|s3|remote|all] [--ci]";
     let Some(name) = args.first().map(String::as_str) else {
         return Err(usage.into());
@@ -163,7 +168,7 @@ fn run_drills(
     // Built before any drill's clock starts (a release build takes minutes here).
     let tc = if names
         .iter()
-        .any(|n| matches!(*n, "crash" | "corrupt" | "many" | "disk" | "remote"))
+        .any(|n| matches!(*n, "crash" | "corrupt" | "many" | "disk" | "remote" | "gc"))
     {
         Some(taskcache::Tc::build()?)
     } else {
@@ -201,6 +206,10 @@ fn run_drills(
                 "remote" => {
                     let tc = tc.as_ref().ok_or("no taskcache")?;
                     remote::run(tc, trials(opts, 3, 300), opts.ci, &mut rng)?
+                }
+                "gc" => {
+                    let tc = tc.as_ref().ok_or("no taskcache")?;
+                    gc::run(tc, trials(opts, 1, 4), opts.ci, &mut rng)?
                 }
                 "disk" | "crash" | "corrupt" | "many" => {
                     let tc = tc.as_ref().ok_or("no taskcache")?;
