@@ -17,7 +17,7 @@ const VAR: &str = "TASKCACHE_TEST_REAPI";
 async fn harness(url: String) -> Harness {
     let open = || RemoteStorage::open(RemoteConfig::from_url(&url).unwrap()).unwrap();
     let tamper = common::ServerTamper::new(open());
-    Harness::from_storage(open(), Arc::new(tamper))
+    Harness::from_storage(open(), Arc::new(tamper)).with_capabilities(common::capabilities())
 }
 
 macro_rules! against_buildgrid {
@@ -78,6 +78,7 @@ against_buildgrid! {
     hostile_unsigned_and_forged_entries
     trust_absolute_symlinks_only_when_opted_in
     concurrent_stores_and_readers
+    concurrent_transfers_stay_within_memory_bound
     model_state_machine
     health_check_succeeds
     name_is_stable

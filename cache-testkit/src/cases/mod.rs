@@ -13,7 +13,7 @@
 //! | keys | `keys_*`: dedup, overwrite (the last published entry wins), invalid keys |
 //! | misses and degradation | `miss_*`, `degradation_*`: unknown keys, [`cache_core::Tiered`] with a failing tier |
 //! | hostile data | `hostile_*`: escaping paths and symlinks, garbage, flipped and deleted blobs, undeclared outputs, newer-format entries, huge declared logs, adversarial entries |
-//! | concurrency | `concurrent_stores_and_readers` |
+//! | concurrency | `concurrent_stores_and_readers`, `concurrent_transfers_stay_within_memory_bound` (peak memory of 16 stores and 16 imports at once against the documented bounds) |
 //! | model | `model_state_machine`: random operation sequences against a reference |
 //! | misc | `health_check_succeeds`, `name_is_stable` |
 //!
@@ -22,6 +22,7 @@
 //! readers see one whole entry or the other (`concurrent_stores_and_readers`).
 #![allow(clippy::missing_panics_doc)]
 
+mod bounds;
 mod common;
 mod concurrency;
 mod hostile;
@@ -34,6 +35,7 @@ mod restore;
 mod round_trip;
 mod trust;
 
+pub use bounds::{MEMORY_ALLOWANCE, concurrent_transfers_stay_within_memory_bound};
 pub use concurrency::concurrent_stores_and_readers;
 pub use hostile::{
     hostile_absolute_paths, hostile_deleted_blob, hostile_deleted_log_blob,
