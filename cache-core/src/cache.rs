@@ -637,9 +637,17 @@ impl<S: Storage> Cache<S> {
         // Stored under the record's own refs, whatever this storage would choose.
         missing.sort_by_key(|b| b.digest.algorithm());
         let same_algorithm = missing.chunk_by(|a, b| a.digest.algorithm() == b.digest.algorithm());
-        for chunk in same_algorithm.flat_map(|c| c.chunks(256)) {
+        // In windows, as a restore opens them: what the source storage holds in memory
+        // and the process's budget for it stay bounded however large the hit.
+        let windows = same_algorithm.flat_map(|group| {
+            let sizes: Vec<u64> = group.iter().map(|b| b.size).collect();
+            crate::window::runs(&sizes)
+                .into_iter()
+                .map(move |r| &group[r])
+        });
+        for chunk in windows {
             let algorithm = chunk[0].digest.algorithm();
-            let sources = hit.open(chunk.to_vec()).await?;
+            let (sources, _held) = crate::window::open(chunk, |b| hit.open(b)).await?;
             let files = blob_files(chunk, &sources);
             self.refuse_damaged_files(files).await?;
             let sources = chunk

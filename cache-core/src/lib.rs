@@ -166,6 +166,7 @@ mod record;
 pub mod sign;
 pub mod storage;
 mod task;
+mod window;
 mod workspace;
 
 pub use backend::{

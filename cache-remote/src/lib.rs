@@ -39,6 +39,21 @@
 //!   so a dead server costs one timeout, and in [`cache_core::Tiered`] so a read-only
 //!   one is read and no longer written.
 //!
+//! ## Memory
+//!
+//! What a storage holds in memory stays bounded however many calls run at once:
+//!
+//! | held in memory | bound | per |
+//! |---|---|---|
+//! | ByteStream reads and writes: a few 1 MiB messages queued each way ([`STREAM_BYTES`], 6 MiB); a write's feeder starts only once the stream may run | [`RemoteConfig::concurrency`] streams and calls (16): 96 MiB | storage |
+//! | batch updates: the data of a batch, read only once the process has room for it, held (with the copy an attempt sends and the encoded message) until it is sent | [`BATCH_UPLOAD_BUFFERS`] of data (16 MiB), 48 MiB | process |
+//! | batch reads: small blobs (up to the batch limit, 4 MiB) handed over as bytes; large ones are lazy ByteStream readers | `Cache`'s window budget ([`cache_core::storage::WINDOW_BUDGET`], 128 MiB), and as much again for a moment while an answer is decoded from its own buffer | process |
+//! | hashing a store's sources (a 1 MiB buffer; a reader is spooled to a temporary file) | 1 MiB | call |
+//! | reading an entry (its result, trees and logs) | 64 MiB ([`cache_core::storage::MAX_ENTRY_BYTES`]) | lookup |
+//!
+//! With the default configuration that is [`MEMORY_PER_PROCESS`] beyond `Cache`'s
+//! window budget, and [`MEMORY_PER_CALL`] per store or import in flight.
+//!
 //! ```no_run
 //! use cache_remote::{RemoteConfig, RemoteStorage};
 //! # async fn f() -> cache_core::BackendResult<()> {
@@ -61,7 +76,17 @@ mod config;
 pub mod fuzz;
 pub mod mapping;
 
+pub use blobs::{BATCH_UPLOAD_BUFFERS, STREAM_BYTES};
 pub use client::{Caps, ZstdSupport, status_error};
+
+/// The most a REAPI storage's transfers hold at once in one process with the default
+/// configuration (16 calls in flight), beyond `Cache`'s window budget: streams, batch
+/// updates, and batch answers being decoded (see the crate docs' table).
+pub const MEMORY_PER_PROCESS: u64 =
+    16 * STREAM_BYTES + 3 * BATCH_UPLOAD_BUFFERS + cache_core::storage::WINDOW_BUDGET;
+
+/// What one store or import holds besides: the buffer that hashes its sources.
+pub const MEMORY_PER_CALL: u64 = 1 << 20;
 pub use config::{RemoteConfig, Secret, TlsConfig};
 
 use blobs::Payload;

@@ -67,7 +67,10 @@ fn harness_on((url, state): (String, Arc<State>)) -> Harness {
         server: common::ServerTamper::new(open(&url, |_| {})),
         state: Arc::clone(&state),
     };
-    Harness::from_storage(open(&url, |_| {}), Arc::new(tamper)).with_guard(state)
+    // The fake server keeps its CAS in this process.
+    Harness::from_storage(open(&url, |_| {}), Arc::new(tamper))
+        .with_capabilities(common::capabilities().with_in_process_data(true))
+        .with_guard(state)
 }
 
 mod suite {

@@ -36,8 +36,9 @@
 // limits: 200,000 members, 64 MiB trailers, 5 MiB segments) before it is cast.
 #![allow(clippy::cast_possible_truncation)]
 
-use crate::{EAGER_MAX, S3Storage, blocking, is_absent};
-use cache_core::storage::{ActionRecord, BlobSource, StoredEntry, copy_hashing, open_regular};
+use crate::put::{Sorted, sort_sources};
+use crate::{EAGER_MAX, S3Storage, blocking, is_absent, memory};
+use cache_core::storage::{ActionRecord, BlobSource, StoredEntry, open_regular};
 use cache_core::{BackendError, BackendResult, BlobRef, Digest, DigestAlgorithm, Hasher};
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
@@ -445,48 +446,6 @@ impl Small {
     }
 }
 
-/// What pass 1 made of a source: a small blob (hashed, bytes not kept unless they
-/// were given as bytes), or a source stored on its own.
-pub(crate) enum Sorted {
-    Small(BlobRef, Small),
-    Alone(BlobSource),
-}
-
-/// Pass 1 (blocking): hashes every small source, in order, without keeping a file's
-/// bytes; larger files and readers are stored on their own.
-pub(crate) fn sort_sources(
-    sources: Vec<BlobSource>,
-    algorithm: DigestAlgorithm,
-) -> BackendResult<Vec<Sorted>> {
-    sources
-        .into_iter()
-        .map(|source| match source {
-            BlobSource::Bytes(b) if b.len() as u64 <= EAGER_MAX => {
-                Ok(Sorted::Small(BlobRef::of(algorithm, &b), Small::Bytes(b)))
-            }
-            BlobSource::File(path) => {
-                let file = open_regular(&path)?;
-                let ctx = |e| BackendError::io_with_context("read", &path, e);
-                if file.metadata().map_err(ctx)?.len() > EAGER_MAX {
-                    return Ok(Sorted::Alone(BlobSource::File(path)));
-                }
-                let blob = copy_hashing(
-                    &mut file.take(EAGER_MAX + 1),
-                    &mut std::io::sink(),
-                    algorithm,
-                )
-                .map_err(ctx)?;
-                if blob.size > EAGER_MAX {
-                    // It grew since: stored on its own, hashed again there.
-                    return Ok(Sorted::Alone(BlobSource::File(path)));
-                }
-                Ok(Sorted::Small(blob, Small::File(path)))
-            }
-            other => Ok(Sorted::Alone(other)),
-        })
-        .collect()
-}
-
 /// Splits deduplicated small members into packs: a new one after
 /// [`MAX_PACK_MEMBERS`] members or [`MAX_PACK_BYTES`] bytes.
 pub(crate) fn split_packs(members: Vec<(BlobRef, Small)>) -> Vec<Vec<(BlobRef, Small)>> {
@@ -548,7 +507,8 @@ pub(crate) fn write_pack(members: &[(BlobRef, Small)]) -> BackendResult<Written>
     };
     let mut segments = Vec::new();
     let mut placed = Vec::with_capacity(members.len());
-    let mut raw: Vec<u8> = Vec::new();
+    // Never grown past a segment (a member never spans two): at most 5 MiB.
+    let mut raw: Vec<u8> = Vec::with_capacity(MAX_SEGMENT_RAW as usize);
     let mut in_segment = 0usize;
     let mut compressor = zstd::bulk::Compressor::new(LEVEL).map_err(io)?;
     let mut flush = |raw: &mut Vec<u8>,
@@ -900,7 +860,7 @@ impl S3Storage {
         sources: Vec<BlobSource>,
         algorithm: DigestAlgorithm,
     ) -> BackendResult<Vec<BlobRef>> {
-        let sorted = blocking(move || sort_sources(sources, algorithm)).await?;
+        let sorted = blocking(move || sort_sources(sources, algorithm, true)).await?;
         let mut refs: Vec<Option<BlobRef>> = vec![None; sorted.len()];
         let mut small = Vec::new();
         let mut alone = Vec::new();
@@ -913,7 +873,7 @@ impl S3Storage {
                         small.push((blob, source));
                     }
                 }
-                Sorted::Alone(source) => alone.push((i, source)),
+                Sorted::Alone(blob, upload) => alone.push((i, blob, upload)),
             }
         }
         drop(seen);
@@ -925,8 +885,8 @@ impl S3Storage {
             Ok::<_, BackendError>(())
         };
         let large = futures::stream::iter(alone)
-            .map(|(i, source)| async move {
-                Ok::<_, BackendError>((i, self.put_one(source, algorithm).await?))
+            .map(|(i, blob, upload)| async move {
+                Ok::<_, BackendError>((i, self.put_one(blob, upload).await?))
             })
             .buffered(self.inner.options.concurrency)
             .try_collect::<Vec<(usize, BlobRef)>>();
@@ -959,19 +919,17 @@ impl S3Storage {
             Found::Good(_) | Found::Bad => PutMode::Overwrite,
             Found::Absent => PutMode::Create,
         };
-        let written = blocking(move || write_pack(&members)).await?;
+        let written = {
+            let _turn = memory::pack().await;
+            blocking(move || write_pack(&members)).await?
+        };
         self.upload_pack(written, mode).await
     }
 
     async fn upload_pack(&self, written: Written, mode: PutMode) -> BackendResult<()> {
         let path = self.pack_object(written.info.name);
         if written.blob.size < self.inner.options.multipart_threshold {
-            let file = written.file.to_path_buf();
-            let bytes = blocking(move || {
-                std::fs::read(&file).map_err(|e| BackendError::io_with_context("read", &file, e))
-            })
-            .await?;
-            self.put_small(&path, bytes::Bytes::from(bytes), mode)
+            self.put_file_whole(&path, written.file.to_path_buf(), written.blob, mode)
                 .await?;
         } else {
             self.put_file(&path, written.file.to_path_buf(), written.blob)
@@ -1199,6 +1157,8 @@ impl S3Storage {
     ) -> BackendResult<Vec<(usize, Option<BlobSource>)>> {
         let s = info.segments[segment as usize];
         let path = self.pack_object(info.name);
+        // Held until the members are cut out: the frame and the decompressed segment.
+        let _room = memory::segment(s.len.saturating_add(s.raw_len)).await;
         let got = self
             .get_range(&path, GetRange::Bounded(s.offset..s.offset + s.len))
             .await?;

@@ -223,7 +223,10 @@ impl Trial<'_> {
         let out = cmd.output().map_err(|e| format!("start taskcache: {e}"))?;
         let end = Instant::now();
         let stderr = self.traced(
-            &format!("entry {id} ({:.1}s)", start.duration_since(self.t0).as_secs_f64()),
+            &format!(
+                "entry {id} ({:.1}s)",
+                start.duration_since(self.t0).as_secs_f64()
+            ),
             &String::from_utf8_lossy(&out.stderr),
         );
         if !out.status.success() {
@@ -339,8 +342,13 @@ impl Trial<'_> {
             cmd.env("TASKCACHE_LOG", TRACE);
         }
         let start = self.t0.elapsed().as_secs_f64();
-        let out = cmd.output().map_err(|e| format!("start taskcache gc: {e}"))?;
-        self.traced(&format!("gc ({start:.1}s)"), &String::from_utf8_lossy(&out.stderr));
+        let out = cmd
+            .output()
+            .map_err(|e| format!("start taskcache gc: {e}"))?;
+        self.traced(
+            &format!("gc ({start:.1}s)"),
+            &String::from_utf8_lossy(&out.stderr),
+        );
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         if !out.status.success() {
             return Err(format!(
