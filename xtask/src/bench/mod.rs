@@ -13,6 +13,7 @@ mod local;
 mod local_child;
 mod remote;
 mod s3;
+mod s3_real;
 mod s3_tree;
 
 pub fn run(args: &[String]) -> Result<(), String> {
