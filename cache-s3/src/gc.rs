@@ -708,14 +708,14 @@ async fn read_refs(
         .bytes()
         .await
         .map_err(|e| storage.err("GET", &path, &e))?;
-    let (packs, body) = match pack::unwrap_entry(&bytes) {
-        Ok(None) => (Vec::new(), bytes.clone()),
+    let (packs, at) = match pack::unwrap_entry(&bytes) {
+        Ok(None) => (Vec::new(), pack::RecordAt::Plain(0)),
         Ok(Some((packs, at))) => (
             packs
                 .iter()
                 .map(|p| format!("packs/{}", p.name.hex()))
                 .collect(),
-            bytes.slice(at..),
+            at,
         ),
         Err(BadWrapper::Newer(_)) => {
             let newer = Refs {
@@ -726,7 +726,16 @@ async fn read_refs(
         }
         Err(BadWrapper::Corrupt(_)) => return Ok(Some((meta, unreadable))),
     };
-    let decoded = blocking(move || Ok(ActionRecord::decode(&digest, &body))).await?;
+    let decoded = blocking(move || {
+        Ok(at
+            .record(&bytes)
+            .map_err(|reason| BackendError::CorruptEntry {
+                key: digest,
+                reason,
+            })
+            .and_then(|body| ActionRecord::decode(&digest, &body)))
+    })
+    .await?;
     let mut named = EntryReferences {
         packs,
         blobs: Vec::new(),
