@@ -282,11 +282,8 @@ pub(super) fn taskcache_round(
         .map_err(|e| format!("read {}: {e}", data.display()))?
         .filter_map(Result::ok)
         .map(|e| {
-            format!(
-                "{} {}",
-                e.file_name().to_string_lossy(),
-                self::stored(&e.path()).0
-            )
+            let (n, bytes) = self::stored(&e.path());
+            format!("{} {n}: {bytes} B", e.file_name().to_string_lossy())
         })
         .collect();
     kinds.sort();
