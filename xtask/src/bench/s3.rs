@@ -145,6 +145,11 @@ pub(super) fn wrap(cmd: &Command, program: &str, args: &[&str]) -> Command {
 
 /// Runs `cmd` under GNU `time`; returns wall seconds and peak RSS in MiB.
 pub(super) fn timed(cmd: &Command) -> Result<(f64, f64), String> {
+    timed_stderr(cmd).map(|(secs, rss, _)| (secs, rss))
+}
+
+/// [`timed`], and what `cmd` wrote on stderr.
+pub(super) fn timed_stderr(cmd: &Command) -> Result<(f64, f64, String), String> {
     let mut wrapped = wrap(cmd, "/usr/bin/time", &["-f", "%M"]);
     wrapped.stdin(Stdio::null()).stdout(Stdio::null());
     let start = Instant::now();
@@ -160,12 +165,15 @@ pub(super) fn timed(cmd: &Command) -> Result<(f64, f64), String> {
             out.status
         ));
     }
-    let kib: f64 = stderr
-        .lines()
-        .last()
-        .and_then(|l| l.trim().parse().ok())
-        .ok_or_else(|| format!("no peak RSS from GNU time: {stderr}"))?;
-    Ok((secs, kib / 1024.0))
+    let (own, last) = stderr
+        .trim_end()
+        .rsplit_once('\n')
+        .unwrap_or(("", stderr.trim_end()));
+    let kib: f64 = last
+        .trim()
+        .parse()
+        .map_err(|_| format!("no peak RSS from GNU time: {stderr}"))?;
+    Ok((secs, kib / 1024.0, own.to_owned()))
 }
 
 /// Pseudo-random bytes (BLAKE3's output stream), so nothing compresses or dedups.

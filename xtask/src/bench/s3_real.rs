@@ -254,6 +254,7 @@ struct Record {
     plain: Vec<(f64, f64)>,
     ours: Samples,
     tiered: Vec<(f64, f64)>,
+    tiered_failed: Vec<String>,
     theirs: Samples,
     /// Of the last round: objects and bytes each side left, taskcache's objects by
     /// kind, and the output's files, bytes and files over the pack limit.
@@ -289,7 +290,11 @@ pub(super) fn measure(c: &Clients<'_>, steps: &[Prepared], reps: usize) -> Resul
                 let side = taskcache_round(c, ws, output, &prefix, kind.extra(), want, true)?;
                 rec.kinds.clone_from(&side.kinds);
                 push(&mut rec.ours, &side);
-                rec.tiered.extend(side.tiered);
+                match side.tiered {
+                    Some(Ok(sample)) => rec.tiered.push(sample),
+                    Some(Err(why)) => rec.tiered_failed.push(why),
+                    None => {}
+                }
                 rec.stored_ours = side.stored;
                 Ok(())
             };
@@ -355,9 +360,17 @@ fn report(c: &Clients<'_>, steps: &[Prepared], records: &[Record], reps: usize, 
         let (down, _) = summary(&r.ours.down);
         let (t_up, _) = summary(&r.theirs.up);
         let (t_down, _) = summary(&r.theirs.down);
-        let (tiered, _) = summary(&r.tiered);
+        let tiered = if r.tiered.is_empty() {
+            "failed".to_owned()
+        } else {
+            format!("{:.2} s", summary(&r.tiered).0)
+        };
+        let tiered = match r.tiered_failed.len() {
+            0 => tiered,
+            n => format!("{tiered} ({n} of {} failed)", n + r.tiered.len()),
+        };
         println!(
-            "| {} {} | {} files, {:.1} MB | {plain:.2} s | {up:.2} s | {t_up:.2} s | {:.2}× ({}) | {down:.2} s | {t_down:.2} s | {:.2}× ({}) | {tiered:.2} s | {:.2}× |",
+            "| {} {} | {} files, {:.1} MB | {plain:.2} s | {up:.2} s | {t_up:.2} s | {:.2}× ({}) | {down:.2} s | {t_down:.2} s | {:.2}× ({}) | {tiered} | {:.2}× |",
             kind.name(),
             kind.what(),
             r.files.0,
@@ -401,6 +414,11 @@ fn report(c: &Clients<'_>, steps: &[Prepared], records: &[Record], reps: usize, 
             summary(&r.theirs.up).1,
             summary(&r.theirs.down).1,
         );
+    }
+    for (kind, r) in ready() {
+        for why in &r.tiered_failed {
+            println!("\n{} tiered hit: {why}", kind.name());
+        }
     }
     for s in steps {
         if let Prepared::Skipped { kind, why } = s {

@@ -6,7 +6,7 @@
 //! The two sides' rounds ([`taskcache_round`], [`tar_round`]) serve the real steps
 //! (`s3_real`) too.
 
-use super::s3::{Clients, Samples, aws_cp, bucket, remove, taskcache, timed};
+use super::s3::{Clients, Samples, aws_cp, bucket, remove, taskcache, timed, timed_stderr};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -228,7 +228,8 @@ pub(super) struct Side {
     pub(super) stored: (u64, u64),
     /// Objects by the prefix's top directory (`entries 1, packs 1`), taskcache only.
     pub(super) kinds: String,
-    pub(super) tiered: Option<(f64, f64)>,
+    /// Its time, or why it did not restore the output (not fatal: reported).
+    pub(super) tiered: Option<Result<(f64, f64), String>>,
 }
 
 /// taskcache stores `ws/output` into the empty prefix `prefix` (`--cache s3://...`,
@@ -251,14 +252,16 @@ pub(super) fn taskcache_round(
     let up = timed(&cmd)?;
     std::fs::rename(&original, &kept).map_err(|e| e.to_string())?;
     let hit = |cmd: &Command, how: &str| -> Result<(f64, f64), String> {
-        let sample = timed(cmd)?;
+        let (secs, rss, stderr) = timed_stderr(cmd)?;
         let same = original.exists() && tree_digest(&original)? == want;
         remove(&original)?;
         if same {
-            Ok(sample)
+            Ok((secs, rss))
         } else {
+            let said: String = stderr.lines().take(2).collect::<Vec<_>>().join(" / ");
             Err(format!(
-                "taskcache ({how}) restored a different {output} (or none: was the entry stored?)"
+                "taskcache ({how}, {secs:.1} s) did not restore {output}: {}",
+                if said.is_empty() { "no warning" } else { &said }
             ))
         }
     };
@@ -293,7 +296,7 @@ pub(super) fn taskcache_round(
         down: down?,
         stored,
         kinds: kinds.join(", "),
-        tiered: tiered.transpose()?,
+        tiered,
     })
 }
 
