@@ -99,8 +99,8 @@ fn object_gc(
     ))?;
     if report.kept_young > 0 {
         print(&format!(
-            "kept {} unreferenced objects written in the last {}s: a store running now may \
-             need them (--grace)\n",
+            "kept {} unreferenced objects written or claimed for reuse in the last {}s: a \
+             store running now may need them (--grace)\n",
             report.kept_young,
             args.grace.as_secs()
         ))?;

@@ -111,9 +111,46 @@ pub fn require_supported(loc: Location, role: Role) -> Result<Tier, Failure> {
 }
 
 /// Object store client options for calls bounded by `deadlines`: each request, with
-/// its retries, gives up within the time the tier's deadline allows it.
+/// its retries, gives up within the time the tier's deadline allows it. The interval
+/// between rewrites of an entry's `used/` marker is [`TOUCH_INTERVAL_VAR`]'s, if set.
 pub fn s3_options(deadlines: Deadlines) -> S3Options {
-    S3Options::default().with_deadlines(deadlines)
+    let options = S3Options::default().with_deadlines(deadlines);
+    let interval = touch_interval(
+        std::env::var(TOUCH_INTERVAL_VAR).ok().as_deref(),
+        options.touch_interval,
+    );
+    options.with_touch_interval(interval)
+}
+
+/// How often a hit on an object store may rewrite its entry's `used/` marker (the
+/// last use `gc --unused-for` reads). It can only be shortened from the default (a
+/// day): for tests and drills that evict by last use within seconds, where a marker
+/// written once a day would make every entry look unused.
+pub const TOUCH_INTERVAL_VAR: &str = "TASKCACHE_TOUCH_INTERVAL";
+
+/// [`TOUCH_INTERVAL_VAR`]'s value, `raw`, as an interval no longer than `default`; a
+/// longer or unreadable value is warned about and `default` used.
+fn touch_interval(raw: Option<&str>, default: std::time::Duration) -> std::time::Duration {
+    let Some(raw) = raw.filter(|r| !r.trim().is_empty()) else {
+        return default;
+    };
+    match crate::cli::parse_duration(raw) {
+        Ok(d) if d <= default => d,
+        Ok(_) => {
+            tracing::warn!(
+                "{TOUCH_INTERVAL_VAR} can only shorten the interval (at most {}): using {0}",
+                crate::size::format_duration(default)
+            );
+            default
+        }
+        Err(e) => {
+            tracing::warn!(
+                "{TOUCH_INTERVAL_VAR}: {e}; using the default ({})",
+                crate::size::format_duration(default)
+            );
+            default
+        }
+    }
 }
 
 /// Opens the object store `url` as a cache (no local tier), its blocking work on
@@ -470,6 +507,23 @@ mod tests {
             panic!("an object store taken for a directory")
         };
         assert!(msg.contains("local cache directory only"), "{msg}");
+    }
+
+    #[test]
+    fn the_touch_interval_can_only_be_shortened() {
+        use std::time::Duration;
+        let day = Duration::from_secs(86_400);
+        assert_eq!(touch_interval(None, day), day);
+        assert_eq!(touch_interval(Some(" "), day), day);
+        assert_eq!(touch_interval(Some("2s"), day), Duration::from_secs(2));
+        assert_eq!(touch_interval(Some("0"), day), Duration::ZERO);
+        assert_eq!(touch_interval(Some("1d"), day), day);
+        assert_eq!(touch_interval(Some("2d"), day), day, "longer: the default");
+        assert_eq!(
+            touch_interval(Some("soon"), day),
+            day,
+            "unreadable: the default"
+        );
     }
 
     #[test]

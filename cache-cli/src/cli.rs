@@ -18,6 +18,8 @@ Environment:
   TASKCACHE_POLICY          default for --policy
   TASKCACHE_CACHE_TIMEOUT   default for --cache-timeout
   TASKCACHE_LOG             tracing filter for diagnostics, e.g. debug
+  TASKCACHE_TOUCH_INTERVAL  object stores: rewrite an entry's used/ marker at most this
+                            often (default and longest 1d; shorter for tests and drills)
   TASKCACHE_SIGNING_KEY     sign what is stored (a secret; see `taskcache keygen`)
   TASKCACHE_TRUSTED_KEYS    use only entries signed by these public keys
   AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION,
@@ -146,8 +148,8 @@ pub struct KeyArgs {
     pub task: TaskArgs,
     /// Print everything that went into the key instead of the key alone: every input
     /// file with its digest, the names (never the values) of the declared variables,
-    /// the arguments, outputs and salt, then the key; with --id, also what changed
-    /// since the last entry stored under that id.
+    /// the arguments, outputs, key format and platform (OS, CPU), then the key; with
+    /// --id, also what changed since the last entry stored under that id.
     #[arg(long)]
     pub explain: bool,
     /// -v: on stderr, which inputs changed since the last entry stored under --id;

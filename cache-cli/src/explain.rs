@@ -6,7 +6,7 @@
 //! that key's inputs is kept at `<cache>/ids/<digest of ID>.json`; when a later run
 //! (at `-v`) or `key --explain` with the same id computes another key, the difference
 //! is shown: files added, removed or changed, variables whose value changed, arguments,
-//! outputs, patterns or salt.
+//! outputs, patterns, or the key format or platform.
 //!
 //! The manifest holds the declared variables' names with a digest of each value,
 //! never the value. That tells nothing the key does not already: the key is itself a
@@ -16,7 +16,7 @@
 //! too large, malformed, for another id or behind a symlink is ignored with a debug
 //! log. It never changes a key, a hit or an exit code.
 
-use crate::key::{KEY_FORMAT, TaskSpec, key_text, salt};
+use crate::key::{TaskSpec, format_and_platform, key_builder, key_text};
 use cache_core::{BlobRef, DigestAlgorithm, InputFile};
 use serde_json::{Value, json};
 use std::cell::OnceCell;
@@ -45,8 +45,10 @@ const SUMMARY_NAMES: usize = 5;
 pub struct Manifest {
     /// The task digest.
     pub key: String,
-    /// The salt (format, OS, architecture), `\0` shown as a space.
-    pub salt: String,
+    /// The key format version and platform ([`format_and_platform`]). Kept in the
+    /// file as `"salt"`, its name when the command salted its keys with them, so an
+    /// older manifest still compares and says the format changed.
+    pub format: String,
     /// The command and arguments as they joined the key.
     pub args: Vec<String>,
     /// Whether the command ran through a shell.
@@ -109,7 +111,7 @@ impl Manifest {
         outputs.dedup();
         Manifest {
             key: key.to_owned(),
-            salt: salt().replace('\0', " "),
+            format: format_and_platform(&key_builder(spec, &var)),
             args: spec.command.iter().map(|a| key_text(a)).collect(),
             shell: false,
             env: spec
@@ -133,7 +135,7 @@ impl Manifest {
     /// Everything that went into the key, one line each (no trailing key line).
     pub fn detail_lines(&self) -> Vec<String> {
         let mut lines = vec![
-            format!("key format: {KEY_FORMAT} (salt: {})", shown(&self.salt)),
+            format!("key format: {}", shown(&self.format)),
             format!(
                 "command ({}): {}",
                 if self.shell {
@@ -180,7 +182,7 @@ impl Manifest {
             "format": MANIFEST_FORMAT,
             "id": id,
             "key": self.key,
-            "salt": self.salt,
+            "salt": self.format,
             "args": self.args,
             "shell": self.shell,
             "env": self.env,
@@ -248,7 +250,7 @@ impl Manifest {
         cache_core::Digest::parse(&key).map_err(|_| "\"key\" is not a digest".to_owned())?;
         Ok(Manifest {
             key,
-            salt: string("salt")?,
+            format: string("salt")?,
             args: strings("args")?,
             shell: field("shell")?.as_bool().ok_or("\"shell\" is not a bool")?,
             env,
@@ -356,10 +358,10 @@ impl Changes {
             c.other
                 .push(format!("input patterns changed; they were: {was}"));
         }
-        if last.salt != now.salt {
+        if last.format != now.format {
             c.other.push(format!(
-                "salt changed (another taskcache key format or platform); it was: {}",
-                shown(&last.salt)
+                "key format or platform changed; it was: {}",
+                shown(&last.format)
             ));
         }
         c

@@ -1,8 +1,10 @@
 //! The task digest `taskcache run` and `taskcache key` compute.
 //!
 //! The CLI describes a run as a [`cache_core::Task`] ([`TaskSpec::to_task`]) and keys
-//! it with [`cache_core::TaskKeyBuilder::from_task`] plus the salt below: the same task
-//! gets the same key from the library and from the command. The key covers:
+//! it with [`cache_core::TaskKeyBuilder::from_task`], adding nothing: the same task
+//! gets the same key from the library and from the command (the rule is in
+//! `cache_core`'s `key` module docs, and `tests/cli.rs` checks it against the binary).
+//! The key covers:
 //!
 //! * the command and its arguments, in order, exactly as given (no shell: `shell` is
 //!   false; a `sh -c '...'` command has its script as an argument);
@@ -11,33 +13,25 @@
 //! * each `-i GLOB`: the pattern and the contents and executable bits of the files it
 //!   matches; a symlink with its text and its target (a file's content, or a directory
 //!   inside the workspace walked under the link's path); a FIFO, socket or device by its
-//!   kind only, never opened (the rule is in `cache_core`'s `key` module docs);
+//!   kind only, never opened;
 //! * each `-o PATH`: the output's normalized name (its content is what is cached);
 //! * `--allow-absolute-symlinks`, when given (such a task has keys of its own);
-//! * a salt: [`KEY_FORMAT`] plus the operating system and CPU architecture, so that a
-//!   shared remote never hands a Linux binary to a macOS job, and so that a future
-//!   change of what the CLI puts in the key changes every key at once.
+//! * the key format version and the platform (operating system and CPU architecture),
+//!   which the library adds by default: a shared remote never hands a Linux binary to
+//!   a macOS job.
 //!
 //! Arguments and values that are not UTF-8 join the key as `"\0"` followed by the hex
 //! of their bytes: a real argument or variable can never contain a NUL byte, so the two
 //! forms cannot collide.
 
 use cache_core::{
-    BackendResult, Digest, DigestAlgorithm, InputFile, OutputType, RelPath, Task, TaskKeyBuilder,
-    TaskOutput,
+    BackendResult, Digest, DigestAlgorithm, InputFile, KEY_FORMAT_VERSION, OutputType, RelPath,
+    Task, TaskKeyBuilder, TaskOutput,
 };
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::fmt::Write as _;
 use std::path::Path;
-
-/// Version of what the CLI puts in a key. Bump it whenever that changes.
-///
-/// Still `/2` since symlink targets and special files joined the key: inputs that are
-/// regular files are encoded as before, and a symlink or special file is encoded with
-/// tags the earlier encoding never produced, so an earlier key can never be met again
-/// with a different meaning.
-pub const KEY_FORMAT: &str = "taskcache-cli-key/2";
 
 /// What a task is, as far as the key is concerned.
 #[derive(Debug, Clone)]
@@ -80,15 +74,6 @@ impl TaskSpec {
     }
 }
 
-/// The salt for this build of the CLI on this platform.
-pub fn salt() -> String {
-    format!(
-        "{KEY_FORMAT}\0{}\0{}",
-        std::env::consts::OS,
-        std::env::consts::ARCH
-    )
-}
-
 /// An argument or value as it joins the key (see the module docs).
 pub fn key_text(s: &OsStr) -> String {
     if let Some(utf8) = s.to_str() {
@@ -112,6 +97,12 @@ fn os_bytes(s: &OsStr) -> Vec<u8> {
     s.to_string_lossy().into_owned().into_bytes()
 }
 
+/// The library's key builder for `spec`, with variables read through `var`:
+/// [`TaskKeyBuilder::from_task`] of [`TaskSpec::to_task`], nothing added.
+pub fn key_builder(spec: &TaskSpec, var: impl Fn(&str) -> Option<OsString>) -> TaskKeyBuilder {
+    TaskKeyBuilder::from_task(&spec.to_task("", var), DigestAlgorithm::Blake3)
+}
+
 /// Computes the task digest, reading inputs under `workspace` and variables through
 /// `var` (blocking). Also returns the input files that joined the key, by path.
 pub fn task_key(
@@ -119,9 +110,16 @@ pub fn task_key(
     workspace: &Path,
     var: impl Fn(&str) -> Option<OsString>,
 ) -> BackendResult<(Digest, BTreeMap<String, InputFile>)> {
-    TaskKeyBuilder::from_task(&spec.to_task("", var), DigestAlgorithm::Blake3)
-        .salt(salt())
-        .build_with_inputs(workspace)
+    key_builder(spec, var).build_with_inputs(workspace)
+}
+
+/// The key's format version and platform, for people (`key --explain`, manifests):
+/// `taskcache-key/2, platform linux/x86_64`.
+pub fn format_and_platform(builder: &TaskKeyBuilder) -> String {
+    let platform = builder
+        .key_platform()
+        .map_or_else(|| "none (portable)".to_owned(), ToString::to_string);
+    format!("taskcache-key/{KEY_FORMAT_VERSION}, platform {platform}")
 }
 
 /// The first input file that is also a declared output (or lies inside one). Such a
@@ -229,8 +227,8 @@ mod tests {
         assert_eq!(check(&spec(&["distribution.txt"], &["dist"])), None);
     }
 
-    /// One description, one key: the library's `from_task` over the CLI's task (plus
-    /// the CLI's salt) is the CLI's key.
+    /// One description, one key: the library's `from_task` over the CLI's task, with
+    /// nothing added, is the CLI's key.
     #[test]
     fn the_key_is_the_librarys_key_of_the_same_task() {
         let dir = tempfile::tempdir().unwrap();
@@ -239,7 +237,6 @@ mod tests {
         let task = spec().to_task("any id", var);
         assert_eq!(task.env.get("CC").map(String::as_str), Some("gcc"));
         let library = TaskKeyBuilder::from_task(&task, DigestAlgorithm::Blake3)
-            .salt(salt())
             .build(dir.path())
             .unwrap();
         assert_eq!(task_key(&spec(), dir.path(), var).unwrap().0, library);
@@ -263,9 +260,11 @@ mod tests {
     }
 
     #[test]
-    fn salt_names_the_format_and_platform() {
-        let s = salt();
-        assert!(s.starts_with(KEY_FORMAT));
-        assert!(s.contains(std::env::consts::OS));
+    fn the_format_line_names_the_version_and_platform() {
+        let line = format_and_platform(&key_builder(&spec(), |_| None));
+        assert!(line.starts_with(&format!("taskcache-key/{KEY_FORMAT_VERSION}, ")));
+        assert!(line.ends_with(&format!(" {}", cache_core::Platform::current())));
+        let portable = format_and_platform(&key_builder(&spec(), |_| None).portable());
+        assert!(portable.ends_with("none (portable)"), "{portable}");
     }
 }

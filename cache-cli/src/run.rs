@@ -34,6 +34,11 @@
 //!   someone else's directory, or a cache whose `LAYOUT` is gone and that holds a stray
 //!   file) is a warning too: the command runs uncached and nothing is written there.
 //!   Tampering with a cache must not fail a step; `stats`, `gc` and `verify` refuse it.
+//! * Refused permission (`Fault::Permission`: credentials that may read and not write,
+//!   an HTTP 401/403, a REAPI action cache that is read-only): a warning, once per run,
+//!   and the step passes. A shared tier that refuses writes is still read (its hits
+//!   are replayed) and the result is stored in the local tier only; a cache that
+//!   refuses reads runs the command uncached.
 //! * A cache call that times out (every tier is under a [`cache_core::Deadline`]) was
 //!   cancelled before the timeout came back ([`cache_core::cancel`]): nothing the
 //!   restore started is renamed, created or re-timed in the workspace afterwards, and
@@ -56,8 +61,8 @@ use crate::key::{TaskSpec, input_inside_output, task_key};
 use crate::location::{Location, RawLocation};
 use crate::size::{format_duration, format_size};
 use cache_core::{
-    CacheBackend, CacheEntry, CachePolicy, InputFile, Task, effective_policy, policy_allows_read,
-    policy_allows_write,
+    CacheBackend, CacheEntry, CachePolicy, Fault, InputFile, Task, effective_policy,
+    policy_allows_read, policy_allows_write,
 };
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -419,6 +424,9 @@ fn try_hit(
                 format!(" (the cached run failed with exit {code}; --cache-failures is not set)"),
             ));
         }
+        Err(e) if e.fault() == Fault::Permission => {
+            tracing::warn!("the cache refuses access, running {id} uncached: {e}");
+        }
         Err(e) if e.is_cache_fault() => {
             tracing::warn!("cache trouble, running {id} uncached: {e}");
         }
@@ -494,11 +502,26 @@ fn store_result(
         &format!("storing {n_outputs} output(s) in the cache"),
         s.opened.backend.store(task, &p.key, &entry, policy),
     )) {
-        Ok(()) => Ok(format!(
-            "stored {n_outputs} output(s) and exit {code} in {} ({id}, in {})",
-            format_duration(stored_at.elapsed()),
-            s.opened.describe,
-        )),
+        Ok(()) => {
+            // A shared tier that refuses writes said so itself (one warning: `Tiered`).
+            let refused = match &s.opened.tiered {
+                Some(t) if t.shared_writes_refused.load(Ordering::Relaxed) > 0 => {
+                    " (not in the remote tier: it refuses writes)"
+                }
+                _ => "",
+            };
+            Ok(format!(
+                "stored {n_outputs} output(s) and exit {code} in {} ({id}, in {}{refused})",
+                format_duration(stored_at.elapsed()),
+                s.opened.describe,
+            ))
+        }
+        Err(e) if e.fault() == Fault::Permission => {
+            tracing::warn!(
+                "the cache refuses writes, {id} is not stored (reads from it go on): {e}"
+            );
+            Err("the cache refuses writes (see the warning)".into())
+        }
         Err(e) => {
             tracing::warn!("could not store the result of {id} in the cache: {e}");
             Err("the cache refused it (see the warning)".into())

@@ -471,6 +471,77 @@ fn key_prints_the_digest_and_nothing_else() {
     assert!(!f.cache.exists(), "`key` touched the cache");
 }
 
+/// An executor that describes the same task as a `cache_core::Task` and keys it with
+/// `TaskKeyBuilder::from_task` (nothing else: no salt, no platform of its own) gets the
+/// key `taskcache key` prints, so the two share entries in one cache.
+#[test]
+fn the_library_key_of_the_same_task_is_the_cli_key() {
+    use cache_core::{DigestAlgorithm, OutputType, Task, TaskKeyBuilder, TaskOutput};
+    let f = Fixture::new();
+    f.write("src/a.c", "int a;\n");
+    f.write("src/sub/b.c", "int b;\n");
+    f.write("Makefile", "all:\n");
+    fs::set_permissions(f.ws.join("Makefile"), fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::symlink("a.c", f.ws.join("src/link.c")).unwrap();
+    let script = "make all";
+    let cli = |extra: &[&str]| {
+        let mut c = f.cmd();
+        c.env("CC", "gcc").arg("key").args(extra).args([
+            "-e",
+            "CC",
+            "-e",
+            "NEVER_SET",
+            "-i",
+            "src/**",
+            "-i",
+            "Makefile",
+            "-o",
+            "out.txt",
+            "-o",
+            "dist/",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ]);
+        let o = exec(c);
+        assert_eq!(o.code, 0, "{o:?}");
+        o.stdout_str().trim_end().to_owned()
+    };
+    let mut task = Task::new("build", ["sh", "-c", script]);
+    task.env.insert("CC".into(), "gcc".into());
+    task.inputs = vec!["Makefile".into(), "src/**".into()];
+    task.outputs = ["out.txt", "dist"]
+        .map(|p| TaskOutput {
+            path: p.into(),
+            kind: OutputType::Cas,
+        })
+        .to_vec();
+    let library = |task: &Task| {
+        TaskKeyBuilder::from_task(task, DigestAlgorithm::Blake3)
+            .build(&f.ws)
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(
+        cli(&[]),
+        library(&task),
+        "the library's key is not the CLI's"
+    );
+    task.allow_absolute_symlinks = true;
+    assert_eq!(
+        cli(&["--allow-absolute-symlinks"]),
+        library(&task),
+        "with absolute symlinks allowed"
+    );
+    let explained = cli(&["--allow-absolute-symlinks", "--explain"]);
+    assert_eq!(
+        explained.lines().last(),
+        Some(format!("key: {}", library(&task)).as_str()),
+        "{explained}"
+    );
+}
+
 #[test]
 fn a_missing_output_is_not_cached_and_keeps_the_exit_code() {
     let f = Fixture::new();

@@ -94,9 +94,12 @@ fn key_explain_lists_everything_that_went_into_the_key_but_no_value() {
         "src/**",
         "\"sh\" \"-c\"",
         "no shell",
-        "taskcache-cli-key/2",
-        std::env::consts::OS,
-        std::env::consts::ARCH,
+        "key format: taskcache-key/2, platform ",
+        &format!(
+            "platform {}/{}",
+            std::env::consts::OS,
+            std::env::consts::ARCH
+        ),
     ] {
         assert!(text.contains(needle), "no {needle:?} in:\n{text}");
     }

@@ -6,6 +6,7 @@ mod support;
 
 use cache_s3::object_store::path::Path as ObjectPath;
 use cache_s3::object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use cache_testkit::loopback::LoopbackHttp;
 use futures::TryStreamExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -153,6 +154,59 @@ fn miss_then_hit_from_an_empty_local_tier_then_a_corrupt_object_is_never_restore
         "{o:?}"
     );
     assert_eq!(f.runs(), 2, "a corrupt blob must mean a re-run: {o:?}");
+}
+
+/// Issue 22: credentials that may read the bucket and not write it (moto behind a
+/// front that answers 403 to every write). The run says so in one warning, the step
+/// passes, the result is kept locally, and the bucket's hits are still replayed.
+#[test]
+fn a_bucket_that_refuses_writes_is_still_read_and_said_once() {
+    let Some((endpoint, bucket)) = peer("a_bucket_that_refuses_writes_is_still_read") else {
+        return;
+    };
+    let remote = format!("s3://{bucket}/{}", unique("read-only"));
+    let front = LoopbackHttp::refusing_writes(&endpoint);
+    let f = Fixture::new();
+    let run = |endpoint: &str, local: &str, script: &str| {
+        let mut c = cmd(&f, endpoint, local);
+        c.args([
+            "run", "-v", "--remote", &remote, "-o", "out.txt", "--", "sh", "-c", script,
+        ]);
+        exec(c)
+    };
+    // A writer stores through the real server.
+    let o = run(&endpoint, "local-a", COUNTING);
+    assert_eq!((o.code, f.runs()), (0, 1), "{o:?}");
+
+    // A read-only runner: its lookup hits from the bucket.
+    std::fs::remove_file(f.ws.join("out.txt")).unwrap();
+    let o = run(&front.url(), "local-b", COUNTING);
+    assert_eq!(o.code, 0, "{o:?}");
+    assert!(o.stderr.contains("remote tier"), "{o:?}");
+    assert_eq!(f.runs(), 1, "replayed from the bucket: {o:?}");
+    assert_eq!(std::fs::read(f.ws.join("out.txt")).unwrap(), b"result\n");
+
+    // Its miss runs, is stored locally, and the bucket's refusal is one warning.
+    let other = format!("{COUNTING} # read-only miss");
+    let o = run(&front.url(), "local-b", &other);
+    assert_eq!((o.code, f.runs()), (0, 2), "{o:?}");
+    let warnings: Vec<&str> = o.stderr.lines().filter(|l| l.contains("warning")).collect();
+    assert_eq!(warnings.len(), 1, "{o:?}");
+    assert!(warnings[0].contains("refuses writes"), "{o:?}");
+    assert!(
+        o.stderr.contains("it refuses writes)"),
+        "the stored line says so: {o:?}"
+    );
+    assert!(
+        !o.stderr.contains("skipping it"),
+        "no breaker opened: {o:?}"
+    );
+    assert!(!o.stderr.contains(SECRET), "{o:?}");
+    // Kept locally (a hit from the local tier), not in the bucket.
+    let o = run(&front.url(), "local-b", &other);
+    assert_eq!((o.code, f.runs()), (0, 2), "{o:?}");
+    let o = run(&endpoint, "local-c", &other);
+    assert_eq!((o.code, f.runs()), (0, 3), "the bucket never got it: {o:?}");
 }
 
 #[test]

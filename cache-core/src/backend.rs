@@ -241,6 +241,11 @@ pub trait CacheBackend: Send + Sync {
     /// Store a task execution result in the cache (a no-op unless the policy allows
     /// writes). Blobs are published before the entry. When two writers store the same
     /// key, both succeed and the entry published last wins.
+    ///
+    /// When the task declares outputs, every output of `entry` must be one of them,
+    /// lie below one, or be a directory above one (what a lookup of the task accepts);
+    /// anything else is refused as [`BackendError::InvalidOutput`], the caller's fault,
+    /// before anything is written.
     async fn store(
         &self,
         task: &Task,

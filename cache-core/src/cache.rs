@@ -213,13 +213,15 @@ impl<S: Storage> Cache<S> {
     }
 
     /// Writes the blobs of `entry` and returns the record to publish (not yet published).
+    /// Outputs the task does not declare are refused before anything is written.
     async fn put_outputs(
         &self,
         key: Digest,
         entry: &CacheEntry,
-        absolute_symlinks: bool,
+        declared: &Declared,
     ) -> BackendResult<ActionRecord> {
-        let planned = plan_outputs(&entry.outputs, absolute_symlinks)?;
+        let planned = plan_outputs(&entry.outputs, declared.absolute_symlinks)?;
+        declared.admits_outputs(&planned)?;
         let len = |l: &Option<Vec<u8>>| l.as_ref().map_or(0, |b| b.len() as u64);
         crate::record::check_log_order(&entry.log_order, len(&entry.stdout), len(&entry.stderr))
             .map_err(|reason| BackendError::InvalidOutput {
@@ -339,6 +341,43 @@ impl Declared {
         })
     }
 
+    /// The first of `outputs` (path, is a directory) the task does not declare: the
+    /// one rule for what a lookup accepts ([`Declared::admits`]) and what a store
+    /// accepts ([`Declared::admits_outputs`]).
+    fn first_undeclared<'a>(
+        &self,
+        mut outputs: impl Iterator<Item = (&'a str, bool)>,
+    ) -> Option<&'a str> {
+        if self.roots.is_empty() {
+            return None;
+        }
+        outputs
+            .find(|(p, is_dir)| !self.covers(p, *is_dir))
+            .map(|(p, _)| p)
+    }
+
+    /// Refuses a store of an output the task does not declare. It is the caller's
+    /// mistake, found before anything is written: every lookup of the task would
+    /// refuse such an entry ([`Declared::admits`]), a miss on every run.
+    fn admits_outputs(&self, planned: &[Planned]) -> BackendResult<()> {
+        let outputs = planned.iter().map(|p| match p {
+            Planned::File { rel, .. }
+            | Planned::Symlink(rel, _)
+            | Planned::AbsoluteSymlink(rel, _) => (rel.as_str(), false),
+            Planned::Directory(rel) => (rel.as_str(), true),
+        });
+        match self.first_undeclared(outputs) {
+            Some(path) => Err(BackendError::InvalidOutput {
+                path: crate::error::truncate(path),
+                reason: "the task does not declare it (nor a directory above it) as an output, \
+                         so no lookup of the task would accept the entry; declare it, or leave \
+                         it out"
+                    .into(),
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// Whether a directory (`is_dir`) or another output at `path` may be written.
     fn covers(&self, path: &str, is_dir: bool) -> bool {
         if self.roots.contains(path) || (is_dir && self.parents.contains(path)) {
@@ -361,9 +400,6 @@ impl Declared {
                 return Err(refuse(&l.path));
             }
         }
-        if self.roots.is_empty() {
-            return Ok(());
-        }
         let outputs = record.outputs.iter().map(|o| {
             let is_dir = matches!(o, OutputRecord::Directory { .. });
             (o.path(), is_dir)
@@ -372,11 +408,8 @@ impl Declared {
             .absolute_symlinks
             .iter()
             .map(|l| (l.path.as_str(), false));
-        match outputs
-            .chain(links)
-            .find(|(p, is_dir)| !self.covers(p, *is_dir))
-        {
-            Some((path, _)) => Err(refuse(path)),
+        match self.first_undeclared(outputs.chain(links)) {
+            Some(path) => Err(refuse(path)),
             None => Ok(()),
         }
     }
@@ -577,10 +610,9 @@ impl<S: Storage> Cache<S> {
         if !policy_allows_write(policy) {
             return Ok(());
         }
+        let declared = Declared::of(task)?;
         // Publish order, step 1: every blob.
-        let record = self
-            .put_outputs(key, entry, task.allow_absolute_symlinks)
-            .await?;
+        let record = self.put_outputs(key, entry, &declared).await?;
         // Publish order, step 2: the entry, last.
         let record = self.sign(record)?;
         self.storage
@@ -605,9 +637,17 @@ impl<S: Storage> Cache<S> {
         // Stored under the record's own refs, whatever this storage would choose.
         missing.sort_by_key(|b| b.digest.algorithm());
         let same_algorithm = missing.chunk_by(|a, b| a.digest.algorithm() == b.digest.algorithm());
-        for chunk in same_algorithm.flat_map(|c| c.chunks(256)) {
+        // In windows, as a restore opens them: what the source storage holds in memory
+        // and the process's budget for it stay bounded however large the hit.
+        let windows = same_algorithm.flat_map(|group| {
+            let sizes: Vec<u64> = group.iter().map(|b| b.size).collect();
+            crate::window::runs(&sizes)
+                .into_iter()
+                .map(move |r| &group[r])
+        });
+        for chunk in windows {
             let algorithm = chunk[0].digest.algorithm();
-            let sources = hit.open(chunk.to_vec()).await?;
+            let (sources, _held) = crate::window::open(chunk, |b| hit.open(b)).await?;
             let files = blob_files(chunk, &sources);
             self.refuse_damaged_files(files).await?;
             let sources = chunk

@@ -1,14 +1,15 @@
-//! Backend-agnostic wrappers: [`Tiered`], [`Instrumented`] and [`CircuitBreaker`].
+//! Backend-agnostic wrappers: [`Tiered`] and [`Instrumented`] (the third,
+//! [`crate::CircuitBreaker`], is in `breaker.rs`).
 
 use crate::{
     BackendError, BackendResult, CacheBackend, CacheEntry, CacheLookupResult, CacheOutput,
-    CachePolicy, Digest, Hit, LogBytes, OutputContent, Task,
+    CachePolicy, Digest, Fault, Hit, LogBytes, OutputContent, Task,
 };
 use async_trait::async_trait;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -16,9 +17,9 @@ use std::time::Instant;
 #[derive(Debug, Default)]
 pub struct TieredStats {
     /// Cache faults of the shared tier that were absorbed (the task ran uncached or
-    /// from the fast tier).
+    /// from the fast tier), and reads it refused ([`Fault::Permission`]).
     pub shared_errors: AtomicU64,
-    /// Cache faults of the fast tier that were absorbed.
+    /// Cache faults of the fast tier that were absorbed, and reads it refused.
     pub fast_errors: AtomicU64,
     /// Lookups answered by the shared tier.
     pub shared_hits: AtomicU64,
@@ -26,6 +27,21 @@ pub struct TieredStats {
     pub backfills: AtomicU64,
     /// Backfills that failed (logged, never fatal).
     pub backfill_failures: AtomicU64,
+    /// Writes (stores) the shared tier refused ([`Fault::Permission`]), and those not
+    /// sent to it afterwards because it refuses writes.
+    pub shared_writes_refused: AtomicU64,
+    /// Writes (stores and backfills) the fast tier refused, and those not sent to it
+    /// afterwards.
+    pub fast_writes_refused: AtomicU64,
+}
+
+/// What one tier refused by permission ([`Fault::Permission`]).
+#[derive(Debug, Default)]
+struct Refusals {
+    /// It refused a write: it is not written again by this `Tiered`.
+    writes: AtomicBool,
+    /// A refused read was reported (once; later ones are counted quietly).
+    reads_said: AtomicBool,
 }
 
 /// A fast tier (usually local disk) in front of a shared tier (object store, REAPI).
@@ -38,15 +54,39 @@ pub struct TieredStats {
 ///   returned, unless the copy timed out or lost the shared tier
 ///   ([`BackendError::is_outage`]): then the lookup is a miss, so a server that stops
 ///   answering mid-copy costs one deadline, not one more for the restore, and a
-///   [`CircuitBreaker`] around the shared tier is told.
+///   [`crate::CircuitBreaker`] around the shared tier is told.
 /// * `store`: both tiers.
-/// * A cache fault ([`BackendError::fault`]) of either tier never fails a call: it is
+/// * A cache fault ([`Fault::Cache`]) of either tier never fails a call: it is
 ///   counted, logged, and the other tier (or a miss) answers. Caller faults (a bad key,
 ///   bad outputs) are returned.
+/// * A tier that refuses a write by permission ([`Fault::Permission`]: a read-only
+///   token, a read-only REAPI action cache, an HTTP 403) is not written again by this
+///   `Tiered` (for a long-lived executor: the life of the process), and is still read:
+///   its hits are served as before. One warning says so; the stores not sent are
+///   counted ([`TieredStats::shared_writes_refused`]). A refused read is absorbed like
+///   a cache fault, with one warning.
 pub struct Tiered {
     fast: Arc<dyn CacheBackend>,
     shared: Arc<dyn CacheBackend>,
     stats: Arc<TieredStats>,
+    /// Indexed by [`Tier`].
+    refusals: [Refusals; 2],
+}
+
+/// Which of the two tiers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tier {
+    Fast = 0,
+    Shared = 1,
+}
+
+/// What a tier did with a store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stored {
+    Yes,
+    Failed,
+    /// Refused by permission, now or before.
+    Refused,
 }
 
 impl std::fmt::Debug for Tiered {
@@ -65,6 +105,7 @@ impl Tiered {
             fast,
             shared,
             stats: Arc::default(),
+            refusals: Default::default(),
         }
     }
 
@@ -74,21 +115,106 @@ impl Tiered {
         Arc::clone(&self.stats)
     }
 
-    /// Absorbs a cache fault of one tier; passes caller faults on.
-    fn absorb<T>(&self, shared: bool, op: &str, r: BackendResult<T>) -> BackendResult<Option<T>> {
-        match r {
-            Ok(v) => Ok(Some(v)),
-            Err(e) if e.is_cache_fault() => {
-                let (counter, tier) = if shared {
-                    (&self.stats.shared_errors, self.shared.name())
-                } else {
-                    (&self.stats.fast_errors, self.fast.name())
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(tier, op, error = %e, "cache tier failed; continuing without it");
-                Ok(None)
+    /// Whether the shared tier refused a write: it is no longer written, still read.
+    #[must_use]
+    pub fn shared_refuses_writes(&self) -> bool {
+        self.refusals[Tier::Shared as usize]
+            .writes
+            .load(Ordering::Relaxed)
+    }
+
+    fn tier(&self, tier: Tier) -> &dyn CacheBackend {
+        match tier {
+            Tier::Fast => &*self.fast,
+            Tier::Shared => &*self.shared,
+        }
+    }
+
+    fn errors(&self, tier: Tier) -> &AtomicU64 {
+        match tier {
+            Tier::Fast => &self.stats.fast_errors,
+            Tier::Shared => &self.stats.shared_errors,
+        }
+    }
+
+    fn writes_refused(&self, tier: Tier) -> &AtomicU64 {
+        match tier {
+            Tier::Fast => &self.stats.fast_writes_refused,
+            Tier::Shared => &self.stats.shared_writes_refused,
+        }
+    }
+
+    fn refuses_writes(&self, tier: Tier) -> bool {
+        self.refusals[tier as usize].writes.load(Ordering::Relaxed)
+    }
+
+    /// Absorbs a read's cache fault or refused permission of one tier; passes caller
+    /// faults on.
+    fn absorb<T>(&self, tier: Tier, op: &str, r: BackendResult<T>) -> BackendResult<Option<T>> {
+        let e = match r {
+            Ok(v) => return Ok(Some(v)),
+            Err(e) if e.fault() == Fault::Caller => return Err(e),
+            Err(e) => e,
+        };
+        self.errors(tier).fetch_add(1, Ordering::Relaxed);
+        let name = self.tier(tier).name();
+        if e.fault() == Fault::Permission {
+            let said = self.refusals[tier as usize]
+                .reads_said
+                .swap(true, Ordering::Relaxed);
+            if said {
+                tracing::debug!(tier = name, op, error = %e, "cache tier refuses access");
+            } else {
+                tracing::warn!(tier = name, op, error = %e, "cache tier refuses access; continuing without it");
             }
-            Err(e) => Err(e),
+        } else {
+            tracing::warn!(tier = name, op, error = %e, "cache tier failed; continuing without it");
+        }
+        Ok(None)
+    }
+
+    /// Notes that `tier` refused a write (`e`): it is not written again; said once.
+    fn refused_write(&self, tier: Tier, op: &str, e: &BackendError) {
+        self.writes_refused(tier).fetch_add(1, Ordering::Relaxed);
+        if !self.refusals[tier as usize]
+            .writes
+            .swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(
+                tier = self.tier(tier).name(),
+                op,
+                error = %e,
+                "cache tier refuses writes: still reading from it, no longer writing to it"
+            );
+        }
+    }
+
+    /// Stores in one tier, unless it refuses writes.
+    async fn store_in(
+        &self,
+        tier: Tier,
+        task: &Task,
+        digest: &str,
+        entry: &CacheEntry,
+        policy: CachePolicy,
+    ) -> BackendResult<Stored> {
+        if self.refuses_writes(tier) {
+            self.writes_refused(tier).fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(
+                tier = self.tier(tier).name(),
+                "not storing in a cache tier that refuses writes"
+            );
+            return Ok(Stored::Refused);
+        }
+        match self.tier(tier).store(task, digest, entry, policy).await {
+            Err(e) if e.fault() == Fault::Permission => {
+                self.refused_write(tier, "store", &e);
+                Ok(Stored::Refused)
+            }
+            r => Ok(match self.absorb(tier, "store", r)? {
+                Some(()) => Stored::Yes,
+                None => Stored::Failed,
+            }),
         }
     }
 }
@@ -102,14 +228,17 @@ impl CacheBackend for Tiered {
         policy: CachePolicy,
     ) -> BackendResult<Option<Hit>> {
         let fast = self.fast.lookup(task, key, policy).await;
-        if let Some(Some(hit)) = self.absorb(false, "lookup", fast)? {
+        if let Some(Some(hit)) = self.absorb(Tier::Fast, "lookup", fast)? {
             return Ok(Some(hit));
         }
         let shared = self.shared.lookup(task, key, policy).await;
-        let Some(Some(hit)) = self.absorb(true, "lookup", shared)? else {
+        let Some(Some(hit)) = self.absorb(Tier::Shared, "lookup", shared)? else {
             return Ok(None);
         };
         self.stats.shared_hits.fetch_add(1, Ordering::Relaxed);
+        if self.refuses_writes(Tier::Fast) {
+            return Ok(Some(hit));
+        }
         match self.fast.import(task, &hit, policy).await {
             Ok(Some(local)) => {
                 self.stats.backfills.fetch_add(1, Ordering::Relaxed);
@@ -128,6 +257,10 @@ impl CacheBackend for Tiered {
                 hit.report_fault(&e);
                 Ok(None)
             }
+            Err(e) if e.fault() == Fault::Permission => {
+                self.refused_write(Tier::Fast, "import", &e);
+                Ok(Some(hit))
+            }
             Err(e) => {
                 self.stats.backfill_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(fast = self.fast.name(), error = %e, "could not copy a shared-tier hit into the fast tier; restoring from the shared tier");
@@ -143,18 +276,25 @@ impl CacheBackend for Tiered {
         entry: &CacheEntry,
         policy: CachePolicy,
     ) -> BackendResult<()> {
-        let fast = self.fast.store(task, digest, entry, policy).await;
-        let fast_ok = self.absorb(false, "store", fast)?.is_some();
-        let shared = self.shared.store(task, digest, entry, policy).await;
-        let shared_ok = self.absorb(true, "store", shared)?.is_some();
-        if !fast_ok && !shared_ok {
-            return Err(BackendError::unavailable(format!(
+        let fast = self
+            .store_in(Tier::Fast, task, digest, entry, policy)
+            .await?;
+        let shared = self
+            .store_in(Tier::Shared, task, digest, entry, policy)
+            .await?;
+        match (fast, shared) {
+            (Stored::Yes, _) | (_, Stored::Yes) => Ok(()),
+            (Stored::Refused, Stored::Refused) => Err(BackendError::permission_denied(format!(
+                "neither {} nor {} accepts writes",
+                self.fast.name(),
+                self.shared.name()
+            ))),
+            _ => Err(BackendError::unavailable(format!(
                 "neither {} nor {} could store {digest}",
                 self.fast.name(),
                 self.shared.name()
-            )));
+            ))),
         }
-        Ok(())
     }
 
     async fn import(
@@ -172,9 +312,9 @@ impl CacheBackend for Tiered {
 
     async fn health_check(&self) -> BackendResult<()> {
         let fast = self.fast.health_check().await;
-        let fast_ok = self.absorb(false, "health_check", fast)?.is_some();
+        let fast_ok = self.absorb(Tier::Fast, "health_check", fast)?.is_some();
         let shared = self.shared.health_check().await;
-        let shared_ok = self.absorb(true, "health_check", shared)?.is_some();
+        let shared_ok = self.absorb(Tier::Shared, "health_check", shared)?.is_some();
         if fast_ok || shared_ok {
             Ok(())
         } else {
@@ -321,7 +461,7 @@ impl Metrics {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
@@ -479,228 +619,3 @@ impl CacheBackend for Instrumented {
         self.done("health_check", t, r)
     }
 }
-
-/// Stops calling a backend after it failed with a cache fault
-/// ([`BackendError::is_cache_fault`]: I/O, corruption, a server that is down or slow)
-/// several times in a row: from then on every call fails at once with `Unavailable`
-/// (still a cache fault), instead of paying a timeout per task. A success, or a caller
-/// fault, resets the count. The breaker stays open for the life of the wrapper (one CI
-/// run), unless [`CircuitBreaker::with_cooldown`] gives it a cool-down for a caller
-/// that lives longer: then, that long after opening, one call goes through
-/// (half-open); its success closes the breaker, its failure opens it for another
-/// cool-down.
-///
-/// [`CircuitBreaker::open_on_outage`] opens it at the first call that found the
-/// backend unreachable or silent, for callers that make too few calls for a count to
-/// matter (one `taskcache run` makes two: a lookup and a store).
-pub struct CircuitBreaker {
-    inner: Arc<dyn CacheBackend>,
-    /// Shared with the hits the breaker hands out, which report their faults to it.
-    state: Arc<Breaker>,
-}
-
-/// What a breaker counts, and its settings.
-struct Breaker {
-    name: &'static str,
-    threshold: u32,
-    on_outage: bool,
-    cooldown: Option<std::time::Duration>,
-    consecutive: AtomicU32,
-    open: AtomicBool,
-    opened_at: Mutex<Option<Instant>>,
-    probing: AtomicBool,
-}
-
-impl Breaker {
-    fn new(
-        name: &'static str,
-        threshold: u32,
-        on_outage: bool,
-        cooldown: Option<std::time::Duration>,
-    ) -> Self {
-        Breaker {
-            name,
-            threshold: threshold.max(1),
-            on_outage,
-            cooldown,
-            consecutive: AtomicU32::new(0),
-            open: AtomicBool::new(false),
-            opened_at: Mutex::new(None),
-            probing: AtomicBool::new(false),
-        }
-    }
-
-    fn is_open(&self) -> bool {
-        self.open.load(Ordering::Relaxed)
-    }
-
-    fn gate(&self) -> BackendResult<()> {
-        if self.is_open() {
-            let due = self
-                .cooldown
-                .is_some_and(|c| lock(&self.opened_at).is_some_and(|t| t.elapsed() >= c));
-            if due && !self.probing.swap(true, Ordering::Relaxed) {
-                tracing::info!(
-                    backend = self.name,
-                    "cache backend skipped for its cool-down; trying it again"
-                );
-                return Ok(());
-            }
-            return Err(BackendError::unavailable(format!(
-                "{} skipped for the rest of this run after {} consecutive failures",
-                self.name, self.threshold
-            )));
-        }
-        Ok(())
-    }
-
-    fn observe<T>(&self, r: BackendResult<T>) -> BackendResult<T> {
-        match &r {
-            Err(e) => self.fault(e),
-            Ok(_) => self.success(),
-        }
-        r
-    }
-
-    fn fault(&self, e: &BackendError) {
-        if !e.is_cache_fault() {
-            // The caller's mistake says nothing about the backend.
-            self.success();
-            return;
-        }
-        let n = self.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
-        let outage = self.on_outage && e.is_outage();
-        if self.probing.swap(false, Ordering::Relaxed) {
-            // Half-open and failed: another cool-down.
-            *lock(&self.opened_at) = Some(Instant::now());
-            tracing::warn!(backend = self.name, error = %e, "cache backend still failing; skipping it again");
-        } else if (n >= self.threshold || outage) && !self.open.swap(true, Ordering::Relaxed) {
-            *lock(&self.opened_at) = Some(Instant::now());
-            tracing::warn!(
-                backend = self.name,
-                failures = n,
-                error = %e,
-                "cache backend keeps failing; skipping it for the rest of this run"
-            );
-        }
-    }
-
-    fn success(&self) {
-        self.consecutive.store(0, Ordering::Relaxed);
-        if self.probing.swap(false, Ordering::Relaxed) {
-            self.open.store(false, Ordering::Relaxed);
-            tracing::info!(backend = self.name, "cache backend answers again");
-        }
-    }
-}
-
-impl std::fmt::Debug for CircuitBreaker {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CircuitBreaker")
-            .field("inner", &self.inner.name())
-            .field("threshold", &self.state.threshold)
-            .field("open", &self.is_open())
-            .finish_non_exhaustive()
-    }
-}
-
-impl CircuitBreaker {
-    /// Opens after `threshold` consecutive cache faults (at least 1).
-    pub fn new(inner: Arc<dyn CacheBackend>, threshold: u32) -> Self {
-        let state = Arc::new(Breaker::new(inner.name(), threshold, false, None));
-        CircuitBreaker { inner, state }
-    }
-
-    /// Settings changed before use: a breaker starts closed with nothing counted.
-    fn reconfigured(mut self, on_outage: bool, cooldown: Option<std::time::Duration>) -> Self {
-        let s = &self.state;
-        self.state = Arc::new(Breaker::new(s.name, s.threshold, on_outage, cooldown));
-        self
-    }
-
-    /// Half-open `cooldown` after opening: one call goes through, and closes the
-    /// breaker if it succeeds (see the type's docs). Set before use.
-    #[must_use]
-    pub fn with_cooldown(self, cooldown: std::time::Duration) -> Self {
-        let on_outage = self.state.on_outage;
-        self.reconfigured(on_outage, Some(cooldown))
-    }
-
-    /// Also opens at the first outage ([`BackendError::is_outage`]): a call that timed
-    /// out or found the backend unreachable. A server that did not answer one call will
-    /// not answer the next one a moment later, so a run pays one deadline for it, not
-    /// one per call. Other cache faults (a corrupt entry, a local I/O error) still
-    /// count towards the threshold. Set before use.
-    #[must_use]
-    pub fn open_on_outage(self) -> Self {
-        let cooldown = self.state.cooldown;
-        self.reconfigured(true, cooldown)
-    }
-
-    /// Whether calls are being short-circuited.
-    #[must_use]
-    pub fn is_open(&self) -> bool {
-        self.state.is_open()
-    }
-
-    /// `hit`, reporting the faults of its restores and log reads (and of copies of it
-    /// into another tier, through [`Tiered`]) to this breaker.
-    fn watched(&self, hit: Hit) -> Hit {
-        let state = Arc::clone(&self.state);
-        hit.with_fault_sink(Arc::new(move |e| state.fault(e)))
-    }
-}
-
-#[async_trait]
-impl CacheBackend for CircuitBreaker {
-    async fn lookup(
-        &self,
-        task: &Task,
-        key: &Digest,
-        policy: CachePolicy,
-    ) -> BackendResult<Option<Hit>> {
-        self.state.gate()?;
-        let found = self
-            .state
-            .observe(self.inner.lookup(task, key, policy).await)?;
-        Ok(found.map(|hit| self.watched(hit)))
-    }
-
-    async fn store(
-        &self,
-        task: &Task,
-        digest: &str,
-        entry: &CacheEntry,
-        policy: CachePolicy,
-    ) -> BackendResult<()> {
-        self.state.gate()?;
-        self.state
-            .observe(self.inner.store(task, digest, entry, policy).await)
-    }
-
-    async fn import(
-        &self,
-        task: &Task,
-        hit: &Hit,
-        policy: CachePolicy,
-    ) -> BackendResult<Option<Hit>> {
-        self.state.gate()?;
-        let imported = self
-            .state
-            .observe(self.inner.import(task, hit, policy).await)?;
-        Ok(imported.map(|hit| self.watched(hit)))
-    }
-
-    fn name(&self) -> &'static str {
-        self.inner.name()
-    }
-
-    async fn health_check(&self) -> BackendResult<()> {
-        self.state.gate()?;
-        self.state.observe(self.inner.health_check().await)
-    }
-}
-
-#[cfg(test)]
-#[path = "combinators_tests.rs"]
-mod tests;

@@ -1,5 +1,6 @@
 //! Errors shared by every backend, and the two lines drawn through them: degradable
-//! (the origin's rule) and, for combinators and executors, who is at fault.
+//! (the origin's rule) and, for combinators and executors, who is at fault ([`Fault`]:
+//! the cache, the caller, or a tier's permissions).
 
 use crate::{BlobRef, Digest};
 use std::fmt;
@@ -16,6 +17,18 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// it as its [`std::error::Error::source`]. New variants may be added (the enum is
 /// `#[non_exhaustive]`): match on [`BackendError::fault`] or
 /// [`BackendError::is_gracefully_degradable`] rather than on every variant.
+///
+/// | variant | [`BackendError::fault`] | [`is_outage`](BackendError::is_outage) | [`is_gracefully_degradable`](BackendError::is_gracefully_degradable) (origin) |
+/// |---|---|---|---|
+/// | `Unavailable`, `Connection`, `Timeout` | `Cache` | yes | yes |
+/// | `Rejected`, `ActionNotFound` | `Cache` | no | yes |
+/// | `Io`, `IoWithContext`, `Serialization`, `DigestMismatch`, `DamagedBlob`, `BlobNotFound`, `CorruptEntry`, `UntrustedEntry`, `NewerEntryFormat`, `UndeclaredOutput`, `LogTooLarge` | `Cache` | no | no |
+/// | `PermissionDenied` | `Permission` | no | yes |
+/// | `InvalidKey`, `UnsafePath`, `InvalidOutput`, `InvalidInput`, `Workspace` | `Caller` | no | no |
+///
+/// The origin's split stays as it was: its degradable variants (`Unavailable`,
+/// `Connection`, `ActionNotFound`) are degradable, its hard ones (`Io`,
+/// `IoWithContext`, `Serialization`, `DigestMismatch`, `BlobNotFound`) hard.
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum BackendError {
@@ -48,6 +61,26 @@ pub enum BackendError {
     /// caching. Callers should handle this gracefully.
     #[error("Remote cache unavailable: {0}")]
     Unavailable(#[source] Detail),
+
+    /// The server answered and refused this one request as invalid or unsatisfiable
+    /// (REAPI `INVALID_ARGUMENT`, `FAILED_PRECONDITION`, `OUT_OF_RANGE`, ...). The
+    /// cache's fault (the caller's input was valid: the request is this client's, the
+    /// refusal the server's), gracefully degradable, but not an outage: other calls a
+    /// moment later are expected to succeed, so a breaker counts it towards its
+    /// threshold instead of opening at once.
+    #[error("cache refused the request: {0}")]
+    Rejected(#[source] Detail),
+
+    /// The cache refuses this caller the operation: its credentials lack the
+    /// permission (HTTP 401/403, gRPC `PERMISSION_DENIED`/`UNAUTHENTICATED`), or the
+    /// cache is read-only (a REAPI action cache with `update_enabled: false`).
+    ///
+    /// [`Fault::Permission`]: gracefully degradable (the task runs, uncached or
+    /// unstored), never an outage (the server answered), and not the caller's mistake
+    /// in this call. A tier that refuses writes this way keeps refusing them:
+    /// [`crate::Tiered`] stops writing it and keeps reading it.
+    #[error("cache permission denied: {0}")]
+    PermissionDenied(#[source] Detail),
 
     /// Bytes read from the cache do not hash to the digest they are stored under.
     #[error("Digest mismatch: expected {expected}, got {actual}")]
@@ -102,6 +135,19 @@ pub enum BackendError {
         path: String,
         /// Why it is refused and what to do instead.
         reason: String,
+    },
+
+    /// The workspace a hit is restored into cannot be used or written: it is missing,
+    /// not a directory, not writable, or its filesystem failed. The caller's: another
+    /// tier, or the same one later, would meet the same workspace.
+    #[error("workspace: failed to {operation} '{path}': {source}")]
+    Workspace {
+        /// What was being done, e.g. `"create directory"`.
+        operation: &'static str,
+        /// The path in the workspace (or the workspace root).
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
     },
 
     /// An output handed to `store` cannot be cached as described.
@@ -190,17 +236,32 @@ pub enum BackendError {
     },
 }
 
-/// Who is at fault for an error, which decides what an executor does with it.
+/// Who owns an error, which decides what an executor does with it.
+///
+/// | owner | the task | the tier |
+/// |---|---|---|
+/// | `Cache` | runs uncached (never fails for it) | counted by [`crate::CircuitBreaker`]; skipped after repeated faults, at once after an outage if asked |
+/// | `Permission` | runs uncached, or its result is not stored there | not counted by the breaker; [`crate::Tiered`] stops writing a tier that refused a write, keeps reading it, and says so once |
+/// | `Caller` | the error is returned: fix what it names | not counted: another tier would fail the same way |
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
-    /// The cache is at fault: its storage failed (I/O, a server that is down or slow),
-    /// or what it holds is corrupt or incomplete. The task runs uncached; a tier at
-    /// fault is skipped ([`crate::Tiered`], [`crate::CircuitBreaker`]). Never a reason
-    /// to fail the task.
+    /// The cache is at fault: its storage failed (I/O, a server that is down or slow,
+    /// a request it refused as invalid), or what it holds is corrupt or incomplete. The
+    /// task runs uncached; a tier at fault is skipped ([`crate::Tiered`],
+    /// [`crate::CircuitBreaker`]). Never a reason to fail the task.
     Cache,
+    /// The cache answered and refuses this caller the operation, by permission or by
+    /// policy: credentials without the right (HTTP 401/403, gRPC `PERMISSION_DENIED`,
+    /// `UNAUTHENTICATED`) or a read-only cache ([`BackendError::PermissionDenied`]).
+    /// Not an outage (a breaker does not count it) and no reason to fail the task: it
+    /// runs uncached, or runs and is not stored there. Usually only writes are refused
+    /// (a read-only token, a read-only REAPI action cache): keep reading the tier,
+    /// stop writing it, say so once ([`crate::Tiered`] does).
+    Permission,
     /// The caller is at fault: a malformed key, outputs or inputs that cannot be cached
-    /// as described, or a workspace whose layout is in the way of an output. Retrying
-    /// or another tier would not help; the message says what to fix.
+    /// as described, or a workspace that is missing, unwritable or whose layout is in
+    /// the way of an output. Retrying or another tier would not help; the message says
+    /// what to fix. A breaker does not count it.
     Caller,
 }
 
@@ -276,7 +337,9 @@ impl BackendError {
     /// Returns true if this error indicates the cache is unavailable but
     /// execution should continue without caching (graceful degradation).
     ///
-    /// This is the origin's narrow rule (transport trouble and a missing action).
+    /// This is the origin's narrow rule (transport trouble, a refused request or
+    /// permission, and a missing action); the origin's hard errors (I/O,
+    /// serialization, a digest mismatch, a missing blob) stay hard.
     /// [`BackendError::fault`] is the wider one executors and combinators use.
     #[must_use]
     pub fn is_gracefully_degradable(&self) -> bool {
@@ -285,24 +348,30 @@ impl BackendError {
             BackendError::Unavailable(_)
                 | BackendError::Connection(_)
                 | BackendError::Timeout { .. }
+                | BackendError::Rejected(_)
+                | BackendError::PermissionDenied(_)
                 | BackendError::ActionNotFound { .. }
         )
     }
 
-    /// Who is at fault: see [`Fault`]. Every error that is not plainly the caller's
-    /// (bad key, bad outputs or inputs, a workspace in the way) is the cache's.
+    /// Who owns the error: see [`Fault`]. A refused permission is
+    /// [`Fault::Permission`]; bad keys, outputs or inputs and workspace trouble are the
+    /// caller's; everything else is the cache's.
     #[must_use]
     pub fn fault(&self) -> Fault {
         match self {
+            BackendError::PermissionDenied(_) => Fault::Permission,
             BackendError::InvalidKey { .. }
             | BackendError::UnsafePath { .. }
             | BackendError::InvalidOutput { .. }
-            | BackendError::InvalidInput { .. } => Fault::Caller,
+            | BackendError::InvalidInput { .. }
+            | BackendError::Workspace { .. } => Fault::Caller,
             _ => Fault::Cache,
         }
     }
 
-    /// Shorthand for `self.fault() == Fault::Cache`: the task should run uncached.
+    /// Shorthand for `self.fault() == Fault::Cache`: the task should run uncached, and
+    /// the tier's health is in question ([`crate::CircuitBreaker`] counts these only).
     #[must_use]
     pub fn is_cache_fault(&self) -> bool {
         self.fault() == Fault::Cache
@@ -339,6 +408,29 @@ impl BackendError {
         BackendError::Unavailable(Detail::new(message))
     }
 
+    /// A `PermissionDenied` error with a message.
+    pub fn permission_denied(message: impl Into<String>) -> Self {
+        BackendError::PermissionDenied(Detail::new(message))
+    }
+
+    /// A `Rejected` error with a message.
+    pub fn rejected(message: impl Into<String>) -> Self {
+        BackendError::Rejected(Detail::new(message))
+    }
+
+    /// A `Workspace` error: `operation` on `path` in the caller's workspace failed.
+    pub fn workspace(
+        operation: &'static str,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
+        BackendError::Workspace {
+            operation,
+            path: path.into(),
+            source,
+        }
+    }
+
     /// A `Serialization` error about `source`.
     pub fn serialization(message: impl Into<String>, source: impl Into<BoxError>) -> Self {
         BackendError::Serialization(Detail::with_source(message, source))
@@ -352,6 +444,9 @@ impl BackendError {
             BackendError::Serialization(_) => "serialization",
             BackendError::Connection(_) => "connection",
             BackendError::Unavailable(_) => "unavailable",
+            BackendError::Rejected(_) => "rejected",
+            BackendError::PermissionDenied(_) => "permission_denied",
+            BackendError::Workspace { .. } => "workspace",
             BackendError::DigestMismatch { .. } => "digest_mismatch",
             BackendError::DamagedBlob { .. } => "damaged_blob",
             BackendError::BlobNotFound { .. } => "blob_not_found",

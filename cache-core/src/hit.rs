@@ -5,8 +5,9 @@
 pub(crate) use crate::blobfile::open_blob_file;
 use crate::blobfile::{LazyFile, looks_sparse, read_verified};
 use crate::blocking::{self, Spawner};
-use crate::record::{ActionRecord, LogRecord, OutputRecord};
+use crate::record::{ActionRecord, LogRecord, LogStream, OutputRecord};
 use crate::storage::{BlobSource, EntryKey, Storage};
+use crate::window;
 use crate::{
     BackendError, BackendResult, BlobRef, CacheOutput, Digest, LogBytes, OutputContent, RelPath,
     Workspace,
@@ -31,12 +32,6 @@ const KERNEL_COPY_MIN: u64 = 16 << 20;
 /// hit: one trip to the blocking pool); a larger one is split across jobs.
 const SMALL_FILES: usize = 64;
 const SMALL_BYTES: u64 = 8 << 20;
-
-/// How many blobs, and bytes of blobs, one `open_blobs` call asks for in a large
-/// restore: bounds what a storage that fetches small blobs eagerly holds in memory at
-/// once, while keeping the pauses between chunks few.
-const OPEN_CHUNK_FILES: usize = 4096;
-const OPEN_CHUNK_BYTES: u64 = 64 << 20;
 
 /// Where a hit reports its cache faults.
 pub(crate) type FaultSink = Arc<dyn Fn(&BackendError) + Send + Sync>;
@@ -239,8 +234,9 @@ impl Hit {
         let root = if small {
             // The common hit: one storage call for the sources, one blocking job.
             let blobs: Vec<BlobRef> = restore.files.iter().map(|f| f.blob).collect();
-            let sources = self.open(blobs).await?;
+            let (sources, held) = window::open(&blobs, |b| self.open(b)).await?;
             let job = blocking::start(&*self.blocking, move || {
+                let _held = held;
                 let mut prepared = restore.prepare()?;
                 let jobs = prepared.take_jobs(sources);
                 write_all(&prepared.ws, jobs)?;
@@ -254,11 +250,13 @@ impl Hit {
             let mut prepared = blocking::run(&*self.blocking, move || restore.prepare()).await?;
             let needed = std::mem::take(&mut prepared.needed);
             let ws = Arc::clone(&prepared.ws);
-            for chunk in chunks(&needed) {
-                let blobs = chunk.iter().map(|f| f.blob).collect();
-                let sources = self.open(blobs).await?;
+            let sizes: Vec<u64> = needed.iter().map(|f| f.blob.size).collect();
+            for run in window::runs(&sizes) {
+                let chunk = &needed[run];
+                let blobs: Vec<BlobRef> = chunk.iter().map(|f| f.blob).collect();
+                let (sources, held) = window::open(&blobs, |b| self.open(b)).await?;
                 let jobs: Vec<(FileOut, BlobSource)> = chunk.iter().cloned().zip(sources).collect();
-                self.write_parallel(&ws, jobs).await?;
+                self.write_parallel(&ws, jobs, &Arc::new(held)).await?;
             }
             let finished = blocking::run(&*self.blocking, move || prepared.finish()).await;
             let root = self.settle(finished).await?;
@@ -341,10 +339,13 @@ impl Hit {
         hashed.is_ok_and(|actual| actual.digest == want)
     }
 
+    /// Writes one window's files in up to four parallel jobs; each keeps the window's
+    /// budget (`held`) until it has consumed its sources.
     async fn write_parallel(
         &self,
         ws: &Arc<Workspace>,
         jobs: Vec<(FileOut, BlobSource)>,
+        held: &Arc<window::Held>,
     ) -> BackendResult<()> {
         let weights: Vec<u64> = jobs.iter().map(|(f, _)| f.blob.size.max(4096)).collect();
         let mut jobs = jobs.into_iter();
@@ -353,10 +354,13 @@ impl Hit {
         let running: Vec<_> = split_runs(&weights, parallelism())
             .into_iter()
             .map(|len| {
-                let ws = Arc::clone(ws);
+                let (ws, held) = (Arc::clone(ws), Arc::clone(held));
                 let part: Vec<(FileOut, BlobSource)> = jobs.by_ref().take(len).collect();
                 // Started here, all of them, before the first is awaited.
-                blocking::start(&*self.blocking, move || write_all(&ws, part))
+                blocking::start(&*self.blocking, move || {
+                    let _held = held;
+                    write_all(&ws, part)
+                })
             })
             .collect();
         let mut first_err = None;
@@ -492,38 +496,6 @@ impl Hit {
         let read = blocking::run(&*self.blocking, move || read_verified(source, &blob)).await;
         self.settle(read).await.map(Some)
     }
-}
-
-/// Which captured stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum LogStream {
-    /// Standard output.
-    Stdout,
-    /// Standard error.
-    Stderr,
-}
-
-/// `needed` in runs of at most [`OPEN_CHUNK_FILES`] files and about
-/// [`OPEN_CHUNK_BYTES`] bytes (at least one file each).
-fn chunks(needed: &[FileOut]) -> Vec<&[FileOut]> {
-    let mut out = Vec::new();
-    let mut start = 0;
-    let mut bytes = 0u64;
-    for (i, f) in needed.iter().enumerate() {
-        if i > start
-            && (i - start >= OPEN_CHUNK_FILES
-                || bytes.saturating_add(f.blob.size) > OPEN_CHUNK_BYTES)
-        {
-            out.push(&needed[start..i]);
-            start = i;
-            bytes = 0;
-        }
-        bytes = bytes.saturating_add(f.blob.size);
-    }
-    if start < needed.len() {
-        out.push(&needed[start..]);
-    }
-    out
 }
 
 /// Lengths of at most `parts` contiguous runs of `weights` with similar totals (each

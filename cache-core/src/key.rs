@@ -1,7 +1,68 @@
 //! Task digests: the cache key of a task, from its command, declared environment,
-//! declared outputs, the *contents* of its input files, and a salt.
+//! declared outputs, the *contents* of its input files, the platform it runs on, and
+//! the caller's salt, if any.
 //!
-//! # Encoding (version 1)
+//! # One key for executors and the `taskcache` command
+//!
+//! [`TaskKeyBuilder::from_task`] is the key. `taskcache key` and `taskcache run`
+//! describe their task as a [`Task`] and key it with exactly this function, adding no
+//! salt and no platform of their own. So an executor that describes the same task the
+//! same way, and hashes with BLAKE3 (the command's algorithm), gets the key the command
+//! prints for the same workspace contents, on the same platform, and the two share
+//! entries. "The same way" means: `command` the arguments as given (the command never
+//! uses a shell: `shell` is false), `env` the declared variables that are set, with
+//! their values (a declared variable that is unset is left out), `inputs` the `-i`
+//! patterns, `outputs` the `-o` paths, `allow_absolute_symlinks` as
+//! `--allow-absolute-symlinks`. The task's `id` and policy do not join the key.
+//! (The command writes an argument or value that is not UTF-8 as `"\0"` and the hex of
+//! its bytes; a `Task` holds only UTF-8.)
+//!
+//! ```
+//! use cache_core::{DigestAlgorithm, Platform, Task, TaskKeyBuilder, TaskOutput};
+//! # fn main() -> cache_core::BackendResult<()> {
+//! # let dir = tempfile::tempdir().unwrap();
+//! # let ws = dir.path();
+//! std::fs::write(ws.join("main.c"), "int main(){}").unwrap();
+//! let mut task = Task::new("build", ["cc", "main.c"]);
+//! task.env.insert("CC".into(), "gcc".into());
+//! task.inputs.push("*.c".into());
+//! task.outputs.push(TaskOutput { path: "a.out".into(), kind: Default::default() });
+//! // With CC=gcc set, `taskcache key -e CC -i '*.c' -o a.out -- cc main.c` prints this:
+//! let key = TaskKeyBuilder::from_task(&task, DigestAlgorithm::Blake3).build(ws)?;
+//!
+//! // A key names its platform: the same task on two platforms has two keys.
+//! let on = |os, arch| {
+//!     TaskKeyBuilder::from_task(&task, DigestAlgorithm::Blake3)
+//!         .platform(Platform::new(os, arch))
+//!         .build(ws)
+//! };
+//! assert_ne!(on("linux", "x86_64")?, on("macos", "aarch64")?);
+//! assert_eq!(key, on(std::env::consts::OS, std::env::consts::ARCH)?);
+//!
+//! // Outputs that are the same everywhere may opt out: one key on every platform.
+//! let anywhere = TaskKeyBuilder::from_task(&task, DigestAlgorithm::Blake3).portable();
+//! assert_ne!(anywhere.build(ws)?, key);
+//! # Ok(()) }
+//! ```
+//!
+//! # Platform
+//!
+//! By default a key names the platform it is computed on, [`Platform::current`]: the
+//! operating system and CPU architecture as Rust names them (`linux`, `macos`,
+//! `windows`; `x86_64`, `aarch64`). A tier shared by Linux and macOS runners (or x86-64
+//! and ARM ones) thus never hands one the other's binaries. Two opt-outs, both explicit:
+//!
+//! * [`TaskKeyBuilder::portable`]: no platform, for a caller who knows the task's
+//!   outputs are the same wherever it runs (a formatter's check, generated sources,
+//!   documentation); every platform then shares one entry. A portable key never equals
+//!   a key with a platform.
+//! * [`TaskKeyBuilder::platform`]: another platform's key (to look up what a runner of
+//!   that platform stored; tests).
+//!
+//! Anything finer that outputs depend on (the C library, a compiler's version) is the
+//! caller's to add: declare the variable that carries it, or a [`TaskKeyBuilder::salt`].
+//!
+//! # Encoding (version 2, [`KEY_FORMAT_VERSION`])
 //!
 //! The key is `<algorithm>:<hex>` of the hash, with the same algorithm, of this byte
 //! string. `str(x)` is the UTF-8 bytes of `x` preceded by their length as a u64
@@ -9,8 +70,10 @@
 //! field and have no duplicates.
 //!
 //! ```text
-//! "taskcache-key\0" u64(1)
+//! "taskcache-key\0" u64(2)
 //! 'A' str(algorithm name: "sha256" | "blake3")
+//! 'P' 1 str(os) str(arch)                 the platform (default: the current one)
+//!   | 0                                   portable: no platform
 //! 'C' u64(n) str(arg)...                  command and arguments, in order
 //! 'S' 0|1                                 run through a shell
 //! 'E' u64(n) (str(name) 0 | str(name) 1 str(value))...   declared env, unset = 0
@@ -25,18 +88,23 @@
 //!              | 's' str(kind)            a FIFO, socket or device: never opened
 //!              | 'd'                      a directory inside the workspace (walked)
 //!              | 'n' str(reason)          not followed: "outside-workspace" | "cycle" | "dangling"
-//! 'T' str(salt)
+//! 'T' str(salt)                           the caller's salt (empty unless set)
 //! 'Y'                                     only when the task allows absolute symlink outputs
 //! ```
 //!
 //! `kind` is `"fifo"`, `"socket"`, `"char-device"`, `"block-device"` or `"unknown"`.
-//! Until symlink targets joined the key a symlink was `str(path) 'l' str(link text)`;
-//! that tag is retired, so a key computed with a symlink among the inputs never equals
-//! one computed the old way, and a key without one is unchanged (hence still version 1).
+//!
+//! Version 1 had no `'P'`: a key named a platform only if its caller salted it with
+//! one, which the command did (`taskcache-cli-key/2`, the OS and the architecture) and
+//! the library did not, so the two disagreed and a library key fit every platform.
+//! The version is hashed, so no version-2 key equals a version-1 key: entries stored
+//! under version-1 keys are misses once, and are replaced as tasks run. (Within
+//! version 1, symlinks were once keyed as `str(path) 'l' str(link text)`; that tag is
+//! retired.)
 //!
 //! Paths are relative to the workspace with `/` separators, so the key does not depend
-//! on where the workspace is or on the platform. Patterns are globs (`*` stays within a
-//! directory, `**` crosses directories); a pattern without glob characters naming a
+//! on where the workspace is, nor on how the platform spells paths. Patterns are globs
+//! (`*` stays within a directory, `**` crosses directories); a pattern without glob characters naming a
 //! directory means every file below it. A pattern that matches nothing is an error,
 //! because it is almost always a typo that would make the key ignore real inputs.
 //!
@@ -67,12 +135,60 @@
 //!   without following a final symlink and without blocking, and their type is checked
 //!   through the open handle.
 
-use crate::error::truncate;
-use crate::mode::is_executable;
-use crate::{BackendError, BackendResult, BlobRef, Digest, DigestAlgorithm, RelPath, Task};
+use crate::{BackendResult, BlobRef, Digest, DigestAlgorithm, RelPath, Task};
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::ErrorKind;
-use std::path::{Path, PathBuf};
+use std::fmt;
+use std::path::Path;
+
+mod inputs;
+
+/// The version of the key encoding (see the module docs). Every key changes when it
+/// does; it is hashed into every key.
+pub const KEY_FORMAT_VERSION: u64 = 2;
+
+/// The platform a key is for: an operating system and a CPU architecture, named as
+/// Rust names them (`std::env::consts::OS` and `ARCH`). Displayed as `os/arch`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Platform {
+    os: String,
+    arch: String,
+}
+
+impl Platform {
+    /// The platform this process runs on (the default of every key).
+    #[must_use]
+    pub fn current() -> Self {
+        Platform::new(std::env::consts::OS, std::env::consts::ARCH)
+    }
+
+    /// A platform by name: `os` as `"linux"`, `"macos"`, `"windows"`, and `arch` as
+    /// `"x86_64"`, `"aarch64"` (other spellings make other keys).
+    #[must_use]
+    pub fn new(os: impl Into<String>, arch: impl Into<String>) -> Self {
+        Platform {
+            os: os.into(),
+            arch: arch.into(),
+        }
+    }
+
+    /// The operating system.
+    #[must_use]
+    pub fn os(&self) -> &str {
+        &self.os
+    }
+
+    /// The CPU architecture.
+    #[must_use]
+    pub fn arch(&self) -> &str {
+        &self.arch
+    }
+}
+
+impl fmt::Display for Platform {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.os, self.arch)
+    }
+}
 
 /// One input as it joined the key (see the module docs).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,7 +224,10 @@ pub enum InputFile {
     },
 }
 
-/// Builds task digests. See the module docs for the exact encoding.
+/// Builds task digests: [`TaskKeyBuilder::from_task`] is the key the `taskcache`
+/// command computes too. Every key names [`Platform::current`] unless told otherwise
+/// ([`TaskKeyBuilder::platform`], [`TaskKeyBuilder::portable`]). See the module docs
+/// for the exact encoding.
 ///
 /// ```
 /// # let dir = tempfile::tempdir().unwrap();
@@ -132,6 +251,8 @@ pub struct TaskKeyBuilder {
     outputs: BTreeSet<String>,
     salt: Vec<u8>,
     absolute_symlinks: bool,
+    /// `None`: portable.
+    platform: Option<Platform>,
 }
 
 impl Default for TaskKeyBuilder {
@@ -141,7 +262,7 @@ impl Default for TaskKeyBuilder {
 }
 
 impl TaskKeyBuilder {
-    /// An empty builder hashing with `algorithm`.
+    /// An empty builder hashing with `algorithm`, for the current platform.
     #[must_use]
     pub fn new(algorithm: DigestAlgorithm) -> Self {
         TaskKeyBuilder {
@@ -153,11 +274,14 @@ impl TaskKeyBuilder {
             outputs: BTreeSet::new(),
             salt: Vec::new(),
             absolute_symlinks: false,
+            platform: Some(Platform::current()),
         }
     }
 
-    /// A builder holding everything a [`Task`] declares (command, shell, env with its
-    /// declared values, inputs, outputs).
+    /// The key of `task`: everything it declares (command, shell, env with its declared
+    /// values, inputs, outputs, whether absolute symlinks are allowed) and the current
+    /// platform. `taskcache key` prints this key for the task it describes (see "One
+    /// key for executors and the `taskcache` command" in the module docs).
     #[must_use]
     pub fn from_task(task: &Task, algorithm: DigestAlgorithm) -> Self {
         let mut b = TaskKeyBuilder::new(algorithm)
@@ -222,11 +346,37 @@ impl TaskKeyBuilder {
         self
     }
 
-    /// Adds a salt, e.g. a cache version or the toolchain's identity.
+    /// Adds a salt, e.g. a cache version or the toolchain's identity. The `taskcache`
+    /// command adds none: a salted key is not the command's key.
     #[must_use]
     pub fn salt(mut self, salt: impl Into<Vec<u8>>) -> Self {
         self.salt = salt.into();
         self
+    }
+
+    /// Keys for `platform` instead of the current one (another platform's key, to find
+    /// what its runners stored; tests).
+    #[must_use]
+    pub fn platform(mut self, platform: Platform) -> Self {
+        self.platform = Some(platform);
+        self
+    }
+
+    /// Leaves the platform out of the key: one key on every platform. Only for a task
+    /// whose outputs are the same wherever it runs (formatting checks, generated
+    /// sources, documentation); a binary keyed this way would be handed to every
+    /// platform sharing the tier. A portable key never equals a key with a platform,
+    /// nor the command's key.
+    #[must_use]
+    pub fn portable(mut self) -> Self {
+        self.platform = None;
+        self
+    }
+
+    /// The platform the keys name, `None` when portable.
+    #[must_use]
+    pub fn key_platform(&self) -> Option<&Platform> {
+        self.platform.as_ref()
     }
 
     /// Computes the key, reading inputs under `workspace` (blocking).
@@ -242,9 +392,18 @@ impl TaskKeyBuilder {
         let inputs = self.collect_inputs(workspace)?;
         let mut e = Enc(self.algorithm.hasher());
         e.raw(b"taskcache-key\0");
-        e.u64(1);
+        e.u64(KEY_FORMAT_VERSION);
         e.tag(b'A');
         e.str(self.algorithm.as_str());
+        e.tag(b'P');
+        match &self.platform {
+            None => e.raw(&[0]),
+            Some(p) => {
+                e.raw(&[1]);
+                e.str(&p.os);
+                e.str(&p.arch);
+            }
+        }
         e.tag(b'C');
         e.u64(self.command.len() as u64);
         for a in &self.command {
@@ -295,36 +454,7 @@ impl TaskKeyBuilder {
     }
 
     fn collect_inputs(&self, workspace: &Path) -> BackendResult<BTreeMap<String, InputFile>> {
-        if self.patterns.is_empty() {
-            return Ok(BTreeMap::new());
-        }
-        let real_workspace = std::fs::canonicalize(workspace)
-            .map_err(|e| BackendError::io_with_context("open the workspace", workspace, e))?;
-        let mut inputs = Inputs {
-            workspace,
-            real_workspace,
-            algorithm: self.algorithm,
-            pattern: "",
-            found: BTreeMap::new(),
-            chain: Vec::new(),
-            linked_entries: 0,
-            warned: BTreeSet::new(),
-        };
-        for pattern in &self.patterns {
-            inputs.pattern = pattern;
-            let before = inputs.found.len();
-            let matched = inputs.expand()?;
-            if !matched && inputs.found.len() == before {
-                return Err(BackendError::InvalidInput {
-                    pattern: truncate(pattern),
-                    reason: format!(
-                        "input pattern matched no files under {}; fix the pattern or remove it",
-                        workspace.display()
-                    ),
-                });
-            }
-        }
-        Ok(inputs.found)
+        inputs::collect(workspace, self.algorithm, &self.patterns)
     }
 }
 
@@ -351,379 +481,6 @@ fn encode_input(e: &mut Enc, f: &InputFile) {
             e.str(reason);
         }
     }
-}
-
-/// Directory symlinks followed inside one another, at most (the kernel's limit for
-/// one path is 40 too).
-const MAX_LINK_DEPTH: usize = 40;
-
-/// Entries visited below followed directory symlinks, at most, per key: links that
-/// each lead to the same tree again multiply it, and a key must not take forever.
-const MAX_LINKED_ENTRIES: usize = 100_000;
-
-/// The input collection of one key: see "Symlinks and special files" in the module docs.
-struct Inputs<'a> {
-    /// The workspace as given: entry paths start with it.
-    workspace: &'a Path,
-    /// The workspace with every symlink resolved.
-    real_workspace: PathBuf,
-    algorithm: DigestAlgorithm,
-    /// The pattern being expanded, for errors.
-    pattern: &'a str,
-    found: BTreeMap<String, InputFile>,
-    /// The real directories holding the directory links being followed, outermost first.
-    chain: Vec<PathBuf>,
-    /// Entries visited below followed directory links so far.
-    linked_entries: usize,
-    /// Paths already warned about (a link may be met by several patterns).
-    warned: BTreeSet<String>,
-}
-
-fn bad_pattern(pattern: &str, reason: &str) -> BackendError {
-    BackendError::InvalidInput {
-        pattern: truncate(pattern),
-        reason: format!("bad input pattern: {reason}"),
-    }
-}
-
-fn has_glob_chars(s: &str) -> bool {
-    s.contains(['*', '?', '[', '{'])
-}
-
-impl Inputs<'_> {
-    fn invalid(&self, reason: String) -> BackendError {
-        BackendError::InvalidInput {
-            pattern: truncate(self.pattern),
-            reason,
-        }
-    }
-
-    /// Expands the current pattern into `found`; returns whether it matched anything.
-    fn expand(&mut self) -> BackendResult<bool> {
-        let pattern = self.pattern;
-        if pattern.starts_with('/') || pattern.contains('\\') || pattern.contains('\0') {
-            return Err(bad_pattern(
-                pattern,
-                "give a relative pattern with `/` separators",
-            ));
-        }
-        let parts: Vec<&str> = pattern
-            .split('/')
-            .filter(|p| !p.is_empty() && *p != ".")
-            .collect();
-        if parts.contains(&"..") {
-            return Err(bad_pattern(
-                pattern,
-                "`..` is not allowed; inputs must be inside the workspace",
-            ));
-        }
-        let literal: Vec<&str> = parts
-            .iter()
-            .take_while(|p| !has_glob_chars(p))
-            .copied()
-            .collect();
-        let base_rel = literal.join("/");
-        let base = literal
-            .iter()
-            .fold(self.workspace.to_path_buf(), |p, c| p.join(c));
-
-        let Ok(meta) = std::fs::symlink_metadata(&base) else {
-            return Ok(false);
-        };
-        let is_dir = || std::fs::metadata(&base).is_ok_and(|m| m.is_dir());
-        if literal.len() == parts.len() {
-            // No glob characters: a directory means all below it; anything else (a
-            // file, a symlink, a special file) is one entry, as if a glob matched it.
-            if meta.is_dir() {
-                let real = self.walk_root(&base, &base_rel)?;
-                return self.walk(&base, &real, None);
-            }
-            if meta.is_symlink() && is_dir() {
-                self.walk_root(&base, &base_rel)?;
-            }
-            // A literal that is not a directory has a last component and a parent.
-            let parent = base.parent().unwrap_or(self.workspace);
-            let on_disk = std::fs::canonicalize(parent)
-                .map_err(|e| BackendError::io_with_context("resolve input", &base, e))?
-                .join(base.file_name().unwrap_or_default());
-            self.visit(&base, &on_disk, base_rel, meta.file_type(), None)?;
-            return Ok(true);
-        }
-        if !is_dir() {
-            return Ok(false);
-        }
-        let real = self.walk_root(&base, &base_rel)?;
-        let glob = globset::GlobBuilder::new(&parts.join("/"))
-            .literal_separator(true)
-            .build()
-            .map_err(|e| bad_pattern(pattern, &e.to_string()))?
-            .compile_matcher();
-        self.walk(&base, &real, Some(&glob))
-    }
-
-    /// The real path of a pattern's base directory, which must be inside the
-    /// workspace: directories outside it are not walked.
-    fn walk_root(&self, base: &Path, base_rel: &str) -> BackendResult<PathBuf> {
-        let real = std::fs::canonicalize(base)
-            .map_err(|e| BackendError::io_with_context("resolve input directory", base, e))?;
-        if real.starts_with(&self.real_workspace) {
-            return Ok(real);
-        }
-        Err(self.invalid(format!(
-            "the input directory {base_rel:?} leads outside the workspace through a symlink \
-             (to {}); directories outside the workspace are not walked: name the files there \
-             one by one, or copy them into the workspace",
-            real.display()
-        )))
-    }
-
-    /// Walks the real directory `real_root` without following links itself, keying
-    /// what it holds under `seen_root` (the path the build uses, maybe through links);
-    /// returns whether `glob` matched anything.
-    fn walk(
-        &mut self,
-        seen_root: &Path,
-        real_root: &Path,
-        glob: Option<&globset::GlobMatcher>,
-    ) -> BackendResult<bool> {
-        let mut matched = false;
-        for entry in walkdir::WalkDir::new(real_root)
-            .follow_links(false)
-            .sort_by_file_name()
-        {
-            let entry = entry.map_err(|e| {
-                let path = e
-                    .path()
-                    .map_or_else(|| real_root.to_path_buf(), Path::to_path_buf);
-                BackendError::io_with_context("read input", path, e.into())
-            })?;
-            if !self.chain.is_empty() {
-                self.linked_entries += 1;
-                if self.linked_entries > MAX_LINKED_ENTRIES {
-                    return Err(self.invalid(format!(
-                        "more than {MAX_LINKED_ENTRIES} entries are reached through directory \
-                         symlinks (links leading to the same tree again and again?); name the \
-                         on_disk directories as inputs instead"
-                    )));
-                }
-            }
-            if entry.file_type().is_dir() {
-                continue;
-            }
-            let on_disk = entry.path();
-            let seen = seen_root.join(on_disk.strip_prefix(real_root).unwrap_or(on_disk));
-            let rel = rel_string(self.workspace, &seen)?;
-            matched |= self.visit(&seen, on_disk, rel, entry.file_type(), glob)?;
-        }
-        Ok(matched)
-    }
-
-    /// One entry, at `seen` for the build and `on_disk` with its directories resolved: keyed
-    /// if `glob` matches it (or there is none); a symlink to a directory is walked
-    /// whether or not it matches, as a directory would be. Returns whether it matched.
-    fn visit(
-        &mut self,
-        seen: &Path,
-        on_disk: &Path,
-        rel: String,
-        ft: std::fs::FileType,
-        glob: Option<&globset::GlobMatcher>,
-    ) -> BackendResult<bool> {
-        let wanted = glob.is_none_or(|g| g.is_match(&rel));
-        if ft.is_symlink() {
-            return self.link(seen, on_disk, rel, glob, wanted);
-        }
-        if wanted && !self.found.contains_key(&rel) {
-            let input = if ft.is_file() {
-                self.read_file(on_disk, &rel)?
-            } else {
-                self.special(&rel, ft)
-            };
-            self.found.insert(rel, input);
-        }
-        Ok(wanted)
-    }
-
-    fn link(
-        &mut self,
-        seen: &Path,
-        on_disk: &Path,
-        rel: String,
-        glob: Option<&globset::GlobMatcher>,
-        wanted: bool,
-    ) -> BackendResult<bool> {
-        let text = std::fs::read_link(on_disk)
-            .map_err(|e| BackendError::io_with_context("read input symlink", seen, e))?
-            .to_string_lossy()
-            .into_owned();
-        let (target, dir) = self.resolve(on_disk, &rel)?;
-        let mut matched = wanted;
-        if let Some(dir) = dir {
-            if self.chain.len() >= MAX_LINK_DEPTH {
-                return Err(self.invalid(format!(
-                    "{rel}: directory symlinks are nested more than {MAX_LINK_DEPTH} deep; \
-                     name the on_disk directories as inputs instead"
-                )));
-            }
-            self.chain
-                .push(on_disk.parent().unwrap_or(on_disk).to_path_buf());
-            let walked = self.walk(seen, &dir, glob);
-            self.chain.pop();
-            matched |= walked?;
-        }
-        if wanted {
-            let target = Box::new(target);
-            self.found
-                .entry(rel)
-                .or_insert(InputFile::Symlink { text, target });
-        }
-        Ok(matched)
-    }
-
-    /// What the link at `on_disk` (its directories resolved) leads to, and the real
-    /// directory to walk when it is one.
-    fn resolve(
-        &mut self,
-        on_disk: &Path,
-        rel: &str,
-    ) -> BackendResult<(InputFile, Option<PathBuf>)> {
-        let target = match std::fs::canonicalize(on_disk) {
-            Ok(target) => target,
-            Err(e) if is_dangling(&e) => {
-                tracing::debug!("input {rel} is a dangling symlink: only its text joins the key");
-                return Ok((InputFile::Unfollowed { reason: "dangling" }, None));
-            }
-            Err(e) => {
-                return Err(BackendError::io_with_context(
-                    "resolve input symlink",
-                    on_disk,
-                    e,
-                ));
-            }
-        };
-        let meta = std::fs::symlink_metadata(&target)
-            .map_err(|e| BackendError::io_with_context("inspect input", &target, e))?;
-        if meta.is_file() {
-            return Ok((self.read_file(&target, rel)?, None));
-        }
-        if !meta.is_dir() {
-            return Ok((self.special(rel, meta.file_type()), None));
-        }
-        if !target.starts_with(&self.real_workspace) {
-            self.warn_once(rel, || {
-                format!(
-                    "input {rel} is a symlink to a directory outside the workspace ({}); it is \
-                     not walked, so the key cannot see its files (name them one by one, or copy \
-                     them into the workspace)",
-                    target.display()
-                )
-            });
-            let reason = "outside-workspace";
-            return Ok((InputFile::Unfollowed { reason }, None));
-        }
-        let holder = on_disk.parent().unwrap_or(on_disk);
-        if holder.starts_with(&target) || self.chain.iter().any(|h| h.starts_with(&target)) {
-            tracing::debug!(
-                "input {rel} is a symlink back to a directory being walked: not followed"
-            );
-            return Ok((InputFile::Unfollowed { reason: "cycle" }, None));
-        }
-        Ok((InputFile::Directory, Some(target)))
-    }
-
-    fn special(&mut self, rel: &str, ft: std::fs::FileType) -> InputFile {
-        let kind = special_kind(ft);
-        self.warn_once(rel, || {
-            format!(
-                "input {rel} is a {kind}, not a regular file: it is not read; only its kind and \
-                 path join the key"
-            )
-        });
-        InputFile::Special { kind }
-    }
-
-    fn warn_once(&mut self, rel: &str, message: impl FnOnce() -> String) {
-        if self.warned.insert(rel.to_owned()) {
-            tracing::warn!("{}", message());
-        }
-    }
-
-    /// Hashes a regular file through a handle opened without following a final symlink
-    /// and without blocking; a file that is no longer regular there is a special file.
-    fn read_file(&mut self, path: &Path, rel: &str) -> BackendResult<InputFile> {
-        let mut f =
-            open_input(path).map_err(|e| BackendError::io_with_context("read input", path, e))?;
-        let meta = f
-            .metadata()
-            .map_err(|e| BackendError::io_with_context("inspect input", path, e))?;
-        if !meta.is_file() {
-            return Ok(self.special(rel, meta.file_type()));
-        }
-        let blob = crate::digest::hash_reader(&mut f, self.algorithm)
-            .map_err(|e| BackendError::io_with_context("read input", path, e))?;
-        Ok(InputFile::File {
-            blob,
-            executable: is_executable(&meta),
-        })
-    }
-}
-
-#[cfg(unix)]
-fn open_input(path: &Path) -> std::io::Result<std::fs::File> {
-    use rustix::fs::{Mode, OFlags};
-    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
-    Ok(rustix::fs::open(path, flags, Mode::empty())?.into())
-}
-
-#[cfg(not(unix))]
-fn open_input(path: &Path) -> std::io::Result<std::fs::File> {
-    std::fs::File::open(path)
-}
-
-/// A link whose target does not exist, runs through a non-directory, or loops.
-fn is_dangling(e: &std::io::Error) -> bool {
-    #[cfg(unix)]
-    let loops = e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error());
-    #[cfg(not(unix))]
-    let loops = false;
-    loops || matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory)
-}
-
-#[cfg(unix)]
-fn special_kind(ft: std::fs::FileType) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    if ft.is_fifo() {
-        "fifo"
-    } else if ft.is_socket() {
-        "socket"
-    } else if ft.is_char_device() {
-        "char-device"
-    } else if ft.is_block_device() {
-        "block-device"
-    } else {
-        "unknown"
-    }
-}
-
-#[cfg(not(unix))]
-fn special_kind(_ft: std::fs::FileType) -> &'static str {
-    "unknown"
-}
-
-fn rel_string(workspace: &Path, path: &Path) -> BackendResult<String> {
-    let rel = path.strip_prefix(workspace).unwrap_or(path);
-    let mut parts = Vec::new();
-    for c in rel.components() {
-        let s = c
-            .as_os_str()
-            .to_str()
-            .ok_or_else(|| BackendError::InvalidInput {
-                pattern: rel.display().to_string(),
-                reason: "input file names must be valid UTF-8 to join the key".into(),
-            })?;
-        parts.push(s);
-    }
-    Ok(parts.join("/"))
 }
 
 struct Enc(crate::Hasher);

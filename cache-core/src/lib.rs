@@ -9,14 +9,16 @@
 //!   record that was found; the origin's `check` / `restore_outputs` / `get_logs` are
 //!   provided on top. With [`CachePolicy`] and the [`Task`] description.
 //! * [`Digest`] and [`TaskKeyBuilder`]: validated keys and the documented task-digest
-//!   encoding.
+//!   encoding; [`TaskKeyBuilder::from_task`] is the key the `taskcache` command
+//!   computes for the same task, and names the [`Platform`] unless told not to.
 //! * [`RelPath`] and [`Workspace`]: the one audited routine that writes outputs
 //!   into a workspace, refusing anything that would land outside it.
 //! * [`storage::Storage`] and [`Cache`]: a backend implements the small `Storage` trait
 //!   (entries, blobs, recency, health) and `Cache` does everything else: policy, key
 //!   checks, publish order, digest verification, every workspace write.
-//! * [`BackendError`] and [`Fault`]: who is at fault decides whether a task runs
-//!   uncached (the cache's fault) or the caller fixes something.
+//! * [`BackendError`] and [`Fault`]: who owns an error decides what happens: the
+//!   cache's fault runs the task uncached, a refused permission stops writing a tier
+//!   that is still read, the caller's is returned to be fixed.
 //! * Combinators: [`Tiered`], [`Instrumented`], [`CircuitBreaker`].
 //!
 //! * [`collect_outputs`]: the one walk from a task's declared output paths to the
@@ -41,6 +43,7 @@
 //! use std::path::Path;
 //!
 //! async fn run_cached(cache: &dyn CacheBackend, task: &Task, ws: &Path) -> cache_core::BackendResult<i32> {
+//!     // The key `taskcache key` prints for the same task (this platform's).
 //!     let key = TaskKeyBuilder::from_task(task, DigestAlgorithm::Blake3).build(ws)?;
 //!     let policy = cache_core::effective_policy(task, None);
 //!     let replayed = async {
@@ -53,7 +56,8 @@
 //!     match replayed.await {
 //!         Ok(Some(code)) => return Ok(code),
 //!         Ok(None) => {}
-//!         Err(e) if e.is_cache_fault() => {} // run uncached
+//!         // The cache's fault or a refused permission: run uncached.
+//!         Err(e) if e.fault() != cache_core::Fault::Caller => {}
 //!         Err(e) => return Err(e),
 //!     }
 //!     // ... run the task, then (a failed store is a warning, never the task's failure):
@@ -74,12 +78,55 @@
 //! on a blocking thread) and put them in the [`CacheEntry`]. A failed `store` is a
 //! warning, never the task's failure, whoever is at fault: the task already ran.
 //!
+//! ## Who owns a fault
+//!
+//! [`BackendError::fault`] names one of three owners, and each has its own answer:
+//!
+//! * [`Fault::Cache`]: the storage failed (I/O, a server down or slow, a corrupt entry,
+//!   a request the server rejected). Degrade: the task runs uncached, and the fault
+//!   counts towards the tier's outages ([`CircuitBreaker`] counts only these; an
+//!   outage, [`BackendError::is_outage`], can open it at once).
+//! * [`Fault::Permission`]: the tier answered and refuses this caller (HTTP 401/403,
+//!   gRPC `PERMISSION_DENIED`, a read-only REAPI cache). Not an outage: keep reading the
+//!   tier, stop writing it, say so once ([`Tiered`] does all three).
+//! * [`Fault::Caller`]: a bad key, outputs that cannot be cached, a workspace that is
+//!   missing or in the way. Return it: another tier would fail the same way.
+//!
+//! ```
+//! use cache_core::{BackendError, Fault};
+//!
+//! /// What an executor does with a failed cache call.
+//! fn answer(e: &BackendError) -> &'static str {
+//!     match e.fault() {
+//!         Fault::Cache => "run uncached; the tier's breaker counts it",
+//!         Fault::Permission => "run (or keep the result) without that tier; keep reading it",
+//!         Fault::Caller => "fail: fix what the error names",
+//!     }
+//! }
+//!
+//! let down = BackendError::unavailable("grpc://cache:8980 GetActionResult: Unavailable");
+//! let read_only = BackendError::permission_denied("the action cache is read-only");
+//! let no_workspace = BackendError::workspace(
+//!     "open workspace",
+//!     "/ci/missing",
+//!     std::io::ErrorKind::NotFound.into(),
+//! );
+//! assert_eq!(answer(&down), "run uncached; the tier's breaker counts it");
+//! assert!(down.is_outage() && !read_only.is_outage());
+//! assert_eq!(read_only.fault(), Fault::Permission);
+//! assert_eq!(no_workspace.fault(), Fault::Caller);
+//! // The origin's degradable-vs-hard split stands beside the owners.
+//! assert!(down.is_gracefully_degradable() && read_only.is_gracefully_degradable());
+//! assert!(!no_workspace.is_gracefully_degradable());
+//! ```
+//!
 //! ## Stacking combinators
 //!
 //! The usual stack, as the `taskcache` command builds it: a fast local tier in front of
 //! a shared one ([`Tiered`]); every tier bounded by [`Deadline`]; the shared tier behind
-//! a [`CircuitBreaker`] that skips it after repeated faults (timeouts included), so a
-//! dead remote costs one deadline, not one per task; [`Instrumented`] outermost to
+//! a [`CircuitBreaker`] that skips it after repeated cache faults (timeouts included),
+//! so a dead remote costs one deadline, not one per task, while a remote that refuses
+//! writes is only no longer written (by [`Tiered`]); [`Instrumented`] outermost to
 //! count hits, misses, bytes and errors of the whole.
 //!
 //! ```
@@ -100,6 +147,7 @@
 mod backend;
 mod blobfile;
 mod blocking;
+mod breaker;
 mod cache;
 pub mod cancel;
 mod collect;
@@ -118,25 +166,28 @@ mod record;
 pub mod sign;
 pub mod storage;
 mod task;
+mod window;
 mod workspace;
 
 pub use backend::{
     CacheBackend, CacheEntry, CacheLookupResult, CacheOutput, LogBytes, OutputContent,
 };
 pub use blocking::{Job, Spawner, thread_per_job};
+pub use breaker::CircuitBreaker;
 pub use cache::Cache;
 pub use collect::{collect_outputs, collect_outputs_with};
-pub use combinators::{CircuitBreaker, Instrumented, Metrics, Tiered, TieredStats};
+pub use combinators::{Instrumented, Metrics, Tiered, TieredStats};
 pub use deadline::{Deadline, Deadlines, Sleep};
 pub use digest::{BlobRef, Digest, DigestAlgorithm, Hasher};
 pub use error::{BackendError, BackendResult, BoxError, Detail, Fault};
-pub use hit::{Hit, LogStream, MAX_LOG_BYTES};
-pub use key::{InputFile, TaskKeyBuilder};
+pub use hit::{Hit, MAX_LOG_BYTES};
+pub use key::{InputFile, KEY_FORMAT_VERSION, Platform, TaskKeyBuilder};
 pub use path::{
     MAX_PATH_BYTES, MAX_PATH_DEPTH, OutputKind, RelPath, check_absolute_symlink_target,
     check_layout, check_symlink_target,
 };
 pub use policy::{CachePolicy, effective_policy, policy_allows_read, policy_allows_write};
+pub use record::LogStream;
 pub use task::{OutputType, Task, TaskOutput};
 pub use workspace::{PendingFile, Workspace};
 

@@ -58,7 +58,11 @@ impl PendingFile {
     }
 
     pub(crate) fn io_error(&self, e: io::Error) -> BackendError {
-        BackendError::io_with_context("write", self.tmp.path(), e)
+        if e.kind() == io::ErrorKind::InvalidData {
+            // The cached bytes ran past the blob's size (see `write`): the cache's.
+            return BackendError::io_with_context("write", self.tmp.path(), e);
+        }
+        BackendError::workspace("write", self.tmp.path(), e)
     }
 
     /// Verifies the bytes written against the expected blob, sets the mode and renames
@@ -128,11 +132,11 @@ fn publish(
 ) -> BackendResult<PathBuf> {
     check_blob(expected, actual)?;
     set_mode(tmp.as_file(), executable)
-        .map_err(|e| BackendError::io_with_context("set mode of", tmp.path(), e))?;
+        .map_err(|e| BackendError::workspace("set mode of", tmp.path(), e))?;
     let name = path
         .file_name()
         .ok_or_else(|| {
-            BackendError::io_with_context(
+            BackendError::workspace(
                 "rename into place",
                 path,
                 io::Error::new(io::ErrorKind::InvalidInput, "no file name"),
@@ -141,7 +145,7 @@ fn publish(
         .to_owned();
     cancel
         .publish(|| tmp.persist(&name))
-        .map_err(|e| BackendError::io_with_context("rename into place", path, e))?;
+        .map_err(|e| BackendError::workspace("rename into place", path, e))?;
     Ok(path.to_path_buf())
 }
 

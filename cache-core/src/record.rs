@@ -16,15 +16,24 @@
 //! those still reads it; only a record that carries the order its logs were written in
 //! needs version 3 or 4 (older readers leave those alone as a newer format).
 //!
-//! [`ActionRecord::decode`] refuses anything over [`MAX_ENTRY_BYTES`], a wrong magic,
+//! [`ActionRecord::encode`] refuses to write an entry over [`MAX_ENTRY_BYTES`], and
+//! [`ActionRecord::decode`] refuses anything over it, a wrong magic,
 //! an unknown version, a failed checksum, a payload that does not decode, a record
 //! stored under another key, and any record that names an unsafe path. Decoding reads
 //! from a bounded slice, so no declared length can make it allocate more than the slice.
 
-use crate::hit::LogStream;
 use crate::path::{OutputKind, check_layout};
 use crate::{BackendError, BackendResult, BlobRef, Digest};
 use serde::{Deserialize, Serialize};
+
+/// Which captured stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum LogStream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
 
 /// Largest encoded entry accepted. Logs over [`INLINE_LOG_MAX`] live in blobs, so this
 /// bounds only the output list (about 300,000 outputs with typical path lengths).
@@ -250,6 +259,19 @@ impl ActionRecord {
                 .map_err(|e| BackendError::serialization("encode a cache entry", e))?,
             ),
         };
+        // One bound for writing and reading: an entry that `decode` would refuse is
+        // never written (it would be a miss for every reader, stored anyway).
+        if HEADER + payload.len() > MAX_ENTRY_BYTES {
+            return Err(BackendError::Serialization(
+                format!(
+                    "the entry for {} takes {} bytes, over the {MAX_ENTRY_BYTES}-byte limit \
+                     (declare fewer outputs, e.g. a directory's parent rather than its files)",
+                    self.key,
+                    HEADER + payload.len()
+                )
+                .into(),
+            ));
+        }
         let mut out = Vec::with_capacity(HEADER + payload.len());
         out.extend_from_slice(MAGIC);
         out.push(version);
@@ -465,6 +487,24 @@ mod tests {
             absolute_symlinks: Vec::new(),
             signature: None,
         }
+    }
+
+    #[test]
+    fn an_entry_over_the_limit_is_never_encoded() {
+        // Paths of 4000 bytes: ~17k outputs make an encoding over 64 MiB.
+        let mut r = sample();
+        let long = "p".repeat(4000);
+        r.outputs = (0..(MAX_ENTRY_BYTES / 4000 + 16))
+            .map(|i| OutputRecord::Directory {
+                path: format!("{long}{i}"),
+            })
+            .collect();
+        let e = r.encode().unwrap_err();
+        assert!(e.to_string().contains("limit"), "{e}");
+        r.outputs.truncate(MAX_ENTRY_BYTES / 4100);
+        let bytes = r.encode().unwrap();
+        assert!(bytes.len() <= MAX_ENTRY_BYTES);
+        ActionRecord::decode(&r.key, &bytes).unwrap();
     }
 
     fn chunk(stream: LogStream, len: u64) -> LogChunk {

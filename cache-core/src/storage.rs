@@ -67,6 +67,7 @@ pub use crate::record::{
     AbsoluteSymlink, ActionRecord, INLINE_LOG_MAX, LogChunk, LogOrder, LogRecord, MAX_ENTRY_BYTES,
     MAX_LOG_CHUNKS, MAX_OUTPUTS, OutputRecord,
 };
+pub use crate::window::{WINDOW_BUDGET, WINDOW_BYTES, WINDOW_FILES};
 
 use crate::{BackendError, BackendResult, BlobRef, Digest, DigestAlgorithm, Task};
 use async_trait::async_trait;

@@ -53,9 +53,9 @@ impl Workspace {
     /// docs).
     pub fn open(root: &Path) -> BackendResult<Self> {
         let root = fs::canonicalize(root)
-            .map_err(|e| BackendError::io_with_context("open workspace", root, e))?;
+            .map_err(|e| BackendError::workspace("open workspace", root, e))?;
         if !root.is_dir() {
-            return Err(BackendError::io_with_context(
+            return Err(BackendError::workspace(
                 "open workspace",
                 &root,
                 io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
@@ -69,7 +69,7 @@ impl Workspace {
                 OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
                 Mode::empty(),
             )
-            .map_err(|e| BackendError::io_with_context("open workspace", &root, e.into()))?;
+            .map_err(|e| BackendError::workspace("open workspace", &root, e.into()))?;
             std::sync::Arc::new(fd)
         };
         Ok(Workspace {
@@ -142,7 +142,7 @@ impl Workspace {
                 ))
             }
             Err(rustix::io::Errno::NOSYS) => self.open_parent_strict(&parent, rel),
-            Err(e) => Err(BackendError::io_with_context(
+            Err(e) => Err(BackendError::workspace(
                 "open the directory of",
                 rel.to_path(&self.root),
                 e.into(),
@@ -161,7 +161,7 @@ impl Workspace {
         use rustix::fs::{Mode, OFlags};
         let flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
         let mut dir = rustix::io::dup(&*self.root_fd)
-            .map_err(|e| BackendError::io_with_context("open", &self.root, e.into()))?;
+            .map_err(|e| BackendError::workspace("open", &self.root, e.into()))?;
         for comp in parent.split('/').filter(|c| *c != ".") {
             dir = rustix::fs::openat(&dir, comp, flags, Mode::empty()).map_err(|_| {
                 BackendError::unsafe_path(
@@ -245,7 +245,7 @@ impl Workspace {
                     // Another writer made it meanwhile: fine if it is a directory.
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => {}
                     Err(e) => {
-                        return Err(BackendError::io_with_context("create directory", &path, e));
+                        return Err(BackendError::workspace("create directory", &path, e));
                     }
                 }
                 Ok(path)
@@ -310,7 +310,7 @@ impl Workspace {
                 #[cfg(not(unix))]
                 Ok(make_symlink_atomically(target, &parent, &path))
             })
-            .map_err(|e| BackendError::io_with_context("create symlink", &path, e))??;
+            .map_err(|e| BackendError::workspace("create symlink", &path, e))??;
         Ok(path)
     }
 
@@ -386,9 +386,7 @@ impl Workspace {
                     AtFlags::SYMLINK_NOFOLLOW,
                 )?)
             })
-            .map_err(|e| {
-                BackendError::io_with_context("set the time of", rel.to_path(&self.root), e)
-            })
+            .map_err(|e| BackendError::workspace("set the time of", rel.to_path(&self.root), e))
     }
 
     /// Without Unix calls, by path (following nothing is not available there).
@@ -402,7 +400,7 @@ impl Workspace {
                     .open(&path)
                     .and_then(|f| f.set_modified(time))
             })
-            .map_err(|e| BackendError::io_with_context("set the time of", &path, e))
+            .map_err(|e| BackendError::workspace("set the time of", &path, e))
     }
 
     /// On platforms without Unix modes every file is rewritten.
@@ -433,7 +431,7 @@ impl Workspace {
         #[cfg(not(unix))]
         let dir = parent.clone();
         let tmp = DirTemp::create(dir, &parent, &self.cancel)
-            .map_err(|e| BackendError::io_with_context("create temporary file in", &parent, e))?;
+            .map_err(|e| BackendError::workspace("create temporary file in", &parent, e))?;
         Ok(PendingFile::new(
             self.cancel.clone(),
             tmp,
@@ -522,7 +520,7 @@ impl Workspace {
                         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                             // Raced with another writer: look again, strictly.
                             let m = fs::symlink_metadata(&next)
-                                .map_err(|e| BackendError::io_with_context("inspect", &next, e))?;
+                                .map_err(|e| BackendError::workspace("inspect", &next, e))?;
                             if m.is_dir() {
                                 cur = next;
                             } else {
@@ -533,15 +531,11 @@ impl Workspace {
                             }
                         }
                         Err(e) => {
-                            return Err(BackendError::io_with_context(
-                                "create directory",
-                                &next,
-                                e,
-                            ));
+                            return Err(BackendError::workspace("create directory", &next, e));
                         }
                     }
                 }
-                Err(e) => return Err(BackendError::io_with_context("inspect", &next, e)),
+                Err(e) => return Err(BackendError::workspace("inspect", &next, e)),
             }
         }
         Ok(Some(cur))
@@ -606,7 +600,7 @@ impl Workspace {
             }
             Ok(_) => Ok(Last::Replaceable),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Last::Missing),
-            Err(e) => Err(BackendError::io_with_context("inspect", path, e)),
+            Err(e) => Err(BackendError::workspace("inspect", path, e)),
         }
     }
 }
@@ -647,20 +641,16 @@ fn make_symlink_atomically(
             Ok(()) => {
                 return rustix::fs::renameat(dir, tmp.as_str(), dir, name).map_err(|e| {
                     let _ = rustix::fs::unlinkat(dir, tmp.as_str(), rustix::fs::AtFlags::empty());
-                    BackendError::io_with_context("rename symlink into place", path, e.into())
+                    BackendError::workspace("rename symlink into place", path, e.into())
                 });
             }
             Err(rustix::io::Errno::EXIST) => {}
             Err(e) => {
-                return Err(BackendError::io_with_context(
-                    "create symlink",
-                    path,
-                    e.into(),
-                ));
+                return Err(BackendError::workspace("create symlink", path, e.into()));
             }
         }
     }
-    Err(BackendError::io_with_context(
+    Err(BackendError::workspace(
         "create symlink",
         path,
         io::Error::new(io::ErrorKind::AlreadyExists, "no free temporary name"),
@@ -669,7 +659,7 @@ fn make_symlink_atomically(
 
 #[cfg(not(unix))]
 fn make_symlink_atomically(_target: &str, _dir: &Path, path: &Path) -> BackendResult<()> {
-    Err(BackendError::io_with_context(
+    Err(BackendError::workspace(
         "create symlink",
         path,
         io::Error::new(

@@ -1,6 +1,6 @@
 //! The task-digest builder: what joins the key, and that the encoding is deterministic.
 
-use cache_core::{DigestAlgorithm, InputFile, Task, TaskKeyBuilder};
+use cache_core::{DigestAlgorithm, InputFile, KEY_FORMAT_VERSION, Platform, Task, TaskKeyBuilder};
 use std::fs;
 use std::path::Path;
 
@@ -54,6 +54,8 @@ fn each_declared_thing_changes_the_key() {
         base().output("target/other"),
         base().input("src/notes.txt"),
         base().salt("v2"),
+        base().portable(),
+        base().platform(Platform::new("plan9", "mips")),
     ];
     let mut seen = std::collections::HashSet::new();
     seen.insert(k.clone());
@@ -160,7 +162,7 @@ fn bad_patterns_are_clear_errors() {
 }
 
 /// Pins the encoding: if this changes, every existing cache key changes, so bump the
-/// encoding version in the module docs and the salt of callers.
+/// encoding version (`KEY_FORMAT_VERSION`, in the module docs too).
 #[test]
 fn encoding_is_pinned() {
     let ws = tempfile::tempdir().unwrap();
@@ -180,9 +182,14 @@ fn encoding_is_pinned() {
         m.extend_from_slice(x);
     };
     m.extend_from_slice(b"taskcache-key\0");
-    m.extend_from_slice(&1u64.to_le_bytes());
+    m.extend_from_slice(&2u64.to_le_bytes());
     m.push(b'A');
     s(&mut m, b"blake3");
+    // By default a key names the platform it is computed on.
+    m.push(b'P');
+    m.push(1);
+    s(&mut m, std::env::consts::OS.as_bytes());
+    s(&mut m, std::env::consts::ARCH.as_bytes());
     m.push(b'C');
     m.extend_from_slice(&2u64.to_le_bytes());
     s(&mut m, b"echo");
@@ -213,6 +220,41 @@ fn encoding_is_pinned() {
         k.to_string(),
         format!("blake3:{}", blake3::hash(&m).to_hex())
     );
+}
+
+/// A key names its platform: the same task on another OS or CPU has another key (a
+/// tier shared by Linux and macOS runners never hands one the other's binaries), by
+/// default the current platform, and a portable key is none of them.
+#[test]
+fn platforms_have_keys_of_their_own() {
+    let ws = tree();
+    let task = {
+        let mut t = Task::new("build", ["cargo", "build"]);
+        t.inputs.push("src/**/*.rs".into());
+        t
+    };
+    let of = |b: TaskKeyBuilder| key(&b, ws.path());
+    let from_task = || TaskKeyBuilder::from_task(&task, DigestAlgorithm::Blake3);
+    let on = |os: &str, arch: &str| of(from_task().platform(Platform::new(os, arch)));
+    let keys = [
+        on("linux", "x86_64"),
+        on("linux", "aarch64"),
+        on("macos", "aarch64"),
+        on("macos", "x86_64"),
+        on("windows", "x86_64"),
+        of(from_task().portable()),
+    ];
+    let unique: std::collections::HashSet<_> = keys.iter().collect();
+    assert_eq!(unique.len(), keys.len(), "{keys:#?}");
+    let here = Platform::current();
+    assert_eq!(of(from_task()), on(here.os(), here.arch()));
+    assert_eq!(from_task().key_platform(), Some(&here));
+    assert_eq!(TaskKeyBuilder::default().key_platform(), Some(&here));
+    assert_eq!(from_task().portable().key_platform(), None);
+    // A platform is a pair: the boundary between its names is unambiguous.
+    assert_ne!(on("linu", "xx86_64"), on("linux", "x86_64"));
+    assert_eq!(here.to_string(), format!("{}/{}", here.os(), here.arch()));
+    assert_eq!(KEY_FORMAT_VERSION, 2);
 }
 
 /// Builds in a thread: a key computation that blocks (a FIFO opened for reading, a
@@ -460,7 +502,7 @@ fn symlink_and_special_file_encoding_is_pinned() {
         .status()
         .unwrap();
     assert!(fifo.success());
-    let key = build_within(&TaskKeyBuilder::default().input("d"), w)
+    let key = build_within(&TaskKeyBuilder::default().portable().input("d"), w)
         .unwrap()
         .0;
     let mut m: Vec<u8> = Vec::new();
@@ -470,9 +512,10 @@ fn symlink_and_special_file_encoding_is_pinned() {
     };
     let num = |m: &mut Vec<u8>, n: u64| m.extend_from_slice(&n.to_le_bytes());
     m.extend_from_slice(b"taskcache-key\0");
-    num(&mut m, 1);
+    num(&mut m, 2);
     m.push(b'A');
     s(&mut m, b"blake3");
+    m.extend_from_slice(b"P\0"); // portable: no platform
     m.push(b'C');
     num(&mut m, 0);
     m.extend_from_slice(b"S\0E");

@@ -156,7 +156,24 @@ fn faults_are_classified() {
     ];
     for e in caller {
         assert_eq!(e.fault(), Fault::Caller, "{e}");
+        assert!(!e.is_cache_fault());
     }
+    // The workspace is the caller's: another tier would meet the same one.
+    let e = BackendError::workspace(
+        "open workspace",
+        "/no/such/dir",
+        std::io::Error::from(std::io::ErrorKind::NotFound),
+    );
+    assert_eq!(e.fault(), Fault::Caller, "{e}");
+    assert!(e.to_string().contains("/no/such/dir"), "{e}");
+    // A refused permission is the third owner: degradable, never an outage.
+    let e = BackendError::permission_denied("403 Forbidden");
+    assert_eq!(e.fault(), Fault::Permission, "{e}");
+    assert!(e.is_gracefully_degradable() && !e.is_outage() && !e.is_cache_fault());
+    // A rejected request is the cache's, degradable, not an outage.
+    let e = BackendError::rejected("INVALID_ARGUMENT");
+    assert_eq!(e.fault(), Fault::Cache, "{e}");
+    assert!(e.is_gracefully_degradable() && !e.is_outage());
 }
 
 /// Wrapped errors stay reachable as sources.

@@ -6,10 +6,17 @@
 //! this code whose `LAYOUT` was lost or damaged ([`recognisable`]): then `LAYOUT` is
 //! written again, with a warning, rather than leaving the cache unusable for ever.
 
-use crate::layout::{LAYOUT_FILE, LAYOUT_MAGIC, LAYOUT_VERSION, is_own_temp};
 use cache_core::{BackendError, BackendResult, DigestAlgorithm};
 use std::io;
 use std::path::Path;
+
+/// Name of the layout version file.
+pub const LAYOUT_FILE: &str = "LAYOUT";
+/// The layout this code reads and writes.
+pub const LAYOUT_VERSION: u32 = 1;
+pub(crate) const LAYOUT_MAGIC: &str = "taskcache-local-layout";
+/// Prefix of the statistics logs claimed for compaction in `tmp/`.
+pub(crate) const STATS_TEMP_PREFIX: &str = "stats-log-";
 
 /// Whether `dir` may be opened as a cache: one with a `LAYOUT` file is; so is one
 /// that is recognisably a cache of this code whose `LAYOUT` is gone ([`recognisable`]);
@@ -218,4 +225,17 @@ pub(crate) fn check_version(file: &Path, text: &str) -> BackendResult<()> {
         file,
         io::Error::new(io::ErrorKind::InvalidData, msg),
     ))
+}
+
+/// Whether `name` in `<dir>/tmp` is a temporary file of this code: a writer's (`w` and
+/// 6 to 16 letters or digits, as written now or by earlier versions) or a statistics
+/// log claimed for compaction.
+pub(crate) fn is_own_temp(name: &str) -> bool {
+    let writer = name.strip_prefix('w').is_some_and(|r| {
+        (6..=16).contains(&r.len()) && r.bytes().all(|b| b.is_ascii_alphanumeric())
+    });
+    let stats = name
+        .strip_prefix(STATS_TEMP_PREFIX)
+        .is_some_and(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_digit() || b == b'-'));
+    writer || stats
 }

@@ -16,8 +16,9 @@
 //! [`MAX_LOG_BYTES`]. A link or special file in its place is ignored by reads and
 //! replaced by the next append; nothing is ever written through it.
 
+use crate::claim::STATS_TEMP_PREFIX;
 use crate::fsat::{self, Access, FileAt};
-use crate::layout::{Layout, STATS_TEMP_PREFIX};
+use crate::layout::Layout;
 use std::fs::File;
 use std::io::{self, Read, Write};
 

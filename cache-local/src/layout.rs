@@ -15,7 +15,7 @@
 //! from those handles without following a link. Paths are kept for messages and for
 //! the blob files handed to `cache-core`.
 
-use crate::claim;
+use crate::claim::{self, LAYOUT_FILE, LAYOUT_MAGIC, LAYOUT_VERSION};
 use crate::fsat::{self, Access, DirAt, FileAt, Meta, Node};
 use cache_core::{BackendError, BackendResult, BlobRef, Digest, DigestAlgorithm};
 use rustix::fs::{self as rfs, AtFlags, Mode, OFlags};
@@ -28,15 +28,8 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
-/// Name of the layout version file.
-pub const LAYOUT_FILE: &str = "LAYOUT";
-/// The layout this code reads and writes.
-pub const LAYOUT_VERSION: u32 = 1;
-pub(crate) const LAYOUT_MAGIC: &str = "taskcache-local-layout";
 /// The most of a layout file that is ever read (it holds one short line).
 const MAX_LAYOUT_BYTES: u64 = 256;
-/// Prefix of the statistics logs claimed for compaction in `tmp/`.
-pub(crate) const STATS_TEMP_PREFIX: &str = "stats-log-";
 
 /// Where a digest-named file lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -543,19 +536,6 @@ fn temp_name() -> String {
         h /= 62;
     }
     name
-}
-
-/// Whether `name` in `<dir>/tmp` is a temporary file of this code: a writer's (`w` and
-/// 6 to 16 letters or digits, as written now or by earlier versions) or a statistics
-/// log claimed for compaction.
-pub(crate) fn is_own_temp(name: &str) -> bool {
-    let writer = name.strip_prefix('w').is_some_and(|r| {
-        (6..=16).contains(&r.len()) && r.bytes().all(|b| b.is_ascii_alphanumeric())
-    });
-    let stats = name
-        .strip_prefix(STATS_TEMP_PREFIX)
-        .is_some_and(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_digit() || b == b'-'));
-    writer || stats
 }
 
 /// A regular file found under `blobs/` or `entries/`.

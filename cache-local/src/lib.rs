@@ -86,6 +86,11 @@
 //!   larger ones are copied into a temporary file while hashing, and from 16 MiB the
 //!   copy is done by the kernel (`copy_file_range`) while a second thread hashes what
 //!   landed in the temporary file. Memory stays at a few MiB whatever the output size.
+//! * **Memory.** A store runs at most four jobs (one per core), each holding a file
+//!   of up to 1 MiB and a 1 MiB copy buffer: [`MEMORY_PER_CALL`] (8 MiB) per store or
+//!   import in flight, whatever the outputs' sizes. `open_blobs` hands over paths,
+//!   which hold no memory (so restores and imports from this storage take nothing of
+//!   `Cache`'s window budget once opened), and nothing is held between calls.
 //!
 //! ## Hostile cache directories
 //!
@@ -130,7 +135,11 @@ mod io;
 mod layout;
 mod maint;
 
-pub use layout::{LAYOUT_FILE, LAYOUT_VERSION};
+pub use claim::{LAYOUT_FILE, LAYOUT_VERSION};
+
+/// What one store or import holds in memory at most: four jobs, each a file of up to
+/// 1 MiB and a 1 MiB copy buffer. Nothing is held per process beyond calls in flight.
+pub const MEMORY_PER_CALL: u64 = 4 * (io::SMALL_FILE + cache_core::storage::COPY_BUFFER as u64);
 
 use cache_core::storage::{ActionRecord, BlobSource, EntryKey, Storage, StoredEntry};
 use cache_core::{BackendError, BackendResult, BlobRef, Digest, DigestAlgorithm};

@@ -1,9 +1,10 @@
 //! Maintenance: statistics, size-bounded GC and full verification. Blocking code, run
 //! on the blocking pool by the async methods of [`crate::LocalStorage`].
 
+use crate::claim;
 use crate::counters;
 use crate::fsat::{self, FileAt, Node};
-use crate::layout::{self, Area, Found, Layout};
+use crate::layout::{Area, Found, Layout};
 use crate::{GcOptions, GcReport, LocalStats, VerifyReport};
 use cache_core::storage::{ActionRecord, MAX_ENTRY_BYTES, hash_reader};
 use cache_core::{BackendError, BackendResult, Digest};
@@ -81,7 +82,7 @@ pub(crate) fn clean_temps(layout: &Layout, age: Duration) -> BackendResult<(u64,
     for name in names {
         let path = layout.tmp.join(&name);
         let count = match fsat::lstat_at(dir, &name) {
-            Ok(Node::File(m)) if layout::is_own_temp(&name) && self::age(now, m.mtime) >= age => {
+            Ok(Node::File(m)) if claim::is_own_temp(&name) && self::age(now, m.mtime) >= age => {
                 &mut removed
             }
             Ok(Node::Other(what)) => {

@@ -58,7 +58,12 @@ async fn harness() -> Harness {
     let cache_dir = dir.path().join("cache");
     let storage = LocalStorage::open(&cache_dir, LocalOptions::default()).unwrap();
     let tamper = LocalTamper(LocalStorage::open(&cache_dir, LocalOptions::default()).unwrap());
-    Harness::from_storage(storage, Arc::new(tamper)).with_guard(dir)
+    Harness::from_storage(storage, Arc::new(tamper))
+        .with_capabilities(
+            cache_testkit::Capabilities::default()
+                .with_memory_bound(0, cache_local::MEMORY_PER_CALL),
+        )
+        .with_guard(dir)
 }
 
 cache_testkit::conformance_suite!(harness);

@@ -22,6 +22,22 @@ use tonic::Code;
 /// Bytes per ByteStream message.
 pub const CHUNK: usize = 1 << 20;
 
+/// Messages a stream queues between its reader and the network, each way.
+const STREAM_CHUNKS: usize = 4;
+
+/// Bytes of blob data a process reads into batch updates at once (held while the batch
+/// is sent: the request, the copy an attempt sends, the encoded message).
+pub const BATCH_UPLOAD_BUFFERS: u64 = 16 << 20;
+
+/// The process's budget for batch update data (bytes: they fit any usize).
+#[allow(clippy::cast_possible_truncation)]
+static BATCH_UPLOADS: tokio::sync::Semaphore =
+    tokio::sync::Semaphore::const_new(BATCH_UPLOAD_BUFFERS as usize);
+
+/// What one stream (a ByteStream read or write) holds at most: the queued messages,
+/// the one being made or read, and the one on the wire.
+pub const STREAM_BYTES: u64 = (STREAM_CHUNKS as u64 + 2) * CHUNK as u64;
+
 /// Where the bytes of a blob to upload are.
 #[derive(Clone)]
 pub enum Payload {
@@ -301,6 +317,10 @@ impl Client {
     ) -> BackendResult<()> {
         let items: Vec<(BlobRef, Payload)> =
             batch.iter().map(|b| (*b, payloads[b].clone())).collect();
+        let data = batch.iter().map(|b| b.size).fold(0, u64::saturating_add);
+        // Read only once the process has room for it; held until the batch is sent.
+        let want = u32::try_from(data.min(BATCH_UPLOAD_BUFFERS)).unwrap_or(u32::MAX);
+        let _room = BATCH_UPLOADS.acquire_many(want).await;
         let describe = self.describe.clone();
         // The batch is at most the batch limit (a few MiB): read (and compressed) on a
         // blocking thread. A compressed blob is never larger than its data (else it goes
@@ -408,7 +428,10 @@ impl Client {
         let mut attempt = 1;
         let what = format!("ByteStream.Write of {blob}");
         loop {
-            let (tx, rx) = tokio::sync::mpsc::channel::<WriteRequest>(4);
+            // The turn first: a feeder waiting for one would hold its chunks meanwhile.
+            self.count("ByteStream.Write");
+            let permit = self.limit_permit().await;
+            let (tx, rx) = tokio::sync::mpsc::channel::<WriteRequest>(STREAM_CHUNKS);
             // The file is read (and compressed) on a blocking thread, a chunk at a
             // time; the bounded channel keeps at most a few chunks in memory.
             let feeder = spawn_feeder(
@@ -422,8 +445,6 @@ impl Client {
             // The deadline grows with the blob (1 s per MiB on top of the call deadline).
             let deadline = self.config.call_timeout
                 + std::time::Duration::from_millis((blob.size >> 20).saturating_mul(1000));
-            self.count("ByteStream.Write");
-            let permit = self.limit_permit().await;
             let mut c = self.bytestream();
             let outcome = tokio::time::timeout(
                 deadline,
@@ -759,7 +780,7 @@ impl Read for StreamReader {
                 return Ok(n);
             }
             let rx = self.rx.get_or_insert_with(|| {
-                let (tx, rx) = tokio::sync::mpsc::channel(4);
+                let (tx, rx) = tokio::sync::mpsc::channel(STREAM_CHUNKS);
                 let client = Arc::clone(&self.client);
                 self.handle.spawn(client.read_stream(
                     self.resource.clone(),

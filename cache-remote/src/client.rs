@@ -77,13 +77,13 @@ impl Caps {
     ) -> BackendResult<DigestAlgorithm> {
         match wanted {
             Some(a) if self.algorithms.contains(&a) => Ok(a),
-            Some(a) => Err(BackendError::unavailable(format!(
+            Some(a) => Err(BackendError::rejected(format!(
                 "{server} does not support the {} digest function (it lists {:?})",
                 a.as_str(),
                 self.algorithms
             ))),
             None => self.algorithms.first().copied().ok_or_else(|| {
-                BackendError::unavailable(format!("{server} supports neither SHA-256 nor BLAKE3"))
+                BackendError::rejected(format!("{server} supports neither SHA-256 nor BLAKE3"))
             }),
         }
     }
@@ -119,6 +119,53 @@ impl std::fmt::Debug for Client {
         f.debug_struct("Client")
             .field("server", &self.describe)
             .finish_non_exhaustive()
+    }
+}
+
+/// The error a failed call's status stands for, by who owns it (each code chosen, none
+/// by default):
+///
+/// * An outage ([`BackendError::Unavailable`]: the cache's, and a breaker that opens
+///   on outages skips the server at once): `UNAVAILABLE`, `DEADLINE_EXCEEDED`,
+///   `RESOURCE_EXHAUSTED` (after its retries), `INTERNAL`, `UNKNOWN`, `ABORTED`,
+///   `CANCELLED` (the server or a proxy gave up on the call).
+/// * A refused permission ([`BackendError::PermissionDenied`], [`Fault::Permission`]:
+///   not an outage; a tier refusing writes is still read): `PERMISSION_DENIED`,
+///   `UNAUTHENTICATED`.
+/// * A rejected request ([`BackendError::Rejected`]: the cache's, counted towards a
+///   breaker's threshold, not an outage): `INVALID_ARGUMENT`, `FAILED_PRECONDITION`,
+///   `OUT_OF_RANGE`, `ALREADY_EXISTS`, `UNIMPLEMENTED`, `DATA_LOSS`, and `NOT_FOUND`
+///   where it does not mean a miss. The executor's input was valid (a key, outputs):
+///   the server refuses this client's request (a digest it disputes, a size over its
+///   limit, a service it lacks), so the task is not the caller's to fix, and other
+///   requests a moment later may well succeed.
+///
+/// `NOT_FOUND` is decided per call before this: an action result or a blob that is
+/// not there is a miss (`GetActionResult`, `BatchReadBlobs`), never an error.
+///
+/// The status message is the server's, truncated; no header is ever part of it.
+///
+/// [`Fault::Permission`]: cache_core::Fault::Permission
+pub fn status_error(server: &str, what: &str, s: &Status) -> BackendError {
+    let message: String = s.message().chars().take(300).collect();
+    let detail = Detail::new(format!("{server} {what}: {:?}: {message}", s.code()));
+    match s.code() {
+        Code::Unavailable
+        | Code::DeadlineExceeded
+        | Code::ResourceExhausted
+        | Code::Internal
+        | Code::Unknown
+        | Code::Aborted
+        | Code::Cancelled => BackendError::Unavailable(detail),
+        Code::PermissionDenied | Code::Unauthenticated => BackendError::PermissionDenied(detail),
+        Code::InvalidArgument
+        | Code::FailedPrecondition
+        | Code::OutOfRange
+        | Code::NotFound
+        | Code::AlreadyExists
+        | Code::Unimplemented
+        | Code::DataLoss
+        | Code::Ok => BackendError::Rejected(detail),
     }
 }
 
@@ -213,12 +260,10 @@ impl Client {
         ByteStreamClient::new(self.channel.clone()).max_decoding_message_size(64 << 20)
     }
 
-    /// A call failed: a cache fault naming the server and what was asked (the status
-    /// message is the server's, truncated; no header is ever part of it).
+    /// A call failed: the error its status stands for ([`status_error`]), naming the
+    /// server and what was asked.
     pub fn error(&self, what: &str, s: &Status) -> BackendError {
-        let message: String = s.message().chars().take(300).collect();
-        let text = format!("{} {what}: {:?}: {message}", self.describe, s.code());
-        BackendError::Unavailable(Detail::new(text))
+        status_error(&self.describe, what, s)
     }
 
     /// Runs `f` under the concurrency bound with a deadline per attempt, retrying

@@ -27,8 +27,32 @@
 //!   blobs and lazy, bounded ByteStream `Read` streams for large ones.
 //! * **Network**: one shared HTTP/2 channel, connect and per-call deadlines, retries
 //!   with exponential backoff and jitter on UNAVAILABLE, RESOURCE_EXHAUSTED, ABORTED and
-//!   DEADLINE_EXCEEDED, bounded concurrency. Every failure is a cache fault; put the
-//!   backend behind [`cache_core::CircuitBreaker`] so a dead server costs one timeout.
+//!   DEADLINE_EXCEEDED, bounded concurrency.
+//! * **Faults**: every gRPC status is mapped by who owns it ([`status_error`]): an
+//!   outage (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, INTERNAL, UNKNOWN,
+//!   ABORTED, CANCELLED), a refused permission (PERMISSION_DENIED, UNAUTHENTICATED:
+//!   [`cache_core::Fault::Permission`]), or a request the server rejected
+//!   (INVALID_ARGUMENT, FAILED_PRECONDITION, OUT_OF_RANGE, ...: the cache's, not an
+//!   outage); NOT_FOUND of a result or blob is a miss. A read-only action cache
+//!   (`update_enabled: false`) refuses every store up front as a permission fault,
+//!   before any blob is sent. Put the backend behind [`cache_core::CircuitBreaker`]
+//!   so a dead server costs one timeout, and in [`cache_core::Tiered`] so a read-only
+//!   one is read and no longer written.
+//!
+//! ## Memory
+//!
+//! What a storage holds in memory stays bounded however many calls run at once:
+//!
+//! | held in memory | bound | per |
+//! |---|---|---|
+//! | ByteStream reads and writes: a few 1 MiB messages queued each way ([`STREAM_BYTES`], 6 MiB); a write's feeder starts only once the stream may run | [`RemoteConfig::concurrency`] streams and calls (16): 96 MiB | storage |
+//! | batch updates: the data of a batch, read only once the process has room for it, held (with the copy an attempt sends and the encoded message) until it is sent | [`BATCH_UPLOAD_BUFFERS`] of data (16 MiB), 48 MiB | process |
+//! | batch reads: small blobs (up to the batch limit, 4 MiB) handed over as bytes; large ones are lazy ByteStream readers | `Cache`'s window budget ([`cache_core::storage::WINDOW_BUDGET`], 128 MiB), and as much again for a moment while an answer is decoded from its own buffer | process |
+//! | hashing a store's sources (a 1 MiB buffer; a reader is spooled to a temporary file) | 1 MiB | call |
+//! | reading an entry (its result, trees and logs) | 64 MiB ([`cache_core::storage::MAX_ENTRY_BYTES`]) | lookup |
+//!
+//! With the default configuration that is [`MEMORY_PER_PROCESS`] beyond `Cache`'s
+//! window budget, and [`MEMORY_PER_CALL`] per store or import in flight.
 //!
 //! ```no_run
 //! use cache_remote::{RemoteConfig, RemoteStorage};
@@ -52,7 +76,17 @@ mod config;
 pub mod fuzz;
 pub mod mapping;
 
-pub use client::{Caps, ZstdSupport};
+pub use blobs::{BATCH_UPLOAD_BUFFERS, STREAM_BYTES};
+pub use client::{Caps, ZstdSupport, status_error};
+
+/// The most a REAPI storage's transfers hold at once in one process with the default
+/// configuration (16 calls in flight), beyond `Cache`'s window budget: streams, batch
+/// updates, and batch answers being decoded (see the crate docs' table).
+pub const MEMORY_PER_PROCESS: u64 =
+    16 * STREAM_BYTES + 3 * BATCH_UPLOAD_BUFFERS + cache_core::storage::WINDOW_BUDGET;
+
+/// What one store or import holds besides: the buffer that hashes its sources.
+pub const MEMORY_PER_CALL: u64 = 1 << 20;
 pub use config::{RemoteConfig, Secret, TlsConfig};
 
 use blobs::Payload;
@@ -140,6 +174,22 @@ impl RemoteStorage {
     #[must_use]
     pub fn describe(&self) -> &str {
         &self.client.describe
+    }
+
+    /// Refuses a write up front when the server's action cache is read-only
+    /// (`update_enabled: false` in its capabilities, asked once): a
+    /// [`cache_core::Fault::Permission`] fault before any blob is sent, so a store to a
+    /// read-only cache costs no upload and is no outage (a read-only token's executor
+    /// keeps reading the cache).
+    fn writable(&self, caps: &Caps) -> BackendResult<()> {
+        if caps.update_enabled {
+            return Ok(());
+        }
+        Err(BackendError::permission_denied(format!(
+            "{}: the action cache is read-only (the server's capabilities say \
+             update_enabled: false); reading from it, not writing to it",
+            self.describe()
+        )))
     }
 
     /// Calls made so far, by RPC (every attempt), and blob bytes sent: what a
@@ -379,18 +429,13 @@ impl Storage for RemoteStorage {
 
     async fn put_entry(&self, key: &EntryKey, record: Arc<ActionRecord>) -> BackendResult<()> {
         let caps = self.client.caps().await?.clone();
-        if !caps.update_enabled {
-            return Err(BackendError::unavailable(format!(
-                "{}: the action cache is read-only (update_enabled is false)",
-                self.describe()
-            )));
-        }
+        self.writable(&caps)?;
         if !caps.absolute_symlinks
             && record.outputs.iter().any(
                 |o| matches!(o, OutputRecord::Symlink { target, .. } if target.starts_with('/')),
             )
         {
-            return Err(BackendError::unavailable(format!(
+            return Err(BackendError::rejected(format!(
                 "{}: the server disallows absolute symlink targets",
                 self.describe()
             )));
@@ -420,12 +465,7 @@ impl Storage for RemoteStorage {
 
     async fn remove_entry(&self, key: &EntryKey) -> BackendResult<()> {
         let caps = self.client.caps().await?.clone();
-        if !caps.update_enabled {
-            return Err(BackendError::unavailable(format!(
-                "{}: the action cache is read-only",
-                self.describe()
-            )));
-        }
+        self.writable(&caps)?;
         let algorithm = caps.algorithm(None, self.describe())?;
         let action = mapping::action_for(key, algorithm);
         self.upload_missing(
@@ -479,6 +519,8 @@ impl Storage for RemoteStorage {
         algorithm: Option<DigestAlgorithm>,
     ) -> BackendResult<Vec<BlobRef>> {
         let caps = self.client.caps().await?.clone();
+        // Blobs are only ever sent for an entry: to a read-only action cache, none.
+        self.writable(&caps)?;
         let algorithm = caps.algorithm(algorithm, self.describe())?;
         let (hashed, spools) = tokio::task::spawn_blocking(cache_core::cancel::bind(move || {
             hash_sources(sources, algorithm)

@@ -17,7 +17,7 @@ const VAR: &str = "TASKCACHE_TEST_REAPI";
 async fn harness(url: String) -> Harness {
     let open = || RemoteStorage::open(RemoteConfig::from_url(&url).unwrap()).unwrap();
     let tamper = common::ServerTamper::new(open());
-    Harness::from_storage(open(), Arc::new(tamper))
+    Harness::from_storage(open(), Arc::new(tamper)).with_capabilities(common::capabilities())
 }
 
 macro_rules! against_buildgrid {
@@ -72,6 +72,7 @@ against_buildgrid! {
     hostile_oversized_entry
     hostile_huge_declared_blob_size
     hostile_undeclared_outputs
+    store_refuses_undeclared_outputs
     hostile_newer_format_entry_is_left_in_place
     hostile_huge_declared_log
     hostile_adversarial_entries
@@ -83,6 +84,7 @@ against_buildgrid! {
     cancel_store_dropped_midway
     cancel_import_dropped_midway
     cancel_logs_dropped_midway
+    concurrent_transfers_stay_within_memory_bound
     model_state_machine
     health_check_succeeds
     name_is_stable

@@ -1,5 +1,7 @@
-//! From `object_store` errors to cache-core's: which are degradable faults, which are
-//! configuration errors that must say what to fix, and never a secret in either.
+//! From `object_store` errors to cache-core's: which are degradable faults (outages:
+//! transport, throttling, server errors), which are refused permissions (401/403:
+//! `Fault::Permission`), which are configuration errors that must say what to fix
+//! (a missing bucket), and never a secret in any.
 
 use cache_core::{BackendError, Detail};
 use std::fmt;
@@ -58,14 +60,13 @@ impl Where {
             self.bucket, self.endpoint, self.url
         );
         match e {
+            // HTTP 403 and 401: the store answered and refuses these credentials the
+            // operation (often only writes: a read-only token). Not an outage.
             E::PermissionDenied { .. } | E::Unauthenticated { .. } => {
-                BackendError::Io(std::io::Error::new(
-                    std::io::ErrorKind::PermissionDenied,
-                    format!(
-                        "{here}: access denied with the credentials from {}; check them and \
-                         the bucket's policy: {detail}",
-                        self.credentials
-                    ),
+                BackendError::permission_denied(format!(
+                    "{here}: access denied with the credentials from {}; check them and \
+                     the bucket's policy: {detail}",
+                    self.credentials
                 ))
             }
             E::NotFound { .. } | E::Generic { .. } if is_missing_bucket(&detail) => {

@@ -20,18 +20,30 @@
 //! 5. `entries/` is listed again, and every entry stored or changed since the first
 //!    listing is read too: a runner that published an entry meanwhile has its packs
 //!    and blobs counted.
-//! 6. Packs, blobs and markers that nothing references and that are older than
+//! 6. Packs and blobs that nothing references and that are older than
 //!    [`GcOptions::grace`] are deleted (a store in flight writes its packs and blobs
-//!    before its entry: they are younger than the grace).
+//!    before its entry: they are younger than the grace), each unless a store claimed
+//!    it for reuse within the grace (below); then the markers of entries that are gone
+//!    and of packs and blobs that are gone, older than the grace.
+//!
+//! **Reuse.** A store that finds a pack or blob already there sends nothing and names
+//! it in its entry, and that object may be one no entry names any more, old enough
+//! to be swept: the entries listing of step 5 may have been taken just before the
+//! store published. So before it counts on such an object, a store writes its claim
+//! marker (`used/packs/<hex>`, `used/blobs/<alg>/<hex>`, empty) and then checks that
+//! the object is still there (if not, it sends it again). The sweep reads an
+//! object's claim right before deleting it and keeps it when the claim is younger
+//! than the grace; a claim stays while its object does and is deleted with it. What
+//! is left is a store that claims and checks an object both between the sweep's read
+//! of that claim and its deletion (one request apart): its entry is then a miss once,
+//! and its next store sends the object again.
 //!
 //! A listing or read cut short by the deadline (or a page limit, or a server
 //! repeating itself) stops the gc before step 6: the sweep never runs with a partial
-//! view of the entries, which could delete a live pack. The one window left is a
-//! store that reuses a pack or blob already older than the grace and unreferenced
-//! (every entry naming it evicted) and publishes its entry between step 5 and the
-//! deletion: that entry is then a miss once, and its next store sends the pack again.
-//! Times are the store's `LastModified` against this machine's clock: the grace also
-//! absorbs clock skew.
+//! view of the entries, which could delete a live pack. Times are the store's
+//! `LastModified` against this machine's clock: the grace also absorbs clock skew,
+//! and it must be longer than a store takes (from its first pack or blob written or
+//! claimed to its entry published).
 
 use crate::pack::{self, BadWrapper};
 use crate::stats::{Listed, Stopped, list_kind};
@@ -54,8 +66,9 @@ pub struct GcOptions {
     /// the packs and blobs they reference take at most this many bytes.
     pub max_size: Option<u64>,
     /// Nothing younger than this is deleted (entries by last use; packs, blobs and
-    /// markers by their time): a store running now may be about to publish the entry
-    /// that needs them. Default 10 minutes.
+    /// markers by their time, packs and blobs also by a store's claim to reuse them):
+    /// a store running now may be about to publish the entry that needs them. Default
+    /// 10 minutes.
     pub grace: Duration,
     /// The deadline and page limit over the whole gc (listings, reads, deletions).
     pub limits: ListLimits,
@@ -112,10 +125,11 @@ pub struct GcReport {
     pub packs_removed: u64,
     /// Blobs deleted (no surviving entry named them).
     pub blobs_removed: u64,
-    /// Use markers deleted (of removed or vanished entries).
+    /// Markers deleted: the last use of removed or vanished entries, the claims of
+    /// deleted or vanished packs and blobs.
     pub markers_removed: u64,
     /// Unreferenced packs, blobs and markers kept because they are younger than the
-    /// grace.
+    /// grace, or (packs and blobs) claimed for reuse by a store within it.
     pub kept_young: u64,
     /// Bytes of entries, packs and blobs listed.
     pub bytes_before: u64,
@@ -150,6 +164,8 @@ struct Entry {
 struct Refs {
     /// `packs/<hex>` and `blobs/<alg>/<hex>`, relative to the prefix.
     objects: Vec<String>,
+    /// The same, by kind, with the blobs' sizes.
+    named: EntryReferences,
     unreadable: bool,
     newer: bool,
 }
@@ -452,7 +468,9 @@ impl Run<'_> {
             return Ok(());
         }
 
-        // 6. The sweep.
+        // 6. The sweep: packs and blobs first, each unless a store claimed it for reuse
+        // within the grace (its marker, read just before the deletion), then the
+        // markers of entries that are gone and of packs and blobs that are gone.
         let mut doomed: Vec<(Path, u64, u8)> = Vec::new();
         for (kind, objects, tag) in [("packs", &packs, 0u8), ("blobs", &blobs, 1)] {
             for (name, meta) in objects {
@@ -467,35 +485,174 @@ impl Run<'_> {
                 doomed.push((meta.location.clone(), meta.size, tag));
             }
         }
+        let now = self.now;
+        let mut swept = Vec::new();
+        let sweeping = futures::stream::iter(doomed)
+            .map(|(path, size, tag)| async move {
+                let swept = sweep_unclaimed(storage, &path, now, grace).await?;
+                Ok((size, tag, swept))
+            })
+            .buffer_unordered(concurrency);
+        let complete = self.drain(sweeping, &mut swept).await?;
+        for (size, tag, outcome) in swept {
+            match outcome {
+                Swept::Claimed => self.report.kept_young += 1,
+                Swept::Deleted { marker } => {
+                    if tag == 0 {
+                        self.report.packs_removed += 1;
+                    } else {
+                        self.report.blobs_removed += 1;
+                    }
+                    self.report.markers_removed += u64::from(marker);
+                    removed_bytes = removed_bytes.saturating_add(size);
+                }
+            }
+        }
+        self.report.bytes_after = before.saturating_sub(removed_bytes);
+        if !complete {
+            return Ok(());
+        }
+        let mut doomed_markers = Vec::new();
         for (name, meta) in &markers {
-            if again.contains_key(name) {
+            let gone = match name.split_once('/') {
+                // A claim of a pack or blob: decided with it while it is there.
+                Some(("packs", hex)) => !packs.contains_key(hex),
+                Some(("blobs", rest)) => !blobs.contains_key(rest),
+                // An entry's last use.
+                _ => !again.contains_key(name),
+            };
+            if !gone {
                 continue;
             }
             if self.age(SystemTime::from(meta.last_modified)) <= grace {
                 self.report.kept_young += 1;
                 continue;
             }
-            doomed.push((meta.location.clone(), 0, 2));
+            doomed_markers.push(meta.location.clone());
         }
         let mut deleted = Vec::new();
-        let deleting = futures::stream::iter(doomed)
-            .map(|(path, size, tag)| async move {
-                storage.delete(&path).await?;
-                Ok((size, tag))
-            })
+        let deleting = futures::stream::iter(doomed_markers)
+            .map(|path| async move { storage.delete(&path).await })
             .buffer_unordered(concurrency);
         let complete = self.drain(deleting, &mut deleted).await?;
-        for (size, tag) in deleted {
-            match tag {
-                0 => self.report.packs_removed += 1,
-                1 => self.report.blobs_removed += 1,
-                _ => self.report.markers_removed += 1,
-            }
-            removed_bytes = removed_bytes.saturating_add(size);
-        }
+        self.report.markers_removed += deleted.len() as u64;
         self.report.bytes_after = before.saturating_sub(removed_bytes);
         self.report.swept = complete;
         Ok(())
+    }
+}
+
+/// What an entry references ([`S3Storage::entry_references`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EntryReferences {
+    /// `packs/<hex>`: the packs its wrapper names (none for a plain entry).
+    pub packs: Vec<String>,
+    /// `blobs/<algorithm>/<hex>` and the size of every blob its record names. One over
+    /// 1 MiB is always its own object; a smaller one is in one of `packs`, or its own
+    /// object (entries from before packs, imports).
+    pub blobs: Vec<(String, u64)>,
+}
+
+impl EntryReferences {
+    /// The objects a hit of the entry needs for sure: its packs, and the blobs too
+    /// large to be packed (every blob of a plain entry).
+    pub fn required(&self) -> impl Iterator<Item = &str> {
+        let plain = self.packs.is_empty();
+        self.packs.iter().map(String::as_str).chain(
+            self.blobs
+                .iter()
+                .filter(move |(_, size)| plain || *size > crate::EAGER_MAX)
+                .map(|(name, _)| name.as_str()),
+        )
+    }
+}
+
+impl S3Storage {
+    /// What the entry for `key` keeps alive: [`S3Storage::gc`] keeps every pack and
+    /// blob named here. `None` if there is no entry; `CorruptEntry` if it cannot be
+    /// read (corrupt, or of a newer format).
+    pub async fn entry_references(&self, key: &Digest) -> BackendResult<Option<EntryReferences>> {
+        let Some((_, refs)) = read_refs(self, *key).await? else {
+            return Ok(None);
+        };
+        if refs.unreadable || refs.newer {
+            return Err(BackendError::CorruptEntry {
+                key: *key,
+                reason: if refs.newer {
+                    "an entry of a newer format".into()
+                } else {
+                    "the entry cannot be read".into()
+                },
+            });
+        }
+        Ok(Some(refs.named))
+    }
+}
+
+/// What the sweep did with an unreferenced pack or blob.
+enum Swept {
+    /// A store claimed it for reuse within the grace: kept.
+    Claimed,
+    /// Deleted, and its claim marker too if it had one.
+    Deleted { marker: bool },
+}
+
+/// Deletes the pack or blob at `path` unless its claim marker (written by a store
+/// that found it there and is about to name it in an entry) is younger than `grace`
+/// at `now`; then deletes that marker too. The marker is read right before the
+/// deletion, so a store whose entry the listings missed has claimed it by then.
+async fn sweep_unclaimed(
+    storage: &S3Storage,
+    path: &Path,
+    now: SystemTime,
+    grace: Duration,
+) -> BackendResult<Swept> {
+    let marker = storage.claim_path(path);
+    let claimed = match storage.store().head(&marker).await {
+        Ok(meta) => Some(SystemTime::from(meta.last_modified)),
+        Err(e) if is_absent(&e) => None,
+        Err(e) => return Err(storage.err("HEAD", &marker, &e)),
+    };
+    if claimed.is_some_and(|at| now.duration_since(at).unwrap_or_default() <= grace) {
+        tracing::debug!(object = %path, "kept: claimed for reuse within the grace");
+        return Ok(Swept::Claimed);
+    }
+    tracing::debug!(object = %path, claimed = claimed.is_some(), "sweeping");
+    storage.delete(path).await?;
+    if claimed.is_some() {
+        storage.delete(&marker).await?;
+    }
+    Ok(Swept::Deleted {
+        marker: claimed.is_some(),
+    })
+}
+
+impl S3Storage {
+    /// The claim marker of the pack or blob at `object` (`<prefix>/packs/<hex>` →
+    /// `<prefix>/used/packs/<hex>`, `<prefix>/blobs/<alg>/<hex>` →
+    /// `<prefix>/used/blobs/<alg>/<hex>`).
+    pub(crate) fn claim_path(&self, object: &Path) -> Path {
+        let prefix: Vec<_> = self.prefix().parts().collect();
+        let mut parts = prefix.clone();
+        parts.push("used".into());
+        parts.extend(object.parts().skip(prefix.len()));
+        Path::from_iter(parts)
+    }
+
+    /// Before a store names the pack or blob at `object`, found already stored, in an
+    /// entry instead of sending it: writes its claim marker (which gc reads before
+    /// deleting an object no entry names), then looks again. Its size if it is still
+    /// there; `None` if gc deleted it in between (send it).
+    pub(crate) async fn claim(&self, object: &Path) -> BackendResult<Option<u64>> {
+        let marker = self.claim_path(object);
+        self.store()
+            .put(&marker, object_store::PutPayload::from_static(b""))
+            .await
+            .map_err(|e| self.err("PUT", &marker, &e))?;
+        let size = self.head_size(object).await?;
+        tracing::debug!(%object, there = size.is_some(), "claimed for reuse");
+        Ok(size)
     }
 }
 
@@ -551,14 +708,14 @@ async fn read_refs(
         .bytes()
         .await
         .map_err(|e| storage.err("GET", &path, &e))?;
-    let (mut objects, body) = match pack::unwrap_entry(&bytes) {
-        Ok(None) => (Vec::new(), bytes.clone()),
+    let (packs, at) = match pack::unwrap_entry(&bytes) {
+        Ok(None) => (Vec::new(), pack::RecordAt::Plain(0)),
         Ok(Some((packs, at))) => (
             packs
                 .iter()
                 .map(|p| format!("packs/{}", p.name.hex()))
                 .collect(),
-            bytes.slice(at..),
+            at,
         ),
         Err(BadWrapper::Newer(_)) => {
             let newer = Refs {
@@ -569,29 +726,49 @@ async fn read_refs(
         }
         Err(BadWrapper::Corrupt(_)) => return Ok(Some((meta, unreadable))),
     };
-    let decoded = blocking(move || Ok(ActionRecord::decode(&digest, &body))).await?;
-    let refs =
-        match decoded {
-            Ok(record) => {
-                objects.extend(record.blobs().map(|b| {
-                    format!("blobs/{}/{}", b.digest.algorithm().as_str(), b.digest.hex())
-                }));
-                Refs {
-                    objects,
-                    ..Refs::default()
-                }
-            }
-            Err(BackendError::NewerEntryFormat { .. }) => Refs {
-                objects,
-                newer: true,
-                unreadable: false,
-            },
-            // Corrupt: what its wrapper names still counts as referenced.
-            Err(_) => Refs {
-                objects,
-                unreadable: true,
-                newer: false,
-            },
-        };
-    Ok(Some((meta, refs)))
+    let decoded = blocking(move || {
+        Ok(at
+            .record(&bytes)
+            .map_err(|reason| BackendError::CorruptEntry {
+                key: digest,
+                reason,
+            })
+            .and_then(|body| ActionRecord::decode(&digest, &body)))
+    })
+    .await?;
+    let mut named = EntryReferences {
+        packs,
+        blobs: Vec::new(),
+    };
+    let (unreadable, newer) = match decoded {
+        Ok(record) => {
+            named.blobs = record
+                .blobs()
+                .map(|b| {
+                    let name =
+                        format!("blobs/{}/{}", b.digest.algorithm().as_str(), b.digest.hex());
+                    (name, b.size)
+                })
+                .collect();
+            (false, false)
+        }
+        Err(BackendError::NewerEntryFormat { .. }) => (false, true),
+        // Corrupt: what its wrapper names still counts as referenced.
+        Err(_) => (true, false),
+    };
+    let objects = named
+        .packs
+        .iter()
+        .cloned()
+        .chain(named.blobs.iter().map(|(n, _)| n.clone()))
+        .collect();
+    Ok(Some((
+        meta,
+        Refs {
+            objects,
+            named,
+            unreadable,
+            newer,
+        },
+    )))
 }

@@ -19,7 +19,10 @@
 //!   that member list (format: the `pack` module);
 //! * `blobs/<algorithm>/<hex>`: larger files and logs, by content digest, each its own
 //!   object;
-//! * `used/<algorithm>/<hex>`: an empty marker whose time is the entry's last use.
+//! * `used/<algorithm>/<hex>`: an empty marker whose time is the entry's last use;
+//! * `used/packs/<hex>`, `used/blobs/<algorithm>/<hex>`: an empty claim, written by a
+//!   store that found the pack or blob already there and names it without sending it
+//!   (`gc` keeps an unreferenced object claimed within its grace).
 //!
 //! A pack or blob already stored transfers no bytes (its name is asked about first),
 //! and a new one is written with a create-only put (`If-None-Match: *`), so two
@@ -44,9 +47,13 @@
 //! providers are cargo features: `aws` (default), `gcp`, `azure`.
 //!
 //! Throttling, server errors after retries, timeouts and connection failures are
-//! [`cache_core::Fault::Cache`] faults that degrade (the task runs uncached); a missing
-//! bucket or refused credentials are errors naming the bucket, the endpoint and the
-//! credential source, never a secret.
+//! [`cache_core::Fault::Cache`] faults that degrade (the task runs uncached); refused
+//! credentials (HTTP 401 and 403, object_store's `Unauthenticated` and
+//! `PermissionDenied`) are [`cache_core::Fault::Permission`] faults
+//! ([`cache_core::BackendError::PermissionDenied`]: a read-only token's store is
+//! refused, its reads go on, and [`cache_core::Tiered`] stops writing the bucket); a
+//! missing bucket is an error. Each names the bucket, the endpoint and the credential
+//! source, never a secret.
 //!
 //! Object stores keep no access time: `touch` (after every restore) records an
 //! entry's last use as the time of a marker `used/<alg>/<hex>`, rewritten at most once
@@ -70,7 +77,9 @@ mod config;
 mod counting;
 mod error;
 mod gc;
+mod memory;
 mod pack;
+mod put;
 mod stats;
 mod transfer;
 
@@ -78,25 +87,24 @@ pub use config::S3Options;
 #[cfg(any(feature = "aws", feature = "gcp", feature = "azure"))]
 pub use config::retry_config;
 pub use counting::{CountingStore, RequestCounts};
-pub use gc::{GcOptions, GcReport};
+pub use gc::{EntryReferences, GcOptions, GcReport};
+pub use memory::{
+    MEMORY_PER_CALL, MEMORY_PER_PROCESS, PACKS_BUILT, SEGMENT_BUFFERS, UPLOAD_BUFFERS,
+};
 pub use object_store;
 pub use stats::{BucketStats, ListLimits, Stopped};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use cache_core::storage::{
-    ActionRecord, BlobSource, EntryKey, MAX_ENTRY_BYTES, Storage, StoredEntry, copy_hashing,
-    hash_reader, open_regular,
+    ActionRecord, BlobSource, EntryKey, MAX_ENTRY_BYTES, Storage, StoredEntry,
 };
 use cache_core::{BackendError, BackendResult, BlobRef, Digest, DigestAlgorithm};
 use error::Where;
 use futures::{StreamExt, TryStreamExt};
 use object_store::list::PaginatedListStore;
 use object_store::path::Path;
-use object_store::{
-    GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
-};
-use std::io::Read;
+use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload};
 use std::sync::Arc;
 use url::Url;
 
@@ -121,9 +129,6 @@ struct Inner {
     prefix: Path,
     place: Arc<Where>,
     options: S3Options,
-    /// One large transfer at a time per storage: each holds up to
-    /// `part_size * (parallel_parts + 2)` bytes.
-    large: tokio::sync::Semaphore,
     /// What this storage knows of packs (bounded).
     packs: std::sync::Mutex<pack::State>,
     /// The latest use this storage knows of entries it read or touched (an entry's
@@ -141,13 +146,6 @@ impl std::fmt::Debug for S3Storage {
             .field("credentials", &self.inner.place.credentials)
             .finish_non_exhaustive()
     }
-}
-
-/// What a source became before it is stored: small bytes, or a file to upload in
-/// parts (and the temporary file that holds a spooled reader, kept until then).
-enum Prepared {
-    Small(Bytes),
-    Large(std::path::PathBuf, Option<tempfile::TempPath>),
 }
 
 impl S3Storage {
@@ -204,7 +202,6 @@ impl S3Storage {
                 prefix,
                 place,
                 options,
-                large: tokio::sync::Semaphore::new(1),
                 packs: std::sync::Mutex::default(),
                 used: std::sync::Mutex::new(pack::Generations::new(USED_PER_GENERATION)),
             }),
@@ -304,98 +301,6 @@ impl S3Storage {
         }
     }
 
-    async fn put_one(
-        &self,
-        source: BlobSource,
-        algorithm: DigestAlgorithm,
-    ) -> BackendResult<BlobRef> {
-        let threshold = self.inner.options.multipart_threshold;
-        let (blob, prepared) = match source {
-            BlobSource::Bytes(b) if (b.len() as u64) < 64 << 10 => (
-                BlobRef::of(algorithm, &b),
-                Prepared::Small(Bytes::from_owner(b)),
-            ),
-            source => blocking(move || prepare(source, algorithm, threshold)).await?,
-        };
-        let path = self.blob_path(&blob.digest);
-        let stored = self.head_size(&path).await?;
-        if stored == Some(blob.size) {
-            return Ok(blob);
-        }
-        // A stored object of another size is not this blob (truncated, tampered):
-        // it is replaced; otherwise the put is create-only, the race guard.
-        let mode = if stored.is_some() {
-            PutMode::Overwrite
-        } else {
-            PutMode::Create
-        };
-        match prepared {
-            Prepared::Small(bytes) => self.put_small(&path, bytes, mode).await?,
-            Prepared::Large(file, _spooled) => self.put_file(&path, file, blob).await?,
-        }
-        Ok(blob)
-    }
-
-    /// Uploads the file `file`, which hashed to `blob`, as `path` in parts (one large
-    /// upload at a time per storage).
-    async fn put_file(
-        &self,
-        path: &Path,
-        file: std::path::PathBuf,
-        blob: BlobRef,
-    ) -> BackendResult<()> {
-        let _permit = self.inner.large.acquire().await;
-        let o = &self.inner.options;
-        transfer::upload_file(
-            &self.inner.store,
-            path,
-            file.clone(),
-            blob,
-            o.part_size,
-            o.parallel_parts,
-        )
-        .await
-        .map_err(|e| match e {
-            transfer::UploadError::Store(e) => self.err("multipart upload", path, &e),
-            transfer::UploadError::Read(e) => {
-                BackendError::io_with_context("read for upload", &file, e)
-            }
-            transfer::UploadError::Changed => BackendError::io_with_context(
-                "upload",
-                &file,
-                std::io::Error::other("the file changed while it was being stored"),
-            ),
-        })
-    }
-
-    async fn put_small(&self, path: &Path, bytes: Bytes, mode: PutMode) -> BackendResult<()> {
-        let opts = PutOptions {
-            mode: mode.clone(),
-            ..PutOptions::default()
-        };
-        let payload = PutPayload::from(bytes);
-        match self.inner.store.put_opts(path, payload.clone(), opts).await {
-            // Stored, or someone stored it first: the same bytes, by content address.
-            Ok(_)
-            | Err(
-                object_store::Error::AlreadyExists { .. }
-                | object_store::Error::Precondition { .. },
-            ) => Ok(()),
-            // A store without create-only puts: overwriting with the same bytes is safe.
-            Err(
-                object_store::Error::NotImplemented { .. }
-                | object_store::Error::NotSupported { .. },
-            ) if matches!(mode, PutMode::Create) => self
-                .inner
-                .store
-                .put(path, payload)
-                .await
-                .map(drop)
-                .map_err(|e| self.err("PUT", path, &e)),
-            Err(e) => Err(self.err("PUT", path, &e)),
-        }
-    }
-
     async fn open_one(&self, blob: BlobRef) -> BackendResult<Option<BlobSource>> {
         let path = self.blob_path(&blob.digest);
         let o = &self.inner.options;
@@ -480,52 +385,6 @@ impl S3Storage {
             .await
             .map(drop)
             .map_err(|e| self.err("PUT", &path, &e))
-    }
-}
-
-/// Hashes a source and decides how it goes up (on a blocking thread: it reads files).
-fn prepare(
-    source: BlobSource,
-    algorithm: DigestAlgorithm,
-    threshold: u64,
-) -> BackendResult<(BlobRef, Prepared)> {
-    match source {
-        BlobSource::Bytes(b) => Ok((
-            BlobRef::of(algorithm, &b),
-            Prepared::Small(Bytes::from_owner(b)),
-        )),
-        BlobSource::File(path) => {
-            let mut file = open_regular(&path)?;
-            let ctx = |e| BackendError::io_with_context("read", &path, e);
-            let len = file.metadata().map_err(ctx)?.len();
-            if len < threshold {
-                // Read once: the bytes hashed are the bytes sent.
-                let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
-                let blob = copy_hashing(&mut (&mut file).take(threshold), &mut bytes, algorithm)
-                    .map_err(ctx)?;
-                return Ok((blob, Prepared::Small(Bytes::from(bytes))));
-            }
-            let blob = hash_reader(&mut file, algorithm).map_err(ctx)?;
-            Ok((blob, Prepared::Large(path, None)))
-        }
-        BlobSource::Reader(reader) => {
-            // Unknown length: keep it in memory while it is small, else spool it to a
-            // temporary file and upload that in parts.
-            let mut head = Vec::new();
-            let mut reader = reader;
-            // Hashed as it is read (a cancelled call stops between reads).
-            let blob = copy_hashing(&mut (&mut reader).take(threshold), &mut head, algorithm)
-                .map_err(BackendError::Io)?;
-            if (head.len() as u64) < threshold {
-                return Ok((blob, Prepared::Small(Bytes::from(head))));
-            }
-            let mut spool = tempfile::NamedTempFile::new().map_err(BackendError::Io)?;
-            let mut chained = std::io::Cursor::new(head).chain(reader);
-            let blob = copy_hashing(&mut chained, spool.as_file_mut(), algorithm)
-                .map_err(BackendError::Io)?;
-            let path = spool.into_temp_path();
-            Ok((blob, Prepared::Large(path.to_path_buf(), Some(path))))
-        }
     }
 }
 
@@ -629,8 +488,14 @@ impl Storage for S3Storage {
         if self.inner.options.packing {
             return self.put_packed(sources, algorithm).await;
         }
-        futures::stream::iter(sources)
-            .map(|source| self.put_one(source, algorithm))
+        let sorted = blocking(move || put::sort_sources(sources, algorithm, false)).await?;
+        futures::stream::iter(sorted)
+            .map(|s| async move {
+                match s {
+                    put::Sorted::Alone(blob, upload) => self.put_one(blob, upload).await,
+                    put::Sorted::Small(blob, _) => Ok(blob), // never without packing
+                }
+            })
             .buffered(self.inner.options.concurrency)
             .try_collect()
             .await

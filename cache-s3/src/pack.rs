@@ -8,11 +8,14 @@
 //!   so an unchanged set of small files is an unchanged pack, found by name and never
 //!   sent again.
 //! * `<prefix>/entries/<alg>/<hex>`: an entry that uses packs is wrapped: `"TCPE"`,
-//!   version 1, three zero bytes, the pack count (u32 LE, at most
+//!   version 2, three zero bytes, the pack count (u32 LE, at most
 //!   [`MAX_ENTRY_PACKS`]), per pack its 32-byte name and the length of its trailer and
 //!   footer (u32 LE, 0 if unknown: a hint for the one ranged GET that reads them), then
-//!   the [`ActionRecord::encode`] bytes. An entry that uses none is the plain `"TCAR"`
-//!   record, as before packs.
+//!   the length of the [`ActionRecord::encode`] bytes (u32 LE, at most
+//!   [`MAX_ENTRY_BYTES`]) and those bytes as one zstd frame (paths and names compress;
+//!   the record of a 2,000-file `node_modules` shrinks by half). Version 1, still read,
+//!   has the record bytes verbatim after the pack names. An entry that uses none is the
+//!   plain `"TCAR"` record, as before packs.
 //!
 //! ## Pack format, version 1
 //!
@@ -36,8 +39,9 @@
 // limits: 200,000 members, 64 MiB trailers, 5 MiB segments) before it is cast.
 #![allow(clippy::cast_possible_truncation)]
 
-use crate::{EAGER_MAX, S3Storage, blocking, is_absent};
-use cache_core::storage::{ActionRecord, BlobSource, StoredEntry, copy_hashing, open_regular};
+use crate::put::{Sorted, sort_sources};
+use crate::{EAGER_MAX, S3Storage, blocking, is_absent, memory};
+use cache_core::storage::{ActionRecord, BlobSource, MAX_ENTRY_BYTES, StoredEntry, open_regular};
 use cache_core::{BackendError, BackendResult, BlobRef, Digest, DigestAlgorithm, Hasher};
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
@@ -51,8 +55,11 @@ use std::sync::Arc;
 pub const PACK_MAGIC: &[u8; 4] = b"TCPK";
 /// Magic of a packed entry's wrapper.
 pub const ENTRY_MAGIC: &[u8; 4] = b"TCPE";
-/// Format version of packs and of the entry wrapper.
+/// Format version of packs.
 pub const VERSION: u8 = 1;
+/// Format version of the entry wrapper this build writes (it reads 1 and 2): 1 holds
+/// the record verbatim, 2 as one zstd frame after its length.
+pub const ENTRY_VERSION: u8 = 2;
 /// Domain tag hashed before a pack's member list to name it.
 pub const NAME_TAG: &[u8] = b"taskcache pack v1\0";
 
@@ -357,18 +364,30 @@ pub(crate) struct PackRef {
 /// Bytes a packed entry takes per pack.
 const PACK_REF_LEN: usize = 36;
 
-/// The wrapper of a packed entry.
-pub(crate) fn wrap_entry(packs: &[PackRef], record: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(12 + packs.len() * PACK_REF_LEN + record.len());
+/// The wrapper of a packed entry (version [`ENTRY_VERSION`]: the record compressed).
+/// Blocking: it compresses.
+pub(crate) fn wrap_entry(packs: &[PackRef], record: &[u8]) -> BackendResult<Vec<u8>> {
+    let raw_len = u32::try_from(record.len())
+        .ok()
+        .filter(|&n| n as usize <= MAX_ENTRY_BYTES)
+        .ok_or_else(|| {
+            BackendError::unavailable(format!(
+                "the entry's record is {} bytes, over the {MAX_ENTRY_BYTES}-byte limit",
+                record.len()
+            ))
+        })?;
+    let compressed = zstd::bulk::compress(record, LEVEL).map_err(BackendError::Io)?;
+    let mut out = Vec::with_capacity(16 + packs.len() * PACK_REF_LEN + compressed.len());
     out.extend_from_slice(ENTRY_MAGIC);
-    out.extend_from_slice(&[VERSION, 0, 0, 0]);
+    out.extend_from_slice(&[ENTRY_VERSION, 0, 0, 0]);
     out.extend_from_slice(&(packs.len() as u32).to_le_bytes());
     for p in packs {
         out.extend_from_slice(&p.name.0);
         out.extend_from_slice(&p.tail.to_le_bytes());
     }
-    out.extend_from_slice(record);
-    out
+    out.extend_from_slice(&raw_len.to_le_bytes());
+    out.extend_from_slice(&compressed);
+    Ok(out)
 }
 
 /// Why a wrapped entry cannot be read.
@@ -380,22 +399,52 @@ pub(crate) enum BadWrapper {
     Corrupt(String),
 }
 
-/// A packed entry's pack names and where its record starts; `Ok(None)` for a plain
+/// Where a wrapped entry's record is: verbatim from an offset (version 1), or one
+/// zstd frame from an offset that must make exactly `raw_len` bytes (version 2).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum RecordAt {
+    Plain(usize),
+    Compressed { at: usize, raw_len: usize },
+}
+
+impl RecordAt {
+    /// The record's bytes out of the wrapper's `bytes` (blocking: it may decompress,
+    /// never past `raw_len`, itself at most [`MAX_ENTRY_BYTES`]).
+    pub(crate) fn record(self, bytes: &bytes::Bytes) -> Result<bytes::Bytes, String> {
+        match self {
+            RecordAt::Plain(at) => Ok(bytes.slice(at..)),
+            RecordAt::Compressed { at, raw_len } => {
+                let raw = zstd::bulk::decompress(&bytes[at..], raw_len)
+                    .map_err(|e| format!("the packed entry's record does not decompress: {e}"))?;
+                if raw.len() == raw_len {
+                    Ok(bytes::Bytes::from(raw))
+                } else {
+                    Err(format!(
+                        "the packed entry's record is {} bytes, not the {raw_len} it declares",
+                        raw.len()
+                    ))
+                }
+            }
+        }
+    }
+}
+
+/// A packed entry's pack names and where its record is; `Ok(None)` for a plain
 /// record (no wrapper).
-pub(crate) fn unwrap_entry(bytes: &[u8]) -> Result<Option<(Vec<PackRef>, usize)>, BadWrapper> {
+pub(crate) fn unwrap_entry(bytes: &[u8]) -> Result<Option<(Vec<PackRef>, RecordAt)>, BadWrapper> {
     if bytes.len() < 4 || &bytes[..4] != ENTRY_MAGIC {
         return Ok(None);
     }
     if bytes.len() < 12 {
         return Err(BadWrapper::Corrupt("a packed entry cut short".into()));
     }
-    if bytes[4] > VERSION {
-        return Err(BadWrapper::Newer(bytes[4]));
+    let version = bytes[4];
+    if version > ENTRY_VERSION {
+        return Err(BadWrapper::Newer(version));
     }
-    if bytes[4] != VERSION || bytes[5..8] != [0, 0, 0] {
+    if version == 0 || bytes[5..8] != [0, 0, 0] {
         return Err(BadWrapper::Corrupt(format!(
-            "packed entry format {} is not known here",
-            bytes[4]
+            "packed entry format {version} is not known here"
         )));
     }
     let n = le_u32(&bytes[8..]) as usize;
@@ -412,7 +461,25 @@ pub(crate) fn unwrap_entry(bytes: &[u8]) -> Result<Option<(Vec<PackRef>, usize)>
             tail: le_u32(&c[32..]),
         })
         .collect();
-    Ok(Some((packs, end)))
+    if version == 1 {
+        return Ok(Some((packs, RecordAt::Plain(end))));
+    }
+    if end + 4 > bytes.len() {
+        return Err(BadWrapper::Corrupt("a packed entry cut short".into()));
+    }
+    let raw_len = le_u32(&bytes[end..]) as usize;
+    if raw_len > MAX_ENTRY_BYTES {
+        return Err(BadWrapper::Corrupt(format!(
+            "a packed entry declaring a {raw_len}-byte record, over the {MAX_ENTRY_BYTES}-byte limit"
+        )));
+    }
+    Ok(Some((
+        packs,
+        RecordAt::Compressed {
+            at: end + 4,
+            raw_len,
+        },
+    )))
 }
 
 /// Where a small member's bytes come from while a pack is written.
@@ -443,48 +510,6 @@ impl Small {
             Small::File(p) => p.clone(),
         }
     }
-}
-
-/// What pass 1 made of a source: a small blob (hashed, bytes not kept unless they
-/// were given as bytes), or a source stored on its own.
-pub(crate) enum Sorted {
-    Small(BlobRef, Small),
-    Alone(BlobSource),
-}
-
-/// Pass 1 (blocking): hashes every small source, in order, without keeping a file's
-/// bytes; larger files and readers are stored on their own.
-pub(crate) fn sort_sources(
-    sources: Vec<BlobSource>,
-    algorithm: DigestAlgorithm,
-) -> BackendResult<Vec<Sorted>> {
-    sources
-        .into_iter()
-        .map(|source| match source {
-            BlobSource::Bytes(b) if b.len() as u64 <= EAGER_MAX => {
-                Ok(Sorted::Small(BlobRef::of(algorithm, &b), Small::Bytes(b)))
-            }
-            BlobSource::File(path) => {
-                let file = open_regular(&path)?;
-                let ctx = |e| BackendError::io_with_context("read", &path, e);
-                if file.metadata().map_err(ctx)?.len() > EAGER_MAX {
-                    return Ok(Sorted::Alone(BlobSource::File(path)));
-                }
-                let blob = copy_hashing(
-                    &mut file.take(EAGER_MAX + 1),
-                    &mut std::io::sink(),
-                    algorithm,
-                )
-                .map_err(ctx)?;
-                if blob.size > EAGER_MAX {
-                    // It grew since: stored on its own, hashed again there.
-                    return Ok(Sorted::Alone(BlobSource::File(path)));
-                }
-                Ok(Sorted::Small(blob, Small::File(path)))
-            }
-            other => Ok(Sorted::Alone(other)),
-        })
-        .collect()
 }
 
 /// Splits deduplicated small members into packs: a new one after
@@ -548,7 +573,8 @@ pub(crate) fn write_pack(members: &[(BlobRef, Small)]) -> BackendResult<Written>
     };
     let mut segments = Vec::new();
     let mut placed = Vec::with_capacity(members.len());
-    let mut raw: Vec<u8> = Vec::new();
+    // Never grown past a segment (a member never spans two): at most 5 MiB.
+    let mut raw: Vec<u8> = Vec::with_capacity(MAX_SEGMENT_RAW as usize);
     let mut in_segment = 0usize;
     let mut compressor = zstd::bulk::Compressor::new(LEVEL).map_err(io)?;
     let mut flush = |raw: &mut Vec<u8>,
@@ -900,7 +926,7 @@ impl S3Storage {
         sources: Vec<BlobSource>,
         algorithm: DigestAlgorithm,
     ) -> BackendResult<Vec<BlobRef>> {
-        let sorted = blocking(move || sort_sources(sources, algorithm)).await?;
+        let sorted = blocking(move || sort_sources(sources, algorithm, true)).await?;
         let mut refs: Vec<Option<BlobRef>> = vec![None; sorted.len()];
         let mut small = Vec::new();
         let mut alone = Vec::new();
@@ -913,7 +939,7 @@ impl S3Storage {
                         small.push((blob, source));
                     }
                 }
-                Sorted::Alone(source) => alone.push((i, source)),
+                Sorted::Alone(blob, upload) => alone.push((i, blob, upload)),
             }
         }
         drop(seen);
@@ -925,8 +951,8 @@ impl S3Storage {
             Ok::<_, BackendError>(())
         };
         let large = futures::stream::iter(alone)
-            .map(|(i, source)| async move {
-                Ok::<_, BackendError>((i, self.put_one(source, algorithm).await?))
+            .map(|(i, blob, upload)| async move {
+                Ok::<_, BackendError>((i, self.put_one(blob, upload).await?))
             })
             .buffered(self.inner.options.concurrency)
             .try_collect::<Vec<(usize, BlobRef)>>();
@@ -945,25 +971,31 @@ impl S3Storage {
         let refs: Vec<BlobRef> = members.iter().map(|(b, _)| *b).collect();
         let name = PackName::of(&refs);
         let mode = match self.read_pack_as_found(PackRef { name, tail: 0 }).await? {
-            Found::Good(info) if refs.iter().all(|b| info.member(b).is_some()) => return Ok(()),
+            Found::Good(info) if refs.iter().all(|b| info.member(b).is_some()) => {
+                // Reused, not sent: claimed first, so a gc sweeping it now keeps it.
+                if self.claim(&self.pack_object(name)).await?.is_some() {
+                    return Ok(());
+                }
+                // Swept between the two reads: sent again.
+                self.state().forget(&name);
+                PutMode::Create
+            }
             // Under this name but not these members (a member removed, tampered, cut):
             // replaced.
             Found::Good(_) | Found::Bad => PutMode::Overwrite,
             Found::Absent => PutMode::Create,
         };
-        let written = blocking(move || write_pack(&members)).await?;
+        let written = {
+            let _turn = memory::pack().await;
+            blocking(move || write_pack(&members)).await?
+        };
         self.upload_pack(written, mode).await
     }
 
     async fn upload_pack(&self, written: Written, mode: PutMode) -> BackendResult<()> {
         let path = self.pack_object(written.info.name);
         if written.blob.size < self.inner.options.multipart_threshold {
-            let file = written.file.to_path_buf();
-            let bytes = blocking(move || {
-                std::fs::read(&file).map_err(|e| BackendError::io_with_context("read", &file, e))
-            })
-            .await?;
-            self.put_small(&path, bytes::Bytes::from(bytes), mode)
+            self.put_file_whole(&path, written.file.to_path_buf(), written.blob, mode)
                 .await?;
         } else {
             self.put_file(&path, written.file.to_path_buf(), written.blob)
@@ -1033,7 +1065,7 @@ impl S3Storage {
                 })
                 .collect()
         };
-        Ok(wrap_entry(&packs, &bytes))
+        blocking(move || wrap_entry(&packs, &bytes)).await
     }
 
     /// `get_entry` of a wrapped entry: the record, and which of its blobs are in none
@@ -1043,10 +1075,18 @@ impl S3Storage {
         digest: Digest,
         bytes: bytes::Bytes,
         packs: Vec<PackRef>,
-        at: usize,
+        at: RecordAt,
     ) -> BackendResult<StoredEntry> {
-        let body = bytes.slice(at..);
-        let record = blocking(move || ActionRecord::decode(&digest, &body)).await?;
+        let record = blocking(move || {
+            let body = at
+                .record(&bytes)
+                .map_err(|reason| BackendError::CorruptEntry {
+                    key: digest,
+                    reason,
+                })?;
+            ActionRecord::decode(&digest, &body)
+        })
+        .await?;
         let infos: Vec<Option<Arc<PackInfo>>> = futures::stream::iter(packs)
             .map(|p| self.read_pack_ref(p))
             .buffered(8)
@@ -1191,6 +1231,8 @@ impl S3Storage {
     ) -> BackendResult<Vec<(usize, Option<BlobSource>)>> {
         let s = info.segments[segment as usize];
         let path = self.pack_object(info.name);
+        // Held until the members are cut out: the frame and the decompressed segment.
+        let _room = memory::segment(s.len.saturating_add(s.raw_len)).await;
         let got = self
             .get_range(&path, GetRange::Bounded(s.offset..s.offset + s.len))
             .await?;
@@ -1621,17 +1663,78 @@ mod tests {
                 tail: 1234,
             },
         ];
-        let wrapped = wrap_entry(&packs, b"TCAR...");
+        let record: Vec<u8> = b"TCAR, then paths that repeat: node_modules/a/index.js "
+            .iter()
+            .copied()
+            .cycle()
+            .take(20_000)
+            .collect();
+        let wrapped = wrap_entry(&packs, &record).unwrap();
+        assert_eq!(wrapped[4], ENTRY_VERSION);
+        assert!(wrapped.len() < record.len() / 4, "the record is compressed");
         let (got, at) = unwrap_entry(&wrapped).unwrap().unwrap();
         assert_eq!(got, packs);
-        assert_eq!(&wrapped[at..], b"TCAR...");
+        let bytes = bytes::Bytes::from(wrapped.clone());
+        assert_eq!(at.record(&bytes).unwrap(), record);
         assert!(unwrap_entry(b"TCAR...").unwrap().is_none());
         let mut huge = wrapped.clone();
         huge[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(unwrap_entry(&huge).is_err());
-        let mut newer = wrapped;
-        newer[4] = 2;
-        assert!(matches!(unwrap_entry(&newer), Err(BadWrapper::Newer(2))));
+        let mut newer = wrapped.clone();
+        newer[4] = ENTRY_VERSION + 1;
+        assert!(matches!(
+            unwrap_entry(&newer),
+            Err(BadWrapper::Newer(v)) if v == ENTRY_VERSION + 1
+        ));
+        // Version 1, written before records were compressed: the record verbatim.
+        let mut v1 = wrapped[..12 + 2 * PACK_REF_LEN].to_vec();
+        v1[4] = 1;
+        v1.extend_from_slice(&record);
+        let (got, at) = unwrap_entry(&v1).unwrap().unwrap();
+        assert_eq!(got, packs);
+        assert_eq!(at.record(&bytes::Bytes::from(v1)).unwrap(), record);
+    }
+
+    #[test]
+    fn a_compressed_record_is_bounded_and_must_be_the_length_it_declares() {
+        let packs = [PackRef {
+            name: PackName([1; 32]),
+            tail: 0,
+        }];
+        let record = vec![b'x'; 100_000];
+        let wrapped = wrap_entry(&packs, &record).unwrap();
+        let len_at = 12 + PACK_REF_LEN;
+        let with_len = |n: u32| {
+            let mut w = wrapped.clone();
+            w[len_at..len_at + 4].copy_from_slice(&n.to_le_bytes());
+            w
+        };
+        // Over the entry limit: refused before anything is decompressed.
+        let over = u32::try_from(MAX_ENTRY_BYTES + 1).unwrap();
+        assert!(matches!(
+            unwrap_entry(&with_len(over)),
+            Err(BadWrapper::Corrupt(_))
+        ));
+        // Declaring less than the frame makes: decompression stops there, an error.
+        for lie in [99_999, 1, 0, 100_001, 1 << 20] {
+            let w = bytes::Bytes::from(with_len(lie));
+            let (_, at) = unwrap_entry(&w).unwrap().unwrap();
+            assert!(
+                at.record(&w).is_err(),
+                "a record declared at {lie} bytes was read"
+            );
+        }
+        // Cut inside the length, or inside the frame.
+        assert!(unwrap_entry(&wrapped[..len_at + 2]).is_err());
+        let cut = bytes::Bytes::copy_from_slice(&wrapped[..wrapped.len() - 3]);
+        let (_, at) = unwrap_entry(&cut).unwrap().unwrap();
+        assert!(at.record(&cut).is_err());
+        // A frame of garbage.
+        let mut garbage = wrapped[..len_at + 4].to_vec();
+        garbage.extend_from_slice(b"not a zstd frame at all");
+        let garbage = bytes::Bytes::from(garbage);
+        let (_, at) = unwrap_entry(&garbage).unwrap().unwrap();
+        assert!(at.record(&garbage).is_err());
     }
 
     #[test]

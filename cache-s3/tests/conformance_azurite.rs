@@ -32,7 +32,7 @@ async fn harness() -> Harness {
         return MemoryBackend::new().harness();
     };
     let tamper = common::S3Tamper(storage.clone());
-    Harness::from_storage(storage, Arc::new(tamper))
+    Harness::from_storage(storage, Arc::new(tamper)).with_capabilities(common::capabilities())
 }
 
 cache_testkit::conformance_suite!(harness);

@@ -26,7 +26,7 @@ fn storage(test: &str) -> Option<S3Storage> {
 #[allow(clippy::unused_async)] // `run_case` takes an async maker
 async fn harness(storage: S3Storage) -> Harness {
     let tamper = common::S3Tamper(storage.clone());
-    Harness::from_storage(storage, Arc::new(tamper))
+    Harness::from_storage(storage, Arc::new(tamper)).with_capabilities(common::capabilities())
 }
 
 macro_rules! hosted_by_the_emulator {
@@ -45,6 +45,7 @@ macro_rules! hosted_by_the_emulator {
 
 hosted_by_the_emulator! {
     keys_invalid_are_refused_and_touch_nothing
+    store_refuses_undeclared_outputs
     miss_unknown_key
     degradation_hung_backend_costs_one_deadline
 }
@@ -108,6 +109,7 @@ const GCS_CANNOT_HOST: &[&str] = &[
     "cancel_store_dropped_midway",
     "cancel_import_dropped_midway",
     "cancel_logs_dropped_midway",
+    "concurrent_transfers_stay_within_memory_bound",
     "model_state_machine",
     "health_check_succeeds",
     "name_is_stable",

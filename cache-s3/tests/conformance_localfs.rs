@@ -12,7 +12,9 @@ async fn harness() -> Harness {
     let url = url::Url::from_directory_path(dir.path().join("bucket")).unwrap();
     let storage = S3Storage::open(&url, S3Options::default()).unwrap();
     let tamper = common::S3Tamper(storage.clone());
-    Harness::from_storage(storage, Arc::new(tamper)).with_guard(dir)
+    Harness::from_storage(storage, Arc::new(tamper))
+        .with_capabilities(common::capabilities())
+        .with_guard(dir)
 }
 
 cache_testkit::conformance_suite!(harness);

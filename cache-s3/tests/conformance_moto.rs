@@ -18,7 +18,7 @@ async fn harness() -> Harness {
     let storage =
         S3Storage::open_with_env(&url, S3Options::default(), &common::s3_env(&endpoint)).unwrap();
     let tamper = common::S3Tamper(storage.clone());
-    Harness::from_storage(storage, Arc::new(tamper))
+    Harness::from_storage(storage, Arc::new(tamper)).with_capabilities(common::capabilities())
 }
 
 cache_testkit::conformance_suite!(harness);

@@ -4,15 +4,23 @@
 
 mod common;
 
+use async_trait::async_trait;
 use cache_core::{Cache, CacheBackend, CacheEntry, CacheOutput, CachePolicy, Digest};
 use cache_s3::object_store::memory::InMemory;
-use cache_s3::object_store::{ObjectStore, ObjectStoreExt};
+use cache_s3::object_store::path::Path as ObjectPath;
+use cache_s3::object_store::{
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+    ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload, PutResult,
+};
 use cache_s3::{GcOptions, GcReport, ListLimits, S3Options, S3Storage, Stopped};
 use cache_testkit::fixtures::{fresh_key, task};
-use futures::TryStreamExt;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
+use tokio::sync::Notify;
 
 /// Where a test's storages live: every call gives a new storage on the same prefix
 /// (another runner).
@@ -111,11 +119,13 @@ async fn recently_used_entries_survive(open: Open) {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(hit(open(), &a).await);
     assert!(hit(open(), &c).await);
-    assert_eq!(
-        names(&open(), "used").await.len(),
-        2,
-        "a hit writes a marker"
-    );
+    let used = names(&open(), "used").await;
+    let claims = used
+        .iter()
+        .filter(|n| n.contains("/used/packs/") || n.contains("/used/blobs/"))
+        .count();
+    assert_eq!(claims, 1, "C's store claimed B's pack: {used:?}");
+    assert_eq!(used.len() - claims, 2, "a hit writes a marker: {used:?}");
 
     let report = gc(&open(), Duration::from_secs(2), Duration::ZERO).await;
     assert_eq!(report.stopped, None);
@@ -410,4 +420,149 @@ async fn corrupt_entries_are_counted_and_newer_ones_stop_the_sweep() {
         "{swept:?}"
     );
     assert_eq!(swept.entries_unreadable, 1, "{swept:?}");
+}
+
+/// A store that holds gc's second listing of `entries/` (its step 5) once it has read
+/// it, until told to go on: gc then sweeps with what it saw before the pause.
+#[derive(Debug)]
+struct PausingStore {
+    inner: Arc<dyn ObjectStore>,
+    entry_lists: AtomicUsize,
+    paused: Arc<Notify>,
+    resume: Arc<Notify>,
+}
+
+impl std::fmt::Display for PausingStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Pausing({})", self.inner)
+    }
+}
+
+#[async_trait]
+impl ObjectStore for PausingStore {
+    async fn put_opts(
+        &self,
+        location: &ObjectPath,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> cache_s3::object_store::Result<PutResult> {
+        self.inner.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &ObjectPath,
+        opts: PutMultipartOptions,
+    ) -> cache_s3::object_store::Result<Box<dyn MultipartUpload>> {
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(
+        &self,
+        location: &ObjectPath,
+        options: GetOptions,
+    ) -> cache_s3::object_store::Result<GetResult> {
+        self.inner.get_opts(location, options).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, cache_s3::object_store::Result<ObjectPath>>,
+    ) -> BoxStream<'static, cache_s3::object_store::Result<ObjectPath>> {
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(
+        &self,
+        prefix: Option<&ObjectPath>,
+    ) -> BoxStream<'static, cache_s3::object_store::Result<ObjectMeta>> {
+        let listing = self.inner.list(prefix);
+        let of_entries = prefix.is_some_and(|p| p.as_ref().ends_with("/entries"));
+        if !of_entries || self.entry_lists.fetch_add(1, Ordering::SeqCst) != 1 {
+            return listing;
+        }
+        let (paused, resume) = (Arc::clone(&self.paused), Arc::clone(&self.resume));
+        futures::stream::once(async move {
+            let read: Vec<_> = listing.collect().await;
+            paused.notify_one();
+            resume.notified().await;
+            futures::stream::iter(read)
+        })
+        .flatten()
+        .boxed()
+    }
+
+    async fn list_with_delimiter(
+        &self,
+        prefix: Option<&ObjectPath>,
+    ) -> cache_s3::object_store::Result<ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &ObjectPath,
+        to: &ObjectPath,
+        options: CopyOptions,
+    ) -> cache_s3::object_store::Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
+}
+
+/// The race gc used to lose: an entry is evicted, so its pack and blob are named by no
+/// entry and older than the grace; gc lists the entries a last time (step 5); then a
+/// runner stores an entry with the same files, finds the pack and the blob there and
+/// sends nothing, and publishes its entry; then gc sweeps. The new entry must keep its
+/// pack and blob: a store that reuses them says so (a marker gc reads before it
+/// deletes), so the new entry hits. Once it is the only entry, a gc leaves no marker
+/// but its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pack_and_blob_reused_while_gc_sweeps_them_are_kept() {
+    let inner: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let runner = {
+        let inner = Arc::clone(&inner);
+        move || S3Storage::from_store(Arc::clone(&inner), "ci", "memory", S3Options::default())
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let old = fresh_key();
+    store(runner(), &old, outputs(dir.path(), 1, 1)).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+
+    let pausing = Arc::new(PausingStore {
+        inner: Arc::clone(&inner),
+        entry_lists: AtomicUsize::new(0),
+        paused: Arc::new(Notify::new()),
+        resume: Arc::new(Notify::new()),
+    });
+    let collector = S3Storage::from_store(pausing.clone(), "ci", "memory", S3Options::default());
+    let second = Duration::from_secs(1);
+    let new = fresh_key();
+    let storing = async {
+        pausing.paused.notified().await;
+        store(runner(), &new, outputs(dir.path(), 1, 1)).await;
+        pausing.resume.notify_one();
+    };
+    let (report, ()) = tokio::join!(gc(&collector, second, second), storing);
+    assert_eq!(report.entries_removed_unused, 1, "{report:?}");
+    assert!(report.swept, "{report:?}");
+    assert!(
+        hit(runner(), &new).await,
+        "the entry stored while gc swept lost its pack or blob: {report:?}"
+    );
+
+    // A claim stays while its pack or blob does, and goes with it.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let again = gc(&runner(), Duration::from_secs(3600), Duration::ZERO).await;
+    assert_eq!(again.packs_removed + again.blobs_removed, 0, "{again:?}");
+    assert_eq!(names(&runner(), "used").await.len(), 2, "{again:?}");
+    assert!(hit(runner(), &new).await);
+    let all = gc(&runner(), Duration::ZERO, Duration::ZERO).await;
+    assert_eq!(
+        (all.packs_removed, all.blobs_removed, all.markers_removed),
+        (1, 1, 2),
+        "{all:?}"
+    );
+    for kind in ["entries", "packs", "blobs", "used"] {
+        assert!(names(&runner(), kind).await.is_empty(), "{kind}: {all:?}");
+    }
 }

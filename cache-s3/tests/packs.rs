@@ -74,7 +74,7 @@ async fn packs_of(storage: &S3Storage, key: &str) -> Vec<String> {
         .unwrap()
         .expect("the entry is stored");
     assert_eq!(&raw[..4], b"TCPE", "a packed entry");
-    assert_eq!(raw[4], 1, "format version 1");
+    assert_eq!(raw[4], 2, "wrapper format version 2");
     let n = u32::from_le_bytes(raw[8..12].try_into().unwrap()) as usize;
     raw[12..12 + 36 * n]
         .chunks(36)
@@ -142,7 +142,11 @@ async fn a_warm_store_of_an_unchanged_tree_sends_no_pack_bytes() {
     store(&storage, &key, outputs).await;
     let warm = counting.counts();
     let entry = storage.raw_entry(&Digest::parse(&key).unwrap()).await;
-    assert_eq!(warm.puts - cold.puts, 1, "one PUT, of the entry: {warm}");
+    assert_eq!(
+        warm.puts - cold.puts,
+        2,
+        "two PUTs, the pack's empty claim and the entry: {warm}"
+    );
     assert_eq!(
         warm.bytes_sent - cold.bytes_sent,
         entry.unwrap().unwrap().len() as u64,
@@ -176,6 +180,39 @@ async fn a_large_file_stays_a_single_object_beside_the_pack() {
         std::fs::read(ws.path().join("big.bin")).unwrap().len(),
         (1 << 20) + 1
     );
+}
+
+/// The record inside a packed entry is compressed (wrapper version 2): a damaged frame
+/// or one that makes other bytes is a miss, never a hit, an error or a panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_packed_entry_whose_compressed_record_is_damaged_is_a_miss() {
+    let memory: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let a = storage_on(Arc::clone(&memory));
+    let src = tempfile::tempdir().unwrap();
+    let key = fresh_key();
+    store(&a, &key, tree(src.path(), 50, 9)).await;
+    let d = Digest::parse(&key).unwrap();
+    let raw = a.raw_entry(&d).await.unwrap().unwrap().to_vec();
+    // Magic, version, count, one pack (36 bytes), the record's length, its frame.
+    let frame = 12 + 36 + 4;
+    for at in [frame, frame + 5, raw.len() / 2 + frame / 2, raw.len() - 1] {
+        let mut bad = raw.clone();
+        bad[at] ^= 0x55;
+        a.write_raw_entry(&d, bad).await.unwrap();
+        let b = cache(storage_on(Arc::clone(&memory)));
+        let got = b.lookup(&task(), &d, CachePolicy::Readonly).await;
+        assert!(
+            matches!(got, Ok(None)),
+            "a record damaged at byte {at} of {}: {:?}",
+            raw.len(),
+            got.map(|h| h.is_some())
+        );
+    }
+    // Put back, it hits.
+    a.write_raw_entry(&d, raw).await.unwrap();
+    let ws = tempfile::tempdir().unwrap();
+    restore_all(&cache(storage_on(memory)), &key, ws.path()).await;
+    same_tree(src.path(), ws.path(), 50);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

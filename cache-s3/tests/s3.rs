@@ -107,8 +107,9 @@ async fn a_warm_store_sends_no_blob_bytes() {
         .unwrap()
         .unwrap()
         .len() as u64;
-    // One PUT, of the entry; every blob was asked about and found.
-    assert_eq!(warm.puts - cold.puts, 1, "{warm}");
+    // Every blob was asked about and found: three PUTs, the entry and an empty claim
+    // for each of the pack and the large blob reused (what gc reads before sweeping).
+    assert_eq!(warm.puts - cold.puts, 3, "{warm}");
     assert_eq!(sent, entry_bytes, "a warm store sent blob bytes: {warm}");
 }
 
@@ -335,8 +336,83 @@ async fn refused_credentials_name_bucket_endpoint_and_source_but_no_secret() {
     ] {
         assert!(text.contains(part), "{part:?} missing: {text}");
     }
-    // Still the cache's fault: the task runs uncached.
-    assert!(e.is_cache_fault(), "{e:?}");
+    // A refused permission, not an outage: the task runs uncached.
+    assert_eq!(e.fault(), cache_core::Fault::Permission, "{e:?}");
+    assert!(e.is_gracefully_degradable() && !e.is_outage(), "{e:?}");
+}
+
+/// Issue 22: a bucket that answers 403 to writes (a read-only token) is a permission
+/// fault, not an outage: behind `Tiered` and a breaker it is written once, then no
+/// more, and still read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_refusing_writes_with_403_is_read_on_and_written_once() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let (reads, writes) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (r, w) = (Arc::clone(&reads), Arc::clone(&writes));
+    let server = LoopbackHttp::start(move |req| {
+        if matches!(req.method.as_str(), "GET" | "HEAD") {
+            r.fetch_add(1, Ordering::Relaxed);
+            Some(Reply::new(
+                404,
+                "<Error><Code>NoSuchKey</Code><Message>not found</Message></Error>",
+            ))
+        } else {
+            w.fetch_add(1, Ordering::Relaxed);
+            Some(Reply::new(
+                403,
+                "<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>",
+            ))
+        }
+    });
+    let url = url::Url::parse("s3://team-cache/ci").unwrap();
+    let options = S3Options::default().with_timeout(Duration::from_secs(5));
+    let storage = S3Storage::open_with_env(&url, options, &env_with_secrets(server.url())).unwrap();
+    let shared =
+        Arc::new(cache_core::CircuitBreaker::new(Arc::new(cache(storage)), 1).open_on_outage());
+    let tiered = cache_core::Tiered::new(
+        Arc::new(cache_testkit::MemoryBackend::new()),
+        shared.clone(),
+    );
+    let stats = tiered.stats();
+    let entry = entry_with(vec![CacheOutput::bytes("a.txt", b"a".to_vec(), false)]);
+    tiered
+        .store(&task(), &fresh_key(), &entry, CachePolicy::Normal)
+        .await
+        .unwrap();
+    let refused = writes.load(Ordering::Relaxed);
+    assert!(refused > 0, "the first store reached the bucket");
+    for _ in 0..3 {
+        tiered
+            .store(&task(), &fresh_key(), &entry, CachePolicy::Normal)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        writes.load(Ordering::Relaxed),
+        refused,
+        "no write after the refusal"
+    );
+    assert_eq!(
+        stats
+            .shared_writes_refused
+            .load(std::sync::atomic::Ordering::Relaxed),
+        4
+    );
+    assert!(!shared.is_open(), "a 403 is not an outage");
+    let before = reads.load(Ordering::Relaxed);
+    let found = tiered
+        .lookup(
+            &task(),
+            &Digest::parse(&fresh_key()).unwrap(),
+            CachePolicy::Normal,
+        )
+        .await;
+    assert!(matches!(found, Ok(None)), "{found:?}");
+    assert!(
+        reads.load(Ordering::Relaxed) > before,
+        "the bucket is still read"
+    );
+    assert!(!shared.is_open());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -60,6 +60,10 @@ pub enum FaultError {
     ActionNotFound,
     /// [`BackendError::Serialization`] (hard).
     Serialization,
+    /// [`BackendError::PermissionDenied`] ([`cache_core::Fault::Permission`],
+    /// degradable): a tier that refuses this caller, such as a read-only token's
+    /// `store` (`FaultPlan::always(..).only([BackendOp::Store, BackendOp::Import])`).
+    PermissionDenied,
     /// No error: the call panics (a bug in a backend or a library under it), for
     /// testing that a panic in a cache call never escapes to the task.
     Panic,
@@ -92,6 +96,7 @@ impl FaultError {
             FaultError::BlobNotFound => BackendError::BlobNotFound { digest: blob },
             FaultError::ActionNotFound => BackendError::ActionNotFound { digest },
             FaultError::Serialization => BackendError::Serialization(what.into()),
+            FaultError::PermissionDenied => BackendError::PermissionDenied(what.into()),
             FaultError::Panic => panic!("{what}: a panic"),
         }
     }

@@ -50,6 +50,9 @@
 //!   a [`cache_core::Deadline`] exactly when a test says, for the cancellation cases.
 //! * [`loopback`]: a tiny HTTP server on 127.0.0.1 that answers as a test says (an
 //!   object store that lists forever, never answers, refuses), for network backends.
+//! * [`refusal::read_only_tier`]: what a tier that refuses writes by permission (a
+//!   read-only token or cache) must do, behind `Tiered` and a breaker: stores refused
+//!   as [`cache_core::Fault::Permission`], sent once, reads still served.
 //! * [`fixtures`]: temporary workspaces that notice writes outside them, output trees
 //!   with known bytes, snapshots of restored trees and their comparison, hostile entries.
 //!
@@ -147,6 +150,7 @@ pub mod fuzz;
 mod io;
 pub mod loopback;
 mod memory;
+pub mod refusal;
 
 pub use brake::{Brake, BrakedStorage};
 pub use clock::ManualClock;
@@ -194,6 +198,15 @@ pub struct Capabilities {
     /// The platform can restore symlinks (Unix). Without it, symlink outputs are
     /// left out of the round-trip cases.
     pub symlinks: bool,
+    /// The most memory, in bytes, the backend documents its transfers holding at once
+    /// in one process, however many calls run (beyond `Cache`'s own window budget,
+    /// [`cache_core::storage::WINDOW_BUDGET`]). Default 0.
+    pub memory_per_process: u64,
+    /// What it documents each call in flight holding besides. Default 0.
+    pub memory_per_call: u64,
+    /// The backend keeps what it stores in this process's memory (an in-memory
+    /// store, an in-process server): the memory case allows for the bytes stored.
+    pub in_process_data: bool,
 }
 
 impl Default for Capabilities {
@@ -201,6 +214,9 @@ impl Default for Capabilities {
         Capabilities {
             eviction: false,
             symlinks: cfg!(unix),
+            memory_per_process: 0,
+            memory_per_call: 0,
+            in_process_data: false,
         }
     }
 }
@@ -217,6 +233,23 @@ impl Capabilities {
     #[must_use]
     pub fn with_symlinks(mut self, symlinks: bool) -> Self {
         self.symlinks = symlinks;
+        self
+    }
+
+    /// Declares the backend's documented memory bounds for concurrent transfers: per
+    /// process ([`Capabilities::memory_per_process`]) and per call in flight
+    /// ([`Capabilities::memory_per_call`]).
+    #[must_use]
+    pub fn with_memory_bound(mut self, per_process: u64, per_call: u64) -> Self {
+        self.memory_per_process = per_process;
+        self.memory_per_call = per_call;
+        self
+    }
+
+    /// Declares that the backend keeps what it stores in this process's memory.
+    #[must_use]
+    pub fn with_in_process_data(mut self, in_process: bool) -> Self {
+        self.in_process_data = in_process;
         self
     }
 }
@@ -405,6 +438,7 @@ macro_rules! conformance_suite {
             hostile_deleted_blob
             hostile_deleted_log_blob
             hostile_undeclared_outputs
+            store_refuses_undeclared_outputs
             hostile_newer_format_entry_is_left_in_place
             hostile_huge_declared_log
             hostile_adversarial_entries
@@ -416,6 +450,7 @@ macro_rules! conformance_suite {
             cancel_store_dropped_midway
             cancel_import_dropped_midway
             cancel_logs_dropped_midway
+            concurrent_transfers_stay_within_memory_bound
             model_state_machine
             health_check_succeeds
             name_is_stable

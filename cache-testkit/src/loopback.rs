@@ -1,6 +1,7 @@
 //! A tiny HTTP/1.1 server on 127.0.0.1 that answers as a test tells it to: for
 //! clients facing servers that misbehave (answer errors, list forever, never answer),
-//! which a real server does only when broken or hostile.
+//! which a real server does only when broken or hostile; or that stands in front of a
+//! real server and answers some requests itself (a bucket that refuses writes).
 //!
 //! It runs on a thread of its own with its own tokio runtime, so it serves a client in
 //! the test's runtime, a blocking client, or another process (the `taskcache` binary)
@@ -102,6 +103,51 @@ impl LoopbackHttp {
     ///
     /// If no loopback port can be bound, or the thread or runtime cannot start.
     pub fn start(answer: impl Fn(&Request) -> Option<Reply> + Send + Sync + 'static) -> Self {
+        Self::serving(answer, None)
+    }
+
+    /// Starts a server in front of the HTTP server at `upstream` (`http://127.0.0.1:PORT`):
+    /// requests `answer` answers (`Some`) get that answer, the others are passed to
+    /// `upstream` as they are and its answer passed back (one upstream connection per
+    /// request, closed after it). For a real server seen through a policy it does not
+    /// have: a bucket that refuses this client's writes ([`LoopbackHttp::refusing_writes`]).
+    ///
+    /// # Panics
+    ///
+    /// As [`LoopbackHttp::start`]; or if `upstream` is not `http://HOST:PORT`.
+    pub fn forwarding(
+        upstream: &str,
+        answer: impl Fn(&Request) -> Option<Reply> + Send + Sync + 'static,
+    ) -> Self {
+        let host = upstream
+            .strip_prefix("http://")
+            .expect("an http:// upstream")
+            .trim_end_matches('/');
+        assert!(
+            !host.contains('/'),
+            "the upstream is a host and port: {upstream}"
+        );
+        Self::serving(answer, Some(host.to_owned()))
+    }
+
+    /// The S3 server at `upstream`, as a client whose credentials may read and not
+    /// write sees it: `GET` and `HEAD` are forwarded, every other request is answered
+    /// `403 AccessDenied`.
+    pub fn refusing_writes(upstream: &str) -> Self {
+        Self::forwarding(upstream, |r| {
+            (!matches!(r.method.as_str(), "GET" | "HEAD")).then(|| {
+                Reply::new(
+                    403,
+                    "<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>",
+                )
+            })
+        })
+    }
+
+    fn serving(
+        answer: impl Fn(&Request) -> Option<Reply> + Send + Sync + 'static,
+        upstream: Option<String>,
+    ) -> Self {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
         listener
             .set_nonblocking(true)
@@ -121,7 +167,12 @@ impl LoopbackHttp {
                     tokio::net::TcpListener::from_std(listener).expect("a tokio listener");
                 let accept = async {
                     while let Ok((stream, _)) = listener.accept().await {
-                        tokio::spawn(serve(stream, Arc::clone(&answer), Arc::clone(&counter)));
+                        tokio::spawn(serve(
+                            stream,
+                            Arc::clone(&answer),
+                            Arc::clone(&counter),
+                            upstream.clone(),
+                        ));
                     }
                 };
                 tokio::select! {
@@ -205,9 +256,15 @@ pub fn s3_list_page(key: &str, next: Option<&str>) -> Reply {
 }
 
 /// Serves one connection: requests in turn, until the client closes it, sends what
-/// this server does not read (a chunked body, an oversized head), or one goes
-/// unanswered (then it stays open, silent).
-async fn serve(mut stream: tokio::net::TcpStream, answer: Arc<Answer>, counter: Arc<AtomicU64>) {
+/// this server does not read (a chunked body, an oversized head), one goes unanswered
+/// (then it stays open, silent), or one is forwarded to `upstream` (then it is closed
+/// after the answer).
+async fn serve(
+    mut stream: tokio::net::TcpStream,
+    answer: Arc<Answer>,
+    counter: Arc<AtomicU64>,
+    upstream: Option<String>,
+) {
     let mut buf = Vec::new();
     loop {
         let Some(end) = read_head(&mut stream, &mut buf).await else {
@@ -230,7 +287,7 @@ async fn serve(mut stream: tokio::net::TcpStream, answer: Arc<Answer>, counter: 
                 return;
             }
         }
-        // The body is read and dropped.
+        // The body is read (and dropped unless forwarded).
         while buf.len() < length {
             let mut chunk = [0u8; 8192];
             match stream.read(&mut chunk).await {
@@ -238,25 +295,88 @@ async fn serve(mut stream: tokio::net::TcpStream, answer: Arc<Answer>, counter: 
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
             }
         }
-        buf.drain(..length);
+        let body: Vec<u8> = buf.drain(..length).collect();
         let seq = counter.fetch_add(1, Ordering::Relaxed);
         let request = Request {
             method,
             target,
             seq,
         };
-        match answer(&request) {
-            Some(reply) => {
-                if stream.write_all(&reply.encode()).await.is_err() {
-                    return;
-                }
+        if let Some(reply) = answer(&request) {
+            if stream.write_all(&reply.encode()).await.is_err() {
+                return;
             }
-            None => {
-                // Silent: hold the connection until the server stops.
-                std::future::pending::<()>().await;
-            }
+        } else if let Some(host) = &upstream {
+            let _ = forward(&mut stream, host, &head, &body).await;
+            return;
+        } else {
+            // Silent: hold the connection until the server stops.
+            std::future::pending::<()>().await;
         }
     }
+}
+
+/// Passes one request (`head` with its blank line, `body`) to `host` on a connection
+/// of its own, and its answer back, both marked `Connection: close`. The answer's body
+/// is as long as its `Content-Length` says (none for `HEAD`), else up to the upstream
+/// closing.
+async fn forward(
+    client: &mut tokio::net::TcpStream,
+    host: &str,
+    head: &str,
+    body: &[u8],
+) -> std::io::Result<()> {
+    let mut up = tokio::net::TcpStream::connect(host).await?;
+    up.write_all(closing(head).as_bytes()).await?;
+    up.write_all(body).await?;
+    let mut answer = Vec::new();
+    let Some(end) = read_head(&mut up, &mut answer).await else {
+        return Ok(());
+    };
+    let answer_head = String::from_utf8_lossy(&answer[..end]).into_owned();
+    let length = answer_head.split("\r\n").find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.eq_ignore_ascii_case("content-length")
+            .then(|| value.trim().parse::<usize>().ok())?
+    });
+    let length = if head.starts_with("HEAD ") {
+        Some(0)
+    } else {
+        length
+    };
+    let mut rest = answer.split_off(end);
+    match length {
+        Some(n) => {
+            while rest.len() < n {
+                let mut chunk = [0u8; 8192];
+                match up.read(&mut chunk).await? {
+                    0 => break,
+                    got => rest.extend_from_slice(&chunk[..got]),
+                }
+            }
+            rest.truncate(n);
+        }
+        None => {
+            up.read_to_end(&mut rest).await?;
+        }
+    }
+    client.write_all(closing(&answer_head).as_bytes()).await?;
+    client.write_all(&rest).await
+}
+
+/// `head` (ending in its blank line) with any `Connection` header replaced by
+/// `Connection: close`.
+fn closing(head: &str) -> String {
+    let mut out = String::new();
+    for line in head.trim_end_matches("\r\n").split("\r\n") {
+        let named = line.split_once(':').map(|(n, _)| n.trim());
+        if !named.is_some_and(|n| n.eq_ignore_ascii_case("connection")) {
+            out.push_str(line);
+            out.push_str("\r\n");
+        }
+    }
+    out.push_str("Connection: close\r\n\r\n");
+    out
 }
 
 /// Reads until `buf` holds a whole request head; its length (with the blank line).
@@ -320,6 +440,31 @@ mod tests {
             "{second}"
         );
         assert_eq!(server.requests(), 2);
+    }
+
+    #[test]
+    fn a_write_refusing_front_forwards_reads_and_refuses_writes() {
+        let upstream = LoopbackHttp::start(|r| Some(Reply::new(200, format!("up {}", r.method))));
+        let front = LoopbackHttp::refusing_writes(&upstream.url());
+        let read = get(&front, "/bucket/key");
+        assert!(read.starts_with("HTTP/1.1 200 OK"), "{read}");
+        assert!(
+            read.ends_with("up GET") && read.contains("Connection: close"),
+            "{read}"
+        );
+        let mut s = std::net::TcpStream::connect(front.addr).unwrap();
+        write!(
+            s,
+            "PUT /bucket/key HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nab"
+        )
+        .unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let mut got = [0u8; 64];
+        let n = s.read(&mut got).unwrap();
+        let text = String::from_utf8_lossy(&got[..n]);
+        assert!(text.starts_with("HTTP/1.1 403 Forbidden"), "{text}");
+        assert_eq!(upstream.requests(), 1, "the write never reached upstream");
     }
 
     #[test]

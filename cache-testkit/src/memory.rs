@@ -347,7 +347,7 @@ impl MemoryBackend {
             Arc::new(self.storage().clone()),
             self.io().clone(),
         )
-        .with_capabilities(Capabilities::default());
+        .with_capabilities(Capabilities::default().with_in_process_data(true));
         h.signing = Some(crate::signing_backend(self.cache.clone()));
         h.brake = Some(self.brake().clone());
         h

@@ -730,3 +730,88 @@ async fn tiered_backfill_copies_the_lookup_whose_outputs_it_restored() {
     let (stdout, _) = fast.get_log_bytes(&task(), &key).await.unwrap();
     assert_eq!(stdout.as_deref(), Some(&b"log one\n"[..]));
 }
+
+// ------------------------------------------------------------- whose fault counts
+
+/// Issue 22: restoring into a missing (or non-directory) workspace was a cache fault,
+/// told to the breaker by the hit; three such restores skipped a healthy tier.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restores_into_a_missing_workspace_leave_the_breaker_closed() {
+    let backend = MemoryBackend::new();
+    let (_, entry) = sample();
+    let key = fresh_key();
+    backend
+        .store(&task(), &key, &entry, CachePolicy::Normal)
+        .await
+        .unwrap();
+    let breaker = CircuitBreaker::new(Arc::new(backend), 3);
+    let ws = TempWorkspace::new();
+    let not_a_dir = ws.root().join("file");
+    std::fs::write(&not_a_dir, b"x").unwrap();
+    let missing = ws.root().join("missing");
+    for target in [&missing, &not_a_dir, &missing, &not_a_dir] {
+        let hit = breaker
+            .lookup(&task(), &digest(&key), CachePolicy::Normal)
+            .await
+            .expect("the breaker lets the lookup through")
+            .expect("a hit");
+        let e = hit.restore(target).await.unwrap_err();
+        assert_eq!(e.fault(), cache_core::Fault::Caller, "{e}");
+        assert!(e.to_string().contains(&*target.to_string_lossy()), "{e}");
+    }
+    assert!(!breaker.is_open(), "the workspace is the caller's");
+}
+
+/// A tier that refuses writes (a read-only token) behind `Tiered` and a breaker: the
+/// shared check every such backend runs, here on the reference backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiered_keeps_reading_a_tier_that_refuses_writes() {
+    let writer = MemoryBackend::new();
+    let read_only = FaultyBackend::new(
+        Arc::new(MemoryBackend::from_storage(writer.storage().clone())),
+        FaultPlan::always(FaultError::PermissionDenied).only([BackendOp::Store, BackendOp::Import]),
+    );
+    cache_testkit::refusal::read_only_tier(Arc::new(writer), Arc::new(read_only)).await;
+}
+
+/// A fast tier that refuses writes is not copied into again; its shared hits are
+/// served from the shared tier.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiered_stops_backfilling_a_fast_tier_that_refuses_writes() {
+    let fast = Arc::new(FaultyBackend::new(
+        Arc::new(MemoryBackend::new()),
+        FaultPlan::always(FaultError::PermissionDenied).only([BackendOp::Store, BackendOp::Import]),
+    ));
+    let shared = MemoryBackend::new();
+    let tiered = Tiered::new(fast.clone(), Arc::new(shared.clone()));
+    let stats = tiered.stats();
+    let (tree, entry) = sample();
+    let key = fresh_key();
+    shared
+        .store(&task(), &key, &entry, CachePolicy::Normal)
+        .await
+        .unwrap();
+    for round in 0..3 {
+        let hit = tiered
+            .lookup(&task(), &digest(&key), CachePolicy::Normal)
+            .await
+            .unwrap()
+            .expect("a shared hit");
+        let ws = TempWorkspace::new();
+        hit.restore(ws.root()).await.unwrap();
+        ws.tree()
+            .assert_same(tree.expected(), &format!("round {round}"));
+    }
+    // Each round: a fast lookup; the first round also the refused import.
+    assert_eq!(fast.faults().calls(), 4);
+    assert_eq!(stats.fast_writes_refused.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.backfill_failures.load(Ordering::Relaxed), 0);
+    // Stores still reach the shared tier.
+    let other = fresh_key();
+    tiered
+        .store(&task(), &other, &entry, CachePolicy::Normal)
+        .await
+        .unwrap();
+    assert!(hit(&shared, &other).await);
+    assert_eq!(fast.faults().calls(), 4, "the fast tier is not written");
+}

@@ -82,6 +82,7 @@ async fn every_fault_error_has_its_kind_and_degradability() {
         (FaultError::BlobNotFound, "blob_not_found", false),
         (FaultError::ActionNotFound, "action_not_found", true),
         (FaultError::Serialization, "serialization", false),
+        (FaultError::PermissionDenied, "permission_denied", true),
     ];
     for (fault, kind, degradable) in cases {
         let (b, _) = faulty(FaultPlan::always(fault.clone()));

@@ -5,7 +5,8 @@
 //! tokio task, so its panic is caught as a `JoinError`) and compares the set of
 //! failing cases with the expected one. Left out, because whether they catch a mutant
 //! depends on timing or on random sequences: `concurrent_stores_and_readers` and
-//! `model_state_machine`; and `round_trip_256mib_file_from_disk`, for time.
+//! `model_state_machine`; and `round_trip_256mib_file_from_disk` and
+//! `concurrent_transfers_stay_within_memory_bound`, for time.
 
 use async_trait::async_trait;
 use cache_core::storage::{ActionRecord, BlobSource, EntryKey, OutputRecord, Storage, StoredEntry};
@@ -24,6 +25,7 @@ const NOT_RUN: &[&str] = &[
     "concurrent_stores_and_readers",
     "model_state_machine",
     "round_trip_256mib_file_from_disk",
+    "concurrent_transfers_stay_within_memory_bound",
 ];
 
 /// Runs every deterministic case against a fresh harness from `make`; returns the
@@ -235,6 +237,9 @@ enum Wrong {
     /// `..`, absolute paths and symlinks are followed wherever they lead (the bytes
     /// are still verified).
     NaiveRestore,
+    /// Stores whatever it is given, as for a task that declares no outputs: an entry
+    /// with outputs the task does not declare, which its lookups then refuse forever.
+    StoresUndeclared,
 }
 
 struct Wrapped {
@@ -367,6 +372,11 @@ impl CacheBackend for Wrapped {
             Wrong::PolicyBlind => CachePolicy::Normal,
             _ => policy,
         };
+        if let Wrong::StoresUndeclared = self.fault {
+            let mut bare = task.clone();
+            bare.outputs.clear();
+            return self.inner.store(&bare, digest, entry, policy).await;
+        }
         self.inner.store(task, digest, entry, policy).await
     }
 
@@ -629,5 +639,13 @@ fn mutant_naive_restore() {
             "restore_over_matching_files",
             "restore_replaces_file_symlink_without_following",
         ],
+    );
+}
+
+#[test]
+fn mutant_stores_undeclared() {
+    assert_fails_exactly(
+        || wrapped(Wrong::StoresUndeclared),
+        &["store_refuses_undeclared_outputs"],
     );
 }

@@ -67,6 +67,28 @@ fn a_manifest_round_trips_and_a_bad_one_is_refused() {
     assert!(Manifest::from_json(&bad, "build").is_err());
 }
 
+/// A manifest kept before keys named their platform themselves (its `"salt"` was the
+/// command's: `taskcache-cli-key/2`, OS, architecture) still reads, and the change it
+/// shows is the key format, which is why that run missed.
+#[test]
+fn a_manifest_from_the_salted_key_format_says_the_format_changed() {
+    let now = manifest(&[("a.c", "1")], Some("gcc"));
+    assert!(
+        now.format.starts_with("taskcache-key/2, platform "),
+        "{}",
+        now.format
+    );
+    let mut v: Value = serde_json::from_slice(&now.to_json("build").unwrap()).unwrap();
+    v["salt"] = json!("taskcache-cli-key/2 linux x86_64");
+    let last = Manifest::from_json(&serde_json::to_vec(&v).unwrap(), "build").unwrap();
+    let c = Changes::between(&last, &now);
+    assert_eq!(
+        c.other,
+        ["key format or platform changed; it was: taskcache-cli-key/2 linux x86_64"]
+    );
+    assert!(c.added.is_empty() && c.changed.is_empty() && c.env.is_empty());
+}
+
 #[test]
 fn too_many_files_are_counted_not_listed() {
     let mut m = manifest(&[("a.c", "1")], None);

@@ -6,7 +6,7 @@ use super::{
 };
 use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
 use bazel_remote_apis::google::protobuf::Timestamp;
-use cache_core::storage::{ActionRecord, LogRecord, MAX_ENTRY_BYTES, OutputRecord};
+use cache_core::storage::{ActionRecord, LogRecord, OutputRecord};
 use cache_core::{BackendError, BlobRef, Digest, DigestAlgorithm, MAX_PATH_BYTES, MAX_PATH_DEPTH};
 use std::collections::BTreeMap;
 
@@ -141,23 +141,15 @@ fn log_fields(log: &LogRecord, algorithm: DigestAlgorithm) -> (u32, Vec<u8>, Opt
 
 /// Maps `record` to an `ActionResult`. Directory outputs become `Tree`s holding the
 /// outputs below them; outputs whose paths are not plain stay top-level. Fails if the
-/// record does not encode (its checksum is over its encoding) or its encoding is over
-/// [`MAX_ENTRY_BYTES`]: every entry store refuses it on reading, and the reader's
-/// budget for paths and targets relies on the bound.
+/// record does not encode (its checksum is over its encoding), which includes an
+/// encoding over [`cache_core::storage::MAX_ENTRY_BYTES`]: the reader's budget for
+/// paths and targets relies on that bound.
 pub fn encode_record(
     record: &ActionRecord,
     algorithm: DigestAlgorithm,
 ) -> Result<Encoded, BackendError> {
+    // `encode` refuses an encoding over the limit.
     let encoding = record.encode()?;
-    if encoding.len() > MAX_ENTRY_BYTES {
-        return Err(BackendError::Serialization(
-            format!(
-                "the entry takes {} bytes, over the {MAX_ENTRY_BYTES}-byte limit",
-                encoding.len()
-            )
-            .into(),
-        ));
-    }
     let checksum = DigestAlgorithm::Blake3.digest(&encoding);
     // Tree roots: plain directory outputs not below another plain directory output.
     let plain_dirs: Vec<&str> = record

@@ -1,6 +1,6 @@
 //! An in-process REAPI server (tonic, on 127.0.0.1) for what a real server will not do
-//! on demand: dropped streams, RESOURCE_EXHAUSTED, wrong bytes, stalls, tiny batch
-//! limits, read-only action caches, per-blob errors. It verifies what it receives like
+//! on demand: dropped streams, RESOURCE_EXHAUSTED, any status on any RPC, wrong bytes,
+//! stalls, tiny batch limits, read-only action caches, per-blob errors. It verifies what it receives like
 //! a real server, rejects batches over its advertised limit, and counts every call and
 //! every blob byte on the wire. Started with [`start_zstd`] it advertises zstd and
 //! speaks REAPI `compressed-blobs` (storing blobs uncompressed); otherwise it refuses
@@ -44,6 +44,9 @@ pub struct Faults {
     pub zstd_bomb: bool,
     /// Batch reads mark every blob with this compressor (the data as it is).
     pub wrong_compressor: Option<i32>,
+    /// Every call of these RPCs (by the name counted in `State::calls`) fails with
+    /// this status code, as a server that refuses them would.
+    pub status_of: HashMap<&'static str, Code>,
 }
 
 /// The server's state, shared with the test.
@@ -57,6 +60,10 @@ pub struct State {
     pub uploads: Mutex<HashMap<String, Vec<u8>>>,
     /// Values of the `authorization` header seen.
     pub auth_seen: Mutex<Vec<String>>,
+    /// Calls with this `authorization` value see a read-only action cache, as a
+    /// server answers a read-only token: `update_enabled: false` in the capabilities
+    /// they are given, PERMISSION_DENIED for their `UpdateActionResult`.
+    pub read_only_token: Mutex<Option<String>>,
     /// Blob data bytes received (batch updates and ByteStream writes, as sent).
     pub received: Mutex<u64>,
     /// Blob data bytes served (batch and ByteStream reads, as sent).
@@ -64,6 +71,16 @@ pub struct State {
 }
 
 impl State {
+    /// Whether `req` carries the read-only token.
+    fn read_only<T>(&self, req: &Request<T>) -> bool {
+        let token = self.read_only_token.lock().unwrap();
+        let sent = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        token.is_some() && token.as_deref() == sent
+    }
+
     pub fn calls(&self, what: &str) -> usize {
         self.calls.lock().unwrap().get(what).copied().unwrap_or(0)
     }
@@ -90,6 +107,9 @@ impl State {
             if f.exhausted > 0 {
                 f.exhausted -= 1;
                 return Err(Status::resource_exhausted("injected: resource exhausted"));
+            }
+            if let Some(code) = f.status_of.get(what) {
+                return Err(Status::new(*code, format!("injected: {code:?}")));
             }
             f.stall
         };
@@ -237,8 +257,14 @@ impl Capabilities for Fake {
         req: Request<re::GetCapabilitiesRequest>,
     ) -> Result<Response<re::ServerCapabilities>, Status> {
         self.0.enter("GetCapabilities", &req).await?;
+        let mut caps = self.0.caps.lock().unwrap().clone();
+        if self.0.read_only(&req) {
+            caps.action_cache_update_capabilities = Some(re::ActionCacheUpdateCapabilities {
+                update_enabled: false,
+            });
+        }
         Ok(Response::new(re::ServerCapabilities {
-            cache_capabilities: Some(self.0.caps.lock().unwrap().clone()),
+            cache_capabilities: Some(caps),
             ..re::ServerCapabilities::default()
         }))
     }
@@ -270,7 +296,7 @@ impl ActionCache for Fake {
             .unwrap()
             .action_cache_update_capabilities
             .is_some_and(|u| u.update_enabled);
-        if !update_enabled {
+        if !update_enabled || self.0.read_only(&req) {
             return Err(Status::permission_denied("updates are disabled"));
         }
         let r = req.into_inner();

@@ -179,3 +179,11 @@ impl cache_testkit::Tamper for ServerTamper {
         ))
     }
 }
+
+/// What a REAPI storage's harness declares: the memory bounds cache-remote documents.
+pub fn capabilities() -> cache_testkit::Capabilities {
+    cache_testkit::Capabilities::default().with_memory_bound(
+        cache_remote::MEMORY_PER_PROCESS,
+        cache_remote::MEMORY_PER_CALL,
+    )
+}

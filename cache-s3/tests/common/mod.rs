@@ -192,3 +192,9 @@ pub fn gcs_env(endpoint: &str) -> impl Fn(&str) -> Option<String> + use<> {
     }
     }
 }
+
+/// What an S3 storage's harness declares: the memory bounds cache-s3 documents.
+pub fn capabilities() -> cache_testkit::Capabilities {
+    cache_testkit::Capabilities::default()
+        .with_memory_bound(cache_s3::MEMORY_PER_PROCESS, cache_s3::MEMORY_PER_CALL)
+}

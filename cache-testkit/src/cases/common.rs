@@ -8,6 +8,8 @@ use cache_core::{
 };
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub(crate) async fn store(h: &Harness, key: &str, entry: &CacheEntry) {
     expect_ok(
@@ -109,4 +111,47 @@ pub(crate) fn assert_bytes(got: Option<&[u8]>, want: Option<&[u8]>, what: &str) 
         ),
         _ => {}
     }
+}
+
+/// Counts the warnings (and errors) logged through `tracing` on this thread while it
+/// lives: what a case's own `.await`s log (a backend's lookup runs on the case's
+/// thread; jobs it spawns elsewhere are not counted).
+pub(crate) struct Warnings {
+    count: Arc<AtomicUsize>,
+    _guard: tracing::subscriber::DefaultGuard,
+}
+
+impl Warnings {
+    pub(crate) fn on_this_thread() -> Self {
+        let count = Arc::new(AtomicUsize::new(0));
+        let guard = tracing::subscriber::set_default(WarningCounter(Arc::clone(&count)));
+        Warnings {
+            count,
+            _guard: guard,
+        }
+    }
+
+    pub(crate) fn count(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+}
+
+struct WarningCounter(Arc<AtomicUsize>);
+
+impl tracing::Subscriber for WarningCounter {
+    fn enabled(&self, metadata: &tracing::Metadata<'_>) -> bool {
+        *metadata.level() <= tracing::Level::WARN
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        if *event.metadata().level() <= tracing::Level::WARN {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
 }

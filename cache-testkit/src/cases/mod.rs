@@ -13,8 +13,10 @@
 //! | keys | `keys_*`: dedup, overwrite (the last published entry wins), invalid keys |
 //! | misses and degradation | `miss_*`, `degradation_*`: unknown keys, [`cache_core::Tiered`] with a failing tier |
 //! | hostile data | `hostile_*`: escaping paths and symlinks, garbage, flipped and deleted blobs, undeclared outputs, newer-format entries, huge declared logs, adversarial entries |
+//! | trust boundary | `store_refuses_undeclared_outputs` (a caller's store of undeclared outputs writes nothing), `trust_absolute_symlinks_only_when_opted_in` |
 //! | concurrency | `concurrent_stores_and_readers` |
 //! | cancellation | `cancel_*`: restore, store, import and log reads dropped mid-way (and a restore timed out by [`cache_core::Deadline`]) write and publish nothing afterwards, stop reading, and leak nothing |
+//! | concurrency | `concurrent_stores_and_readers`, `concurrent_transfers_stay_within_memory_bound` (peak memory of 16 stores and 16 imports at once against the documented bounds) |
 //! | model | `model_state_machine`: random operation sequences against a reference |
 //! | misc | `health_check_succeeds`, `name_is_stable` |
 //!
@@ -23,6 +25,7 @@
 //! readers see one whole entry or the other (`concurrent_stores_and_readers`).
 #![allow(clippy::missing_panics_doc)]
 
+mod bounds;
 mod cancel;
 mod common;
 mod concurrency;
@@ -36,6 +39,7 @@ mod restore;
 mod round_trip;
 mod trust;
 
+pub use bounds::{MEMORY_ALLOWANCE, concurrent_transfers_stay_within_memory_bound};
 pub use cancel::{
     cancel_import_dropped_midway, cancel_logs_dropped_midway, cancel_restore_dropped_midway,
     cancel_restore_timed_out_keeps_callers_outputs, cancel_store_dropped_midway,
@@ -76,7 +80,8 @@ pub use round_trip::{
 pub use trust::{
     hostile_adversarial_entries, hostile_huge_declared_log,
     hostile_newer_format_entry_is_left_in_place, hostile_undeclared_outputs,
-    hostile_unsigned_and_forged_entries, trust_absolute_symlinks_only_when_opted_in,
+    hostile_unsigned_and_forged_entries, store_refuses_undeclared_outputs,
+    trust_absolute_symlinks_only_when_opted_in,
 };
 
 use crate::Harness;

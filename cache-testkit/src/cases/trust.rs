@@ -2,7 +2,7 @@
 //! stores. Entries are planted through [`crate::Tamper`], so every backend is tried
 //! with bytes no honest writer would produce.
 
-use super::common::{check, store, try_restore};
+use super::common::{Warnings, check, store, try_restore};
 use crate::Harness;
 use crate::fixtures::{
     OutputTree, TempWorkspace, digest, empty_record, expect_err, expect_ok, fresh_key, fresh_seed,
@@ -10,7 +10,7 @@ use crate::fixtures::{
 };
 use cache_core::storage::{LogRecord, MAX_OUTPUTS, OutputRecord};
 use cache_core::{
-    BlobRef, CacheEntry, CachePolicy, MAX_LOG_BYTES, MAX_PATH_DEPTH, Task, TaskOutput,
+    BlobRef, CacheEntry, CachePolicy, Fault, MAX_LOG_BYTES, MAX_PATH_DEPTH, Task, TaskOutput,
 };
 use std::sync::Arc;
 
@@ -40,7 +40,13 @@ pub async fn hostile_undeclared_outputs(h: Harness) {
         .symlink("dist/latest", "app");
     let task = declaring(&["build/out.txt", "dist"]);
     let key = fresh_key();
-    store(&h, &key, &honest.entry()).await;
+    // The task's own store of what it declares (and the directory above it).
+    expect_ok(
+        h.backend
+            .store(&task, &key, &honest.entry(), CachePolicy::Normal)
+            .await,
+        "store of declared outputs",
+    );
     let hit = expect_ok(
         h.backend
             .lookup(&task, &digest(&key), CachePolicy::Normal)
@@ -102,6 +108,78 @@ pub async fn hostile_undeclared_outputs(h: Harness) {
             check(&h, &key, CachePolicy::Readonly).await.hit,
             "{what}: a task that declares nothing still reads it"
         );
+    }
+}
+
+/// A store of outputs the task does not declare is the caller's mistake, refused before
+/// anything is written: such an entry could never be restored for the task (every
+/// lookup would refuse it, `hostile_undeclared_outputs`: a miss and a warning per run,
+/// forever). Nothing is uploaded, no entry exists afterwards, and a later lookup is a
+/// plain miss that warns about nothing.
+pub async fn store_refuses_undeclared_outputs(h: Harness) {
+    let seed = fresh_seed();
+    let task = declaring(&["build/out.txt", "dist"]);
+    let honest = OutputTree::new()
+        .dir("build")
+        .file("build/out.txt", pattern_bytes(seed, 100), false)
+        .file("dist/app/main.js", pattern_bytes(seed + 1, 5000), false);
+    for (what, extra) in [
+        (
+            "a Makefile",
+            OutputTree::new().file("Makefile", b"all:\n".to_vec(), false),
+        ),
+        (
+            "a sibling of a declared file",
+            OutputTree::new().file("build/other.txt", b"x".to_vec(), false),
+        ),
+        (
+            "a name extending a declared one",
+            OutputTree::new().file("dist2/x", b"x".to_vec(), false),
+        ),
+        ("a directory beside", OutputTree::new().dir("other")),
+        (
+            "a symlink beside a declared file",
+            OutputTree::new().symlink("build/link", "out.txt"),
+        ),
+    ] {
+        let mut entry = honest.entry();
+        let undeclared = extra.outputs()[0].path.clone();
+        entry.outputs.extend(extra.outputs().iter().cloned());
+        let key = fresh_key();
+        for policy in [CachePolicy::Normal, CachePolicy::Writeonly] {
+            let before = h.io.snapshot();
+            let e = expect_err(
+                h.backend.store(&task, &key, &entry, policy).await,
+                &["invalid_output"],
+                &format!("{what}: store ({policy})"),
+            );
+            assert_eq!(e.fault(), Fault::Caller, "{what}: the caller's fault: {e}");
+            assert!(
+                e.to_string().contains(&undeclared),
+                "{what}: the error names {undeclared:?}: {e}"
+            );
+            let io = h.io.snapshot().since(before);
+            assert_eq!(io.total(), 0, "{what}: refused before any I/O: {io:?}");
+        }
+        let warnings = Warnings::on_this_thread();
+        let found = expect_ok(
+            h.backend
+                .lookup(&task, &digest(&key), CachePolicy::Normal)
+                .await,
+            &format!("{what}: lookup"),
+        );
+        assert!(found.is_none(), "{what}: nothing was stored");
+        assert_eq!(warnings.count(), 0, "{what}: the lookup warned");
+        drop(warnings);
+        assert!(
+            !check(&h, &key, CachePolicy::Readonly).await.hit,
+            "{what}: no entry at all, even for a task that declares nothing"
+        );
+        let raw = expect_ok(
+            h.tamper.read_raw_entry(&digest(&key)).await,
+            "Tamper::read_raw_entry",
+        );
+        assert!(raw.is_none(), "{what}: an entry was written");
     }
 }
 

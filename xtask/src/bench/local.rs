@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-pub(super) const BIG: usize = 1 << 30;
 const SMALL_FILES: usize = 10_000;
 const SMALL_SIZE: usize = 4096;
 
@@ -46,20 +45,7 @@ struct Bench {
     reps: usize,
 }
 
-use super::Report;
-
-pub(super) fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        f64::midpoint(v[n / 2 - 1], v[n / 2])
-    }
-}
+use super::{BIG, Report, median, warm_up};
 
 /// Per scenario, the values of each run: reference time, our time, our peak RSS (KiB),
 /// repeated.
@@ -84,19 +70,6 @@ fn row(v: &Runs, key: &str, name: &str, target: &str) -> Row {
         unit: "s",
         rss_mib: median(rss) / 1024.0,
         target: target.into(),
-    }
-}
-
-/// Reads every file under `path` so it starts in the page cache.
-pub(super) fn warm_up(path: &Path) {
-    if path.is_dir() {
-        if let Ok(rd) = std::fs::read_dir(path) {
-            for e in rd.flatten() {
-                warm_up(&e.path());
-            }
-        }
-    } else if let Ok(mut f) = std::fs::File::open(path) {
-        let _ = std::io::copy(&mut f, &mut std::io::sink());
     }
 }
 

@@ -1,7 +1,7 @@
 //! The child side of `cargo xtask bench local`: each scenario, run in its own process
 //! (`bench local --child NAME ...`), reporting its time and its own peak RSS.
 
-use super::local::{BIG, median, warm_up};
+use super::{BIG, median, warm_up};
 use cache_core::{CacheBackend, CacheEntry, CacheOutput, CachePolicy, DigestAlgorithm, Task};
 use cache_local::LocalOptions;
 use std::fmt::Write as _;

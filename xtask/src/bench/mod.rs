@@ -13,6 +13,7 @@ mod local;
 mod local_child;
 mod remote;
 mod s3;
+mod s3_real;
 mod s3_tree;
 
 pub fn run(args: &[String]) -> Result<(), String> {
@@ -65,4 +66,34 @@ fn child_report(exe: &Path, bench: &str, args: &[&str]) -> Result<Report, String
         .filter_map(|kv| kv.split_once('='))
         .filter_map(|(k, v)| Some((k.to_owned(), v.parse().ok()?)))
         .collect())
+}
+
+/// The large file of the local benches (1 GiB).
+pub(super) const BIG: usize = 1 << 30;
+
+/// The median of `v` (the mean of the middle two for an even count; NaN if empty).
+pub(super) fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        f64::midpoint(v[n / 2 - 1], v[n / 2])
+    }
+}
+
+/// Reads every file under `path` so it starts in the page cache.
+pub(super) fn warm_up(path: &Path) {
+    if path.is_dir() {
+        if let Ok(rd) = std::fs::read_dir(path) {
+            for e in rd.flatten() {
+                warm_up(&e.path());
+            }
+        }
+    } else if let Ok(mut f) = std::fs::File::open(path) {
+        let _ = std::io::copy(&mut f, &mut std::io::sink());
+    }
 }

@@ -16,7 +16,7 @@ use std::time::Instant;
 const FILES: usize = 1000;
 const BIG: usize = 64 << 20;
 
-use super::Report;
+use super::{Report, median};
 
 pub fn run(args: &[String]) -> Result<(), String> {
     if args.first().map(String::as_str) == Some("--child") {
@@ -71,11 +71,6 @@ struct Bench {
 
 fn s(p: &Path) -> &str {
     p.to_str().expect("UTF-8 bench paths")
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// Writes `FILES` files of `size` bytes (and one of `BIG` bytes if `big`) under

@@ -1,15 +1,21 @@
-//! `cargo xtask bench s3 [--reps N]`: taskcache against the AWS CLI, moving the same
-//! data to and from the same S3 server (s3s-fs from `peers up s3s`), in the same run.
+//! `cargo xtask bench s3 [files|real|all] [--reps N] [--steps A,B]`: taskcache against
+//! the AWS CLI and the actions/cache method, moving the same data to and from the same
+//! S3 server (s3s-fs from `peers up s3s`), in the same run. `files` (generated data):
 //!
 //! * 1,000 files of 16 KiB, stored and restored: `taskcache run --cache s3://...`
 //!   (a miss stores them, a hit after deleting them restores them) against
 //!   `aws s3 cp --recursive` up and down.
 //! * One 1 GiB file, the same way, with peak RSS of both clients (GNU `time`).
+//! * A 10,000-file generated tree against `tar | zstd` and one object (`s3_tree`).
 //! * A warm store of both (in process, through `CountingStore`): requests and bytes
 //!   sent when every blob is already in the bucket.
 //!
+//! `real` (`s3_real`): `npm ci`, a cargo build and a Python venv, each against running
+//! the step and against `tar | zstd` and one object. `all` (the default) runs both.
+//!
 //! Rounds alternate which client goes first; each figure is the median of the rounds.
 
+use super::median;
 use crate::peers;
 use cache_core::{Cache, CacheBackend, CacheEntry, CacheOutput, CachePolicy, Task};
 use cache_s3::{CountingStore, S3Options, S3Storage};
@@ -30,14 +36,25 @@ pub(super) struct Server {
 }
 
 pub fn run(args: &[String]) -> Result<(), String> {
-    let mut reps = 3usize;
+    let mut reps = 5usize;
+    let (mut files, mut real) = (true, true);
+    let mut steps = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
+            "files" => real = false,
+            "real" => files = false,
+            "all" => {}
             "--reps" => reps = super::reps(it.next())?,
+            "--steps" => {
+                steps = Some(super::s3_real::select(
+                    it.next().ok_or("--steps needs a list")?,
+                )?);
+            }
             other => {
                 return Err(format!(
-                    "bench s3: unknown argument {other:?} (use --reps N)"
+                    "bench s3: unknown argument {other:?} (use [files|real|all] [--reps N] [--steps {}])",
+                    super::s3_real::NAMES
                 ));
             }
         }
@@ -50,6 +67,15 @@ pub fn run(args: &[String]) -> Result<(), String> {
         .ok_or("no target directory")?;
     let bin = target.join("release/taskcache");
     let aws = peers::moto::install_awscli(&peers::root().join("moto"))?;
+    let scratch = target.join("bench-s3");
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(scratch.join("home")).map_err(|e| e.to_string())?;
+    // The real steps' downloads (before the server starts: they may take minutes).
+    let real_steps = if real {
+        super::s3_real::prepare(&scratch, &target.join("bench-s3-tools"), steps.as_deref())
+    } else {
+        Vec::new()
+    };
     let vars = peers::up(&["s3s".to_owned()])?;
     let var = |k: &str| {
         vars.iter()
@@ -62,9 +88,20 @@ pub fn run(args: &[String]) -> Result<(), String> {
         bucket: var("TASKCACHE_BENCH_S3S_BUCKET")?,
         data: peers::root().join("s3s/data"),
     };
-    let scratch = target.join("bench-s3");
-    let _ = std::fs::remove_dir_all(&scratch);
-    let result = measure(&bin, &aws, &server, &scratch, reps);
+    let c = Clients {
+        bin: &bin,
+        aws: &aws,
+        server: &server,
+        scratch: &scratch,
+    };
+    println!("\n{}", super::s3_real::machine_line());
+    let mut result = Ok(());
+    if real {
+        result = super::s3_real::measure(&c, &real_steps, reps);
+    }
+    if files && result.is_ok() {
+        result = measure(&c, reps);
+    }
     let _ = std::fs::remove_dir_all(&scratch);
     let stopped = peers::down(&["s3s".to_owned()]);
     result.and(stopped)
@@ -108,6 +145,11 @@ pub(super) fn wrap(cmd: &Command, program: &str, args: &[&str]) -> Command {
 
 /// Runs `cmd` under GNU `time`; returns wall seconds and peak RSS in MiB.
 pub(super) fn timed(cmd: &Command) -> Result<(f64, f64), String> {
+    timed_stderr(cmd).map(|(secs, rss, _)| (secs, rss))
+}
+
+/// [`timed`], and what `cmd` wrote on stderr.
+pub(super) fn timed_stderr(cmd: &Command) -> Result<(f64, f64, String), String> {
     let mut wrapped = wrap(cmd, "/usr/bin/time", &["-f", "%M"]);
     wrapped.stdin(Stdio::null()).stdout(Stdio::null());
     let start = Instant::now();
@@ -123,12 +165,15 @@ pub(super) fn timed(cmd: &Command) -> Result<(f64, f64), String> {
             out.status
         ));
     }
-    let kib: f64 = stderr
-        .lines()
-        .last()
-        .and_then(|l| l.trim().parse().ok())
-        .ok_or_else(|| format!("no peak RSS from GNU time: {stderr}"))?;
-    Ok((secs, kib / 1024.0))
+    let (own, last) = stderr
+        .trim_end()
+        .rsplit_once('\n')
+        .unwrap_or(("", stderr.trim_end()));
+    let kib: f64 = last
+        .trim()
+        .parse()
+        .map_err(|_| format!("no peak RSS from GNU time: {stderr}"))?;
+    Ok((secs, kib / 1024.0, own.to_owned()))
 }
 
 /// Pseudo-random bytes (BLAKE3's output stream), so nothing compresses or dedups.
@@ -169,30 +214,32 @@ pub(super) struct Samples {
     pub(super) down: Vec<(f64, f64)>,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+/// `taskcache run TIERS -o OUTPUT EXTRA -- true` in `ws`: a miss stores what is there,
+/// a hit restores it.
+pub(super) fn taskcache(
+    c: &Clients<'_>,
+    ws: &Path,
+    tiers: &[String],
+    output: &str,
+    extra: &[&str],
+) -> Command {
+    let mut cmd = Command::new(c.bin);
+    client_env(&mut cmd, c.server, c.scratch);
+    cmd.current_dir(ws)
+        .arg("run")
+        .args(tiers)
+        .args(["-o", output])
+        .args(extra)
+        .args(["--", "true"]);
+    cmd
 }
 
-pub(super) fn taskcache(
-    bin: &Path,
-    server: &Server,
-    scratch: &Path,
-    prefix: &str,
-    output: &str,
-) -> Command {
-    let mut c = Command::new(bin);
-    client_env(&mut c, server, scratch);
-    c.current_dir(scratch.join("ws")).args([
-        "run",
-        "--cache",
-        &format!("s3://{}/{prefix}", server.bucket),
-        "-o",
-        output,
-        "--",
-        "true",
-    ]);
-    c
+/// `--cache s3://BUCKET/PREFIX`: the bucket alone, no local tier.
+pub(super) fn bucket(server: &Server, prefix: &str) -> Vec<String> {
+    vec![
+        "--cache".to_owned(),
+        format!("s3://{}/{prefix}", server.bucket),
+    ]
 }
 
 pub(super) fn aws_cp(
@@ -245,18 +292,17 @@ fn round(
     ours: &mut Samples,
     theirs: &mut Samples,
 ) -> Result<(), String> {
-    let (bin, aws, server, scratch) = (c.bin, c.aws, c.server, c.scratch);
+    let (aws, server, scratch) = (c.aws, c.server, c.scratch);
     let ws = scratch.join("ws");
     let original = ws.join(output);
     let kept = scratch.join(format!("{output}.orig"));
     let run_ours = |ours: &mut Samples| -> Result<(), String> {
         let prefix = format!("tc-{tag}");
-        ours.up
-            .push(timed(&taskcache(bin, server, scratch, &prefix, output))?);
+        let ours_cmd = taskcache(c, &ws, &bucket(server, &prefix), output, &[]);
+        ours.up.push(timed(&ours_cmd)?);
         // Keep the original aside; the hit must bring it back.
         std::fs::rename(&original, &kept).map_err(|e| e.to_string())?;
-        ours.down
-            .push(timed(&taskcache(bin, server, scratch, &prefix, output))?);
+        ours.down.push(timed(&ours_cmd)?);
         let same = same_tree(&original, &kept)?;
         remove(&original)?;
         std::fs::rename(&kept, &original).map_err(|e| e.to_string())?;
@@ -327,15 +373,9 @@ fn same_tree(a: &Path, b: &Path) -> Result<bool, String> {
     Ok(digest(a)? == digest(b)?)
 }
 
-fn measure(
-    bin: &Path,
-    aws: &Path,
-    server: &Server,
-    scratch: &Path,
-    reps: usize,
-) -> Result<(), String> {
+fn measure(c: &Clients<'_>, reps: usize) -> Result<(), String> {
+    let (server, scratch) = (c.server, c.scratch);
     let ws = scratch.join("ws");
-    std::fs::create_dir_all(scratch.join("home")).map_err(|e| e.to_string())?;
     eprintln!("xtask: bench s3: writing {SMALL_FILES} x 16 KiB and 1 GiB of data");
     make_data(&ws)?;
     super::s3_tree::make_tree(&ws)?;
@@ -343,17 +383,13 @@ fn measure(
     let mut footprint = super::s3_tree::Footprint::default();
     let (mut small_ours, mut small_theirs) = (Samples::default(), Samples::default());
     let (mut big_ours, mut big_theirs) = (Samples::default(), Samples::default());
+    let mut load = Vec::new();
     for r in 0..reps {
         eprintln!("xtask: bench s3: round {}/{reps}", r + 1);
+        load.push(super::s3_real::load_average());
         let first = r % 2 == 0;
-        let c = Clients {
-            bin,
-            aws,
-            server,
-            scratch,
-        };
         round(
-            &c,
+            c,
             "small",
             &format!("small-{r}"),
             first,
@@ -361,7 +397,7 @@ fn measure(
             &mut small_theirs,
         )?;
         super::s3_tree::round(
-            &c,
+            c,
             &format!("tree-{r}"),
             !first,
             &mut tree_ours,
@@ -369,7 +405,7 @@ fn measure(
             &mut footprint,
         )?;
         round(
-            &c,
+            c,
             "big.bin",
             &format!("big-{r}"),
             !first,
@@ -379,8 +415,9 @@ fn measure(
     }
     let warm = warm_store(server, &ws)?;
     println!(
-        "\n### bench s3: {reps} rounds against s3s-fs at {}\n",
-        server.endpoint
+        "\n### bench s3 files: {reps} rounds against s3s-fs at {}, load average (1 min) at each round's start: {}\n",
+        server.endpoint,
+        super::s3_real::list(&load)
     );
     println!(
         "| what | taskcache | AWS CLI | AWS CLI / taskcache | taskcache peak RSS | AWS CLI peak RSS |"

@@ -3,8 +3,10 @@
 //! like source code), stored and restored by taskcache (packed entries) and by the
 //! actions/cache method: `tar | zstd -T0` into one object sent with the AWS CLI, and
 //! back with the AWS CLI, `zstd -d | tar -x`. Also what each leaves in the bucket.
+//! The two sides' rounds ([`taskcache_round`], [`tar_round`]) serve the real steps
+//! (`s3_real`) too.
 
-use super::s3::{Clients, Samples, aws_cp, remove, taskcache, timed};
+use super::s3::{Clients, Samples, aws_cp, bucket, remove, taskcache, timed, timed_stderr};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -85,9 +87,10 @@ pub(super) fn make_tree(root: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// A digest of every file below `dir` with its relative path (directories walked in
-/// name order).
+/// A digest of everything below `dir` with its relative path (directories walked in
+/// name order): a file's bytes and executable bit, a symlink's text (never followed).
 pub(super) fn tree_digest(dir: &Path) -> Result<blake3::Hash, String> {
+    use std::os::unix::fs::PermissionsExt;
     fn walk(base: &Path, dir: &Path, h: &mut blake3::Hasher) -> Result<(), String> {
         let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
             .map_err(|e| format!("read {}: {e}", dir.display()))?
@@ -99,10 +102,23 @@ pub(super) fn tree_digest(dir: &Path) -> Result<blake3::Hash, String> {
             let rel = p.strip_prefix(base).map_err(|e| e.to_string())?;
             h.update(rel.as_os_str().as_encoded_bytes());
             h.update(b"\0");
-            if p.is_dir() {
+            let meta =
+                std::fs::symlink_metadata(&p).map_err(|e| format!("stat {}: {e}", p.display()))?;
+            if meta.is_symlink() {
+                let text =
+                    std::fs::read_link(&p).map_err(|e| format!("readlink {}: {e}", p.display()))?;
+                h.update(b"L");
+                h.update(text.as_os_str().as_encoded_bytes());
+            } else if meta.is_dir() {
+                h.update(b"D");
                 walk(base, &p, h)?;
             } else {
                 let bytes = std::fs::read(&p).map_err(|e| format!("read {}: {e}", p.display()))?;
+                h.update(if meta.permissions().mode() & 0o100 == 0 {
+                    b"F"
+                } else {
+                    b"X"
+                });
                 h.update(&(bytes.len() as u64).to_le_bytes());
                 h.update(&bytes);
             }
@@ -112,6 +128,30 @@ pub(super) fn tree_digest(dir: &Path) -> Result<blake3::Hash, String> {
     let mut h = blake3::Hasher::new();
     walk(dir, dir, &mut h)?;
     Ok(h.finalize())
+}
+
+/// Regular files below `dir` (symlinks not followed): how many, their bytes, and how
+/// many are over `large` bytes.
+pub(super) fn tree_files(dir: &Path, large: u64) -> (u64, u64, u64) {
+    fn walk(dir: &Path, large: u64, acc: &mut (u64, u64, u64)) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in rd.filter_map(Result::ok) {
+            match std::fs::symlink_metadata(e.path()) {
+                Ok(m) if m.is_dir() => walk(&e.path(), large, acc),
+                Ok(m) if m.is_file() => {
+                    acc.0 += 1;
+                    acc.1 += m.len();
+                    acc.2 += u64::from(m.len() > large);
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut acc = (0, 0, 0);
+    walk(dir, large, &mut acc);
+    acc
 }
 
 /// Objects and bytes the server keeps under `dir` (its data directory for a prefix).
@@ -154,87 +194,165 @@ pub(super) fn round(
     theirs: &mut Samples,
     footprint: &mut Footprint,
 ) -> Result<(), String> {
-    let (server, scratch) = (c.server, c.scratch);
-    let ws = scratch.join("ws");
-    let original = ws.join("tree");
-    let want = tree_digest(&original)?;
-    let run_ours = |ours: &mut Samples, footprint: &mut Footprint| -> Result<(), String> {
-        let prefix = format!("tc-{tag}");
-        ours.up
-            .push(timed(&taskcache(c.bin, server, scratch, &prefix, "tree"))?);
-        let kept = scratch.join("tree.orig");
-        std::fs::rename(&original, &kept).map_err(|e| e.to_string())?;
-        ours.down
-            .push(timed(&taskcache(c.bin, server, scratch, &prefix, "tree"))?);
-        let same = tree_digest(&original)? == want;
-        remove(&original)?;
-        std::fs::rename(&kept, &original).map_err(|e| e.to_string())?;
-        let data = server.data.join(&server.bucket).join(&prefix);
-        footprint.ours = stored(&data);
-        remove(&data)?;
-        if same {
-            Ok(())
-        } else {
-            Err("taskcache restored a different tree".into())
-        }
+    let ws = c.scratch.join("ws");
+    let want = tree_digest(&ws.join("tree"))?;
+    let mut run_ours = || -> Result<(), String> {
+        let side = taskcache_round(c, &ws, "tree", &format!("tc-{tag}"), &[], want, false)?;
+        ours.up.push(side.up);
+        ours.down.push(side.down);
+        footprint.ours = side.stored;
+        Ok(())
     };
-    let run_theirs = |theirs: &mut Samples, footprint: &mut Footprint| -> Result<(), String> {
-        let prefix = format!("tar-{tag}");
-        let url = format!("s3://{}/{prefix}/tree.tar.zst", server.bucket);
-        let archive = scratch.join("tree.tar.zst");
-        let up = aws_cp(
-            c.aws,
-            server,
-            scratch,
-            &archive.display().to_string(),
-            &url,
-            false,
-        );
-        theirs.up.push(timed(&shell_then(
-            &format!(
-                "tar -C {} -cf - tree | zstd -q -T0 -o {}",
-                sh_quote(&ws),
-                sh_quote(&archive)
-            ),
-            &up,
-        ))?);
-        remove(&archive)?;
-        let back = scratch.join("back");
-        std::fs::create_dir_all(&back).map_err(|e| e.to_string())?;
-        let down = aws_cp(
-            c.aws,
-            server,
-            scratch,
-            &url,
-            &archive.display().to_string(),
-            false,
-        );
-        theirs.down.push(timed(&then_shell(
-            &down,
-            &format!(
-                "zstd -q -d -c {} | tar -C {} -xf -",
-                sh_quote(&archive),
-                sh_quote(&back)
-            ),
-        ))?);
-        let same = tree_digest(&back.join("tree"))? == want;
-        remove(&back)?;
-        remove(&archive)?;
-        let data = server.data.join(&server.bucket).join(&prefix);
-        footprint.theirs = stored(&data);
-        remove(&data)?;
-        if same {
-            Ok(())
-        } else {
-            Err("tar + zstd brought back a different tree".into())
-        }
+    let mut run_theirs = || -> Result<(), String> {
+        let side = tar_round(c, &ws, "tree", &format!("tar-{tag}"), want)?;
+        theirs.up.push(side.up);
+        theirs.down.push(side.down);
+        footprint.theirs = side.stored;
+        Ok(())
     };
     if ours_first {
-        run_ours(ours, footprint)?;
-        run_theirs(theirs, footprint)
+        run_ours()?;
+        run_theirs()
     } else {
-        run_theirs(theirs, footprint)?;
-        run_ours(ours, footprint)
+        run_theirs()?;
+        run_ours()
+    }
+}
+
+/// What one side measured in one round: (seconds, peak RSS MiB) up and down, the
+/// objects and bytes it left in the bucket, and (taskcache only) the hit through an
+/// empty local tier with the bucket as `--remote`.
+pub(super) struct Side {
+    pub(super) up: (f64, f64),
+    pub(super) down: (f64, f64),
+    pub(super) stored: (u64, u64),
+    /// Objects by the prefix's top directory (`entries 1, packs 1`), taskcache only.
+    pub(super) kinds: String,
+    /// Its time, or why it did not restore the output (not fatal: reported).
+    pub(super) tiered: Option<Result<(f64, f64), String>>,
+}
+
+/// taskcache stores `ws/output` into the empty prefix `prefix` (`--cache s3://...`,
+/// no local tier), then, with the output moved away, restores it from there: the
+/// shared hit of a runner with an empty local tier. With `tiered`, once more through a
+/// fresh local directory as `--cache` and the bucket as `--remote`. Every restored
+/// copy must digest to `want`; the prefix is deleted afterwards.
+pub(super) fn taskcache_round(
+    c: &Clients<'_>,
+    ws: &Path,
+    output: &str,
+    prefix: &str,
+    extra: &[&str],
+    want: blake3::Hash,
+    tiered: bool,
+) -> Result<Side, String> {
+    let original = ws.join(output);
+    let kept = c.scratch.join(format!("{prefix}.orig"));
+    let cmd = taskcache(c, ws, &bucket(c.server, prefix), output, extra);
+    let up = timed(&cmd)?;
+    std::fs::rename(&original, &kept).map_err(|e| e.to_string())?;
+    let hit = |cmd: &Command, how: &str| -> Result<(f64, f64), String> {
+        let (secs, rss, stderr) = timed_stderr(cmd)?;
+        let same = original.exists() && tree_digest(&original)? == want;
+        remove(&original)?;
+        if same {
+            Ok((secs, rss))
+        } else {
+            let said: String = stderr.lines().take(2).collect::<Vec<_>>().join(" / ");
+            Err(format!(
+                "taskcache ({how}, {secs:.1} s) did not restore {output}: {}",
+                if said.is_empty() { "no warning" } else { &said }
+            ))
+        }
+    };
+    let down = hit(&cmd, "shared hit");
+    let tiered = match (&down, tiered) {
+        (Ok(_), true) => {
+            let local = c.scratch.join(format!("{prefix}.local"));
+            let mut tiers = vec!["--cache".to_owned(), local.display().to_string()];
+            tiers.push("--remote".to_owned());
+            tiers.push(bucket(c.server, prefix).remove(1));
+            let sample = hit(&taskcache(c, ws, &tiers, output, extra), "tiered hit");
+            remove(&local)?;
+            Some(sample)
+        }
+        _ => None,
+    };
+    std::fs::rename(&kept, &original).map_err(|e| e.to_string())?;
+    let data = c.server.data.join(&c.server.bucket).join(prefix);
+    let stored = stored(&data);
+    let mut kinds: Vec<String> = std::fs::read_dir(&data)
+        .map_err(|e| format!("read {}: {e}", data.display()))?
+        .filter_map(Result::ok)
+        .map(|e| {
+            let (n, bytes) = self::stored(&e.path());
+            format!("{} {n}: {bytes} B", e.file_name().to_string_lossy())
+        })
+        .collect();
+    kinds.sort();
+    remove(&data)?;
+    Ok(Side {
+        up,
+        down: down?,
+        stored,
+        kinds: kinds.join(", "),
+        tiered,
+    })
+}
+
+/// The actions/cache method on `ws/output`: `tar | zstd -T0` into one file and one
+/// upload with the AWS CLI (timed together), then one download with the AWS CLI and
+/// `zstd -d | tar -x` into a fresh directory (timed together), which must digest to
+/// `want`. The prefix is deleted afterwards.
+pub(super) fn tar_round(
+    c: &Clients<'_>,
+    ws: &Path,
+    output: &str,
+    prefix: &str,
+    want: blake3::Hash,
+) -> Result<Side, String> {
+    let (server, scratch) = (c.server, c.scratch);
+    let url = format!("s3://{}/{prefix}/{output}.tar.zst", server.bucket);
+    let archive = scratch.join(format!("{prefix}.tar.zst"));
+    let archive_s = archive.display().to_string();
+    let up_cmd = aws_cp(c.aws, server, scratch, &archive_s, &url, false);
+    let up = timed(&shell_then(
+        &format!(
+            "tar -C {} -cf - {} | zstd -q -T0 -o {}",
+            sh_quote(ws),
+            sh_quote(Path::new(output)),
+            sh_quote(&archive)
+        ),
+        &up_cmd,
+    ))?;
+    remove(&archive)?;
+    let back = scratch.join(format!("{prefix}.back"));
+    std::fs::create_dir_all(&back).map_err(|e| e.to_string())?;
+    let down_cmd = aws_cp(c.aws, server, scratch, &url, &archive_s, false);
+    let down = timed(&then_shell(
+        &down_cmd,
+        &format!(
+            "zstd -q -d -c {} | tar -C {} -xf -",
+            sh_quote(&archive),
+            sh_quote(&back)
+        ),
+    ))?;
+    let same = tree_digest(&back.join(output))? == want;
+    remove(&back)?;
+    remove(&archive)?;
+    let data = server.data.join(&server.bucket).join(prefix);
+    let stored = stored(&data);
+    remove(&data)?;
+    if same {
+        Ok(Side {
+            up,
+            down,
+            stored,
+            kinds: String::new(),
+            tiered: None,
+        })
+    } else {
+        Err(format!("tar + zstd brought back a different {output}"))
     }
 }
 

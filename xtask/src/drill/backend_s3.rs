@@ -24,6 +24,8 @@ pub struct S3 {
     rt: tokio::runtime::Runtime,
     /// `target/peers/moto` if this drill started moto (and so stops it).
     started: Option<PathBuf>,
+    /// More variables every `taskcache` process gets.
+    extra: Vec<(String, String)>,
 }
 
 impl S3 {
@@ -43,9 +45,26 @@ impl S3 {
             get("TASKCACHE_TEST_S3_ENDPOINT")?,
             get("TASKCACHE_TEST_S3_BUCKET")?,
         );
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let base = format!("drill/{}-{nanos}", std::process::id());
+        let mut s3 = Self::on(&endpoint, &bucket, &base, Vec::new())?;
+        s3.started = (!running).then_some(dir);
+        Ok(s3)
+    }
+
+    /// A bucket on an S3 server the caller runs (the gc drill's own moto), under
+    /// `base`; `extra`: more variables for every `taskcache` process.
+    pub fn on(
+        endpoint: &str,
+        bucket: &str,
+        base: &str,
+        extra: Vec<(String, String)>,
+    ) -> Result<Self, String> {
         let store = AmazonS3Builder::new()
-            .with_bucket_name(&bucket)
-            .with_endpoint(&endpoint)
+            .with_bucket_name(bucket)
+            .with_endpoint(endpoint)
             .with_allow_http(true)
             .with_region("us-east-1")
             .with_access_key_id("drill")
@@ -56,21 +75,20 @@ impl S3 {
             .enable_all()
             .build()
             .map_err(|e| format!("a runtime: {e}"))?;
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
         Ok(S3 {
-            endpoint,
-            bucket,
-            base: format!("drill/{}-{nanos}", std::process::id()),
+            endpoint: endpoint.to_owned(),
+            bucket: bucket.to_owned(),
+            base: base.to_owned(),
             generation: 0,
             store: Arc::new(store),
             rt,
-            started: (!running).then_some(dir),
+            started: None,
+            extra,
         })
     }
 
-    fn prefix(&self) -> String {
+    /// The prefix of the current cache, in the bucket.
+    pub fn prefix(&self) -> String {
         format!("{}/{}", self.base, self.generation)
     }
 
@@ -78,7 +96,8 @@ impl S3 {
         ObjectPath::from(format!("{}/{name}", self.prefix()))
     }
 
-    fn url(&self) -> String {
+    /// `s3://BUCKET/PREFIX` of the current cache.
+    pub fn url(&self) -> String {
         format!("s3://{}/{}", self.bucket, self.prefix())
     }
 
@@ -122,6 +141,7 @@ impl Backend for S3 {
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .chain(self.extra.iter().cloned())
         .collect()
     }
 

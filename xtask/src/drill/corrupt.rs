@@ -227,7 +227,7 @@ fn runs_then_repaired(
             .map_err(|e| format!("start taskcache: {e}"))?;
         let stderr = String::from_utf8_lossy(&out.stderr);
         if out.status.success() {
-            if out.stdout != super::workload::stdout(i) {
+            if out.stdout != super::workload::stdout(i, class) {
                 return Err(format!("entry {i}: wrong stdout"));
             }
             super::workload::check(ws.path(), i, class)?;

@@ -171,7 +171,7 @@ fn op(
                     String::from_utf8_lossy(&out.stderr).trim()
                 ));
             }
-            if out.stdout != super::workload::stdout(i) {
+            if out.stdout != super::workload::stdout(i, class_of(i)) {
                 return Err(format!("run of entry {i}: wrong stdout"));
             }
             super::workload::check(ws.path(), i, class_of(i))?;

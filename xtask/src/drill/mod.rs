@@ -11,6 +11,8 @@
 //! * `remote`: the S3 and REAPI servers behind a local tier killed and restarted,
 //!   frozen, or down, mid-store and mid-restore; and the breaker (servers of its own,
 //!   whatever `--backend` says).
+//! * `gc`: runner processes store and hit entries sharing packs and blobs in one bucket
+//!   (a moto of its own) while `taskcache gc --unused-for` runs again and again.
 //!
 //! Crash and corrupt run against a [`taskcache::Backend`]: `local` (a directory), `s3`
 //! (a bucket on moto) and `remote` (a BuildGrid of the drill's own, CAS on disk), the
@@ -24,10 +26,12 @@
 
 mod backend_reapi;
 mod backend_s3;
+mod backends;
 mod corrupt;
 mod crash;
 mod disk;
 mod fuzz;
+mod gc;
 mod kill;
 mod many;
 mod remote;
@@ -53,7 +57,9 @@ pub struct Outcome {
     pub skipped: Option<String>,
 }
 
-const DRILLS: [&str; 7] = ["kill", "crash", "corrupt", "fuzz", "many", "disk", "remote"];
+const DRILLS: [&str; 8] = [
+    "kill", "crash", "corrupt", "fuzz", "many", "disk", "remote", "gc",
+];
 
 struct Options {
     trials: Option<u64>,
@@ -67,10 +73,10 @@ impl Options {
     /// The backends crash and corrupt run on.
     fn backends(&self, all: bool) -> Result<Vec<&'static str>, String> {
         match self.backend.as_deref() {
-            None if all => Ok(taskcache::ALL.to_vec()),
+            None if all => Ok(backends::ALL.to_vec()),
             None => Ok(vec!["local"]),
-            Some("all") => Ok(taskcache::ALL.to_vec()),
-            Some(name) => taskcache::ALL
+            Some("all") => Ok(backends::ALL.to_vec()),
+            Some(name) => backends::ALL
                 .iter()
                 .find(|&&b| b == name)
                 .map(|&b| vec![b])
@@ -82,7 +88,7 @@ impl Options {
 pub fn run(args: &[String]) -> Result<(), String> {
     // A re-executed child of `drill kill`: store until killed.
     harness::child_if_requested();
-    let usage = "usage: cargo xtask drill [kill|crash|corrupt|fuzz|many|disk|remote|all] \
+    let usage = "usage: cargo xtask drill [kill|crash|corrupt|fuzz|many|disk|remote|gc|all] \
                  [--trials N] [--backend local|s3|remote|all] [--ci]";
     let Some(name) = args.first().map(String::as_str) else {
         return Err(usage.into());
@@ -140,7 +146,7 @@ pub fn ci() -> Result<(), String> {
         backend: None,
         ci: true,
     };
-    let rows = run_drills(&DRILLS, &taskcache::ALL, &opts)?;
+    let rows = run_drills(&DRILLS, &backends::ALL, &opts)?;
     print_table(&rows, &opts);
     let failed: u64 = rows.iter().map(|(_, o)| o.failures).sum();
     if failed > 0 {
@@ -162,7 +168,7 @@ fn run_drills(
     // Built before any drill's clock starts (a release build takes minutes here).
     let tc = if names
         .iter()
-        .any(|n| matches!(*n, "crash" | "corrupt" | "many" | "disk" | "remote"))
+        .any(|n| matches!(*n, "crash" | "corrupt" | "many" | "disk" | "remote" | "gc"))
     {
         Some(taskcache::Tc::build()?)
     } else {
@@ -201,6 +207,10 @@ fn run_drills(
                     let tc = tc.as_ref().ok_or("no taskcache")?;
                     remote::run(tc, trials(opts, 3, 300), opts.ci, &mut rng)?
                 }
+                "gc" => {
+                    let tc = tc.as_ref().ok_or("no taskcache")?;
+                    gc::run(tc, trials(opts, 1, 4), opts.ci, &mut rng)?
+                }
                 "disk" | "crash" | "corrupt" | "many" => {
                     let tc = tc.as_ref().ok_or("no taskcache")?;
                     let at = if let Some(at) = opened.iter().position(|b| b.name() == backend_name)
@@ -209,7 +219,7 @@ fn run_drills(
                     } else {
                         // Starting a server is not the drill's time either.
                         let t = Instant::now();
-                        opened.push(taskcache::open(backend_name, root.path())?);
+                        opened.push(backends::open(backend_name, root.path())?);
                         setup = t.elapsed();
                         opened.len() - 1
                     };

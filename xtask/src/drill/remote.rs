@@ -10,7 +10,7 @@
 //! this process ([`stack`]): trip, skip, half-open, closed.
 
 mod breaker;
-mod server;
+pub(super) mod server;
 mod stack;
 
 use super::taskcache::Tc;
@@ -35,7 +35,8 @@ pub fn for_bytes(timeout: Duration, bytes: u64) -> Duration {
 
 /// Bytes an entry moves: its files and its stdout.
 fn entry_bytes(i: u64, class: Class) -> u64 {
-    workload::files(i, class).iter().map(|f| f.len).sum::<u64>() + workload::stdout(i).len() as u64
+    workload::files(i, class).iter().map(|f| f.len).sum::<u64>()
+        + workload::stdout(i, class).len() as u64
 }
 
 /// The most a run may wait on the cache: the lookup (one call deadline), then one
@@ -200,7 +201,7 @@ impl<'a> Ctx<'a> {
                 stderr.trim()
             ));
         }
-        if out.stdout != workload::stdout(i) {
+        if out.stdout != workload::stdout(i, class) {
             return Err(format!("entry {i} ({what}): wrong stdout"));
         }
         workload::check(ws, i, class).map_err(|e| format!("{what}: {e}"))?;
@@ -262,7 +263,7 @@ impl<'a> Ctx<'a> {
                 Ok(false)
             }
             Some(0) => {
-                if out.stdout != workload::stdout(i) {
+                if out.stdout != workload::stdout(i, class) {
                     return Err(format!("entry {i}: a hit replayed the wrong stdout"));
                 }
                 workload::check(&ws, i, class)?;

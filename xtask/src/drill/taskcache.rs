@@ -4,7 +4,8 @@
 //! point `taskcache run` at it, a fresh empty cache, whether `verify` exists for it,
 //! and (for the corruption drill) its stored objects. `local` is a cache directory;
 //! `s3` a bucket on moto ([`super::backend_s3`]); `remote` a BuildGrid of the drill's
-//! own behind a new empty local tier per run ([`super::backend_reapi`]).
+//! own behind a new empty local tier per run ([`super::backend_reapi`]); [`super::backends`]
+//! opens one by name.
 
 use super::workload::{self, CHECK_ENV, CHECK_EXIT, Class};
 use std::ffi::OsString;
@@ -51,20 +52,55 @@ impl Tc {
             .args(backend.run_args())
             .envs(backend.envs())
             .args(opts)
-            .args([
-                "-o",
-                &format!("out/{i}"),
-                "--id",
-                &format!("drill-{i}"),
-                "--",
-            ])
-            .arg(&self.xtask)
-            .args(["drill", "produce", &i.to_string(), class.as_str()])
+            .args(self.step_args(i, class))
             .env_remove(CHECK_ENV)
             .env_remove(workload::MARK_ENV)
             .env_remove("TASKCACHE_LOG")
             .stdin(Stdio::null());
         c
+    }
+
+    /// What follows the options of `taskcache run` or `key` for entry `i`: its
+    /// output, its id and the step.
+    fn step_args(&self, i: u64, class: Class) -> Vec<OsString> {
+        let mut args: Vec<OsString> = [
+            "-o".to_owned(),
+            format!("out/{i}"),
+            "--id".to_owned(),
+            format!("drill-{i}"),
+            "--".to_owned(),
+        ]
+        .into_iter()
+        .map(OsString::from)
+        .collect();
+        args.push(self.xtask.clone().into_os_string());
+        for a in ["drill", "produce", &i.to_string(), class.as_str()] {
+            args.push(a.into());
+        }
+        args
+    }
+
+    /// The key of entry `i` as `taskcache key` prints it (`blake3:<hex>`).
+    pub fn key(&self, i: u64, class: Class) -> Result<String, String> {
+        let ws = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let out = Command::new(&self.bin)
+            .arg("key")
+            .arg("-C")
+            .arg(ws.path())
+            .args(self.step_args(i, class))
+            .env_remove("TASKCACHE_LOG")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("start taskcache key: {e}"))?;
+        let key = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        if !out.status.success() || !key.contains(':') {
+            return Err(format!(
+                "taskcache key of entry {i} exited {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(key)
     }
 
     /// Runs entry `i` as a CI step would (a miss runs and stores it); the outputs in
@@ -87,7 +123,7 @@ impl Tc {
                 String::from_utf8_lossy(&out.stderr).trim()
             ));
         }
-        if out.stdout != workload::stdout(i) {
+        if out.stdout != workload::stdout(i, class) {
             return Err(format!("taskcache run of entry {i}: wrong stdout"));
         }
         workload::check(ws, i, class)?;
@@ -126,7 +162,7 @@ impl Tc {
         match out.status.code() {
             Some(CHECK_EXIT) => Ok(Checked::Miss),
             Some(c) if c == code => {
-                if out.stdout != workload::stdout(i) {
+                if out.stdout != workload::stdout(i, class) {
                     return Err(format!("entry {i}: a hit replayed the wrong stdout"));
                 }
                 workload::check(ws.path(), i, class)?;
@@ -379,22 +415,6 @@ pub fn walk(dir: &Path, prefix: &str, out: &mut Vec<String>) -> Result<(), Strin
         }
     }
     Ok(())
-}
-
-/// Every backend `--backend all` means.
-pub const ALL: [&str; 3] = ["local", "s3", "remote"];
-
-/// The backend named `name` (`local`, `s3`, `remote`), its server started if needed
-/// (and stopped when it is dropped, if the drill started it).
-pub fn open(name: &str, root: &Path) -> Result<Box<dyn Backend>, String> {
-    match name {
-        "local" => Ok(Box::new(Local::new(root))),
-        "s3" => Ok(Box::new(super::backend_s3::S3::start()?)),
-        "remote" => Ok(Box::new(super::backend_reapi::Reapi::start(root)?)),
-        other => Err(format!(
-            "unknown backend {other:?} (local, s3, remote or all)"
-        )),
-    }
 }
 
 /// Copies a failing cache's objects to `target/drill-failures/<what>` for inspection.

@@ -29,7 +29,18 @@ pub enum Class {
     Medium,
     /// Also a 100 MiB file.
     Large,
+    /// The gc drill's: [`SHARED_SMALL`] small files and a 1.5 MiB file whose bytes are
+    /// those of every entry of its group (`I % SHARED_GROUPS`), so entries share packs
+    /// and blobs; every third entry also has a 1.1 MiB file of its own. No file of the
+    /// other classes (they would make every pack unique), and a short stdout.
+    Shared,
 }
+
+/// Groups of [`Class::Shared`] entries with the same files: entry `I` is in group
+/// `I % SHARED_GROUPS`.
+pub const SHARED_GROUPS: u64 = 4;
+/// Small files of a [`Class::Shared`] entry (one pack).
+pub const SHARED_SMALL: u64 = 120;
 
 impl Class {
     pub fn as_str(self) -> &'static str {
@@ -37,6 +48,7 @@ impl Class {
             Class::Small => "small",
             Class::Medium => "medium",
             Class::Large => "large",
+            Class::Shared => "shared",
         }
     }
 
@@ -45,6 +57,7 @@ impl Class {
             "small" => Some(Class::Small),
             "medium" => Some(Class::Medium),
             "large" => Some(Class::Large),
+            "shared" => Some(Class::Shared),
             _ => None,
         }
     }
@@ -60,6 +73,9 @@ pub struct FileSpec {
 
 /// The files entry `i` of `class` has (besides the symlink `out/<i>/link -> small.txt`).
 pub fn files(i: u64, class: Class) -> Vec<FileSpec> {
+    if class == Class::Shared {
+        return shared_files(i);
+    }
     let mut out = vec![
         FileSpec {
             path: format!("out/{i}/small.txt"),
@@ -84,7 +100,7 @@ pub fn files(i: u64, class: Class) -> Vec<FileSpec> {
         },
     ];
     match class {
-        Class::Small => {}
+        Class::Small | Class::Shared => {}
         Class::Medium => out.push(FileSpec {
             path: format!("out/{i}/medium.bin"),
             len: (20 << 20) + (i % 7) * 4096,
@@ -99,10 +115,42 @@ pub fn files(i: u64, class: Class) -> Vec<FileSpec> {
     out
 }
 
-/// The seed of a file's bytes: the shared file has the same bytes in every entry.
+/// The files of [`Class::Shared`] entry `i`: `lib/NNN.js` (64 B to 8 KiB) and
+/// `assets/group.bin` (1.5 MiB) with its group's bytes, and for every third entry
+/// `assets/own.bin` (1.1 MiB and a little) with its own.
+fn shared_files(i: u64) -> Vec<FileSpec> {
+    let g = i % SHARED_GROUPS;
+    let mut out: Vec<FileSpec> = (0..SHARED_SMALL)
+        .map(|k| FileSpec {
+            path: format!("out/{i}/lib/{k:03}.js"),
+            len: 64 + (k * 997 + g * 131) % (8 << 10),
+            executable: false,
+        })
+        .collect();
+    out.push(FileSpec {
+        path: format!("out/{i}/assets/group.bin"),
+        len: (3 << 20) / 2,
+        executable: false,
+    });
+    if i % 3 == 0 {
+        out.push(FileSpec {
+            path: format!("out/{i}/assets/own.bin"),
+            len: (11 << 20) / 10 + (i % 5) * 4096,
+            executable: false,
+        });
+    }
+    out
+}
+
+/// The seed of a file's bytes: the shared file has the same bytes in every entry, the
+/// files of a [`Class::Shared`] entry but `own.bin` those of every entry of its group.
 fn seed(i: u64, path: &str) -> String {
+    let rel = path.split_once('/').map_or(path, |(_, r)| r);
+    let rel = rel.split_once('/').map_or(rel, |(_, r)| r);
     if path.ends_with("/common.bin") {
         "common".to_owned()
+    } else if rel.starts_with("lib/") || rel == "assets/group.bin" {
+        format!("group {} {rel}", i % SHARED_GROUPS)
     } else {
         format!("{i} {path}")
     }
@@ -145,9 +193,14 @@ impl Bytes {
     }
 }
 
-/// The stdout entry `i` prints: over 64 KiB now and then, so logs are stored as blobs too.
-pub fn stdout(i: u64) -> Vec<u8> {
-    let len = if i % 5 == 0 { 70 << 10 } else { 100 + i % 50 };
+/// The stdout entry `i` prints: over 64 KiB now and then, so logs are stored as blobs
+/// too (never for [`Class::Shared`]: a log blob of its own would make its pack unique).
+pub fn stdout(i: u64, class: Class) -> Vec<u8> {
+    let len = if i % 5 == 0 && class != Class::Shared {
+        70 << 10
+    } else {
+        100 + i % 50
+    };
     let mut b = Bytes::new(&format!("{i} stdout"), len);
     let mut out = Vec::new();
     while let Some(c) = b.next_chunk() {
@@ -162,7 +215,7 @@ pub fn produce(args: &[String]) -> Result<(), String> {
         args.first().and_then(|s| s.parse::<u64>().ok()),
         args.get(1).and_then(|s| Class::parse(s)),
     ) else {
-        return Err("usage: xtask drill produce I small|medium|large".into());
+        return Err("usage: xtask drill produce I small|medium|large|shared".into());
     };
     if let Some(mark) = std::env::var_os(MARK_ENV) {
         std::fs::write(&mark, b"ran")
@@ -179,7 +232,8 @@ pub fn produce(args: &[String]) -> Result<(), String> {
     std::os::unix::fs::symlink("small.txt", &link).map_err(|e| format!("symlink: {e}"))?;
     std::fs::create_dir_all(format!("out/{i}/empty-dir")).map_err(|e| e.to_string())?;
     let mut out = std::io::stdout().lock();
-    out.write_all(&stdout(i)).map_err(|e| e.to_string())?;
+    out.write_all(&stdout(i, class))
+        .map_err(|e| e.to_string())?;
     std::io::stderr()
         .write_all(format!("entry {i} produced\n").as_bytes())
         .map_err(|e| e.to_string())?;
@@ -248,9 +302,16 @@ pub fn check(ws: &Path, i: u64, class: Class) -> Result<(), String> {
     let mut expected: Vec<String> = specs
         .iter()
         .map(|f| f.path.trim_start_matches(&format!("out/{i}/")).to_owned())
-        .chain(["link".to_owned(), "empty-dir".to_owned(), "bin".to_owned()])
+        .chain(["link".to_owned(), "empty-dir".to_owned()])
         .collect();
+    // The directories the files are in.
+    let dirs: Vec<String> = expected
+        .iter()
+        .filter_map(|p| p.rsplit_once('/').map(|(d, _)| d.to_owned()))
+        .collect();
+    expected.extend(dirs);
     expected.sort();
+    expected.dedup();
     found.sort();
     if found != expected {
         return Err(format!(
