@@ -158,12 +158,14 @@ mod dirtemp;
 mod error;
 mod hit;
 mod key;
+pub mod layer;
 pub mod mode;
 mod path;
 mod pending;
 mod policy;
 mod record;
 pub mod sign;
+mod source;
 pub mod storage;
 mod task;
 mod workspace;
@@ -187,6 +189,7 @@ pub use path::{
 };
 pub use policy::{CachePolicy, effective_policy, policy_allows_read, policy_allows_write};
 pub use record::LogStream;
+pub use source::{HitSource, HitTier};
 pub use task::{OutputType, Task, TaskOutput};
 pub use workspace::{PendingFile, Workspace};
 
