@@ -247,6 +247,8 @@ struct Replay {
     order: cache_core::storage::LogOrder,
     exit_code: i32,
     cached: Duration,
+    /// Where the hit came from (which tier).
+    source: cache_core::HitSource,
 }
 
 enum Lookup {
@@ -283,6 +285,7 @@ async fn look_up(
         order: hit.log_order().to_vec(),
         exit_code,
         cached: Duration::from_millis(hit.duration_ms()),
+        source: hit.source(),
     }))
 }
 
@@ -396,8 +399,8 @@ fn try_hit(
                 replay.stderr.as_deref().unwrap_or_default(),
                 &replay.order,
             );
-            let from = match &s.opened.tiered {
-                Some(t) if t.shared_hits.load(Ordering::Relaxed) > 0 => " (remote tier)",
+            let from = match replay.source.tier {
+                Some(cache_core::HitTier::Shared) => " (remote tier)",
                 _ => "",
             };
             let took = started.elapsed();

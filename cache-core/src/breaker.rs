@@ -2,6 +2,7 @@
 //! failures that are its own.
 
 use crate::combinators::lock;
+use crate::layer::{HitCall, HitFuture, HitLayer};
 use crate::{
     BackendError, BackendResult, CacheBackend, CacheEntry, CachePolicy, Digest, Fault, Hit, Task,
 };
@@ -182,6 +183,27 @@ impl Breaker {
     }
 }
 
+/// The hits a breaker hands out report their cache faults to it: a server that stops
+/// answering mid-restore opens the breaker like a failed call does. Their calls are
+/// not gated: the lookup that found the hit was let through.
+impl HitLayer for Breaker {
+    fn wrap<'a>(&'a self, _: &'a Hit, _: HitCall, inner: HitFuture<'a>) -> HitFuture<'a> {
+        Box::pin(async move {
+            let served = inner.await;
+            if let Err(e) = &served {
+                if e.is_cache_fault() {
+                    self.failed(e, false);
+                }
+            }
+            served
+        })
+    }
+
+    fn fault(&self, _: &Hit, error: &BackendError) {
+        self.failed(error, false);
+    }
+}
+
 impl std::fmt::Debug for CircuitBreaker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CircuitBreaker")
@@ -234,8 +256,7 @@ impl CircuitBreaker {
     /// `hit`, reporting the faults of its restores and log reads (and of copies of it
     /// into another tier, through [`crate::Tiered`]) to this breaker.
     fn watched(&self, hit: Hit) -> Hit {
-        let state = Arc::clone(&self.state);
-        hit.with_fault_sink(Arc::new(move |e| state.failed(e, false)))
+        hit.layered(Arc::clone(&self.state) as Arc<dyn HitLayer>)
     }
 }
 

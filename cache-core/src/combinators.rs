@@ -1,9 +1,10 @@
 //! Backend-agnostic wrappers: [`Tiered`] and [`Instrumented`] (the third,
 //! [`crate::CircuitBreaker`], is in `breaker.rs`).
 
+use crate::layer::{HitCall, HitFuture, HitLayer};
 use crate::{
     BackendError, BackendResult, CacheBackend, CacheEntry, CacheLookupResult, CacheOutput,
-    CachePolicy, Digest, Fault, Hit, LogBytes, OutputContent, Task,
+    CachePolicy, Digest, Fault, Hit, HitTier, LogBytes, Task,
 };
 use async_trait::async_trait;
 use std::collections::BTreeMap;
@@ -45,6 +46,10 @@ struct Refusals {
 }
 
 /// A fast tier (usually local disk) in front of a shared tier (object store, REAPI).
+///
+/// Its hits say which tier had them ([`Hit::source`], [`HitTier`]): a shared tier's
+/// hit copied into the fast tier is still [`HitTier::Shared`], naming the shared
+/// backend.
 ///
 /// * `lookup`: the fast tier, then the shared tier. A shared-tier hit is copied into
 ///   the fast tier ([`CacheBackend::import`]: the very hit's blobs, each verified, then
@@ -229,12 +234,13 @@ impl CacheBackend for Tiered {
     ) -> BackendResult<Option<Hit>> {
         let fast = self.fast.lookup(task, key, policy).await;
         if let Some(Some(hit)) = self.absorb(Tier::Fast, "lookup", fast)? {
-            return Ok(Some(hit));
+            return Ok(Some(hit.from_tier(HitTier::Fast)));
         }
         let shared = self.shared.lookup(task, key, policy).await;
         let Some(Some(hit)) = self.absorb(Tier::Shared, "lookup", shared)? else {
             return Ok(None);
         };
+        let hit = hit.from_tier(HitTier::Shared);
         self.stats.shared_hits.fetch_add(1, Ordering::Relaxed);
         if self.refuses_writes(Tier::Fast) {
             return Ok(Some(hit));
@@ -242,6 +248,10 @@ impl CacheBackend for Tiered {
         match self.fast.import(task, &hit, policy).await {
             Ok(Some(local)) => {
                 self.stats.backfills.fetch_add(1, Ordering::Relaxed);
+                // Restored from the fast tier now, but found in the shared one.
+                let local = local
+                    .from_tier(HitTier::Shared)
+                    .found_in(hit.source().backend);
                 Ok(Some(local))
             }
             Ok(None) => Ok(Some(hit)),
@@ -340,8 +350,11 @@ pub struct Metrics {
     pub hits: AtomicU64,
     /// Lookups that missed.
     pub misses: AtomicU64,
-    /// Bytes served: the files and logs of hits found by `lookup`, and what the
-    /// three-call form restored (`restore_outputs`) and read (`get_log_bytes`).
+    /// Bytes served, counted when they are: what hits restored and read
+    /// ([`Hit::restore`], [`Hit::logs`]; a [`Hit::log_reader`] counts its stream's
+    /// size when opened), and what the three-call form restored
+    /// (`restore_outputs`) and read (`get_log_bytes`). A hit that is found and not
+    /// used serves nothing.
     pub bytes_down: AtomicU64,
     /// Bytes handed to `store` in memory (logs, in-memory outputs, and file outputs
     /// whose size the caller supplied).
@@ -357,7 +370,9 @@ impl Metrics {
         lock(&self.errors).get(&(op, kind)).copied().unwrap_or(0)
     }
 
-    /// Number of calls of an operation (`check`, `store`, `restore_outputs`, `get_logs`, `health_check`).
+    /// Number of calls of an operation (`lookup`, `check`, `store`, `import`,
+    /// `restore_outputs`, `get_logs`, `health_check`; and the calls of the hits it
+    /// found: `restore`, `logs`, `log_reader`).
     #[must_use]
     pub fn calls(&self, op: &'static str) -> u64 {
         lock(&self.ops).get(op).map_or(0, |s| s.count)
@@ -381,17 +396,10 @@ impl Metrics {
         }
     }
 
-    /// Counts one lookup: a hit holding `Some(bytes)` of files and logs, or a miss.
-    fn count_lookup(&self, hit: Option<u64>) {
-        match hit {
-            Some(bytes) => {
-                self.hits.fetch_add(1, Ordering::Relaxed);
-                self.bytes_down.fetch_add(bytes, Ordering::Relaxed);
-            }
-            None => {
-                self.misses.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+    /// Counts one lookup: a hit or a miss.
+    fn count_lookup(&self, hit: bool) {
+        let counter = if hit { &self.hits } else { &self.misses };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Renders the counters in the Prometheus text exposition format.
@@ -465,7 +473,10 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Counts hits, misses, errors by kind, bytes and latency of the backend it wraps.
+/// Counts hits, misses, errors by kind, bytes and latency of the backend it wraps,
+/// and of the restores and log reads of the hits it hands out (a [`HitLayer`]: a hit
+/// whose restore failed shows as an error of `restore`, and bytes are counted when
+/// they are served, not when the hit is found).
 ///
 /// ```
 /// # use std::sync::Arc;
@@ -510,8 +521,22 @@ impl Instrumented {
     }
 }
 
-fn log_len(l: &LogBytes) -> u64 {
-    l.0.as_ref().map_or(0, Vec::len) as u64 + l.1.as_ref().map_or(0, Vec::len) as u64
+use crate::hit::log_len;
+
+/// The hits [`Instrumented`] hands out count their restores and log reads: latency,
+/// errors by kind, and the bytes served, when they happen.
+impl HitLayer for Metrics {
+    fn wrap<'a>(&'a self, _: &'a Hit, call: HitCall, inner: HitFuture<'a>) -> HitFuture<'a> {
+        Box::pin(async move {
+            let started = Instant::now();
+            let served = inner.await;
+            self.record(call.op.name(), started, served.as_ref().err());
+            if let Ok(s) = &served {
+                self.bytes_down.fetch_add(s.bytes, Ordering::Relaxed);
+            }
+            served
+        })
+    }
 }
 
 #[async_trait]
@@ -525,9 +550,11 @@ impl CacheBackend for Instrumented {
         let t = Instant::now();
         let r = self.inner.lookup(task, key, policy).await;
         if let Ok(found) = &r {
-            self.metrics.count_lookup(found.as_ref().map(Hit::bytes));
+            self.metrics.count_lookup(found.is_some());
         }
+        let layer = Arc::clone(&self.metrics) as Arc<dyn HitLayer>;
         self.done("lookup", t, r)
+            .map(|found| found.map(|hit| hit.layered(layer)))
     }
 
     async fn check(
@@ -539,7 +566,7 @@ impl CacheBackend for Instrumented {
         let t = Instant::now();
         let r = self.inner.check(task, digest, policy).await;
         if let Ok(l) = &r {
-            self.metrics.count_lookup(l.hit.then_some(0));
+            self.metrics.count_lookup(l.hit);
         }
         self.done("check", t, r)
     }
@@ -574,7 +601,9 @@ impl CacheBackend for Instrumented {
                 .bytes_up
                 .fetch_add(h.bytes(), Ordering::Relaxed);
         }
+        let layer = Arc::clone(&self.metrics) as Arc<dyn HitLayer>;
         self.done("import", t, r)
+            .map(|found| found.map(|hit| hit.layered(layer)))
     }
 
     async fn restore_outputs(
@@ -586,13 +615,7 @@ impl CacheBackend for Instrumented {
         let t = Instant::now();
         let r = self.inner.restore_outputs(task, digest, workspace).await;
         if let Ok(outs) = &r {
-            let n: u64 = outs
-                .iter()
-                .map(|o| match &o.content {
-                    OutputContent::File { blob: Some(b), .. } => b.size,
-                    _ => 0,
-                })
-                .fold(0, u64::saturating_add);
+            let n = crate::hit::restored_bytes(outs);
             self.metrics.bytes_down.fetch_add(n, Ordering::Relaxed);
         }
         self.done("restore_outputs", t, r)

@@ -18,6 +18,7 @@
 //! the wait; it stops at its next check and still writes nothing visible.
 
 use crate::Task;
+use crate::layer::{HitCall, HitFuture, HitLayer, HitOp};
 use crate::{BackendError, BackendResult, CacheBackend, CacheEntry, CachePolicy, Digest, Hit};
 use async_trait::async_trait;
 use std::future::Future;
@@ -71,7 +72,8 @@ impl Deadlines {
     }
 }
 
-/// The timer and the limits, shared by a [`Deadline`] and the hits it returns.
+/// The timer and the limits, shared by a [`Deadline`] and the hits it returns (as
+/// their [`HitLayer`]).
 #[derive(Clone)]
 pub(crate) struct Limits {
     pub(crate) backend: &'static str,
@@ -152,6 +154,19 @@ impl Limits {
     }
 }
 
+/// A hit's restores and log reads get a deadline for their bytes.
+impl HitLayer for Limits {
+    fn wrap<'a>(&'a self, _: &'a Hit, call: HitCall, inner: HitFuture<'a>) -> HitFuture<'a> {
+        let operation = match call.op {
+            HitOp::Restore => "restore",
+            HitOp::Logs => "read logs",
+            _ => "open a log",
+        };
+        let limit = self.deadlines.for_bytes(call.bytes);
+        Box::pin(self.within(operation, limit, inner))
+    }
+}
+
 /// What a panic said, if it said it as text (truncated: it is printed).
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     let text = panic
@@ -179,19 +194,22 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 pub struct Deadline {
     inner: Arc<dyn CacheBackend>,
     limits: Limits,
+    /// The same limits, as the layer of the hits it hands out.
+    layer: Arc<dyn HitLayer>,
 }
 
 impl Deadline {
     /// Wraps `inner`; `sleep` is the caller's timer.
     pub fn new(inner: Arc<dyn CacheBackend>, deadlines: Deadlines, sleep: Sleep) -> Self {
-        let backend = inner.name();
+        let limits = Limits {
+            backend: inner.name(),
+            sleep,
+            deadlines,
+        };
         Deadline {
             inner,
-            limits: Limits {
-                backend,
-                sleep,
-                deadlines,
-            },
+            layer: Arc::new(limits.clone()),
+            limits,
         }
     }
 }
@@ -212,7 +230,7 @@ impl CacheBackend for Deadline {
                 self.inner.lookup(task, key, policy),
             )
             .await?;
-        Ok(found.map(|hit| hit.with_limits(self.limits.clone())))
+        Ok(found.map(|hit| hit.layered(Arc::clone(&self.layer))))
     }
 
     async fn store(
@@ -243,7 +261,7 @@ impl CacheBackend for Deadline {
             .limits
             .within("import", limit, self.inner.import(task, hit, policy))
             .await?;
-        Ok(imported.map(|hit| hit.with_limits(self.limits.clone())))
+        Ok(imported.map(|hit| hit.layered(Arc::clone(&self.layer))))
     }
 
     fn name(&self) -> &'static str {

@@ -5,7 +5,9 @@
 pub(crate) use crate::blobfile::open_blob_file;
 use crate::blobfile::{LazyFile, looks_sparse, read_verified};
 use crate::blocking::{self, Spawner};
+use crate::layer::{HitCall, HitLayer, HitOp};
 use crate::record::{ActionRecord, LogRecord, LogStream, OutputRecord};
+use crate::source::{HitSource, HitTier};
 use crate::storage::{BlobSource, EntryKey, Storage};
 use crate::window;
 use crate::{
@@ -33,9 +35,6 @@ const KERNEL_COPY_MIN: u64 = 16 << 20;
 const SMALL_FILES: usize = 64;
 const SMALL_BYTES: u64 = 8 << 20;
 
-/// Where a hit reports its cache faults.
-pub(crate) type FaultSink = Arc<dyn Fn(&BackendError) + Send + Sync>;
-
 /// A cache hit: the record found for a key, ready to be restored and replayed.
 ///
 /// Made by [`crate::CacheBackend::lookup`]; its record has passed every check (key,
@@ -44,12 +43,14 @@ pub(crate) type FaultSink = Arc<dyn Fn(&BackendError) + Send + Sync>;
 #[derive(Clone)]
 pub struct Hit {
     entry: EntryKey,
-    /// Deadlines for restoring and reading logs, when a [`crate::Deadline`] made it.
-    limits: Option<crate::deadline::Limits>,
-    /// Told of every cache fault in reading the hit, when a
-    /// [`crate::CircuitBreaker`] made it: a server that stops answering mid-restore
-    /// opens the breaker like a failed call does.
-    faults: Option<FaultSink>,
+    /// Around its restores and log reads, innermost first: deadlines, breakers,
+    /// metrics, anyone's ([`crate::layer`]).
+    layers: Vec<Arc<dyn HitLayer>>,
+    /// The tier that answered, when a [`crate::Tiered`] did.
+    tier: Option<HitTier>,
+    /// The backend the hit was found in, when not its storage (a copy in a fast tier
+    /// of a shared tier's hit).
+    found_in: Option<&'static str>,
     record: Arc<ActionRecord>,
     storage: Arc<dyn Storage>,
     blocking: Spawner,
@@ -79,8 +80,9 @@ impl Hit {
     ) -> Self {
         Hit {
             entry,
-            limits: None,
-            faults: None,
+            layers: Vec::new(),
+            tier: None,
+            found_in: None,
             record,
             storage,
             blocking,
@@ -138,11 +140,7 @@ impl Hit {
     pub fn bytes(&self) -> u64 {
         let logs: u64 = [&self.record.stdout, &self.record.stderr]
             .into_iter()
-            .map(|l| match l {
-                LogRecord::Absent => 0,
-                LogRecord::Inline(b) => b.len() as u64,
-                LogRecord::Blob(b) => b.size,
-            })
+            .map(log_size)
             .fold(0u64, u64::saturating_add);
         logs.saturating_add(self.file_bytes())
     }
@@ -187,45 +185,63 @@ impl Hit {
     /// a file being written stops at its next write, its temporary file removed
     /// ([`crate::cancel`]). What was placed before stays.
     pub async fn restore(&self, workspace: &Path) -> BackendResult<Vec<CacheOutput>> {
-        let restored = crate::cancel::scoped(async {
-            match &self.limits {
-                Some(l) => {
-                    let limit = l.deadlines.for_bytes(self.file_bytes());
-                    l.within("restore", limit, self.restore_unbounded(workspace))
-                        .await
-                }
-                None => self.restore_unbounded(workspace).await,
+        let call = HitCall {
+            op: HitOp::Restore,
+            bytes: self.file_bytes(),
+        };
+        crate::cancel::scoped(crate::layer::run(
+            self,
+            &self.layers,
+            call,
+            |outputs: &Vec<CacheOutput>| restored_bytes(outputs),
+            self.restore_unbounded(workspace),
+        ))
+        .await
+    }
+
+    /// The same hit, its restores and log reads wrapped in `layer` (outside the layers
+    /// it already has; see [`crate::layer`]). A [`CacheBackend`](crate::CacheBackend)
+    /// wrapper adds its layer to the hits it hands out.
+    #[must_use]
+    pub fn layered(mut self, layer: Arc<dyn HitLayer>) -> Self {
+        self.layers.push(layer);
+        self
+    }
+
+    /// Tells the hit's layers ([`HitLayer::fault`]) that using it failed with `e`
+    /// somewhere they could not see, such as a copy into another tier, if `e` is a
+    /// cache fault: a [`crate::CircuitBreaker`] counts it.
+    pub fn report_fault(&self, e: &BackendError) {
+        if e.is_cache_fault() {
+            for layer in &self.layers {
+                layer.fault(self, e);
             }
-        })
-        .await;
-        self.noted(restored)
-    }
-
-    /// The same hit, its restores and log reads bounded by `limits`.
-    pub(crate) fn with_limits(mut self, limits: crate::deadline::Limits) -> Self {
-        self.limits = Some(limits);
-        self
-    }
-
-    /// The same hit, its cache faults told to `sink`.
-    pub(crate) fn with_fault_sink(mut self, sink: FaultSink) -> Self {
-        self.faults = Some(sink);
-        self
-    }
-
-    /// Tells whoever made the hit (a [`crate::CircuitBreaker`]) that reading it failed
-    /// with `e` somewhere it could not see, such as a copy into another tier.
-    pub(crate) fn report_fault(&self, e: &BackendError) {
-        if let (Some(sink), true) = (&self.faults, e.is_cache_fault()) {
-            sink(e);
         }
     }
 
-    fn noted<T>(&self, r: BackendResult<T>) -> BackendResult<T> {
-        if let Err(e) = &r {
-            self.report_fault(e);
+    /// Where the hit came from and what it saves.
+    #[must_use]
+    pub fn source(&self) -> HitSource {
+        HitSource {
+            tier: self.tier,
+            backend: self.found_in.unwrap_or_else(|| self.storage.name()),
+            duration_ms: self.record.duration_ms,
+            bytes: self.bytes(),
         }
-        r
+    }
+
+    /// The same hit, found in `tier` of a [`crate::Tiered`] (for combinators that put
+    /// tiers together; the outermost one's word stands).
+    #[must_use]
+    pub fn from_tier(mut self, tier: HitTier) -> Self {
+        self.tier = Some(tier);
+        self
+    }
+
+    /// The same hit, said to have been found in `backend` (a copy of its record).
+    pub(crate) fn found_in(mut self, backend: &'static str) -> Self {
+        self.found_in = Some(backend);
+        self
     }
 
     async fn restore_unbounded(&self, workspace: &Path) -> BackendResult<Vec<CacheOutput>> {
@@ -407,20 +423,18 @@ impl Hit {
     ///
     /// Dropping the future stops the reads it started at their next chunk.
     pub async fn logs_up_to(&self, limit: u64) -> BackendResult<LogBytes> {
-        let logs = crate::cancel::scoped(async {
-            match &self.limits {
-                Some(l) => {
-                    let deadline = l
-                        .deadlines
-                        .for_bytes(self.bytes().saturating_sub(self.file_bytes()));
-                    l.within("read logs", deadline, self.logs_unbounded(limit))
-                        .await
-                }
-                None => self.logs_unbounded(limit).await,
-            }
-        })
-        .await;
-        self.noted(logs)
+        let call = HitCall {
+            op: HitOp::Logs,
+            bytes: self.bytes().saturating_sub(self.file_bytes()),
+        };
+        crate::cancel::scoped(crate::layer::run(
+            self,
+            &self.layers,
+            call,
+            |logs: &LogBytes| log_len(logs),
+            self.logs_unbounded(limit),
+        ))
+        .await
     }
 
     async fn logs_unbounded(&self, limit: u64) -> BackendResult<LogBytes> {
@@ -449,8 +463,22 @@ impl Hit {
         &self,
         stream: LogStream,
     ) -> BackendResult<Option<Box<dyn Read + Send>>> {
-        let reader = crate::cancel::scoped(self.open_log(stream)).await;
-        self.noted(reader)
+        let bytes = match stream {
+            LogStream::Stdout => log_size(&self.record.stdout),
+            LogStream::Stderr => log_size(&self.record.stderr),
+        };
+        let call = HitCall {
+            op: HitOp::LogReader,
+            bytes,
+        };
+        crate::cancel::scoped(crate::layer::run(
+            self,
+            &self.layers,
+            call,
+            move |_: &Option<Box<dyn Read + Send>>| bytes,
+            self.open_log(stream),
+        ))
+        .await
     }
 
     async fn open_log(&self, stream: LogStream) -> BackendResult<Option<Box<dyn Read + Send>>> {
@@ -496,6 +524,31 @@ impl Hit {
         let read = blocking::run(&*self.blocking, move || read_verified(source, &blob)).await;
         self.settle(read).await.map(Some)
     }
+}
+
+/// The bytes of a log as recorded.
+fn log_size(log: &LogRecord) -> u64 {
+    match log {
+        LogRecord::Absent => 0,
+        LogRecord::Inline(b) => b.len() as u64,
+        LogRecord::Blob(b) => b.size,
+    }
+}
+
+/// The bytes of logs read.
+pub(crate) fn log_len(l: &LogBytes) -> u64 {
+    l.0.as_ref().map_or(0, Vec::len) as u64 + l.1.as_ref().map_or(0, Vec::len) as u64
+}
+
+/// The bytes of the files of restored outputs.
+pub(crate) fn restored_bytes(outputs: &[CacheOutput]) -> u64 {
+    outputs
+        .iter()
+        .map(|o| match &o.content {
+            OutputContent::File { blob: Some(b), .. } => b.size,
+            _ => 0,
+        })
+        .fold(0, u64::saturating_add)
 }
 
 /// Lengths of at most `parts` contiguous runs of `weights` with similar totals (each

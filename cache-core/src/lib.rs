@@ -19,7 +19,8 @@
 //! * [`BackendError`] and [`Fault`]: who owns an error decides what happens: the
 //!   cache's fault runs the task uncached, a refused permission stops writing a tier
 //!   that is still read, the caller's is returned to be fixed.
-//! * Combinators: [`Tiered`], [`Instrumented`], [`CircuitBreaker`].
+//! * Combinators: [`Tiered`], [`Instrumented`], [`CircuitBreaker`]; [`layer`] for
+//!   your own, around a hit's restores and log reads.
 //!
 //! * [`collect_outputs`]: the one walk from a task's declared output paths to the
 //!   outputs handed to `store` (directories, files streamed from disk, safe symlinks;
@@ -143,6 +144,47 @@
 //!     Instrumented::new(Arc::new(Tiered::new(fast, shared)))
 //! }
 //! ```
+//!
+//! ## Layers of your own, backends of your own
+//!
+//! A wrapper of your own (metrics, tracing, a deadline, a breaker) is a
+//! [`CacheBackend`] around another one; the restores and log reads of the hits it hands
+//! out are reached through a [`layer::HitLayer`] added with [`Hit::layered`]: it is
+//! given which call and the inner call as a future, and sees its outcome (the bytes it
+//! served, or its error). [`Deadline`], [`CircuitBreaker`] and [`Instrumented`] use
+//! nothing else. A layer that drops the inner future cancels it ([`cancel`]). Every
+//! hit says where it came from ([`Hit::source`]: the [`HitTier`] of a [`Tiered`],
+//! the backend, the stored run's duration, its bytes).
+//!
+//! ```
+//! use cache_core::layer::{HitCall, HitFuture, HitLayer};
+//! use cache_core::Hit;
+//!
+//! /// Logs every restore and log read of the hits it is added to.
+//! struct Traced;
+//!
+//! impl HitLayer for Traced {
+//!     fn wrap<'a>(&'a self, hit: &'a Hit, call: HitCall, inner: HitFuture<'a>) -> HitFuture<'a> {
+//!         Box::pin(async move {
+//!             let outcome = inner.await;
+//!             match &outcome {
+//!                 Ok(served) => tracing::info!(key = %hit.key(), call = call.op.name(), bytes = served.bytes, "served"),
+//!                 Err(e) => tracing::warn!(key = %hit.key(), call = call.op.name(), error = %e, "failed"),
+//!             }
+//!             outcome
+//!         })
+//!     }
+//! }
+//! // In your `CacheBackend::lookup`: `Ok(found.map(|hit| hit.layered(Arc::new(Traced))))`.
+//! ```
+//!
+//! A backend of your own implements [`storage::Storage`] (entries and blobs) and is
+//! served as a [`CacheBackend`] by [`Cache<S>`](Cache), which makes its [`Hit`]s: a hit
+//! is only ever made from a record `Cache` has validated, so there is no public
+//! constructor. A [`CacheBackend`] of your own with rules of its own (what it stores,
+//! where it looks) delegates its `lookup` to a `Cache<S>` (or any other backend) and
+//! adds its layer to the hits; `cache-core/tests/layering.rs` does both outside the
+//! crate and runs the result behind [`Deadline`] and [`Tiered`].
 
 mod backend;
 mod blobfile;
@@ -158,12 +200,14 @@ mod dirtemp;
 mod error;
 mod hit;
 mod key;
+pub mod layer;
 pub mod mode;
 mod path;
 mod pending;
 mod policy;
 mod record;
 pub mod sign;
+mod source;
 pub mod storage;
 mod task;
 mod window;
@@ -188,6 +232,7 @@ pub use path::{
 };
 pub use policy::{CachePolicy, effective_policy, policy_allows_read, policy_allows_write};
 pub use record::LogStream;
+pub use source::{HitSource, HitTier};
 pub use task::{OutputType, Task, TaskOutput};
 pub use workspace::{PendingFile, Workspace};
 
