@@ -254,6 +254,19 @@ pub trait CacheBackend: Send + Sync {
         policy: CachePolicy,
     ) -> BackendResult<()>;
 
+    /// [`CacheBackend::store`] under the same [`Digest`] an executor looks up with, so
+    /// it never formats or parses a key: the lookup's key and the store's are one
+    /// value. Prefer it to `store` (kept for the origin's callers).
+    async fn store_key(
+        &self,
+        task: &Task,
+        key: &Digest,
+        entry: &CacheEntry,
+        policy: CachePolicy,
+    ) -> BackendResult<()> {
+        self.store(task, &key.to_string(), entry, policy).await
+    }
+
     /// Copies `hit` (found in another cache) into this one, blob by blob from the
     /// hit's own storage, each verified, then its record unchanged; returns the hit as
     /// served from here. `None` when the policy does not allow writes or the backend
