@@ -354,3 +354,62 @@ async fn require<B: CacheBackend + ?Sized>(b: &B, task: &Task, digest: &str) -> 
         .map(Hit::repairing)
         .ok_or(BackendError::ActionNotFound { digest: key })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Records the key text each `store` gets.
+    #[derive(Default)]
+    struct Recording(Mutex<Vec<String>>);
+
+    #[async_trait]
+    impl CacheBackend for Recording {
+        async fn lookup(&self, _: &Task, _: &Digest, _: CachePolicy) -> BackendResult<Option<Hit>> {
+            Ok(None)
+        }
+        async fn store(
+            &self,
+            _: &Task,
+            key: &str,
+            _: &CacheEntry,
+            _: CachePolicy,
+        ) -> BackendResult<()> {
+            self.0.lock().unwrap().push(key.to_owned());
+            Ok(())
+        }
+        fn name(&self) -> &'static str {
+            "recording"
+        }
+        async fn health_check(&self) -> BackendResult<()> {
+            Ok(())
+        }
+    }
+
+    /// Polls a future that never waits to its end.
+    fn now<T>(f: impl std::future::Future<Output = T>) -> T {
+        let mut f = std::pin::pin!(f);
+        match f
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+        {
+            std::task::Poll::Ready(v) => v,
+            std::task::Poll::Pending => panic!("the call waited"),
+        }
+    }
+
+    #[test]
+    fn store_key_stores_under_the_key_a_lookup_parses_back() {
+        let b = Recording::default();
+        let task = Task::new("t", ["true"]);
+        for key in [
+            crate::DigestAlgorithm::Blake3.digest(b"a"),
+            crate::DigestAlgorithm::Sha256.digest(b"b"),
+        ] {
+            now(b.store_key(&task, &key, &CacheEntry::default(), CachePolicy::Normal)).unwrap();
+            let stored = b.0.lock().unwrap().pop().unwrap();
+            assert_eq!(Digest::parse(&stored).unwrap(), key, "{stored}");
+        }
+    }
+}

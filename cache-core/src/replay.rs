@@ -165,12 +165,24 @@ mod tests {
     #[test]
     fn without_an_order_stdout_comes_first_and_nothing_is_lost() {
         let screen = Screen::default();
-        replay_logs(b"out", b"err", &[], &mut screen.clone(), &mut screen.clone());
+        replay_logs(
+            b"out",
+            b"err",
+            &[],
+            &mut screen.clone(),
+            &mut screen.clone(),
+        );
         assert_eq!(screen.0.lock().unwrap().as_slice(), b"outerr");
         // An order that covers less than the logs: the rest still comes out.
         let screen = Screen::default();
         let short = [chunk(LogStream::Stderr, 1)];
-        replay_logs(b"out", b"err", &short, &mut screen.clone(), &mut screen.clone());
+        replay_logs(
+            b"out",
+            b"err",
+            &short,
+            &mut screen.clone(),
+            &mut screen.clone(),
+        );
         assert_eq!(screen.0.lock().unwrap().as_slice(), b"eoutrr");
     }
 

@@ -247,7 +247,9 @@ impl Executor {
     /// `call`, or `None` when the task's cache budget ran out first: the call's
     /// future is dropped, which cancels it.
     async fn within_budget<T>(&self, call: impl Future<Output = T>) -> Option<T> {
-        let done = tokio::time::timeout(self.config.cache_budget, call).await.ok();
+        let done = tokio::time::timeout(self.config.cache_budget, call)
+            .await
+            .ok();
         if done.is_none() {
             self.counters.cancelled.fetch_add(1, Ordering::Relaxed);
         }

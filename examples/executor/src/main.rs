@@ -35,7 +35,10 @@ async fn main() -> Result<(), taskcache_example_executor::Error> {
                 .only([StorageOp::OpenBlobs])
                 .with_latency(Duration::from_secs(2)),
         ),
-        ("new local tier, shared tier down", FaultPlan::always(FaultError::Unavailable)),
+        (
+            "new local tier, shared tier down",
+            FaultPlan::always(FaultError::Unavailable),
+        ),
         ("new local tier, shared tier back", FaultPlan::healthy()),
     ] {
         shared.storage().faults().set_plan(plan);
@@ -64,7 +67,11 @@ async fn main() -> Result<(), taskcache_example_executor::Error> {
             c.cancelled.load(Ordering::Relaxed),
             c.degraded.load(Ordering::Relaxed),
             c.stored.load(Ordering::Relaxed),
-            if executor.stack().breaker.is_open() { "open" } else { "closed" },
+            if executor.stack().breaker.is_open() {
+                "open"
+            } else {
+                "closed"
+            },
         );
     }
     Ok(())

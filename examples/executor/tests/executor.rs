@@ -68,7 +68,9 @@ fn task(i: usize) -> cache_core::Task {
     let id = format!("t{i}");
     shell_task(
         &id,
-        &format!("mkdir -p out/{id}/sub && echo {i} > out/{id}/n && echo $$ > out/{id}/sub/pid && echo ran {i} && echo warn {i} >&2"),
+        &format!(
+            "mkdir -p out/{id}/sub && echo {i} > out/{id}/n && echo $$ > out/{id}/sub/pid && echo ran {i} && echo warn {i} >&2"
+        ),
     )
 }
 
@@ -116,7 +118,11 @@ async fn concurrent_tasks_restore_a_real_runs_outputs_and_a_cancelled_restore_wr
     // Another new machine, and the shared tier hangs reading blobs, longer than the
     // task's cache budget: every copy from it is cancelled mid-way and the task runs.
     let hang = Duration::from_millis(900);
-    f.plan(FaultPlan::healthy().only([StorageOp::OpenBlobs]).with_latency(hang));
+    f.plan(
+        FaultPlan::healthy()
+            .only([StorageOp::OpenBlobs])
+            .with_latency(hang),
+    );
     let hung = f.executor("hung");
     let ran = run_all(&f, &hung, "hung", &ids).await;
     assert_eq!(hung.counters.runs.load(Ordering::Relaxed), 16);
@@ -130,7 +136,12 @@ async fn concurrent_tasks_restore_a_real_runs_outputs_and_a_cancelled_restore_wr
     // stored run's bytes over the run's by now.
     tokio::time::sleep(hang * 2).await;
     for (ws, then) in ran.iter().zip(&right_after) {
-        assert_eq!(&outputs(ws), then, "a cancelled restore wrote late: {}", ws.display());
+        assert_eq!(
+            &outputs(ws),
+            then,
+            "a cancelled restore wrote late: {}",
+            ws.display()
+        );
     }
 }
 
@@ -177,11 +188,25 @@ async fn a_shared_tier_that_refuses_writes_is_still_read() {
     );
     let ex = f.executor("reader");
     let read = run_all(&f, &ex, "reader", &[0, 1, 2]).await;
-    assert_eq!(ex.counters.hits.load(Ordering::Relaxed), 1, "the seeded task is read");
+    assert_eq!(
+        ex.counters.hits.load(Ordering::Relaxed),
+        1,
+        "the seeded task is read"
+    );
     assert_eq!(outputs(&real[0]), outputs(&read[0]));
     assert_eq!(ex.counters.runs.load(Ordering::Relaxed), 2);
-    assert_eq!(ex.counters.stored.load(Ordering::Relaxed), 2, "stored locally");
-    assert!(ex.stack().tiers.shared_writes_refused.load(Ordering::Relaxed) >= 1);
+    assert_eq!(
+        ex.counters.stored.load(Ordering::Relaxed),
+        2,
+        "stored locally"
+    );
+    assert!(
+        ex.stack()
+            .tiers
+            .shared_writes_refused
+            .load(Ordering::Relaxed)
+            >= 1
+    );
     assert!(!ex.stack().breaker.is_open(), "a refusal is not an outage");
     // Kept locally: the same machine hits them.
     let again = run_all(&f, &ex, "again", &[1, 2]).await;

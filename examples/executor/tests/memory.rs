@@ -66,10 +66,16 @@ async fn sixteen_tasks_storing_and_restoring_8_mib_outputs_stay_under_the_bound(
         assert_eq!(counted.load(Ordering::Relaxed), TASKS as u64, "{round}");
     }
     let peak = peak_rss();
-    assert!(peak < BOUND, "peak RSS {} MiB, bound {} MiB", peak >> 20, BOUND >> 20);
+    assert!(
+        peak < BOUND,
+        "peak RSS {} MiB, bound {} MiB",
+        peak >> 20,
+        BOUND >> 20
+    );
     // The restored bytes are the stored run's.
     for i in 0..TASKS {
-        let file = |round: &str| std::fs::read(dir.path().join(format!("{round}-{i}/out/t{i}/big")));
+        let file =
+            |round: &str| std::fs::read(dir.path().join(format!("{round}-{i}/out/t{i}/big")));
         assert!(file("cold").unwrap() == file("warm").unwrap(), "t{i}");
     }
 }
