@@ -22,7 +22,7 @@ struct Fixture {
 impl Fixture {
     fn new() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        let storage = LocalStorage::open(dir.path().join("shared"), Default::default()).unwrap();
+        let storage = LocalStorage::open(dir.path().join("shared"), cache_local::LocalOptions::default()).unwrap();
         let shared = Arc::new(Cache::new(
             FaultyStorage::new(storage, FaultPlan::healthy()),
             |job| {
@@ -47,7 +47,7 @@ impl Fixture {
 
     /// An executor with a new, empty local tier (a fresh CI machine) and the shared tier.
     fn executor(&self, name: &str) -> Arc<Executor> {
-        let local = cache_local::open(self.dir.path().join(name), Default::default()).unwrap();
+        let local = cache_local::open(self.dir.path().join(name), cache_local::LocalOptions::default()).unwrap();
         let shared: Arc<dyn CacheBackend> = self.shared.clone();
         Arc::new(Executor::new(
             Stack::new(Arc::new(local), shared, &self.config),
@@ -123,10 +123,10 @@ async fn concurrent_tasks_restore_a_real_runs_outputs_and_a_cancelled_restore_wr
             .only([StorageOp::OpenBlobs])
             .with_latency(hang),
     );
-    let hung = f.executor("hung");
-    let ran = run_all(&f, &hung, "hung", &ids).await;
-    assert_eq!(hung.counters.runs.load(Ordering::Relaxed), 16);
-    assert!(hung.counters.cancelled.load(Ordering::Relaxed) >= 16);
+    let stalled = f.executor("hung");
+    let ran = run_all(&f, &stalled, "hung", &ids).await;
+    assert_eq!(stalled.counters.runs.load(Ordering::Relaxed), 16);
+    assert!(stalled.counters.cancelled.load(Ordering::Relaxed) >= 16);
     let right_after: Vec<_> = ran.iter().map(|ws| outputs(ws)).collect();
     for (real, now) in real.iter().zip(&right_after) {
         // Runs, not restores: the pid differs from the stored run's.
@@ -187,13 +187,13 @@ async fn a_shared_tier_that_refuses_writes_is_still_read() {
             .only([StorageOp::PutBlobs, StorageOp::PutEntry]),
     );
     let ex = f.executor("reader");
-    let read = run_all(&f, &ex, "reader", &[0, 1, 2]).await;
+    let served = run_all(&f, &ex, "reader", &[0, 1, 2]).await;
     assert_eq!(
         ex.counters.hits.load(Ordering::Relaxed),
         1,
         "the seeded task is read"
     );
-    assert_eq!(outputs(&real[0]), outputs(&read[0]));
+    assert_eq!(outputs(&real[0]), outputs(&served[0]));
     assert_eq!(ex.counters.runs.load(Ordering::Relaxed), 2);
     assert_eq!(
         ex.counters.stored.load(Ordering::Relaxed),
@@ -211,7 +211,7 @@ async fn a_shared_tier_that_refuses_writes_is_still_read() {
     // Kept locally: the same machine hits them.
     let again = run_all(&f, &ex, "again", &[1, 2]).await;
     assert_eq!(ex.counters.hits.load(Ordering::Relaxed), 3);
-    assert_eq!(outputs(&read[1]), outputs(&again[0]));
+    assert_eq!(outputs(&served[1]), outputs(&again[0]));
     // Not in the shared tier: a new machine runs them.
     f.plan(FaultPlan::healthy());
     let fresh = f.executor("fresh");

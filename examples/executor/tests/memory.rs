@@ -28,10 +28,10 @@ fn peak_rss() -> u64 {
 async fn sixteen_tasks_storing_and_restoring_8_mib_outputs_stay_under_the_bound() {
     let dir = tempfile::tempdir().unwrap();
     let shared: Arc<dyn CacheBackend> =
-        Arc::new(cache_local::open(dir.path().join("shared"), Default::default()).unwrap());
+        Arc::new(cache_local::open(dir.path().join("shared"), cache_local::LocalOptions::default()).unwrap());
     let config = Config::default();
     let executor = |name: &str| {
-        let local = cache_local::open(dir.path().join(name), Default::default()).unwrap();
+        let local = cache_local::open(dir.path().join(name), cache_local::LocalOptions::default()).unwrap();
         Arc::new(Executor::new(
             Stack::new(Arc::new(local), shared.clone(), &config),
             config,
