@@ -15,7 +15,10 @@ async fn main() -> Result<(), taskcache_example_executor::Error> {
     // object store, e.g. `cache_s3`).
     let shared = Arc::new(cache_core::Cache::new(
         FaultyStorage::new(
-            cache_local::LocalStorage::open(dir.path().join("shared"), cache_local::LocalOptions::default())?,
+            cache_local::LocalStorage::open(
+                dir.path().join("shared"),
+                cache_local::LocalOptions::default(),
+            )?,
             FaultPlan::healthy(),
         ),
         |job| {
@@ -43,7 +46,8 @@ async fn main() -> Result<(), taskcache_example_executor::Error> {
     ] {
         shared.storage().faults().set_plan(plan);
         // A fresh local tier each round, as on a new CI machine.
-        let local = cache_local::open(dir.path().join(round), cache_local::LocalOptions::default())?;
+        let local =
+            cache_local::open(dir.path().join(round), cache_local::LocalOptions::default())?;
         let stack = Stack::new(Arc::new(local), shared.clone(), &config);
         let executor = Arc::new(Executor::new(stack, config));
         let mut tasks = tokio::task::JoinSet::new();

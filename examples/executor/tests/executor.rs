@@ -22,7 +22,11 @@ struct Fixture {
 impl Fixture {
     fn new() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        let storage = LocalStorage::open(dir.path().join("shared"), cache_local::LocalOptions::default()).unwrap();
+        let storage = LocalStorage::open(
+            dir.path().join("shared"),
+            cache_local::LocalOptions::default(),
+        )
+        .unwrap();
         let shared = Arc::new(Cache::new(
             FaultyStorage::new(storage, FaultPlan::healthy()),
             |job| {
@@ -47,7 +51,11 @@ impl Fixture {
 
     /// An executor with a new, empty local tier (a fresh CI machine) and the shared tier.
     fn executor(&self, name: &str) -> Arc<Executor> {
-        let local = cache_local::open(self.dir.path().join(name), cache_local::LocalOptions::default()).unwrap();
+        let local = cache_local::open(
+            self.dir.path().join(name),
+            cache_local::LocalOptions::default(),
+        )
+        .unwrap();
         let shared: Arc<dyn CacheBackend> = self.shared.clone();
         Arc::new(Executor::new(
             Stack::new(Arc::new(local), shared, &self.config),
