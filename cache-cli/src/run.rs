@@ -75,6 +75,9 @@ use std::time::{Duration, Instant};
 struct Prepared {
     workspace: PathBuf,
     spec: TaskSpec,
+    /// The key, looked up and stored under.
+    digest: cache_core::Digest,
+    /// Its text, as printed.
     key: String,
     /// The input files that joined the key.
     inputs: BTreeMap<String, InputFile>,
@@ -132,6 +135,7 @@ fn prepare(args: &TaskArgs) -> Result<Prepared, Failure> {
              the output does, so this task will rarely hit; narrow the -i pattern"
         );
     }
+    let digest = key;
     let key = key.to_string();
     let id = args
         .id
@@ -140,6 +144,7 @@ fn prepare(args: &TaskArgs) -> Result<Prepared, Failure> {
     Ok(Prepared {
         workspace,
         spec,
+        digest,
         key,
         inputs,
         id,
@@ -261,19 +266,18 @@ enum Lookup {
 async fn look_up(
     backend: &dyn CacheBackend,
     task: &Task,
-    key: &str,
+    key: &cache_core::Digest,
     policy: CachePolicy,
     workspace: &std::path::Path,
     accept_failures: bool,
     max_log: u64,
 ) -> cache_core::BackendResult<Lookup> {
-    let key = cache_core::Digest::parse(key)?;
     // One lookup: the exit code, outputs and logs replayed all come from this hit.
-    let Some(hit) = backend.lookup(task, &key, policy).await? else {
+    let Some(hit) = backend.lookup(task, key, policy).await? else {
         return Ok(Lookup::Miss);
     };
     let exit_code = hit.exit_code();
-    if exit_code != 0 && !accept_failures {
+    if !hit.is_accepted(accept_failures) {
         return Ok(Lookup::CachedFailure(exit_code));
     }
     // Logs first (into memory), outputs second, printing last: see the module docs.
@@ -376,7 +380,7 @@ fn try_hit(
         look_up(
             s.opened.backend.as_ref(),
             task,
-            key,
+            &p.digest,
             policy,
             &p.workspace,
             accept_failures,
@@ -394,11 +398,17 @@ fn try_hit(
     }
     match looked {
         Ok(Lookup::Hit(replay)) => {
-            crate::runner::replay(
+            // As the task wrote them; a closed pipe (`| head`) is not worth a warning.
+            let replayed = cache_core::replay_logs(
                 replay.stdout.as_deref().unwrap_or_default(),
                 replay.stderr.as_deref().unwrap_or_default(),
                 &replay.order,
+                &mut std::io::stdout().lock(),
+                &mut std::io::stderr().lock(),
             );
+            for (stream, e) in replayed.errors() {
+                tracing::warn!("could not replay the cached {stream}: {e}");
+            }
             let from = match replay.source.tier {
                 Some(cache_core::HitTier::Shared) => " (remote tier)",
                 _ => "",
@@ -480,11 +490,7 @@ fn store_result(
             return Err(format!("its {name} is over the capture limit"));
         }
     }
-    let outputs = match cache_core::collect_outputs_with(
-        &p.workspace,
-        &p.spec.outputs,
-        p.spec.absolute_symlinks,
-    ) {
+    let outputs = match task.collect_outputs(&p.workspace) {
         Ok(o) => o,
         Err(msg) => {
             tracing::warn!("not caching {id}: {msg}");
@@ -503,7 +509,7 @@ fn store_result(
     let stored_at = Instant::now();
     match s.rt.block_on(crate::progress::shown(
         &format!("storing {n_outputs} output(s) in the cache"),
-        s.opened.backend.store(task, &p.key, &entry, policy),
+        s.opened.backend.store_key(task, &p.digest, &entry, policy),
     )) {
         Ok(()) => {
             // A shared tier that refuses writes said so itself (one warning: `Tiered`).

@@ -29,10 +29,12 @@ fn setup() -> Setup {
         absolute_symlinks: false,
     };
     let (key, inputs) = task_key(&spec, &workspace, |_| None).unwrap();
+    let digest = key;
     let key = key.to_string();
     let p = Prepared {
         workspace,
         spec,
+        digest,
         key,
         inputs,
         id: "make".into(),

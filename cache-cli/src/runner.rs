@@ -184,42 +184,6 @@ impl Order {
     }
 }
 
-/// Writes cached logs as the task wrote them: chunk by chunk in `order`, or stdout
-/// then stderr when no order was recorded. A closed stdout or stderr (`| head`) is not
-/// an error; anything else is a warning.
-pub fn replay(stdout: &[u8], stderr: &[u8], order: &[LogChunk]) {
-    let mut pos = [0usize; 2];
-    let mut out = io::stdout().lock();
-    let mut err = io::stderr().lock();
-    let mut failed = [false; 2];
-    let mut write = |i: usize, bytes: &[u8]| {
-        if failed[i] {
-            return;
-        }
-        let w: &mut dyn Write = if i == 0 { &mut out } else { &mut err };
-        if let Err(e) = w.write_all(bytes).and_then(|()| w.flush()) {
-            failed[i] = true;
-            if e.kind() != io::ErrorKind::BrokenPipe {
-                let what = ["stdout", "stderr"][i];
-                tracing::warn!("could not replay the cached {what}: {e}");
-            }
-        }
-    };
-    let logs = [stdout, stderr];
-    for c in order {
-        let i = usize::from(c.stream == LogStream::Stderr);
-        let end = pos[i]
-            .saturating_add(usize::try_from(c.len).unwrap_or(usize::MAX))
-            .min(logs[i].len());
-        write(i, &logs[i][pos[i]..end]);
-        pos[i] = end;
-    }
-    // Whatever the order did not cover (none, for a valid record).
-    for i in 0..2 {
-        write(i, &logs[i][pos[i]..]);
-    }
-}
-
 /// While the command runs, the signals a CI runner sends on cancel or timeout
 /// (SIGINT, SIGTERM, SIGHUP, SIGQUIT) are caught and passed on to the command, so it
 /// is never orphaned; taskcache waits for it and then exits 128 + the signal.

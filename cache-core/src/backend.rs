@@ -254,6 +254,19 @@ pub trait CacheBackend: Send + Sync {
         policy: CachePolicy,
     ) -> BackendResult<()>;
 
+    /// [`CacheBackend::store`] under the same [`Digest`] an executor looks up with, so
+    /// it never formats or parses a key: the lookup's key and the store's are one
+    /// value. Prefer it to `store` (kept for the origin's callers).
+    async fn store_key(
+        &self,
+        task: &Task,
+        key: &Digest,
+        entry: &CacheEntry,
+        policy: CachePolicy,
+    ) -> BackendResult<()> {
+        self.store(task, &key.to_string(), entry, policy).await
+    }
+
     /// Copies `hit` (found in another cache) into this one, blob by blob from the
     /// hit's own storage, each verified, then its record unchanged; returns the hit as
     /// served from here. `None` when the policy does not allow writes or the backend
@@ -340,4 +353,63 @@ async fn require<B: CacheBackend + ?Sized>(b: &B, task: &Task, digest: &str) -> 
         .await?
         .map(Hit::repairing)
         .ok_or(BackendError::ActionNotFound { digest: key })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Records the key text each `store` gets.
+    #[derive(Default)]
+    struct Recording(Mutex<Vec<String>>);
+
+    #[async_trait]
+    impl CacheBackend for Recording {
+        async fn lookup(&self, _: &Task, _: &Digest, _: CachePolicy) -> BackendResult<Option<Hit>> {
+            Ok(None)
+        }
+        async fn store(
+            &self,
+            _: &Task,
+            key: &str,
+            _: &CacheEntry,
+            _: CachePolicy,
+        ) -> BackendResult<()> {
+            self.0.lock().unwrap().push(key.to_owned());
+            Ok(())
+        }
+        fn name(&self) -> &'static str {
+            "recording"
+        }
+        async fn health_check(&self) -> BackendResult<()> {
+            Ok(())
+        }
+    }
+
+    /// Polls a future that never waits to its end.
+    fn now<T>(f: impl std::future::Future<Output = T>) -> T {
+        let mut f = std::pin::pin!(f);
+        match f
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+        {
+            std::task::Poll::Ready(v) => v,
+            std::task::Poll::Pending => panic!("the call waited"),
+        }
+    }
+
+    #[test]
+    fn store_key_stores_under_the_key_a_lookup_parses_back() {
+        let b = Recording::default();
+        let task = Task::new("t", ["true"]);
+        for key in [
+            crate::DigestAlgorithm::Blake3.digest(b"a"),
+            crate::DigestAlgorithm::Sha256.digest(b"b"),
+        ] {
+            now(b.store_key(&task, &key, &CacheEntry::default(), CachePolicy::Normal)).unwrap();
+            let stored = b.0.lock().unwrap().pop().unwrap();
+            assert_eq!(Digest::parse(&stored).unwrap(), key, "{stored}");
+        }
+    }
 }

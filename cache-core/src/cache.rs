@@ -322,11 +322,7 @@ impl Declared {
     fn of(task: &Task) -> BackendResult<Self> {
         let mut roots = std::collections::BTreeSet::new();
         let mut parents = std::collections::BTreeSet::new();
-        for o in &task.outputs {
-            let rel = RelPath::parse(&o.path).map_err(|e| BackendError::InvalidOutput {
-                path: crate::error::truncate(&o.path),
-                reason: format!("the task declares an output path that is not valid: {e}"),
-            })?;
+        for rel in task.declared_outputs()? {
             let mut dir = rel.parent();
             while let Some(d) = dir {
                 dir = d.parent();

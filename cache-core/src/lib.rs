@@ -49,9 +49,14 @@
 //!     let policy = cache_core::effective_policy(task, None);
 //!     let replayed = async {
 //!         let Some(hit) = cache.lookup(task, &key, policy).await? else { return Ok(None) };
-//!         let (stdout, _stderr) = hit.logs().await?;
+//!         // A cached failure is replayed only by an executor that caches failures.
+//!         if !hit.is_accepted(false) { return Ok(None) }
+//!         // Logs first (bounded), then the outputs, and only then anything shown.
+//!         let (stdout, stderr) = hit.logs().await?;
 //!         hit.restore(ws).await?;
-//!         print!("{}", String::from_utf8_lossy(&stdout.unwrap_or_default()));
+//!         let (out, err) = (&stdout.unwrap_or_default(), &stderr.unwrap_or_default());
+//!         // Interleaved as the task wrote them.
+//!         cache_core::replay_logs(out, err, hit.log_order(), &mut std::io::stdout(), &mut std::io::stderr());
 //!         Ok::<_, cache_core::BackendError>(Some(hit.exit_code()))
 //!     };
 //!     match replayed.await {
@@ -61,9 +66,12 @@
 //!         Err(e) if e.fault() != cache_core::Fault::Caller => {}
 //!         Err(e) => return Err(e),
 //!     }
-//!     // ... run the task, then (a failed store is a warning, never the task's failure):
-//!     let entry = CacheEntry { exit_code: 0, ..CacheEntry::default() };
-//!     if let Err(e) = cache.store(task, &key.to_string(), &entry, policy).await {
+//!     // ... run the task, then collect its declared outputs (blocking: in an async
+//!     // executor, on a blocking thread) and store them under the same key (a failed
+//!     // store is a warning, never the task's failure):
+//!     let outputs = task.collect_outputs(ws)?;
+//!     let entry = CacheEntry { exit_code: 0, outputs, ..CacheEntry::default() };
+//!     if let Err(e) = cache.store_key(task, &key, &entry, policy).await {
 //!         eprintln!("warning: not cached: {e}");
 //!     }
 //!     Ok(0)
@@ -75,9 +83,17 @@
 //! in the workspace and a store publishes nothing ([`cancel`]), so the task can run
 //! and write its outputs at once.
 //!
-//! On a miss, collect the declared outputs with [`collect_outputs`] (blocking: run it
-//! on a blocking thread) and put them in the [`CacheEntry`]. A failed `store` is a
+//! On a miss, collect the declared outputs with [`Task::collect_outputs`] (blocking: run
+//! it on a blocking thread) and put them in the [`CacheEntry`], stored with
+//! [`CacheBackend::store_key`] under the key the lookup used. A failed store is a
 //! warning, never the task's failure, whoever is at fault: the task already ran.
+//!
+//! The conveniences above are what the `taskcache` command itself does, so an executor
+//! using them replays and stores exactly as the command would: [`Hit::is_accepted`]
+//! ([`accepts_cached_exit`]: a cached failure is replayed only when failures are
+//! cached), [`replay_logs`] / [`Hit::replay_logs`] (the recorded interleaving of stdout
+//! and stderr), [`Task::collect_outputs`], [`CacheBackend::store_key`]. A whole
+//! executor built from these docs is `examples/executor` in the repository.
 //!
 //! ## Who owns a fault
 //!
@@ -206,6 +222,7 @@ mod path;
 mod pending;
 mod policy;
 mod record;
+mod replay;
 pub mod sign;
 mod source;
 pub mod storage;
@@ -232,6 +249,7 @@ pub use path::{
 };
 pub use policy::{CachePolicy, effective_policy, policy_allows_read, policy_allows_write};
 pub use record::LogStream;
+pub use replay::{Replayed, accepts_cached_exit, replay_logs};
 pub use source::{HitSource, HitTier};
 pub use task::{OutputType, Task, TaskOutput};
 pub use workspace::{PendingFile, Workspace};

@@ -87,3 +87,52 @@ impl Task {
         }
     }
 }
+
+impl Task {
+    /// The declared output paths, normalized; a path that is not a valid relative path
+    /// is [`crate::BackendError::InvalidOutput`] naming it (the caller's fault).
+    pub fn declared_outputs(&self) -> crate::BackendResult<Vec<crate::RelPath>> {
+        self.outputs
+            .iter()
+            .map(|o| {
+                crate::RelPath::parse(&o.path).map_err(|e| crate::BackendError::InvalidOutput {
+                    path: crate::error::truncate(&o.path),
+                    reason: format!("the task declares an output path that is not valid: {e}"),
+                })
+            })
+            .collect()
+    }
+
+    /// After the command ran: this task's declared outputs under `workspace`, ready for
+    /// the entry handed to [`crate::CacheBackend::store_key`] ([`crate::collect_outputs_with`]
+    /// with [`Task::declared_outputs`] and the task's [`Task::allow_absolute_symlinks`]
+    /// opt-in). Files are named, never read.
+    ///
+    /// Blocking filesystem work: call it on a blocking thread from async code. An error
+    /// is [`crate::BackendError::InvalidOutput`] naming the output (a declared output
+    /// missing, an escaping symlink, a special file): the caller's, so the run is not
+    /// stored.
+    ///
+    /// ```
+    /// let ws = tempfile::tempdir()?;
+    /// let ws = ws.path().canonicalize()?;
+    /// std::fs::create_dir_all(ws.join("dist"))?;
+    /// std::fs::write(ws.join("dist/app.js"), b"console.log(1)")?;
+    /// let mut task = cache_core::Task::new("build", ["npm", "run", "build"]);
+    /// task.outputs.push(cache_core::TaskOutput { path: "dist".into(), kind: Default::default() });
+    /// let outs = task.collect_outputs(&ws)?;
+    /// let paths: Vec<&str> = outs.iter().map(|o| o.path.as_str()).collect();
+    /// assert_eq!(paths, ["dist", "dist/app.js"]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn collect_outputs(
+        &self,
+        workspace: &std::path::Path,
+    ) -> crate::BackendResult<Vec<crate::CacheOutput>> {
+        crate::collect_outputs_with(
+            workspace,
+            &self.declared_outputs()?,
+            self.allow_absolute_symlinks,
+        )
+    }
+}

@@ -94,3 +94,43 @@ fn global_override_intersects() {
         assert_eq!(effective_policy(&t, global), want, "{own} with {global:?}");
     }
 }
+
+#[test]
+fn a_task_collects_its_declared_outputs_with_its_own_symlink_opt_in() {
+    let ws = tempfile::tempdir().unwrap();
+    let ws = ws.path().canonicalize().unwrap();
+    std::fs::create_dir_all(ws.join("dist/sub")).unwrap();
+    std::fs::write(ws.join("dist/sub/a.js"), b"a").unwrap();
+    std::fs::write(ws.join("report.txt"), b"r").unwrap();
+    std::fs::write(ws.join("undeclared.txt"), b"u").unwrap();
+    let mut task = Task::new("build", ["make"]);
+    for path in ["dist", "report.txt"] {
+        task.outputs.push(cache_core::TaskOutput {
+            path: path.into(),
+            kind: OutputType::Cas,
+        });
+    }
+    let outs = task.collect_outputs(&ws).unwrap();
+    let paths: Vec<&str> = outs.iter().map(|o| o.path.as_str()).collect();
+    assert_eq!(paths, ["dist", "dist/sub", "dist/sub/a.js", "report.txt"]);
+
+    // An absolute symlink is refused unless the task opted in.
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::symlink("/usr", ws.join("dist/abs")).unwrap();
+        let e = task.collect_outputs(&ws).unwrap_err();
+        assert_eq!(e.fault(), cache_core::Fault::Caller, "{e}");
+        task.allow_absolute_symlinks = true;
+        let outs = task.collect_outputs(&ws).unwrap();
+        assert!(outs.iter().any(|o| o.path == "dist/abs"));
+    }
+
+    // A declared path that is not a relative path is the caller's error, named.
+    task.outputs.push(cache_core::TaskOutput {
+        path: "../outside".into(),
+        kind: OutputType::Cas,
+    });
+    let e = task.collect_outputs(&ws).unwrap_err();
+    assert!(e.to_string().contains("../outside"), "{e}");
+    assert_eq!(e.fault(), cache_core::Fault::Caller);
+}
